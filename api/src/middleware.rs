@@ -1,0 +1,369 @@
+//! The layers every request passes through, outermost first:
+//! observe (request id, tracing, metrics) → read body (size limit) → authenticate (credential,
+//! rate limit, errors into problems) → idempotency → audit → routes.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response,
+    http::{HeaderValue, Method, StatusCode, header},
+};
+use poem_openapi::OperationId;
+use sha2::{Digest, Sha256};
+use shared::{
+    db::{
+        audit::AuditEntry,
+        idempotency::{self, Claim, Scope},
+    },
+    ids::TenantId,
+};
+use tracing::Instrument;
+
+use crate::{
+    auth::{self, Resolved},
+    error::{self, ApiError},
+    state::AppState,
+};
+
+/// The request id, echoed in `X-Request-Id`.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// The request body, read once with the size limit applied.
+#[derive(Clone)]
+pub struct RawBody(pub Bytes);
+
+/// What a handler tells the audit layer about a request.
+#[derive(Default, Debug)]
+pub struct Note {
+    pub object_id: Option<String>,
+    /// For requests made before any credential exists (registration, login).
+    pub tenant: Option<(TenantId, bool)>,
+    pub actor: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct AuditNote(pub Arc<Mutex<Note>>);
+
+/// Lets a handler annotate the audit entry of its request.
+pub fn note(req: &Request, f: impl FnOnce(&mut Note)) {
+    if let Some(n) = req.extensions().get::<AuditNote>() {
+        f(&mut n.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// Converts an error into a problem response, keeping the operation id for metrics.
+pub fn problem_response(err: poem::Error, resolved: Option<&Resolved>) -> Response {
+    let op = err.data::<OperationId>().copied();
+    let api_err = if let Some(e) = err.downcast_ref::<ApiError>() {
+        e.clone()
+    } else if err.is::<poem_openapi::error::AuthorizationError>() {
+        auth::refusal(resolved)
+    } else {
+        error::from_poem(&err)
+    };
+    let mut resp = api_err.into_response();
+    if let Some(op) = op {
+        resp.set_data(op);
+    }
+    resp
+}
+
+/// Wraps the routes with every layer.
+pub fn wrap(routes: impl Endpoint + 'static, state: AppState) -> impl Endpoint {
+    let s_auth = state.clone();
+    let s_idem = state.clone();
+    let s_audit = state.clone();
+    let s_observe = state.clone();
+    let max_body = state.settings.api.max_body_bytes;
+    routes
+        .around(move |ep, req| audit(s_audit.clone(), ep, req))
+        .around(move |ep, req| idempotent(s_idem.clone(), ep, req))
+        .around(move |ep, req| authenticate(s_auth.clone(), ep, req))
+        .around(move |ep, req| read_body(max_body, ep, req))
+        .around(move |ep, req| observe(s_observe.clone(), ep, req))
+}
+
+async fn observe<E: Endpoint>(
+    state: AppState,
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        tenant_id = tracing::field::Empty,
+    );
+    async move {
+        let mut resp = match ep.call(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => problem_response(e, None),
+        };
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        let route = resp
+            .data::<OperationId>()
+            .map(|o| o.0)
+            .unwrap_or("unmatched");
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        state.metrics.observe(route, status, elapsed);
+        tracing::info!(
+            route,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_body<E: Endpoint>(
+    max: usize,
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body exceeds {max} bytes."),
+        )
+    };
+    if declared.is_some_and(|n| n > max) {
+        return Ok(too_large().into_response());
+    }
+    let bytes = match req.take_body().into_bytes_limit(max).await {
+        Ok(b) => b,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large().into_response()),
+        Err(e) => {
+            return Ok(
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
+                    .into_response(),
+            );
+        }
+    };
+    req.extensions_mut().insert(RawBody(bytes.clone()));
+    req.set_body(bytes);
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+async fn authenticate<E: Endpoint>(
+    state: AppState,
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let resolved = match auth::resolve(&state, &req).await {
+        None => None,
+        Some(Ok(ctx)) => {
+            tracing::Span::current().record("tenant_id", tracing::field::display(ctx.tenant_id));
+            if let Err(limited) = auth::rate_limit(&state, &ctx).await {
+                return Ok(limited.into_response());
+            }
+            Some(Resolved(Arc::new(Ok(ctx))))
+        }
+        Some(Err(e)) => Some(Resolved(Arc::new(Err(e)))),
+    };
+    if let Some(r) = &resolved {
+        req.extensions_mut().insert(r.clone());
+    }
+    Ok(match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => problem_response(e, resolved.as_ref()),
+    })
+}
+
+fn ctx_of(req: &Request) -> Option<shared::tenancy::TenantContext> {
+    req.extensions()
+        .get::<Resolved>()
+        .and_then(|r| r.0.as_ref().as_ref().ok().cloned())
+}
+
+async fn into_parts(resp: Response) -> (Response, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.into_bytes().await.unwrap_or_default();
+    (Response::from_parts(parts, bytes.clone().into()), bytes)
+}
+
+async fn idempotent<E: Endpoint>(
+    state: AppState,
+    ep: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_owned));
+    let ctx = ctx_of(&req);
+    let (Some(key), Some(ctx), true) = (key, ctx, *req.method() == Method::POST) else {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    };
+    let key = match key {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k,
+        _ => {
+            return Ok(ApiError::validation(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+            .into_response());
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(req.uri().path().trim_end_matches('/').as_bytes());
+    hasher.update([0]);
+    if let Some(body) = req.extensions().get::<RawBody>() {
+        hasher.update(&body.0);
+    }
+    let hash: [u8; 32] = hasher.finalize().into();
+    let scope = Scope {
+        tenant_id: ctx.tenant_id,
+        livemode: ctx.livemode(),
+    };
+    let claim = match idempotency::claim(&state.pool, scope, &key, &hash).await {
+        Ok(c) => c,
+        Err(e) => return Ok(ApiError::unavailable("database", e).into_response()),
+    };
+    match claim {
+        Claim::New => {}
+        Claim::Replay {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut resp = Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                .header("idempotent-replayed", "true");
+            if let Some(ct) = content_type {
+                resp = resp.header(header::CONTENT_TYPE, ct);
+            }
+            return Ok(resp.body(body));
+        }
+        Claim::Mismatch => {
+            return Ok(ApiError::conflict(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request.",
+            )
+            .into_response());
+        }
+        Claim::InProgress => {
+            return Ok(ApiError::conflict(
+                "idempotency_key_in_progress",
+                "A request with this Idempotency-Key is still being processed.",
+            )
+            .into_response());
+        }
+    }
+    let resp = match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => problem_response(e, None),
+    };
+    let (resp, bytes) = into_parts(resp).await;
+    let status = resp.status().as_u16();
+    let stored = if status >= 500 || status == 429 {
+        idempotency::release(&state.pool, scope, &key).await
+    } else {
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        idempotency::complete(&state.pool, scope, &key, status, ct, &bytes).await
+    };
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "could not record idempotent response");
+    }
+    Ok(resp)
+}
+
+async fn audit<E: Endpoint>(
+    state: AppState,
+    ep: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    let note = AuditNote::default();
+    req.extensions_mut().insert(note.clone());
+    let ctx = ctx_of(&req);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let client_addr = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_string());
+    let resp = match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => problem_response(e, None),
+    };
+    let note = std::mem::take(&mut *note.0.lock().unwrap_or_else(|p| p.into_inner()));
+    let tenant = ctx
+        .as_ref()
+        .map(|c| (c.tenant_id, c.livemode()))
+        .or(note.tenant);
+    let Some((tenant_id, livemode)) = tenant else {
+        return Ok(resp);
+    };
+    let action = resp
+        .data::<OperationId>()
+        .map(|o| o.0)
+        .unwrap_or("unmatched");
+    let entry = AuditEntry {
+        tenant_id,
+        livemode,
+        actor: note
+            .actor
+            .or_else(|| ctx.as_ref().map(|c| c.actor.audit_name()))
+            .unwrap_or_else(|| "anonymous".into()),
+        action: action.to_owned(),
+        object_id: note.object_id,
+        request_id,
+        client_addr,
+        outcome: i16::try_from(resp.status().as_u16()).unwrap_or(0),
+    };
+    if let Err(e) = shared::db::audit::record(&state.pool, &entry).await {
+        tracing::error!(error = %e, action, "could not write audit entry");
+    }
+    Ok(resp)
+}

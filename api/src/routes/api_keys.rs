@@ -1,0 +1,202 @@
+//! The tenant's API keys (seed contract under `/api/v1/auth/tenants/api-keys/…`).
+
+use poem::Request;
+use poem_openapi::{Object, OpenApi, payload::Json};
+use serde::Deserialize;
+use shared::{
+    db,
+    domain::api_key::{GeneratedKey, KeyKind},
+    tenancy::Permission,
+};
+
+use super::{
+    ApiTags,
+    dto::{ApiKeyOut, KeyModes, NewKeyOut},
+};
+use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+
+pub struct ApiKeysApi;
+
+#[derive(Debug, Object)]
+pub struct ApiKeyList {
+    /// Active keys first, then revoked ones; never the keys themselves.
+    pub data: Vec<ApiKeyOut>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RegenerateIn {
+    /// `live`, `test` or `all`.
+    pub mode: KeyModes,
+}
+
+#[derive(Debug, Object)]
+pub struct RegenerateOut {
+    /// The new keys, shown in full this once.
+    pub keys: Vec<NewKeyOut>,
+    /// Ids of the keys that stopped working.
+    pub revoked: Vec<String>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeIn {
+    /// `live`, `test` or `all`.
+    pub mode: KeyModes,
+    /// Must be `true`: revoked keys stop working at once and cannot be restored.
+    pub confirm: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct RevokeOut {
+    pub revoked: Vec<ApiKeyOut>,
+}
+
+async fn revoke(
+    state: &AppState,
+    req: &Request,
+    auth: &Auth,
+    body: RevokeIn,
+) -> Result<Json<RevokeOut>, ApiError> {
+    let ctx = auth.require(Permission::ManageApiKeys)?;
+    if !body.confirm {
+        return Err(ApiError::validation(
+            "confirm",
+            "must be true to revoke keys",
+        ));
+    }
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(|e| ApiError::unavailable("database", e))?;
+    let revoked = db::api_keys::revoke(&mut tx, ctx, &body.mode.modes(), &ctx.actor.audit_name())
+        .await
+        .map_err(ApiError::from_db("key"))?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    crate::auth::forget_keys(state);
+    let ids: Vec<String> = revoked.iter().map(|k| k.id.to_string()).collect();
+    note(req, |n| n.object_id = Some(ids.join(",")));
+    Ok(Json(RevokeOut {
+        revoked: revoked.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[OpenApi]
+impl ApiKeysApi {
+    /// List API keys
+    ///
+    /// The tenant's keys, masked to prefix and last four characters. Owners and admins only.
+    #[oai(
+        path = "/api/v1/auth/tenants/api-keys",
+        method = "get",
+        operation_id = "api_keys.list",
+        tag = "ApiTags::ApiKeys"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<ApiKeyList>, ApiError> {
+        let ctx = auth.require(Permission::ManageApiKeys)?;
+        let rows = db::api_keys::list(&state.pool, ctx)
+            .await
+            .map_err(ApiError::from_db("key"))?;
+        Ok(Json(ApiKeyList {
+            data: rows.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    /// Regenerate API keys
+    ///
+    /// Replaces the secret and publishable keys of the given mode (or both modes). The old
+    /// keys stop working at once; the new ones are shown only in this response.
+    #[oai(
+        path = "/api/v1/auth/tenants/api-keys/regenerate",
+        method = "post",
+        operation_id = "api_keys.regenerate",
+        tag = "ApiTags::ApiKeys"
+    )]
+    async fn regenerate(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<RegenerateIn>,
+    ) -> Result<Json<RegenerateOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageApiKeys)?;
+        let keys: Vec<GeneratedKey> = body
+            .0
+            .mode
+            .modes()
+            .into_iter()
+            .flat_map(|m| {
+                [
+                    GeneratedKey::generate(KeyKind::Secret, m),
+                    GeneratedKey::generate(KeyKind::Publishable, m),
+                ]
+            })
+            .collect();
+        let (revoked, created) =
+            db::api_keys::regenerate(&state.pool, ctx, &keys, &ctx.actor.audit_name())
+                .await
+                .map_err(ApiError::from_db("key"))?;
+        crate::auth::forget_keys(&state);
+        let new_ids: Vec<String> = created.iter().map(|k| k.id.to_string()).collect();
+        note(req, |n| n.object_id = Some(new_ids.join(",")));
+        Ok(Json(RegenerateOut {
+            keys: keys
+                .iter()
+                .zip(created.iter())
+                .map(|(k, row)| NewKeyOut {
+                    id: row.id.to_string(),
+                    kind: k.kind.as_str().into(),
+                    mode: k.mode.as_str().into(),
+                    key: k.full.clone(),
+                })
+                .collect(),
+            revoked: revoked.iter().map(|k| k.id.to_string()).collect(),
+        }))
+    }
+
+    /// Revoke API keys
+    ///
+    /// Revokes the keys of the given mode (or both). Needs `"confirm": true`. Recorded in the
+    /// audit log with who, when and which keys.
+    #[oai(
+        path = "/api/v1/auth/tenants/api-keys/revoke",
+        method = "delete",
+        operation_id = "api_keys.revoke",
+        tag = "ApiTags::ApiKeys"
+    )]
+    async fn revoke_delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<RevokeIn>,
+    ) -> Result<Json<RevokeOut>, ApiError> {
+        revoke(&state, req, &auth, body.0).await
+    }
+
+    /// Revoke API keys (POST)
+    ///
+    /// The same as `DELETE /api/v1/auth/tenants/api-keys/revoke`.
+    #[oai(
+        path = "/api/v1/auth/tenants/api-keys/revoke",
+        method = "post",
+        operation_id = "api_keys.revoke_post",
+        tag = "ApiTags::ApiKeys"
+    )]
+    async fn revoke_post(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<RevokeIn>,
+    ) -> Result<Json<RevokeOut>, ApiError> {
+        revoke(&state, req, &auth, body.0).await
+    }
+}

@@ -1,0 +1,53 @@
+//! The REST API: one `#[OpenApi]` struct per resource, combined here.
+
+pub mod api_keys;
+pub mod audit_log;
+pub mod dto;
+pub mod tenants;
+pub mod users;
+
+use poem_openapi::{OpenApiService, Tags};
+
+/// Tags grouping the operations in the OpenAPI document.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Registration, login, tokens and the caller's own account.
+    Auth,
+    /// The tenant's API keys.
+    ApiKeys,
+    /// The tenant's users and their roles.
+    Users,
+    /// The append-only record of every mutating request.
+    AuditLog,
+}
+
+pub type Apis = (
+    tenants::TenantsApi,
+    api_keys::ApiKeysApi,
+    users::UsersApi,
+    audit_log::AuditLogApi,
+);
+
+/// The OpenAPI service (also the source of the checked-in document).
+pub fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            tenants::TenantsApi,
+            api_keys::ApiKeysApi,
+            users::UsersApi,
+            audit_log::AuditLogApi,
+        ),
+        "Billing Platform API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(include_str!("../../API.md"))
+}
+
+/// The OpenAPI document as pretty JSON with a trailing newline.
+pub fn spec_json() -> String {
+    let mut s = service().spec();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}

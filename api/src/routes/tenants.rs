@@ -1,0 +1,669 @@
+//! Tenants and authentication: the seed contract under `/api/v1/auth/tenants/…`.
+
+use poem::{Request, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use serde::Deserialize;
+use shared::{
+    auth::{
+        jwt::{Issue, TokenType},
+        password,
+    },
+    crypto::{b64, random_bytes},
+    db::{self, DbError, users::Credentials},
+    domain::{
+        api_key::{GeneratedKey, KeyKind},
+        email::Email,
+        mode::Mode,
+        password::NewPassword,
+        tenant::{CompanyName, parse_domain},
+    },
+    ids::{TenantId, UserId},
+    ratelimit::{self, Decision},
+    tenancy::Permission,
+};
+use uuid::Uuid;
+
+use super::{
+    ApiTags,
+    dto::{NewKeyOut, TenantOut, TokensOut, UserOut},
+};
+use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+
+pub struct TenantsApi;
+
+/// A new tenant and its owner.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterIn {
+    /// The company's name; the tenant's unique slug is derived from it.
+    pub company_name: String,
+    /// The owner's email, used to log in.
+    pub email: String,
+    /// At least 10 characters.
+    pub password: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// The company's domain, e.g. `acme.com`.
+    pub domain: Option<String>,
+}
+
+/// Both key pairs of a new tenant.
+#[derive(Debug, Object)]
+pub struct KeySetOut {
+    pub live_publishable: NewKeyOut,
+    pub live_secret: NewKeyOut,
+    pub test_publishable: NewKeyOut,
+    pub test_secret: NewKeyOut,
+}
+
+/// Registration result. Keys and the webhook secret are shown this once.
+#[derive(Debug, Object)]
+pub struct RegisterOut {
+    pub tenant: TenantOut,
+    pub user: UserOut,
+    pub api_keys: KeySetOut,
+    /// Webhook signing secret (`whsec_…`): shown only now.
+    pub webhook_secret: String,
+    pub tokens: TokensOut,
+}
+
+#[derive(ApiResponse)]
+pub enum RegisterResponse {
+    /// The tenant was created.
+    #[oai(status = 201)]
+    Created(Json<RegisterOut>),
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct LoginIn {
+    pub email: String,
+    pub password: String,
+}
+
+/// Tokens plus who logged in.
+#[derive(Debug, Object)]
+pub struct LoginOut {
+    pub access: String,
+    pub refresh: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub user: UserOut,
+    pub tenant: TenantOut,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshIn {
+    /// A refresh token from login, registration or an earlier refresh.
+    pub refresh: String,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordIn {
+    pub current_password: String,
+    /// At least 10 characters.
+    pub new_password: String,
+}
+
+#[derive(Debug, Object)]
+pub struct MeOut {
+    pub user: UserOut,
+    pub tenant: TenantOut,
+}
+
+/// The result of checking a key or token.
+#[derive(Debug, Object)]
+pub struct VerifyOut {
+    pub valid: bool,
+    pub tenant_id: String,
+    pub company_name: String,
+    /// `live` or `test`.
+    pub mode: String,
+    /// `secret`, `publishable` or `user`.
+    pub credential: String,
+}
+
+#[derive(Debug, Object)]
+pub struct DetailsOut {
+    pub tenant: TenantOut,
+    pub active_users: i64,
+    pub active_api_keys: i64,
+    /// `live` or `test`: the mode of the calling credential.
+    pub mode: String,
+}
+
+fn field<'a>(v: &'a Option<String>, name: &str, max: usize) -> Result<&'a str, ApiError> {
+    let v = v.as_deref().map(str::trim).unwrap_or_default();
+    if v.chars().count() > max {
+        return Err(ApiError::validation(
+            name,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(v)
+}
+
+async fn hash_password(pw: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || password::hash(&pw))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+async fn verify_password(pw: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// Issues an access token and a stored refresh token.
+pub async fn issue_tokens(
+    state: &AppState,
+    user_id: UserId,
+    tenant_id: TenantId,
+    role: shared::domain::role::Role,
+    password_version: i32,
+    family: Uuid,
+) -> Result<TokensOut, ApiError> {
+    let now = state.clock.now();
+    let a = &state.settings.auth;
+    let issue = |typ, ttl_secs, jti| Issue {
+        user_id,
+        tenant_id,
+        role,
+        typ,
+        password_version,
+        jti,
+        now,
+        ttl_secs,
+    };
+    let (access, _) = state
+        .jwt
+        .issue(&issue(
+            TokenType::Access,
+            a.access_token_ttl_secs,
+            Uuid::new_v4(),
+        ))
+        .map_err(ApiError::internal)?;
+    let jti = Uuid::new_v4();
+    let (refresh, refresh_exp) = state
+        .jwt
+        .issue(&issue(TokenType::Refresh, a.refresh_token_ttl_secs, jti))
+        .map_err(ApiError::internal)?;
+    db::refresh_tokens::insert(
+        &state.pool,
+        jti,
+        family,
+        user_id,
+        tenant_id,
+        now,
+        refresh_exp,
+    )
+    .await
+    .map_err(ApiError::from_db("token"))?;
+    Ok(TokensOut {
+        access,
+        refresh,
+        token_type: "Bearer".into(),
+        expires_in: a.access_token_ttl_secs,
+    })
+}
+
+fn new_key_out(k: &GeneratedKey, id: String) -> NewKeyOut {
+    NewKeyOut {
+        id,
+        kind: k.kind.as_str().into(),
+        mode: k.mode.as_str().into(),
+        key: k.full.clone(),
+    }
+}
+
+async fn login_rate_limit(state: &AppState, req: &Request, email: &str) -> Result<(), ApiError> {
+    let a = &state.settings.auth;
+    let now = state.clock.now().timestamp().max(0) as u64;
+    let email_bucket = format!(
+        "login:email:{}",
+        hex::encode(&shared::crypto::sha256(email.as_bytes())[..12])
+    );
+    let ip = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let ip_bucket = format!("login:ip:{ip}");
+    let prefix = &state.settings.redis.key_prefix;
+    let mut redis = state.redis.clone();
+    for (bucket, limit) in [
+        (email_bucket, a.login_attempts_per_email),
+        (ip_bucket, a.login_attempts_per_ip),
+    ] {
+        match ratelimit::hit(&mut redis, prefix, &bucket, limit, a.login_window_secs, now).await {
+            Ok(Decision::Allowed { .. }) => {}
+            Ok(Decision::Limited { retry_after_secs }) => {
+                return Err(ApiError::rate_limited(retry_after_secs));
+            }
+            Err(e) => return Err(ApiError::unavailable("redis", e)),
+        }
+    }
+    Ok(())
+}
+
+fn bad_login() -> ApiError {
+    ApiError::unauthenticated("invalid_credentials", "The email or password is incorrect.")
+}
+
+#[OpenApi]
+impl TenantsApi {
+    /// Register a tenant
+    ///
+    /// Creates the tenant, its owner user, live and test key pairs and a webhook signing
+    /// secret, and logs the owner in. Keys and the secret are returned only in this response.
+    #[oai(
+        path = "/api/v1/auth/tenants/register",
+        method = "post",
+        operation_id = "tenants.register",
+        tag = "ApiTags::Auth"
+    )]
+    async fn register(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        body: JsonBody<RegisterIn>,
+    ) -> Result<RegisterResponse, ApiError> {
+        let b = body.0;
+        let company =
+            CompanyName::parse(&b.company_name).map_err(ApiError::invalid("company_name"))?;
+        let email = Email::parse(&b.email).map_err(ApiError::invalid("email"))?;
+        let pw = NewPassword::parse(&b.password).map_err(ApiError::invalid("password"))?;
+        let first_name = field(&b.first_name, "first_name", 100)?;
+        let last_name = field(&b.last_name, "last_name", 100)?;
+        let domain = match b.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            Some(d) => Some(parse_domain(d).map_err(ApiError::invalid("domain"))?),
+            None => None,
+        };
+        let password_hash = hash_password(pw.expose().to_owned()).await?;
+        let keys: Vec<GeneratedKey> = [
+            (KeyKind::Publishable, Mode::Live),
+            (KeyKind::Secret, Mode::Live),
+            (KeyKind::Publishable, Mode::Test),
+            (KeyKind::Secret, Mode::Test),
+        ]
+        .into_iter()
+        .map(|(k, m)| GeneratedKey::generate(k, m))
+        .collect();
+        let webhook_secret = format!("whsec_{}", b64(&random_bytes::<24>()));
+        let last4 = webhook_secret[webhook_secret.len() - 4..].to_owned();
+        let tenant_id = TenantId::new();
+        let owner_id = UserId::new();
+        let (tenant, key_rows) = db::tenants::register(
+            &state.pool,
+            db::tenants::NewTenant {
+                tenant_id,
+                company_name: company.as_str(),
+                slug_base: &company.slug_base(),
+                email: email.as_str(),
+                domain: domain.as_deref(),
+                webhook_secret_enc: state.encryptor.encrypt(webhook_secret.as_bytes()),
+                webhook_secret_last4: &last4,
+                owner_id,
+                owner_password_hash: &password_hash,
+                first_name,
+                last_name,
+                keys: &keys,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            DbError::UniqueViolation(c) if c == "users_email_key" => ApiError {
+                field: Some("email".into()),
+                ..ApiError::conflict("email_taken", "An account with this email already exists.")
+            },
+            other => ApiError::from_db("tenant")(other),
+        })?;
+        note(req, |n| {
+            n.tenant = Some((tenant_id, false));
+            n.actor = Some(owner_id.to_string());
+            n.object_id = Some(tenant_id.to_string());
+        });
+        let out = |i: usize| new_key_out(&keys[i], key_rows[i].id.to_string());
+        let tokens = issue_tokens(
+            &state,
+            owner_id,
+            tenant_id,
+            shared::domain::role::Role::Owner,
+            1,
+            Uuid::new_v4(),
+        )
+        .await?;
+        let user = db::users::get(
+            &state.pool,
+            &shared::tenancy::TenantContext {
+                tenant_id,
+                mode: Mode::Test,
+                actor: shared::tenancy::Actor::User {
+                    id: owner_id,
+                    role: shared::domain::role::Role::Owner,
+                },
+            },
+            owner_id,
+        )
+        .await
+        .map_err(ApiError::from_db("user"))?;
+        Ok(RegisterResponse::Created(Json(RegisterOut {
+            tenant: tenant.into(),
+            user: user.into(),
+            api_keys: KeySetOut {
+                live_publishable: out(0),
+                live_secret: out(1),
+                test_publishable: out(2),
+                test_secret: out(3),
+            },
+            webhook_secret,
+            tokens,
+        })))
+    }
+
+    /// Log in
+    ///
+    /// Exchanges email and password for JWT access and refresh tokens. Unknown emails and
+    /// wrong passwords get the same answer. Attempts are rate limited per email and per client
+    /// address.
+    #[oai(
+        path = "/api/v1/auth/tenants/login",
+        method = "post",
+        operation_id = "tenants.login",
+        tag = "ApiTags::Auth"
+    )]
+    async fn login(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        body: JsonBody<LoginIn>,
+    ) -> Result<Json<LoginOut>, ApiError> {
+        let email = Email::parse(&body.0.email).map_err(ApiError::invalid("email"))?;
+        if body.0.password.is_empty() {
+            return Err(ApiError::validation("password", "must not be empty"));
+        }
+        login_rate_limit(&state, req, email.as_str()).await?;
+        let creds = match db::users::credentials_by_email(&state.pool, email.as_str()).await {
+            Ok(c) => Some(c),
+            Err(DbError::NotFound) => None,
+            Err(e) => return Err(ApiError::unavailable("database", e)),
+        };
+        let hash = creds
+            .as_ref()
+            .map(|c| c.password_hash.clone())
+            .unwrap_or_else(|| password::dummy_hash().to_owned());
+        let ok = verify_password(body.0.password.clone(), hash).await?;
+        let creds: Credentials = match creds {
+            Some(c) if ok && c.can_log_in() => c,
+            _ => return Err(bad_login()),
+        };
+        note(req, |n| {
+            n.tenant = Some((creds.tenant_id, false));
+            n.actor = Some(creds.id.to_string());
+            n.object_id = Some(creds.id.to_string());
+        });
+        db::users::touch_last_login(&state.pool, creds.id)
+            .await
+            .map_err(ApiError::from_db("user"))?;
+        let tokens = issue_tokens(
+            &state,
+            creds.id,
+            creds.tenant_id,
+            creds.role(),
+            creds.password_version,
+            Uuid::new_v4(),
+        )
+        .await?;
+        let ctx = shared::tenancy::TenantContext {
+            tenant_id: creds.tenant_id,
+            mode: Mode::Test,
+            actor: shared::tenancy::Actor::User {
+                id: creds.id,
+                role: creds.role(),
+            },
+        };
+        let user = db::users::get(&state.pool, &ctx, creds.id)
+            .await
+            .map_err(ApiError::from_db("user"))?;
+        let tenant = db::tenants::get(&state.pool, &ctx)
+            .await
+            .map_err(ApiError::from_db("tenant"))?;
+        Ok(Json(LoginOut {
+            access: tokens.access,
+            refresh: tokens.refresh,
+            token_type: tokens.token_type,
+            expires_in: tokens.expires_in,
+            user: user.into(),
+            tenant: tenant.into(),
+        }))
+    }
+
+    /// Refresh tokens
+    ///
+    /// Exchanges a refresh token for a new access token and a new refresh token. Each refresh
+    /// token works once: presenting a used one fails and revokes the tokens issued from it.
+    #[oai(
+        path = "/api/v1/auth/tenants/token/refresh",
+        method = "post",
+        operation_id = "tenants.token_refresh",
+        tag = "ApiTags::Auth"
+    )]
+    async fn refresh(
+        &self,
+        state: poem::web::Data<&AppState>,
+        body: JsonBody<RefreshIn>,
+    ) -> Result<Json<TokensOut>, ApiError> {
+        let bad = || {
+            ApiError::unauthenticated(
+                "invalid_token",
+                "The refresh token is invalid, expired or already used.",
+            )
+        };
+        let claims = state.jwt.verify(&body.0.refresh).map_err(|_| bad())?;
+        if claims.typ != TokenType::Refresh {
+            return Err(bad());
+        }
+        let family =
+            match db::refresh_tokens::consume(&state.pool, claims.jti, state.clock.now()).await {
+                Ok(f) => f,
+                Err(DbError::NotFound) => return Err(bad()),
+                Err(e) => return Err(ApiError::unavailable("database", e)),
+            };
+        let creds = db::users::credentials_by_id(&state.pool, claims.user_id)
+            .await
+            .map_err(|_| bad())?;
+        if !creds.can_log_in() || creds.password_version != claims.password_version {
+            return Err(bad());
+        }
+        issue_tokens(
+            &state,
+            creds.id,
+            creds.tenant_id,
+            creds.role(),
+            creds.password_version,
+            family,
+        )
+        .await
+        .map(Json)
+    }
+
+    /// Current user
+    ///
+    /// The logged-in user and their tenant. Needs a user's JWT.
+    #[oai(
+        path = "/api/v1/auth/tenants/me",
+        method = "get",
+        operation_id = "tenants.me",
+        tag = "ApiTags::Auth"
+    )]
+    async fn me(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<MeOut>, ApiError> {
+        let ctx = auth.require(Permission::OwnAccount)?;
+        let id = ctx
+            .user_id()
+            .ok_or_else(|| ApiError::forbidden("user_token_required", "Needs a user's JWT."))?;
+        let user = db::users::get(&state.pool, ctx, id)
+            .await
+            .map_err(ApiError::from_db("user"))?;
+        let tenant = db::tenants::get(&state.pool, ctx)
+            .await
+            .map_err(ApiError::from_db("tenant"))?;
+        Ok(Json(MeOut {
+            user: user.into(),
+            tenant: tenant.into(),
+        }))
+    }
+
+    /// Change password
+    ///
+    /// Needs the current password. Every earlier refresh and access token of the user stops
+    /// working; the response carries fresh tokens.
+    #[oai(
+        path = "/api/v1/auth/tenants/change-password",
+        method = "post",
+        operation_id = "tenants.change_password",
+        tag = "ApiTags::Auth"
+    )]
+    async fn change_password(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<ChangePasswordIn>,
+    ) -> Result<Json<TokensOut>, ApiError> {
+        let ctx = auth.require(Permission::OwnAccount)?;
+        let id = ctx
+            .user_id()
+            .ok_or_else(|| ApiError::forbidden("user_token_required", "Needs a user's JWT."))?;
+        let new =
+            NewPassword::parse(&body.0.new_password).map_err(ApiError::invalid("new_password"))?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let creds = db::users::credentials_by_id(&state.pool, id)
+            .await
+            .map_err(ApiError::from_db("user"))?;
+        if !verify_password(body.0.current_password.clone(), creds.password_hash.clone()).await? {
+            return Err(ApiError {
+                field: Some("current_password".into()),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_current_password",
+                    "The current password is incorrect.",
+                )
+            });
+        }
+        if body.0.current_password == body.0.new_password {
+            return Err(ApiError::validation(
+                "new_password",
+                "must differ from the current password",
+            ));
+        }
+        let hash = hash_password(new.expose().to_owned()).await?;
+        db::users::change_password(&state.pool, ctx, id, &hash)
+            .await
+            .map_err(ApiError::from_db("user"))?;
+        state.users.clear();
+        issue_tokens(
+            &state,
+            id,
+            ctx.tenant_id,
+            creds.role(),
+            creds.password_version + 1,
+            Uuid::new_v4(),
+        )
+        .await
+        .map(Json)
+    }
+
+    /// Verify a credential
+    ///
+    /// Checks an API key (secret or publishable) or a JWT and says which tenant and mode it
+    /// belongs to.
+    #[oai(
+        path = "/api/v1/auth/tenants/verify",
+        method = "get",
+        operation_id = "tenants.verify",
+        tag = "ApiTags::Auth"
+    )]
+    async fn verify_get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<VerifyOut>, ApiError> {
+        verify(&state, &auth).await
+    }
+
+    /// Verify a credential (POST)
+    ///
+    /// The same as `GET /api/v1/auth/tenants/verify`.
+    #[oai(
+        path = "/api/v1/auth/tenants/verify",
+        method = "post",
+        operation_id = "tenants.verify_post",
+        tag = "ApiTags::Auth"
+    )]
+    async fn verify_post(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<VerifyOut>, ApiError> {
+        verify(&state, &auth).await
+    }
+
+    /// Tenant details
+    ///
+    /// The caller's tenant with its user and key counts.
+    #[oai(
+        path = "/api/v1/auth/tenants/details",
+        method = "get",
+        operation_id = "tenants.details",
+        tag = "ApiTags::Auth"
+    )]
+    async fn details(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<DetailsOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadTenant)?;
+        let tenant = db::tenants::get(&state.pool, ctx)
+            .await
+            .map_err(ApiError::from_db("tenant"))?;
+        let (users, keys) = db::tenants::counts(&state.pool, ctx)
+            .await
+            .map_err(ApiError::from_db("tenant"))?;
+        Ok(Json(DetailsOut {
+            tenant: tenant.into(),
+            active_users: users,
+            active_api_keys: keys,
+            mode: ctx.mode.as_str().into(),
+        }))
+    }
+}
+
+async fn verify(state: &AppState, auth: &Auth) -> Result<Json<VerifyOut>, ApiError> {
+    let ctx = auth.require(Permission::ReadTenant)?;
+    let tenant = db::tenants::get(&state.pool, ctx)
+        .await
+        .map_err(ApiError::from_db("tenant"))?;
+    let credential = match &ctx.actor {
+        shared::tenancy::Actor::User { .. } => "user",
+        shared::tenancy::Actor::ApiKey { kind, .. } => kind.as_str(),
+    };
+    Ok(Json(VerifyOut {
+        valid: true,
+        tenant_id: tenant.id.to_string(),
+        company_name: tenant.company_name,
+        mode: ctx.mode.as_str().into(),
+        credential: credential.into(),
+    }))
+}

@@ -1,0 +1,103 @@
+//! Shared state of one API process.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use redis::aio::ConnectionManager;
+use shared::{
+    auth::jwt::JwtKeys,
+    clock::{Clock, SystemClock},
+    config::Settings,
+    crypto::Encryptor,
+    db::{api_keys::ActiveKey, users::Credentials},
+    ids::UserId,
+};
+use sqlx::PgPool;
+
+use crate::metrics::Metrics;
+
+/// How long a credential lookup is trusted. Revocation reaches every replica within this.
+pub const AUTH_CACHE_TTL: Duration = Duration::from_millis(900);
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub jwt: JwtKeys,
+    pub encryptor: Encryptor,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    pub keys: TtlCache<[u8; 32], ActiveKey>,
+    pub users: TtlCache<UserId, Credentials>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(settings: Settings, pool: PgPool, redis: ConnectionManager) -> Self {
+        let secret = settings.auth.app_secret.expose().clone();
+        Self(Arc::new(Inner {
+            jwt: JwtKeys::new(&secret),
+            encryptor: Encryptor::new(&secret),
+            clock: Arc::new(SystemClock),
+            metrics: Metrics::default(),
+            keys: TtlCache::new(AUTH_CACHE_TTL),
+            users: TtlCache::new(AUTH_CACHE_TTL),
+            settings,
+            pool,
+            redis,
+        }))
+    }
+}
+
+/// A small map whose entries (found or not found) expire after a fixed time.
+pub struct TtlCache<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, Option<V>)>>,
+}
+
+const MAX_ENTRIES: usize = 100_000;
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(found)` when a fresh entry exists.
+    pub fn get(&self, k: &K) -> Option<Option<V>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(k)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, k: K, v: Option<V>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(k, (Instant::now(), v));
+    }
+
+    pub fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the API on a random port over a fresh database per test, a fresh Redis
+//! key prefix, real PostgreSQL and Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api_keys;
+mod auth;
+mod compose;
+mod errors;
+mod health;
+mod helpers;
+mod idempotency;
+mod openapi;
+mod rate_limits;
+mod tenancy;
+mod users;

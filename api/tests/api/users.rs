@@ -1,0 +1,310 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Cred, PASSWORD, assert_problem, s, spawn_app};
+
+#[tokio::test]
+async fn owners_invite_users_who_can_then_log_in() {
+    let app = spawn_app().await;
+    let t = app.register("own@acme.com").await;
+    let resp = app
+        .post("/api/v1/users", &t.jwt(), &json!({"email": "New@acme.com", "password": PASSWORD, "role": "developer", "first_name": "Ada"}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let user: Value = resp.json().await.unwrap();
+    assert!(s(&user["id"]).starts_with("usr_"));
+    assert_eq!(user["email"], "new@acme.com");
+    assert_eq!(user["role"], "developer");
+    let login: Value = app
+        .login("new@acme.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["user"]["role"], "developer");
+    assert_eq!(login["tenant"]["id"], t.id.as_str());
+}
+
+#[tokio::test]
+async fn invite_validates_and_refuses_duplicates() {
+    let app = spawn_app().await;
+    let t = app.register("own2@acme.com").await;
+    let bad_role = app
+        .post(
+            "/api/v1/users",
+            &t.jwt(),
+            &json!({"email": "x@acme.com", "password": PASSWORD, "role": "god"}),
+        )
+        .await;
+    assert_eq!(
+        assert_problem(bad_role, StatusCode::BAD_REQUEST, "validation_failed").await["field"],
+        "role"
+    );
+    let dup = app
+        .post(
+            "/api/v1/users",
+            &t.jwt(),
+            &json!({"email": "own2@acme.com", "password": PASSWORD, "role": "admin"}),
+        )
+        .await;
+    assert_problem(dup, StatusCode::CONFLICT, "email_taken").await;
+    assert_eq!(app.count("users").await, 1);
+}
+
+#[tokio::test]
+async fn users_are_listed_newest_first_with_cursor_pagination() {
+    let app = spawn_app().await;
+    let t = app.register("page@acme.com").await;
+    let mut ids = vec![t.owner_id.clone()];
+    for i in 0..4 {
+        let (_, id) = app
+            .user_with_role(&t, &format!("p{i}@acme.com"), "billing")
+            .await;
+        ids.push(id);
+    }
+    ids.reverse(); // newest first
+    let page1: Value = app
+        .get("/api/v1/users?limit=2", &t.jwt())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<String> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| s(&u["id"]))
+        .collect();
+    assert_eq!(got, ids[..2]);
+    assert_eq!(page1["has_more"], true);
+    let page2: Value = app
+        .get(
+            &format!("/api/v1/users?limit=2&starting_after={}", got[1]),
+            &t.jwt(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got2: Vec<String> = page2["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| s(&u["id"]))
+        .collect();
+    assert_eq!(got2, ids[2..4]);
+    let page3: Value = app
+        .get(
+            &format!("/api/v1/users?limit=2&starting_after={}", got2[1]),
+            &t.jwt(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page3["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page3["has_more"], false);
+    let back: Value = app
+        .get(
+            &format!("/api/v1/users?limit=2&ending_before={}", got2[0]),
+            &t.jwt(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got_back: Vec<String> = back["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| s(&u["id"]))
+        .collect();
+    assert_eq!(got_back, ids[..2]);
+    let bad = app.get("/api/v1/users?limit=500", &t.jwt()).await;
+    assert_eq!(
+        assert_problem(bad, StatusCode::BAD_REQUEST, "validation_failed").await["field"],
+        "limit"
+    );
+    let bad_cursor = app
+        .get("/api/v1/users?starting_after=cus_123", &t.jwt())
+        .await;
+    assert_eq!(
+        assert_problem(bad_cursor, StatusCode::BAD_REQUEST, "validation_failed").await["field"],
+        "starting_after"
+    );
+}
+
+#[tokio::test]
+async fn roles_can_be_changed_and_take_effect_on_the_next_request() {
+    let app = spawn_app().await;
+    let t = app.register("role@acme.com").await;
+    let (dev_token, dev_id) = app.user_with_role(&t, "dev2@acme.com", "developer").await;
+    let dev = Cred::Bearer(dev_token);
+    assert_eq!(
+        app.get("/api/v1/auth/tenants/api-keys", &dev)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let resp = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{dev_id}"),
+            &t.jwt(),
+            Some(&json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/auth/tenants/api-keys", &dev)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn deactivated_users_cannot_log_in_and_their_tokens_stop_working() {
+    let app = spawn_app().await;
+    let t = app.register("deact@acme.com").await;
+    let (token, id) = app.user_with_role(&t, "gone@acme.com", "developer").await;
+    let resp = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/users/{id}"),
+            &t.jwt(),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["is_active"], false);
+    assert_problem(
+        app.get("/api/v1/auth/tenants/me", &Cred::Bearer(token))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.login("gone@acme.com", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn admins_cannot_touch_owners_and_nobody_demotes_themselves() {
+    let app = spawn_app().await;
+    let t = app.register("guard@acme.com").await;
+    let (admin, admin_id) = app.user_with_role(&t, "adm@acme.com", "admin").await;
+    let admin = Cred::Bearer(admin);
+    let owner_path = format!("/api/v1/users/{}", t.owner_id);
+    assert_problem(
+        app.send(
+            Method::PATCH,
+            &owner_path,
+            &admin,
+            Some(&json!({"role": "developer"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    )
+    .await;
+    assert_problem(
+        app.send(Method::DELETE, &owner_path, &admin, None).await,
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    )
+    .await;
+    let make_owner = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{admin_id}"),
+            &admin,
+            Some(&json!({"role": "owner"})),
+        )
+        .await;
+    assert_problem(make_owner, StatusCode::FORBIDDEN, "permission_denied").await;
+    let self_demote = app
+        .send(
+            Method::PATCH,
+            &owner_path,
+            &t.jwt(),
+            Some(&json!({"role": "admin"})),
+        )
+        .await;
+    assert_problem(self_demote, StatusCode::CONFLICT, "cannot_modify_self").await;
+    let me: Value = app.get(&owner_path, &t.jwt()).await.json().await.unwrap();
+    assert_eq!(me["role"], "owner");
+}
+
+#[tokio::test]
+async fn an_owner_can_demote_another_but_the_remaining_owner_is_out_of_reach() {
+    let app = spawn_app().await;
+    let t = app.register("last@acme.com").await;
+    let (second_owner, second_id) = app.user_with_role(&t, "owner2@acme.com", "owner").await;
+    // With two owners, one may demote the other.
+    let resp = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", t.owner_id),
+            &Cred::Bearer(second_owner.clone()),
+            Some(&json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Now the second owner is the last one: the (now admin) first user cannot touch them.
+    let resp = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/users/{second_id}"),
+            &t.jwt(),
+            None,
+        )
+        .await;
+    assert_problem(resp, StatusCode::FORBIDDEN, "permission_denied").await;
+}
+
+#[tokio::test]
+async fn developers_billing_and_keys_can_read_users_but_not_manage_them() {
+    let app = spawn_app().await;
+    let t = app.register("readers@acme.com").await;
+    let (dev, _) = app.user_with_role(&t, "d@acme.com", "developer").await;
+    let (billing, _) = app.user_with_role(&t, "b@acme.com", "billing").await;
+    for cred in [
+        Cred::Bearer(dev),
+        Cred::Bearer(billing),
+        t.sk_test(),
+        t.sk_live(),
+    ] {
+        assert_eq!(
+            app.get("/api/v1/users", &cred).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.get(&format!("/api/v1/users/{}", t.owner_id), &cred)
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        let resp = app
+            .post(
+                "/api/v1/users",
+                &cred,
+                &json!({"email": "z@acme.com", "password": PASSWORD, "role": "billing"}),
+            )
+            .await;
+        assert_problem(resp, StatusCode::FORBIDDEN, "permission_denied").await;
+    }
+    assert_problem(
+        app.get("/api/v1/users", &Cred::Bearer(t.pk_live.clone()))
+            .await,
+        StatusCode::FORBIDDEN,
+        "secret_key_required",
+    )
+    .await;
+    assert_eq!(app.count("users").await, 3);
+}

@@ -1,0 +1,256 @@
+//! Settings, loaded once at start-up from environment variables with local defaults.
+//!
+//! A missing or malformed setting without a safe default is a [`ConfigError`] whose message
+//! names the variable, so start-up stops with one clear line.
+
+use std::{net::SocketAddr, str::FromStr};
+
+use crate::secret::Secret;
+
+/// Why the settings could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set: {hint}")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("{name} is malformed: {reason}")]
+    Malformed { name: &'static str, reason: String },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: Secret<String>,
+    pub max_connections: u32,
+    /// Apply pending migrations when the API starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    /// Prefix for every Redis key this deployment writes (tests use a fresh one each).
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Root secret; JWT signing and at-rest encryption keys are derived from it.
+    pub app_secret: Secret<String>,
+    pub access_token_ttl_secs: i64,
+    pub refresh_token_ttl_secs: i64,
+    /// Requests per second allowed per API key or user.
+    pub rate_limit_per_second: u32,
+    /// Failed-or-not login attempts allowed per email in one window.
+    pub login_attempts_per_email: u32,
+    /// Login attempts allowed per client address in one window.
+    pub login_attempts_per_ip: u32,
+    pub login_window_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub addr: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Address of the worker's health and metrics listener.
+    pub addr: SocketAddr,
+}
+
+/// All settings of the platform.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Loads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Loads the settings from any variable lookup (used by tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let app_secret = get("APP_SECRET").ok_or(ConfigError::Missing {
+            name: "APP_SECRET",
+            hint: "set it to at least 32 random characters (scripts/dev creates one)",
+        })?;
+        if app_secret.len() < 32 {
+            return Err(ConfigError::Malformed {
+                name: "APP_SECRET",
+                reason: "must be at least 32 characters".into(),
+            });
+        }
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Malformed {
+                    name: "LOG_FORMAT",
+                    reason: format!("expected `text` or `json`, got `{other}`"),
+                });
+            }
+        };
+        let database_url = get("DATABASE_URL")
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/billing".into());
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError::Malformed {
+                name: "DATABASE_URL",
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+            return Err(ConfigError::Malformed {
+                name: "REDIS_URL",
+                reason: "expected a redis:// URL".into(),
+            });
+        }
+        Ok(Self {
+            database: DatabaseSettings {
+                url: Secret::new(database_url),
+                max_connections: parse(&get, "DATABASE_MAX_CONNECTIONS", 20)?,
+                migrate_on_start: parse_bool(&get, "MIGRATE_ON_START", true)?,
+            },
+            redis: RedisSettings {
+                url: Secret::new(redis_url),
+                key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "billing:".into()),
+            },
+            auth: AuthSettings {
+                app_secret: Secret::new(app_secret),
+                access_token_ttl_secs: parse(&get, "ACCESS_TOKEN_TTL_SECONDS", 900)?,
+                refresh_token_ttl_secs: parse(&get, "REFRESH_TOKEN_TTL_SECONDS", 14 * 86_400)?,
+                rate_limit_per_second: parse(&get, "RATE_LIMIT_PER_SECOND", 100)?,
+                login_attempts_per_email: parse(&get, "LOGIN_ATTEMPTS_PER_EMAIL", 10)?,
+                login_attempts_per_ip: parse(&get, "LOGIN_ATTEMPTS_PER_IP", 50)?,
+                login_window_secs: parse(&get, "LOGIN_WINDOW_SECONDS", 900)?,
+            },
+            api: ApiSettings {
+                addr: parse(&get, "API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+                max_body_bytes: parse(&get, "MAX_BODY_BYTES", 1024 * 1024)?,
+            },
+            worker: WorkerSettings {
+                addr: parse(
+                    &get,
+                    "WORKER_ADDR",
+                    SocketAddr::from(([127, 0, 0, 1], 8081)),
+                )?,
+            },
+            log_format,
+        })
+    }
+}
+
+fn parse<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Malformed {
+                name,
+                reason: format!("`{raw}`: {e}"),
+            }),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::Malformed {
+            name,
+            reason: format!("expected true or false, got `{other}`"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const SECRET: (&str, &str) = ("APP_SECRET", "0123456789abcdef0123456789abcdef");
+
+    #[test]
+    fn defaults_apply_when_only_the_secret_is_set() {
+        let s = load(&[SECRET]).unwrap();
+        assert_eq!(s.api.addr.to_string(), "127.0.0.1:8080");
+        assert!(s.database.migrate_on_start);
+        assert_eq!(s.auth.rate_limit_per_second, 100);
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_variable() {
+        let err = load(&[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("APP_SECRET is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_address_names_the_variable() {
+        let err = load(&[SECRET, ("API_ADDR", "nowhere")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("API_ADDR is malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_boolean_names_the_variable() {
+        let err = load(&[SECRET, ("MIGRATE_ON_START", "perhaps")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("MIGRATE_ON_START is malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_non_postgres_database_url_is_rejected() {
+        let err = load(&[SECRET, ("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("DATABASE_URL is malformed"),
+            "{err}"
+        );
+    }
+}

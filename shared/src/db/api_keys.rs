@@ -1,0 +1,153 @@
+//! API keys, stored as SHA-256 hashes with a display prefix and last four characters.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use subtle::ConstantTimeEq;
+
+use super::DbError;
+use crate::{
+    domain::{
+        api_key::{GeneratedKey, KeyKind},
+        mode::Mode,
+    },
+    ids::{ApiKeyId, TenantId},
+    tenancy::TenantContext,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ApiKeyRow {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub kind: String,
+    pub prefix: String,
+    pub last4: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRow {
+    pub fn kind(&self) -> KeyKind {
+        KeyKind::parse(&self.kind).unwrap_or(KeyKind::Publishable)
+    }
+
+    /// `sk_test_…abcd`
+    pub fn display(&self) -> String {
+        format!("{}…{}", self.prefix, self.last4)
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, livemode, kind, prefix, last4, created_at, revoked_at";
+
+pub(crate) async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: TenantId,
+    id: ApiKeyId,
+    key: &GeneratedKey,
+) -> Result<ApiKeyRow, DbError> {
+    let prefix = crate::domain::api_key::prefix(key.kind, key.mode);
+    sqlx::query_as::<_, ApiKeyRow>(sqlf!(
+        "INSERT INTO api_keys (id, tenant_id, livemode, kind, key_hash, prefix, last4) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(tenant_id)
+    .bind(key.mode.livemode())
+    .bind(key.kind.as_str())
+    .bind(&key.hash[..])
+    .bind(prefix)
+    .bind(&key.last4)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(Into::into)
+}
+
+/// An active key found by its hash, with whether its tenant is active.
+#[derive(Debug, Clone, FromRow)]
+pub struct ActiveKey {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub kind: String,
+    pub prefix: String,
+    pub last4: String,
+    pub key_hash: Vec<u8>,
+    pub tenant_active: bool,
+}
+
+/// Looks an active key up by hash (authentication; precedes any tenant context).
+pub async fn find_active_by_hash(pool: &PgPool, hash: &[u8; 32]) -> Result<ActiveKey, DbError> {
+    let key = sqlx::query_as::<_, ActiveKey>(
+        "SELECT k.id, k.tenant_id, k.livemode, k.kind, k.prefix, k.last4, k.key_hash, \
+         t.is_active AS tenant_active \
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(&hash[..])
+    .fetch_one(pool)
+    .await?;
+    // The index found the row; compare again in constant time before trusting it.
+    if bool::from(key.key_hash.as_slice().ct_eq(&hash[..])) {
+        Ok(key)
+    } else {
+        Err(DbError::NotFound)
+    }
+}
+
+/// The tenant's keys, active ones first, newest first.
+pub async fn list(pool: &PgPool, ctx: &TenantContext) -> Result<Vec<ApiKeyRow>, DbError> {
+    sqlx::query_as::<_, ApiKeyRow>(sqlf!(
+        "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 \
+         ORDER BY revoked_at IS NOT NULL, revoked_at DESC, livemode DESC, kind DESC, id DESC \
+         LIMIT 100"
+    ))
+    .bind(ctx.tenant_id)
+    .fetch_all(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// Revokes the active keys of the given modes; returns the revoked rows.
+pub async fn revoke(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &TenantContext,
+    modes: &[Mode],
+    by: &str,
+) -> Result<Vec<ApiKeyRow>, DbError> {
+    let livemodes: Vec<bool> = modes.iter().map(|m| m.livemode()).collect();
+    sqlx::query_as::<_, ApiKeyRow>(sqlf!(
+        "UPDATE api_keys SET revoked_at = now(), revoked_by = $3 \
+         WHERE tenant_id = $1 AND livemode = ANY($2) AND revoked_at IS NULL \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(&livemodes)
+    .bind(by)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(Into::into)
+}
+
+/// Revokes the active keys of the given modes and inserts new ones, atomically.
+pub async fn regenerate(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    keys: &[GeneratedKey],
+    by: &str,
+) -> Result<(Vec<ApiKeyRow>, Vec<ApiKeyRow>), DbError> {
+    let mut modes: Vec<Mode> = keys.iter().map(|k| k.mode).collect();
+    modes.dedup();
+    let mut tx = pool.begin().await?;
+    // Serialise concurrent regenerations of one tenant.
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(ctx.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    let revoked = revoke(&mut tx, ctx, &modes, by).await?;
+    let mut created = Vec::with_capacity(keys.len());
+    for key in keys {
+        created.push(insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?);
+    }
+    tx.commit().await?;
+    Ok((revoked, created))
+}

@@ -1,0 +1,87 @@
+//! PostgreSQL access. One module per concept; tenant data is reached only through functions
+//! that take a [`crate::tenancy::TenantContext`] first.
+
+/// `format!` for SQL built only from constant fragments (column lists, pagination
+/// conditions); values are always bound, never interpolated.
+macro_rules! sqlf {
+    ($($t:tt)*) => {
+        sqlx::AssertSqlSafe(format!($($t)*))
+    };
+}
+
+pub mod api_keys;
+pub mod audit;
+pub mod idempotency;
+pub mod pagination;
+pub mod refresh_tokens;
+pub mod tenants;
+pub mod users;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DatabaseSettings;
+
+/// Database errors a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    #[error("unique constraint `{0}` violated")]
+    UniqueViolation(String),
+    #[error(transparent)]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => DbError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                DbError::UniqueViolation(db.constraint().unwrap_or_default().to_owned())
+            }
+            _ => DbError::Other(err),
+        }
+    }
+}
+
+/// A pool that connects lazily, so a process can start (and report unready) while the
+/// database is down.
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.url.expose().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}
+
+/// Creates the database named in the settings' URL when it does not exist yet, connecting to
+/// the server's `postgres` maintenance database to do so.
+pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<bool, sqlx::Error> {
+    use sqlx::{ConnectOptions, Connection};
+    let options: PgConnectOptions = settings.url.expose().parse()?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut conn = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(!exists)
+}

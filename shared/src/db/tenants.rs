@@ -1,0 +1,122 @@
+//! Tenants. Registration creates the tenant, its owner and its keys in one transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use super::DbError;
+use crate::{
+    domain::api_key::GeneratedKey,
+    ids::{ApiKeyId, TenantId, UserId},
+    tenancy::TenantContext,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TenantRow {
+    pub id: TenantId,
+    pub company_name: String,
+    pub slug: String,
+    pub email: String,
+    pub domain: Option<String>,
+    pub platform_fee_bps: i32,
+    pub branding: serde_json::Value,
+    pub is_active: bool,
+    pub subscription_tier: String,
+    pub stripe_connect_account_id: Option<String>,
+    pub stripe_connect_status: String,
+    pub webhook_secret_last4: String,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, company_name, slug, email, domain, platform_fee_bps, branding, \
+    is_active, subscription_tier, stripe_connect_account_id, stripe_connect_status, \
+    webhook_secret_last4, created_at";
+
+/// Everything registration writes.
+pub struct NewTenant<'a> {
+    pub tenant_id: TenantId,
+    pub company_name: &'a str,
+    pub slug_base: &'a str,
+    pub email: &'a str,
+    pub domain: Option<&'a str>,
+    pub webhook_secret_enc: Vec<u8>,
+    pub webhook_secret_last4: &'a str,
+    pub owner_id: UserId,
+    pub owner_password_hash: &'a str,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub keys: &'a [GeneratedKey],
+}
+
+/// Creates the tenant with a unique slug, its owner user and its API keys.
+/// Returns the tenant and the key rows, in the order of `t.keys`.
+pub async fn register(
+    pool: &PgPool,
+    t: NewTenant<'_>,
+) -> Result<(TenantRow, Vec<super::api_keys::ApiKeyRow>), DbError> {
+    let mut tx = pool.begin().await?;
+    let mut slug = t.slug_base.to_owned();
+    let mut inserted = None;
+    for attempt in 0..8 {
+        if attempt > 0 {
+            let suffix = hex::encode(crate::crypto::random_bytes::<3>());
+            slug = format!("{}-{suffix}", t.slug_base);
+        }
+        inserted = sqlx::query_as::<_, TenantRow>(sqlf!(
+            "INSERT INTO tenants (id, company_name, slug, email, domain, webhook_secret_enc, \
+             webhook_secret_last4) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (slug) DO NOTHING RETURNING {COLUMNS}"
+        ))
+        .bind(t.tenant_id)
+        .bind(t.company_name)
+        .bind(&slug)
+        .bind(t.email)
+        .bind(t.domain)
+        .bind(&t.webhook_secret_enc)
+        .bind(t.webhook_secret_last4)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_some() {
+            break;
+        }
+    }
+    let tenant = inserted.ok_or_else(|| DbError::UniqueViolation("tenants_slug_key".into()))?;
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'owner')",
+    )
+    .bind(t.owner_id)
+    .bind(t.tenant_id)
+    .bind(t.email)
+    .bind(t.owner_password_hash)
+    .bind(t.first_name)
+    .bind(t.last_name)
+    .execute(&mut *tx)
+    .await?;
+    let mut rows = Vec::with_capacity(t.keys.len());
+    for key in t.keys {
+        rows.push(super::api_keys::insert(&mut tx, t.tenant_id, ApiKeyId::new(), key).await?);
+    }
+    tx.commit().await?;
+    Ok((tenant, rows))
+}
+
+/// The caller's own tenant.
+pub async fn get(pool: &PgPool, ctx: &TenantContext) -> Result<TenantRow, DbError> {
+    sqlx::query_as::<_, TenantRow>(sqlf!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
+        .bind(ctx.tenant_id)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}
+
+/// Counts shown in tenant details.
+pub async fn counts(pool: &PgPool, ctx: &TenantContext) -> Result<(i64, i64), DbError> {
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users WHERE tenant_id = $1 AND is_active), \
+                (SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(ctx.tenant_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(row)
+}

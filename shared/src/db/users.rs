@@ -1,0 +1,232 @@
+//! Users of a tenant. Login looks users up by email; everything else is tenant-scoped.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use super::{
+    DbError,
+    pagination::{Page, PageRequest},
+};
+use crate::{
+    domain::role::Role,
+    ids::{TenantId, UserId},
+    tenancy::TenantContext,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub role: String,
+    pub is_active: bool,
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Billing)
+    }
+}
+
+const COLUMNS: &str =
+    "id, tenant_id, email, first_name, last_name, role, is_active, last_login_at, created_at";
+
+/// What login and token checks need about a user.
+#[derive(Debug, Clone, FromRow)]
+pub struct Credentials {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    pub role: String,
+    pub password_hash: String,
+    pub password_version: i32,
+    pub is_active: bool,
+    pub tenant_active: bool,
+}
+
+impl Credentials {
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Billing)
+    }
+
+    pub fn can_log_in(&self) -> bool {
+        self.is_active && self.tenant_active
+    }
+}
+
+const CREDENTIALS: &str = "SELECT u.id, u.tenant_id, u.role, u.password_hash, \
+    u.password_version, u.is_active, t.is_active AS tenant_active \
+    FROM users u JOIN tenants t ON t.id = u.tenant_id";
+
+/// Login: by email, before any tenant is known.
+pub async fn credentials_by_email(pool: &PgPool, email: &str) -> Result<Credentials, DbError> {
+    sqlx::query_as::<_, Credentials>(sqlf!("{CREDENTIALS} WHERE lower(u.email) = lower($1)"))
+        .bind(email)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}
+
+/// Token checks: by the id in a verified token.
+pub async fn credentials_by_id(pool: &PgPool, id: UserId) -> Result<Credentials, DbError> {
+    sqlx::query_as::<_, Credentials>(sqlf!("{CREDENTIALS} WHERE u.id = $1"))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}
+
+pub async fn touch_last_login(pool: &PgPool, id: UserId) -> Result<(), DbError> {
+    sqlx::query("UPDATE users SET last_login_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, ctx: &TenantContext, id: UserId) -> Result<UserRow, DbError> {
+    sqlx::query_as::<_, UserRow>(sqlf!(
+        "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+pub async fn list(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    page: PageRequest,
+) -> Result<Page<UserRow>, DbError> {
+    let (cond, order) = page.sql(3);
+    let rows = sqlx::query_as::<_, UserRow>(sqlf!(
+        "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND {cond} ORDER BY {order} LIMIT $2"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(page.limit + 1);
+    let rows = match page.cursor_uuid() {
+        Some(c) => rows.bind(c),
+        None => rows,
+    }
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+/// A user to invite into the caller's tenant.
+pub struct NewUser<'a> {
+    pub id: UserId,
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+    pub role: Role,
+}
+
+pub async fn create(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    u: NewUser<'_>,
+) -> Result<UserRow, DbError> {
+    sqlx::query_as::<_, UserRow>(sqlf!(
+        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+    ))
+    .bind(u.id)
+    .bind(ctx.tenant_id)
+    .bind(u.email)
+    .bind(u.password_hash)
+    .bind(u.first_name)
+    .bind(u.last_name)
+    .bind(u.role.as_str())
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// Changes to one user.
+#[derive(Debug, Default)]
+pub struct UserChanges<'a> {
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+}
+
+/// Applies changes and, when the user is deactivated, revokes their refresh tokens.
+pub async fn update(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    id: UserId,
+    c: UserChanges<'_>,
+) -> Result<UserRow, DbError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as::<_, UserRow>(sqlf!(
+        "UPDATE users SET role = COALESCE($3, role), is_active = COALESCE($4, is_active), \
+         first_name = COALESCE($5, first_name), last_name = COALESCE($6, last_name), \
+         updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(id)
+    .bind(c.role.map(Role::as_str))
+    .bind(c.is_active)
+    .bind(c.first_name)
+    .bind(c.last_name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if c.is_active == Some(false) {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // A tenant must keep at least one active owner.
+    let owners: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND is_active",
+    )
+    .bind(ctx.tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if owners == 0 {
+        return Err(DbError::UniqueViolation("last_owner".into()));
+    }
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Sets a new password hash, bumps the password version and revokes every refresh token.
+pub async fn change_password(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    id: UserId,
+    new_hash: &str,
+) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE users SET password_hash = $3, password_version = password_version + 1, \
+         updated_at = now() WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(ctx.tenant_id)
+    .bind(id)
+    .bind(new_hash)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Domain types: values that cannot be constructed invalid.
+
+pub mod api_key;
+pub mod email;
+pub mod mode;
+pub mod password;
+pub mod role;
+pub mod tenant;
+
+/// A value that failed to parse, with the reason a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);

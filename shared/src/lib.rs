@@ -1,0 +1,13 @@
+//! Shared library of the billing platform: domain types, configuration, database access,
+//! authentication primitives and rate limiting, used by both `api` and `worker`.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod ids;
+pub mod ratelimit;
+pub mod secret;
+pub mod tenancy;
