@@ -3,7 +3,8 @@
 use anyhow::Context;
 use shared::config::Settings;
 
-const USAGE: &str = "usage: billing-api [serve | migrate | create-database | openapi [PATH]]";
+const USAGE: &str =
+    "usage: billing-api [serve | migrate | create-database | drop-database | openapi [PATH]]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote {path}");
             return Ok(());
         }
-        None | Some("serve" | "migrate" | "create-database") => {}
+        None | Some("serve" | "migrate" | "create-database" | "drop-database") => {}
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return Ok(());
@@ -50,6 +51,13 @@ async fn main() -> anyhow::Result<()> {
                 "database exists"
             }
         );
+        return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("drop-database") {
+        shared::db::drop_database(&settings.database)
+            .await
+            .context("DATABASE_URL: dropping the database")?;
+        println!("database dropped");
         return Ok(());
     }
     if args.first().map(String::as_str) == Some("migrate") {

@@ -12,8 +12,8 @@ use shared::{
     clock::{Clock, SystemClock},
     config::Settings,
     crypto::Encryptor,
-    db::{api_keys::ActiveKey, users::Credentials},
-    ids::UserId,
+    db::{api_keys::ActiveKey, tenants::TenantRow, users::Credentials},
+    ids::{TenantId, UserId},
 };
 use sqlx::PgPool;
 
@@ -35,6 +35,8 @@ pub struct Inner {
     pub metrics: Metrics,
     pub keys: TtlCache<[u8; 32], ActiveKey>,
     pub users: TtlCache<UserId, Credentials>,
+    /// Tenant rows for hot read paths (verify); changes show within the TTL.
+    pub tenants: TtlCache<TenantId, TenantRow>,
 }
 
 impl std::ops::Deref for AppState {
@@ -54,6 +56,7 @@ impl AppState {
             metrics: Metrics::default(),
             keys: TtlCache::new(AUTH_CACHE_TTL),
             users: TtlCache::new(AUTH_CACHE_TTL),
+            tenants: TtlCache::new(AUTH_CACHE_TTL),
             settings,
             pool,
             redis,

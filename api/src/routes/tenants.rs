@@ -652,9 +652,17 @@ impl TenantsApi {
 
 async fn verify(state: &AppState, auth: &Auth) -> Result<Json<VerifyOut>, ApiError> {
     let ctx = auth.require(Permission::ReadTenant)?;
-    let tenant = db::tenants::get(&state.pool, ctx)
-        .await
-        .map_err(ApiError::from_db("tenant"))?;
+    // The hottest read path: the tenant row is cached as briefly as the credential itself.
+    let tenant = match state.tenants.get(&ctx.tenant_id) {
+        Some(Some(t)) => t,
+        _ => {
+            let t = db::tenants::get(&state.pool, ctx)
+                .await
+                .map_err(ApiError::from_db("tenant"))?;
+            state.tenants.put(ctx.tenant_id, Some(t.clone()));
+            t
+        }
+    };
     let credential = match &ctx.actor {
         shared::tenancy::Actor::User { .. } => "user",
         shared::tenancy::Actor::ApiKey { kind, .. } => kind.as_str(),

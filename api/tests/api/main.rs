@@ -12,5 +12,6 @@ mod helpers;
 mod idempotency;
 mod openapi;
 mod rate_limits;
+mod startup;
 mod tenancy;
 mod users;

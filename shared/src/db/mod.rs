@@ -85,3 +85,19 @@ pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<b
     conn.close().await?;
     Ok(!exists)
 }
+
+/// Drops the database named in the settings' URL (used by benchmarks to clean up).
+pub async fn drop_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    use sqlx::{ConnectOptions, Connection};
+    let options: PgConnectOptions = settings.url.expose().parse()?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut conn = options.clone().database("postgres").connect().await?;
+    let quoted = name.replace('"', "\"\"");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(())
+}
