@@ -27,8 +27,12 @@ pub struct ApiKeyList {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct RegenerateIn {
-    /// `live`, `test` or `all`.
-    pub mode: KeyModes,
+    /// `live`, `test` or `all`. Give this or `key_type`, not both.
+    pub mode: Option<KeyModes>,
+    /// Another name for `mode`.
+    pub key_type: Option<KeyModes>,
+    /// Optional; when given it must be `true`.
+    pub confirm: Option<bool>,
 }
 
 #[derive(Debug, Object)]
@@ -43,10 +47,27 @@ pub struct RegenerateOut {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeIn {
-    /// `live`, `test` or `all`.
-    pub mode: KeyModes,
+    /// `live`, `test` or `all`. Give this or `key_type`, not both.
+    pub mode: Option<KeyModes>,
+    /// Another name for `mode`.
+    pub key_type: Option<KeyModes>,
     /// Must be `true`: revoked keys stop working at once and cannot be restored.
     pub confirm: bool,
+}
+
+/// The keys a request names, by `mode` or by its other name `key_type`.
+fn key_modes(mode: Option<KeyModes>, key_type: Option<KeyModes>) -> Result<KeyModes, ApiError> {
+    match (mode, key_type) {
+        (Some(m), None) | (None, Some(m)) => Ok(m),
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "key_type",
+            "cannot be combined with mode (it is another name for it)",
+        )),
+        (None, None) => Err(ApiError::validation(
+            "mode",
+            "is required: `live`, `test` or `all` (or give it as `key_type`)",
+        )),
+    }
 }
 
 #[derive(Debug, Object)]
@@ -61,6 +82,7 @@ async fn revoke(
     body: RevokeIn,
 ) -> Result<Json<RevokeOut>, ApiError> {
     let ctx = auth.require(Permission::ManageApiKeys)?;
+    let modes = key_modes(body.mode, body.key_type)?;
     if !body.confirm {
         return Err(ApiError::validation(
             "confirm",
@@ -72,7 +94,7 @@ async fn revoke(
         .begin()
         .await
         .map_err(|e| ApiError::unavailable("database", e))?;
-    let revoked = db::api_keys::revoke(&mut tx, ctx, &body.mode.modes(), &ctx.actor.audit_name())
+    let revoked = db::api_keys::revoke(&mut tx, ctx, &modes.modes(), &ctx.actor.audit_name())
         .await
         .map_err(ApiError::from_db("key"))?;
     tx.commit().await.map_err(ApiError::internal)?;
@@ -111,8 +133,9 @@ impl ApiKeysApi {
 
     /// Regenerate API keys
     ///
-    /// Replaces the secret and publishable keys of the given mode (or both modes). The old
-    /// keys stop working at once; the new ones are shown only in this response.
+    /// Replaces the secret and publishable keys of the given mode (or both modes), named by
+    /// `mode` or `key_type`. The old keys stop working at once; the new ones are shown only in
+    /// this response.
     #[oai(
         path = "/api/v1/auth/tenants/api-keys/regenerate",
         method = "post",
@@ -127,9 +150,15 @@ impl ApiKeysApi {
         body: JsonBody<RegenerateIn>,
     ) -> Result<Json<RegenerateOut>, ApiError> {
         let ctx = auth.require(Permission::ManageApiKeys)?;
-        let keys: Vec<GeneratedKey> = body
-            .0
-            .mode
+        let b = body.0;
+        let modes = key_modes(b.mode, b.key_type)?;
+        if b.confirm == Some(false) {
+            return Err(ApiError::validation(
+                "confirm",
+                "must be true (or left out) to regenerate keys",
+            ));
+        }
+        let keys: Vec<GeneratedKey> = modes
             .modes()
             .into_iter()
             .flat_map(|m| {
@@ -163,8 +192,8 @@ impl ApiKeysApi {
 
     /// Revoke API keys
     ///
-    /// Revokes the keys of the given mode (or both). Needs `"confirm": true`. Recorded in the
-    /// audit log with who, when and which keys.
+    /// Revokes the keys of the given mode (or both), named by `mode` or `key_type`. Needs
+    /// `"confirm": true`. Recorded in the audit log with who, when and which keys.
     #[oai(
         path = "/api/v1/auth/tenants/api-keys/revoke",
         method = "delete",

@@ -15,6 +15,7 @@ use shared::{
         email::Email,
         mode::Mode,
         password::NewPassword,
+        person_name::PersonName,
         tenant::{CompanyName, parse_domain},
     },
     ids::{TenantId, UserId},
@@ -42,7 +43,9 @@ pub struct RegisterIn {
     pub email: String,
     /// At least 10 characters.
     pub password: String,
+    /// The owner's first name: at most 100 characters, no control characters.
     pub first_name: Option<String>,
+    /// The owner's last name: at most 100 characters, no control characters.
     pub last_name: Option<String>,
     /// The company's domain, e.g. `acme.com`.
     pub domain: Option<String>,
@@ -83,13 +86,19 @@ pub struct LoginIn {
     pub password: String,
 }
 
-/// Tokens plus who logged in.
+/// Tokens plus who logged in. The token fields appear twice: grouped under `tokens`, as
+/// registration returns them, and at the top level, as earlier clients read them.
 #[derive(Debug, Object)]
 pub struct LoginOut {
+    /// The same as `tokens.access`.
     pub access: String,
+    /// The same as `tokens.refresh`.
     pub refresh: String,
+    /// The same as `tokens.token_type`.
     pub token_type: String,
+    /// The same as `tokens.expires_in`.
     pub expires_in: i64,
+    pub tokens: TokensOut,
     pub user: UserOut,
     pub tenant: TenantOut,
 }
@@ -138,15 +147,9 @@ pub struct DetailsOut {
     pub mode: String,
 }
 
-fn field<'a>(v: &'a Option<String>, name: &str, max: usize) -> Result<&'a str, ApiError> {
-    let v = v.as_deref().map(str::trim).unwrap_or_default();
-    if v.chars().count() > max {
-        return Err(ApiError::validation(
-            name,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    Ok(v)
+/// An optional first or last name; absent means empty.
+fn field(v: &Option<String>, name: &str) -> Result<PersonName, ApiError> {
+    PersonName::parse(v.as_deref().unwrap_or_default()).map_err(ApiError::invalid(name))
 }
 
 async fn hash_password(pw: String) -> Result<String, ApiError> {
@@ -281,8 +284,8 @@ impl TenantsApi {
             CompanyName::parse(&b.company_name).map_err(ApiError::invalid("company_name"))?;
         let email = Email::parse(&b.email).map_err(ApiError::invalid("email"))?;
         let pw = NewPassword::parse(&b.password).map_err(ApiError::invalid("password"))?;
-        let first_name = field(&b.first_name, "first_name", 100)?;
-        let last_name = field(&b.last_name, "last_name", 100)?;
+        let first_name = field(&b.first_name, "first_name")?;
+        let last_name = field(&b.last_name, "last_name")?;
         let domain = match b.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             Some(d) => Some(parse_domain(d).map_err(ApiError::invalid("domain"))?),
             None => None,
@@ -313,8 +316,8 @@ impl TenantsApi {
                 webhook_secret_last4: &last4,
                 owner_id,
                 owner_password_hash: &password_hash,
-                first_name,
-                last_name,
+                first_name: first_name.as_str(),
+                last_name: last_name.as_str(),
                 keys: &keys,
             },
         )
@@ -437,10 +440,11 @@ impl TenantsApi {
             .await
             .map_err(ApiError::from_db("tenant"))?;
         Ok(Json(LoginOut {
-            access: tokens.access,
-            refresh: tokens.refresh,
-            token_type: tokens.token_type,
+            access: tokens.access.clone(),
+            refresh: tokens.refresh.clone(),
+            token_type: tokens.token_type.clone(),
             expires_in: tokens.expires_in,
+            tokens,
             user: user.into(),
             tenant: tenant.into(),
         }))

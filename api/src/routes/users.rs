@@ -9,7 +9,7 @@ use shared::{
         pagination::{Cursor, PageRequest},
         users::{NewUser, UserChanges},
     },
-    domain::{email::Email, password::NewPassword, role::Role},
+    domain::{email::Email, password::NewPassword, person_name::PersonName, role::Role},
     ids::UserId,
     tenancy::{Permission, TenantContext},
 };
@@ -28,7 +28,9 @@ pub struct UserIn {
     pub password: String,
     /// `admin`, `developer` or `billing` (only an owner may add another `owner`).
     pub role: String,
+    /// At most 100 characters, no control characters.
     pub first_name: Option<String>,
+    /// At most 100 characters, no control characters.
     pub last_name: Option<String>,
 }
 
@@ -39,7 +41,9 @@ pub struct UserPatch {
     pub role: Option<String>,
     /// `false` deactivates the user: they can no longer log in and their tokens stop working.
     pub is_active: Option<bool>,
+    /// At most 100 characters, no control characters.
     pub first_name: Option<String>,
+    /// At most 100 characters, no control characters.
     pub last_name: Option<String>,
 }
 
@@ -60,14 +64,11 @@ fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|_| ApiError::not_found("user"))
 }
 
-fn name(v: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
-    match v.map(str::trim) {
-        Some(v) if v.chars().count() > 100 => Err(ApiError::validation(
-            field,
-            "must be at most 100 characters",
-        )),
-        other => Ok(other.map(str::to_owned)),
-    }
+/// A first or last name if one was given.
+fn name(v: Option<&str>, field: &str) -> Result<Option<PersonName>, ApiError> {
+    v.map(PersonName::parse)
+        .transpose()
+        .map_err(ApiError::invalid(field))
 }
 
 /// Rules beyond the role matrix: admins cannot touch owners or create them; nobody changes
@@ -189,8 +190,8 @@ impl UsersApi {
                 "Only an owner can add an owner.",
             ));
         }
-        let first = name(b.first_name.as_deref(), "first_name")?.unwrap_or_default();
-        let last = name(b.last_name.as_deref(), "last_name")?.unwrap_or_default();
+        let first = name(b.first_name.as_deref(), "first_name")?;
+        let last = name(b.last_name.as_deref(), "last_name")?;
         let pw = pw.expose().to_owned();
         let hash = tokio::task::spawn_blocking(move || shared::auth::password::hash(&pw))
             .await
@@ -204,8 +205,8 @@ impl UsersApi {
                 id,
                 email: email.as_str(),
                 password_hash: &hash,
-                first_name: &first,
-                last_name: &last,
+                first_name: first.as_ref().map_or("", PersonName::as_str),
+                last_name: last.as_ref().map_or("", PersonName::as_str),
                 role,
             },
         )
@@ -282,8 +283,8 @@ impl UsersApi {
             UserChanges {
                 role,
                 is_active: b.is_active,
-                first_name: first.as_deref(),
-                last_name: last.as_deref(),
+                first_name: first.as_ref().map(PersonName::as_str),
+                last_name: last.as_ref().map(PersonName::as_str),
             },
         )
         .await

@@ -270,3 +270,105 @@ async fn key_management_is_for_owners_and_admins_only() {
     );
     assert_eq!(app.get(VERIFY, &t.sk_test()).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn regenerate_accepts_the_seed_body_with_key_type_and_confirm() {
+    let app = spawn_app().await;
+    let t = app.register("seedregen@acme.com").await;
+    let resp = app
+        .post(
+            REGENERATE,
+            &t.jwt(),
+            &json!({"key_type": "test", "confirm": true}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    let keys = body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k["mode"] == "test"));
+    assert_problem(
+        app.get(VERIFY, &t.sk_test()).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+    )
+    .await;
+    assert_eq!(app.get(VERIFY, &t.sk_live()).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn regenerate_needs_exactly_one_of_mode_and_key_type_and_refuses_confirm_false() {
+    let app = spawn_app().await;
+    let t = app.register("regenargs@acme.com").await;
+    for (body, field) in [
+        (json!({}), "mode"),
+        (json!({"confirm": true}), "mode"),
+        (json!({"mode": "test", "key_type": "test"}), "key_type"),
+        (json!({"key_type": "prod"}), "key_type"),
+        (json!({"key_type": "live", "confirm": false}), "confirm"),
+        (json!({"key_type": "live", "confirm": "yes"}), "confirm"),
+    ] {
+        let p = assert_problem(
+            app.post(REGENERATE, &t.jwt(), &body).await,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(p["field"], field, "{body}");
+    }
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 4);
+    assert_eq!(app.count("api_keys").await, 4);
+}
+
+#[tokio::test]
+async fn revoke_accepts_key_type_in_place_of_mode_and_still_needs_confirmation() {
+    let app = spawn_app().await;
+    let t = app.register("seedrevoke@acme.com").await;
+    for body in [
+        json!({"key_type": "live"}),
+        json!({"key_type": "live", "confirm": false}),
+    ] {
+        let p = assert_problem(
+            app.send(Method::DELETE, REVOKE, &t.jwt(), Some(&body))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(p["field"], "confirm", "{body}");
+    }
+    let p = assert_problem(
+        app.post(
+            REVOKE,
+            &t.jwt(),
+            &json!({"mode": "live", "key_type": "live", "confirm": true}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(p["field"], "key_type");
+    assert_eq!(app.get(VERIFY, &t.sk_live()).await.status(), StatusCode::OK);
+
+    let resp = app
+        .send(
+            Method::DELETE,
+            REVOKE,
+            &t.jwt(),
+            Some(&json!({"key_type": "live", "confirm": true})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["revoked"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.get(VERIFY, &t.sk_live()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.get(VERIFY, &t.sk_test()).await.status(), StatusCode::OK);
+}

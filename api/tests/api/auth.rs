@@ -490,3 +490,70 @@ async fn details_show_the_tenant_and_the_mode_of_the_key() {
         .unwrap();
     assert_problem(bad_mode, StatusCode::BAD_REQUEST, "validation_failed").await;
 }
+
+#[tokio::test]
+async fn register_rejects_control_characters_in_names_with_400_and_writes_nothing() {
+    let app = spawn_app().await;
+    for (field, value) in [
+        ("first_name", "a\u{0}b"),
+        ("last_name", "a\u{0}b"),
+        ("first_name", "line\nbreak"),
+        ("last_name", "esc\u{1b}[31m"),
+    ] {
+        let mut body = json!({"company_name": "Acme", "email": "ctl@acme.com", "password": PASSWORD, "first_name": "Ada", "last_name": "Lovelace"});
+        body[field] = json!(value);
+        let resp = app
+            .post("/api/v1/auth/tenants/register/", &Cred::None, &body)
+            .await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{body}");
+        assert!(
+            s(&problem["detail"]).contains("control characters"),
+            "{problem}"
+        );
+    }
+    assert_eq!(app.count("tenants").await, 0);
+    assert_eq!(app.count("users").await, 0);
+    assert_eq!(app.count("api_keys").await, 0);
+}
+
+#[tokio::test]
+async fn login_also_returns_a_tokens_object_shaped_like_registration() {
+    let app = spawn_app().await;
+    let t = app.register("shape@acme.com").await;
+    let body: Value = app
+        .login("shape@acme.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tokens = &body["tokens"];
+    let mut keys: Vec<&String> = tokens.as_object().unwrap().keys().collect();
+    keys.sort();
+    let mut register_keys: Vec<&String> = t.body["tokens"].as_object().unwrap().keys().collect();
+    register_keys.sort();
+    assert_eq!(keys, ["access", "expires_in", "refresh", "token_type"]);
+    assert_eq!(keys, register_keys);
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert!(tokens["expires_in"].as_i64().unwrap() > 0);
+    // The flat fields stay for earlier clients and carry the same values.
+    for field in ["access", "refresh", "token_type", "expires_in"] {
+        assert_eq!(body[field], tokens[field], "{field}");
+    }
+    // The grouped tokens work: the access token authenticates, the refresh token refreshes.
+    let me = app
+        .get(
+            "/api/v1/auth/tenants/me/",
+            &Cred::Bearer(s(&tokens["access"])),
+        )
+        .await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let refreshed = app
+        .post(
+            "/api/v1/auth/tenants/token/refresh/",
+            &Cred::None,
+            &json!({"refresh": s(&tokens["refresh"])}),
+        )
+        .await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+}

@@ -75,7 +75,7 @@ async fn drop_stale_databases(admin: &PgConnectOptions) {
     .await;
 }
 
-/// A fresh, migrated database; returns its URL.
+/// A fresh, empty database (the app migrates it on start); returns its URL.
 async fn fresh_database(base_url: &str) -> String {
     let options: PgConnectOptions = base_url.parse().expect("DATABASE_URL parses");
     let admin = options.clone().database("postgres");
@@ -111,6 +111,12 @@ fn url_with_database(url: &str, name: &str) -> String {
         Some(q) => format!("{base}/{name}?{q}"),
         None => format!("{base}/{name}"),
     }
+}
+
+/// A fresh, empty database next to the configured one (a later test run drops it once this
+/// process is gone); returns its URL.
+pub async fn fresh_database_url() -> String {
+    fresh_database(&base_env()["DATABASE_URL"]).await
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -1,7 +1,16 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shared::{
+    db::{
+        DbError,
+        users::{self, UserChanges},
+    },
+    domain::{mode::Mode, role::Role},
+    ids::{TenantId, UserId},
+    tenancy::{Actor, TenantContext},
+};
 
-use crate::helpers::{Cred, PASSWORD, assert_problem, s, spawn_app};
+use crate::helpers::{Cred, PASSWORD, Tenant, TestApp, assert_problem, s, spawn_app};
 
 #[tokio::test]
 async fn owners_invite_users_who_can_then_log_in() {
@@ -307,4 +316,151 @@ async fn developers_billing_and_keys_can_read_users_but_not_manage_them() {
     )
     .await;
     assert_eq!(app.count("users").await, 3);
+}
+
+#[tokio::test]
+async fn invite_and_update_reject_control_characters_in_names_and_write_nothing() {
+    let app = spawn_app().await;
+    let t = app.register("ctl-users@acme.com").await;
+    for field in ["first_name", "last_name"] {
+        let mut body = json!({"email": "ctl@acme.com", "password": PASSWORD, "role": "developer"});
+        body[field] = json!("a\u{0}b");
+        let problem = assert_problem(
+            app.post("/api/v1/users", &t.jwt(), &body).await,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], field);
+    }
+    assert_eq!(app.count("users").await, 1);
+
+    let (_, dev_id) = app.user_with_role(&t, "named@acme.com", "developer").await;
+    let path = format!("/api/v1/users/{dev_id}");
+    for (field, value) in [("first_name", "a\u{0}b"), ("last_name", "tab\there")] {
+        let mut body = json!({"role": "admin"});
+        body[field] = json!(value);
+        let problem = assert_problem(
+            app.send(Method::PATCH, &path, &t.jwt(), Some(&body)).await,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], field);
+    }
+    // Nothing changed: neither the names nor the role that came with them.
+    let user: Value = app.get(&path, &t.jwt()).await.json().await.unwrap();
+    assert_eq!(user["first_name"], "");
+    assert_eq!(user["last_name"], "");
+    assert_eq!(user["role"], "developer");
+}
+
+/// The context of the tenant's owner, for calling the repository directly.
+fn owner_context(t: &Tenant) -> TenantContext {
+    TenantContext {
+        tenant_id: TenantId::parse(&t.id).unwrap(),
+        mode: Mode::Test,
+        actor: Actor::User {
+            id: UserId::parse(&t.owner_id).unwrap(),
+            role: Role::Owner,
+        },
+    }
+}
+
+async fn active_owners(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'owner' AND is_active")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_last_active_owner_cannot_be_demoted_or_deactivated() {
+    // The HTTP rules already keep owners from changing themselves and admins from touching
+    // owners; the repository refuses on its own too, whoever asks.
+    let app = spawn_app().await;
+    let t = app.register("sole@acme.com").await;
+    let ctx = owner_context(&t);
+    let owner = UserId::parse(&t.owner_id).unwrap();
+    for changes in [
+        UserChanges {
+            role: Some(Role::Admin),
+            ..Default::default()
+        },
+        UserChanges {
+            is_active: Some(false),
+            ..Default::default()
+        },
+    ] {
+        match users::update(&app.pool, &ctx, owner, changes).await {
+            Err(DbError::UniqueViolation(c)) => assert_eq!(c, "last_owner"),
+            other => panic!("expected the last_owner refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(active_owners(&app).await, 1);
+    // The refusal rolled back the token revocation that comes with deactivation.
+    let live_tokens: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(live_tokens, 1);
+    assert_eq!(
+        app.get("/api/v1/auth/tenants/me", &t.jwt()).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn two_owners_demoting_each_other_at_once_leave_exactly_one_owner() {
+    let app = spawn_app().await;
+    let t = app.register("duel@acme.com").await;
+    let (second, second_id) = app.user_with_role(&t, "duel2@acme.com", "owner").await;
+    // Hold the tenant row so that both requests, already past their permission checks, queue
+    // up on it inside their transactions; then let them go together.
+    let mut gate = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(TenantId::parse(&t.id).unwrap())
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    let (second_path, owner_path) = (
+        format!("/api/v1/users/{second_id}"),
+        format!("/api/v1/users/{}", t.owner_id),
+    );
+    let (owner, second, to_admin) = (t.jwt(), Cred::Bearer(second), json!({"role": "admin"}));
+    let demote = app.send(Method::PATCH, &second_path, &owner, Some(&to_admin));
+    let deactivate = app.send(Method::DELETE, &owner_path, &second, None);
+    let release = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if waiting == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the requests never waited for the tenant row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        gate.commit().await.unwrap();
+    };
+    let (demoted, deactivated, ()) = tokio::join!(demote, deactivate, release);
+    let mut statuses = [demoted.status(), deactivated.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    let refused = if demoted.status() == StatusCode::CONFLICT {
+        demoted
+    } else {
+        deactivated
+    };
+    assert_problem(refused, StatusCode::CONFLICT, "last_owner").await;
+    assert_eq!(active_owners(&app).await, 1);
 }

@@ -158,7 +158,8 @@ pub struct UserChanges<'a> {
     pub last_name: Option<&'a str>,
 }
 
-/// Applies changes and, when the user is deactivated, revokes their refresh tokens.
+/// Applies changes and, when the user is deactivated, revokes their refresh tokens. Refuses
+/// (as the `last_owner` violation) a change that would leave the tenant without an active owner.
 pub async fn update(
     pool: &PgPool,
     ctx: &TenantContext,
@@ -166,6 +167,14 @@ pub async fn update(
     c: UserChanges<'_>,
 ) -> Result<UserRow, DbError> {
     let mut tx = pool.begin().await?;
+    // Serialise changes to one tenant's users, so that two owners demoting or deactivating each
+    // other cannot both see the other still active and both commit. `NO KEY UPDATE` conflicts
+    // with itself and with `FOR UPDATE` (key regeneration) but not with the key-share locks that
+    // inserts referencing the tenant take.
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(ctx.tenant_id)
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query_as::<_, UserRow>(sqlf!(
         "UPDATE users SET role = COALESCE($3, role), is_active = COALESCE($4, is_active), \
          first_name = COALESCE($5, first_name), last_name = COALESCE($6, last_name), \

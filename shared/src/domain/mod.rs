@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod email;
 pub mod mode;
 pub mod password;
+pub mod person_name;
 pub mod role;
 pub mod tenant;
 
