@@ -2,16 +2,7 @@
 
 use std::{collections::HashMap, fmt::Write, sync::Mutex, time::Duration};
 
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
+use shared::metrics::Histogram;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -25,16 +16,8 @@ impl Metrics {
             let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
             *r.entry((route, status)).or_default() += 1;
         }
-        let secs = elapsed.as_secs_f64();
         let mut l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = l.entry(route).or_default();
-        h.count += 1;
-        h.sum += secs;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
+        l.entry(route).or_default().observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
@@ -59,27 +42,10 @@ impl Metrics {
         let mut routes: Vec<_> = l.iter().collect();
         routes.sort_by_key(|(k, _)| *k);
         for (route, h) in routes {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
+            h.render(
+                &mut out,
+                "http_request_duration_seconds",
+                &format!("route=\"{route}\""),
             );
         }
         out

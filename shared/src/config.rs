@@ -3,8 +3,9 @@
 //! A missing or malformed setting without a safe default is a [`ConfigError`] whose message
 //! names the variable, so start-up stops with one clear line.
 
-use std::{net::SocketAddr, str::FromStr};
+use std::{net::SocketAddr, str::FromStr, time::Duration};
 
+pub use crate::jobs::queue::{Queue, QueueMap};
 use crate::secret::Secret;
 
 /// Why the settings could not be loaded.
@@ -66,6 +67,44 @@ pub struct ApiSettings {
 pub struct WorkerSettings {
     /// Address of the worker's health and metrics listener.
     pub addr: SocketAddr,
+    /// The queues this process consumes (and relays); all by default.
+    pub queues: Vec<Queue>,
+    /// Jobs run at once per queue in this process.
+    pub concurrency: QueueMap<usize>,
+    /// How long SIGTERM waits for running jobs before handing them back.
+    pub shutdown_grace: Duration,
+    /// How often a worker tells Redis it is alive; a worker silent for three of these is
+    /// presumed dead and its jobs go to another worker.
+    pub heartbeat: Duration,
+}
+
+/// How the outbox relay feeds the Redis queues.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// How long a job pushed to Redis (or being run) is reserved before it is due again.
+    pub lease: Duration,
+    /// A queue holding this many jobs in Redis gets no more until it drains.
+    pub high_water: usize,
+    /// Most jobs moved to Redis in one relay step.
+    pub relay_batch: usize,
+    /// How often the relay looks for due work when nothing wakes it.
+    pub relay_interval: Duration,
+    /// Events (and their deliveries) older than this are deleted.
+    pub event_retention: Duration,
+}
+
+/// Outgoing webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Allow `http://` and loopback or private addresses (local development and tests only).
+    pub allow_private_targets: bool,
+    /// Waits after each failed attempt; when they run out the delivery has failed.
+    pub retry_schedule: Vec<Duration>,
+    /// An endpoint failing for this long without a success is disabled.
+    pub disable_after: Duration,
+    /// Connect timeout and whole-request timeout.
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 /// All settings of the platform.
@@ -76,6 +115,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub api: ApiSettings,
     pub worker: WorkerSettings,
+    pub jobs: JobSettings,
+    pub webhooks: WebhookSettings,
     pub log_format: LogFormat,
 }
 
@@ -152,10 +193,145 @@ impl Settings {
                     "WORKER_ADDR",
                     SocketAddr::from(([127, 0, 0, 1], 8081)),
                 )?,
+                queues: parse_queues(&get, "WORKER_QUEUES")?,
+                concurrency: parse_concurrency(&get)?,
+                shutdown_grace: Duration::from_secs(parse(&get, "SHUTDOWN_GRACE_SECONDS", 20)?),
+                heartbeat: Duration::from_secs(positive(
+                    "WORKER_HEARTBEAT_SECONDS",
+                    parse(&get, "WORKER_HEARTBEAT_SECONDS", 5)?,
+                )?),
+            },
+            jobs: JobSettings {
+                lease: Duration::from_secs(positive(
+                    "JOB_LEASE_SECONDS",
+                    parse(&get, "JOB_LEASE_SECONDS", 60)?,
+                )?),
+                high_water: positive("QUEUE_HIGH_WATER", parse(&get, "QUEUE_HIGH_WATER", 2000)?)?,
+                relay_batch: positive("RELAY_BATCH", parse(&get, "RELAY_BATCH", 500)?)?,
+                relay_interval: Duration::from_millis(positive(
+                    "RELAY_INTERVAL_MS",
+                    parse(&get, "RELAY_INTERVAL_MS", 250)?,
+                )?),
+                event_retention: Duration::from_secs(
+                    86_400
+                        * positive(
+                            "EVENT_RETENTION_DAYS",
+                            parse(&get, "EVENT_RETENTION_DAYS", 30)?,
+                        )?,
+                ),
+            },
+            webhooks: WebhookSettings {
+                allow_private_targets: parse_bool(&get, "WEBHOOK_ALLOW_PRIVATE_TARGETS", false)?,
+                retry_schedule: match get("WEBHOOK_RETRY_SCHEDULE") {
+                    None => DEFAULT_RETRY_SCHEDULE
+                        .iter()
+                        .map(|s| Duration::from_secs(*s))
+                        .collect(),
+                    Some(raw) => parse_schedule(&raw).map_err(|reason| ConfigError::Malformed {
+                        name: "WEBHOOK_RETRY_SCHEDULE",
+                        reason,
+                    })?,
+                },
+                disable_after: Duration::from_secs(parse(
+                    &get,
+                    "WEBHOOK_DISABLE_AFTER_SECONDS",
+                    5 * 86_400,
+                )?),
+                connect_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(15),
             },
             log_format,
         })
     }
+}
+
+/// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+pub const DEFAULT_RETRY_SCHEDULE: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+
+/// `5s,5m,30m,2h` (a bare number is seconds); an empty list means no retries.
+pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (num, unit) = part.split_at(
+                part.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(part.len()),
+            );
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("`{part}` is not a duration"))?;
+            let secs = match unit {
+                "" | "s" => n,
+                "ms" => return Ok(Duration::from_millis(n)),
+                "m" => n * 60,
+                "h" => n * 3600,
+                "d" => n * 86_400,
+                _ => {
+                    return Err(format!(
+                        "`{part}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+                    ));
+                }
+            };
+            Ok(Duration::from_secs(secs))
+        })
+        .collect()
+}
+
+fn positive<T: PartialEq + Default>(name: &'static str, v: T) -> Result<T, ConfigError> {
+    if v == T::default() {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(v)
+}
+
+fn parse_queues(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Vec<Queue>, ConfigError> {
+    let Some(raw) = get(name) else {
+        return Ok(Queue::ALL.to_vec());
+    };
+    let mut queues = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let q = Queue::parse(part).ok_or_else(|| ConfigError::Malformed {
+            name,
+            reason: format!("unknown queue `{part}` (known: {})", Queue::names()),
+        })?;
+        if !queues.contains(&q) {
+            queues.push(q);
+        }
+    }
+    if queues.is_empty() {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: "names no queue".into(),
+        });
+    }
+    Ok(queues)
+}
+
+/// `WORKER_CONCURRENCY` (every queue) then `WORKER_CONCURRENCY_<QUEUE>` (one queue).
+fn parse_concurrency(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<QueueMap<usize>, ConfigError> {
+    let base: Option<usize> = match get("WORKER_CONCURRENCY") {
+        None => None,
+        Some(_) => Some(positive(
+            "WORKER_CONCURRENCY",
+            parse(get, "WORKER_CONCURRENCY", 1)?,
+        )?),
+    };
+    let mut map = QueueMap::default();
+    for q in Queue::ALL {
+        let name = q.concurrency_var();
+        let default = base.unwrap_or(q.default_concurrency());
+        map.set(q, positive(name, parse(get, name, default)?)?);
+    }
+    Ok(map)
 }
 
 fn parse<T: FromStr>(

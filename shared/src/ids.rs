@@ -127,6 +127,27 @@ define_id!(
     "key"
 );
 
+define_id!(
+    /// An event (a state change, delivered to webhook endpoints).
+    EventId,
+    "evt"
+);
+define_id!(
+    /// A webhook endpoint.
+    WebhookEndpointId,
+    "we"
+);
+define_id!(
+    /// A webhook delivery: one event to one endpoint; its id is the `webhook-id` header.
+    DeliveryId,
+    "msg"
+);
+define_id!(
+    /// A job in the outbox.
+    JobId,
+    "job"
+);
+
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);
 

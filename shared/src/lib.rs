@@ -8,6 +8,8 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod ids;
+pub mod jobs;
+pub mod metrics;
 pub mod ratelimit;
 pub mod secret;
 pub mod tenancy;

@@ -48,6 +48,16 @@ pub enum Permission {
     ReadBilling,
     /// Create and change billing resources.
     WriteBilling,
+    /// Create, change and delete webhook endpoints; redeliver events.
+    ManageWebhooks,
+}
+
+/// A tenant and a mode: where tenant-owned rows live. Every query for tenant data filters by
+/// both; a [`TenantContext`] gives one, and so does a job for the tenant that queued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub tenant_id: TenantId,
+    pub livemode: bool,
 }
 
 /// The authenticated caller of one request.
@@ -61,6 +71,13 @@ pub struct TenantContext {
 impl TenantContext {
     pub fn livemode(&self) -> bool {
         self.mode.livemode()
+    }
+
+    pub fn scope(&self) -> Scope {
+        Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode(),
+        }
     }
 
     /// The role a user holds; `None` for API keys.
@@ -90,7 +107,10 @@ impl TenantContext {
                 kind: KeyKind::Secret,
                 ..
             } => {
-                matches!(p, ReadTenant | ReadUsers | ReadBilling | WriteBilling)
+                matches!(
+                    p,
+                    ReadTenant | ReadUsers | ReadBilling | WriteBilling | ManageWebhooks
+                )
             }
             Actor::User { role, .. } => match role {
                 Role::Owner | Role::Admin => true,

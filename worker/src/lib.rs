@@ -1,27 +1,169 @@
-//! The worker fleet member. This skeleton connects to PostgreSQL and Redis, serves health and
-//! metrics, runs housekeeping (expired idempotency keys) and stops cleanly on SIGTERM; the job
-//! queues arrive with the worker-fleet issue.
+//! A member of the worker fleet: consumes the Redis queues it is given (apalis), relays due
+//! work from the PostgreSQL outbox into them, keeps house, and serves health and metrics.
+//!
+//! Any number of these run side by side; they share nothing but PostgreSQL and Redis.
+
+pub mod batch;
+pub mod fleet;
+pub mod housekeeping;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
+pub mod redis_queue;
+pub mod relay;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    collections::HashMap,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use poem::{
-    EndpointExt, IntoResponse, Response, Route, get, handler, http::StatusCode,
-    listener::TcpListener, web::Data,
+    EndpointExt, IntoResponse, Response, Route, get, handler,
+    http::StatusCode,
+    listener::{Listener, TcpListener},
+    web::Data,
 };
-use shared::config::Settings;
+use redis::aio::ConnectionManager;
+use shared::{
+    clock::{Clock, SystemClock},
+    config::Settings,
+    crypto::Encryptor,
+    db::webhook_deliveries::{self, Completion, SendItem},
+    jobs::{Claimed, JobMessage},
+};
 use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
 
-#[derive(Clone)]
-pub struct WorkerState {
+use crate::{batch::Batcher, metrics::Metrics};
+
+/// Most items in one batched database round trip.
+const BATCH: usize = 256;
+
+/// Everything a worker process shares between its queues, relay and housekeeping.
+pub struct Runtime {
+    pub settings: Settings,
     pub pool: PgPool,
-    pub redis: redis::aio::ConnectionManager,
-    pub purged: Arc<AtomicU64>,
+    pub redis: ConnectionManager,
+    pub clock: Arc<dyn Clock>,
+    pub encryptor: Encryptor,
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+    /// This process's name in Redis (unique per start).
+    pub instance: String,
+    /// Claims webhook jobs and loads what sending needs, in batches.
+    pub webhook_claims: Batcher<JobMessage, Option<(Claimed, Option<SendItem>)>>,
+    /// Records delivery outcomes, in batches.
+    pub webhook_done: Batcher<Completion, bool>,
+    /// Claims jobs of the other queues, in batches.
+    pub claims: Batcher<JobMessage, Option<Claimed>>,
+    /// Jobs this process is running: id → token, handed back when it stops.
+    pub held: Mutex<HashMap<Uuid, Uuid>>,
+}
+
+impl Runtime {
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        redis: ConnectionManager,
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let lease = settings.jobs.lease;
+
+        let (p, c) = (pool.clone(), clock.clone());
+        let webhook_claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
+            let (pool, clock) = (p.clone(), c.clone());
+            async move {
+                let claimed = shared::jobs::claim(&pool, &msgs, clock.now(), lease)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ids: Vec<Uuid> = claimed.iter().map(|c| c.id).collect();
+                let items = webhook_deliveries::load_for_send(&pool, &ids)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut items: HashMap<Uuid, SendItem> =
+                    items.into_iter().map(|i| (i.delivery_id, i)).collect();
+                let mut claimed: HashMap<Uuid, Claimed> =
+                    claimed.into_iter().map(|c| (c.id, c)).collect();
+                Ok(msgs
+                    .iter()
+                    .map(|m| claimed.remove(&m.id).map(|c| (c, items.remove(&m.id))))
+                    .collect())
+            }
+        });
+
+        let (p, c) = (pool.clone(), clock.clone());
+        let webhook_done = Batcher::spawn(BATCH, move |done: Vec<Completion>| {
+            let (pool, clock) = (p.clone(), c.clone());
+            async move {
+                let recorded = webhook_deliveries::record(&pool, &done, clock.now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
+                Ok(done
+                    .iter()
+                    .map(|d| recorded.contains(&d.delivery_id))
+                    .collect())
+            }
+        });
+
+        let (p, c) = (pool.clone(), clock.clone());
+        let claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
+            let (pool, clock) = (p.clone(), c.clone());
+            async move {
+                let claimed = shared::jobs::claim(&pool, &msgs, clock.now(), lease)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut claimed: HashMap<Uuid, Claimed> =
+                    claimed.into_iter().map(|c| (c.id, c)).collect();
+                Ok(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
+            }
+        });
+
+        let secret = settings.auth.app_secret.expose().clone();
+        Ok(Arc::new(Self {
+            http: http::client(&settings.webhooks)?,
+            encryptor: Encryptor::new(&secret),
+            metrics: Metrics::default(),
+            instance: format!(
+                "{}-{}-{}",
+                hostname(),
+                std::process::id(),
+                &Uuid::new_v4().simple().to_string()[..8]
+            ),
+            held: Mutex::new(HashMap::new()),
+            webhook_claims,
+            webhook_done,
+            claims,
+            settings,
+            pool,
+            redis,
+            clock,
+        }))
+    }
+
+    pub fn hold(&self, id: Uuid, token: Uuid) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, token);
+    }
+
+    pub fn unhold(&self, id: Uuid) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
 }
 
 #[handler]
@@ -30,9 +172,9 @@ fn healthz() -> &'static str {
 }
 
 #[handler]
-async fn readyz(state: Data<&WorkerState>) -> Response {
-    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-    let mut redis = state.redis.clone();
+async fn readyz(rt: Data<&Arc<Runtime>>) -> Response {
+    let db = sqlx::query("SELECT 1").execute(&rt.pool).await.is_ok();
+    let mut redis = rt.redis.clone();
     let cache = redis::cmd("PING")
         .query_async::<String>(&mut redis)
         .await
@@ -52,47 +194,85 @@ async fn readyz(state: Data<&WorkerState>) -> Response {
 }
 
 #[handler]
-fn metrics(state: Data<&WorkerState>) -> String {
-    format!(
-        "# HELP worker_idempotency_keys_purged_total Expired idempotency keys deleted.\n\
-         # TYPE worker_idempotency_keys_purged_total counter\n\
-         worker_idempotency_keys_purged_total {}\n",
-        state.purged.load(Ordering::Relaxed)
-    )
+fn metrics_text(rt: Data<&Arc<Runtime>>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(rt.metrics.render())
 }
 
-/// Deletes expired idempotency keys every `every` until `stop` resolves.
-async fn housekeeping(state: WorkerState, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        match shared::db::idempotency::purge_expired(&state.pool).await {
-            Ok(n) => {
-                state.purged.fetch_add(n, Ordering::Relaxed);
-                if n > 0 {
-                    tracing::info!(purged = n, "expired idempotency keys deleted");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
-        }
-    }
+/// Runs the worker until SIGTERM or Ctrl-C: then it takes no new jobs, lets running ones
+/// finish within the grace period, hands back what it still holds, and returns.
+pub async fn run(rt: Arc<Runtime>) -> std::io::Result<()> {
+    run_until(rt, shutdown_signal()).await
 }
 
-/// Runs the worker until SIGTERM or Ctrl-C.
-pub async fn run(settings: Settings, state: WorkerState) -> std::io::Result<()> {
-    let housekeeping = tokio::spawn(housekeeping(state.clone(), Duration::from_secs(3600)));
+/// [`run`] until `shutdown` resolves (tests stop workers this way).
+pub async fn run_until(
+    rt: Arc<Runtime>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let queues = rt.settings.worker.queues.clone();
+    let consumers: Vec<_> = queues
+        .iter()
+        .map(|q| tokio::spawn(fleet::consume(rt.clone(), *q, stop_rx.clone())))
+        .collect();
+    let relay = tokio::spawn(relay::run(rt.clone(), queues.clone(), stop_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping::run(rt.clone(), stop_rx.clone()));
+
     let app = Route::new()
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
-        .at("/metrics", get(metrics))
-        .data(state);
-    tracing::info!(addr = %settings.worker.addr, "billing-worker running");
-    let result = poem::Server::new(TcpListener::bind(settings.worker.addr))
-        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(10)))
-        .await;
+        .at("/metrics", get(metrics_text))
+        .data(rt.clone());
+    let mut server_stop = stop_rx.clone();
+    let acceptor = TcpListener::bind(rt.settings.worker.addr)
+        .into_acceptor()
+        .await?;
+    let mut server = tokio::spawn(
+        poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+            Some(Duration::from_secs(2)),
+        ),
+    );
+    tracing::info!(
+        addr = %rt.settings.worker.addr,
+        queues = ?queues.iter().map(|q| q.as_str()).collect::<Vec<_>>(),
+        instance = %rt.instance,
+        "billing-worker running"
+    );
+    tokio::select! {
+        () = shutdown => {}
+        res = &mut server => tracing::error!(?res, "the health listener stopped"),
+    }
+    tracing::info!("stopping: taking no new jobs");
+    let _ = stop_tx.send(true);
+    let grace = rt.settings.worker.shutdown_grace;
+    let finished = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await;
+    if finished.is_err() {
+        tracing::warn!(?grace, "grace period over with jobs still running");
+    }
+    let held: Vec<(Uuid, Uuid)> = rt
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    if !held.is_empty() {
+        match shared::jobs::release(&rt.pool, &held, rt.clock.now()).await {
+            Ok(n) => tracing::info!(handed_back = n, "unfinished jobs handed back"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand jobs back; their leases will run out")
+            }
+        }
+    }
+    relay.abort();
     housekeeping.abort();
     tracing::info!("billing-worker stopped");
-    result
+    Ok(())
 }
 
 async fn shutdown_signal() {

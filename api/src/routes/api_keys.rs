@@ -94,9 +94,15 @@ async fn revoke(
         .begin()
         .await
         .map_err(|e| ApiError::unavailable("database", e))?;
-    let revoked = db::api_keys::revoke(&mut tx, ctx, &modes.modes(), &ctx.actor.audit_name())
-        .await
-        .map_err(ApiError::from_db("key"))?;
+    let revoked = db::api_keys::revoke(
+        &mut tx,
+        ctx,
+        &modes.modes(),
+        &ctx.actor.audit_name(),
+        state.clock.now(),
+    )
+    .await
+    .map_err(ApiError::from_db("key"))?;
     tx.commit().await.map_err(ApiError::internal)?;
     crate::auth::forget_keys(state);
     let ids: Vec<String> = revoked.iter().map(|k| k.id.to_string()).collect();
@@ -168,10 +174,15 @@ impl ApiKeysApi {
                 ]
             })
             .collect();
-        let (revoked, created) =
-            db::api_keys::regenerate(&state.pool, ctx, &keys, &ctx.actor.audit_name())
-                .await
-                .map_err(ApiError::from_db("key"))?;
+        let (revoked, created) = db::api_keys::regenerate(
+            &state.pool,
+            ctx,
+            &keys,
+            &ctx.actor.audit_name(),
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from_db("key"))?;
         crate::auth::forget_keys(&state);
         let new_ids: Vec<String> = created.iter().map(|k| k.id.to_string()).collect();
         note(req, |n| n.object_id = Some(new_ids.join(",")));

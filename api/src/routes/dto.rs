@@ -171,3 +171,36 @@ impl KeyModes {
         }
     }
 }
+
+/// Reads the list parameters every list takes: `limit` (1–100, default 10) and at most one of
+/// `starting_after` / `ending_before`, each an id parsed by `parse`.
+pub fn page_request<E: std::fmt::Display>(
+    limit: Option<i64>,
+    starting_after: Option<String>,
+    ending_before: Option<String>,
+    parse: impl Fn(&str) -> Result<uuid::Uuid, E>,
+) -> Result<shared::db::pagination::PageRequest, crate::error::ApiError> {
+    use shared::db::pagination::{Cursor, PageRequest};
+
+    use crate::error::ApiError;
+    let limit = limit.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 100"));
+    }
+    let cursor = match (starting_after, ending_before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                "starting_after",
+                "cannot be combined with ending_before",
+            ));
+        }
+        (Some(a), None) => Cursor::StartingAfter(
+            parse(&a).map_err(|e| ApiError::validation("starting_after", e.to_string()))?,
+        ),
+        (None, Some(b)) => Cursor::EndingBefore(
+            parse(&b).map_err(|e| ApiError::validation("ending_before", e.to_string()))?,
+        ),
+        (None, None) => Cursor::First,
+    };
+    Ok(PageRequest { limit, cursor })
+}

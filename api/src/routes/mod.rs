@@ -3,8 +3,10 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod dto;
+pub mod events;
 pub mod tenants;
 pub mod users;
+pub mod webhook_endpoints;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -19,6 +21,10 @@ pub enum ApiTags {
     Users,
     /// The append-only record of every mutating request.
     AuditLog,
+    /// Webhook endpoints, their deliveries, and the seed's single-webhook configuration.
+    Webhooks,
+    /// Every state change, as delivered to webhooks.
+    Events,
 }
 
 pub type Apis = (
@@ -26,6 +32,8 @@ pub type Apis = (
     api_keys::ApiKeysApi,
     users::UsersApi,
     audit_log::AuditLogApi,
+    webhook_endpoints::WebhookEndpointsApi,
+    events::EventsApi,
 );
 
 /// The OpenAPI service (also the source of the checked-in document).
@@ -36,6 +44,8 @@ pub fn service() -> OpenApiService<Apis, ()> {
             api_keys::ApiKeysApi,
             users::UsersApi,
             audit_log::AuditLogApi,
+            webhook_endpoints::WebhookEndpointsApi,
+            events::EventsApi,
         ),
         "Billing Platform API",
         env!("CARGO_PKG_VERSION"),

@@ -209,6 +209,7 @@ impl UsersApi {
                 last_name: last.as_ref().map_or("", PersonName::as_str),
                 role,
             },
+            state.clock.now(),
         )
         .await
         .map_err(|e| match e {
@@ -286,6 +287,7 @@ impl UsersApi {
                 first_name: first.as_ref().map(PersonName::as_str),
                 last_name: last.as_ref().map(PersonName::as_str),
             },
+            state.clock.now(),
         )
         .await
         .map_err(map_update_err)?;
@@ -324,6 +326,7 @@ impl UsersApi {
                 is_active: Some(false),
                 ..Default::default()
             },
+            state.clock.now(),
         )
         .await
         .map_err(map_update_err)?;

@@ -392,7 +392,7 @@ async fn the_last_active_owner_cannot_be_demoted_or_deactivated() {
             ..Default::default()
         },
     ] {
-        match users::update(&app.pool, &ctx, owner, changes).await {
+        match users::update(&app.pool, &ctx, owner, changes, chrono::Utc::now()).await {
             Err(DbError::UniqueViolation(c)) => assert_eq!(c, "last_owner"),
             other => panic!("expected the last_owner refusal, got {other:?}"),
         }

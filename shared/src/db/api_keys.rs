@@ -4,14 +4,17 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use subtle::ConstantTimeEq;
 
-use super::DbError;
+use super::{
+    DbError,
+    events::{self, NewEvent},
+};
 use crate::{
     domain::{
         api_key::{GeneratedKey, KeyKind},
         mode::Mode,
     },
     ids::{ApiKeyId, TenantId},
-    tenancy::TenantContext,
+    tenancy::{Scope, TenantContext},
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -34,6 +37,30 @@ impl ApiKeyRow {
     /// `sk_test_…abcd`
     pub fn display(&self) -> String {
         format!("{}…{}", self.prefix, self.last4)
+    }
+
+    /// The key as events carry it (the fields the API lists; never the key).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "api_key",
+            "kind": self.kind,
+            "mode": if self.livemode { "live" } else { "test" },
+            "livemode": self.livemode,
+            "prefix": self.prefix,
+            "last4": self.last4,
+            "display": self.display(),
+            "status": if self.revoked_at.is_some() { "revoked" } else { "active" },
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        })
+    }
+
+    fn scope(&self) -> Scope {
+        Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
     }
 }
 
@@ -107,15 +134,17 @@ pub async fn list(pool: &PgPool, ctx: &TenantContext) -> Result<Vec<ApiKeyRow>, 
     .map_err(Into::into)
 }
 
-/// Revokes the active keys of the given modes; returns the revoked rows.
+/// Revokes the active keys of the given modes, each with its `api_key.revoked` event;
+/// returns the revoked rows.
 pub async fn revoke(
     tx: &mut Transaction<'_, Postgres>,
     ctx: &TenantContext,
     modes: &[Mode],
     by: &str,
+    now: DateTime<Utc>,
 ) -> Result<Vec<ApiKeyRow>, DbError> {
     let livemodes: Vec<bool> = modes.iter().map(|m| m.livemode()).collect();
-    sqlx::query_as::<_, ApiKeyRow>(sqlf!(
+    let rows = sqlx::query_as::<_, ApiKeyRow>(sqlf!(
         "UPDATE api_keys SET revoked_at = now(), revoked_by = $3 \
          WHERE tenant_id = $1 AND livemode = ANY($2) AND revoked_at IS NULL \
          RETURNING {COLUMNS}"
@@ -124,8 +153,17 @@ pub async fn revoke(
     .bind(&livemodes)
     .bind(by)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(Into::into)
+    .await?;
+    for row in &rows {
+        events::record(
+            &mut *tx,
+            row.scope(),
+            NewEvent::new("api_key.revoked", row.to_json()),
+            now,
+        )
+        .await?;
+    }
+    Ok(rows)
 }
 
 /// Revokes the active keys of the given modes and inserts new ones, atomically.
@@ -134,6 +172,7 @@ pub async fn regenerate(
     ctx: &TenantContext,
     keys: &[GeneratedKey],
     by: &str,
+    now: DateTime<Utc>,
 ) -> Result<(Vec<ApiKeyRow>, Vec<ApiKeyRow>), DbError> {
     let mut modes: Vec<Mode> = keys.iter().map(|k| k.mode).collect();
     modes.dedup();
@@ -143,10 +182,18 @@ pub async fn regenerate(
         .bind(ctx.tenant_id)
         .execute(&mut *tx)
         .await?;
-    let revoked = revoke(&mut tx, ctx, &modes, by).await?;
+    let revoked = revoke(&mut tx, ctx, &modes, by, now).await?;
     let mut created = Vec::with_capacity(keys.len());
     for key in keys {
-        created.push(insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?);
+        let row = insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?;
+        events::record(
+            &mut tx,
+            row.scope(),
+            NewEvent::new("api_key.created", row.to_json()),
+            now,
+        )
+        .await?;
+        created.push(row);
     }
     tx.commit().await?;
     Ok((revoked, created))

@@ -3,7 +3,6 @@
 use sqlx::PgPool;
 
 use super::DbError;
-use crate::ids::TenantId;
 
 /// How long a key is honoured.
 pub const RETENTION_HOURS: i32 = 24;
@@ -26,11 +25,7 @@ pub enum Claim {
 }
 
 /// Scope of a key: tenant and mode.
-#[derive(Debug, Clone, Copy)]
-pub struct Scope {
-    pub tenant_id: TenantId,
-    pub livemode: bool,
-}
+pub use crate::tenancy::Scope;
 
 type Stored = (Vec<u8>, Option<i16>, Option<String>, Option<Vec<u8>>);
 

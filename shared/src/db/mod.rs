@@ -11,11 +11,14 @@ macro_rules! sqlf {
 
 pub mod api_keys;
 pub mod audit;
+pub mod events;
 pub mod idempotency;
 pub mod pagination;
 pub mod refresh_tokens;
 pub mod tenants;
 pub mod users;
+pub mod webhook_deliveries;
+pub mod webhook_endpoints;
 
 use std::time::Duration;
 

@@ -120,3 +120,22 @@ pub async fn counts(pool: &PgPool, ctx: &TenantContext) -> Result<(i64, i64), Db
     .await?;
     Ok(row)
 }
+
+/// Replaces the tenant's webhook signing secret (the seed's single webhook).
+pub async fn set_webhook_secret(
+    conn: &mut sqlx::PgConnection,
+    ctx: &TenantContext,
+    secret_enc: &[u8],
+    last4: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE tenants SET webhook_secret_enc = $2, webhook_secret_last4 = $3, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(ctx.tenant_id)
+    .bind(secret_enc)
+    .bind(last4)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@ use sqlx::{FromRow, PgPool};
 
 use super::{
     DbError,
+    events::{self, NewEvent},
     pagination::{Page, PageRequest},
 };
 use crate::{
@@ -29,6 +30,21 @@ pub struct UserRow {
 impl UserRow {
     pub fn role(&self) -> Role {
         Role::parse(&self.role).unwrap_or(Role::Billing)
+    }
+
+    /// The user as events carry it (the fields the API returns).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "user",
+            "email": self.email,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "role": self.role,
+            "is_active": self.is_active,
+            "last_login_at": self.last_login_at,
+            "created_at": self.created_at,
+        })
     }
 }
 
@@ -128,12 +144,16 @@ pub struct NewUser<'a> {
     pub role: Role,
 }
 
+/// Creates the user and its `user.created` event (users belong to both modes, so the event
+/// is recorded in each).
 pub async fn create(
     pool: &PgPool,
     ctx: &TenantContext,
     u: NewUser<'_>,
+    now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
-    sqlx::query_as::<_, UserRow>(sqlf!(
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as::<_, UserRow>(sqlf!(
         "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     ))
@@ -144,9 +164,17 @@ pub async fn create(
     .bind(u.first_name)
     .bind(u.last_name)
     .bind(u.role.as_str())
-    .fetch_one(pool)
-    .await
-    .map_err(Into::into)
+    .fetch_one(&mut *tx)
+    .await?;
+    events::record_tenant_wide(
+        &mut tx,
+        ctx.tenant_id,
+        NewEvent::new("user.created", row.to_json()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// Changes to one user.
@@ -165,6 +193,7 @@ pub async fn update(
     ctx: &TenantContext,
     id: UserId,
     c: UserChanges<'_>,
+    now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
     let mut tx = pool.begin().await?;
     // Serialise changes to one tenant's users, so that two owners demoting or deactivating each
@@ -206,6 +235,13 @@ pub async fn update(
     if owners == 0 {
         return Err(DbError::UniqueViolation("last_owner".into()));
     }
+    events::record_tenant_wide(
+        &mut tx,
+        ctx.tenant_id,
+        NewEvent::new("user.updated", row.to_json()),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(row)
 }

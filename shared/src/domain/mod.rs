@@ -7,6 +7,7 @@ pub mod password;
 pub mod person_name;
 pub mod role;
 pub mod tenant;
+pub mod webhook;
 
 /// A value that failed to parse, with the reason a client can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,822 @@
+//! Webhook endpoints (`/api/v1/webhook-endpoints`) and the seed's single-endpoint paths
+//! (`/api/v1/auth/tenants/webhooks/config/`, `/api/v1/auth/tenants/webhooks/test/`).
+//!
+//! Changes are recorded with their event in one transaction; deliveries are the worker
+//! fleet's job, never the API's.
+
+use chrono::{DateTime, Utc};
+use poem::{Request, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use serde::Deserialize;
+use shared::{
+    db::{
+        self, DbError,
+        events::NewEvent,
+        webhook_deliveries::{AttemptRow, DeliveryRow},
+        webhook_endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
+    },
+    domain::webhook::{
+        EventFilter, SigningSecret, UrlError, UrlPolicy, WebhookUrl, check_resolved,
+    },
+    ids::{DeliveryId, WebhookEndpointId},
+    tenancy::{Permission, TenantContext},
+};
+
+use super::{ApiTags, dto::page_request};
+use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+
+pub struct WebhookEndpointsApi;
+
+/// How long a rotated-out secret keeps signing.
+const OLD_SECRET_GRACE_HOURS: i64 = 24;
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointIn {
+    /// Where events are POSTed. Live mode needs `https`; internal addresses are refused.
+    pub url: String,
+    /// Up to 500 characters.
+    pub description: Option<String>,
+    /// Default `true`.
+    pub enabled: Option<bool>,
+    /// Event types to receive (like `invoice.paid`), or `["*"]` (the default) for all.
+    pub event_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointPatch {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    /// `true` re-enables a disabled endpoint (and clears its failure record).
+    pub enabled: Option<bool>,
+    pub event_types: Option<Vec<String>>,
+}
+
+/// A webhook endpoint; its secret is shown only on creation and rotation.
+#[derive(Debug, Object)]
+pub struct WebhookEndpointOut {
+    /// Endpoint id (`we_…`).
+    pub id: String,
+    /// Always `webhook_endpoint`.
+    pub object: String,
+    pub url: String,
+    pub description: String,
+    pub enabled: bool,
+    pub event_types: Vec<String>,
+    pub livemode: bool,
+    /// Last four characters of the current signing secret.
+    pub secret_last4: String,
+    /// Until when the previous secret also signs (after a rotation).
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Whether this is the endpoint of `/api/v1/auth/tenants/webhooks/config/`.
+    pub is_default: bool,
+    /// Why the platform disabled it: `gone` (it answered 410), `failing` (it failed for
+    /// days) or `manual`.
+    pub disabled_reason: Option<String>,
+    /// Start of the current run of failed deliveries.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<EndpointRow> for WebhookEndpointOut {
+    fn from(e: EndpointRow) -> Self {
+        Self {
+            id: e.id.to_string(),
+            object: "webhook_endpoint".into(),
+            url: e.url,
+            description: e.description,
+            enabled: e.enabled,
+            event_types: e.event_types,
+            livemode: e.livemode,
+            secret_last4: e.secret_last4,
+            previous_secret_expires_at: e.previous_secret_expires_at,
+            is_default: e.is_default,
+            disabled_reason: e.disabled_reason,
+            failing_since: e.failing_since,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// A new endpoint with its signing secret, shown this once.
+#[derive(Debug, Object)]
+pub struct WebhookEndpointCreatedOut {
+    pub endpoint: WebhookEndpointOut,
+    /// The `whsec_…` signing secret. Store it now: it is never shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookEndpointList {
+    pub data: Vec<WebhookEndpointOut>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct RotatedSecretOut {
+    pub endpoint: WebhookEndpointOut,
+    /// The new `whsec_…` secret, shown this once.
+    pub secret: String,
+}
+
+/// One attempt to deliver.
+#[derive(Debug, Object)]
+pub struct DeliveryAttemptOut {
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub attempted_at: DateTime<Utc>,
+    /// The receiver's status code; absent when it did not answer.
+    pub status_code: Option<i16>,
+    pub latency_ms: i32,
+    /// The first 4 KiB of the response body.
+    pub response_body: String,
+    /// Why there was no answer (timeout, refused address…).
+    pub error: Option<String>,
+}
+
+impl From<AttemptRow> for DeliveryAttemptOut {
+    fn from(a: AttemptRow) -> Self {
+        Self {
+            attempt: a.attempt,
+            attempted_at: a.attempted_at,
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            response_body: a.response_body,
+            error: a.error,
+        }
+    }
+}
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, Object)]
+pub struct DeliveryOut {
+    /// Delivery id (`msg_…`): the `webhook-id` header of every attempt.
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint_id: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    /// When the next attempt is due (while pending).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i16>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Every attempt, oldest first.
+    pub attempt_log: Vec<DeliveryAttemptOut>,
+}
+
+impl From<(DeliveryRow, Vec<AttemptRow>)> for DeliveryOut {
+    fn from((d, attempts): (DeliveryRow, Vec<AttemptRow>)) -> Self {
+        Self {
+            id: d.id.to_string(),
+            event_id: d.event_id.to_string(),
+            event_type: d.event_type,
+            endpoint_id: d.endpoint_id.to_string(),
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at,
+            last_attempt_at: d.last_attempt_at,
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            attempt_log: attempts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct DeliveryList {
+    pub data: Vec<DeliveryOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedEndpoint {
+    /// The endpoint was created.
+    #[oai(status = 201)]
+    Created(Json<WebhookEndpointCreatedOut>),
+}
+
+/// The seed's webhook configuration.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfigIn {
+    /// Where events are POSTed.
+    pub webhook_url: String,
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookConfigOut {
+    /// `null` when no webhook is configured.
+    pub webhook_url: Option<String>,
+    /// The signing secret masked to its last characters (`whsec_…abcd`).
+    pub webhook_secret: Option<String>,
+    pub enabled: bool,
+    /// The endpoint behind this configuration (`we_…`).
+    pub endpoint_id: Option<String>,
+    pub livemode: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookConfigSetOut {
+    pub webhook_url: String,
+    /// The new `whsec_…` signing secret, shown this once.
+    pub webhook_secret: String,
+    pub endpoint_id: String,
+    pub livemode: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookTestOut {
+    /// The `webhook.test` event (`evt_…`).
+    pub event_id: String,
+    /// Its delivery (`msg_…`); follow it in the endpoint's deliveries.
+    pub delivery_id: Option<String>,
+    pub endpoint_id: String,
+    /// `pending`: the worker fleet sends it within moments.
+    pub status: String,
+}
+
+#[derive(ApiResponse)]
+pub enum TestQueued {
+    /// The test event was recorded and its delivery queued.
+    #[oai(status = 202)]
+    Accepted(Json<WebhookTestOut>),
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookConfigDeletedOut {
+    pub deleted: bool,
+    pub endpoint_id: String,
+}
+
+fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
+    WebhookEndpointId::parse(raw).map_err(|_| ApiError::not_found("webhook_endpoint"))
+}
+
+fn db_err(e: DbError) -> ApiError {
+    ApiError::from_db("webhook_endpoint")(e)
+}
+
+fn begin_err(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("database", e)
+}
+
+fn url_error(field: &str, e: UrlError) -> ApiError {
+    match e {
+        UrlError::ForbiddenAddress(_) | UrlError::Unresolvable => ApiError {
+            field: Some(field.to_owned()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "webhook_url_forbidden",
+                format!("`{field}` {e}"),
+            )
+        },
+        other => ApiError::validation(field, other.to_string()),
+    }
+}
+
+/// Checks a URL for the caller's mode, including the addresses its name resolves to now (they
+/// are checked again at every send). A name that does not resolve yet is accepted.
+async fn check_url(
+    state: &AppState,
+    ctx: &TenantContext,
+    field: &str,
+    raw: &str,
+) -> Result<WebhookUrl, ApiError> {
+    let allow_private = state.settings.webhooks.allow_private_targets;
+    let url = WebhookUrl::parse(
+        raw,
+        UrlPolicy {
+            livemode: ctx.livemode(),
+            allow_private,
+        },
+    )
+    .map_err(|e| url_error(field, e))?;
+    if let Some(domain) = url.domain() {
+        let lookup = tokio::net::lookup_host((domain.to_owned(), url.port()));
+        if let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await
+        {
+            let ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+            if !ips.is_empty() {
+                check_resolved(&ips, allow_private).map_err(|e| url_error(field, e))?;
+            }
+        }
+    }
+    Ok(url)
+}
+
+fn description(v: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match v.map(str::trim) {
+        Some(d) if d.chars().count() > 500 => Err(ApiError::validation(
+            "description",
+            "must be at most 500 characters",
+        )),
+        Some(d) if d.chars().any(char::is_control) => Err(ApiError::validation(
+            "description",
+            "must not contain control characters",
+        )),
+        other => Ok(other),
+    }
+}
+
+fn filter(v: Option<&[String]>) -> Result<Option<EventFilter>, ApiError> {
+    v.map(EventFilter::parse)
+        .transpose()
+        .map_err(ApiError::invalid("event_types"))
+}
+
+/// Records an event about an endpoint in the transaction.
+async fn endpoint_event(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    ctx: &TenantContext,
+    event_type: &str,
+    row: &EndpointRow,
+) -> Result<(), ApiError> {
+    db::events::record(
+        tx,
+        ctx.scope(),
+        NewEvent::new(event_type, row.to_json()),
+        state.clock.now(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ApiError::internal)
+}
+
+#[OpenApi]
+impl WebhookEndpointsApi {
+    /// Create a webhook endpoint
+    ///
+    /// Events of the endpoint's types are POSTed to its URL, signed per the Standard Webhooks
+    /// specification with the `whsec_…` secret returned here (and only here).
+    #[oai(
+        path = "/api/v1/webhook-endpoints",
+        method = "post",
+        operation_id = "webhook_endpoints.create",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<WebhookEndpointIn>,
+    ) -> Result<CreatedEndpoint, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let b = body.0;
+        let url = check_url(&state, ctx, "url", &b.url).await?;
+        let description = description(b.description.as_deref())?.unwrap_or_default();
+        let filter = filter(b.event_types.as_deref())?.unwrap_or_else(EventFilter::all);
+        let secret = SigningSecret::generate();
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = db::webhook_endpoints::create(
+            &mut tx,
+            ctx,
+            NewEndpoint {
+                url: url.as_str(),
+                description,
+                enabled: b.enabled.unwrap_or(true),
+                event_types: filter.as_slice(),
+                secret_enc: state.encryptor.encrypt(secret.expose().as_bytes()),
+                secret_last4: secret.last4(),
+                is_default: false,
+            },
+            now,
+        )
+        .await
+        .map_err(db_err)?;
+        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.created", &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(CreatedEndpoint::Created(Json(WebhookEndpointCreatedOut {
+            endpoint: row.into(),
+            secret: secret.expose().to_owned(),
+        })))
+    }
+
+    /// List webhook endpoints
+    ///
+    /// The endpoints of the caller's mode, newest first.
+    #[oai(
+        path = "/api/v1/webhook-endpoints",
+        method = "get",
+        operation_id = "webhook_endpoints.list",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// An endpoint id: return endpoints older than it (the next page).
+        starting_after: Query<Option<String>>,
+        /// An endpoint id: return endpoints newer than it (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<WebhookEndpointList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            WebhookEndpointId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = db::webhook_endpoints::list(&state.pool, ctx, page)
+            .await
+            .map_err(db_err)?;
+        Ok(Json(WebhookEndpointList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get a webhook endpoint
+    #[oai(
+        path = "/api/v1/webhook-endpoints/:id",
+        method = "get",
+        operation_id = "webhook_endpoints.get",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Endpoint id (`we_…`).
+        id: Path<String>,
+    ) -> Result<Json<WebhookEndpointOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let row = db::webhook_endpoints::get(&state.pool, ctx, parse_id(&id.0)?)
+            .await
+            .map_err(db_err)?;
+        Ok(Json(row.into()))
+    }
+
+    /// Update a webhook endpoint
+    ///
+    /// Changes the URL, description, event types or enabled flag. Re-enabling an endpoint the
+    /// platform disabled clears its failure record.
+    #[oai(
+        path = "/api/v1/webhook-endpoints/:id",
+        method = "patch",
+        operation_id = "webhook_endpoints.update",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn update(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Endpoint id (`we_…`).
+        id: Path<String>,
+        body: JsonBody<WebhookEndpointPatch>,
+    ) -> Result<Json<WebhookEndpointOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let id = parse_id(&id.0)?;
+        let b = body.0;
+        let url = match b.url.as_deref() {
+            Some(raw) => Some(check_url(&state, ctx, "url", raw).await?),
+            None => None,
+        };
+        let description = description(b.description.as_deref())?;
+        let filter = filter(b.event_types.as_deref())?;
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = db::webhook_endpoints::update(
+            &mut tx,
+            ctx,
+            id,
+            EndpointChanges {
+                url: url.as_ref().map(WebhookUrl::as_str),
+                description,
+                enabled: b.enabled,
+                event_types: filter.as_ref().map(EventFilter::as_slice),
+            },
+            state.clock.now(),
+        )
+        .await
+        .map_err(db_err)?;
+        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.updated", &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(row.into()))
+    }
+
+    /// Delete a webhook endpoint
+    ///
+    /// The endpoint and its delivery history are removed; pending deliveries are dropped.
+    #[oai(
+        path = "/api/v1/webhook-endpoints/:id",
+        method = "delete",
+        operation_id = "webhook_endpoints.delete",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Endpoint id (`we_…`).
+        id: Path<String>,
+    ) -> Result<Json<WebhookEndpointOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let id = parse_id(&id.0)?;
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = db::webhook_endpoints::delete(&mut tx, ctx, id)
+            .await
+            .map_err(db_err)?;
+        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.deleted", &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(row.into()))
+    }
+
+    /// Rotate an endpoint's signing secret
+    ///
+    /// Returns a new `whsec_…` secret. For 24 hours the old secret keeps signing too: each
+    /// delivery then carries two signatures in `webhook-signature`, so receivers can switch
+    /// without losing a delivery.
+    #[oai(
+        path = "/api/v1/webhook-endpoints/:id/rotate-secret",
+        method = "post",
+        operation_id = "webhook_endpoints.rotate_secret",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn rotate_secret(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Endpoint id (`we_…`).
+        id: Path<String>,
+    ) -> Result<Json<RotatedSecretOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let id = parse_id(&id.0)?;
+        let secret = SigningSecret::generate();
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = db::webhook_endpoints::rotate_secret(
+            &mut tx,
+            ctx,
+            id,
+            &state.encryptor.encrypt(secret.expose().as_bytes()),
+            secret.last4(),
+            now + chrono::Duration::hours(OLD_SECRET_GRACE_HOURS),
+            now,
+        )
+        .await
+        .map_err(db_err)?;
+        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.updated", &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(RotatedSecretOut {
+            endpoint: row.into(),
+            secret: secret.expose().to_owned(),
+        }))
+    }
+
+    /// List an endpoint's deliveries
+    ///
+    /// Newest first, each with every attempt: time, status code, latency and the first 4 KiB
+    /// of the response.
+    #[oai(
+        path = "/api/v1/webhook-endpoints/:id/deliveries",
+        method = "get",
+        operation_id = "webhook_endpoints.deliveries",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn deliveries(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Endpoint id (`we_…`).
+        id: Path<String>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A delivery id: return older deliveries (the next page).
+        starting_after: Query<Option<String>>,
+        /// A delivery id: return newer deliveries (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<DeliveryList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = parse_id(&id.0)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            DeliveryId::parse(s).map(|id| id.as_uuid())
+        })?;
+        // 404 for another tenant's (or a missing) endpoint, not an empty list.
+        db::webhook_endpoints::get(&state.pool, ctx, id)
+            .await
+            .map_err(db_err)?;
+        let page = db::webhook_deliveries::list_for_endpoint(&state.pool, ctx, id, page)
+            .await
+            .map_err(db_err)?;
+        Ok(Json(DeliveryList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get the webhook configuration
+    ///
+    /// The seed's single webhook: its URL and masked secret, for the caller's mode.
+    #[oai(
+        path = "/api/v1/auth/tenants/webhooks/config",
+        method = "get",
+        operation_id = "webhooks.config_get",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn config_get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<WebhookConfigOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let row = match db::webhook_endpoints::get_default(&state.pool, ctx).await {
+            Ok(row) => Some(row),
+            Err(DbError::NotFound) => None,
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(Json(match row {
+            Some(r) => WebhookConfigOut {
+                webhook_url: Some(r.url),
+                webhook_secret: Some(format!("whsec_…{}", r.secret_last4)),
+                enabled: r.enabled,
+                endpoint_id: Some(r.id.to_string()),
+                livemode: r.livemode,
+            },
+            None => WebhookConfigOut {
+                webhook_url: None,
+                webhook_secret: None,
+                enabled: false,
+                endpoint_id: None,
+                livemode: ctx.livemode(),
+            },
+        }))
+    }
+
+    /// Configure the webhook
+    ///
+    /// Sets the URL of the seed's single webhook and generates a new signing secret (returned
+    /// here only; the previous one stops signing at once). The endpoint receives every event
+    /// type and appears among `/api/v1/webhook-endpoints` with `is_default: true`.
+    #[oai(
+        path = "/api/v1/auth/tenants/webhooks/config",
+        method = "post",
+        operation_id = "webhooks.config_set",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn config_set(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<WebhookConfigIn>,
+    ) -> Result<Json<WebhookConfigSetOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let url = check_url(&state, ctx, "webhook_url", &body.0.webhook_url).await?;
+        let secret = SigningSecret::generate();
+        let now = state.clock.now();
+        let enc = state.encryptor.encrypt(secret.expose().as_bytes());
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let (row, created) = db::webhook_endpoints::set_default(
+            &mut tx,
+            ctx,
+            url.as_str(),
+            &enc,
+            secret.last4(),
+            now,
+        )
+        .await
+        .map_err(db_err)?;
+        db::tenants::set_webhook_secret(&mut tx, ctx, &enc, secret.last4())
+            .await
+            .map_err(ApiError::from_db("tenant"))?;
+        let event = if created {
+            "webhook_endpoint.created"
+        } else {
+            "webhook_endpoint.updated"
+        };
+        endpoint_event(&mut tx, &state, ctx, event, &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(WebhookConfigSetOut {
+            webhook_url: row.url,
+            webhook_secret: secret.expose().to_owned(),
+            endpoint_id: row.id.to_string(),
+            livemode: row.livemode,
+        }))
+    }
+
+    /// Remove the webhook configuration
+    ///
+    /// Deletes the seed's single webhook endpoint (other endpoints stay).
+    #[oai(
+        path = "/api/v1/auth/tenants/webhooks/config",
+        method = "delete",
+        operation_id = "webhooks.config_delete",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn config_delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+    ) -> Result<Json<WebhookConfigDeletedOut>, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let current = db::webhook_endpoints::get_default(&state.pool, ctx)
+            .await
+            .map_err(|e| match e {
+                DbError::NotFound => ApiError::not_found("webhook configuration"),
+                other => db_err(other),
+            })?;
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = db::webhook_endpoints::delete(&mut tx, ctx, current.id)
+            .await
+            .map_err(db_err)?;
+        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.deleted", &row).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(WebhookConfigDeletedOut {
+            deleted: true,
+            endpoint_id: row.id.to_string(),
+        }))
+    }
+
+    /// Send a test webhook
+    ///
+    /// Records a `webhook.test` event and queues its delivery to the configured webhook
+    /// (whatever its event filter). Answers at once; the delivery and its outcome appear in
+    /// the endpoint's deliveries.
+    #[oai(
+        path = "/api/v1/auth/tenants/webhooks/test",
+        method = "post",
+        operation_id = "webhooks.test",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn test(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+    ) -> Result<TestQueued, ApiError> {
+        let ctx = auth.require(Permission::ManageWebhooks)?;
+        let endpoint = db::webhook_endpoints::get_default(&state.pool, ctx)
+            .await
+            .map_err(|e| match e {
+                DbError::NotFound => ApiError::conflict(
+                    "webhook_not_configured",
+                    "Configure a webhook URL first (POST /api/v1/auth/tenants/webhooks/config/).",
+                ),
+                other => db_err(other),
+            })?;
+        if !endpoint.enabled {
+            return Err(ApiError::conflict(
+                "webhook_endpoint_disabled",
+                "The configured webhook endpoint is disabled.",
+            ));
+        }
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let event_id = db::events::record(
+            &mut tx,
+            ctx.scope(),
+            NewEvent::new(
+                "webhook.test",
+                serde_json::json!({
+                    "object": "webhook_test",
+                    "message": "This is a test event from the billing platform.",
+                    "endpoint_id": endpoint.id.to_string(),
+                }),
+            ),
+            now,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        // The test goes to the configured endpoint even when its filter would skip it.
+        let deliveries = db::events::fan_out(
+            &mut tx,
+            ctx.scope(),
+            &[(event_id.as_uuid(), endpoint.id.as_uuid())],
+            now,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        // A fresh event has no delivery yet, so one is always created.
+        let delivery = deliveries.first().map(|id| DeliveryId::from_uuid(*id));
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(event_id.to_string()));
+        Ok(TestQueued::Accepted(Json(WebhookTestOut {
+            event_id: event_id.to_string(),
+            delivery_id: delivery.map(|d| d.to_string()),
+            endpoint_id: endpoint.id.to_string(),
+            status: "pending".into(),
+        })))
+    }
+}

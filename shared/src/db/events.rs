@@ -1,0 +1,267 @@
+//! Events: every state change, recorded in the transaction that makes it, and fanned out to the
+//! tenant's matching webhook endpoints as deliveries with their jobs (the outbox).
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{
+    DbError,
+    pagination::{Page, PageRequest},
+};
+use crate::{
+    domain::webhook::EventFilter,
+    ids::{DeliveryId, EventId, TenantId},
+    jobs::{self, NewJob, Queue},
+    tenancy::{Scope, TenantContext},
+};
+
+/// The job kind that delivers one webhook.
+pub const DELIVER_KIND: &str = "webhook.deliver";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    /// The event as delivered and as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "event",
+            "type": self.event_type,
+            "created": self.created_at.timestamp(),
+            "livemode": self.livemode,
+            "data": self.data,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, livemode, type, data, created_at";
+
+/// An event to record: its type and the object it is about.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub object: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(event_type: &str, object: serde_json::Value) -> Self {
+        Self {
+            event_type: event_type.to_owned(),
+            object,
+        }
+    }
+}
+
+/// Records one event and its deliveries; call inside the transaction of the change.
+pub async fn record(
+    conn: &mut PgConnection,
+    scope: Scope,
+    event: NewEvent,
+    now: DateTime<Utc>,
+) -> Result<EventId, DbError> {
+    let ids = record_many(conn, scope, &[event], now).await?;
+    ids.into_iter().next().ok_or(DbError::NotFound)
+}
+
+/// Records an event about a tenant-wide object (a user), once in each mode.
+pub async fn record_tenant_wide(
+    conn: &mut PgConnection,
+    tenant_id: TenantId,
+    event: NewEvent,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    for livemode in [false, true] {
+        record(
+            conn,
+            Scope {
+                tenant_id,
+                livemode,
+            },
+            event.clone(),
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records events and fans each out to the enabled endpoints of the tenant and mode whose
+/// filter matches: one delivery per (event, endpoint), each with its job, due now.
+pub async fn record_many(
+    conn: &mut PgConnection,
+    scope: Scope,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<EventId>, DbError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
+    let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::json!({ "object": e.object }))
+        .collect();
+    sqlx::query(
+        "INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
+         SELECT u.id, $4, $5, u.type, u.data, $6 \
+         FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, type, data)",
+    )
+    .bind(&uuids)
+    .bind(&types)
+    .bind(&data)
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+
+    let endpoints: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT id, event_types FROM webhook_endpoints \
+         WHERE tenant_id = $1 AND livemode = $2 AND enabled",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .fetch_all(&mut *conn)
+    .await?;
+    let endpoints: Vec<(Uuid, EventFilter)> = endpoints
+        .into_iter()
+        .map(|(id, types)| (id, EventFilter::from_stored(types)))
+        .collect();
+    let mut pairs: Vec<(Uuid, Uuid)> = Vec::new();
+    for (event_id, event) in uuids.iter().zip(events) {
+        for (endpoint_id, filter) in &endpoints {
+            if filter.matches(&event.event_type) {
+                pairs.push((*event_id, *endpoint_id));
+            }
+        }
+    }
+    fan_out(conn, scope, &pairs, now).await?;
+    Ok(ids)
+}
+
+/// Creates deliveries (and their jobs) for (event, endpoint) pairs that have none yet.
+pub async fn fan_out(
+    conn: &mut PgConnection,
+    scope: Scope,
+    pairs: &[(Uuid, Uuid)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let delivery_ids: Vec<Uuid> = pairs.iter().map(|_| DeliveryId::new().as_uuid()).collect();
+    let event_ids: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let endpoint_ids: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    let created: Vec<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO webhook_deliveries (id, tenant_id, livemode, event_id, endpoint_id, \
+         next_attempt_at, created_at, updated_at) \
+         SELECT u.id, $4, $5, u.event_id, u.endpoint_id, $6, $6, $6 \
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(id, event_id, endpoint_id) \
+         ON CONFLICT (event_id, endpoint_id) DO NOTHING RETURNING id",
+    )
+    .bind(&delivery_ids)
+    .bind(&event_ids)
+    .bind(&endpoint_ids)
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let created: Vec<Uuid> = created.into_iter().map(|(id,)| id).collect();
+    let jobs: Vec<NewJob> = created
+        .iter()
+        .map(|id| delivery_job(scope, *id, now))
+        .collect();
+    jobs::enqueue(conn, &jobs, now).await?;
+    Ok(created)
+}
+
+/// The job that sends a delivery; it shares the delivery's id, so there is one per delivery.
+pub fn delivery_job(scope: Scope, delivery_id: Uuid, now: DateTime<Utc>) -> NewJob {
+    NewJob {
+        id: delivery_id,
+        queue: Queue::Webhooks,
+        kind: DELIVER_KIND,
+        tenant: Some((scope.tenant_id.as_uuid(), scope.livemode)),
+        payload: serde_json::json!({ "delivery_id": DeliveryId::from_uuid(delivery_id).to_string() }),
+        run_at: now,
+        // The delivery's retry schedule decides when it has failed, not a job limit.
+        max_attempts: i32::MAX,
+    }
+}
+
+/// The tenant's events in this mode, newest first, optionally of one type.
+pub async fn list(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    page: PageRequest,
+    event_type: Option<&str>,
+) -> Result<Page<EventRow>, DbError> {
+    let (cond, order) = page.sql(4);
+    let rows = sqlx::query_as::<_, EventRow>(sqlf!(
+        "SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND livemode = $2 \
+         AND ($3::text IS NULL OR type = $3) AND {cond} ORDER BY {order} LIMIT $5"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(event_type)
+    .bind(page.cursor_uuid())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+pub async fn get(pool: &PgPool, ctx: &TenantContext, id: EventId) -> Result<EventRow, DbError> {
+    sqlx::query_as::<_, EventRow>(sqlf!(
+        "SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// Deletes events created before `before` (their deliveries and attempts go with them), at
+/// most `limit` at a time.
+pub async fn purge_older_than(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, DbError> {
+    let mut tx = pool.begin().await?;
+    // Their delivery jobs first (a job row has no foreign key to its delivery).
+    sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT d.id FROM webhook_deliveries d \
+         JOIN (SELECT id FROM events WHERE created_at < $1 ORDER BY created_at LIMIT $2) e \
+         ON e.id = d.event_id)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await?;
+    let done = sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < $1 \
+         ORDER BY created_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}

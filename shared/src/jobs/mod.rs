@@ -1,0 +1,451 @@
+//! The job outbox in PostgreSQL.
+//!
+//! Work that must happen is a `jobs` row written in the same transaction as the change causing
+//! it, due at `run_at` (read through the clock). The worker fleet's relay *leases* due jobs —
+//! moving `run_at` forward by the lease and setting a fresh `lease_token` — and pushes
+//! `{id, token}` messages to the Redis queue. A worker *claims* a message before running it
+//! (the token must still match; claiming replaces it, so a duplicate message is dropped) and
+//! *finishes* it with an outcome. A lease that runs out — Redis flushed, a worker killed — makes
+//! the job due again, so nothing is lost, and every handler is safe to run twice.
+
+pub mod queue;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use self::queue::{Queue, QueueMap, RetryPolicy};
+use crate::db::DbError;
+
+/// The message carried by a Redis queue: which job, under which lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub id: Uuid,
+    pub token: Uuid,
+}
+
+/// A job to add to the outbox.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// For jobs about one object, the object's own id keeps them one per object.
+    pub id: Uuid,
+    pub queue: Queue,
+    pub kind: &'static str,
+    pub tenant: Option<(Uuid, bool)>,
+    pub payload: serde_json::Value,
+    pub run_at: DateTime<Utc>,
+    pub max_attempts: i32,
+}
+
+/// The PostgreSQL notification channel that wakes relays.
+pub const NOTIFY_CHANNEL: &str = "jobs_due";
+
+/// Adds jobs; relays are woken when the transaction commits.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut tenants = Vec::with_capacity(jobs.len());
+    let mut livemodes = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut maxes = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        ids.push(j.id);
+        queues.push(j.queue.as_str());
+        kinds.push(j.kind);
+        tenants.push(j.tenant.map(|t| t.0));
+        livemodes.push(j.tenant.map(|t| t.1));
+        payloads.push(j.payload.clone());
+        run_ats.push(j.run_at);
+        maxes.push(j.max_attempts);
+    }
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
+         created_at, updated_at) \
+         SELECT u.id, u.queue, u.kind, u.tenant_id, u.livemode, u.payload, u.max_attempts, \
+         u.run_at, $9, $9 \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bool[], $6::jsonb[], \
+         $7::int[], $8::timestamptz[]) AS u(id, queue, kind, tenant_id, livemode, payload, \
+         max_attempts, run_at)",
+    )
+    .bind(&ids)
+    .bind(&queues)
+    .bind(&kinds)
+    .bind(&tenants)
+    .bind(&livemodes)
+    .bind(&payloads)
+    .bind(&maxes)
+    .bind(&run_ats)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let mut due: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.run_at <= now)
+        .map(|j| j.queue.as_str())
+        .collect();
+    due.sort_unstable();
+    due.dedup();
+    for q in due {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Makes a job due again from scratch (a redelivery, or an operator's retry of a dead job).
+pub async fn reset(conn: &mut PgConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbError> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'pending', attempts = 0, run_at = $2, lease_token = NULL, \
+         last_error = NULL, finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING queue",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((queue,)) = &row {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(queue)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(row.is_some())
+}
+
+/// Leases up to `limit` due jobs of a queue for pushing to Redis, oldest due first.
+/// Concurrent relays (one per worker process) never lease the same job.
+pub async fn lease_due(
+    pool: &PgPool,
+    queue: Queue,
+    now: DateTime<Utc>,
+    lease: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<JobMessage>, DbError> {
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE jobs SET run_at = $3, lease_token = gen_random_uuid(), updated_at = $2 \
+         WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND run_at <= $2 \
+                      ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, lease_token",
+    )
+    .bind(queue.as_str())
+    .bind(now)
+    .bind(until)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, token)| JobMessage { id, token })
+        .collect())
+}
+
+/// Puts leased jobs back as due now (their push to Redis failed).
+pub async fn unlease(
+    pool: &PgPool,
+    msgs: &[JobMessage],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
+    let tokens: Vec<Uuid> = msgs.iter().map(|m| m.token).collect();
+    sqlx::query(
+        "UPDATE jobs SET run_at = $3, lease_token = NULL FROM unnest($1::uuid[], $2::uuid[]) \
+         AS u(id, token) WHERE jobs.id = u.id AND jobs.lease_token = u.token",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A job claimed for running.
+#[derive(Debug, Clone, FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    /// The token that finishes this run.
+    pub token: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub tenant_id: Option<Uuid>,
+    pub livemode: Option<bool>,
+    pub payload: serde_json::Value,
+    /// Runs before this one.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// Claims messages for running: each whose token still holds gets a new token and a lease of
+/// `run_lease`. Stale or duplicate messages (another lease since, or already done) are left out.
+pub async fn claim(
+    pool: &PgPool,
+    msgs: &[JobMessage],
+    now: DateTime<Utc>,
+    run_lease: std::time::Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let until =
+        now + chrono::Duration::from_std(run_lease).unwrap_or(chrono::Duration::seconds(60));
+    let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
+    let tokens: Vec<Uuid> = msgs.iter().map(|m| m.token).collect();
+    sqlx::query_as::<_, Claimed>(
+        "UPDATE jobs SET lease_token = gen_random_uuid(), run_at = $4, updated_at = $3 \
+         FROM (SELECT DISTINCT ON (id) id, token FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token)) u \
+         WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending' \
+         RETURNING jobs.id, jobs.lease_token AS token, jobs.queue, jobs.kind, jobs.tenant_id, \
+         jobs.livemode, jobs.payload, jobs.attempts, jobs.max_attempts",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(now)
+    .bind(until)
+    .fetch_all(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    /// Run again at this time.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// No more runs: the job is dead (listed for operators, who can retry it).
+    Dead {
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Retry after a transient failure with the queue's backoff, or dead when the attempts
+    /// are used up. `attempts` counts runs before the failed one.
+    pub fn after_failure(
+        policy: RetryPolicy,
+        attempts: i32,
+        max_attempts: i32,
+        now: DateTime<Utc>,
+        error: String,
+    ) -> Self {
+        let failures = attempts + 1;
+        if failures >= max_attempts {
+            return Outcome::Dead { error };
+        }
+        let wait = policy.backoff(failures, rand::random::<f64>());
+        Outcome::Retry {
+            at: now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1)),
+            error,
+        }
+    }
+
+    fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>) {
+        match self {
+            Outcome::Succeeded => ("succeeded", now, None),
+            Outcome::Retry { at, error } => ("pending", *at, Some(error)),
+            Outcome::Dead { error } => ("dead", now, Some(error)),
+        }
+    }
+}
+
+/// One finished run.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: Uuid,
+    pub token: Uuid,
+    pub outcome: Outcome,
+}
+
+/// Records outcomes of runs whose token still holds; returns the ids recorded (a run whose
+/// lease was lost records nothing: a newer run owns the job).
+pub async fn finish(
+    conn: &mut PgConnection,
+    runs: &[Finished],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::with_capacity(runs.len());
+    let mut tokens = Vec::with_capacity(runs.len());
+    let mut states = Vec::with_capacity(runs.len());
+    let mut run_ats = Vec::with_capacity(runs.len());
+    let mut errors = Vec::with_capacity(runs.len());
+    for r in runs {
+        let (state, run_at, error) = r.outcome.parts(now);
+        ids.push(r.id);
+        tokens.push(r.token);
+        states.push(state);
+        run_ats.push(run_at);
+        errors.push(error.map(|e| truncate(e, 2000)));
+    }
+    let done: Vec<(Uuid,)> = sqlx::query_as(
+        "UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + 1, \
+         lease_token = NULL, last_error = u.error, updated_at = $6, \
+         finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $6 END \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[]) \
+         AS u(id, token, state, run_at, error) \
+         WHERE jobs.id = u.id AND jobs.lease_token = u.token RETURNING jobs.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&states)
+    .bind(&run_ats)
+    .bind(&errors)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(done.into_iter().map(|(id,)| id).collect())
+}
+
+/// Gives jobs held by a stopping worker back as due now.
+pub async fn release(
+    pool: &PgPool,
+    held: &[(Uuid, Uuid)],
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let ids: Vec<Uuid> = held.iter().map(|h| h.0).collect();
+    let tokens: Vec<Uuid> = held.iter().map(|h| h.1).collect();
+    let done = sqlx::query(
+        "UPDATE jobs SET run_at = $3, lease_token = NULL, updated_at = $3 \
+         FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
+         WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job as operators see it.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub tenant_id: Option<Uuid>,
+    pub livemode: Option<bool>,
+    pub payload: serde_json::Value,
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Dead jobs, newest first.
+pub async fn list_dead(
+    pool: &PgPool,
+    queue: Option<Queue>,
+    limit: i64,
+) -> Result<Vec<JobRow>, DbError> {
+    sqlx::query_as::<_, JobRow>(
+        "SELECT id, queue, kind, tenant_id, livemode, payload, state, attempts, max_attempts, \
+         run_at, last_error, created_at, updated_at FROM jobs \
+         WHERE state = 'dead' AND ($1::text IS NULL OR queue = $1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(queue.map(Queue::as_str))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// Makes dead jobs due again (all of a queue's, or one); returns how many.
+pub async fn retry_dead(
+    pool: &PgPool,
+    id: Option<Uuid>,
+    queue: Option<Queue>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'pending', attempts = 0, run_at = $3, lease_token = NULL, \
+         finished_at = NULL, updated_at = $3 \
+         WHERE state = 'dead' AND ($1::uuid IS NULL OR id = $1) AND ($2::text IS NULL OR queue = $2) \
+         RETURNING queue",
+    )
+    .bind(id)
+    .bind(queue.map(Queue::as_str))
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut queues: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+/// Jobs of a queue by state, for metrics: (due now, scheduled later, dead).
+pub async fn counts(
+    pool: &PgPool,
+    queue: Queue,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64, i64), DbError> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending' AND run_at <= $2), \
+                count(*) FILTER (WHERE state = 'pending' AND run_at > $2), \
+                count(*) FILTER (WHERE state = 'dead') \
+         FROM jobs WHERE queue = $1 AND state IN ('pending', 'dead')",
+    )
+    .bind(queue.as_str())
+    .bind(now)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// Deletes succeeded jobs finished before `before`, at most `limit` at a time.
+pub async fn purge_succeeded(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'succeeded' \
+         AND finished_at < $1 LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

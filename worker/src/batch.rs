@@ -1,0 +1,144 @@
+//! Group commits: many concurrent jobs hand their database work to one task that runs it for
+//! all of them in one round trip. PostgreSQL commits a hundred rows about as fast as one, so
+//! this is what lets one worker process run thousands of jobs a second.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::{mpsc, oneshot};
+
+type Reply<O> = oneshot::Sender<Result<O, Arc<String>>>;
+
+/// Why a batched call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The batch ran and failed (the same error for every item in it).
+    #[error("{0}")]
+    Failed(Arc<String>),
+    /// The batching task is gone (the process is stopping).
+    #[error("the batching task has stopped")]
+    Closed,
+}
+
+/// Submits items one by one; a background task runs them in batches of at most `max`.
+pub struct Batcher<I, O> {
+    tx: mpsc::Sender<(I, Reply<O>)>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the batching task. `run` gets a batch and returns one output per item, in order.
+    /// A batch is whatever is waiting when the previous one finishes (at most `max`), so a lone
+    /// item is never held back waiting for company.
+    pub fn spawn<F, Fut>(max: usize, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, String>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max.max(1) * 4);
+        tokio::spawn(async move {
+            let mut items = Vec::with_capacity(max);
+            let mut replies = Vec::with_capacity(max);
+            while let Some((item, reply)) = rx.recv().await {
+                items.push(item);
+                replies.push(reply);
+                while items.len() < max {
+                    match rx.try_recv() {
+                        Ok((item, reply)) => {
+                            items.push(item);
+                            replies.push(reply);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let batch = std::mem::take(&mut items);
+                let n = batch.len();
+                match run(batch).await {
+                    Ok(outputs) if outputs.len() == n => {
+                        for (reply, out) in replies.drain(..).zip(outputs) {
+                            let _ = reply.send(Ok(out));
+                        }
+                    }
+                    Ok(outputs) => {
+                        let err =
+                            Arc::new(format!("a batch of {n} gave {} results", outputs.len()));
+                        for reply in replies.drain(..) {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        let err = Arc::new(e);
+                        for reply in replies.drain(..) {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Runs one item with whatever else is waiting.
+    pub async fn call(&self, item: I) -> Result<O, BatchError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| BatchError::Closed)?;
+        match rx.await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(BatchError::Failed(e)),
+            Err(_) => Err(BatchError::Closed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_calls_share_batches_and_get_their_own_results() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let seen = batches.clone();
+        let b = Batcher::spawn(64, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                Ok(items.into_iter().map(|i| i * 2).collect())
+            }
+        });
+        let calls: Vec<_> = (0..200u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.call(i).await) })
+            })
+            .collect();
+        for c in calls {
+            let (i, out) = c.await.unwrap();
+            assert_eq!(out.unwrap(), i * 2);
+        }
+        let n = batches.load(Ordering::SeqCst);
+        assert!(n < 200, "200 calls ran in {n} batches");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_items() {
+        let b = Batcher::spawn(8, |_: Vec<u32>| async {
+            Err::<Vec<u32>, _>("boom".to_owned())
+        });
+        match b.call(1).await {
+            Err(BatchError::Failed(e)) => assert_eq!(*e, "boom"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

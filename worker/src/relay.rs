@@ -1,0 +1,127 @@
+//! The relay: moves due jobs from the PostgreSQL outbox to the Redis queues this process
+//! consumes, in bounded batches and only while a queue is below its high-water mark.
+//!
+//! It wakes on `NOTIFY` (a job committed due now) and on a short tick (retries and leases
+//! coming due). Leases that run out — the push was lost with Redis, or the worker running the
+//! job died — make the job due again, so this is also the sweeper.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use shared::jobs::{self, Queue};
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::{Runtime, redis_queue};
+
+/// Runs until `stop` turns true.
+pub async fn run(rt: Arc<Runtime>, queues: Vec<Queue>, mut stop: watch::Receiver<bool>) {
+    let owner = rt.instance.clone();
+    let mut listener = connect_listener(&rt).await;
+    let mut tick = tokio::time::interval(rt.settings.jobs.relay_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        for q in &queues {
+            if *stop.borrow() {
+                return;
+            }
+            // Drain what is due, batch after batch, until the queue is full or nothing is due.
+            loop {
+                match relay_once(&rt, *q, &owner).await {
+                    Ok(n) if n >= rt.settings.jobs.relay_batch => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(queue = %q, error = %e, "relay step failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+            res = notified => {
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "job notifications lost; reconnecting");
+                    listener = connect_listener(&rt).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_listener(rt: &Runtime) -> Option<PgListener> {
+    let mut l = match PgListener::connect_with(&rt.pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for job notifications; polling only");
+            return None;
+        }
+    };
+    match l.listen(jobs::NOTIFY_CHANNEL).await {
+        Ok(()) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for job notifications; polling only");
+            None
+        }
+    }
+}
+
+/// One step for one queue: returns how many jobs were pushed.
+pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize, String> {
+    let settings = &rt.settings;
+    let config = redis_queue::config(settings, queue);
+    let mut redis = rt.redis.clone();
+    let lock_ttl = Duration::from_secs(10);
+    if !redis_queue::try_lock(&mut redis, settings, queue, owner, lock_ttl)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(0);
+    }
+    let result = async {
+        let depth = redis_queue::depth(&mut redis, &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        rt.metrics
+            .q(queue)
+            .redis_depth
+            .store(depth, Ordering::Relaxed);
+        let room = usize::try_from(i64::try_from(settings.jobs.high_water).unwrap_or(0) - depth)
+            .unwrap_or(0);
+        let limit = room.min(settings.jobs.relay_batch);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let now = rt.clock.now();
+        let msgs = jobs::lease_due(&rt.pool, queue, now, settings.jobs.lease, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = redis_queue::push(&mut redis, &config, &msgs).await {
+            // Give them back now rather than when the lease runs out.
+            let _ = jobs::unlease(&rt.pool, &msgs, rt.clock.now()).await;
+            return Err(format!("push to Redis failed: {e}"));
+        }
+        rt.metrics
+            .q(queue)
+            .relayed
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        rt.metrics
+            .q(queue)
+            .redis_depth
+            .store(depth + msgs.len() as i64, Ordering::Relaxed);
+        tracing::debug!(queue = %queue, pushed = msgs.len(), depth, "relayed");
+        Ok(msgs.len())
+    }
+    .await;
+    let _ = redis_queue::unlock(&mut redis, settings, queue, owner).await;
+    result
+}
