@@ -106,3 +106,21 @@ ensure_app_secret() {
         export APP_SECRET
     fi
 }
+
+# Python tools the tests use (the `standardwebhooks` library verifies delivered webhooks), in
+# a virtual environment under .local/; exports TEST_PYTHON.
+ensure_python_tools() {
+    local venv="$LOCAL/venv"
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating a Python environment in $venv"
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+    fi
+    if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+        say "installing standardwebhooks from PyPI"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks >&2
+    fi
+    export TEST_PYTHON="$venv/bin/python"
+}

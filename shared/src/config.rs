@@ -248,8 +248,11 @@ impl Settings {
 /// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 pub const DEFAULT_RETRY_SCHEDULE: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
 
-/// `5s,5m,30m,2h` (a bare number is seconds); an empty list means no retries.
+/// `5s,5m,30m,2h` (a bare number is seconds); `none` means no retries.
 pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
+    if raw.trim() == "none" {
+        return Ok(Vec::new());
+    }
     raw.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

@@ -20,20 +20,33 @@ pub async fn run(rt: Arc<Runtime>, queues: Vec<Queue>, mut stop: watch::Receiver
     let mut tick = tokio::time::interval(rt.settings.jobs.relay_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A queue that was full when work was due is looked at again soon: it drains in
+        // moments, and waiting a whole tick would leave the workers idle.
+        let mut backlogged = false;
         for q in &queues {
             if *stop.borrow() {
                 return;
             }
             // Drain what is due, batch after batch, until the queue is full or nothing is due.
             loop {
-                match relay_once(&rt, *q, &owner).await {
-                    Ok(n) if n >= rt.settings.jobs.relay_batch => continue,
-                    Ok(_) => break,
+                match relay_step(&rt, *q, &owner).await {
+                    Ok(Step::Pushed(n)) if n >= rt.settings.jobs.relay_batch => continue,
+                    Ok(Step::Full) => {
+                        backlogged = true;
+                        break;
+                    }
+                    Ok(Step::Pushed(_)) => break,
                     Err(e) => {
                         tracing::warn!(queue = %q, error = %e, "relay step failed; will retry");
                         break;
                     }
                 }
+            }
+        }
+        if backlogged {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(BACKLOG_RECHECK) => continue,
             }
         }
         let notified = async {
@@ -72,8 +85,27 @@ async fn connect_listener(rt: &Runtime) -> Option<PgListener> {
     }
 }
 
+/// How soon a full queue is looked at again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(20);
+
+/// What one relay step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Pushed this many (0: nothing due, or another relay holds the queue).
+    Pushed(usize),
+    /// The queue is at its high-water mark; due work may be waiting.
+    Full,
+}
+
 /// One step for one queue: returns how many jobs were pushed.
 pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize, String> {
+    Ok(match relay_step(rt, queue, owner).await? {
+        Step::Pushed(n) => n,
+        Step::Full => 0,
+    })
+}
+
+async fn relay_step(rt: &Runtime, queue: Queue, owner: &str) -> Result<Step, String> {
     let settings = &rt.settings;
     let config = redis_queue::config(settings, queue);
     let mut redis = rt.redis.clone();
@@ -82,7 +114,7 @@ pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize
         .await
         .map_err(|e| e.to_string())?
     {
-        return Ok(0);
+        return Ok(Step::Pushed(0));
     }
     let result = async {
         let depth = redis_queue::depth(&mut redis, &config)
@@ -96,14 +128,14 @@ pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize
             .unwrap_or(0);
         let limit = room.min(settings.jobs.relay_batch);
         if limit == 0 {
-            return Ok(0);
+            return Ok(Step::Full);
         }
         let now = rt.clock.now();
         let msgs = jobs::lease_due(&rt.pool, queue, now, settings.jobs.lease, limit)
             .await
             .map_err(|e| e.to_string())?;
         if msgs.is_empty() {
-            return Ok(0);
+            return Ok(Step::Pushed(0));
         }
         if let Err(e) = redis_queue::push(&mut redis, &config, &msgs).await {
             // Give them back now rather than when the lease runs out.
@@ -119,7 +151,14 @@ pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize
             .redis_depth
             .store(depth + msgs.len() as i64, Ordering::Relaxed);
         tracing::debug!(queue = %queue, pushed = msgs.len(), depth, "relayed");
-        Ok(msgs.len())
+        Ok(
+            if msgs.len() < limit || limit == settings.jobs.relay_batch {
+                Step::Pushed(msgs.len())
+            } else {
+                // Room ran out before due work did.
+                Step::Full
+            },
+        )
     }
     .await;
     let _ = redis_queue::unlock(&mut redis, settings, queue, owner).await;

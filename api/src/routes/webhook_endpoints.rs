@@ -11,7 +11,7 @@ use serde::Deserialize;
 use shared::{
     db::{
         self, DbError,
-        events::NewEvent,
+        events::{NewEvent, Routing},
         webhook_deliveries::{AttemptRow, DeliveryRow},
         webhook_endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
     },
@@ -240,7 +240,7 @@ pub struct WebhookTestOut {
     /// The `webhook.test` event (`evt_…`).
     pub event_id: String,
     /// Its delivery (`msg_…`); follow it in the endpoint's deliveries.
-    pub delivery_id: Option<String>,
+    pub delivery_id: String,
     pub endpoint_id: String,
     /// `pending`: the worker fleet sends it within moments.
     pub status: String,
@@ -273,14 +273,16 @@ fn begin_err(e: sqlx::Error) -> ApiError {
 
 fn url_error(field: &str, e: UrlError) -> ApiError {
     match e {
-        UrlError::ForbiddenAddress(_) | UrlError::Unresolvable => ApiError {
-            field: Some(field.to_owned()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "webhook_url_forbidden",
-                format!("`{field}` {e}"),
-            )
-        },
+        UrlError::ForbiddenAddress(_) | UrlError::ForbiddenHost(_) | UrlError::Unresolvable => {
+            ApiError {
+                field: Some(field.to_owned()),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "webhook_url_forbidden",
+                    format!("`{field}` {e}"),
+                )
+            }
+        }
         other => ApiError::validation(field, other.to_string()),
     }
 }
@@ -343,15 +345,15 @@ async fn endpoint_event(
     event_type: &str,
     row: &EndpointRow,
 ) -> Result<(), ApiError> {
-    db::events::record(
-        tx,
-        ctx.scope(),
-        NewEvent::new(event_type, row.to_json()),
-        state.clock.now(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(ApiError::internal)
+    let mut event = NewEvent::new(event_type, row.to_json());
+    if event_type == "webhook_endpoint.created" {
+        // A new endpoint is not told of its own creation.
+        event = event.routed(Routing::Skipping(row.id.as_uuid()));
+    }
+    db::events::record(tx, ctx.scope(), event, state.clock.now())
+        .await
+        .map(|_| ())
+        .map_err(ApiError::internal)
 }
 
 #[OpenApi]
@@ -784,6 +786,7 @@ impl WebhookEndpointsApi {
         }
         let now = state.clock.now();
         let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        // The test goes to the configured endpoint only, whatever its filter.
         let event_id = db::events::record(
             &mut tx,
             ctx.scope(),
@@ -794,27 +797,20 @@ impl WebhookEndpointsApi {
                     "message": "This is a test event from the billing platform.",
                     "endpoint_id": endpoint.id.to_string(),
                 }),
-            ),
+            )
+            .routed(Routing::Only(endpoint.id.as_uuid())),
             now,
         )
         .await
         .map_err(ApiError::internal)?;
-        // The test goes to the configured endpoint even when its filter would skip it.
-        let deliveries = db::events::fan_out(
-            &mut tx,
-            ctx.scope(),
-            &[(event_id.as_uuid(), endpoint.id.as_uuid())],
-            now,
-        )
-        .await
-        .map_err(ApiError::internal)?;
-        // A fresh event has no delivery yet, so one is always created.
-        let delivery = deliveries.first().map(|id| DeliveryId::from_uuid(*id));
+        let delivery = db::webhook_deliveries::find(&mut tx, ctx, event_id, endpoint.id)
+            .await
+            .map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(event_id.to_string()));
         Ok(TestQueued::Accepted(Json(WebhookTestOut {
             event_id: event_id.to_string(),
-            delivery_id: delivery.map(|d| d.to_string()),
+            delivery_id: delivery.to_string(),
             endpoint_id: endpoint.id.to_string(),
             status: "pending".into(),
         })))

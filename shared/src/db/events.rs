@@ -51,6 +51,18 @@ const COLUMNS: &str = "id, tenant_id, livemode, type, data, created_at";
 pub struct NewEvent {
     pub event_type: String,
     pub object: serde_json::Value,
+    pub routing: Routing,
+}
+
+/// Which endpoints get an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Every enabled endpoint whose filter matches.
+    Matching,
+    /// The same, but not this one (a new endpoint is not told of itself).
+    Skipping(Uuid),
+    /// Only this endpoint, if enabled, whatever its filter (a test event).
+    Only(Uuid),
 }
 
 impl NewEvent {
@@ -58,6 +70,20 @@ impl NewEvent {
         Self {
             event_type: event_type.to_owned(),
             object,
+            routing: Routing::Matching,
+        }
+    }
+
+    pub fn routed(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    fn goes_to(&self, endpoint: Uuid, filter: &EventFilter) -> bool {
+        match self.routing {
+            Routing::Matching => filter.matches(&self.event_type),
+            Routing::Skipping(skip) => skip != endpoint && filter.matches(&self.event_type),
+            Routing::Only(only) => only == endpoint,
         }
     }
 }
@@ -142,7 +168,7 @@ pub async fn record_many(
     let mut pairs: Vec<(Uuid, Uuid)> = Vec::new();
     for (event_id, event) in uuids.iter().zip(events) {
         for (endpoint_id, filter) in &endpoints {
-            if filter.matches(&event.event_type) {
+            if event.goes_to(*endpoint_id, filter) {
                 pairs.push((*event_id, *endpoint_id));
             }
         }

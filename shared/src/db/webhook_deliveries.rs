@@ -101,6 +101,26 @@ pub async fn list_for_endpoint(
     })
 }
 
+/// The delivery of an event to an endpoint.
+pub async fn find(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    event_id: EventId,
+    endpoint_id: WebhookEndpointId,
+) -> Result<DeliveryId, DbError> {
+    sqlx::query_scalar(
+        "SELECT id FROM webhook_deliveries WHERE tenant_id = $1 AND livemode = $2 \
+         AND event_id = $3 AND endpoint_id = $4",
+    )
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(event_id)
+    .bind(endpoint_id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
 /// Why a redelivery could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {

@@ -163,6 +163,8 @@ pub enum UrlError {
     ForbiddenAddress(IpAddr),
     #[error("names a host that does not resolve")]
     Unresolvable,
+    #[error("names an internal host ({0})")]
+    ForbiddenHost(String),
 }
 
 /// The rules a webhook URL must follow.
@@ -199,7 +201,17 @@ impl WebhookUrl {
             Some(url::Host::Domain("")) => return Err(UrlError::Malformed),
             Some(url::Host::Ipv4(ip)) => check_ip(IpAddr::V4(ip), policy)?,
             Some(url::Host::Ipv6(ip)) => check_ip(IpAddr::V6(ip), policy)?,
-            Some(url::Host::Domain(_)) => {}
+            Some(url::Host::Domain(d)) => {
+                let name = d.trim_end_matches('.').to_ascii_lowercase();
+                let internal = name == "localhost"
+                    || name.ends_with(".localhost")
+                    || name.ends_with(".local")
+                    || name.ends_with(".internal")
+                    || name.starts_with("ip6-");
+                if internal && !policy.allow_private {
+                    return Err(UrlError::ForbiddenHost(name));
+                }
+            }
         }
         Ok(Self(url))
     }
@@ -259,6 +271,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 let o = v6.octets();
                 return is_public_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
             }
+            // 6to4 (2002::/16) embeds one in its second and third groups.
+            if seg[0] == 0x2002 {
+                let o = v6.octets();
+                return is_public_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -266,6 +283,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo tunnels
+                || (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2] == 1) // local NAT64
                 || v6 == Ipv6Addr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
                 || seg[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
         }
@@ -456,6 +475,8 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad}");
         }

@@ -1,0 +1,180 @@
+//! Webhook delivery benchmark (run by `bench/webhooks/run` against release builds).
+//!
+//! One `billing-worker` process delivers N events (default 20,000) for one endpoint to a
+//! receiver on loopback that only answers 200. The clock runs from the enqueueing transaction
+//! until every delivery is recorded as succeeded in PostgreSQL. The last line prints
+//! deliveries per second and the worker's peak resident memory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use poem::{EndpointExt, Response, Route, handler, listener::TcpListener, web::Data};
+use serde_json::json;
+use shared::{config::Settings, db::events::NewEvent, ids::TenantId, tenancy::Scope};
+use sqlx::{ConnectOptions, postgres::PgConnectOptions};
+
+#[handler]
+fn ok(count: Data<&Arc<AtomicU64>>) -> Response {
+    count.fetch_add(1, Ordering::Relaxed);
+    Response::builder().body("ok")
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let worker_bin = std::env::var("WORKER_BIN").expect("WORKER_BIN");
+    let base = std::env::var("DATABASE_URL")?;
+    let db = format!("billing_bench_webhooks_{}", std::process::id());
+    let admin: PgConnectOptions = base.parse()?;
+    let mut conn = admin.clone().database("postgres").connect().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&mut conn)
+        .await?;
+    let db_url = admin.clone().database(&db).to_url_lossy().to_string();
+
+    // The receiver: answers 200 and counts.
+    let count = Arc::new(AtomicU64::new(0));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let app = Route::new().at("/*p", ok).data(count.clone());
+    tokio::spawn(poem::Server::new(TcpListener::bind(format!("127.0.0.1:{port}"))).run(app));
+
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("DATABASE_URL".into(), db_url);
+    vars.insert("REDIS_URL".into(), std::env::var("REDIS_URL")?);
+    vars.insert(
+        "APP_SECRET".into(),
+        "bench-secret-0123456789abcdef0123456789".into(),
+    );
+    vars.insert(
+        "REDIS_KEY_PREFIX".into(),
+        format!("bench:{}:", std::process::id()),
+    );
+    vars.insert("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into());
+    vars.insert("RUST_LOG".into(), "warn".into());
+    let worker_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    vars.insert("WORKER_ADDR".into(), format!("127.0.0.1:{worker_port}"));
+    let settings = Settings::from_lookup(|k| vars.get(k).cloned())?;
+    let pool = shared::db::pool(&settings.database)?;
+    shared::db::migrate(&pool).await?;
+
+    // A tenant with one endpoint, through the API code.
+    let mut api_settings = settings.clone();
+    api_settings.api.addr = "127.0.0.1:0".parse()?;
+    let app = api::Application::bind(api::build_state(api_settings).await?).await?;
+    let api_addr = app.addr;
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let reg: serde_json::Value = http
+        .post(format!("http://{api_addr}/api/v1/auth/tenants/register"))
+        .json(&json!({"company_name": "Bench", "email": "bench@example.com", "password": "BenchPass1234!"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = reg["api_keys"]["test_secret"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = TenantId::parse(reg["tenant"]["id"].as_str().unwrap())?;
+    let created = http
+        .post(format!("http://{api_addr}/api/v1/webhook-endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"url": format!("http://127.0.0.1:{port}/hook"), "event_types": ["invoice.paid"]}))
+        .send()
+        .await?;
+    assert!(created.status().is_success());
+
+    let mut worker = Command::new(&worker_bin)
+        .envs(&vars)
+        .args(["--queues", "webhooks"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    for _ in 0..100 {
+        if reqwest::get(format!("http://127.0.0.1:{worker_port}/healthz"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent::new("invoice.paid", json!({"object": "invoice", "n": i})))
+        .collect();
+    let scope = Scope {
+        tenant_id: tenant,
+        livemode: false,
+    };
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    shared::db::events::record_many(&mut tx, scope, &events, chrono::Utc::now()).await?;
+    tx.commit().await?;
+    let enqueued = started.elapsed();
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if done as usize >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("only {done} of {n} delivered after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let rss_mib = peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    pool.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await;
+    let received = count.load(Ordering::Relaxed);
+    println!(
+        "enqueued {n} events in {:.2} s; receiver got {received} requests",
+        enqueued.as_secs_f64()
+    );
+    println!(
+        "webhooks: {n} deliveries in {:.2} s = {:.0} deliveries/s (enqueue to recorded), worker peak RSS {:.1} MiB",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        rss_mib
+    );
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Worker integration tests: real PostgreSQL and Redis, the API in-process, workers in-process
+//! or as processes, and a webhook receiver on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod delivery;
+mod helpers;
+mod process;
+mod resilience;
