@@ -6,7 +6,6 @@ use serde::Deserialize;
 use shared::{
     db::{
         self, DbError,
-        pagination::{Cursor, PageRequest},
         users::{NewUser, UserChanges},
     },
     domain::{email::Email, password::NewPassword, person_name::PersonName, role::Role},
@@ -14,7 +13,10 @@ use shared::{
     tenancy::{Permission, TenantContext},
 };
 
-use super::{ApiTags, dto::UserOut};
+use super::{
+    ApiTags,
+    dto::{UserOut, page_request},
+};
 use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
 
 pub struct UsersApi;
@@ -131,30 +133,10 @@ impl UsersApi {
         ending_before: Query<Option<String>>,
     ) -> Result<Json<UserList>, ApiError> {
         let ctx = auth.require(Permission::ReadUsers)?;
-        let limit = limit.0.unwrap_or(10);
-        if !(1..=100).contains(&limit) {
-            return Err(ApiError::validation("limit", "must be between 1 and 100"));
-        }
-        let cursor = match (starting_after.0, ending_before.0) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::validation(
-                    "starting_after",
-                    "cannot be combined with ending_before",
-                ));
-            }
-            (Some(a), None) => Cursor::StartingAfter(
-                UserId::parse(&a)
-                    .map_err(|e| ApiError::validation("starting_after", e.to_string()))?
-                    .as_uuid(),
-            ),
-            (None, Some(b)) => Cursor::EndingBefore(
-                UserId::parse(&b)
-                    .map_err(|e| ApiError::validation("ending_before", e.to_string()))?
-                    .as_uuid(),
-            ),
-            (None, None) => Cursor::First,
-        };
-        let page = db::users::list(&state.pool, ctx, PageRequest { limit, cursor })
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            UserId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = db::users::list(&state.pool, ctx, page)
             .await
             .map_err(ApiError::from_db("user"))?;
         Ok(Json(UserList {
