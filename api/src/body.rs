@@ -48,6 +48,32 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
 
 impl_apirequest_for_payload!(JsonBody<T>, T: Type + DeserializeOwned + Send);
 
+/// A JSON body kept as its exact bytes (to check a signature over them before parsing).
+pub struct RawJsonBody(pub Vec<u8>);
+
+impl Payload for RawJsonBody {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        JsonBody::<serde_json::Value>::check_content_type(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <serde_json::Value as Type>::schema_ref()
+    }
+}
+
+impl ParsePayload for RawJsonBody {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let bytes = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
+        Ok(RawJsonBody(bytes))
+    }
+}
+
+impl_apirequest_for_payload!(RawJsonBody);
+
 /// Parses JSON, naming the field at fault.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

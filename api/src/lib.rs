@@ -33,6 +33,8 @@ pub enum StartError {
     Redis(String),
     #[error("API_ADDR: cannot listen on {0}: {1}")]
     Bind(SocketAddr, String),
+    #[error("STRIPE_SECRET_KEY_TEST / STRIPE_SECRET_KEY_LIVE: {0}")]
+    Stripe(String),
 }
 
 /// Connects to Redis with a bounded wait.
@@ -69,7 +71,8 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
             .map_err(|e| StartError::Database(e.to_string()))?;
     }
     let redis = redis_connection(&settings).await?;
-    Ok(AppState::new(settings, pool, redis))
+    let stripe = shared::stripe::Stripe::new(&settings.stripe).map_err(StartError::Stripe)?;
+    Ok(AppState::new(settings, pool, redis, stripe))
 }
 
 #[handler]
@@ -118,7 +121,12 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics_text))
         .data(state.clone());
-    middleware::wrap(routes, state).with(NormalizePath::new(TrailingSlash::Trim))
+    middleware::wrap(routes, state)
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .around(|ep, mut req| async move {
+            middleware::seed_aliases(&mut req);
+            ep.call(req).await
+        })
 }
 
 /// A bound, not yet running, API server.

@@ -367,3 +367,42 @@ async fn audit<E: Endpoint>(
     }
     Ok(resp)
 }
+
+/// Seed paths that are other names of canonical ones (the OpenAPI document lists the canonical
+/// paths; each operation's text names its seed alias). `true`: the alias is a prefix.
+const SEED_ALIASES: [(&str, &str, bool); 6] = [
+    ("/api/v1/auth/plans", "/api/v1/plans", true),
+    ("/webhooks/stripe/account", "/webhooks/stripe", false),
+    ("/webhooks/stripe/connect", "/webhooks/stripe", false),
+    ("/webhooks/stripe/payment", "/webhooks/stripe", false),
+    ("/webhooks/stripe/subscription", "/webhooks/stripe", false),
+    (
+        "/api/subscriptions/webhooks/stripe",
+        "/webhooks/stripe",
+        false,
+    ),
+];
+
+/// Rewrites a seed alias path to its canonical path, before routing.
+pub fn seed_aliases(req: &mut Request) {
+    let path = req.uri().path();
+    let trimmed = path.trim_end_matches('/');
+    let Some((from, to, _)) = SEED_ALIASES.iter().find(|(from, _, prefix)| {
+        trimmed == *from
+            || (*prefix
+                && path
+                    .strip_prefix(from)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }) else {
+        return;
+    };
+    let rest = path.get(from.len()..).unwrap_or("");
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    if let Ok(uri) = format!("{to}{rest}{query}").parse() {
+        *req.uri_mut() = uri;
+    }
+}

@@ -33,6 +33,8 @@ pub struct Inner {
     pub encryptor: Encryptor,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// Stripe, for Connect onboarding (catalog sync happens in the worker fleet).
+    pub stripe: shared::stripe::Stripe,
     pub keys: TtlCache<[u8; 32], ActiveKey>,
     pub users: TtlCache<UserId, Credentials>,
     /// Tenant rows for hot read paths (verify); changes show within the TTL.
@@ -47,9 +49,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, pool: PgPool, redis: ConnectionManager) -> Self {
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        redis: ConnectionManager,
+        stripe: shared::stripe::Stripe,
+    ) -> Self {
         let secret = settings.auth.app_secret.expose().clone();
         Self(Arc::new(Inner {
+            stripe,
             jwt: JwtKeys::new(&secret),
             encryptor: Encryptor::new(&secret),
             clock: Arc::new(SystemClock),

@@ -91,6 +91,45 @@ pub struct JobSettings {
     pub relay_interval: Duration,
     /// Events (and their deliveries) older than this are deleted.
     pub event_retention: Duration,
+    /// Overrides every queue's first retry wait (tests use milliseconds).
+    pub backoff_base: Option<Duration>,
+}
+
+/// Stripe: the platform's keys per mode, and what the sync and incoming webhooks need. A mode
+/// without a key has no Stripe: the sandbox gateway stands in and nothing is synced.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub secret_key_test: Option<Secret<String>>,
+    pub secret_key_live: Option<Secret<String>>,
+    /// The API's base URL (a local Stripe-compatible server in tests).
+    pub api_base: String,
+    /// Signing secrets of the Stripe webhook endpoints that call `/webhooks/stripe`.
+    pub webhook_secrets: Vec<Secret<String>>,
+    /// Requests per second per connected account (Stripe allows 25 in test mode, 100 live).
+    pub rate_limit_test: u32,
+    pub rate_limit_live: u32,
+    /// Where browsers reach this API (Connect onboarding returns there).
+    pub public_url: String,
+    pub timeout: Duration,
+}
+
+impl StripeSettings {
+    /// The platform key for a mode, if Stripe is configured for it.
+    pub fn key(&self, livemode: bool) -> Option<&Secret<String>> {
+        if livemode {
+            self.secret_key_live.as_ref()
+        } else {
+            self.secret_key_test.as_ref()
+        }
+    }
+
+    pub fn rate_limit(&self, livemode: bool) -> u32 {
+        if livemode {
+            self.rate_limit_live
+        } else {
+            self.rate_limit_test
+        }
+    }
 }
 
 /// Outgoing webhooks.
@@ -117,6 +156,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub jobs: JobSettings,
     pub webhooks: WebhookSettings,
+    pub stripe: StripeSettings,
     pub log_format: LogFormat,
 }
 
@@ -219,6 +259,54 @@ impl Settings {
                             parse(&get, "EVENT_RETENTION_DAYS", 30)?,
                         )?,
                 ),
+                backoff_base: match get("JOB_BACKOFF_BASE_MS") {
+                    None => None,
+                    Some(_) => Some(Duration::from_millis(positive(
+                        "JOB_BACKOFF_BASE_MS",
+                        parse(&get, "JOB_BACKOFF_BASE_MS", 1000u64)?,
+                    )?)),
+                },
+            },
+            stripe: StripeSettings {
+                secret_key_test: stripe_key(&get, "STRIPE_SECRET_KEY_TEST", "_test_")?,
+                secret_key_live: stripe_key(&get, "STRIPE_SECRET_KEY_LIVE", "_live_")?,
+                api_base: {
+                    let base =
+                        get("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into());
+                    if !base.starts_with("https://") && !base.starts_with("http://") {
+                        return Err(ConfigError::Malformed {
+                            name: "STRIPE_API_BASE",
+                            reason: "expected an http(s) URL".into(),
+                        });
+                    }
+                    if base.ends_with('/') {
+                        base
+                    } else {
+                        format!("{base}/")
+                    }
+                },
+                webhook_secrets: get("STRIPE_WEBHOOK_SECRETS")
+                    .map(|v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| Secret::new(s.to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                rate_limit_test: positive(
+                    "STRIPE_RATE_LIMIT_TEST",
+                    parse(&get, "STRIPE_RATE_LIMIT_TEST", 25)?,
+                )?,
+                rate_limit_live: positive(
+                    "STRIPE_RATE_LIMIT_LIVE",
+                    parse(&get, "STRIPE_RATE_LIMIT_LIVE", 100)?,
+                )?,
+                public_url: get("PUBLIC_URL")
+                    .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                timeout: Duration::from_secs(10),
             },
             webhooks: WebhookSettings {
                 allow_private_targets: parse_bool(&get, "WEBHOOK_ALLOW_PRIVATE_TARGETS", false)?,
@@ -279,6 +367,24 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
             Ok(Duration::from_secs(secs))
         })
         .collect()
+}
+
+/// A Stripe secret (or restricted) key of the mode named by `marker` (`_test_` or `_live_`).
+fn stripe_key(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    marker: &str,
+) -> Result<Option<Secret<String>>, ConfigError> {
+    match get(name) {
+        None => Ok(None),
+        Some(k) if (k.starts_with("sk") || k.starts_with("rk")) && k[2..].starts_with(marker) => {
+            Ok(Some(Secret::new(k)))
+        }
+        Some(_) => Err(ConfigError::Malformed {
+            name,
+            reason: format!("expected a Stripe key starting with sk{marker} or rk{marker}"),
+        }),
+    }
 }
 
 fn positive<T: PartialEq + Default>(name: &'static str, v: T) -> Result<T, ConfigError> {

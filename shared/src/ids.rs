@@ -148,6 +148,27 @@ define_id!(
     "job"
 );
 
+define_id!(
+    /// A plan (the seed's product-with-one-price).
+    PlanId,
+    "plan"
+);
+define_id!(
+    /// A product of the tenant's catalog.
+    ProductId,
+    "prod"
+);
+define_id!(
+    /// A price of a product (one of its plans or tiers).
+    PriceId,
+    "price"
+);
+define_id!(
+    /// A bundle of prices sold together at a discount.
+    BundleId,
+    "bundle"
+);
+
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);
 

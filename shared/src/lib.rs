@@ -12,4 +12,5 @@ pub mod jobs;
 pub mod metrics;
 pub mod ratelimit;
 pub mod secret;
+pub mod stripe;
 pub mod tenancy;

@@ -50,6 +50,8 @@ pub enum Permission {
     WriteBilling,
     /// Create, change and delete webhook endpoints; redeliver events.
     ManageWebhooks,
+    /// Connect and disconnect the tenant's Stripe account (owners and admins).
+    ManageStripe,
 }
 
 /// A tenant and a mode: where tenant-owned rows live. Every query for tenant data filters by
@@ -114,7 +116,7 @@ impl TenantContext {
             }
             Actor::User { role, .. } => match role {
                 Role::Owner | Role::Admin => true,
-                Role::Developer => !matches!(p, ManageUsers | ManageApiKeys),
+                Role::Developer => !matches!(p, ManageUsers | ManageApiKeys | ManageStripe),
                 Role::Billing => matches!(p, ReadTenant | ReadUsers | OwnAccount | ReadBilling),
             },
         }
@@ -159,6 +161,17 @@ mod tests {
             assert!(!user(role).can(Permission::ManageApiKeys));
         }
         assert!(!key(KeyKind::Secret).can(Permission::ManageApiKeys));
+    }
+
+    #[test]
+    fn only_owners_and_admins_manage_the_stripe_connection() {
+        for role in [Role::Owner, Role::Admin] {
+            assert!(user(role).can(Permission::ManageStripe));
+        }
+        for role in [Role::Developer, Role::Billing] {
+            assert!(!user(role).can(Permission::ManageStripe));
+        }
+        assert!(!key(KeyKind::Secret).can(Permission::ManageStripe));
     }
 
     #[test]

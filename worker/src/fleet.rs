@@ -104,6 +104,7 @@ fn end_of(outcome: &Outcome) -> RunEnd {
         Outcome::Succeeded => RunEnd::Succeeded,
         Outcome::Retry { .. } => RunEnd::Retried,
         Outcome::Dead { .. } => RunEnd::Dead,
+        Outcome::Defer { .. } => RunEnd::Deferred,
     }
 }
 
@@ -167,7 +168,7 @@ async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage) -> RunEnd 
         }
     };
     note_claim(rt, queue, &job);
-    let finished = crate::jobs::run_generic(&job).await;
+    let finished = crate::jobs::run_generic(rt, &job).await;
     let end = end_of(&finished.outcome);
     let recorded = finish_one(rt, finished).await;
     rt.unhold(job.id);

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     pub encryptor: Encryptor,
     pub http: reqwest::Client,
+    /// Stripe, for the catalog sync.
+    pub stripe: shared::stripe::Stripe,
     pub metrics: Metrics,
     /// This process's name in Redis (unique per start).
     pub instance: String,
@@ -67,7 +69,7 @@ impl Runtime {
         settings: Settings,
         pool: PgPool,
         redis: ConnectionManager,
-    ) -> Result<Arc<Self>, reqwest::Error> {
+    ) -> Result<Arc<Self>, String> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let lease = settings.jobs.lease;
 
@@ -123,7 +125,8 @@ impl Runtime {
 
         let secret = settings.auth.app_secret.expose().clone();
         Ok(Arc::new(Self {
-            http: http::client(&settings.webhooks)?,
+            http: http::client(&settings.webhooks).map_err(|e| e.to_string())?,
+            stripe: shared::stripe::Stripe::new(&settings.stripe)?,
             encryptor: Encryptor::new(&secret),
             metrics: Metrics::default(),
             instance: format!(
@@ -156,6 +159,15 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
     }
+}
+
+/// A queue's retry policy, with the configured first wait when one is set (tests).
+pub fn retry_policy(settings: &Settings, queue: shared::jobs::Queue) -> shared::jobs::RetryPolicy {
+    let mut policy = queue.retry_policy();
+    if let Some(base) = settings.jobs.backoff_base {
+        policy.base = base;
+    }
+    policy
 }
 
 fn hostname() -> String {

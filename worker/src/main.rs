@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use shared::{
     config::Settings,
     ids::JobId,
@@ -131,7 +130,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let rt = worker::Runtime::new(settings, pool, redis).context("building the HTTP client")?;
+    let rt = match worker::Runtime::new(settings, pool, redis) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("start-up failed: {e}");
+            std::process::exit(1);
+        }
+    };
     worker::run(rt).await?;
     Ok(())
 }

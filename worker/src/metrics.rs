@@ -27,6 +27,8 @@ pub struct QueueMetrics {
     pub dead: AtomicU64,
     /// Messages dropped because their lease was stale (duplicates, or the job was done).
     pub stale: AtomicU64,
+    /// Runs put off by back-pressure (a rate limit), not counted as failures.
+    pub deferred: AtomicU64,
     /// Jobs moved from PostgreSQL to Redis by this process's relay.
     pub relayed: AtomicU64,
     pub duration: Mutex<Histogram>,
@@ -58,6 +60,8 @@ pub enum RunEnd {
     Retried,
     Dead,
     Stale,
+    /// Put off without a failure (back-pressure).
+    Deferred,
 }
 
 impl Metrics {
@@ -83,6 +87,10 @@ impl Metrics {
                 m.stale.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            RunEnd::Deferred => {
+                m.deferred.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         m.duration
             .lock()
@@ -93,7 +101,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [Series<u64>; 7] = [
+        let counters: [Series<u64>; 8] = [
             (
                 "worker_jobs_started_total",
                 "Jobs claimed and started.",
@@ -126,6 +134,11 @@ impl Metrics {
                 "worker_jobs_relayed_total",
                 "Jobs moved from PostgreSQL to Redis.",
                 |m| m.relayed.load(Ordering::Relaxed),
+            ),
+            (
+                "worker_jobs_deferred_total",
+                "Runs put off by back-pressure (rate limits).",
+                |m| m.deferred.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, get) in counters {

@@ -2,8 +2,13 @@
 
 pub mod api_keys;
 pub mod audit_log;
+pub mod bundles;
 pub mod dto;
 pub mod events;
+pub mod plans;
+pub mod products;
+pub mod stripe;
+pub mod stripe_webhooks;
 pub mod tenants;
 pub mod users;
 pub mod webhook_endpoints;
@@ -25,6 +30,12 @@ pub enum ApiTags {
     Webhooks,
     /// Every state change, as delivered to webhooks.
     Events,
+    /// Plans: a product with one recurring price (the seed's plan resource).
+    Plans,
+    /// The catalog: products, their prices, and bundles.
+    Catalog,
+    /// Connecting the tenant's Stripe account, and Stripe's webhooks.
+    Stripe,
 }
 
 pub type Apis = (
@@ -34,6 +45,11 @@ pub type Apis = (
     audit_log::AuditLogApi,
     webhook_endpoints::WebhookEndpointsApi,
     events::EventsApi,
+    plans::PlansApi,
+    products::ProductsApi,
+    bundles::BundlesApi,
+    stripe::StripeApi,
+    stripe_webhooks::StripeWebhooksApi,
 );
 
 /// The OpenAPI service (also the source of the checked-in document).
@@ -46,6 +62,11 @@ pub fn service() -> OpenApiService<Apis, ()> {
             audit_log::AuditLogApi,
             webhook_endpoints::WebhookEndpointsApi,
             events::EventsApi,
+            plans::PlansApi,
+            products::ProductsApi,
+            bundles::BundlesApi,
+            stripe::StripeApi,
+            stripe_webhooks::StripeWebhooksApi,
         ),
         "Billing Platform API",
         env!("CARGO_PKG_VERSION"),

@@ -11,10 +11,16 @@ macro_rules! sqlf {
 
 pub mod api_keys;
 pub mod audit;
+pub mod bundles;
+pub mod catalog_sync;
 pub mod events;
 pub mod idempotency;
 pub mod pagination;
+pub mod plans;
+pub mod products;
 pub mod refresh_tokens;
+pub mod stripe_accounts;
+pub mod stripe_events;
 pub mod tenants;
 pub mod users;
 pub mod webhook_deliveries;

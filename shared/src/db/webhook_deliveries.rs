@@ -367,7 +367,7 @@ pub async fn record(
                 (None, jobs::Outcome::Dead { error } | jobs::Outcome::Retry { error, .. }) => {
                     Some(error.clone())
                 }
-                (None, jobs::Outcome::Succeeded) => None,
+                (None, jobs::Outcome::Succeeded | jobs::Outcome::Defer { .. }) => None,
             })
             .collect();
         sqlx::query(

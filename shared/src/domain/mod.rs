@@ -1,10 +1,14 @@
 //! Domain types: values that cannot be constructed invalid.
 
 pub mod api_key;
+pub mod catalog;
 pub mod email;
+pub mod interval;
 pub mod mode;
+pub mod money;
 pub mod password;
 pub mod person_name;
+pub mod pricing;
 pub mod role;
 pub mod tenant;
 pub mod webhook;

@@ -47,6 +47,15 @@ pub async fn enqueue(
     jobs: &[NewJob],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    insert(conn, jobs, now, false).await
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+    reset_existing: bool,
+) -> Result<(), DbError> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -68,15 +77,22 @@ pub async fn enqueue(
         run_ats.push(j.run_at);
         maxes.push(j.max_attempts);
     }
-    sqlx::query(
+    let on_conflict = if reset_existing {
+        "ON CONFLICT (id) DO UPDATE SET state = 'pending', attempts = 0, run_at = EXCLUDED.run_at, \
+         lease_token = NULL, last_error = NULL, finished_at = NULL, payload = EXCLUDED.payload, \
+         updated_at = EXCLUDED.updated_at"
+    } else {
+        ""
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
          created_at, updated_at) \
          SELECT u.id, u.queue, u.kind, u.tenant_id, u.livemode, u.payload, u.max_attempts, \
          u.run_at, $9, $9 \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bool[], $6::jsonb[], \
          $7::int[], $8::timestamptz[]) AS u(id, queue, kind, tenant_id, livemode, payload, \
-         max_attempts, run_at)",
-    )
+         max_attempts, run_at) {on_conflict}"
+    )))
     .bind(&ids)
     .bind(&queues)
     .bind(&kinds)
@@ -103,6 +119,17 @@ pub async fn enqueue(
             .await?;
     }
     Ok(())
+}
+
+/// Adds jobs, or makes existing ones (same id) due again from scratch: for work about one
+/// object where only the latest state matters (a sync), one job per object. A run in progress
+/// loses its lease, so its outcome is not recorded and the job runs again with the new state.
+pub async fn enqueue_or_reset(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    insert(conn, jobs, now, true).await
 }
 
 /// Makes a job due again from scratch (a redelivery, or an operator's retry of a dead job).
@@ -230,6 +257,11 @@ pub enum Outcome {
     Dead {
         error: String,
     },
+    /// Not a failure: run again at this time without counting an attempt (back-pressure, such
+    /// as a rate limit).
+    Defer {
+        at: DateTime<Utc>,
+    },
 }
 
 impl Outcome {
@@ -253,11 +285,13 @@ impl Outcome {
         }
     }
 
-    fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>) {
+    /// (state, run_at, error, whether the run counts as an attempt)
+    fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>, bool) {
         match self {
-            Outcome::Succeeded => ("succeeded", now, None),
-            Outcome::Retry { at, error } => ("pending", *at, Some(error)),
-            Outcome::Dead { error } => ("dead", now, Some(error)),
+            Outcome::Succeeded => ("succeeded", now, None, true),
+            Outcome::Retry { at, error } => ("pending", *at, Some(error), true),
+            Outcome::Dead { error } => ("dead", now, Some(error), true),
+            Outcome::Defer { at } => ("pending", *at, None, false),
         }
     }
 }
@@ -285,20 +319,23 @@ pub async fn finish(
     let mut states = Vec::with_capacity(runs.len());
     let mut run_ats = Vec::with_capacity(runs.len());
     let mut errors = Vec::with_capacity(runs.len());
+    let mut counts = Vec::with_capacity(runs.len());
     for r in runs {
-        let (state, run_at, error) = r.outcome.parts(now);
+        let (state, run_at, error, counted) = r.outcome.parts(now);
         ids.push(r.id);
         tokens.push(r.token);
         states.push(state);
         run_ats.push(run_at);
         errors.push(error.map(|e| truncate(e, 2000)));
+        counts.push(i32::from(counted));
     }
     let done: Vec<(Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + 1, \
-         lease_token = NULL, last_error = u.error, updated_at = $6, \
+        "UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + u.counts, \
+         lease_token = NULL, last_error = COALESCE(u.error, CASE WHEN u.counts = 0 \
+         THEN jobs.last_error END), updated_at = $6, \
          finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $6 END \
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[]) \
-         AS u(id, token, state, run_at, error) \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $7::int[]) \
+         AS u(id, token, state, run_at, error, counts) \
          WHERE jobs.id = u.id AND jobs.lease_token = u.token RETURNING jobs.id",
     )
     .bind(&ids)
@@ -307,6 +344,7 @@ pub async fn finish(
     .bind(&run_ats)
     .bind(&errors)
     .bind(now)
+    .bind(&counts)
     .fetch_all(&mut *conn)
     .await?;
     Ok(done.into_iter().map(|(id,)| id).collect())

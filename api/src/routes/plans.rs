@@ -1,0 +1,615 @@
+//! Plans (`/api/v1/plans`; the seed's `/api/v1/auth/plans/` reaches the same operations): a
+//! product with one recurring flat price. Changes return at once; Stripe hears of them through
+//! the worker fleet (`sync_status`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use serde::Deserialize;
+use shared::{
+    db::{
+        self, DbError,
+        catalog_sync::{self, Synced},
+        events::NewEvent,
+        plans::{NewPlan, PlanChanges, PlanFilter, PlanRow},
+    },
+    domain::{
+        catalog::{Description, Features, Metadata, Name},
+        interval::{Interval, IntervalUnit},
+        money::{Currency, Money},
+    },
+    ids::PlanId,
+    tenancy::{Permission, TenantContext},
+};
+
+use super::{ApiTags, dto::page_request};
+use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+
+pub struct PlansApi;
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PlanIn {
+    /// Unique among the tenant's plans in this mode (case-insensitive).
+    pub name: String,
+    pub description: Option<String>,
+    /// The price in minor units of the currency (cents; yen for JPY).
+    pub price_cents: i64,
+    /// ISO 4217 code; default `usd`.
+    pub currency: Option<String>,
+    /// `day`, `week`, `month`, `quarter` or `year` (also `monthly`, `yearly`…).
+    pub billing_interval: String,
+    /// Intervals per billing period; default 1 (at most one year in all).
+    pub interval_count: Option<u32>,
+    /// Days of free trial; default 0.
+    pub trial_days: Option<u32>,
+    /// Features shown to customers.
+    pub features: Option<Vec<String>>,
+    /// Your key-value data (Stripe's limits: 50 keys, 40-character keys, 500-character values).
+    pub metadata: Option<HashMap<String, String>>,
+    /// Shown in public listings; default `true`.
+    pub is_visible: Option<bool>,
+}
+
+/// Changes to a plan. The price, currency and interval cannot change: create a new plan (or
+/// duplicate this one) instead.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub features: Option<Vec<String>>,
+    pub metadata: Option<HashMap<String, String>>,
+    pub is_visible: Option<bool>,
+    /// `false` deactivates the plan, like `DELETE`; `true` reactivates it.
+    pub is_active: Option<bool>,
+    pub trial_days: Option<u32>,
+    /// Cannot change (answers `400 immutable_field`).
+    pub price_cents: Option<serde_json::Value>,
+    /// Cannot change (answers `400 immutable_field`).
+    pub currency: Option<serde_json::Value>,
+    /// Cannot change (answers `400 immutable_field`).
+    pub billing_interval: Option<serde_json::Value>,
+    /// Cannot change (answers `400 immutable_field`).
+    pub interval_count: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDuplicateIn {
+    /// The new plan's name.
+    pub name: String,
+    /// The new plan's price in minor units; default the original's.
+    pub price_cents: Option<i64>,
+}
+
+/// A plan.
+#[derive(Debug, Object)]
+pub struct PlanOut {
+    /// Plan id (`plan_…`).
+    pub id: String,
+    /// Always `plan`.
+    pub object: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub billing_interval: String,
+    pub interval_count: i32,
+    /// e.g. `$29.99/month`.
+    pub price_display: String,
+    pub trial_days: i32,
+    pub has_trial: bool,
+    pub features: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub is_active: bool,
+    pub is_visible: bool,
+    /// The plan this one was duplicated from.
+    pub duplicated_from: Option<String>,
+    pub livemode: bool,
+    pub stripe_product_id: Option<String>,
+    pub stripe_price_id: Option<String>,
+    /// `pending` (Stripe has yet to hear of the latest change), `synced`, `failed` (retrying;
+    /// see `sync_error`) or `not_synced` (no Stripe account connected in this mode).
+    pub sync_status: String,
+    pub sync_error: Option<String>,
+    pub synced_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn price_display(p: &PlanRow) -> String {
+    let currency = Currency::parse(&p.currency);
+    let interval = IntervalUnit::parse(&p.interval)
+        .and_then(|u| Interval::new(u, u32::try_from(p.interval_count).unwrap_or(1)));
+    match (currency, interval) {
+        (Ok(c), Ok(i)) => Money::new(p.amount, c).display_per(i),
+        _ => format!("{} {}/{}", p.amount, p.currency, p.interval),
+    }
+}
+
+impl From<PlanRow> for PlanOut {
+    fn from(p: PlanRow) -> Self {
+        Self {
+            id: p.id.to_string(),
+            object: "plan".into(),
+            price_display: price_display(&p),
+            has_trial: p.trial_days > 0,
+            name: p.name,
+            description: p.description,
+            price_cents: p.amount,
+            currency: p.currency,
+            billing_interval: p.interval,
+            interval_count: p.interval_count,
+            trial_days: p.trial_days,
+            features: p.features,
+            metadata: p.metadata,
+            is_active: p.is_active,
+            is_visible: p.is_visible,
+            duplicated_from: p.duplicated_from.map(|d| d.to_string()),
+            livemode: p.livemode,
+            stripe_product_id: p.stripe_product_id,
+            stripe_price_id: p.stripe_price_id,
+            sync_status: p.sync_status,
+            sync_error: p.sync_error,
+            synced_at: p.synced_at,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct PlanList {
+    pub data: Vec<PlanOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedPlan {
+    /// The plan was created; Stripe hears of it through the worker fleet.
+    #[oai(status = 201)]
+    Created(Json<PlanOut>),
+}
+
+fn parse_id(raw: &str) -> Result<PlanId, ApiError> {
+    PlanId::parse(raw).map_err(|_| ApiError::not_found("plan"))
+}
+
+fn db_err(e: DbError) -> ApiError {
+    match e {
+        DbError::UniqueViolation(c) if c == "plans_name_key" => ApiError {
+            field: Some("name".into()),
+            ..ApiError::conflict("plan_name_taken", "A plan with this name already exists.")
+        },
+        other => ApiError::from_db("plan")(other),
+    }
+}
+
+fn begin_err(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("database", e)
+}
+
+fn json_out(row: &PlanRow) -> serde_json::Value {
+    use poem_openapi::types::ToJSON;
+    PlanOut::from(row.clone()).to_json().unwrap_or_default()
+}
+
+fn metadata(m: Option<&HashMap<String, String>>) -> Result<Option<serde_json::Value>, ApiError> {
+    m.map(|m| Metadata::parse(m).map(|m| m.to_json()))
+        .transpose()
+        .map_err(ApiError::invalid("metadata"))
+}
+
+fn features(f: Option<&[String]>) -> Result<Option<serde_json::Value>, ApiError> {
+    f.map(|f| Features::parse(f).map(|f| f.to_json()))
+        .transpose()
+        .map_err(ApiError::invalid("features"))
+}
+
+fn trial_days(t: Option<u32>) -> Result<Option<i32>, ApiError> {
+    match t {
+        Some(t) if t > 730 => Err(ApiError::validation("trial_days", "must be at most 730")),
+        other => Ok(other.and_then(|t| i32::try_from(t).ok())),
+    }
+}
+
+/// Creates a plan row, queues its sync when there is a Stripe to sync with, and records the
+/// event; all in the caller's transaction.
+async fn insert_plan(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    ctx: &TenantContext,
+    plan: NewPlan<'_>,
+) -> Result<PlanRow, ApiError> {
+    let now = state.clock.now();
+    let target = catalog_sync::has_target(tx, &state.settings.stripe, ctx.scope())
+        .await
+        .map_err(ApiError::internal)?;
+    let plan = NewPlan {
+        sync_status: if target { "pending" } else { "not_synced" },
+        ..plan
+    };
+    let row = db::plans::create(tx, ctx, plan, now)
+        .await
+        .map_err(db_err)?;
+    if target {
+        catalog_sync::schedule(tx, Synced::Plan, ctx.scope(), row.id.as_uuid(), now)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    record(tx, state, ctx, "plan.created", &row).await?;
+    Ok(row)
+}
+
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    ctx: &TenantContext,
+    event_type: &str,
+    row: &PlanRow,
+) -> Result<(), ApiError> {
+    db::events::record(
+        tx,
+        ctx.scope(),
+        NewEvent::new(event_type, json_out(row)),
+        state.clock.now(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ApiError::internal)
+}
+
+/// Applies changes; a change Stripe must hear of queues the sync.
+async fn change(
+    state: &AppState,
+    ctx: &TenantContext,
+    id: PlanId,
+    changes: PlanChanges<'_>,
+    event_type: &str,
+) -> Result<PlanRow, ApiError> {
+    let now = state.clock.now();
+    let mut tx = state.pool.begin().await.map_err(begin_err)?;
+    let before = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
+    let row = db::plans::update(&mut tx, ctx, id, changes, now)
+        .await
+        .map_err(db_err)?;
+    if row.sync_version != before.sync_version
+        && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+            .await
+            .map_err(ApiError::internal)?
+    {
+        catalog_sync::schedule(&mut tx, Synced::Plan, ctx.scope(), id.as_uuid(), now)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let row = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
+    record(&mut tx, state, ctx, event_type, &row).await?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(row)
+}
+
+#[OpenApi]
+impl PlansApi {
+    /// Create a plan
+    ///
+    /// A recurring flat price with a trial, features and metadata. Answers at once with
+    /// `sync_status: pending`; the worker fleet creates the Stripe Product and Price on the
+    /// connected account. Also at `POST /api/v1/auth/plans/`.
+    #[oai(
+        path = "/api/v1/plans",
+        method = "post",
+        operation_id = "plans.create",
+        tag = "ApiTags::Plans"
+    )]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<PlanIn>,
+    ) -> Result<CreatedPlan, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let b = body.0;
+        let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
+        let description = Description::parse(b.description.as_deref().unwrap_or(""))
+            .map_err(ApiError::invalid("description"))?;
+        if b.price_cents < 0 {
+            return Err(ApiError::validation("price_cents", "must not be negative"));
+        }
+        let currency = Currency::parse(b.currency.as_deref().unwrap_or("usd"))
+            .map_err(ApiError::invalid("currency"))?;
+        let unit = IntervalUnit::parse(&b.billing_interval)
+            .map_err(ApiError::invalid("billing_interval"))?;
+        let interval = Interval::new(unit, b.interval_count.unwrap_or(1))
+            .map_err(ApiError::invalid("interval_count"))?;
+        let trial = trial_days(b.trial_days)?.unwrap_or(0);
+        let features = features(b.features.as_deref())?.unwrap_or_else(|| serde_json::json!([]));
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let row = insert_plan(
+            &mut tx,
+            &state,
+            ctx,
+            NewPlan {
+                id: PlanId::new(),
+                name: name.as_str(),
+                description: description.as_str(),
+                amount: b.price_cents,
+                currency: currency.as_str(),
+                interval: interval.unit().as_str(),
+                interval_count: i32::try_from(interval.count()).unwrap_or(1),
+                trial_days: trial,
+                features: &features,
+                metadata: &metadata,
+                is_visible: b.is_visible.unwrap_or(true),
+                duplicated_from: None,
+                sync_status: "pending",
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(CreatedPlan::Created(Json(row.into())))
+    }
+
+    /// List plans
+    ///
+    /// Newest first, filtered by `is_active`, `billing_interval` and a name `search`. Also at
+    /// `GET /api/v1/auth/plans/`.
+    #[oai(
+        path = "/api/v1/plans",
+        method = "get",
+        operation_id = "plans.list",
+        tag = "ApiTags::Plans"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Only active (`true`) or inactive (`false`) plans.
+        is_active: Query<Option<bool>>,
+        /// Only plans billed by this interval (`month`, `year`…).
+        billing_interval: Query<Option<String>>,
+        /// Only plans whose name contains this text (case-insensitive).
+        search: Query<Option<String>>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A plan id: return older plans (the next page).
+        starting_after: Query<Option<String>>,
+        /// A plan id: return newer plans (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<PlanList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            PlanId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let interval = billing_interval
+            .0
+            .as_deref()
+            .map(IntervalUnit::parse)
+            .transpose()
+            .map_err(ApiError::invalid("billing_interval"))?;
+        let search = search.0.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        if search.is_some_and(|s| s.chars().count() > 100) {
+            return Err(ApiError::validation(
+                "search",
+                "must be at most 100 characters",
+            ));
+        }
+        let page = db::plans::list(
+            &state.pool,
+            ctx,
+            PlanFilter {
+                is_active: is_active.0,
+                interval: interval.map(IntervalUnit::as_str),
+                search,
+            },
+            page,
+        )
+        .await
+        .map_err(db_err)?;
+        Ok(Json(PlanList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get a plan
+    ///
+    /// With its Stripe ids and sync state. Also at `GET /api/v1/auth/plans/{id}/`.
+    #[oai(
+        path = "/api/v1/plans/:id",
+        method = "get",
+        operation_id = "plans.get",
+        tag = "ApiTags::Plans"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Plan id (`plan_…`).
+        id: Path<String>,
+    ) -> Result<Json<PlanOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        let row = db::plans::get(&mut conn, ctx, parse_id(&id.0)?)
+            .await
+            .map_err(db_err)?;
+        Ok(Json(row.into()))
+    }
+
+    /// Update a plan
+    ///
+    /// Name, description, features, metadata, visibility, trial and active flag. The price,
+    /// currency and interval are immutable (`400 immutable_field`): a new price is a new plan.
+    /// Also at `PATCH /api/v1/auth/plans/{id}/`.
+    #[oai(
+        path = "/api/v1/plans/:id",
+        method = "patch",
+        operation_id = "plans.update",
+        tag = "ApiTags::Plans"
+    )]
+    async fn update(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Plan id (`plan_…`).
+        id: Path<String>,
+        body: JsonBody<PlanPatch>,
+    ) -> Result<Json<PlanOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = parse_id(&id.0)?;
+        let b = body.0;
+        for (field, present) in [
+            ("price_cents", b.price_cents.is_some()),
+            ("currency", b.currency.is_some()),
+            ("billing_interval", b.billing_interval.is_some()),
+            ("interval_count", b.interval_count.is_some()),
+        ] {
+            if present {
+                return Err(ApiError {
+                    field: Some(field.into()),
+                    ..ApiError::new(
+                        poem::http::StatusCode::BAD_REQUEST,
+                        "immutable_field",
+                        format!(
+                            "`{field}` cannot change: create a new plan (or duplicate this one) \
+                             with the new price."
+                        ),
+                    )
+                });
+            }
+        }
+        let name = b
+            .name
+            .as_deref()
+            .map(Name::parse)
+            .transpose()
+            .map_err(ApiError::invalid("name"))?;
+        let description = b
+            .description
+            .as_deref()
+            .map(Description::parse)
+            .transpose()
+            .map_err(ApiError::invalid("description"))?;
+        let features = features(b.features.as_deref())?;
+        let metadata = metadata(b.metadata.as_ref())?;
+        let trial = trial_days(b.trial_days)?;
+        let row = change(
+            &state,
+            ctx,
+            id,
+            PlanChanges {
+                name: name.as_ref().map(Name::as_str),
+                description: description.as_ref().map(Description::as_str),
+                features: features.as_ref(),
+                metadata: metadata.as_ref(),
+                is_visible: b.is_visible,
+                is_active: b.is_active,
+                trial_days: trial,
+            },
+            "plan.updated",
+        )
+        .await?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(row.into()))
+    }
+
+    /// Deactivate a plan
+    ///
+    /// A soft delete: the plan stays readable with `is_active: false`, its Stripe Product is
+    /// archived, existing subscriptions go on and new ones cannot start. Also at
+    /// `DELETE /api/v1/auth/plans/{id}/`.
+    #[oai(
+        path = "/api/v1/plans/:id",
+        method = "delete",
+        operation_id = "plans.deactivate",
+        tag = "ApiTags::Plans"
+    )]
+    async fn deactivate(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Plan id (`plan_…`).
+        id: Path<String>,
+    ) -> Result<Json<PlanOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let row = change(
+            &state,
+            ctx,
+            parse_id(&id.0)?,
+            PlanChanges {
+                is_active: Some(false),
+                ..Default::default()
+            },
+            "plan.deactivated",
+        )
+        .await?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(Json(row.into()))
+    }
+
+    /// Duplicate a plan
+    ///
+    /// A new plan with a new name (and optionally a new price) and the original's currency,
+    /// interval, trial, features and metadata; it remembers the original in `duplicated_from`.
+    /// Also at `POST /api/v1/auth/plans/{id}/duplicate/`.
+    #[oai(
+        path = "/api/v1/plans/:id/duplicate",
+        method = "post",
+        operation_id = "plans.duplicate",
+        tag = "ApiTags::Plans"
+    )]
+    async fn duplicate(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Plan id (`plan_…`) of the original.
+        id: Path<String>,
+        body: JsonBody<PlanDuplicateIn>,
+    ) -> Result<CreatedPlan, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = parse_id(&id.0)?;
+        let b = body.0;
+        let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
+        if b.price_cents.is_some_and(|p| p < 0) {
+            return Err(ApiError::validation("price_cents", "must not be negative"));
+        }
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let original = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
+        let row = insert_plan(
+            &mut tx,
+            &state,
+            ctx,
+            NewPlan {
+                id: PlanId::new(),
+                name: name.as_str(),
+                description: &original.description,
+                amount: b.price_cents.unwrap_or(original.amount),
+                currency: &original.currency,
+                interval: &original.interval,
+                interval_count: original.interval_count,
+                trial_days: original.trial_days,
+                features: &original.features,
+                metadata: &original.metadata,
+                is_visible: original.is_visible,
+                duplicated_from: Some(original.id),
+                sync_status: "pending",
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(row.id.to_string()));
+        Ok(CreatedPlan::Created(Json(row.into())))
+    }
+}

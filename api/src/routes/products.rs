@@ -1,0 +1,984 @@
+//! Products (`/api/v1/products`) and their prices (`/api/v1/prices`): the seed's products and
+//! product plans (tiers). A price's terms never change; Stripe hears of every change through
+//! the worker fleet (`sync_status`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use poem::{Request, http::StatusCode};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi, Union, param::Path, param::Query, payload::Json,
+};
+use serde::Deserialize;
+use shared::{
+    db::{
+        self, DbError,
+        catalog_sync::{self, Synced},
+        events::NewEvent,
+        products::{NewPrice, NewProduct, PriceChanges, PriceRow, ProductChanges, ProductRow},
+    },
+    domain::{
+        catalog::{Code, Description, Features, Metadata, Name},
+        interval::{Interval, IntervalUnit},
+        money::{Currency, Money},
+        pricing::{self, Aggregation, PriceModel, PriceModelIn, Usage},
+    },
+    ids::{PriceId, ProductId},
+    tenancy::{Permission, TenantContext},
+};
+
+use super::{ApiTags, dto::page_request};
+use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+
+pub struct ProductsApi;
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ProductIn {
+    pub name: String,
+    /// A short stable handle such as `autoflow` (a-z, 0-9, - and _), unique per mode.
+    pub code: Option<String>,
+    pub description: Option<String>,
+    pub features: Option<Vec<String>>,
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub features: Option<Vec<String>>,
+    pub metadata: Option<HashMap<String, String>>,
+    /// `false` archives the product (in Stripe too); its prices stay readable.
+    pub active: Option<bool>,
+}
+
+/// A product of the catalog.
+#[derive(Debug, Object)]
+pub struct ProductOut {
+    /// Product id (`prod_…`).
+    pub id: String,
+    /// Always `product`.
+    pub object: String,
+    pub name: String,
+    pub code: Option<String>,
+    pub description: String,
+    pub features: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub active: bool,
+    pub livemode: bool,
+    pub stripe_product_id: Option<String>,
+    /// `pending`, `synced`, `failed` (retrying; see `sync_error`) or `not_synced`.
+    pub sync_status: String,
+    pub sync_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The product's prices (on `GET /api/v1/products/{id}` only).
+    pub prices: Option<Vec<PriceOut>>,
+}
+
+impl From<ProductRow> for ProductOut {
+    fn from(p: ProductRow) -> Self {
+        Self {
+            id: p.id.to_string(),
+            object: "product".into(),
+            name: p.name,
+            code: p.code,
+            description: p.description,
+            features: p.features,
+            metadata: p.metadata,
+            active: p.active,
+            livemode: p.livemode,
+            stripe_product_id: p.stripe_product_id,
+            sync_status: p.sync_status,
+            sync_error: p.sync_error,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            prices: None,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ProductList {
+    pub data: Vec<ProductOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedProduct {
+    /// The product was created.
+    #[oai(status = 201)]
+    Created(Json<ProductOut>),
+}
+
+/// One tier of a tiered price.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTierIn {
+    /// The last unit this tier covers; absent (or null) on the last tier only.
+    pub up_to: Option<u64>,
+    /// Per unit in this tier, in minor units.
+    pub unit_amount: i64,
+    /// Charged once when the tier applies, in minor units; default 0.
+    pub flat_amount: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct FlatTerms {
+    /// The fixed charge, in minor units.
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PerUnitTerms {
+    /// Per unit (per seat), in minor units.
+    pub unit_amount: i64,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct GraduatedTerms {
+    /// Ascending; each unit is priced by the tier it falls into.
+    pub tiers: Vec<PriceTierIn>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeTerms {
+    /// Ascending; all units are priced by the tier the total falls into.
+    pub tiers: Vec<PriceTierIn>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PackageTerms {
+    /// Per package, in minor units.
+    pub amount: i64,
+    /// Units per package; quantities round up to whole packages.
+    pub package_size: u64,
+}
+
+/// How a price charges for a quantity (or, when metered, for the period's usage).
+#[derive(Debug, Clone, Union, Deserialize)]
+#[oai(discriminator_name = "type")]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PricingIn {
+    #[oai(mapping = "flat")]
+    Flat(FlatTerms),
+    #[oai(mapping = "per_unit")]
+    PerUnit(PerUnitTerms),
+    #[oai(mapping = "graduated")]
+    Graduated(GraduatedTerms),
+    #[oai(mapping = "volume")]
+    Volume(VolumeTerms),
+    #[oai(mapping = "package")]
+    Package(PackageTerms),
+}
+
+fn tiers(t: &[PriceTierIn]) -> Vec<pricing::Tier> {
+    t.iter()
+        .map(|t| pricing::Tier {
+            up_to: t.up_to,
+            unit_amount: t.unit_amount,
+            flat_amount: t.flat_amount.unwrap_or(0),
+        })
+        .collect()
+}
+
+impl From<&PricingIn> for PriceModelIn {
+    fn from(p: &PricingIn) -> Self {
+        match p {
+            PricingIn::Flat(t) => PriceModelIn::Flat { amount: t.amount },
+            PricingIn::PerUnit(t) => PriceModelIn::PerUnit {
+                unit_amount: t.unit_amount,
+            },
+            PricingIn::Graduated(t) => PriceModelIn::Graduated {
+                tiers: tiers(&t.tiers),
+            },
+            PricingIn::Volume(t) => PriceModelIn::Volume {
+                tiers: tiers(&t.tiers),
+            },
+            PricingIn::Package(t) => PriceModelIn::Package {
+                amount: t.amount,
+                package_size: t.package_size,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Enum, Deserialize, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum AggregationIn {
+    Sum,
+    Max,
+    Last,
+    Count,
+}
+
+impl From<AggregationIn> for Aggregation {
+    fn from(a: AggregationIn) -> Self {
+        match a {
+            AggregationIn::Sum => Aggregation::Sum,
+            AggregationIn::Max => Aggregation::Max,
+            AggregationIn::Last => Aggregation::Last,
+            AggregationIn::Count => Aggregation::Count,
+        }
+    }
+}
+
+/// A metered price charges the period's usage of a metric.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UsageIn {
+    /// The metric usage is reported under, e.g. `api_calls` (a-z, 0-9, _, . and -).
+    pub metric: String,
+    /// How the period's reports combine into a quantity.
+    pub aggregation: AggregationIn,
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringIn {
+    /// `day`, `week`, `month`, `quarter` or `year`.
+    pub interval: String,
+    /// Default 1; at most one year in all.
+    pub interval_count: Option<u32>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PriceIn {
+    /// A name for the tier, e.g. `Professional`.
+    pub nickname: Option<String>,
+    /// ISO 4217 code, e.g. `usd` or `jpy` (amounts are in its minor unit).
+    pub currency: String,
+    /// Absent for a one-time price.
+    pub recurring: Option<RecurringIn>,
+    pub pricing: PricingIn,
+    /// Present for a metered price.
+    pub usage: Option<UsageIn>,
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PricePatch {
+    pub nickname: Option<String>,
+    /// `false` archives the price: no new purchases, existing ones go on.
+    pub active: Option<bool>,
+    pub metadata: Option<HashMap<String, String>>,
+    /// Cannot change (`400 immutable_field`): create a new price.
+    pub currency: Option<serde_json::Value>,
+    /// Cannot change (`400 immutable_field`): create a new price.
+    pub recurring: Option<serde_json::Value>,
+    /// Cannot change (`400 immutable_field`): create a new price.
+    pub pricing: Option<serde_json::Value>,
+    /// Cannot change (`400 immutable_field`): create a new price.
+    pub usage: Option<serde_json::Value>,
+}
+
+/// A price of a product.
+#[derive(Debug, Object)]
+pub struct PriceOut {
+    /// Price id (`price_…`).
+    pub id: String,
+    /// Always `price`.
+    pub object: String,
+    pub product_id: String,
+    pub nickname: String,
+    pub currency: String,
+    /// `day`, `week`, `month`, `quarter` or `year`; absent for a one-time price.
+    pub interval: Option<String>,
+    pub interval_count: Option<i32>,
+    /// The pricing terms, as given (`type` and its fields).
+    pub pricing: serde_json::Value,
+    /// `{metric, aggregation}` for a metered price.
+    pub usage: Option<serde_json::Value>,
+    /// e.g. `$29.99/month` for a flat price; `null` for tiered or metered ones.
+    pub price_display: Option<String>,
+    pub active: bool,
+    pub metadata: serde_json::Value,
+    pub livemode: bool,
+    pub stripe_price_id: Option<String>,
+    pub sync_status: String,
+    pub sync_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The interval of a stored price, when it has one.
+pub fn stored_interval(interval: Option<&str>, count: Option<i32>) -> Option<Interval> {
+    let unit = IntervalUnit::parse(interval?).ok()?;
+    Interval::new(unit, u32::try_from(count.unwrap_or(1)).ok()?).ok()
+}
+
+/// `$29.99/month` (or `$29.99` one-time) for flat and per-unit prices.
+pub fn price_display(p: &PriceRow) -> Option<String> {
+    if p.usage.is_some() {
+        return None;
+    }
+    let model: PriceModel = serde_json::from_value(p.model.clone()).ok()?;
+    let amount = match model.terms() {
+        PriceModelIn::Flat { amount } => *amount,
+        PriceModelIn::PerUnit { unit_amount } => *unit_amount,
+        _ => return None,
+    };
+    let money = Money::new(amount, Currency::parse(&p.currency).ok()?);
+    Some(
+        match stored_interval(p.interval.as_deref(), p.interval_count) {
+            Some(i) => money.display_per(i),
+            None => money.display(),
+        },
+    )
+}
+
+impl From<PriceRow> for PriceOut {
+    fn from(p: PriceRow) -> Self {
+        Self {
+            id: p.id.to_string(),
+            object: "price".into(),
+            price_display: price_display(&p),
+            product_id: p.product_id.to_string(),
+            nickname: p.nickname,
+            currency: p.currency,
+            interval: p.interval,
+            interval_count: p.interval_count,
+            pricing: p.model,
+            usage: p.usage,
+            active: p.active,
+            metadata: p.metadata,
+            livemode: p.livemode,
+            stripe_price_id: p.stripe_price_id,
+            sync_status: p.sync_status,
+            sync_error: p.sync_error,
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct PriceList {
+    pub data: Vec<PriceOut>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedPrice {
+    /// The price was created.
+    #[oai(status = 201)]
+    Created(Json<PriceOut>),
+}
+
+/// What a quantity costs.
+#[derive(Debug, Object)]
+pub struct PriceAmountOut {
+    pub price_id: String,
+    pub quantity: u64,
+    /// In minor units of `currency`.
+    pub amount: i64,
+    pub currency: String,
+    /// e.g. `$129.50`.
+    pub amount_display: String,
+}
+
+fn product_id(raw: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(raw).map_err(|_| ApiError::not_found("product"))
+}
+
+fn price_id(raw: &str) -> Result<PriceId, ApiError> {
+    PriceId::parse(raw).map_err(|_| ApiError::not_found("price"))
+}
+
+fn product_err(e: DbError) -> ApiError {
+    match e {
+        DbError::UniqueViolation(c) if c == "products_code_key" => ApiError {
+            field: Some("code".into()),
+            ..ApiError::conflict(
+                "product_code_taken",
+                "A product with this code already exists.",
+            )
+        },
+        other => ApiError::from_db("product")(other),
+    }
+}
+
+fn price_err(e: DbError) -> ApiError {
+    ApiError::from_db("price")(e)
+}
+
+fn begin_err(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("database", e)
+}
+
+fn metadata(m: Option<&HashMap<String, String>>) -> Result<Option<serde_json::Value>, ApiError> {
+    m.map(|m| Metadata::parse(m).map(|m| m.to_json()))
+        .transpose()
+        .map_err(ApiError::invalid("metadata"))
+}
+
+fn to_json<T: poem_openapi::types::ToJSON>(v: &T) -> serde_json::Value {
+    v.to_json().unwrap_or_default()
+}
+
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    ctx: &TenantContext,
+    event_type: &str,
+    object: serde_json::Value,
+) -> Result<(), ApiError> {
+    db::events::record(
+        tx,
+        ctx.scope(),
+        NewEvent::new(event_type, object),
+        state.clock.now(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ApiError::internal)
+}
+
+fn immutable(field: &str, what: &str) -> ApiError {
+    ApiError {
+        field: Some(field.into()),
+        ..ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "immutable_field",
+            format!("`{field}` cannot change: create a new {what} instead."),
+        )
+    }
+}
+
+#[OpenApi]
+impl ProductsApi {
+    /// Create a product
+    ///
+    /// Answers at once; the worker fleet creates the Stripe Product on the connected account.
+    #[oai(
+        path = "/api/v1/products",
+        method = "post",
+        operation_id = "products.create",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn create(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<ProductIn>,
+    ) -> Result<CreatedProduct, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let b = body.0;
+        let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
+        let code = b
+            .code
+            .as_deref()
+            .map(Code::parse)
+            .transpose()
+            .map_err(ApiError::invalid("code"))?;
+        let description = Description::parse(b.description.as_deref().unwrap_or(""))
+            .map_err(ApiError::invalid("description"))?;
+        let features = Features::parse(b.features.as_deref().unwrap_or(&[]))
+            .map_err(ApiError::invalid("features"))?
+            .to_json();
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let target = catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+            .await
+            .map_err(ApiError::internal)?;
+        let row = db::products::create(
+            &mut tx,
+            ctx,
+            NewProduct {
+                id: ProductId::new(),
+                name: name.as_str(),
+                code: code.as_ref().map(Code::as_str),
+                description: description.as_str(),
+                features: &features,
+                metadata: &metadata,
+                sync_status: if target { "pending" } else { "not_synced" },
+            },
+            now,
+        )
+        .await
+        .map_err(product_err)?;
+        if target {
+            catalog_sync::schedule(&mut tx, Synced::Product, ctx.scope(), row.id.as_uuid(), now)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        let out = ProductOut::from(row);
+        record(&mut tx, &state, ctx, "product.created", to_json(&out)).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(CreatedProduct::Created(Json(out)))
+    }
+
+    /// List products
+    #[oai(
+        path = "/api/v1/products",
+        method = "get",
+        operation_id = "products.list",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Only active (`true`) or archived (`false`) products.
+        active: Query<Option<bool>>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A product id: return older products (the next page).
+        starting_after: Query<Option<String>>,
+        /// A product id: return newer products (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<ProductList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            ProductId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = db::products::list(&state.pool, ctx, active.0, page)
+            .await
+            .map_err(product_err)?;
+        Ok(Json(ProductList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get a product
+    ///
+    /// With its prices.
+    #[oai(
+        path = "/api/v1/products/:id",
+        method = "get",
+        operation_id = "products.get",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Product id (`prod_…`).
+        id: Path<String>,
+    ) -> Result<Json<ProductOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = product_id(&id.0)?;
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        let row = db::products::get(&mut conn, ctx, id)
+            .await
+            .map_err(product_err)?;
+        let prices = db::products::prices_of(&mut conn, ctx, id)
+            .await
+            .map_err(price_err)?;
+        let mut out = ProductOut::from(row);
+        out.prices = Some(prices.into_iter().map(Into::into).collect());
+        Ok(Json(out))
+    }
+
+    /// Update a product
+    #[oai(
+        path = "/api/v1/products/:id",
+        method = "patch",
+        operation_id = "products.update",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn update(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Product id (`prod_…`).
+        id: Path<String>,
+        body: JsonBody<ProductPatch>,
+    ) -> Result<Json<ProductOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = product_id(&id.0)?;
+        let b = body.0;
+        let name = b
+            .name
+            .as_deref()
+            .map(Name::parse)
+            .transpose()
+            .map_err(ApiError::invalid("name"))?;
+        let description = b
+            .description
+            .as_deref()
+            .map(Description::parse)
+            .transpose()
+            .map_err(ApiError::invalid("description"))?;
+        let features = b
+            .features
+            .as_deref()
+            .map(|f| Features::parse(f).map(|f| f.to_json()))
+            .transpose()
+            .map_err(ApiError::invalid("features"))?;
+        let metadata = metadata(b.metadata.as_ref())?;
+        let out = change_product(
+            &state,
+            ctx,
+            id,
+            ProductChanges {
+                name: name.as_ref().map(Name::as_str),
+                description: description.as_ref().map(Description::as_str),
+                features: features.as_ref(),
+                metadata: metadata.as_ref(),
+                active: b.active,
+            },
+        )
+        .await?;
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(Json(out))
+    }
+
+    /// Archive a product
+    ///
+    /// Sets `active: false` (in Stripe too); the product and its prices stay readable.
+    #[oai(
+        path = "/api/v1/products/:id",
+        method = "delete",
+        operation_id = "products.archive",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn archive(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Product id (`prod_…`).
+        id: Path<String>,
+    ) -> Result<Json<ProductOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let out = change_product(
+            &state,
+            ctx,
+            product_id(&id.0)?,
+            ProductChanges {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .await?;
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(Json(out))
+    }
+
+    /// Create a price for a product
+    ///
+    /// Flat, per unit (seats), graduated or volume tiers, or packages; recurring (day, week,
+    /// month, quarter or year, with a count) or one-time; metered when `usage` names a metric.
+    /// A price's terms never change afterwards: a new price replaces it.
+    #[oai(
+        path = "/api/v1/products/:id/prices",
+        method = "post",
+        operation_id = "prices.create",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn create_price(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Product id (`prod_…`).
+        id: Path<String>,
+        body: JsonBody<PriceIn>,
+    ) -> Result<CreatedPrice, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let product = product_id(&id.0)?;
+        let b = body.0;
+        let nickname = match b.nickname.as_deref() {
+            Some(n) => Name::parse(n)
+                .map_err(ApiError::invalid("nickname"))?
+                .as_str()
+                .to_owned(),
+            None => String::new(),
+        };
+        let currency = Currency::parse(&b.currency).map_err(ApiError::invalid("currency"))?;
+        let interval = b
+            .recurring
+            .as_ref()
+            .map(|r| {
+                IntervalUnit::parse(&r.interval)
+                    .and_then(|u| Interval::new(u, r.interval_count.unwrap_or(1)))
+            })
+            .transpose()
+            .map_err(ApiError::invalid("recurring"))?;
+        let model = PriceModel::parse(PriceModelIn::from(&b.pricing))
+            .map_err(ApiError::invalid("pricing"))?;
+        let usage = b
+            .usage
+            .as_ref()
+            .map(|u| Usage::parse(&u.metric, u.aggregation.into()))
+            .transpose()
+            .map_err(ApiError::invalid("usage"))?;
+        if usage.is_some() && interval.is_none() {
+            return Err(ApiError::validation(
+                "usage",
+                "a metered price must be recurring: usage is billed per period",
+            ));
+        }
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let model_json = serde_json::to_value(&model).map_err(ApiError::internal)?;
+        let usage_json = usage
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(ApiError::internal)?;
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        // 404 for another tenant's (or a missing) product.
+        let owner = db::products::get(&mut tx, ctx, product)
+            .await
+            .map_err(product_err)?;
+        let target = catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+            .await
+            .map_err(ApiError::internal)?;
+        let row = db::products::create_price(
+            &mut tx,
+            ctx,
+            NewPrice {
+                id: PriceId::new(),
+                product_id: owner.id,
+                nickname: &nickname,
+                currency: currency.as_str(),
+                interval: interval
+                    .map(|i| (i.unit().as_str(), i32::try_from(i.count()).unwrap_or(1))),
+                model: &model_json,
+                usage: usage_json.as_ref(),
+                metadata: &metadata,
+                sync_status: if target { "pending" } else { "not_synced" },
+            },
+            now,
+        )
+        .await
+        .map_err(price_err)?;
+        if target {
+            catalog_sync::schedule(&mut tx, Synced::Price, ctx.scope(), row.id.as_uuid(), now)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        let out = PriceOut::from(row);
+        record(&mut tx, &state, ctx, "price.created", to_json(&out)).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(CreatedPrice::Created(Json(out)))
+    }
+
+    /// List a product's prices
+    #[oai(
+        path = "/api/v1/products/:id/prices",
+        method = "get",
+        operation_id = "prices.list",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn list_prices(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Product id (`prod_…`).
+        id: Path<String>,
+    ) -> Result<Json<PriceList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = product_id(&id.0)?;
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        db::products::get(&mut conn, ctx, id)
+            .await
+            .map_err(product_err)?;
+        let rows = db::products::prices_of(&mut conn, ctx, id)
+            .await
+            .map_err(price_err)?;
+        Ok(Json(PriceList {
+            data: rows.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    /// Get a price
+    #[oai(
+        path = "/api/v1/prices/:id",
+        method = "get",
+        operation_id = "prices.get",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn get_price(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Price id (`price_…`).
+        id: Path<String>,
+    ) -> Result<Json<PriceOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        let row = db::products::get_price(&mut conn, ctx, price_id(&id.0)?)
+            .await
+            .map_err(price_err)?;
+        Ok(Json(row.into()))
+    }
+
+    /// What a quantity costs
+    ///
+    /// Runs the price's model on a quantity (for a metered price: an aggregated usage).
+    #[oai(
+        path = "/api/v1/prices/:id/amount",
+        method = "get",
+        operation_id = "prices.amount",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn amount(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Price id (`price_…`).
+        id: Path<String>,
+        /// Units (seats, usage…); default 1.
+        quantity: Query<Option<u64>>,
+    ) -> Result<Json<PriceAmountOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        let row = db::products::get_price(&mut conn, ctx, price_id(&id.0)?)
+            .await
+            .map_err(price_err)?;
+        let quantity = quantity.0.unwrap_or(1);
+        let model: PriceModel =
+            serde_json::from_value(row.model.clone()).map_err(ApiError::internal)?;
+        let amount = model
+            .amount_for(quantity)
+            .map_err(|e| ApiError::validation("quantity", format!("is too large to price: {e}")))?;
+        let currency = Currency::parse(&row.currency).map_err(ApiError::internal)?;
+        Ok(Json(PriceAmountOut {
+            price_id: row.id.to_string(),
+            quantity,
+            amount,
+            currency: row.currency,
+            amount_display: Money::new(amount, currency).display(),
+        }))
+    }
+
+    /// Update a price
+    ///
+    /// Nickname, active flag and metadata only: the terms (currency, recurrence, pricing,
+    /// usage) are immutable (`400 immutable_field`).
+    #[oai(
+        path = "/api/v1/prices/:id",
+        method = "patch",
+        operation_id = "prices.update",
+        tag = "ApiTags::Catalog"
+    )]
+    async fn update_price(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Price id (`price_…`).
+        id: Path<String>,
+        body: JsonBody<PricePatch>,
+    ) -> Result<Json<PriceOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = price_id(&id.0)?;
+        let b = body.0;
+        for (field, present) in [
+            ("currency", b.currency.is_some()),
+            ("recurring", b.recurring.is_some()),
+            ("pricing", b.pricing.is_some()),
+            ("usage", b.usage.is_some()),
+        ] {
+            if present {
+                return Err(immutable(field, "price"));
+            }
+        }
+        let nickname = b
+            .nickname
+            .as_deref()
+            .map(Name::parse)
+            .transpose()
+            .map_err(ApiError::invalid("nickname"))?;
+        let metadata = metadata(b.metadata.as_ref())?;
+        let now = state.clock.now();
+        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let before = db::products::get_price(&mut tx, ctx, id)
+            .await
+            .map_err(price_err)?;
+        let row = db::products::update_price(
+            &mut tx,
+            ctx,
+            id,
+            PriceChanges {
+                nickname: nickname.as_ref().map(Name::as_str),
+                active: b.active,
+                metadata: metadata.as_ref(),
+            },
+            now,
+        )
+        .await
+        .map_err(price_err)?;
+        let row = if row.sync_version != before.sync_version
+            && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+                .await
+                .map_err(ApiError::internal)?
+        {
+            catalog_sync::schedule(&mut tx, Synced::Price, ctx.scope(), id.as_uuid(), now)
+                .await
+                .map_err(ApiError::internal)?;
+            db::products::get_price(&mut tx, ctx, id)
+                .await
+                .map_err(price_err)?
+        } else {
+            row
+        };
+        let out = PriceOut::from(row);
+        record(&mut tx, &state, ctx, "price.updated", to_json(&out)).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(Json(out))
+    }
+}
+
+async fn change_product(
+    state: &AppState,
+    ctx: &TenantContext,
+    id: ProductId,
+    changes: ProductChanges<'_>,
+) -> Result<ProductOut, ApiError> {
+    let now = state.clock.now();
+    let mut tx = state.pool.begin().await.map_err(begin_err)?;
+    let before = db::products::get(&mut tx, ctx, id)
+        .await
+        .map_err(product_err)?;
+    let row = db::products::update(&mut tx, ctx, id, changes, now)
+        .await
+        .map_err(product_err)?;
+    let row = if row.sync_version != before.sync_version
+        && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+            .await
+            .map_err(ApiError::internal)?
+    {
+        catalog_sync::schedule(&mut tx, Synced::Product, ctx.scope(), id.as_uuid(), now)
+            .await
+            .map_err(ApiError::internal)?;
+        db::products::get(&mut tx, ctx, id)
+            .await
+            .map_err(product_err)?
+    } else {
+        row
+    };
+    let out = ProductOut::from(row);
+    record(&mut tx, state, ctx, "product.updated", to_json(&out)).await?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(out)
+}

@@ -1,0 +1,227 @@
+//! The Stripe sync state of catalog objects (plans, products, prices): `pending` while a
+//! `stripe_sync` job owes Stripe the latest version, `synced`, `failed` (retrying), or
+//! `not_synced` when the tenant has no Stripe for the mode.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::DbError;
+use crate::{
+    jobs::{self, NewJob, Queue},
+    tenancy::Scope,
+};
+
+/// A kind of catalog object Stripe mirrors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    Plan,
+    Product,
+    Price,
+}
+
+impl Synced {
+    fn table(self) -> &'static str {
+        match self {
+            Synced::Plan => "plans",
+            Synced::Product => "products",
+            Synced::Price => "prices",
+        }
+    }
+
+    /// The kind of the job that syncs it.
+    pub fn job_kind(self) -> &'static str {
+        match self {
+            Synced::Plan => "stripe.sync_plan",
+            Synced::Product => "stripe.sync_product",
+            Synced::Price => "stripe.sync_price",
+        }
+    }
+
+    pub fn from_job_kind(kind: &str) -> Option<Self> {
+        [Synced::Plan, Synced::Product, Synced::Price]
+            .into_iter()
+            .find(|s| s.job_kind() == kind)
+    }
+}
+
+/// The sync job of an object: one per object (its id), reset by every change.
+pub fn job(what: Synced, scope: Scope, id: Uuid, now: DateTime<Utc>) -> NewJob {
+    NewJob {
+        id,
+        queue: Queue::StripeSync,
+        kind: what.job_kind(),
+        tenant: Some((scope.tenant_id.as_uuid(), scope.livemode)),
+        payload: serde_json::json!({ "id": id }),
+        run_at: now,
+        max_attempts: Queue::StripeSync.retry_policy().max_attempts,
+    }
+}
+
+/// Owes Stripe the object's latest version: marks it pending and (re)queues its sync job.
+pub async fn schedule(
+    conn: &mut PgConnection,
+    what: Synced,
+    scope: Scope,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(sqlf!(
+        "UPDATE {} SET sync_status = 'pending', sync_error = NULL WHERE id = $1",
+        what.table()
+    ))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    jobs::enqueue_or_reset(conn, &[job(what, scope, id, now)], now).await
+}
+
+/// Queues the sync of every object of a tenant and mode that Stripe has not got (after the
+/// tenant connects an account). Returns how many.
+pub async fn schedule_all_unsynced(
+    conn: &mut PgConnection,
+    scope: Scope,
+    now: DateTime<Utc>,
+) -> Result<usize, DbError> {
+    let mut n = 0;
+    for what in [Synced::Plan, Synced::Product, Synced::Price] {
+        let ids: Vec<(Uuid,)> = sqlx::query_as(sqlf!(
+            "UPDATE {} SET sync_status = 'pending', sync_error = NULL \
+             WHERE tenant_id = $1 AND livemode = $2 AND sync_status IN ('not_synced', 'failed') \
+             AND synced_version < sync_version RETURNING id",
+            what.table()
+        ))
+        .bind(scope.tenant_id)
+        .bind(scope.livemode)
+        .fetch_all(&mut *conn)
+        .await?;
+        let jobs: Vec<NewJob> = ids.iter().map(|(id,)| job(what, scope, *id, now)).collect();
+        n += jobs.len();
+        jobs::enqueue_or_reset(conn, &jobs, now).await?;
+    }
+    Ok(n)
+}
+
+/// Nothing to sync with (no account, or Stripe not configured for the mode).
+pub async fn mark_not_synced(
+    pool: &PgPool,
+    what: Synced,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    sqlx::query(sqlf!(
+        "UPDATE {} SET sync_status = 'not_synced', sync_error = $2 WHERE id = $1",
+        what.table()
+    ))
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A failed attempt (the job retries): `failed` with the error, until a later success.
+pub async fn mark_failed(
+    pool: &PgPool,
+    what: Synced,
+    id: Uuid,
+    version: i32,
+    error: &str,
+) -> Result<(), DbError> {
+    sqlx::query(sqlf!(
+        "UPDATE {} SET sync_status = 'failed', sync_error = $3 \
+         WHERE id = $1 AND sync_version = $2",
+        what.table()
+    ))
+    .bind(id)
+    .bind(version)
+    .bind(jobs::truncate(error, 1000))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The Stripe id columns of a kind, each with the value to keep when given.
+fn stripe_ids<'a>(
+    what: Synced,
+    product: Option<&'a str>,
+    price: Option<&'a str>,
+) -> Vec<(&'static str, Option<&'a str>)> {
+    match what {
+        Synced::Plan => vec![("stripe_product_id", product), ("stripe_price_id", price)],
+        Synced::Product => vec![("stripe_product_id", product)],
+        Synced::Price => vec![("stripe_price_id", price)],
+    }
+}
+
+/// `col = COALESCE($n, col), …` for the id columns, numbered from `first`.
+fn set_ids(cols: &[(&'static str, Option<&str>)], first: usize) -> String {
+    cols.iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{c} = COALESCE(${}, {c}), ", first + i))
+        .collect()
+}
+
+/// Stripe has `version`: records the Stripe ids, and `synced` unless a newer version came in
+/// meanwhile (its own job then runs).
+pub async fn mark_synced(
+    pool: &PgPool,
+    what: Synced,
+    id: Uuid,
+    version: i32,
+    stripe_product_id: Option<&str>,
+    stripe_price_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let cols = stripe_ids(what, stripe_product_id, stripe_price_id);
+    let set = set_ids(&cols, 4);
+    let mut q = sqlx::query(sqlf!(
+        "UPDATE {} SET {set}synced_version = GREATEST(synced_version, $2), synced_at = $3, \
+         sync_status = CASE WHEN sync_version <= $2 THEN 'synced' ELSE 'pending' END, \
+         sync_error = CASE WHEN sync_version <= $2 THEN NULL ELSE sync_error END \
+         WHERE id = $1",
+        what.table()
+    ))
+    .bind(id)
+    .bind(version)
+    .bind(now);
+    for (_, v) in &cols {
+        q = q.bind(*v);
+    }
+    q.execute(pool).await?;
+    Ok(())
+}
+
+/// Records a Stripe id as soon as it exists (before the rest of the sync finishes), so a crash
+/// between creating it and recording the outcome cannot lead to a second object.
+pub async fn record_stripe_ids(
+    pool: &PgPool,
+    what: Synced,
+    id: Uuid,
+    stripe_product_id: Option<&str>,
+    stripe_price_id: Option<&str>,
+) -> Result<(), DbError> {
+    let cols = stripe_ids(what, stripe_product_id, stripe_price_id);
+    let set = set_ids(&cols, 2);
+    let set = set.trim_end_matches(", ");
+    let mut q = sqlx::query(sqlf!("UPDATE {} SET {set} WHERE id = $1", what.table())).bind(id);
+    for (_, v) in &cols {
+        q = q.bind(*v);
+    }
+    q.execute(pool).await?;
+    Ok(())
+}
+
+/// Whether catalog changes of a tenant and mode go to Stripe: Stripe is configured for the mode
+/// and the tenant has connected an account in it.
+pub async fn has_target(
+    conn: &mut PgConnection,
+    settings: &crate::config::StripeSettings,
+    scope: Scope,
+) -> Result<bool, DbError> {
+    if settings.key(scope.livemode).is_none() {
+        return Ok(false);
+    }
+    let account = super::stripe_accounts::get(conn, scope).await?;
+    Ok(account.is_some_and(|a| a.usable_id().is_some()))
+}

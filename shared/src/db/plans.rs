@@ -1,0 +1,221 @@
+//! Plans (the seed's `TenantPlan`): a product with one recurring flat price. Price, currency
+//! and interval never change; everything Stripe must hear about bumps `sync_version`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
+
+use super::{
+    DbError,
+    pagination::{Page, PageRequest},
+};
+use crate::{
+    ids::{PlanId, TenantId},
+    tenancy::TenantContext,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PlanRow {
+    pub id: PlanId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub name: String,
+    pub description: String,
+    pub amount: i64,
+    pub currency: String,
+    pub interval: String,
+    pub interval_count: i32,
+    pub trial_days: i32,
+    pub features: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub is_active: bool,
+    pub is_visible: bool,
+    pub duplicated_from: Option<PlanId>,
+    pub stripe_product_id: Option<String>,
+    pub stripe_price_id: Option<String>,
+    pub sync_status: String,
+    pub sync_error: Option<String>,
+    pub sync_version: i32,
+    pub synced_version: i32,
+    pub synced_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub(crate) const COLUMNS: &str = "id, tenant_id, livemode, name, description, amount, currency, \
+    interval, interval_count, trial_days, features, metadata, is_active, is_visible, \
+    duplicated_from, stripe_product_id, stripe_price_id, sync_status, sync_error, sync_version, \
+    synced_version, synced_at, created_at, updated_at";
+
+/// A plan to create.
+#[derive(Debug)]
+pub struct NewPlan<'a> {
+    pub id: PlanId,
+    pub name: &'a str,
+    pub description: &'a str,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub interval: &'a str,
+    pub interval_count: i32,
+    pub trial_days: i32,
+    pub features: &'a serde_json::Value,
+    pub metadata: &'a serde_json::Value,
+    pub is_visible: bool,
+    pub duplicated_from: Option<PlanId>,
+    /// `pending` when Stripe will be told, `not_synced` when there is no Stripe to tell.
+    pub sync_status: &'a str,
+}
+
+pub async fn create(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    p: NewPlan<'_>,
+    now: DateTime<Utc>,
+) -> Result<PlanRow, DbError> {
+    sqlx::query_as::<_, PlanRow>(sqlf!(
+        "INSERT INTO plans (id, tenant_id, livemode, name, description, amount, currency, \
+         interval, interval_count, trial_days, features, metadata, is_visible, duplicated_from, \
+         sync_status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(p.id)
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(p.name)
+    .bind(p.description)
+    .bind(p.amount)
+    .bind(p.currency)
+    .bind(p.interval)
+    .bind(p.interval_count)
+    .bind(p.trial_days)
+    .bind(p.features)
+    .bind(p.metadata)
+    .bind(p.is_visible)
+    .bind(p.duplicated_from)
+    .bind(p.sync_status)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// List filters from the seed: active or not, billing interval, name search.
+#[derive(Debug, Default)]
+pub struct PlanFilter<'a> {
+    pub is_active: Option<bool>,
+    pub interval: Option<&'a str>,
+    pub search: Option<&'a str>,
+}
+
+/// Plans of the caller's mode, newest first.
+pub async fn list(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    filter: PlanFilter<'_>,
+    page: PageRequest,
+) -> Result<Page<PlanRow>, DbError> {
+    let (cond, order) = page.sql(6);
+    let search = filter.search.map(|s| {
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let rows = sqlx::query_as::<_, PlanRow>(sqlf!(
+        "SELECT {COLUMNS} FROM plans WHERE tenant_id = $1 AND livemode = $2 \
+         AND ($3::bool IS NULL OR is_active = $3) AND ($4::text IS NULL OR interval = $4) \
+         AND ($5::text IS NULL OR name ILIKE $5) AND {cond} ORDER BY {order} LIMIT $7"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(filter.is_active)
+    .bind(filter.interval)
+    .bind(search)
+    .bind(page.cursor_uuid())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: PlanId,
+) -> Result<PlanRow, DbError> {
+    sqlx::query_as::<_, PlanRow>(sqlf!(
+        "SELECT {COLUMNS} FROM plans WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Changes to a plan; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct PlanChanges<'a> {
+    pub name: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub features: Option<&'a serde_json::Value>,
+    pub metadata: Option<&'a serde_json::Value>,
+    pub is_visible: Option<bool>,
+    pub is_active: Option<bool>,
+    pub trial_days: Option<i32>,
+}
+
+/// Applies changes; when any field Stripe shows changes, `sync_version` goes up and the plan is
+/// pending sync again (unless it has no Stripe to sync with).
+pub async fn update(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: PlanId,
+    c: PlanChanges<'_>,
+    now: DateTime<Utc>,
+) -> Result<PlanRow, DbError> {
+    sqlx::query_as::<_, PlanRow>(sqlf!(
+        "UPDATE plans SET name = COALESCE($4, name), description = COALESCE($5, description), \
+         features = COALESCE($6, features), metadata = COALESCE($7, metadata), \
+         is_visible = COALESCE($8, is_visible), is_active = COALESCE($9, is_active), \
+         trial_days = COALESCE($10, trial_days), \
+         sync_version = sync_version + CASE WHEN \
+             ($4::text IS NOT NULL AND $4 <> name) OR ($5::text IS NOT NULL AND $5 <> description) \
+             OR ($7::jsonb IS NOT NULL AND $7 <> metadata) \
+             OR ($9::bool IS NOT NULL AND $9 <> is_active) THEN 1 ELSE 0 END, \
+         updated_at = $11 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 RETURNING {COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .bind(c.name)
+    .bind(c.description)
+    .bind(c.features)
+    .bind(c.metadata)
+    .bind(c.is_visible)
+    .bind(c.is_active)
+    .bind(c.trial_days)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+impl PlanRow {
+    /// Whether Stripe has yet to hear about the current version.
+    pub fn needs_sync(&self) -> bool {
+        self.sync_version != self.synced_version
+    }
+}
+
+/// Worker-side read by id (the sync job names the plan; its tenant is on the row).
+pub async fn by_id(pool: &PgPool, id: uuid::Uuid) -> Result<PlanRow, DbError> {
+    sqlx::query_as::<_, PlanRow>(sqlf!("SELECT {COLUMNS} FROM plans WHERE id = $1"))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}

@@ -1,0 +1,414 @@
+//! The Stripe adapter: every call to Stripe goes through async-stripe, here.
+//!
+//! Requests are built with async-stripe's typed request builders and sent with its client; the
+//! answers are read into small structs holding only what the platform uses, so a Stripe
+//! account on an older or newer API version (or a Stripe-compatible server) answers fine.
+//! Calls on a tenant's behalf carry its connected account (`Stripe-Account`), and every call
+//! that creates or changes something carries an idempotency key derived from what it is for.
+
+pub mod webhook;
+
+use std::collections::HashMap;
+
+use stripe::{Client, ClientBuilder, StripeError};
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_client_core::RequestBuilder;
+use stripe_connect::{
+    account::{CreateAccount, CreateAccountType, RetrieveAccount},
+    account_link::{CreateAccountLink, CreateAccountLinkType},
+};
+use stripe_product::{
+    price::{
+        CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceTiers,
+        CreatePriceTiersUpTo, CreatePriceTransformQuantity, CreatePriceTransformQuantityRound,
+        UpdatePrice,
+    },
+    product::{CreateProduct, UpdateProduct},
+};
+use stripe_shared::{AccountId, PriceBillingScheme, PriceTiersMode};
+
+use crate::config::StripeSettings;
+
+/// Why a Stripe call failed, as far as what to do next is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// Stripe is not configured for this mode.
+    #[error("Stripe is not configured for this mode")]
+    NotConfigured,
+    /// Stripe asked us to slow down (429): back-pressure, try again shortly.
+    #[error("rate limited by Stripe")]
+    RateLimited,
+    /// Network trouble, a timeout or a 5xx: try again later.
+    #[error("{0}")]
+    Transient(String),
+    /// Stripe refused the request as it stands (4xx): retrying it unchanged will not help.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+fn classify(e: StripeError) -> Failure {
+    match e {
+        StripeError::Stripe(err, 429) => {
+            let _ = err;
+            Failure::RateLimited
+        }
+        StripeError::Stripe(err, status) if status >= 500 || status == 409 => {
+            Failure::Transient(format!(
+                "Stripe answered {status}: {}",
+                err.message.unwrap_or_default()
+            ))
+        }
+        StripeError::Stripe(err, status) => Failure::Rejected(format!(
+            "Stripe answered {status}: {}",
+            err.message.unwrap_or_else(|| "request refused".into())
+        )),
+        StripeError::Timeout => Failure::Transient("Stripe did not answer in time".into()),
+        StripeError::ClientError(m) => Failure::Transient(format!("cannot reach Stripe: {m}")),
+        // An error body that is not Stripe's (a proxy's, say) or an unreadable answer.
+        StripeError::JSONDeserialize(m) => Failure::Transient(format!("unreadable answer: {m}")),
+        StripeError::ConfigError(m) => Failure::Rejected(format!("Stripe client: {m}")),
+    }
+}
+
+/// An object Stripe created or returned: its id.
+#[derive(Debug, miniserde::Deserialize)]
+struct Created {
+    id: String,
+}
+
+/// What the platform reads of a connected account.
+#[derive(Debug, Clone, miniserde::Deserialize)]
+struct AccountBody {
+    id: String,
+    charges_enabled: Option<bool>,
+    payouts_enabled: Option<bool>,
+    details_submitted: Option<bool>,
+}
+
+#[derive(Debug, miniserde::Deserialize)]
+struct LinkBody {
+    url: String,
+    expires_at: i64,
+}
+
+/// A connected account as Stripe describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub charges_enabled: bool,
+    pub payouts_enabled: bool,
+    pub details_submitted: bool,
+}
+
+/// An onboarding link.
+#[derive(Debug, Clone)]
+pub struct OnboardingLink {
+    pub url: String,
+    pub expires_at: i64,
+}
+
+/// How a price charges, in Stripe's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    /// One amount per unit (a flat price is one unit).
+    PerUnit(i64),
+    /// Tiers (`up_to` None for the last), graduated or volume.
+    Tiered {
+        graduated: bool,
+        tiers: Vec<(Option<u64>, i64, i64)>,
+    },
+    /// `amount` per package of `size` units, rounded up.
+    Package { amount: i64, size: u64 },
+}
+
+/// A Stripe Price to create.
+#[derive(Debug, Clone)]
+pub struct PriceSpec<'a> {
+    pub product: &'a str,
+    pub currency: &'a str,
+    pub nickname: &'a str,
+    /// Stripe's interval (`day`, `week`, `month`, `year`) and count; None for one-time.
+    pub recurring: Option<(&'static str, u32)>,
+    pub scheme: Scheme,
+    pub metadata: HashMap<String, String>,
+}
+
+/// A Stripe Product to create or update.
+#[derive(Debug, Clone)]
+pub struct ProductSpec<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub active: bool,
+    pub metadata: HashMap<String, String>,
+}
+
+/// The platform's Stripe clients, one per configured mode.
+#[derive(Clone)]
+pub struct Stripe {
+    test: Option<Client>,
+    live: Option<Client>,
+}
+
+impl std::fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stripe")
+            .field("test", &self.test.is_some())
+            .field("live", &self.live.is_some())
+            .finish()
+    }
+}
+
+fn key(raw: &str) -> Result<RequestStrategy, Failure> {
+    IdempotencyKey::new(raw)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| Failure::Rejected(format!("idempotency key: {e:?}")))
+}
+
+impl Stripe {
+    pub fn new(settings: &StripeSettings) -> Result<Self, String> {
+        let build = |secret: &str| {
+            ClientBuilder::new(secret)
+                .url(settings.api_base.clone())
+                .timeout(settings.timeout)
+                .app_info(
+                    "billing-platform",
+                    Some(env!("CARGO_PKG_VERSION").into()),
+                    None,
+                )
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        Ok(Self {
+            test: settings
+                .secret_key_test
+                .as_ref()
+                .map(|k| build(k.expose()))
+                .transpose()?,
+            live: settings
+                .secret_key_live
+                .as_ref()
+                .map(|k| build(k.expose()))
+                .transpose()?,
+        })
+    }
+
+    pub fn configured(&self, livemode: bool) -> bool {
+        self.client(livemode).is_ok()
+    }
+
+    fn client(&self, livemode: bool) -> Result<&Client, Failure> {
+        if livemode {
+            self.live.as_ref()
+        } else {
+            self.test.as_ref()
+        }
+        .ok_or(Failure::NotConfigured)
+    }
+
+    /// Sends a request on a connected account with an idempotency key.
+    async fn send<T: miniserde::Deserialize>(
+        &self,
+        livemode: bool,
+        account: Option<&str>,
+        idempotency_key: Option<&str>,
+        req: RequestBuilder,
+    ) -> Result<T, Failure> {
+        let client = self.client(livemode)?;
+        let mut req = req.customize::<T>();
+        if let Some(k) = idempotency_key {
+            req = req.request_strategy(key(k)?);
+        }
+        if let Some(a) = account {
+            req = req.account_id(AccountId::from(a));
+        }
+        req.send(client).await.map_err(classify)
+    }
+
+    pub async fn create_product(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        p: &ProductSpec<'_>,
+    ) -> Result<String, Failure> {
+        let mut req = CreateProduct::new(p.name)
+            .active(p.active)
+            .metadata(p.metadata.clone());
+        if !p.description.is_empty() {
+            req = req.description(p.description);
+        }
+        let created: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req.build())
+            .await?;
+        Ok(created.id)
+    }
+
+    pub async fn update_product(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        id: &str,
+        p: &ProductSpec<'_>,
+    ) -> Result<(), Failure> {
+        let mut req = UpdateProduct::new(id)
+            .name(p.name)
+            .active(p.active)
+            .metadata(p.metadata.clone());
+        if !p.description.is_empty() {
+            req = req.description(p.description);
+        }
+        let _: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req.build())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_price(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        p: &PriceSpec<'_>,
+    ) -> Result<String, Failure> {
+        let currency: stripe_types::Currency = p
+            .currency
+            .parse()
+            .map_err(|_| Failure::Rejected(format!("currency {}", p.currency)))?;
+        let mut req = CreatePrice::new(currency)
+            .product(p.product)
+            .metadata(p.metadata.clone());
+        if !p.nickname.is_empty() {
+            req = req.nickname(p.nickname);
+        }
+        if let Some((interval, count)) = p.recurring {
+            let interval = match interval {
+                "day" => CreatePriceRecurringInterval::Day,
+                "week" => CreatePriceRecurringInterval::Week,
+                "month" => CreatePriceRecurringInterval::Month,
+                _ => CreatePriceRecurringInterval::Year,
+            };
+            let mut recurring = CreatePriceRecurring::new(interval);
+            recurring.interval_count = Some(u64::from(count));
+            req = req.recurring(recurring);
+        }
+        req = match &p.scheme {
+            Scheme::PerUnit(amount) => req
+                .billing_scheme(PriceBillingScheme::PerUnit)
+                .unit_amount(*amount),
+            Scheme::Package { amount, size } => req
+                .billing_scheme(PriceBillingScheme::PerUnit)
+                .unit_amount(*amount)
+                .transform_quantity(CreatePriceTransformQuantity {
+                    divide_by: i64::try_from(*size).unwrap_or(i64::MAX),
+                    round: CreatePriceTransformQuantityRound::Up,
+                }),
+            Scheme::Tiered { graduated, tiers } => req
+                .billing_scheme(PriceBillingScheme::Tiered)
+                .tiers_mode(if *graduated {
+                    PriceTiersMode::Graduated
+                } else {
+                    PriceTiersMode::Volume
+                })
+                .tiers(
+                    tiers
+                        .iter()
+                        .map(|(up_to, unit, flat)| {
+                            let mut t = CreatePriceTiers::new(match up_to {
+                                Some(n) => {
+                                    CreatePriceTiersUpTo::I64(i64::try_from(*n).unwrap_or(i64::MAX))
+                                }
+                                None => CreatePriceTiersUpTo::Inf,
+                            });
+                            t.unit_amount = Some(*unit);
+                            if *flat > 0 {
+                                t.flat_amount = Some(*flat);
+                            }
+                            t
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+        };
+        let created: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req.build())
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Prices cannot change in Stripe: only their `active` flag.
+    pub async fn set_price_active(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        id: &str,
+        active: bool,
+    ) -> Result<(), Failure> {
+        let req = UpdatePrice::new(id).active(active);
+        let _: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req.build())
+            .await?;
+        Ok(())
+    }
+
+    /// Creates an Express account for a tenant (the platform's own request: no
+    /// `Stripe-Account`).
+    pub async fn create_account(
+        &self,
+        livemode: bool,
+        idempotency_key: &str,
+        email: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<String, Failure> {
+        let req = CreateAccount::new()
+            .type_(CreateAccountType::Express)
+            .email(email)
+            .metadata(metadata);
+        let created: Created = self
+            .send(livemode, None, Some(idempotency_key), req.build())
+            .await?;
+        Ok(created.id)
+    }
+
+    /// An onboarding link for an account.
+    pub async fn onboarding_link(
+        &self,
+        livemode: bool,
+        account: &str,
+        refresh_url: &str,
+        return_url: &str,
+    ) -> Result<OnboardingLink, Failure> {
+        let req = CreateAccountLink::new(account, CreateAccountLinkType::AccountOnboarding)
+            .refresh_url(refresh_url)
+            .return_url(return_url);
+        let link: LinkBody = self.send(livemode, None, None, req.build()).await?;
+        Ok(OnboardingLink {
+            url: link.url,
+            expires_at: link.expires_at,
+        })
+    }
+
+    /// Reads an account's current state.
+    pub async fn account(&self, livemode: bool, account: &str) -> Result<Account, Failure> {
+        let req = RetrieveAccount::new(account).build();
+        let a: AccountBody = self.send(livemode, None, None, req).await?;
+        Ok(Account {
+            id: a.id,
+            charges_enabled: a.charges_enabled.unwrap_or(false),
+            payouts_enabled: a.payouts_enabled.unwrap_or(false),
+            details_submitted: a.details_submitted.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert!(key("plan_1:create").is_ok());
+        assert!(key("").is_err());
+        assert!(key(&"x".repeat(300)).is_err());
+    }
+}

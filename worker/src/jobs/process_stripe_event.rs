@@ -1,0 +1,125 @@
+//! Processes an event received from Stripe (stored once per event id by the API).
+//!
+//! `account.updated` refreshes the connected account unless a newer description was applied
+//! already (Stripe does not promise order). Events about subscriptions, invoices, payment
+//! intents and payment methods concern objects this platform does not keep yet: they are
+//! recorded as ignored, with the reason.
+
+use shared::{
+    db::{
+        DbError, catalog_sync,
+        events::NewEvent,
+        stripe_accounts::{self, AccountState},
+        stripe_events,
+    },
+    jobs::{Claimed, Finished, Outcome, Queue},
+    tenancy::Scope,
+};
+
+use crate::Runtime;
+
+/// Types the platform knows and may act on once it keeps their objects.
+const KNOWN_PREFIXES: [&str; 5] = [
+    "customer.subscription.",
+    "invoice.payment_",
+    "payment_intent.",
+    "payment_method.attached",
+    "payment_method.detached",
+];
+
+pub async fn run(rt: &Runtime, job: &Claimed) -> Finished {
+    let outcome = match process(rt, job).await {
+        Ok(()) => Outcome::Succeeded,
+        Err(e) => Outcome::after_failure(
+            crate::retry_policy(&rt.settings, Queue::StripeSync),
+            job.attempts,
+            job.max_attempts,
+            rt.clock.now(),
+            e.to_string(),
+        ),
+    };
+    Finished {
+        id: job.id,
+        token: job.token,
+        outcome,
+    }
+}
+
+async fn process(rt: &Runtime, job: &Claimed) -> Result<(), DbError> {
+    let Some(event_id) = job.payload["event_id"].as_str() else {
+        return Ok(());
+    };
+    let event = match stripe_events::get(&rt.pool, event_id).await {
+        Ok(e) => e,
+        Err(DbError::NotFound) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if event.processed_at.is_some() {
+        return Ok(());
+    }
+    let outcome = match event.event_type.as_str() {
+        "account.updated" => account_updated(rt, &event).await?,
+        t if KNOWN_PREFIXES.iter().any(|p| t.starts_with(p)) => {
+            "ignored: the platform does not keep this object yet".to_owned()
+        }
+        _ => "ignored: not an event type the platform acts on".to_owned(),
+    };
+    stripe_events::mark_processed(&rt.pool, &event.id, &outcome, rt.clock.now()).await
+}
+
+async fn account_updated(
+    rt: &Runtime,
+    event: &stripe_events::StripeEventRow,
+) -> Result<String, DbError> {
+    let object = &event.payload["data"]["object"];
+    let Some(account_id) = object["id"].as_str().or(event.account.as_deref()) else {
+        return Ok("ignored: no account id".into());
+    };
+    let Some(row) = stripe_accounts::by_account(&rt.pool, account_id, event.livemode).await? else {
+        return Ok("ignored: not a connected account of any tenant".into());
+    };
+    let scope = Scope {
+        tenant_id: row.tenant_id,
+        livemode: row.livemode,
+    };
+    let details_submitted = object["details_submitted"].as_bool().unwrap_or(false);
+    let state = AccountState {
+        charges_enabled: object["charges_enabled"].as_bool().unwrap_or(false),
+        payouts_enabled: object["payouts_enabled"].as_bool().unwrap_or(false),
+        details_submitted,
+        requirements: object["requirements"].clone(),
+        seen_at: event.created,
+    };
+    let now = rt.clock.now();
+    let was_connected = row.status == "connected";
+    let mut tx = rt.pool.begin().await?;
+    let Some(applied) =
+        stripe_accounts::apply_state(&mut tx, scope, account_id, &state, details_submitted, now)
+            .await?
+    else {
+        tx.rollback().await?;
+        return Ok("stale: a newer state of the account was applied already".into());
+    };
+    stripe_accounts::mirror_to_tenant(&mut tx, &applied).await?;
+    if applied.status == "connected" && !was_connected {
+        catalog_sync::schedule_all_unsynced(&mut tx, scope, now).await?;
+    }
+    let object = serde_json::json!({
+        "object": "stripe_account",
+        "account_id": applied.account_id,
+        "status": applied.status,
+        "charges_enabled": applied.charges_enabled,
+        "payouts_enabled": applied.payouts_enabled,
+        "details_submitted": applied.details_submitted,
+        "livemode": applied.livemode,
+    });
+    shared::db::events::record(
+        &mut tx,
+        scope,
+        NewEvent::new("stripe_account.updated", object),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok("applied".into())
+}

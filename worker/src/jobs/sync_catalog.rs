@@ -1,0 +1,455 @@
+//! Keeps Stripe in step with a plan, product or price of the catalog, on the tenant's
+//! connected account.
+//!
+//! Every Stripe call carries an idempotency key derived from the object and what the call is
+//! for, and a Stripe id is recorded the moment it exists, so a run that is repeated — after a
+//! crash, a lost lease or a failing Stripe — never creates a second object. Stripe's prices are
+//! immutable: a price is created once and afterwards only (de)activated.
+
+use shared::{
+    db::{
+        DbError,
+        catalog_sync::{self, Synced},
+        plans, products, stripe_accounts,
+    },
+    domain::{
+        catalog::Metadata,
+        interval::{Interval, IntervalUnit},
+        pricing::{PriceModel, PriceModelIn},
+    },
+    jobs::{Claimed, Finished, Outcome},
+    stripe::{Failure, PriceSpec, ProductSpec, Scheme},
+    tenancy::Scope,
+};
+use uuid::Uuid;
+
+use crate::{Runtime, jobs::stripe_rate};
+
+/// Why a sync did not (fully) happen.
+#[derive(Debug)]
+enum Stop {
+    /// There is no Stripe to sync with; nothing to retry.
+    NotSynced(&'static str),
+    /// The object is gone.
+    Gone,
+    /// The platform's own rate limit for the account, or Stripe's 429: come back shortly.
+    Later,
+    Stripe(Failure),
+    Db(DbError),
+}
+
+impl From<DbError> for Stop {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound => Stop::Gone,
+            other => Stop::Db(other),
+        }
+    }
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::RateLimited => Stop::Later,
+            Failure::NotConfigured => Stop::NotSynced("Stripe is not configured for this mode"),
+            other => Stop::Stripe(other),
+        }
+    }
+}
+
+/// The account to act on, or why there is none.
+async fn account(rt: &Runtime, scope: Scope) -> Result<String, Stop> {
+    if !rt.stripe.configured(scope.livemode) {
+        return Err(Stop::NotSynced("Stripe is not configured for this mode"));
+    }
+    let mut conn = rt.pool.acquire().await.map_err(DbError::from)?;
+    let row = stripe_accounts::get(&mut conn, scope).await?;
+    row.as_ref()
+        .and_then(|r| r.usable_id())
+        .map(str::to_owned)
+        .ok_or(Stop::NotSynced(
+            "no Stripe account is connected in this mode",
+        ))
+}
+
+/// Waits for the account's rate limit (briefly), then makes the call.
+async fn call<T, F>(rt: &Runtime, scope: Scope, account: &str, f: F) -> Result<T, Stop>
+where
+    F: std::future::Future<Output = Result<T, Failure>>,
+{
+    if !stripe_rate::acquire(rt, scope.livemode, account).await {
+        return Err(Stop::Later);
+    }
+    f.await.map_err(Stop::from)
+}
+
+fn metadata(
+    object: &str,
+    id: &str,
+    scope: Scope,
+    own: &serde_json::Value,
+) -> std::collections::HashMap<String, String> {
+    let mut m = Metadata::from_json(own);
+    m.insert(format!("platform_{object}_id"), id.to_owned());
+    m.insert("platform_tenant_id".into(), scope.tenant_id.to_string());
+    m
+}
+
+/// Runs one sync job and decides what follows.
+pub async fn run(rt: &Runtime, job: &Claimed, what: Synced) -> Finished {
+    let id = job.id;
+    let result = match what {
+        Synced::Plan => sync_plan(rt, id).await,
+        Synced::Product => sync_product(rt, id).await.map(|_| ()),
+        Synced::Price => sync_price(rt, id).await,
+    };
+    let now = rt.clock.now();
+    let outcome = match result {
+        Ok(()) => Outcome::Succeeded,
+        Err(Stop::Gone) => Outcome::Succeeded,
+        Err(Stop::NotSynced(reason)) => {
+            match catalog_sync::mark_not_synced(&rt.pool, what, id, reason).await {
+                Ok(()) => Outcome::Succeeded,
+                Err(e) => retry(rt, job, e.to_string()),
+            }
+        }
+        Err(Stop::Later) => Outcome::Defer {
+            at: now + chrono::Duration::milliseconds(500 + i64::from(rand_ms())),
+        },
+        Err(Stop::Stripe(failure)) => {
+            let error = failure.to_string();
+            let version = current_version(rt, what, id).await;
+            let _ = catalog_sync::mark_failed(&rt.pool, what, id, version, &error).await;
+            match failure {
+                // Retrying a refused request unchanged cannot help: an operator (or a change
+                // to the object, which queues a new run) must.
+                Failure::Rejected(_) => Outcome::Dead { error },
+                _ => retry(rt, job, error),
+            }
+        }
+        Err(Stop::Db(e)) => retry(rt, job, e.to_string()),
+    };
+    Finished {
+        id: job.id,
+        token: job.token,
+        outcome,
+    }
+}
+
+fn rand_ms() -> u16 {
+    rand::random::<u16>() % 500
+}
+
+fn retry(rt: &Runtime, job: &Claimed, error: String) -> Outcome {
+    Outcome::after_failure(
+        crate::retry_policy(&rt.settings, shared::jobs::Queue::StripeSync),
+        job.attempts,
+        job.max_attempts,
+        rt.clock.now(),
+        error,
+    )
+}
+
+async fn current_version(rt: &Runtime, what: Synced, id: Uuid) -> i32 {
+    match what {
+        Synced::Plan => plans::by_id(&rt.pool, id).await.map(|p| p.sync_version),
+        Synced::Product => products::product_by_id(&rt.pool, id)
+            .await
+            .map(|p| p.sync_version),
+        Synced::Price => products::price_by_id(&rt.pool, id)
+            .await
+            .map(|p| p.sync_version),
+    }
+    .unwrap_or(0)
+}
+
+async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
+    let plan = plans::by_id(&rt.pool, id).await?;
+    let scope = Scope {
+        tenant_id: plan.tenant_id,
+        livemode: plan.livemode,
+    };
+    let account = account(rt, scope).await?;
+    let version = plan.sync_version;
+    let plan_id = plan.id.to_string();
+    let spec = ProductSpec {
+        name: &plan.name,
+        description: &plan.description,
+        active: plan.is_active,
+        metadata: metadata("plan", &plan_id, scope, &plan.metadata),
+    };
+    let stripe = &rt.stripe;
+    let lm = plan.livemode;
+    let product = match &plan.stripe_product_id {
+        None => {
+            let key = format!("{plan_id}-product");
+            let created = call(
+                rt,
+                scope,
+                &account,
+                stripe.create_product(lm, &account, &key, &spec),
+            )
+            .await?;
+            catalog_sync::record_stripe_ids(&rt.pool, Synced::Plan, id, Some(&created), None)
+                .await?;
+            created
+        }
+        Some(existing) => {
+            if plan.synced_version < version {
+                let key = format!("{plan_id}-product-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    stripe.update_product(lm, &account, &key, existing, &spec),
+                )
+                .await?;
+            }
+            existing.clone()
+        }
+    };
+    let price = match &plan.stripe_price_id {
+        None => {
+            let interval = IntervalUnit::parse(&plan.interval)
+                .and_then(|u| Interval::new(u, u32::try_from(plan.interval_count).unwrap_or(1)))
+                .map_err(|e| Stop::Stripe(Failure::Rejected(e.0)))?;
+            let price_spec = PriceSpec {
+                product: &product,
+                currency: &plan.currency,
+                nickname: &plan.name,
+                recurring: Some(interval.to_stripe()),
+                scheme: Scheme::PerUnit(plan.amount),
+                metadata: metadata("plan", &plan_id, scope, &serde_json::json!({})),
+            };
+            let key = format!("{plan_id}-price");
+            let created = call(
+                rt,
+                scope,
+                &account,
+                stripe.create_price(lm, &account, &key, &price_spec),
+            )
+            .await?;
+            catalog_sync::record_stripe_ids(&rt.pool, Synced::Plan, id, None, Some(&created))
+                .await?;
+            if !plan.is_active {
+                let key = format!("{plan_id}-price-active-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    stripe.set_price_active(lm, &account, &key, &created, false),
+                )
+                .await?;
+            }
+            created
+        }
+        Some(existing) => {
+            if plan.synced_version < version {
+                let key = format!("{plan_id}-price-active-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    stripe.set_price_active(lm, &account, &key, existing, plan.is_active),
+                )
+                .await?;
+            }
+            existing.clone()
+        }
+    };
+    catalog_sync::mark_synced(
+        &rt.pool,
+        Synced::Plan,
+        id,
+        version,
+        Some(&product),
+        Some(&price),
+        rt.clock.now(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Syncs a product; returns its Stripe id.
+async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
+    let p = products::product_by_id(&rt.pool, id).await?;
+    let scope = Scope {
+        tenant_id: p.tenant_id,
+        livemode: p.livemode,
+    };
+    let account = account(rt, scope).await?;
+    let version = p.sync_version;
+    let product_id = p.id.to_string();
+    let spec = ProductSpec {
+        name: &p.name,
+        description: &p.description,
+        active: p.active,
+        metadata: metadata("product", &product_id, scope, &p.metadata),
+    };
+    let lm = p.livemode;
+    let stripe_id = match &p.stripe_product_id {
+        None => {
+            let key = format!("{product_id}-product");
+            let created = call(
+                rt,
+                scope,
+                &account,
+                rt.stripe.create_product(lm, &account, &key, &spec),
+            )
+            .await?;
+            catalog_sync::record_stripe_ids(&rt.pool, Synced::Product, id, Some(&created), None)
+                .await?;
+            created
+        }
+        Some(existing) => {
+            if p.synced_version < version {
+                let key = format!("{product_id}-product-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    rt.stripe
+                        .update_product(lm, &account, &key, existing, &spec),
+                )
+                .await?;
+            }
+            existing.clone()
+        }
+    };
+    catalog_sync::mark_synced(
+        &rt.pool,
+        Synced::Product,
+        id,
+        version,
+        Some(&stripe_id),
+        None,
+        rt.clock.now(),
+    )
+    .await?;
+    Ok(stripe_id)
+}
+
+/// Stripe's terms for a price model.
+fn scheme(model: &PriceModel) -> Scheme {
+    let tiers = |t: &[shared::domain::pricing::Tier]| {
+        t.iter()
+            .map(|t| (t.up_to, t.unit_amount, t.flat_amount))
+            .collect()
+    };
+    match model.terms() {
+        // A flat price is one unit of its amount.
+        PriceModelIn::Flat { amount } => Scheme::PerUnit(*amount),
+        PriceModelIn::PerUnit { unit_amount } => Scheme::PerUnit(*unit_amount),
+        PriceModelIn::Graduated { tiers: t } => Scheme::Tiered {
+            graduated: true,
+            tiers: tiers(t),
+        },
+        PriceModelIn::Volume { tiers: t } => Scheme::Tiered {
+            graduated: false,
+            tiers: tiers(t),
+        },
+        PriceModelIn::Package {
+            amount,
+            package_size,
+        } => Scheme::Package {
+            amount: *amount,
+            size: *package_size,
+        },
+    }
+}
+
+async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
+    let p = products::price_by_id(&rt.pool, id).await?;
+    if p.usage.is_some() {
+        return Err(Stop::NotSynced(
+            "metered prices are billed by the platform's usage billing, not by Stripe",
+        ));
+    }
+    let scope = Scope {
+        tenant_id: p.tenant_id,
+        livemode: p.livemode,
+    };
+    let account = account(rt, scope).await?;
+    let version = p.sync_version;
+    let price_id = p.id.to_string();
+    let lm = p.livemode;
+    let stripe_id = match &p.stripe_price_id {
+        None => {
+            // The product first (once), then the price on it.
+            let product = match products::product_by_id(&rt.pool, p.product_id.as_uuid()).await? {
+                q if q.stripe_product_id.is_some() && q.synced_version >= q.sync_version => {
+                    q.stripe_product_id.unwrap_or_default()
+                }
+                _ => sync_product(rt, p.product_id.as_uuid()).await?,
+            };
+            let model: PriceModel = serde_json::from_value(p.model.clone())
+                .map_err(|e| Stop::Stripe(Failure::Rejected(format!("stored price model: {e}"))))?;
+            let recurring = match (p.interval.as_deref(), p.interval_count) {
+                (Some(unit), count) => Some(
+                    IntervalUnit::parse(unit)
+                        .and_then(|u| {
+                            Interval::new(u, u32::try_from(count.unwrap_or(1)).unwrap_or(1))
+                        })
+                        .map_err(|e| Stop::Stripe(Failure::Rejected(e.0)))?
+                        .to_stripe(),
+                ),
+                (None, _) => None,
+            };
+            let spec = PriceSpec {
+                product: &product,
+                currency: &p.currency,
+                nickname: &p.nickname,
+                recurring,
+                scheme: scheme(&model),
+                metadata: metadata("price", &price_id, scope, &p.metadata),
+            };
+            let key = format!("{price_id}-price");
+            let created = call(
+                rt,
+                scope,
+                &account,
+                rt.stripe.create_price(lm, &account, &key, &spec),
+            )
+            .await?;
+            catalog_sync::record_stripe_ids(&rt.pool, Synced::Price, id, None, Some(&created))
+                .await?;
+            if !p.active {
+                let key = format!("{price_id}-active-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    rt.stripe
+                        .set_price_active(lm, &account, &key, &created, false),
+                )
+                .await?;
+            }
+            created
+        }
+        Some(existing) => {
+            if p.synced_version < version {
+                let key = format!("{price_id}-active-v{version}");
+                call(
+                    rt,
+                    scope,
+                    &account,
+                    rt.stripe
+                        .set_price_active(lm, &account, &key, existing, p.active),
+                )
+                .await?;
+            }
+            existing.clone()
+        }
+    };
+    catalog_sync::mark_synced(
+        &rt.pool,
+        Synced::Price,
+        id,
+        version,
+        None,
+        Some(&stripe_id),
+        rt.clock.now(),
+    )
+    .await?;
+    Ok(())
+}
