@@ -107,8 +107,9 @@ ensure_app_secret() {
     fi
 }
 
-# Python tools the tests use (the `standardwebhooks` library verifies delivered webhooks), in
-# a virtual environment under .local/; exports TEST_PYTHON.
+# Python tools the tests use, in a virtual environment under .local/: the `standardwebhooks`
+# library verifies delivered webhooks, and `localstripe` stands in for Stripe's products API.
+# Exports TEST_PYTHON.
 ensure_python_tools() {
     local venv="$LOCAL/venv"
     if ! command -v python3 >/dev/null 2>&1; then
@@ -118,9 +119,9 @@ ensure_python_tools() {
         say "creating a Python environment in $venv"
         python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
     fi
-    if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
-        say "installing standardwebhooks from PyPI"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks >&2
+    if ! "$venv/bin/python" -c "import standardwebhooks, localstripe" 2>/dev/null; then
+        say "installing standardwebhooks and localstripe from PyPI"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks localstripe >&2
     fi
     export TEST_PYTHON="$venv/bin/python"
 }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod ids;
 pub mod jobs;
 pub mod metrics;
+pub mod payments;
 pub mod ratelimit;
 pub mod secret;
 pub mod stripe;

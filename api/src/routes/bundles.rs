@@ -354,7 +354,12 @@ impl BundlesApi {
                 Some(f) if f.currency != p.currency => {
                     return Err(ApiError::validation(&field, "has another currency"));
                 }
-                Some(f) if (&f.interval, f.interval_count) != (&p.interval, p.interval_count) => {
+                Some(f)
+                    if stored_interval(f.interval.as_deref(), f.interval_count)
+                        .map(|i| i.to_stripe())
+                        != stored_interval(p.interval.as_deref(), p.interval_count)
+                            .map(|i| i.to_stripe()) =>
+                {
                     return Err(ApiError::validation(&field, "recurs differently"));
                 }
                 Some(_) => {}
@@ -553,9 +558,32 @@ async fn change(
     changes: BundleChanges<'_>,
 ) -> Result<BundleOut, ApiError> {
     let mut tx = state.pool.begin().await.map_err(begin_err)?;
+    let before = db::bundles::get(&mut tx, ctx, id).await.map_err(db_err)?;
     let row = db::bundles::update(&mut tx, ctx, id, changes, state.clock.now())
         .await
         .map_err(db_err)?;
+    let fields = |b: &BundleRow| {
+        (
+            b.name.clone(),
+            b.description.clone(),
+            b.discount_bps,
+            b.active,
+            b.featured,
+            b.metadata.clone(),
+        )
+    };
+    if fields(&row) == fields(&before) {
+        // Nothing changed: no event.
+        tx.rollback().await.map_err(ApiError::internal)?;
+        return load(
+            &mut *state.pool.acquire().await.map_err(begin_err)?,
+            ctx,
+            vec![before],
+        )
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("bundle"));
+    }
     let out = load(&mut tx, ctx, vec![row])
         .await?
         .pop()

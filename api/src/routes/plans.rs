@@ -279,6 +279,22 @@ async fn change(
     let row = db::plans::update(&mut tx, ctx, id, changes, now)
         .await
         .map_err(db_err)?;
+    let fields = |p: &PlanRow| {
+        (
+            p.name.clone(),
+            p.description.clone(),
+            p.features.clone(),
+            p.metadata.clone(),
+            p.is_active,
+            p.is_visible,
+            p.trial_days,
+        )
+    };
+    if fields(&row) == fields(&before) {
+        // Nothing changed: no event, no new version.
+        tx.rollback().await.map_err(ApiError::internal)?;
+        return Ok(before);
+    }
     if row.sync_version != before.sync_version
         && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
             .await

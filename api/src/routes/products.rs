@@ -747,6 +747,12 @@ impl ProductsApi {
         let owner = db::products::get(&mut tx, ctx, product)
             .await
             .map_err(product_err)?;
+        if !owner.active {
+            return Err(ApiError::conflict(
+                "product_archived",
+                "The product is archived; reactivate it before adding prices.",
+            ));
+        }
         let target = catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
             .await
             .map_err(ApiError::internal)?;
@@ -927,6 +933,12 @@ impl ProductsApi {
         )
         .await
         .map_err(price_err)?;
+        let fields = |p: &PriceRow| (p.nickname.clone(), p.active, p.metadata.clone());
+        if fields(&row) == fields(&before) {
+            // Nothing changed: no event, no new version.
+            tx.rollback().await.map_err(ApiError::internal)?;
+            return Ok(Json(PriceOut::from(before)));
+        }
         let row = if row.sync_version != before.sync_version
             && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
                 .await
@@ -963,6 +975,20 @@ async fn change_product(
     let row = db::products::update(&mut tx, ctx, id, changes, now)
         .await
         .map_err(product_err)?;
+    let fields = |p: &ProductRow| {
+        (
+            p.name.clone(),
+            p.description.clone(),
+            p.features.clone(),
+            p.metadata.clone(),
+            p.active,
+        )
+    };
+    if fields(&row) == fields(&before) {
+        // Nothing changed: no event, no new version.
+        tx.rollback().await.map_err(ApiError::internal)?;
+        return Ok(ProductOut::from(before));
+    }
     let row = if row.sync_version != before.sync_version
         && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
             .await

@@ -148,6 +148,11 @@ fn stripe_err(e: Failure) -> ApiError {
             "stripe_error",
             format!("Stripe refused the request: {m}"),
         ),
+        Failure::Declined { message, .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "stripe_error",
+            format!("Stripe refused the request: {message}"),
+        ),
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod auth;
+mod catalog;
 mod compose;
 mod errors;
 mod events;
@@ -12,6 +13,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod openapi;
+mod plans;
 mod rate_limits;
 mod startup;
 mod tenancy;

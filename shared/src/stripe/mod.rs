@@ -17,6 +17,7 @@ use stripe_connect::{
     account::{CreateAccount, CreateAccountType, RetrieveAccount},
     account_link::{CreateAccountLink, CreateAccountLinkType},
 };
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
 use stripe_product::{
     price::{
         CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceTiers,
@@ -44,14 +45,24 @@ pub enum Failure {
     /// Stripe refused the request as it stands (4xx): retrying it unchanged will not help.
     #[error("{0}")]
     Rejected(String),
+    /// The card was declined (402): `code` is the decline code, such as `insufficient_funds`.
+    #[error("card declined ({code}): {message}")]
+    Declined { code: String, message: String },
 }
 
 fn classify(e: StripeError) -> Failure {
     match e {
-        StripeError::Stripe(err, 429) => {
-            let _ = err;
-            Failure::RateLimited
-        }
+        StripeError::Stripe(_, 429) => Failure::RateLimited,
+        StripeError::Stripe(err, 402) => Failure::Declined {
+            code: err
+                .decline_code
+                .clone()
+                .or_else(|| err.code.as_ref().map(|c| c.as_str().to_owned()))
+                .unwrap_or_else(|| "card_declined".into()),
+            message: err
+                .message
+                .unwrap_or_else(|| "The card was declined.".into()),
+        },
         StripeError::Stripe(err, status) if status >= 500 || status == 409 => {
             Failure::Transient(format!(
                 "Stripe answered {status}: {}",
@@ -131,6 +142,35 @@ pub struct PriceSpec<'a> {
     pub recurring: Option<(&'static str, u32)>,
     pub scheme: Scheme,
     pub metadata: HashMap<String, String>,
+}
+
+/// A charge to make.
+#[derive(Debug, Clone)]
+pub struct ChargeSpec<'a> {
+    pub amount: i64,
+    pub currency: &'a str,
+    pub payment_method: &'a str,
+    pub customer: Option<&'a str>,
+    pub description: &'a str,
+    /// The platform's cut, in minor units (0: none).
+    pub application_fee: i64,
+    /// The customer is not present (renewals, retries).
+    pub off_session: bool,
+    pub metadata: HashMap<String, String>,
+}
+
+#[derive(Debug, miniserde::Deserialize)]
+struct IntentBody {
+    id: String,
+    status: String,
+}
+
+/// A PaymentIntent as Stripe answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentIntent {
+    pub id: String,
+    /// `succeeded`, `requires_action`, `processing`, `requires_payment_method`…
+    pub status: String,
 }
 
 /// A Stripe Product to create or update.
@@ -349,6 +389,44 @@ impl Stripe {
             .send(livemode, Some(account), Some(idempotency_key), req.build())
             .await?;
         Ok(())
+    }
+
+    /// Creates and confirms a PaymentIntent off-session (a charge), on the connected account
+    /// when one is given, with the platform's fee as `application_fee_amount`.
+    pub async fn charge(
+        &self,
+        livemode: bool,
+        account: Option<&str>,
+        idempotency_key: &str,
+        c: &ChargeSpec<'_>,
+    ) -> Result<PaymentIntent, Failure> {
+        let currency: stripe_types::Currency = c
+            .currency
+            .parse()
+            .map_err(|_| Failure::Rejected(format!("currency {}", c.currency)))?;
+        let mut req = CreatePaymentIntent::new(c.amount, currency)
+            .payment_method(c.payment_method)
+            .confirm(true)
+            .metadata(c.metadata.clone());
+        if c.off_session {
+            req = req.off_session(CreatePaymentIntentOffSession::Bool(true));
+        }
+        if let Some(customer) = c.customer {
+            req = req.customer(customer);
+        }
+        if !c.description.is_empty() {
+            req = req.description(c.description);
+        }
+        if c.application_fee > 0 {
+            req = req.application_fee_amount(c.application_fee);
+        }
+        let pi: IntentBody = self
+            .send(livemode, account, Some(idempotency_key), req.build())
+            .await?;
+        Ok(PaymentIntent {
+            id: pi.id,
+            status: pi.status,
+        })
     }
 
     /// Creates an Express account for a tenant (the platform's own request: no

@@ -1,7 +1,8 @@
 //! Processes an event received from Stripe (stored once per event id by the API).
 //!
 //! `account.updated` refreshes the connected account unless a newer description was applied
-//! already (Stripe does not promise order). Events about subscriptions, invoices, payment
+//! already (Stripe does not promise order); when the event and the last description fall in
+//! the same second, which came first is unknowable, so the account is read afresh from Stripe. Events about subscriptions, invoices, payment
 //! intents and payment methods concern objects this platform does not keep yet: they are
 //! recorded as ignored, with the reason.
 
@@ -45,14 +46,14 @@ pub async fn run(rt: &Runtime, job: &Claimed) -> Finished {
     }
 }
 
-async fn process(rt: &Runtime, job: &Claimed) -> Result<(), DbError> {
+async fn process(rt: &Runtime, job: &Claimed) -> Result<(), String> {
     let Some(event_id) = job.payload["event_id"].as_str() else {
         return Ok(());
     };
     let event = match stripe_events::get(&rt.pool, event_id).await {
         Ok(e) => e,
         Err(DbError::NotFound) => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.to_string()),
     };
     if event.processed_at.is_some() {
         return Ok(());
@@ -64,45 +65,75 @@ async fn process(rt: &Runtime, job: &Claimed) -> Result<(), DbError> {
         }
         _ => "ignored: not an event type the platform acts on".to_owned(),
     };
-    stripe_events::mark_processed(&rt.pool, &event.id, &outcome, rt.clock.now()).await
+    stripe_events::mark_processed(&rt.pool, &event.id, &outcome, rt.clock.now())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn account_updated(
     rt: &Runtime,
     event: &stripe_events::StripeEventRow,
-) -> Result<String, DbError> {
+) -> Result<String, String> {
     let object = &event.payload["data"]["object"];
     let Some(account_id) = object["id"].as_str().or(event.account.as_deref()) else {
         return Ok("ignored: no account id".into());
     };
-    let Some(row) = stripe_accounts::by_account(&rt.pool, account_id, event.livemode).await? else {
+    let Some(row) = stripe_accounts::by_account(&rt.pool, account_id, event.livemode)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok("ignored: not a connected account of any tenant".into());
     };
     let scope = Scope {
         tenant_id: row.tenant_id,
         livemode: row.livemode,
     };
-    let details_submitted = object["details_submitted"].as_bool().unwrap_or(false);
-    let state = AccountState {
-        charges_enabled: object["charges_enabled"].as_bool().unwrap_or(false),
-        payouts_enabled: object["payouts_enabled"].as_bool().unwrap_or(false),
-        details_submitted,
-        requirements: object["requirements"].clone(),
-        seen_at: event.created,
-    };
     let now = rt.clock.now();
+    let in_doubt = row
+        .stripe_seen_at
+        .is_some_and(|seen| seen.timestamp() == event.created.timestamp());
+    let state = if in_doubt {
+        let fresh = rt
+            .stripe
+            .account(event.livemode, account_id)
+            .await
+            .map_err(|e| format!("re-reading the account: {e}"))?;
+        AccountState {
+            charges_enabled: fresh.charges_enabled,
+            payouts_enabled: fresh.payouts_enabled,
+            details_submitted: fresh.details_submitted,
+            requirements: object["requirements"].clone(),
+            // Stripe's answer now is at least as new as anything applied.
+            seen_at: now.max(event.created),
+        }
+    } else {
+        AccountState {
+            charges_enabled: object["charges_enabled"].as_bool().unwrap_or(false),
+            payouts_enabled: object["payouts_enabled"].as_bool().unwrap_or(false),
+            details_submitted: object["details_submitted"].as_bool().unwrap_or(false),
+            requirements: object["requirements"].clone(),
+            seen_at: event.created,
+        }
+    };
+    let details_submitted = state.details_submitted;
     let was_connected = row.status == "connected";
-    let mut tx = rt.pool.begin().await?;
+    let db = |e: DbError| e.to_string();
+    let mut tx = rt.pool.begin().await.map_err(|e| e.to_string())?;
     let Some(applied) =
         stripe_accounts::apply_state(&mut tx, scope, account_id, &state, details_submitted, now)
-            .await?
+            .await
+            .map_err(db)?
     else {
-        tx.rollback().await?;
+        tx.rollback().await.map_err(|e| e.to_string())?;
         return Ok("stale: a newer state of the account was applied already".into());
     };
-    stripe_accounts::mirror_to_tenant(&mut tx, &applied).await?;
+    stripe_accounts::mirror_to_tenant(&mut tx, &applied)
+        .await
+        .map_err(db)?;
     if applied.status == "connected" && !was_connected {
-        catalog_sync::schedule_all_unsynced(&mut tx, scope, now).await?;
+        catalog_sync::schedule_all_unsynced(&mut tx, scope, now)
+            .await
+            .map_err(db)?;
     }
     let object = serde_json::json!({
         "object": "stripe_account",
@@ -119,7 +150,13 @@ async fn account_updated(
         NewEvent::new("stripe_account.updated", object),
         now,
     )
-    .await?;
-    tx.commit().await?;
-    Ok("applied".into())
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(if in_doubt {
+        "applied: read afresh"
+    } else {
+        "applied"
+    }
+    .into())
 }

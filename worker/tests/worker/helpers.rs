@@ -240,6 +240,8 @@ pub struct Api {
 pub struct Tenant {
     pub id: String,
     pub sk_test: String,
+    /// The owner's JWT (test mode).
+    pub owner: String,
 }
 
 impl Api {
@@ -264,6 +266,7 @@ impl Api {
                 .as_str()
                 .expect("key")
                 .to_owned(),
+            owner: body["tokens"]["access"].as_str().expect("jwt").to_owned(),
         }
     }
 
@@ -276,6 +279,25 @@ impl Api {
             .send()
             .await
             .expect("request");
+        let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        key: Option<&str>,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.client.request(method, self.url(path));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.expect("request");
         let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
         (status, resp.json().await.unwrap_or(Value::Null))
     }

@@ -7,3 +7,5 @@ mod delivery;
 mod helpers;
 mod process;
 mod resilience;
+mod stripe;
+mod stripe_fake;

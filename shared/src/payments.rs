@@ -1,0 +1,204 @@
+//! Charging a tenant's customers: the payment gateway.
+//!
+//! `Stripe` charges through a PaymentIntent on the tenant's connected account, with the
+//! tenant's platform fee as the application fee. `Sandbox` needs no network and answers
+//! deterministically from Stripe's published test card numbers (and their `pm_card_…` test
+//! payment methods), so the platform runs on a laptop with no credentials. A mode whose Stripe
+//! key is not configured gets the sandbox.
+
+use std::collections::HashMap;
+
+use crate::{
+    domain::money::basis_points,
+    stripe::{ChargeSpec, Failure, Stripe},
+};
+
+/// A charge to make.
+#[derive(Debug, Clone)]
+pub struct Charge<'a> {
+    pub amount: i64,
+    pub currency: &'a str,
+    /// A payment method id (`pm_…`) or, in the sandbox, a test card number.
+    pub payment_method: &'a str,
+    pub customer: Option<&'a str>,
+    pub description: &'a str,
+    /// Derived from what is being paid and the attempt (`in_…-attempt-2`): a retried request
+    /// never charges twice.
+    pub idempotency_key: &'a str,
+    /// The tenant's platform fee in basis points (1500 = 15 %).
+    pub platform_fee_bps: u32,
+    /// The tenant's connected account (`acct_…`); the sandbox ignores it.
+    pub account: Option<&'a str>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// How a charge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded {
+        id: String,
+    },
+    /// The customer must act (3-D Secure): not paid yet.
+    RequiresAction {
+        id: String,
+    },
+    /// Declined: `code` such as `card_declined` or `insufficient_funds`.
+    Declined {
+        code: String,
+        message: String,
+    },
+}
+
+/// The platform's fee on an amount: the one rounding rule (half away from zero).
+pub fn application_fee(amount: i64, fee_bps: u32) -> i64 {
+    basis_points(amount, fee_bps).unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub enum Gateway {
+    Stripe(Box<Stripe>),
+    Sandbox,
+}
+
+impl Gateway {
+    /// Stripe when it is configured for the mode, else the sandbox.
+    pub fn for_mode(stripe: &Stripe, livemode: bool) -> Self {
+        if stripe.configured(livemode) {
+            Gateway::Stripe(Box::new(stripe.clone()))
+        } else {
+            Gateway::Sandbox
+        }
+    }
+
+    pub async fn charge(&self, livemode: bool, c: &Charge<'_>) -> Result<ChargeOutcome, Failure> {
+        match self {
+            Gateway::Sandbox => Ok(sandbox(c)),
+            Gateway::Stripe(stripe) => {
+                // The fee applies to charges on a connected account.
+                let fee = if c.account.is_some() {
+                    application_fee(c.amount, c.platform_fee_bps)
+                } else {
+                    0
+                };
+                let spec = ChargeSpec {
+                    amount: c.amount,
+                    currency: c.currency,
+                    payment_method: c.payment_method,
+                    customer: c.customer,
+                    description: c.description,
+                    application_fee: fee,
+                    off_session: c.account.is_some(),
+                    metadata: c.metadata.clone(),
+                };
+                match stripe
+                    .charge(livemode, c.account, c.idempotency_key, &spec)
+                    .await
+                {
+                    Ok(pi) if pi.status == "succeeded" || pi.status == "processing" => {
+                        Ok(ChargeOutcome::Succeeded { id: pi.id })
+                    }
+                    Ok(pi) if pi.status == "requires_action" => {
+                        Ok(ChargeOutcome::RequiresAction { id: pi.id })
+                    }
+                    Ok(pi) => Ok(ChargeOutcome::Declined {
+                        code: pi.status,
+                        message: "The payment did not go through.".into(),
+                    }),
+                    Err(Failure::Declined { code, message }) => {
+                        Ok(ChargeOutcome::Declined { code, message })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Stripe's test cards, by number or test payment method.
+fn sandbox(c: &Charge<'_>) -> ChargeOutcome {
+    let id = format!(
+        "pi_sandbox_{}",
+        &hex::encode(crate::crypto::sha256(c.idempotency_key.as_bytes()))[..24]
+    );
+    let declined = |code: &str, message: &str| ChargeOutcome::Declined {
+        code: code.into(),
+        message: message.into(),
+    };
+    match c.payment_method {
+        "4242424242424242" | "4000056655665556" | "5555555555554444" | "pm_card_visa"
+        | "pm_card_mastercard" => ChargeOutcome::Succeeded { id },
+        "4000002500003155" | "4000002760003184" | "pm_card_authenticationRequired" => {
+            ChargeOutcome::RequiresAction { id }
+        }
+        "4000000000009995" | "pm_card_chargeDeclinedInsufficientFunds" => {
+            declined("insufficient_funds", "Your card has insufficient funds.")
+        }
+        "4000000000000069" | "pm_card_chargeDeclinedExpiredCard" => {
+            declined("expired_card", "Your card has expired.")
+        }
+        "4000000000000002" | "pm_card_chargeDeclined" => {
+            declined("card_declined", "Your card was declined.")
+        }
+        _ => declined(
+            "invalid_payment_method",
+            "The sandbox knows only Stripe's test cards.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(pm: &str) -> Charge<'_> {
+        Charge {
+            amount: 1000,
+            currency: "usd",
+            payment_method: pm,
+            customer: None,
+            description: "",
+            idempotency_key: "in_1-attempt-1",
+            platform_fee_bps: 1500,
+            account: None,
+            metadata: HashMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_answers_from_stripes_test_cards() {
+        let g = Gateway::Sandbox;
+        assert!(matches!(
+            g.charge(false, &charge("4242424242424242")).await.unwrap(),
+            ChargeOutcome::Succeeded { .. }
+        ));
+        assert!(matches!(
+            g.charge(false, &charge("pm_card_authenticationRequired"))
+                .await
+                .unwrap(),
+            ChargeOutcome::RequiresAction { .. }
+        ));
+        assert_eq!(
+            g.charge(false, &charge("4000000000009995")).await.unwrap(),
+            ChargeOutcome::Declined {
+                code: "insufficient_funds".into(),
+                message: "Your card has insufficient funds.".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_idempotency_key_gives_the_same_sandbox_charge() {
+        let g = Gateway::Sandbox;
+        let a = g.charge(false, &charge("pm_card_visa")).await.unwrap();
+        let b = g.charge(false, &charge("pm_card_visa")).await.unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_platform_fee_rounds_half_away_from_zero() {
+        assert_eq!(application_fee(1000, 1500), 150);
+        assert_eq!(application_fee(2999, 1500), 450); // 449.85
+        assert_eq!(application_fee(1, 5000), 1); // 0.5
+        assert_eq!(application_fee(0, 1500), 0);
+    }
+}

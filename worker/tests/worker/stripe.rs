@@ -1,0 +1,876 @@
+//! Stripe Connect onboarding, catalog sync through the worker fleet, and Stripe's incoming
+//! webhooks — against the recording stand-in (`stripe_fake`) and, for products, `localstripe`.
+
+use std::{collections::HashMap, time::Duration};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Api, Env, Tenant, wait_for},
+    stripe_fake::StripeFake,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const WEBHOOK_SECRET: &str = "whsec_stripe_test_secret";
+
+async fn stripe_env(fake: &StripeFake, extra: &[(&str, &str)]) -> Env {
+    let url = fake.url();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_platform"),
+        ("STRIPE_API_BASE", &url),
+        ("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+        ("PUBLIC_URL", "https://billing.example.com"),
+    ];
+    vars.extend_from_slice(extra);
+    Env::new(&vars).await
+}
+
+/// Runs onboarding to the end: connect, the tenant completes it at Stripe, the browser comes
+/// back with the state. Returns the account id.
+async fn connect(api: &Api, fake: &StripeFake, tenant: &Tenant) -> String {
+    let (status, link) = api
+        .send(
+            Method::POST,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/connect/",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{link}");
+    let account = link["account_id"].as_str().unwrap().to_owned();
+    assert!(link["url"].as_str().unwrap().contains(&account));
+    fake.complete_onboarding(&account);
+    let state = link["state"].as_str().unwrap();
+    let (status, back) = api
+        .send(
+            Method::GET,
+            None,
+            &format!("/api/v1/auth/tenants/stripe/callback/?state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back["connected"], true);
+    assert_eq!(back["account_id"], account.as_str());
+    account
+}
+
+async fn create_plan(api: &Api, tenant: &Tenant, name: &str) -> Value {
+    let (status, plan) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/plans",
+            &json!({"name": name, "price_cents": 2999, "billing_interval": "month",
+                    "features": ["SSO"], "metadata": {"team": "growth"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    plan
+}
+
+async fn plan_when(api: &Api, tenant: &Tenant, id: &str, status: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let plan = api
+            .get(&tenant.sk_test, &format!("/api/v1/plans/{id}"))
+            .await;
+        if plan["sync_status"] == status {
+            return plan;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "plan {id} is still {} after {LIMIT:?}: {plan}",
+            plan["sync_status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_plan_syncs_to_a_product_and_price_on_the_connected_account_with_idempotency_keys() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("sync@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+
+    let plan = create_plan(&api, &tenant, "Pro").await;
+    // The API answers without waiting on Stripe.
+    assert_eq!(plan["sync_status"], "pending");
+    let id = plan["id"].as_str().unwrap();
+    let synced = plan_when(&api, &tenant, id, "synced").await;
+
+    let products = fake.done("POST", "/v1/products");
+    assert_eq!(products.len(), 1);
+    let p = &products[0];
+    assert_eq!(p.account.as_deref(), Some(account.as_str()));
+    assert_eq!(
+        p.idempotency_key.as_deref(),
+        Some(format!("{id}-product").as_str())
+    );
+    assert_eq!(p.form["name"], "Pro");
+    assert_eq!(p.form["metadata[platform_plan_id]"], id);
+    assert_eq!(p.form["metadata[team]"], "growth");
+    let prices = fake.done("POST", "/v1/prices");
+    assert_eq!(prices.len(), 1);
+    let pr = &prices[0];
+    assert_eq!(pr.account.as_deref(), Some(account.as_str()));
+    assert_eq!(
+        pr.idempotency_key.as_deref(),
+        Some(format!("{id}-price").as_str())
+    );
+    assert_eq!(pr.form["currency"], "usd");
+    assert_eq!(pr.form["unit_amount"], "2999");
+    assert_eq!(pr.form["recurring[interval]"], "month");
+    assert_eq!(pr.form["recurring[interval_count]"], "1");
+    assert_eq!(
+        pr.form["product"],
+        synced["stripe_product_id"].as_str().unwrap()
+    );
+    assert!(
+        synced["stripe_price_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("price_fake")
+    );
+    assert!(synced["sync_error"].is_null());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_stripe_that_is_down_leaves_the_plan_failed_then_synced_with_no_duplicate_objects() {
+    let mut fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("down@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+
+    fake.stop().await;
+    let plan = create_plan(&api, &tenant, "Team").await;
+    let id = plan["id"].as_str().unwrap();
+    let failed = plan_when(&api, &tenant, id, "failed").await;
+    assert!(
+        failed["sync_error"].as_str().unwrap().contains("Stripe"),
+        "{failed}"
+    );
+    fake.restart().await;
+    plan_when(&api, &tenant, id, "synced").await;
+    assert_eq!(fake.objects("prod_"), 1);
+    assert_eq!(fake.objects("price_"), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_lost_after_stripe_acted_is_retried_with_the_same_key_and_creates_nothing_twice()
+{
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("lost@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+
+    fake.fail_after(2);
+    let plan = create_plan(&api, &tenant, "Scale").await;
+    let id = plan["id"].as_str().unwrap();
+    plan_when(&api, &tenant, id, "synced").await;
+    assert_eq!(fake.objects("prod_"), 1, "one product however often asked");
+    assert_eq!(fake.objects("price_"), 1);
+    let replays = fake.requests().into_iter().filter(|r| r.replayed).count();
+    assert!(replays >= 1, "the retry reused the idempotency key");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn stripes_429_is_back_pressure_and_does_not_count_as_a_failed_attempt() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("limited@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+
+    fake.rate_limit(3);
+    let plan = create_plan(&api, &tenant, "Busy").await;
+    let id = plan["id"].as_str().unwrap();
+    plan_when(&api, &tenant, id, "synced").await;
+    let throttled = fake.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 3);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE queue = 'stripe_sync'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "only the successful run counts");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_account_rate_limit_holds_across_many_syncs() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[("STRIPE_RATE_LIMIT_TEST", "4")]).await;
+    let api = env.api().await;
+    let tenant = api.register("ratelimit@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+
+    for i in 0..6 {
+        create_plan(&api, &tenant, &format!("Plan {i}")).await;
+    }
+    wait_for("six synced plans", Duration::from_secs(60), || async {
+        env.scalar("SELECT count(*) FROM plans WHERE sync_status = 'synced'")
+            .await
+            == 6
+    })
+    .await;
+    let mut per_second: HashMap<u128, usize> = HashMap::new();
+    for r in fake
+        .requests()
+        .iter()
+        .filter(|r| r.account.as_deref() == Some(account.as_str()))
+    {
+        *per_second.entry(r.at_ms / 1000).or_default() += 1;
+    }
+    assert_eq!(per_second.values().sum::<usize>(), 12, "two calls per plan");
+    assert!(
+        per_second.values().all(|n| *n <= 4),
+        "more than 4 calls in one second: {per_second:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn deactivating_a_plan_archives_its_product_and_price_in_stripe() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("archive@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let plan = create_plan(&api, &tenant, "Legacy").await;
+    let id = plan["id"].as_str().unwrap();
+    let synced = plan_when(&api, &tenant, id, "synced").await;
+
+    let (status, gone) = api
+        .send(
+            Method::DELETE,
+            Some(&tenant.sk_test),
+            &format!("/api/v1/auth/plans/{id}/"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["is_active"], false);
+    wait_for("the archival to reach Stripe", LIMIT, || async {
+        let product = synced["stripe_product_id"].as_str().unwrap();
+        let price = synced["stripe_price_id"].as_str().unwrap();
+        let p = fake.done("POST", &format!("/v1/products/{product}"));
+        let q = fake.done("POST", &format!("/v1/prices/{price}"));
+        p.iter()
+            .any(|r| r.form.get("active").map(String::as_str) == Some("false"))
+            && q.iter()
+                .any(|r| r.form.get("active").map(String::as_str) == Some("false"))
+    })
+    .await;
+    plan_when(&api, &tenant, id, "synced").await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_tiered_price_syncs_with_its_tiers_and_a_metered_one_is_left_to_the_platform() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("tiers@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let (status, product) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/products",
+            &json!({"name": "API", "code": "api"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    let pid = product["id"].as_str().unwrap();
+    let (status, tiered) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/products/{pid}/prices"),
+            &json!({"currency": "usd", "recurring": {"interval": "quarter"},
+                    "pricing": {"type": "graduated", "tiers": [
+                        {"up_to": 10, "unit_amount": 100, "flat_amount": 500},
+                        {"unit_amount": 80}]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{tiered}");
+    let (status, metered) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/products/{pid}/prices"),
+            &json!({"currency": "usd", "recurring": {"interval": "month"},
+                    "pricing": {"type": "per_unit", "unit_amount": 2},
+                    "usage": {"metric": "api_calls", "aggregation": "sum"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{metered}");
+    let tiered_id = tiered["id"].as_str().unwrap().to_owned();
+    let metered_id = metered["id"].as_str().unwrap().to_owned();
+    wait_for("both prices settled", LIMIT, || async {
+        let t = api
+            .get(&tenant.sk_test, &format!("/api/v1/prices/{tiered_id}"))
+            .await;
+        let m = api
+            .get(&tenant.sk_test, &format!("/api/v1/prices/{metered_id}"))
+            .await;
+        t["sync_status"] == "synced" && m["sync_status"] == "not_synced"
+    })
+    .await;
+    let prices = fake.done("POST", "/v1/prices");
+    assert_eq!(prices.len(), 1);
+    let f = &prices[0].form;
+    assert_eq!(f["billing_scheme"], "tiered");
+    assert_eq!(f["tiers_mode"], "graduated");
+    assert_eq!(f["tiers[0][up_to]"], "10");
+    assert_eq!(f["tiers[0][unit_amount]"], "100");
+    assert_eq!(f["tiers[0][flat_amount]"], "500");
+    assert_eq!(f["tiers[1][up_to]"], "inf");
+    assert_eq!(f["recurring[interval]"], "month");
+    assert_eq!(
+        f["recurring[interval_count]"], "3",
+        "a quarter is three months"
+    );
+    let m = api
+        .get(&tenant.sk_test, &format!("/api/v1/prices/{metered_id}"))
+        .await;
+    assert!(m["sync_error"].as_str().unwrap().contains("metered"));
+    // The product went first, once.
+    assert_eq!(fake.done("POST", "/v1/products").len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_catalog_made_before_connecting_syncs_once_the_account_is_connected() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("later@example.com").await;
+    let worker = env.worker().await;
+    let plan = create_plan(&api, &tenant, "Early").await;
+    assert_eq!(plan["sync_status"], "not_synced");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM jobs WHERE queue = 'stripe_sync'")
+            .await,
+        0
+    );
+
+    connect(&api, &fake, &tenant).await;
+    plan_when(&api, &tenant, plan["id"].as_str().unwrap(), "synced").await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn onboarding_state_works_once_and_forged_or_reused_states_are_refused() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("state@example.com").await;
+    let (status, link) = api
+        .send(
+            Method::GET,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/connect",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{link}");
+    let state = link["state"].as_str().unwrap().to_owned();
+    let account = link["account_id"].as_str().unwrap().to_owned();
+    assert_eq!(fake.done("POST", "/v1/accounts").len(), 1);
+    let link_req = &fake.done("POST", "/v1/account_links")[0];
+    assert_eq!(link_req.form["account"], account);
+    assert_eq!(link_req.form["type"], "account_onboarding");
+    assert!(
+        link_req.form["return_url"]
+            .starts_with("https://billing.example.com/api/v1/auth/tenants/stripe/callback?state=")
+    );
+
+    let callback = |s: String| {
+        let api = &api;
+        async move {
+            api.send(
+                Method::GET,
+                None,
+                &format!("/api/v1/auth/tenants/stripe/callback?state={s}"),
+                None,
+            )
+            .await
+        }
+    };
+    let flipped = if state.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{flipped}", &state[..state.len() - 1]);
+    let (status, body) = callback(tampered).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "state");
+    // Onboarding not finished at Stripe yet: still onboarding.
+    let (status, body) = callback(state.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "onboarding");
+    assert_eq!(body["connected"], false);
+    let (status, _) = callback(state).await;
+    assert_eq!(status, 400, "a state works once");
+
+    // Connecting again reuses the account.
+    let (_, again) = api
+        .send(
+            Method::POST,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/connect",
+            None,
+        )
+        .await;
+    assert_eq!(again["account_id"], account.as_str());
+    assert_eq!(fake.done("POST", "/v1/accounts").len(), 1);
+    let status = api
+        .get(&tenant.sk_test, "/api/v1/auth/tenants/stripe/status/")
+        .await;
+    assert_eq!(status["status"], "onboarding");
+    assert_eq!(status["account_id"], account.as_str());
+}
+
+#[tokio::test]
+async fn only_owners_and_admins_connect_and_disconnecting_needs_confirmation() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("perm@example.com").await;
+    let (status, body) = api
+        .send(
+            Method::POST,
+            Some(&tenant.sk_test),
+            "/api/v1/auth/tenants/stripe/connect",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(fake.requests().len(), 0, "nothing reached Stripe");
+    let account = connect(&api, &fake, &tenant).await;
+    let (status, body) = api
+        .send(
+            Method::DELETE,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/disconnect/",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "confirm");
+    let (status, body) = api
+        .send(
+            Method::DELETE,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/disconnect/?confirm=true",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "disconnected");
+    assert_eq!(body["connected"], false);
+    let details = api
+        .get(&tenant.sk_test, "/api/v1/auth/tenants/details")
+        .await;
+    assert_eq!(details["tenant"]["stripe_connect_status"], "disconnected");
+    // Nothing is synced without an account.
+    let plan = create_plan(&api, &tenant, "Offline").await;
+    assert_eq!(plan["sync_status"], "not_synced");
+    let _ = account;
+}
+
+/// A Stripe event, signed as Stripe signs it.
+async fn deliver(api: &Api, path: &str, event: &Value, timestamp: i64) -> (u16, Value) {
+    let body = event.to_string();
+    let signature = shared::stripe::webhook::sign(WEBHOOK_SECRET, timestamp, body.as_bytes());
+    let resp = api
+        .client
+        .post(api.url(path))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn account_updated(id: &str, account: &str, created: i64, charges: bool) -> Value {
+    json!({
+        "id": id, "object": "event", "type": "account.updated", "created": created,
+        "livemode": false, "account": account,
+        "data": {"object": {"id": account, "object": "account", "charges_enabled": charges,
+                            "payouts_enabled": charges, "details_submitted": true,
+                            "requirements": {"currently_due": []}}}
+    })
+}
+
+#[tokio::test]
+async fn stripe_events_are_verified_stored_once_and_applied_in_order_of_creation() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("events@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let now = chrono::Utc::now().timestamp();
+
+    // Charges get disabled (an event after onboarding ended)…
+    let newer = account_updated("evt_newer", &account, now + 5, false);
+    let (status, body) = deliver(&api, "/webhooks/stripe", &newer, now).await;
+    assert_eq!(
+        (status, body["duplicate"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+    // …delivered twice: stored once.
+    let (status, body) = deliver(&api, "/webhooks/stripe/connect/", &newer, now).await;
+    assert_eq!(
+        (status, body["duplicate"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    wait_for("the event to be processed", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM stripe_events WHERE outcome = 'applied'")
+            .await
+            == 1
+    })
+    .await;
+    let status = api
+        .get(&tenant.sk_test, "/api/v1/auth/tenants/stripe/status")
+        .await;
+    assert_eq!(status["charges_enabled"], false);
+
+    // An older event arriving late does not undo it.
+    let older = account_updated("evt_older", &account, now - 60, true);
+    let (status, _) = deliver(&api, "/api/subscriptions/webhooks/stripe/", &older, now).await;
+    assert_eq!(status, 200);
+    wait_for("the late event to be processed", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM stripe_events WHERE outcome LIKE 'stale%'")
+            .await
+            == 1
+    })
+    .await;
+    let status = api
+        .get(&tenant.sk_test, "/api/v1/auth/tenants/stripe/status")
+        .await;
+    assert_eq!(status["charges_enabled"], false);
+    assert_eq!(env.scalar("SELECT count(*) FROM stripe_events").await, 2);
+
+    // One in the same second as the last description: which came first is unknowable, so the
+    // account is read afresh from Stripe (which says charges are enabled).
+    let tie = account_updated("evt_tie", &account, now + 5, false);
+    deliver(&api, "/webhooks/stripe", &tie, now).await;
+    wait_for("the tied event to be processed", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM stripe_events WHERE outcome = 'applied: read afresh'")
+            .await
+            == 1
+    })
+    .await;
+    let status = api
+        .get(&tenant.sk_test, "/api/v1/auth/tenants/stripe/status")
+        .await;
+    assert_eq!(
+        status["charges_enabled"], true,
+        "Stripe's own answer, not the event's"
+    );
+
+    // Events about objects the platform does not keep are stored and left alone.
+    let other = json!({"id": "evt_pi", "object": "event", "type": "payment_intent.succeeded",
+                       "created": now, "livemode": false, "data": {"object": {"id": "pi_1"}}});
+    deliver(&api, "/webhooks/stripe/payment", &other, now).await;
+    wait_for("the ignored event", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM stripe_events WHERE outcome LIKE 'ignored%'")
+            .await
+            == 1
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn unsigned_badly_signed_and_stale_stripe_events_are_refused_and_store_nothing() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let now = chrono::Utc::now().timestamp();
+    let event = account_updated("evt_x", "acct_x", now, true);
+
+    let resp = api
+        .client
+        .post(api.url("/webhooks/stripe"))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_signature");
+
+    let body = event.to_string();
+    let forged = shared::stripe::webhook::sign("whsec_someone_else", now, body.as_bytes());
+    let resp = api
+        .client
+        .post(api.url("/webhooks/stripe/account/"))
+        .header("stripe-signature", forged)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    let (status, body) = deliver(&api, "/webhooks/stripe", &event, now - 301).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_signature");
+    assert_eq!(env.scalar("SELECT count(*) FROM stripe_events").await, 0);
+    assert_eq!(env.scalar("SELECT count(*) FROM jobs").await, 0);
+}
+
+/// localstripe, started for this test (it implements products, not prices or Connect).
+struct LocalStripe {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for LocalStripe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn localstripe() -> LocalStripe {
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let port = crate::helpers::free_port();
+    let child = std::process::Command::new(&python)
+        .args(["-m", "localstripe", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start localstripe with {python}: {e}"));
+    let url = format!("http://127.0.0.1:{port}/");
+    let ls = LocalStripe { child, url };
+    wait_for("localstripe to listen", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    ls
+}
+
+#[tokio::test]
+async fn a_product_syncs_to_localstripe_and_an_update_reaches_it() {
+    let ls = localstripe().await;
+    let env = Env::new(&[
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_localstripe"),
+        ("STRIPE_API_BASE", &ls.url),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+    ])
+    .await;
+    let api = env.api().await;
+    let tenant = api.register("localstripe@example.com").await;
+    // localstripe has no Connect: the account is recorded as onboarded directly.
+    sqlx::query(
+        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
+         VALUES ($1, false, 'acct_localstripe', 'connected', now())",
+    )
+    .bind(shared::ids::TenantId::parse(&tenant.id).unwrap())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let worker = env.worker().await;
+    let (status, product) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/products",
+            &json!({"name": "AutoFlow AI", "description": "Workflow automation",
+                    "metadata": {"color": "#4F46E5"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    let id = product["id"].as_str().unwrap().to_owned();
+    wait_for("the product to sync", LIMIT, || async {
+        let p = api
+            .get(&tenant.sk_test, &format!("/api/v1/products/{id}"))
+            .await;
+        p["sync_status"] == "synced"
+    })
+    .await;
+    let synced = api
+        .get(&tenant.sk_test, &format!("/api/v1/products/{id}"))
+        .await;
+    let stripe_id = synced["stripe_product_id"].as_str().unwrap().to_owned();
+    let read = |sid: String| {
+        let url = format!("{}v1/products/{sid}", ls.url);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth("sk_test_localstripe")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let at_stripe = read(stripe_id.clone()).await;
+    assert_eq!(at_stripe["name"], "AutoFlow AI");
+    assert_eq!(at_stripe["description"], "Workflow automation");
+    assert_eq!(at_stripe["metadata"]["platform_product_id"], id.as_str());
+
+    let (status, _) = api
+        .send(
+            Method::PATCH,
+            Some(&tenant.sk_test),
+            &format!("/api/v1/products/{id}"),
+            Some(&json!({"name": "AutoFlow"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for("the rename to reach localstripe", LIMIT, || async {
+        read(stripe_id.clone()).await["name"] == "AutoFlow"
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_charge_on_a_connected_account_carries_the_platform_fee_and_a_decline_is_an_outcome() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let settings = env.settings();
+    let stripe = shared::stripe::Stripe::new(&settings.stripe).unwrap();
+    let gateway = shared::payments::Gateway::for_mode(&stripe, false);
+    let charge = |pm: &'static str, key: &'static str| shared::payments::Charge {
+        amount: 2999,
+        currency: "usd",
+        payment_method: pm,
+        customer: Some("cus_1"),
+        description: "Pro, November",
+        idempotency_key: key,
+        platform_fee_bps: 1500,
+        account: Some("acct_tenant"),
+        metadata: HashMap::new(),
+    };
+    let paid = gateway
+        .charge(false, &charge("pm_card_visa", "in_1-attempt-1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(paid, shared::payments::ChargeOutcome::Succeeded { .. }),
+        "{paid:?}"
+    );
+    let declined = gateway
+        .charge(false, &charge("pm_card_chargeDeclined", "in_2-attempt-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        declined,
+        shared::payments::ChargeOutcome::Declined {
+            code: "insufficient_funds".into(),
+            message: "Your card has insufficient funds.".into()
+        }
+    );
+    let intents: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/payment_intents")
+        .collect();
+    assert_eq!(intents.len(), 2);
+    let r = &intents[0];
+    assert_eq!(r.account.as_deref(), Some("acct_tenant"));
+    assert_eq!(r.idempotency_key.as_deref(), Some("in_1-attempt-1"));
+    assert_eq!(r.form["amount"], "2999");
+    assert_eq!(
+        r.form["application_fee_amount"], "450",
+        "15 % of 29.99, rounded half up"
+    );
+    assert_eq!(r.form["confirm"], "true");
+    assert_eq!(r.form["off_session"], "true");
+    assert_eq!(r.form["customer"], "cus_1");
+}
+
+#[tokio::test]
+async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands_in() {
+    let ls = localstripe().await;
+    let env = Env::new(&[
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_localstripe"),
+        ("STRIPE_API_BASE", &ls.url),
+    ])
+    .await;
+    let settings = env.settings();
+    let stripe = shared::stripe::Stripe::new(&settings.stripe).unwrap();
+    // A card payment method at localstripe (the platform's own account: no fee).
+    let pm: Value = reqwest::Client::new()
+        .post(format!("{}v1/payment_methods", ls.url))
+        .bearer_auth("sk_test_localstripe")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("type", "card"),
+                    ("card[number]", "4242424242424242"),
+                    ("card[exp_month]", "12"),
+                    ("card[exp_year]", "2030"),
+                    ("card[cvc]", "123"),
+                ])
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pm = pm["id"].as_str().unwrap().to_owned();
+    let gateway = shared::payments::Gateway::for_mode(&stripe, false);
+    assert!(matches!(gateway, shared::payments::Gateway::Stripe(_)));
+    let outcome = gateway
+        .charge(
+            false,
+            &shared::payments::Charge {
+                amount: 1000,
+                currency: "usd",
+                payment_method: &pm,
+                customer: None,
+                description: "",
+                idempotency_key: "in_ls-attempt-1",
+                platform_fee_bps: 1500,
+                account: None,
+                metadata: HashMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let shared::payments::ChargeOutcome::Succeeded { id } = outcome else {
+        panic!("{outcome:?}");
+    };
+    let pi: Value = reqwest::Client::new()
+        .get(format!("{}v1/payment_intents/{id}", ls.url))
+        .bearer_auth("sk_test_localstripe")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pi["status"], "succeeded");
+    assert_eq!(pi["amount"], 1000);
+    // Live mode has no key here: the sandbox.
+    assert!(matches!(
+        shared::payments::Gateway::for_mode(&stripe, true),
+        shared::payments::Gateway::Sandbox
+    ));
+}
