@@ -41,7 +41,7 @@ pub enum StartError {
 pub async fn redis_connection(
     settings: &Settings,
 ) -> Result<redis::aio::ConnectionManager, StartError> {
-    let client = redis::Client::open(settings.redis.url.expose().as_str())
+    let client = shared::ratelimit::client(settings.redis.url.expose())
         .map_err(|e| StartError::Redis(e.to_string()))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))

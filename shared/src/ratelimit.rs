@@ -43,3 +43,13 @@ pub async fn hit(
         })
     }
 }
+
+/// A Redis client for the configured URL with `TCP_NODELAY` set (redis-rs leaves Nagle's
+/// algorithm on by default, which delays pipelined and scripted commands).
+pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}

@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let products = fake.objects("prod_");
     let prices = fake.objects("price_");
     pool.close().await;
+    clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
@@ -200,4 +201,33 @@ async fn main() -> anyhow::Result<()> {
         n as f64 / all_synced.as_secs_f64()
     );
     Ok(())
+}
+
+/// Deletes the benchmark's Redis keys.
+async fn clear_prefix(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((0, Vec::new()));
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
 }

@@ -28,6 +28,14 @@ fn ok(count: Data<&Arc<AtomicU64>>) -> Response {
     Response::builder().body("ok")
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -76,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
         format!("bench:{}:", std::process::id()),
     );
     vars.insert("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into());
-    vars.insert("RUST_LOG".into(), "warn".into());
+    vars.insert(
+        "RUST_LOG".into(),
+        std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     let worker_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -115,7 +126,11 @@ async fn main() -> anyhow::Result<()> {
     let mut worker = Command::new(&worker_bin)
         .envs(&vars)
         .args(["--queues", "webhooks"])
-        .stdout(Stdio::null())
+        .stdout(if std::env::var("WORKER_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()?;
     for _ in 0..100 {
         if reqwest::get(format!("http://127.0.0.1:{worker_port}/healthz"))
@@ -134,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
         tenant_id: tenant,
         livemode: false,
     };
+    let cpu_before = cpu_secs(worker.id()).unwrap_or(0.0);
+    let bench_before = cpu_secs(std::process::id()).unwrap_or(0.0);
     let started = Instant::now();
     let mut tx = pool.begin().await?;
     shared::db::events::record_many(&mut tx, scope, &events, chrono::Utc::now()).await?;
@@ -148,6 +165,9 @@ async fn main() -> anyhow::Result<()> {
         if done as usize >= n {
             break;
         }
+        if std::env::var("BENCH_TRACE").is_ok() {
+            eprintln!("{:>6} ms {done}", started.elapsed().as_millis());
+        }
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!("only {done} of {n} delivered after 10 minutes");
         }
@@ -155,11 +175,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let took = started.elapsed();
     let rss_mib = peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let worker_cpu = cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
+    let bench_cpu = cpu_secs(std::process::id()).unwrap_or(0.0) - bench_before;
     let _ = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
     let _ = worker.wait();
     pool.close().await;
+    clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
@@ -167,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let received = count.load(Ordering::Relaxed);
     println!(
-        "enqueued {n} events in {:.2} s; receiver got {received} requests",
+        "enqueued {n} events in {:.2} s; receiver got {received} requests; CPU: worker {worker_cpu:.2} s, receiver and poller {bench_cpu:.2} s",
         enqueued.as_secs_f64()
     );
     println!(
@@ -177,4 +200,33 @@ async fn main() -> anyhow::Result<()> {
         rss_mib
     );
     Ok(())
+}
+
+/// Deletes the benchmark's Redis keys.
+async fn clear_prefix(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((0, Vec::new()));
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
 }

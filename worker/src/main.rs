@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         "retry-job" => return retry_job(&pool, &flags).await,
         _ => {}
     }
-    let client = redis::Client::open(settings.redis.url.expose().as_str())?;
+    let client = shared::ratelimit::client(settings.redis.url.expose())?;
     let redis = match tokio::time::timeout(
         Duration::from_secs(10),
         redis::aio::ConnectionManager::new(client),

@@ -20,8 +20,10 @@ use shared::{
 pub fn config(settings: &Settings, queue: Queue) -> Config {
     Config::default()
         .queue(queue_name(settings, queue))
-        // Fetch in batches: fewer round trips per job.
-        .batch_size(100)
+        // Fetch in batches: fewer round trips per job. apalis-redis also sizes the channel that
+        // carries finished jobs' acknowledgements by it (four batches); a channel smaller than
+        // the jobs running at once makes finished jobs wait for room, in lock-step.
+        .batch_size((settings.worker.concurrency.get(queue) / 2).clamp(50, 1000))
         // A worker silent for three heartbeats is presumed dead; its jobs go to another one.
         .heartbeat_interval(settings.worker.heartbeat)
         .missed_heartbeats(3)

@@ -162,6 +162,7 @@ pub async fn lease_due(
     limit: usize,
 ) -> Result<Vec<JobMessage>, DbError> {
     let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    let mut tx = relaxed(pool).await?;
     let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE jobs SET run_at = $3, lease_token = gen_random_uuid(), updated_at = $2 \
          WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND run_at <= $2 \
@@ -172,12 +173,24 @@ pub async fn lease_due(
     .bind(now)
     .bind(until)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|(id, token)| JobMessage { id, token })
         .collect())
+}
+
+/// A transaction whose commit does not wait for the disk. For lease changes only: losing one
+/// in a database crash just makes a job due again (or a run's claim stale), which every job
+/// already survives; outcomes stay durable.
+async fn relaxed(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Puts leased jobs back as due now (their push to Redis failed).
@@ -228,7 +241,8 @@ pub async fn claim(
         now + chrono::Duration::from_std(run_lease).unwrap_or(chrono::Duration::seconds(60));
     let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
     let tokens: Vec<Uuid> = msgs.iter().map(|m| m.token).collect();
-    sqlx::query_as::<_, Claimed>(
+    let mut tx = relaxed(pool).await?;
+    let claimed = sqlx::query_as::<_, Claimed>(
         "UPDATE jobs SET lease_token = gen_random_uuid(), run_at = $4, updated_at = $3 \
          FROM (SELECT DISTINCT ON (id) id, token FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token)) u \
          WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending' \
@@ -239,9 +253,10 @@ pub async fn claim(
     .bind(&tokens)
     .bind(now)
     .bind(until)
-    .fetch_all(pool)
-    .await
-    .map_err(Into::into)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// How a run ended.

@@ -85,7 +85,7 @@ impl Env {
         vars.insert("WORKER_ADDR".into(), "127.0.0.1:0".into());
         vars.insert(
             "REDIS_KEY_PREFIX".into(),
-            format!("test:{}:", Uuid::new_v4().simple()),
+            format!("test:{}:{}:", std::process::id(), Uuid::new_v4().simple()),
         );
         vars.insert("RATE_LIMIT_PER_SECOND".into(), "100000".into());
         vars.insert("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into());
@@ -96,6 +96,7 @@ impl Env {
             vars.insert((*k).into(), (*v).into());
         }
         let settings = settings_of(&vars);
+        drop_stale_redis_keys(&settings).await;
         let pool = shared::db::pool(&settings.database).expect("pool");
         shared::db::migrate(&pool).await.expect("migrate");
         Env { vars, pool }
@@ -205,12 +206,50 @@ impl Env {
     }
 }
 
+/// Deletes the Redis keys of test processes that are gone (`test:<pid>:…`), once per process.
+async fn drop_stale_redis_keys(settings: &Settings) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let mut conn = redis(settings).await;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("test:*")
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or((0, Vec::new()));
+            let stale: Vec<&String> = keys
+                .iter()
+                .filter(|k| {
+                    let pid = k.split(':').nth(1).unwrap_or("");
+                    pid.parse::<u32>().is_ok_and(|p| {
+                        p != std::process::id()
+                            && !std::path::Path::new(&format!("/proc/{p}")).exists()
+                    })
+                })
+                .collect();
+            if !stale.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(&stale).query_async(&mut conn).await;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn settings_of(vars: &HashMap<String, String>) -> Settings {
     Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings")
 }
 
 async fn redis(settings: &Settings) -> redis::aio::ConnectionManager {
-    let client = redis::Client::open(settings.redis.url.expose().as_str()).expect("redis url");
+    let client = shared::ratelimit::client(settings.redis.url.expose()).expect("redis url");
     redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis")
