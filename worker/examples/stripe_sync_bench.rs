@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 #[path = "../tests/worker/stripe_fake.rs"]
 #[allow(dead_code)]
 mod stripe_fake;
@@ -182,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
     let products = fake.objects("prod_");
     let prices = fake.objects("price_");
     pool.close().await;
-    clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
+    common::clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
@@ -201,33 +203,4 @@ async fn main() -> anyhow::Result<()> {
         n as f64 / all_synced.as_secs_f64()
     );
     Ok(())
-}
-
-/// Deletes the benchmark's Redis keys.
-async fn clear_prefix(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or((0, Vec::new()));
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
 }

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     collections::HashMap,
     process::{Command, Stdio},
@@ -182,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         .status();
     let _ = worker.wait();
     pool.close().await;
-    clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
+    common::clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
     )))
@@ -200,33 +202,4 @@ async fn main() -> anyhow::Result<()> {
         rss_mib
     );
     Ok(())
-}
-
-/// Deletes the benchmark's Redis keys.
-async fn clear_prefix(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or((0, Vec::new()));
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
 }

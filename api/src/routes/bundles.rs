@@ -12,11 +12,10 @@ use shared::{
     db::{
         self, DbError,
         bundles::{BundleChanges, BundleRow, ItemRow, NewBundle},
-        events::NewEvent,
         products::PriceRow,
     },
     domain::{
-        catalog::{Description, Metadata, Name},
+        catalog::{Description, Name},
         money::{Currency, Money, basis_points},
         pricing::PriceModel,
     },
@@ -26,7 +25,7 @@ use shared::{
 
 use super::{
     ApiTags,
-    dto::page_request,
+    dto::{metadata, page_request, record_event},
     products::{price_display, stored_interval},
 };
 use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
@@ -251,29 +250,6 @@ async fn load(
         .collect()
 }
 
-fn to_json(out: &BundleOut) -> serde_json::Value {
-    use poem_openapi::types::ToJSON;
-    out.to_json().unwrap_or_default()
-}
-
-async fn record(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    ctx: &TenantContext,
-    event_type: &str,
-    out: &BundleOut,
-) -> Result<(), ApiError> {
-    db::events::record(
-        tx,
-        ctx.scope(),
-        NewEvent::new(event_type, to_json(out)),
-        state.clock.now(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(ApiError::internal)
-}
-
 #[OpenApi]
 impl BundlesApi {
     /// Create a bundle
@@ -318,13 +294,7 @@ impl BundlesApi {
             }
             items.push((id, i32::try_from(quantity).unwrap_or(1)));
         }
-        let metadata = b
-            .metadata
-            .as_ref()
-            .map(|m| Metadata::parse(m).map(|m| m.to_json()))
-            .transpose()
-            .map_err(ApiError::invalid("metadata"))?
-            .unwrap_or_else(|| serde_json::json!({}));
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
         let mut tx = state.pool.begin().await.map_err(begin_err)?;
         let ids: Vec<uuid::Uuid> = items.iter().map(|(p, _)| p.as_uuid()).collect();
         let prices: HashMap<PriceId, PriceRow> = db::products::get_prices(&mut tx, ctx, &ids)
@@ -398,7 +368,7 @@ impl BundlesApi {
             })
             .collect();
         let out = render(row, &item_rows, &prices)?;
-        record(&mut tx, &state, ctx, "bundle.created", &out).await?;
+        record_event(&mut tx, &state, ctx, "bundle.created", &out).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedBundle::Created(Json(out)))
@@ -496,12 +466,7 @@ impl BundlesApi {
             .transpose()
             .map_err(ApiError::invalid("description"))?;
         let discount_bps = b.discount_bps.map(discount).transpose()?;
-        let metadata = b
-            .metadata
-            .as_ref()
-            .map(|m| Metadata::parse(m).map(|m| m.to_json()))
-            .transpose()
-            .map_err(ApiError::invalid("metadata"))?;
+        let metadata = metadata(b.metadata.as_ref())?;
         let out = change(
             &state,
             ctx,
@@ -588,7 +553,7 @@ async fn change(
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found("bundle"))?;
-    record(&mut tx, state, ctx, "bundle.updated", &out).await?;
+    record_event(&mut tx, state, ctx, "bundle.updated", &out).await?;
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(out)
 }

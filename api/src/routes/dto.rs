@@ -204,3 +204,43 @@ pub fn page_request<E: std::fmt::Display>(
     };
     Ok(PageRequest { limit, cursor })
 }
+
+/// Records an event about an object, as the API shows it, in the request's transaction.
+pub async fn record_event<T: poem_openapi::types::ToJSON>(
+    tx: &mut sqlx::PgConnection,
+    state: &crate::state::AppState,
+    ctx: &shared::tenancy::TenantContext,
+    event_type: &str,
+    object: &T,
+) -> Result<(), crate::error::ApiError> {
+    shared::db::events::record(
+        tx,
+        ctx.scope(),
+        shared::db::events::NewEvent::new(event_type, object.to_json().unwrap_or_default()),
+        state.clock.now(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(crate::error::ApiError::internal)
+}
+
+/// Parses optional key-value metadata (Stripe's limits) into its stored form.
+pub fn metadata(
+    m: Option<&std::collections::HashMap<String, String>>,
+) -> Result<Option<serde_json::Value>, crate::error::ApiError> {
+    m.map(|m| shared::domain::catalog::Metadata::parse(m).map(|m| m.to_json()))
+        .transpose()
+        .map_err(crate::error::ApiError::invalid("metadata"))
+}
+
+/// The problem for a field that cannot change after creation.
+pub fn immutable(field: &str, what: &str) -> crate::error::ApiError {
+    crate::error::ApiError {
+        field: Some(field.into()),
+        ..crate::error::ApiError::new(
+            poem::http::StatusCode::BAD_REQUEST,
+            "immutable_field",
+            format!("`{field}` cannot change: create a new {what} instead."),
+        )
+    }
+}

@@ -12,11 +12,10 @@ use shared::{
     db::{
         self, DbError,
         catalog_sync::{self, Synced},
-        events::NewEvent,
         plans::{NewPlan, PlanChanges, PlanFilter, PlanRow},
     },
     domain::{
-        catalog::{Description, Features, Metadata, Name},
+        catalog::{Description, Features, Name},
         interval::{Interval, IntervalUnit},
         money::{Currency, Money},
     },
@@ -24,7 +23,10 @@ use shared::{
     tenancy::{Permission, TenantContext},
 };
 
-use super::{ApiTags, dto::page_request};
+use super::{
+    ApiTags,
+    dto::{immutable, metadata, page_request, record_event},
+};
 use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
 
 pub struct PlansApi;
@@ -195,17 +197,6 @@ fn begin_err(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("database", e)
 }
 
-fn json_out(row: &PlanRow) -> serde_json::Value {
-    use poem_openapi::types::ToJSON;
-    PlanOut::from(row.clone()).to_json().unwrap_or_default()
-}
-
-fn metadata(m: Option<&HashMap<String, String>>) -> Result<Option<serde_json::Value>, ApiError> {
-    m.map(|m| Metadata::parse(m).map(|m| m.to_json()))
-        .transpose()
-        .map_err(ApiError::invalid("metadata"))
-}
-
 fn features(f: Option<&[String]>) -> Result<Option<serde_json::Value>, ApiError> {
     f.map(|f| Features::parse(f).map(|f| f.to_json()))
         .transpose()
@@ -243,26 +234,8 @@ async fn insert_plan(
             .await
             .map_err(ApiError::internal)?;
     }
-    record(tx, state, ctx, "plan.created", &row).await?;
+    record_event(tx, state, ctx, "plan.created", &PlanOut::from(row.clone())).await?;
     Ok(row)
-}
-
-async fn record(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    ctx: &TenantContext,
-    event_type: &str,
-    row: &PlanRow,
-) -> Result<(), ApiError> {
-    db::events::record(
-        tx,
-        ctx.scope(),
-        NewEvent::new(event_type, json_out(row)),
-        state.clock.now(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(ApiError::internal)
 }
 
 /// Applies changes; a change Stripe must hear of queues the sync.
@@ -305,7 +278,7 @@ async fn change(
             .map_err(ApiError::internal)?;
     }
     let row = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
-    record(&mut tx, state, ctx, event_type, &row).await?;
+    record_event(&mut tx, state, ctx, event_type, &PlanOut::from(row.clone())).await?;
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(row)
 }
@@ -491,17 +464,7 @@ impl PlansApi {
             ("interval_count", b.interval_count.is_some()),
         ] {
             if present {
-                return Err(ApiError {
-                    field: Some(field.into()),
-                    ..ApiError::new(
-                        poem::http::StatusCode::BAD_REQUEST,
-                        "immutable_field",
-                        format!(
-                            "`{field}` cannot change: create a new plan (or duplicate this one) \
-                             with the new price."
-                        ),
-                    )
-                });
+                return Err(immutable(field, "plan (or duplicate this one)"));
             }
         }
         let name = b

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use poem::{Request, http::StatusCode};
+use poem::Request;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi, Union, param::Path, param::Query, payload::Json,
 };
@@ -14,11 +14,10 @@ use shared::{
     db::{
         self, DbError,
         catalog_sync::{self, Synced},
-        events::NewEvent,
         products::{NewPrice, NewProduct, PriceChanges, PriceRow, ProductChanges, ProductRow},
     },
     domain::{
-        catalog::{Code, Description, Features, Metadata, Name},
+        catalog::{Code, Description, Features, Name},
         interval::{Interval, IntervalUnit},
         money::{Currency, Money},
         pricing::{self, Aggregation, PriceModel, PriceModelIn, Usage},
@@ -27,7 +26,10 @@ use shared::{
     tenancy::{Permission, TenantContext},
 };
 
-use super::{ApiTags, dto::page_request};
+use super::{
+    ApiTags,
+    dto::{immutable, metadata, page_request, record_event},
+};
 use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
 
 pub struct ProductsApi;
@@ -425,45 +427,6 @@ fn begin_err(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("database", e)
 }
 
-fn metadata(m: Option<&HashMap<String, String>>) -> Result<Option<serde_json::Value>, ApiError> {
-    m.map(|m| Metadata::parse(m).map(|m| m.to_json()))
-        .transpose()
-        .map_err(ApiError::invalid("metadata"))
-}
-
-fn to_json<T: poem_openapi::types::ToJSON>(v: &T) -> serde_json::Value {
-    v.to_json().unwrap_or_default()
-}
-
-async fn record(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    ctx: &TenantContext,
-    event_type: &str,
-    object: serde_json::Value,
-) -> Result<(), ApiError> {
-    db::events::record(
-        tx,
-        ctx.scope(),
-        NewEvent::new(event_type, object),
-        state.clock.now(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(ApiError::internal)
-}
-
-fn immutable(field: &str, what: &str) -> ApiError {
-    ApiError {
-        field: Some(field.into()),
-        ..ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "immutable_field",
-            format!("`{field}` cannot change: create a new {what} instead."),
-        )
-    }
-}
-
 #[OpenApi]
 impl ProductsApi {
     /// Create a product
@@ -524,7 +487,7 @@ impl ProductsApi {
                 .map_err(ApiError::internal)?;
         }
         let out = ProductOut::from(row);
-        record(&mut tx, &state, ctx, "product.created", to_json(&out)).await?;
+        record_event(&mut tx, &state, ctx, "product.created", &out).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedProduct::Created(Json(out)))
@@ -781,7 +744,7 @@ impl ProductsApi {
                 .map_err(ApiError::internal)?;
         }
         let out = PriceOut::from(row);
-        record(&mut tx, &state, ctx, "price.created", to_json(&out)).await?;
+        record_event(&mut tx, &state, ctx, "price.created", &out).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedPrice::Created(Json(out)))
@@ -954,7 +917,7 @@ impl ProductsApi {
             row
         };
         let out = PriceOut::from(row);
-        record(&mut tx, &state, ctx, "price.updated", to_json(&out)).await?;
+        record_event(&mut tx, &state, ctx, "price.updated", &out).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
@@ -1004,7 +967,7 @@ async fn change_product(
         row
     };
     let out = ProductOut::from(row);
-    record(&mut tx, state, ctx, "product.updated", to_json(&out)).await?;
+    record_event(&mut tx, state, ctx, "product.updated", &out).await?;
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(out)
 }
