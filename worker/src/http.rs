@@ -40,6 +40,8 @@ pub fn client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve names itself, past the address check.
+        .no_proxy()
         .pool_max_idle_per_host(512)
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
@@ -108,10 +110,15 @@ pub async fn post(
     }
     Answer {
         status: Some(status),
-        body: String::from_utf8_lossy(&kept).into_owned(),
+        body: text(&kept),
         error,
         latency: started.elapsed(),
     }
+}
+
+/// Bytes as text PostgreSQL can store: invalid UTF-8 and NUL become U+FFFD.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
 }
 
 /// The error with its causes, for the attempt log (a refused address says so).
@@ -129,5 +136,5 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    shared::jobs::truncate(&text, 1000)
+    shared::jobs::truncate(&text.replace('\0', "\u{FFFD}"), 1000)
 }

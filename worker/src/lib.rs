@@ -109,9 +109,30 @@ impl Runtime {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
                 let started = std::time::Instant::now();
-                let recorded = webhook_deliveries::record(&pool, &done, clock.now())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let recorded = match webhook_deliveries::record(&pool, &done, clock.now()).await {
+                    Ok(r) => r,
+                    Err(e) if done.len() > 1 => {
+                        // One bad item must not hold back the others: record them one by one.
+                        tracing::warn!(error = %e, batch = done.len(), "batch not recorded; recording one by one");
+                        let mut recorded = Vec::new();
+                        for item in &done {
+                            match webhook_deliveries::record(
+                                &pool,
+                                std::slice::from_ref(item),
+                                clock.now(),
+                            )
+                            .await
+                            {
+                                Ok(r) => recorded.extend(r),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, delivery = %item.delivery_id, "delivery outcome not recorded")
+                                }
+                            }
+                        }
+                        recorded
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 tracing::debug!(
                     batch = done.len(),
                     took_ms = started.elapsed().as_millis() as u64,

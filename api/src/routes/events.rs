@@ -99,6 +99,16 @@ impl EventsApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             EventId::parse(s).map(|id| id.as_uuid())
         })?;
+        if event_type
+            .0
+            .as_deref()
+            .is_some_and(|t| t.len() > 100 || t.chars().any(char::is_control))
+        {
+            return Err(ApiError::validation(
+                "type",
+                "must be an event type such as `invoice.paid`",
+            ));
+        }
         let page = db::events::list(&state.pool, ctx, page, event_type.0.as_deref())
             .await
             .map_err(ApiError::from_db("event"))?;

@@ -268,14 +268,17 @@ async fn change(
         tx.rollback().await.map_err(ApiError::internal)?;
         return Ok(before);
     }
-    if row.sync_version != before.sync_version
-        && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
-            .await
-            .map_err(ApiError::internal)?
-    {
-        catalog_sync::schedule(&mut tx, Synced::Plan, ctx.scope(), id.as_uuid(), now)
-            .await
-            .map_err(ApiError::internal)?;
+    if row.sync_version != before.sync_version {
+        catalog_sync::changed(
+            &mut tx,
+            &state.settings.stripe,
+            Synced::Plan,
+            ctx.scope(),
+            id.as_uuid(),
+            now,
+        )
+        .await
+        .map_err(ApiError::internal)?;
     }
     let row = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
     record_event(&mut tx, state, ctx, event_type, &PlanOut::from(row.clone())).await?;
@@ -386,10 +389,10 @@ impl PlansApi {
             .transpose()
             .map_err(ApiError::invalid("billing_interval"))?;
         let search = search.0.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        if search.is_some_and(|s| s.chars().count() > 100) {
+        if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
             return Err(ApiError::validation(
                 "search",
-                "must be at most 100 characters",
+                "must be at most 100 characters, without control characters",
             ));
         }
         let page = db::plans::list(

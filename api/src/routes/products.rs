@@ -902,14 +902,17 @@ impl ProductsApi {
             tx.rollback().await.map_err(ApiError::internal)?;
             return Ok(Json(PriceOut::from(before)));
         }
-        let row = if row.sync_version != before.sync_version
-            && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
-                .await
-                .map_err(ApiError::internal)?
-        {
-            catalog_sync::schedule(&mut tx, Synced::Price, ctx.scope(), id.as_uuid(), now)
-                .await
-                .map_err(ApiError::internal)?;
+        let row = if row.sync_version != before.sync_version {
+            catalog_sync::changed(
+                &mut tx,
+                &state.settings.stripe,
+                Synced::Price,
+                ctx.scope(),
+                id.as_uuid(),
+                now,
+            )
+            .await
+            .map_err(ApiError::internal)?;
             db::products::get_price(&mut tx, ctx, id)
                 .await
                 .map_err(price_err)?
@@ -952,14 +955,17 @@ async fn change_product(
         tx.rollback().await.map_err(ApiError::internal)?;
         return Ok(ProductOut::from(before));
     }
-    let row = if row.sync_version != before.sync_version
-        && catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
-            .await
-            .map_err(ApiError::internal)?
-    {
-        catalog_sync::schedule(&mut tx, Synced::Product, ctx.scope(), id.as_uuid(), now)
-            .await
-            .map_err(ApiError::internal)?;
+    let row = if row.sync_version != before.sync_version {
+        catalog_sync::changed(
+            &mut tx,
+            &state.settings.stripe,
+            Synced::Product,
+            ctx.scope(),
+            id.as_uuid(),
+            now,
+        )
+        .await
+        .map_err(ApiError::internal)?;
         db::products::get(&mut tx, ctx, id)
             .await
             .map_err(product_err)?

@@ -237,6 +237,13 @@ async fn connect(
         .await
         .map_err(stripe_err)?;
     let mut tx = state.pool.begin().await.map_err(begin_err)?;
+    let previous = current.as_ref().and_then(|r| r.account_id.as_deref());
+    if previous.is_some_and(|p| p != account) {
+        // A new account: what the old one held must be created there afresh.
+        catalog_sync::forget_stripe_ids(&mut tx, ctx.scope())
+            .await
+            .map_err(ApiError::internal)?;
+    }
     let row = db::stripe_accounts::start_onboarding(&mut tx, ctx, &account, now)
         .await
         .map_err(ApiError::internal)?;

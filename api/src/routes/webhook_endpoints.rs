@@ -805,7 +805,14 @@ impl WebhookEndpointsApi {
         .map_err(ApiError::internal)?;
         let delivery = db::webhook_deliveries::find(&mut tx, ctx, event_id, endpoint.id)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|e| match e {
+                // Disabled or deleted since it was read.
+                DbError::NotFound => ApiError::conflict(
+                    "webhook_endpoint_disabled",
+                    "The configured webhook endpoint was disabled or removed meanwhile.",
+                ),
+                other => ApiError::internal(other),
+            })?;
         tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(event_id.to_string()));
         Ok(TestQueued::Accepted(Json(WebhookTestOut {

@@ -1499,3 +1499,26 @@ async fn a_quarterly_price_and_a_three_monthly_price_bundle_together() {
     assert_eq!(bundle["list_amount"], 5000);
     assert_eq!(bundle["amount"], 4500);
 }
+
+#[tokio::test]
+async fn control_characters_in_metadata_and_filters_are_refused() {
+    let app = spawn_app().await;
+    let t = app.register("control@acme.com").await;
+    let before = written(&app).await;
+    let resp = app
+        .post(
+            PRODUCTS,
+            &t.sk_test(),
+            &json!({"name": "N", "metadata": {"k": "a\u{0}b"}}),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "metadata");
+    assert_eq!(written(&app).await, before);
+    let resp = app.get("/api/v1/plans?search=%00", &t.sk_test()).await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "search");
+    let resp = app.get("/api/v1/events?type=a%00b", &t.sk_test()).await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "type");
+}

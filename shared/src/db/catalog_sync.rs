@@ -87,8 +87,8 @@ pub async fn schedule_all_unsynced(
     for what in [Synced::Plan, Synced::Product, Synced::Price] {
         let ids: Vec<(Uuid,)> = sqlx::query_as(sqlf!(
             "UPDATE {} SET sync_status = 'pending', sync_error = NULL \
-             WHERE tenant_id = $1 AND livemode = $2 AND sync_status IN ('not_synced', 'failed') \
-             AND synced_version < sync_version RETURNING id",
+             WHERE tenant_id = $1 AND livemode = $2 AND synced_version < sync_version \
+             RETURNING id",
             what.table()
         ))
         .bind(scope.tenant_id)
@@ -177,8 +177,10 @@ pub async fn mark_synced(
     let set = set_ids(&cols, 4);
     let mut q = sqlx::query(sqlf!(
         "UPDATE {} SET {set}synced_version = GREATEST(synced_version, $2), synced_at = $3, \
-         sync_status = CASE WHEN sync_version <= $2 THEN 'synced' ELSE 'pending' END, \
-         sync_error = CASE WHEN sync_version <= $2 THEN NULL ELSE sync_error END \
+         sync_status = CASE WHEN sync_version <= GREATEST(synced_version, $2) THEN 'synced' \
+                       ELSE sync_status END, \
+         sync_error = CASE WHEN sync_version <= GREATEST(synced_version, $2) THEN NULL \
+                      ELSE sync_error END \
          WHERE id = $1",
         what.table()
     ))
@@ -224,4 +226,48 @@ pub async fn has_target(
     }
     let account = super::stripe_accounts::get(conn, scope).await?;
     Ok(account.is_some_and(|a| a.usable_id().is_some()))
+}
+
+/// The tenant's account changed (a new one after a disconnection): Stripe ids of the old one
+/// mean nothing on the new one, so every object must be created there afresh.
+pub async fn forget_stripe_ids(conn: &mut PgConnection, scope: Scope) -> Result<(), DbError> {
+    for (table, ids) in [
+        ("plans", "stripe_product_id = NULL, stripe_price_id = NULL"),
+        ("products", "stripe_product_id = NULL"),
+        ("prices", "stripe_price_id = NULL"),
+    ] {
+        sqlx::query(sqlf!(
+            "UPDATE {table} SET {ids}, synced_version = 0, sync_status = 'not_synced', \
+             sync_error = NULL WHERE tenant_id = $1 AND livemode = $2"
+        ))
+        .bind(scope.tenant_id)
+        .bind(scope.livemode)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// After a change Stripe must hear of: queue the sync, or mark the object `not_synced` when
+/// there is no Stripe to tell.
+pub async fn changed(
+    conn: &mut PgConnection,
+    settings: &crate::config::StripeSettings,
+    what: Synced,
+    scope: Scope,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if has_target(conn, settings, scope).await? {
+        schedule(conn, what, scope, id, now).await
+    } else {
+        sqlx::query(sqlf!(
+            "UPDATE {} SET sync_status = 'not_synced' WHERE id = $1",
+            what.table()
+        ))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }

@@ -160,7 +160,7 @@ pub async fn disconnect(
 pub async fn mirror_to_tenant(conn: &mut PgConnection, row: &AccountRow) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE tenants SET stripe_connect_account_id = $2, stripe_connect_status = $3, \
-         updated_at = now() WHERE id = $1",
+         updated_at = $4 WHERE id = $1",
     )
     .bind(row.tenant_id)
     .bind(if row.status == "disconnected" {
@@ -169,6 +169,7 @@ pub async fn mirror_to_tenant(conn: &mut PgConnection, row: &AccountRow) -> Resu
         row.account_id.as_deref()
     })
     .bind(&row.status)
+    .bind(row.updated_at)
     .execute(conn)
     .await?;
     Ok(())

@@ -82,17 +82,23 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<StripeEventRow, DbError> {
     .map_err(Into::into)
 }
 
+/// Marks an event processed with its outcome, unless it already was: `false` then (another
+/// run got there first and nothing must be done again). Use inside the transaction applying
+/// the event's effect.
 pub async fn mark_processed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: &str,
     outcome: &str,
     now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    sqlx::query("UPDATE stripe_events SET processed_at = $2, outcome = $3 WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .bind(outcome)
-        .execute(pool)
-        .await?;
-    Ok(())
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE stripe_events SET processed_at = $2, outcome = $3 \
+         WHERE id = $1 AND processed_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(outcome)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -406,6 +406,9 @@ pub async fn record(
     let mut healthy = Vec::new();
     let mut failing = (Vec::new(), Vec::new());
     let mut disable = (Vec::new(), Vec::new());
+    // Endpoints in id order: concurrent batches lock them in the same order, never in a cycle.
+    let mut changes: Vec<(Uuid, (Scope, EndpointChange))> = changes.into_iter().collect();
+    changes.sort_by_key(|(id, _)| *id);
     for (id, (_, change)) in &changes {
         match change {
             EndpointChange::Healthy => healthy.push(*id),

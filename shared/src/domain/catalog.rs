@@ -123,6 +123,12 @@ impl Metadata {
                     "key `{k}` must be 1 to 40 characters without brackets"
                 )));
             }
+            if k.chars().any(char::is_control) || v.chars().any(char::is_control) {
+                return Err(ValidationError(format!(
+                    "`{}` must not contain control characters",
+                    k.escape_debug()
+                )));
+            }
             if v.chars().count() > 500 {
                 return Err(ValidationError(format!(
                     "the value of `{k}` must be at most 500 characters"
@@ -170,6 +176,8 @@ mod tests {
         assert!(Metadata::parse(ok.iter().map(|(k, v)| (k, v))).is_ok());
         let long_key: Vec<(String, String)> = vec![("k".repeat(41), "v".into())];
         assert!(Metadata::parse(long_key.iter().map(|(k, v)| (k, v))).is_err());
+        let nul: Vec<(String, String)> = vec![("k".into(), "a\u{0}b".into())];
+        assert!(Metadata::parse(nul.iter().map(|(k, v)| (k, v))).is_err());
         let many: Vec<(String, String)> = (0..51).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(Metadata::parse(many.iter().map(|(k, v)| (k, v))).is_err());
     }

@@ -284,6 +284,12 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
                 || (seg[0] == 0x2001 && seg[1] == 0) // Teredo tunnels
+                || (seg[0] == 0x2001 && seg[1] == 2 && seg[2] == 0) // benchmarking 2001:2::/48
+                || (seg[0] == 0x2001 && (seg[1] & 0xfff0) == 0x10) // ORCHID 2001:10::/28
+                || (seg[0] & 0xfff0) == 0x3ff0 // documentation 3fff::/20
+                || seg[0] == 0x5f00 // SRv6 SIDs 5f00::/16
+                || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard 100::/64
+                || (seg[0..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0) // IPv4-translated
                 || (seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2] == 1) // local NAT64
                 || v6 == Ipv6Addr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
                 || seg[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
@@ -303,6 +309,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || o[0] == 0 // "this network"
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64.0.0/10
         || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18.0.0/15
         || o[0] >= 240) // reserved
 }
@@ -477,6 +484,11 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "2001:0:4136:e378::1",
+            "::ffff:0:a00:1",
+            "100::1",
+            "2001:2::1",
+            "3fff::1",
+            "192.88.99.1",
         ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad}");
         }

@@ -244,7 +244,7 @@ pub async fn claim(
     let mut tx = relaxed(pool).await?;
     let claimed = sqlx::query_as::<_, Claimed>(
         "UPDATE jobs SET lease_token = gen_random_uuid(), run_at = $4, updated_at = $3 \
-         FROM (SELECT DISTINCT ON (id) id, token FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token)) u \
+         FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
          WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending' \
          RETURNING jobs.id, jobs.lease_token AS token, jobs.queue, jobs.kind, jobs.tenant_id, \
          jobs.livemode, jobs.payload, jobs.attempts, jobs.max_attempts",

@@ -58,31 +58,47 @@ async fn process(rt: &Runtime, job: &Claimed) -> Result<(), String> {
     if event.processed_at.is_some() {
         return Ok(());
     }
-    let outcome = match event.event_type.as_str() {
-        "account.updated" => account_updated(rt, &event).await?,
+    let ignored = match event.event_type.as_str() {
+        "account.updated" => return account_updated(rt, &event).await,
         t if KNOWN_PREFIXES.iter().any(|p| t.starts_with(p)) => {
-            "ignored: the platform does not keep this object yet".to_owned()
+            "ignored: the platform does not keep this object yet"
         }
-        _ => "ignored: not an event type the platform acts on".to_owned(),
+        _ => "ignored: not an event type the platform acts on",
     };
-    stripe_events::mark_processed(&rt.pool, &event.id, &outcome, rt.clock.now())
+    let mut conn = rt.pool.acquire().await.map_err(|e| e.to_string())?;
+    stripe_events::mark_processed(&mut conn, &event.id, ignored, rt.clock.now())
         .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Records an outcome that changed nothing.
+async fn settle(rt: &Runtime, id: &str, outcome: &str) -> Result<(), String> {
+    let mut conn = rt.pool.acquire().await.map_err(|e| e.to_string())?;
+    stripe_events::mark_processed(&mut conn, id, outcome, rt.clock.now())
+        .await
+        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
 async fn account_updated(
     rt: &Runtime,
     event: &stripe_events::StripeEventRow,
-) -> Result<String, String> {
+) -> Result<(), String> {
     let object = &event.payload["data"]["object"];
     let Some(account_id) = object["id"].as_str().or(event.account.as_deref()) else {
-        return Ok("ignored: no account id".into());
+        return settle(rt, &event.id, "ignored: no account id").await;
     };
     let Some(row) = stripe_accounts::by_account(&rt.pool, account_id, event.livemode)
         .await
         .map_err(|e| e.to_string())?
     else {
-        return Ok("ignored: not a connected account of any tenant".into());
+        return settle(
+            rt,
+            &event.id,
+            "ignored: not a connected account of any tenant",
+        )
+        .await;
     };
     let scope = Scope {
         tenant_id: row.tenant_id,
@@ -119,13 +135,30 @@ async fn account_updated(
     let was_connected = row.status == "connected";
     let db = |e: DbError| e.to_string();
     let mut tx = rt.pool.begin().await.map_err(|e| e.to_string())?;
+    let outcome = if in_doubt {
+        "applied: read afresh"
+    } else {
+        "applied"
+    };
+    // Claim the event first: a second run of this job changes nothing.
+    if !stripe_events::mark_processed(&mut tx, &event.id, outcome, now)
+        .await
+        .map_err(db)?
+    {
+        return Ok(());
+    }
     let Some(applied) =
         stripe_accounts::apply_state(&mut tx, scope, account_id, &state, details_submitted, now)
             .await
             .map_err(db)?
     else {
         tx.rollback().await.map_err(|e| e.to_string())?;
-        return Ok("stale: a newer state of the account was applied already".into());
+        return settle(
+            rt,
+            &event.id,
+            "stale: a newer state of the account was applied already",
+        )
+        .await;
     };
     stripe_accounts::mirror_to_tenant(&mut tx, &applied)
         .await
@@ -152,11 +185,5 @@ async fn account_updated(
     )
     .await
     .map_err(db)?;
-    tx.commit().await.map_err(|e| e.to_string())?;
-    Ok(if in_doubt {
-        "applied: read afresh"
-    } else {
-        "applied"
-    }
-    .into())
+    tx.commit().await.map_err(|e| e.to_string())
 }

@@ -410,3 +410,27 @@ async fn events_older_than_the_retention_are_deleted_with_their_deliveries() {
     );
     assert_eq!(env.scalar("SELECT count(*) FROM jobs").await, 1);
 }
+
+#[tokio::test]
+async fn an_answer_with_a_nul_byte_is_recorded_and_holds_back_no_other_delivery() {
+    let env = Env::new(&[]).await;
+    let api = env.api().await;
+    let receiver = Receiver::start().await;
+    receiver.body("ok\u{0}ok");
+    let tenant = api.register("nul@example.com").await;
+    api.endpoint(&tenant.sk_test, &receiver.url).await;
+    let worker = env.worker().await;
+    env.record_events(&tenant.id, 20, "invoice.paid").await;
+    wait_for("every delivery recorded", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'")
+            .await
+            == 20
+    })
+    .await;
+    let body: String = sqlx::query_scalar("SELECT response_body FROM webhook_attempts LIMIT 1")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(body, "ok\u{FFFD}ok");
+    worker.stop().await;
+}

@@ -393,6 +393,8 @@ struct ReceiverState {
     delay_ms: Arc<AtomicU64>,
     /// Bytes of answer body (0: the word `received`).
     body_len: Arc<AtomicU64>,
+    /// An exact answer body, when set.
+    body: Arc<Mutex<Option<String>>>,
 }
 
 /// A webhook receiver on loopback answering with a settable status (200 at first).
@@ -421,10 +423,11 @@ async fn receive(req: &Request, body: Vec<u8>, state: Data<&ReceiverState>) -> R
     let status =
         StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
     let len = usize::try_from(state.body_len.load(Ordering::Relaxed)).unwrap_or(0);
-    let body = if len == 0 {
-        "received".to_owned()
-    } else {
-        "x".repeat(len)
+    let exact = state.body.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let body = match exact {
+        Some(b) => b,
+        None if len == 0 => "received".to_owned(),
+        None => "x".repeat(len),
     };
     // A Location on every answer: a redirect status must not be followed.
     Response::builder()
@@ -457,6 +460,10 @@ impl Receiver {
 
     pub fn answer(&self, status: u16) {
         self.state.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn body(&self, body: &str) {
+        *self.state.body.lock().unwrap_or_else(|p| p.into_inner()) = Some(body.to_owned());
     }
 
     pub fn body_len(&self, len: usize) {

@@ -874,3 +874,50 @@ async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands
         shared::payments::Gateway::Sandbox
     ));
 }
+
+#[tokio::test]
+async fn after_reconnecting_a_new_account_the_catalog_is_created_there_afresh() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("reconnect@example.com").await;
+    let first = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let plan = create_plan(&api, &tenant, "Moves").await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let before = plan_when(&api, &tenant, &id, "synced").await;
+
+    let (status, _) = api
+        .send(
+            Method::DELETE,
+            Some(&tenant.owner),
+            "/api/v1/auth/tenants/stripe/disconnect?confirm=true",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A change while disconnected has no Stripe to go to.
+    let (status, renamed) = api
+        .send(
+            Method::PATCH,
+            Some(&tenant.sk_test),
+            &format!("/api/v1/plans/{id}"),
+            Some(&json!({"name": "Moved"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(renamed["sync_status"], "not_synced");
+
+    let second = connect(&api, &fake, &tenant).await;
+    assert_ne!(first, second);
+    let after = plan_when(&api, &tenant, &id, "synced").await;
+    assert_ne!(after["stripe_product_id"], before["stripe_product_id"]);
+    let on_second: Vec<_> = fake
+        .done("POST", "/v1/products")
+        .into_iter()
+        .filter(|r| r.account.as_deref() == Some(second.as_str()))
+        .collect();
+    assert_eq!(on_second.len(), 1);
+    assert_eq!(on_second[0].form["name"], "Moved");
+    worker.stop().await;
+}
