@@ -25,10 +25,6 @@ impl Histogram {
         }
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Writes `name_bucket`, `name_sum` and `name_count` lines; `labels` is `key="value",…`.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (i, b) in BUCKETS.iter().enumerate() {

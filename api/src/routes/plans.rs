@@ -127,8 +127,7 @@ pub struct PlanOut {
 
 fn price_display(p: &PlanRow) -> String {
     let currency = Currency::parse(&p.currency);
-    let interval = IntervalUnit::parse(&p.interval)
-        .and_then(|u| Interval::new(u, u32::try_from(p.interval_count).unwrap_or(1)));
+    let interval = Interval::from_stored(&p.interval, p.interval_count);
     match (currency, interval) {
         (Ok(c), Ok(i)) => Money::new(p.amount, c).display_per(i),
         _ => format!("{} {}/{}", p.amount, p.currency, p.interval),

@@ -326,8 +326,7 @@ pub struct PriceOut {
 
 /// The interval of a stored price, when it has one.
 pub fn stored_interval(interval: Option<&str>, count: Option<i32>) -> Option<Interval> {
-    let unit = IntervalUnit::parse(interval?).ok()?;
-    Interval::new(unit, u32::try_from(count.unwrap_or(1)).ok()?).ok()
+    Interval::from_stored(interval?, count.unwrap_or(1)).ok()
 }
 
 /// `$29.99/month` (or `$29.99` one-time) for flat and per-unit prices.

@@ -55,13 +55,6 @@ impl ApiKeyRow {
             "revoked_at": self.revoked_at,
         })
     }
-
-    fn scope(&self) -> Scope {
-        Scope {
-            tenant_id: self.tenant_id,
-            livemode: self.livemode,
-        }
-    }
 }
 
 const COLUMNS: &str = "id, tenant_id, livemode, kind, prefix, last4, created_at, revoked_at";
@@ -154,16 +147,31 @@ pub async fn revoke(
     .bind(by)
     .fetch_all(&mut **tx)
     .await?;
-    for row in &rows {
-        events::record(
-            &mut *tx,
-            row.scope(),
-            NewEvent::new("api_key.revoked", row.to_json()),
-            now,
-        )
-        .await?;
-    }
+    record_each(tx, ctx, &rows, "api_key.revoked", now).await?;
     Ok(rows)
+}
+
+/// Records one `event_type` event per key, one insert per mode.
+async fn record_each(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &TenantContext,
+    rows: &[ApiKeyRow],
+    event_type: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    for livemode in [false, true] {
+        let batch: Vec<NewEvent> = rows
+            .iter()
+            .filter(|row| row.livemode == livemode)
+            .map(|row| NewEvent::new(event_type, row.to_json()))
+            .collect();
+        let scope = Scope {
+            tenant_id: ctx.tenant_id,
+            livemode,
+        };
+        events::record_many(&mut *tx, scope, &batch, now).await?;
+    }
+    Ok(())
 }
 
 /// Revokes the active keys of the given modes and inserts new ones, atomically.
@@ -185,16 +193,9 @@ pub async fn regenerate(
     let revoked = revoke(&mut tx, ctx, &modes, by, now).await?;
     let mut created = Vec::with_capacity(keys.len());
     for key in keys {
-        let row = insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?;
-        events::record(
-            &mut tx,
-            row.scope(),
-            NewEvent::new("api_key.created", row.to_json()),
-            now,
-        )
-        .await?;
-        created.push(row);
+        created.push(insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?);
     }
+    record_each(&mut tx, ctx, &created, "api_key.created", now).await?;
     tx.commit().await?;
     Ok((revoked, created))
 }

@@ -204,13 +204,6 @@ pub async fn update(
     .map_err(Into::into)
 }
 
-impl PlanRow {
-    /// Whether Stripe has yet to hear about the current version.
-    pub fn needs_sync(&self) -> bool {
-        self.sync_version != self.synced_version
-    }
-}
-
 /// Worker-side read by id (the sync job names the plan; its tenant is on the row).
 pub async fn by_id(pool: &PgPool, id: uuid::Uuid) -> Result<PlanRow, DbError> {
     sqlx::query_as::<_, PlanRow>(sqlf!("SELECT {COLUMNS} FROM plans WHERE id = $1"))

@@ -126,6 +126,13 @@ impl Interval {
         Self::new(IntervalUnit::parse(unit)?, count)
     }
 
+    /// From a stored `(unit, count)` pair (a database row's columns).
+    pub fn from_stored(unit: &str, count: i32) -> Result<Self, ValidationError> {
+        let count = u32::try_from(count)
+            .map_err(|_| ValidationError("interval_count must be at least 1".into()))?;
+        Self::parse(unit, count)
+    }
+
     /// The unit counted.
     pub fn unit(self) -> IntervalUnit {
         self.unit

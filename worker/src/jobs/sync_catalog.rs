@@ -13,8 +13,9 @@ use shared::{
         plans, products, stripe_accounts,
     },
     domain::{
+        ValidationError,
         catalog::Metadata,
-        interval::{Interval, IntervalUnit},
+        interval::Interval,
         pricing::{PriceModel, PriceModelIn},
     },
     jobs::{Claimed, Finished, Outcome},
@@ -70,17 +71,6 @@ async fn account(rt: &Runtime, scope: Scope) -> Result<String, Stop> {
         .ok_or(Stop::NotSynced(
             "no Stripe account is connected in this mode",
         ))
-}
-
-/// Waits for the account's rate limit (briefly), then makes the call.
-async fn call<T, F>(rt: &Runtime, scope: Scope, account: &str, f: F) -> Result<T, Stop>
-where
-    F: std::future::Future<Output = Result<T, Failure>>,
-{
-    if !stripe_rate::acquire(rt, scope.livemode, account).await {
-        return Err(Stop::Later);
-    }
-    f.await.map_err(Stop::from)
 }
 
 fn metadata(
@@ -163,111 +153,181 @@ async fn current_version(rt: &Runtime, what: Synced, id: Uuid) -> i32 {
     .unwrap_or(0)
 }
 
+/// One run's view of the object it syncs: where, which version, and what Stripe had.
+struct Run<'a> {
+    rt: &'a Runtime,
+    what: Synced,
+    id: Uuid,
+    /// The object's prefixed id: the stem of its idempotency keys and its metadata.
+    key: String,
+    scope: Scope,
+    account: String,
+    version: i32,
+    synced_version: i32,
+}
+
+impl<'a> Run<'a> {
+    async fn new(
+        rt: &'a Runtime,
+        what: Synced,
+        id: Uuid,
+        key: String,
+        scope: Scope,
+        versions: (i32, i32),
+    ) -> Result<Run<'a>, Stop> {
+        let account = account(rt, scope).await?;
+        Ok(Run {
+            rt,
+            what,
+            id,
+            key,
+            scope,
+            account,
+            version: versions.0,
+            synced_version: versions.1,
+        })
+    }
+
+    /// Stripe has not yet seen this version.
+    fn changed(&self) -> bool {
+        self.synced_version < self.version
+    }
+
+    /// Waits for the account's rate limit, then makes the call.
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Stop> {
+        if !stripe_rate::acquire(self.rt, self.scope.livemode, &self.account).await {
+            return Err(Stop::Later);
+        }
+        f.await.map_err(Stop::from)
+    }
+
+    /// Creates the Stripe product once (its id recorded at once), or brings it up to date.
+    async fn product(
+        &self,
+        existing: Option<&String>,
+        spec: &ProductSpec<'_>,
+    ) -> Result<String, Stop> {
+        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode, &self.account);
+        let Some(existing) = existing else {
+            let key = format!("{}-product", self.key);
+            let created = self
+                .call(stripe.create_product(lm, acct, &key, spec))
+                .await?;
+            catalog_sync::record_stripe_ids(
+                &self.rt.pool,
+                self.what,
+                self.id,
+                Some(&created),
+                None,
+            )
+            .await?;
+            return Ok(created);
+        };
+        if self.changed() {
+            let key = format!("{}-product-v{}", self.key, self.version);
+            self.call(stripe.update_product(lm, acct, &key, existing, spec))
+                .await?;
+        }
+        Ok(existing.clone())
+    }
+
+    /// Creates the Stripe price once (prices are immutable in Stripe), then keeps only its
+    /// `active` flag in step.
+    async fn price(
+        &self,
+        existing: Option<&String>,
+        spec: impl FnOnce() -> Result<PriceSpec<'a>, Stop>,
+        active: bool,
+    ) -> Result<String, Stop> {
+        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode, &self.account);
+        let active_key = format!("{}-price-active-v{}", self.key, self.version);
+        let Some(existing) = existing else {
+            let key = format!("{}-price", self.key);
+            let created = self
+                .call(stripe.create_price(lm, acct, &key, &spec()?))
+                .await?;
+            catalog_sync::record_stripe_ids(
+                &self.rt.pool,
+                self.what,
+                self.id,
+                None,
+                Some(&created),
+            )
+            .await?;
+            if !active {
+                self.call(stripe.set_price_active(lm, acct, &active_key, &created, false))
+                    .await?;
+            }
+            return Ok(created);
+        };
+        if self.changed() {
+            self.call(stripe.set_price_active(lm, acct, &active_key, existing, active))
+                .await?;
+        }
+        Ok(existing.clone())
+    }
+
+    async fn synced(&self, product: Option<&str>, price: Option<&str>) -> Result<(), Stop> {
+        catalog_sync::mark_synced(
+            &self.rt.pool,
+            self.what,
+            self.id,
+            self.version,
+            product,
+            price,
+            self.rt.clock.now(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn rejected(e: ValidationError) -> Stop {
+    Stop::Stripe(Failure::Rejected(e.0))
+}
+
 async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
     let plan = plans::by_id(&rt.pool, id).await?;
     let scope = Scope {
         tenant_id: plan.tenant_id,
         livemode: plan.livemode,
     };
-    let account = account(rt, scope).await?;
-    let version = plan.sync_version;
     let plan_id = plan.id.to_string();
-    let spec = ProductSpec {
-        name: &plan.name,
-        description: &plan.description,
-        active: plan.is_active,
-        metadata: metadata("plan", &plan_id, scope, &plan.metadata),
-    };
-    let stripe = &rt.stripe;
-    let lm = plan.livemode;
-    let product = match &plan.stripe_product_id {
-        None => {
-            let key = format!("{plan_id}-product");
-            let created = call(
-                rt,
-                scope,
-                &account,
-                stripe.create_product(lm, &account, &key, &spec),
-            )
-            .await?;
-            catalog_sync::record_stripe_ids(&rt.pool, Synced::Plan, id, Some(&created), None)
-                .await?;
-            created
-        }
-        Some(existing) => {
-            if plan.synced_version < version {
-                let key = format!("{plan_id}-product-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    stripe.update_product(lm, &account, &key, existing, &spec),
-                )
-                .await?;
-            }
-            existing.clone()
-        }
-    };
-    let price = match &plan.stripe_price_id {
-        None => {
-            let interval = IntervalUnit::parse(&plan.interval)
-                .and_then(|u| Interval::new(u, u32::try_from(plan.interval_count).unwrap_or(1)))
-                .map_err(|e| Stop::Stripe(Failure::Rejected(e.0)))?;
-            let price_spec = PriceSpec {
-                product: &product,
-                currency: &plan.currency,
-                nickname: &plan.name,
-                recurring: Some(interval.to_stripe()),
-                scheme: Scheme::PerUnit(plan.amount),
-                metadata: metadata("plan", &plan_id, scope, &serde_json::json!({})),
-            };
-            let key = format!("{plan_id}-price");
-            let created = call(
-                rt,
-                scope,
-                &account,
-                stripe.create_price(lm, &account, &key, &price_spec),
-            )
-            .await?;
-            catalog_sync::record_stripe_ids(&rt.pool, Synced::Plan, id, None, Some(&created))
-                .await?;
-            if !plan.is_active {
-                let key = format!("{plan_id}-price-active-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    stripe.set_price_active(lm, &account, &key, &created, false),
-                )
-                .await?;
-            }
-            created
-        }
-        Some(existing) => {
-            if plan.synced_version < version {
-                let key = format!("{plan_id}-price-active-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    stripe.set_price_active(lm, &account, &key, existing, plan.is_active),
-                )
-                .await?;
-            }
-            existing.clone()
-        }
-    };
-    catalog_sync::mark_synced(
-        &rt.pool,
-        Synced::Plan,
-        id,
-        version,
-        Some(&product),
-        Some(&price),
-        rt.clock.now(),
-    )
-    .await?;
-    Ok(())
+    let versions = (plan.sync_version, plan.synced_version);
+    let run = Run::new(rt, Synced::Plan, id, plan_id.clone(), scope, versions).await?;
+    let product = run
+        .product(
+            plan.stripe_product_id.as_ref(),
+            &ProductSpec {
+                name: &plan.name,
+                description: &plan.description,
+                active: plan.is_active,
+                metadata: metadata("plan", &plan_id, scope, &plan.metadata),
+            },
+        )
+        .await?;
+    let price = run
+        .price(
+            plan.stripe_price_id.as_ref(),
+            || {
+                let interval =
+                    Interval::from_stored(&plan.interval, plan.interval_count).map_err(rejected)?;
+                Ok(PriceSpec {
+                    product: &product,
+                    currency: &plan.currency,
+                    nickname: &plan.name,
+                    recurring: Some(interval.to_stripe()),
+                    scheme: Scheme::PerUnit(plan.amount),
+                    metadata: metadata("plan", &plan_id, scope, &serde_json::json!({})),
+                })
+            },
+            plan.is_active,
+        )
+        .await?;
+    run.synced(Some(&product), Some(&price)).await
 }
 
 /// Syncs a product; returns its Stripe id.
@@ -277,55 +337,21 @@ async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
         tenant_id: p.tenant_id,
         livemode: p.livemode,
     };
-    let account = account(rt, scope).await?;
-    let version = p.sync_version;
     let product_id = p.id.to_string();
-    let spec = ProductSpec {
-        name: &p.name,
-        description: &p.description,
-        active: p.active,
-        metadata: metadata("product", &product_id, scope, &p.metadata),
-    };
-    let lm = p.livemode;
-    let stripe_id = match &p.stripe_product_id {
-        None => {
-            let key = format!("{product_id}-product");
-            let created = call(
-                rt,
-                scope,
-                &account,
-                rt.stripe.create_product(lm, &account, &key, &spec),
-            )
-            .await?;
-            catalog_sync::record_stripe_ids(&rt.pool, Synced::Product, id, Some(&created), None)
-                .await?;
-            created
-        }
-        Some(existing) => {
-            if p.synced_version < version {
-                let key = format!("{product_id}-product-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    rt.stripe
-                        .update_product(lm, &account, &key, existing, &spec),
-                )
-                .await?;
-            }
-            existing.clone()
-        }
-    };
-    catalog_sync::mark_synced(
-        &rt.pool,
-        Synced::Product,
-        id,
-        version,
-        Some(&stripe_id),
-        None,
-        rt.clock.now(),
-    )
-    .await?;
+    let versions = (p.sync_version, p.synced_version);
+    let run = Run::new(rt, Synced::Product, id, product_id.clone(), scope, versions).await?;
+    let stripe_id = run
+        .product(
+            p.stripe_product_id.as_ref(),
+            &ProductSpec {
+                name: &p.name,
+                description: &p.description,
+                active: p.active,
+                metadata: metadata("product", &product_id, scope, &p.metadata),
+            },
+        )
+        .await?;
+    run.synced(Some(&stripe_id), None).await?;
     Ok(stripe_id)
 }
 
@@ -369,87 +395,44 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
         tenant_id: p.tenant_id,
         livemode: p.livemode,
     };
-    let account = account(rt, scope).await?;
-    let version = p.sync_version;
     let price_id = p.id.to_string();
-    let lm = p.livemode;
-    let stripe_id = match &p.stripe_price_id {
-        None => {
-            // The product first (once), then the price on it.
-            let product = match products::product_by_id(&rt.pool, p.product_id.as_uuid()).await? {
-                q if q.stripe_product_id.is_some() && q.synced_version >= q.sync_version => {
-                    q.stripe_product_id.unwrap_or_default()
-                }
-                _ => sync_product(rt, p.product_id.as_uuid()).await?,
-            };
-            let model: PriceModel = serde_json::from_value(p.model.clone())
-                .map_err(|e| Stop::Stripe(Failure::Rejected(format!("stored price model: {e}"))))?;
-            let recurring = match (p.interval.as_deref(), p.interval_count) {
-                (Some(unit), count) => Some(
-                    IntervalUnit::parse(unit)
-                        .and_then(|u| {
-                            Interval::new(u, u32::try_from(count.unwrap_or(1)).unwrap_or(1))
-                        })
-                        .map_err(|e| Stop::Stripe(Failure::Rejected(e.0)))?
-                        .to_stripe(),
-                ),
-                (None, _) => None,
-            };
-            let spec = PriceSpec {
-                product: &product,
-                currency: &p.currency,
-                nickname: &p.nickname,
-                recurring,
-                scheme: scheme(&model),
-                metadata: metadata("price", &price_id, scope, &p.metadata),
-            };
-            let key = format!("{price_id}-price");
-            let created = call(
-                rt,
-                scope,
-                &account,
-                rt.stripe.create_price(lm, &account, &key, &spec),
-            )
-            .await?;
-            catalog_sync::record_stripe_ids(&rt.pool, Synced::Price, id, None, Some(&created))
-                .await?;
-            if !p.active {
-                let key = format!("{price_id}-active-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    rt.stripe
-                        .set_price_active(lm, &account, &key, &created, false),
-                )
-                .await?;
+    let versions = (p.sync_version, p.synced_version);
+    let run = Run::new(rt, Synced::Price, id, price_id.clone(), scope, versions).await?;
+    // The product first (once), then the price on it.
+    let product = match &p.stripe_price_id {
+        Some(_) => String::new(),
+        None => match products::product_by_id(&rt.pool, p.product_id.as_uuid()).await? {
+            q if q.stripe_product_id.is_some() && q.synced_version >= q.sync_version => {
+                q.stripe_product_id.unwrap_or_default()
             }
-            created
-        }
-        Some(existing) => {
-            if p.synced_version < version {
-                let key = format!("{price_id}-active-v{version}");
-                call(
-                    rt,
-                    scope,
-                    &account,
-                    rt.stripe
-                        .set_price_active(lm, &account, &key, existing, p.active),
-                )
-                .await?;
-            }
-            existing.clone()
-        }
+            _ => sync_product(rt, p.product_id.as_uuid()).await?,
+        },
     };
-    catalog_sync::mark_synced(
-        &rt.pool,
-        Synced::Price,
-        id,
-        version,
-        None,
-        Some(&stripe_id),
-        rt.clock.now(),
-    )
-    .await?;
-    Ok(())
+    let stripe_id = run
+        .price(
+            p.stripe_price_id.as_ref(),
+            || {
+                let model: PriceModel = serde_json::from_value(p.model.clone()).map_err(|e| {
+                    Stop::Stripe(Failure::Rejected(format!("stored price model: {e}")))
+                })?;
+                let recurring = p
+                    .interval
+                    .as_deref()
+                    .map(|unit| Interval::from_stored(unit, p.interval_count.unwrap_or(1)))
+                    .transpose()
+                    .map_err(rejected)?
+                    .map(Interval::to_stripe);
+                Ok(PriceSpec {
+                    product: &product,
+                    currency: &p.currency,
+                    nickname: &p.nickname,
+                    recurring,
+                    scheme: scheme(&model),
+                    metadata: metadata("price", &price_id, scope, &p.metadata),
+                })
+            },
+            p.active,
+        )
+        .await?;
+    run.synced(None, Some(&stripe_id)).await
 }
