@@ -176,28 +176,42 @@ async fn resolve_jwt(
     })
 }
 
-/// Applies the per-credential rate limit (fails open, with a warning, if Redis is down).
+/// How long a rate-limit check may wait for Redis before the request goes on without it.
+const RATE_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Applies the per-credential rate limit. Fails open (with a warning) while Redis is down or
+/// slow: a request is not refused for an outage of the limiter.
 pub async fn rate_limit(state: &AppState, ctx: &TenantContext) -> Result<(), ApiError> {
+    if !state.health.redis_up() {
+        return Ok(());
+    }
     let bucket = match &ctx.actor {
         Actor::ApiKey { id, .. } => id.to_string(),
         Actor::User { id, .. } => id.to_string(),
     };
     let now = state.clock.now().timestamp().max(0) as u64;
     let mut redis = state.redis.clone();
-    match ratelimit::hit(
+    let hit = ratelimit::hit(
         &mut redis,
         &state.settings.redis.key_prefix,
         &bucket,
         state.settings.auth.rate_limit_per_second,
         1,
         now,
-    )
-    .await
-    {
-        Ok(Decision::Allowed { .. }) => Ok(()),
-        Ok(Decision::Limited { retry_after_secs }) => Err(ApiError::rate_limited(retry_after_secs)),
-        Err(e) => {
+    );
+    match tokio::time::timeout(RATE_LIMIT_WAIT, hit).await {
+        Ok(Ok(Decision::Allowed { .. })) => Ok(()),
+        Ok(Ok(Decision::Limited { retry_after_secs })) => {
+            Err(ApiError::rate_limited(retry_after_secs))
+        }
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "rate limiter unavailable; allowing request");
+            state.health.set_redis(false);
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("rate limiter too slow; allowing request");
+            state.health.set_redis(false);
             Ok(())
         }
     }

@@ -35,6 +35,11 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
+/// Marks the response of a deadlock or serialization failure: the request's transaction was
+/// rolled back and the request can run again.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryableConflict;
+
 /// An error a handler returns; becomes a problem response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -121,23 +126,59 @@ impl ApiError {
 
     pub fn unavailable(what: &str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, dependency = what, "dependency unavailable");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            format!("A dependency ({what}) is unavailable; try again shortly."),
-        )
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!("A dependency ({what}) is unavailable; try again shortly."),
+            )
+        }
     }
 
     /// Maps a database error; `what` names the object for `NotFound`.
     pub fn from_db(what: &str) -> impl FnOnce(DbError) -> Self + '_ {
         move |e| match e {
             DbError::NotFound => Self::not_found(what),
-            DbError::UniqueViolation(constraint) => Self::conflict(
-                "conflict",
-                format!("The {what} conflicts with an existing one ({constraint})."),
-            ),
+            DbError::UniqueViolation(constraint) => {
+                tracing::info!(constraint, "unique violation");
+                Self::conflict(
+                    "conflict",
+                    format!("The {what} conflicts with an existing one."),
+                )
+            }
+            other => Self::db(other),
+        }
+    }
+
+    /// Maps a database error where none is expected: an outage is a 503, a deadlock or
+    /// serialization failure runs the request again, anything else is a 500.
+    pub fn db(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(err) => {
+                tracing::info!(error = %err, "transaction conflict");
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transaction_conflict",
+                        "The request conflicted with a concurrent one; try again.",
+                    )
+                }
+            }
+            DbError::Unavailable(err) => Self::unavailable("database", err),
+            DbError::NotFound => Self::not_found("object"),
+            DbError::UniqueViolation(constraint) => {
+                tracing::info!(constraint, "unique violation");
+                Self::conflict("conflict", "The object conflicts with an existing one.")
+            }
             DbError::Other(err) => Self::internal(err),
         }
+    }
+
+    /// A deadlock or serialization failure (see [`ApiError::db`]).
+    pub fn is_retryable_conflict(&self) -> bool {
+        self.code == "transaction_conflict"
     }
 
     pub fn problem(&self) -> Problem {
@@ -168,6 +209,9 @@ impl ResponseError for ApiError {
             .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if self.is_retryable_conflict() {
+            resp.set_data(RetryableConflict);
         }
         resp
     }

@@ -8,6 +8,7 @@ pub mod middleware;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod work;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -72,7 +73,9 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     }
     let redis = redis_connection(&settings).await?;
     let stripe = shared::stripe::Stripe::new(&settings.stripe).map_err(StartError::Stripe)?;
-    Ok(AppState::new(settings, pool, redis, stripe))
+    let health = shared::health::Health::new(&settings.database)
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    Ok(AppState::new(settings, pool, redis, stripe, health))
 }
 
 #[handler]
@@ -80,14 +83,10 @@ fn healthz() -> &'static str {
     "ok"
 }
 
+/// Checks both dependencies at once, each for at most `shared::health::PROBE_TIMEOUT`.
 #[handler]
 async fn readyz(state: Data<&AppState>) -> Response {
-    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-    let mut redis = state.redis.clone();
-    let cache = redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .is_ok();
+    let (db, cache) = state.health.check(&state.redis).await;
     let body = serde_json::json!({
         "status": if db && cache { "ready" } else { "unavailable" },
         "postgres": if db { "ok" } else { "unreachable" },
@@ -157,6 +156,7 @@ impl Application {
 
     /// Serves until the process receives SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        shared::health::watch(self.state.health.clone(), self.state.redis.clone());
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 app(self.state),

@@ -1,6 +1,7 @@
 //! The layers every request passes through, outermost first:
 //! observe (request id, tracing, metrics) → read body (size limit) → authenticate (credential,
-//! rate limit, errors into problems) → idempotency → audit → routes.
+//! rate limit, errors into problems) → transact (a write request's unit of work: idempotency,
+//! the handler's writes and the audit row in one transaction; see [`crate::work`]) → routes.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,14 +14,7 @@ use poem::{
     http::{HeaderValue, Method, StatusCode, header},
 };
 use poem_openapi::OperationId;
-use sha2::{Digest, Sha256};
-use shared::{
-    db::{
-        audit::AuditEntry,
-        idempotency::{self, Claim, Scope},
-    },
-    ids::TenantId,
-};
+use shared::ids::TenantId;
 use tracing::Instrument;
 
 use crate::{
@@ -92,13 +86,11 @@ pub fn problem_response(err: poem::Error, resolved: Option<&Resolved>) -> Respon
 /// Wraps the routes with every layer.
 pub fn wrap(routes: impl Endpoint + 'static, state: AppState) -> impl Endpoint {
     let s_auth = state.clone();
-    let s_idem = state.clone();
-    let s_audit = state.clone();
+    let s_work = state.clone();
     let s_observe = state.clone();
     let max_body = state.settings.api.max_body_bytes;
     routes
-        .around(move |ep, req| audit(s_audit.clone(), ep, req))
-        .around(move |ep, req| idempotent(s_idem.clone(), ep, req))
+        .around(move |ep, req| crate::work::transact(s_work.clone(), ep, req))
         .around(move |ep, req| authenticate(s_auth.clone(), ep, req))
         .around(move |ep, req| read_body(max_body, ep, req))
         .around(move |ep, req| observe(s_observe.clone(), ep, req))
@@ -184,13 +176,26 @@ async fn read_body<E: Endpoint>(
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
+/// Whether a path is served from the database (every API path; not health, metrics or docs).
+fn needs_database(path: &str) -> bool {
+    path.starts_with("/api/") || path.starts_with("/webhooks/")
+}
+
 async fn authenticate<E: Endpoint>(
     state: AppState,
     ep: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
+    if !state.health.db_up() && needs_database(req.uri().path()) {
+        // Known to be down: answer now rather than wait for a connection that cannot come.
+        return Ok(ApiError::unavailable("database", "known to be down").into_response());
+    }
     let resolved = match auth::resolve(&state, &req).await {
         None => None,
+        // A credential that cannot be checked is an outage, not a bad credential.
+        Some(Err(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+            return Ok(e.into_response());
+        }
         Some(Ok(ctx)) => {
             tracing::Span::current().record("tenant_id", tracing::field::display(ctx.tenant_id));
             if let Err(limited) = auth::rate_limit(&state, &ctx).await {
@@ -207,165 +212,6 @@ async fn authenticate<E: Endpoint>(
         Ok(r) => r.into_response(),
         Err(e) => problem_response(e, resolved.as_ref()),
     })
-}
-
-fn ctx_of(req: &Request) -> Option<shared::tenancy::TenantContext> {
-    req.extensions()
-        .get::<Resolved>()
-        .and_then(|r| r.0.as_ref().as_ref().ok().cloned())
-}
-
-async fn into_parts(resp: Response) -> (Response, Bytes) {
-    let (parts, body) = resp.into_parts();
-    let bytes = body.into_bytes().await.unwrap_or_default();
-    (Response::from_parts(parts, bytes.clone().into()), bytes)
-}
-
-async fn idempotent<E: Endpoint>(
-    state: AppState,
-    ep: Arc<E>,
-    req: Request,
-) -> poem::Result<Response> {
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned));
-    let ctx = ctx_of(&req);
-    let (Some(key), Some(ctx), true) = (key, ctx, *req.method() == Method::POST) else {
-        return ep.call(req).await.map(IntoResponse::into_response);
-    };
-    let key = match key {
-        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k,
-        _ => {
-            return Ok(ApiError::validation(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-            .into_response());
-        }
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(req.uri().path().trim_end_matches('/').as_bytes());
-    hasher.update([0]);
-    if let Some(body) = req.extensions().get::<RawBody>() {
-        hasher.update(&body.0);
-    }
-    let hash: [u8; 32] = hasher.finalize().into();
-    let scope = Scope {
-        tenant_id: ctx.tenant_id,
-        livemode: ctx.livemode(),
-    };
-    let claim = match idempotency::claim(&state.pool, scope, &key, &hash).await {
-        Ok(c) => c,
-        Err(e) => return Ok(ApiError::unavailable("database", e).into_response()),
-    };
-    match claim {
-        Claim::New => {}
-        Claim::Replay {
-            status,
-            content_type,
-            body,
-        } => {
-            let mut resp = Response::builder()
-                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
-                .header("idempotent-replayed", "true");
-            if let Some(ct) = content_type {
-                resp = resp.header(header::CONTENT_TYPE, ct);
-            }
-            return Ok(resp.body(body));
-        }
-        Claim::Mismatch => {
-            return Ok(ApiError::conflict(
-                "idempotency_key_reused",
-                "This Idempotency-Key was used with a different request.",
-            )
-            .into_response());
-        }
-        Claim::InProgress => {
-            return Ok(ApiError::conflict(
-                "idempotency_key_in_progress",
-                "A request with this Idempotency-Key is still being processed.",
-            )
-            .into_response());
-        }
-    }
-    let resp = match ep.call(req).await {
-        Ok(r) => r.into_response(),
-        Err(e) => problem_response(e, None),
-    };
-    let (resp, bytes) = into_parts(resp).await;
-    let status = resp.status().as_u16();
-    let stored = if status >= 500 || status == 429 {
-        idempotency::release(&state.pool, scope, &key).await
-    } else {
-        let ct = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        idempotency::complete(&state.pool, scope, &key, status, ct, &bytes).await
-    };
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "could not record idempotent response");
-    }
-    Ok(resp)
-}
-
-async fn audit<E: Endpoint>(
-    state: AppState,
-    ep: Arc<E>,
-    mut req: Request,
-) -> poem::Result<Response> {
-    if !matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
-        return ep.call(req).await.map(IntoResponse::into_response);
-    }
-    let note = AuditNote::default();
-    req.extensions_mut().insert(note.clone());
-    let ctx = ctx_of(&req);
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let client_addr = req
-        .remote_addr()
-        .as_socket_addr()
-        .map(|a| a.ip().to_string());
-    let resp = match ep.call(req).await {
-        Ok(r) => r.into_response(),
-        Err(e) => problem_response(e, None),
-    };
-    let note = std::mem::take(&mut *note.0.lock().unwrap_or_else(|p| p.into_inner()));
-    let tenant = ctx
-        .as_ref()
-        .map(|c| (c.tenant_id, c.livemode()))
-        .or(note.tenant);
-    let Some((tenant_id, livemode)) = tenant else {
-        return Ok(resp);
-    };
-    let action = resp
-        .data::<OperationId>()
-        .map(|o| o.0)
-        .unwrap_or("unmatched");
-    let entry = AuditEntry {
-        tenant_id,
-        livemode,
-        actor: note
-            .actor
-            .or_else(|| ctx.as_ref().map(|c| c.actor.audit_name()))
-            .unwrap_or_else(|| "anonymous".into()),
-        action: action.to_owned(),
-        object_id: note.object_id,
-        request_id,
-        client_addr,
-        outcome: i16::try_from(resp.status().as_u16()).unwrap_or(0),
-    };
-    if let Err(e) = shared::db::audit::record(&state.pool, &entry).await {
-        tracing::error!(error = %e, action, "could not write audit entry");
-    }
-    Ok(resp)
 }
 
 /// Seed paths that are other names of canonical ones (the OpenAPI document lists the canonical

@@ -33,6 +33,8 @@ pub struct Inner {
     pub encryptor: Encryptor,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// PostgreSQL and Redis as last checked (requests fail fast while one is down).
+    pub health: Arc<shared::health::Health>,
     /// Stripe, for Connect onboarding (catalog sync happens in the worker fleet).
     pub stripe: shared::stripe::Stripe,
     pub keys: TtlCache<[u8; 32], ActiveKey>,
@@ -54,7 +56,9 @@ impl AppState {
         pool: PgPool,
         redis: ConnectionManager,
         stripe: shared::stripe::Stripe,
+        health: shared::health::Health,
     ) -> Self {
+        let health = Arc::new(health);
         let secret = settings.auth.app_secret.expose().clone();
         Self(Arc::new(Inner {
             stripe,
@@ -62,6 +66,7 @@ impl AppState {
             encryptor: Encryptor::new(&secret),
             clock: Arc::new(SystemClock),
             metrics: Metrics::default(),
+            health,
             keys: TtlCache::new(AUTH_CACHE_TTL),
             users: TtlCache::new(AUTH_CACHE_TTL),
             tenants: TtlCache::new(AUTH_CACHE_TTL),

@@ -31,6 +31,8 @@ pub enum LogFormat {
 pub struct DatabaseSettings {
     pub url: Secret<String>,
     pub max_connections: u32,
+    /// The longest a request waits for a pooled connection.
+    pub acquire_timeout: std::time::Duration,
     /// Apply pending migrations when the API starts.
     pub migrate_on_start: bool,
 }
@@ -50,11 +52,14 @@ pub struct AuthSettings {
     pub refresh_token_ttl_secs: i64,
     /// Requests per second allowed per API key or user.
     pub rate_limit_per_second: u32,
-    /// Failed-or-not login attempts allowed per email in one window.
+    /// Login attempts allowed per email from one client address in one window.
     pub login_attempts_per_email: u32,
     /// Login attempts allowed per client address in one window.
     pub login_attempts_per_ip: u32,
     pub login_window_secs: u64,
+    /// Registrations per client address per window.
+    pub registrations_per_ip: u32,
+    pub registration_window_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +213,11 @@ impl Settings {
             database: DatabaseSettings {
                 url: Secret::new(database_url),
                 max_connections: parse(&get, "DATABASE_MAX_CONNECTIONS", 20)?,
+                acquire_timeout: std::time::Duration::from_secs(parse(
+                    &get,
+                    "DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+                    5,
+                )?),
                 migrate_on_start: parse_bool(&get, "MIGRATE_ON_START", true)?,
             },
             redis: RedisSettings {
@@ -222,6 +232,8 @@ impl Settings {
                 login_attempts_per_email: parse(&get, "LOGIN_ATTEMPTS_PER_EMAIL", 10)?,
                 login_attempts_per_ip: parse(&get, "LOGIN_ATTEMPTS_PER_IP", 50)?,
                 login_window_secs: parse(&get, "LOGIN_WINDOW_SECONDS", 900)?,
+                registrations_per_ip: parse(&get, "REGISTRATIONS_PER_IP", 10)?,
+                registration_window_secs: parse(&get, "REGISTRATION_WINDOW_SECONDS", 3600)?,
             },
             api: ApiSettings {
                 addr: parse(&get, "API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,

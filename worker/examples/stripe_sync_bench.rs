@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     vars.insert("STRIPE_API_BASE".into(), fake.url());
     vars.insert("STRIPE_RATE_LIMIT_TEST".into(), "100".into());
     vars.insert("RATE_LIMIT_PER_SECOND".into(), "1000000".into());
+    vars.insert("REGISTRATIONS_PER_IP".into(), "1000000".into());
     vars.insert("API_ADDR".into(), "127.0.0.1:0".into());
     vars.insert("RUST_LOG".into(), "warn".into());
     let worker_port = std::net::TcpListener::bind("127.0.0.1:0")?

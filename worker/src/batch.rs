@@ -19,6 +19,29 @@ pub enum BatchError {
     Closed,
 }
 
+/// Sends each item its output, or the batch's error.
+fn answer<O>(n: usize, result: Result<Vec<O>, String>, replies: Vec<Reply<O>>) {
+    match result {
+        Ok(outputs) if outputs.len() == n => {
+            for (reply, out) in replies.into_iter().zip(outputs) {
+                let _ = reply.send(Ok(out));
+            }
+        }
+        Ok(outputs) => {
+            let err = Arc::new(format!("a batch of {n} gave {} results", outputs.len()));
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        Err(e) => {
+            let err = Arc::new(e);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
 /// Submits items one by one; a background task runs them in batches of at most `max`.
 pub struct Batcher<I, O> {
     tx: mpsc::Sender<(I, Reply<O>)>,
@@ -38,14 +61,32 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// item is never held back waiting for company.
     pub fn spawn<F, Fut>(max: usize, run: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<O>, String>> + Send,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
+    {
+        Self::spawn_parallel(max, 1, run)
+    }
+
+    /// As [`Batcher::spawn`], with up to `parallel` batches running at once (each on its own
+    /// task): a batch is whatever is waiting when a slot frees up, at most `max` items.
+    pub fn spawn_parallel<F, Fut>(max: usize, parallel: usize, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max.max(1) * 4);
+        let run = Arc::new(run);
+        let slots = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         tokio::spawn(async move {
-            let mut items = Vec::with_capacity(max);
-            let mut replies = Vec::with_capacity(max);
-            while let Some((item, reply)) = rx.recv().await {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some((item, reply)) = rx.recv().await else {
+                    return;
+                };
+                let mut items = Vec::with_capacity(max);
+                let mut replies = Vec::with_capacity(max);
                 items.push(item);
                 replies.push(reply);
                 while items.len() < max {
@@ -57,28 +98,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         Err(_) => break,
                     }
                 }
-                let batch = std::mem::take(&mut items);
-                let n = batch.len();
-                match run(batch).await {
-                    Ok(outputs) if outputs.len() == n => {
-                        for (reply, out) in replies.drain(..).zip(outputs) {
-                            let _ = reply.send(Ok(out));
-                        }
-                    }
-                    Ok(outputs) => {
-                        let err =
-                            Arc::new(format!("a batch of {n} gave {} results", outputs.len()));
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                    }
-                    Err(e) => {
-                        let err = Arc::new(e);
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                    }
-                }
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let n = items.len();
+                    let result = run(items).await;
+                    drop(slot);
+                    answer(n, result, replies);
+                });
             }
         });
         Self { tx }
@@ -129,6 +155,25 @@ mod tests {
         }
         let n = batches.load(Ordering::SeqCst);
         assert!(n < 200, "200 calls ran in {n} batches");
+    }
+
+    #[tokio::test]
+    async fn parallel_batches_run_at_the_same_time() {
+        // Each batch waits for another one to be running: only parallel batches finish.
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let b = Batcher::spawn_parallel(1, 2, move |items: Vec<u32>| {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                Ok(items)
+            }
+        });
+        let both = async { tokio::join!(b.call(1), b.call(2)) };
+        // One batch at a time would wait at the barrier for good.
+        let (one, two) = tokio::time::timeout(std::time::Duration::from_secs(30), both)
+            .await
+            .expect("the batches ran one after the other");
+        assert_eq!((one.unwrap(), two.unwrap()), (1, 2));
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use apalis::prelude::{
-    BackendExt, BoxDynError, Data, ParallelizeExt, WorkerBuilder, WorkerBuilderExt,
+    BackendExt, BoxDynError, Data, ParallelizeExt, TaskId, WorkerBuilder, WorkerBuilderExt,
 };
 use shared::jobs::{self, Finished, JobMessage, Outcome, Queue};
 use tokio::sync::watch;
@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     Runtime,
+    batch::Batcher,
     jobs::deliver_webhook::{self, Done},
     metrics::RunEnd,
     redis_queue,
@@ -23,6 +24,31 @@ use crate::{
 /// Which queue a consumer serves (handed to the handler).
 #[derive(Debug, Clone, Copy)]
 struct QueueTag(Queue);
+
+/// Acknowledges a consumer's finished tasks in Redis, many per round trip.
+type Acker = Batcher<String, ()>;
+
+/// Most task ids acknowledged in one script call.
+const ACK_BATCH: usize = 256;
+
+fn acker(rt: &Arc<Runtime>, queue: Queue, worker: &str) -> Acker {
+    let rt = rt.clone();
+    let worker = worker.to_owned();
+    let config = redis_queue::config(&rt.settings, queue);
+    Batcher::spawn(ACK_BATCH, move |ids: Vec<String>| {
+        let mut redis = rt.redis.clone();
+        let (config, worker) = (config.clone(), worker.clone());
+        async move {
+            let n = ids.len();
+            // Not acknowledged: the ids stay in this consumer's inflight set; when it stops
+            // they return to the queue and their next run finds the job done (stale).
+            redis_queue::ack(&mut redis, &config, &worker, &ids)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(vec![(); n])
+        }
+    })
+}
 
 /// How often an idle consumer looks for work.
 const POLL: Duration = Duration::from_millis(100);
@@ -71,6 +97,7 @@ fn start(
         .backend(storage)
         .data(rt.clone())
         .data(QueueTag(queue))
+        .data(acker(rt, queue, name))
         .concurrency(*rt.settings.worker.concurrency.get(queue))
         .parallelize(tokio::spawn)
         .build(handle);
@@ -81,11 +108,14 @@ fn start(
 }
 
 /// The apalis handler. Every outcome is recorded in PostgreSQL, so the handler always
-/// succeeds as far as Redis is concerned (Redis's own retries would only duplicate ours).
+/// succeeds as far as Redis is concerned (Redis's own retries would only duplicate ours), and
+/// the task is then acknowledged: removed from Redis.
 async fn handle(
     msg: JobMessage,
+    task_id: TaskId,
     rt: Data<Arc<Runtime>>,
     tag: Data<QueueTag>,
+    acker: Data<Acker>,
 ) -> Result<(), BoxDynError> {
     let QueueTag(queue) = *tag;
     let span = tracing::info_span!(
@@ -95,7 +125,11 @@ async fn handle(
         tenant_id = tracing::field::Empty,
         attempt = tracing::field::Empty,
     );
-    process(&rt, queue, msg).instrument(span).await;
+    process(&rt, queue, msg).instrument(span.clone()).await;
+    if let Err(e) = acker.call(task_id.to_string()).await {
+        span.in_scope(|| tracing::warn!(error = %e, "task not acknowledged in Redis"));
+        rt.metrics.ack_failures.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 

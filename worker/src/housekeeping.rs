@@ -1,6 +1,6 @@
-//! Housekeeping: vacuum finished jobs out of Redis, refresh queue gauges, and delete what has
-//! outlived its retention (idempotency keys, events with their deliveries, finished jobs).
-//! Every step is idempotent, so every worker process may run it.
+//! Housekeeping: delete what gone consumers left in Redis, refresh queue gauges, and delete
+//! what has outlived its retention (idempotency keys, events with their deliveries, finished
+//! jobs). Every step is idempotent, so every worker process may run it.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::{Runtime, redis_queue};
 
-/// Most finished tasks removed from Redis per script call.
-const VACUUM_WINDOW: usize = 1000;
+/// Keys looked at per `SCAN` step when reaping gone consumers.
+const REAP_SCAN: usize = 1000;
 /// Rows deleted per statement.
 const PURGE_BATCH: i64 = 1000;
 /// Succeeded jobs are kept this long for operators.
@@ -23,13 +23,14 @@ pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    let mut cursors = shared::jobs::QueueMap::<u64>::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         n += 1;
-        vacuum(&rt).await;
+        reap(&rt, &mut cursors).await;
         if n % 2 == 1 {
             gauges(&rt).await;
         }
@@ -39,26 +40,18 @@ pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn vacuum(rt: &Runtime) {
+async fn reap(rt: &Runtime, cursors: &mut shared::jobs::QueueMap<u64>) {
     let mut redis = rt.redis.clone();
     for q in &rt.settings.worker.queues {
-        let config = redis_queue::config(&rt.settings, *q);
-        // Small windows, so Redis is never blocked for long.
-        for _ in 0..20 {
-            match redis_queue::vacuum(&mut redis, &config, VACUUM_WINDOW).await {
-                Ok(removed) => {
-                    rt.metrics
-                        .redis_vacuumed
-                        .fetch_add(u64::try_from(removed).unwrap_or(0), Ordering::Relaxed);
-                    if usize::try_from(removed).unwrap_or(0) < VACUUM_WINDOW {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(queue = %q, error = %e, "vacuum failed; will retry");
-                    break;
-                }
+        let cursor = cursors.get_mut(*q);
+        match redis_queue::reap_consumers(&mut redis, &rt.settings, *q, *cursor, REAP_SCAN).await {
+            Ok((next, reaped)) => {
+                *cursor = next;
+                rt.metrics
+                    .redis_reaped
+                    .fetch_add(u64::try_from(reaped).unwrap_or(0), Ordering::Relaxed);
             }
+            Err(e) => tracing::debug!(queue = %q, error = %e, "reaping failed; will retry"),
         }
     }
 }
@@ -77,19 +70,35 @@ async fn gauges(rt: &Runtime) {
         if let Ok(depth) = redis_queue::depth(&mut redis, &config).await {
             m.redis_depth.store(depth, Ordering::Relaxed);
         }
+        if let Ok(f) = redis_queue::footprint(&mut redis, &config).await {
+            m.redis_tasks.store(f.data, Ordering::Relaxed);
+            m.redis_largest_inflight
+                .store(f.largest_inflight, Ordering::Relaxed);
+        }
+    }
+    if let Ok(bytes) = redis_queue::used_memory(&mut redis).await {
+        rt.metrics.redis_memory.store(bytes, Ordering::Relaxed);
     }
 }
 
 async fn purge(rt: &Runtime) {
-    match shared::db::idempotency::purge_expired(&rt.pool).await {
-        Ok(n) => {
-            rt.metrics
-                .idempotency_keys_purged
-                .fetch_add(n, Ordering::Relaxed);
-        }
-        Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed; will retry"),
-    }
     let now = rt.clock.now();
+    loop {
+        match shared::db::idempotency::purge_expired(&rt.pool, now, PURGE_BATCH).await {
+            Ok(n) => {
+                rt.metrics
+                    .idempotency_keys_purged
+                    .fetch_add(n, Ordering::Relaxed);
+                if n < PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging idempotency keys failed; will retry");
+                break;
+            }
+        }
+    }
     let retention = chrono::Duration::from_std(rt.settings.jobs.event_retention)
         .unwrap_or(chrono::Duration::days(30));
     loop {

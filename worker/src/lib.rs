@@ -44,10 +44,17 @@ use crate::{batch::Batcher, metrics::Metrics};
 /// ~45 ms per statement; 64-row batches: ~1 ms). Many small batches in a row are cheaper.
 const BATCH: usize = 64;
 
+/// Connections of the pool for leases and claims.
+const RELAXED_CONNECTIONS: u32 = 4;
+
 /// Everything a worker process shares between its queues, relay and housekeeping.
 pub struct Runtime {
     pub settings: Settings,
     pub pool: PgPool,
+    /// Commits without waiting for the disk: job leases and claims only.
+    pub relaxed: PgPool,
+    /// PostgreSQL and Redis as last checked by `/readyz`.
+    pub health: shared::health::Health,
     pub redis: ConnectionManager,
     pub clock: Arc<dyn Clock>,
     pub encryptor: Encryptor,
@@ -76,12 +83,15 @@ impl Runtime {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let lease = settings.jobs.lease;
 
-        let (p, c) = (pool.clone(), clock.clone());
+        let relaxed = shared::db::relaxed_pool(&settings.database, RELAXED_CONNECTIONS)
+            .map_err(|e| e.to_string())?;
+        let health = shared::health::Health::new(&settings.database).map_err(|e| e.to_string())?;
+        let (p, c) = (relaxed.clone(), clock.clone());
         let webhook_claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
                 let started = std::time::Instant::now();
-                let claimed = shared::jobs::claim(&pool, &msgs, clock.now(), lease)
+                let claimed = webhook_deliveries::claim_for_send(&pool, &msgs, clock.now(), lease)
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::debug!(
@@ -89,23 +99,14 @@ impl Runtime {
                     took_ms = started.elapsed().as_millis() as u64,
                     "webhook jobs claimed"
                 );
-                let ids: Vec<Uuid> = claimed.iter().map(|c| c.id).collect();
-                let items = webhook_deliveries::load_for_send(&pool, &ids)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut items: HashMap<Uuid, SendItem> =
-                    items.into_iter().map(|i| (i.delivery_id, i)).collect();
-                let mut claimed: HashMap<Uuid, Claimed> =
-                    claimed.into_iter().map(|c| (c.id, c)).collect();
-                Ok(msgs
-                    .iter()
-                    .map(|m| claimed.remove(&m.id).map(|c| (c, items.remove(&m.id))))
-                    .collect())
+                let mut claimed: HashMap<Uuid, (Claimed, Option<SendItem>)> =
+                    claimed.into_iter().map(|c| (c.0.id, c)).collect();
+                Ok(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
             }
         });
 
         let (p, c) = (pool.clone(), clock.clone());
-        let webhook_done = Batcher::spawn(BATCH, move |done: Vec<Completion>| {
+        let webhook_done = Batcher::spawn_parallel(BATCH, 2, move |done: Vec<Completion>| {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
                 let started = std::time::Instant::now();
@@ -146,7 +147,7 @@ impl Runtime {
             }
         });
 
-        let (p, c) = (pool.clone(), clock.clone());
+        let (p, c) = (relaxed.clone(), clock.clone());
         let claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
@@ -177,6 +178,8 @@ impl Runtime {
             claims,
             settings,
             pool,
+            relaxed,
+            health,
             redis,
             clock,
         }))
@@ -219,14 +222,10 @@ fn healthz() -> &'static str {
     "ok"
 }
 
+/// Checks both dependencies at once, each for at most `shared::health::PROBE_TIMEOUT`.
 #[handler]
 async fn readyz(rt: Data<&Arc<Runtime>>) -> Response {
-    let db = sqlx::query("SELECT 1").execute(&rt.pool).await.is_ok();
-    let mut redis = rt.redis.clone();
-    let cache = redis::cmd("PING")
-        .query_async::<String>(&mut redis)
-        .await
-        .is_ok();
+    let (db, cache) = rt.health.check(&rt.redis).await;
     let status = if db && cache {
         StatusCode::OK
     } else {

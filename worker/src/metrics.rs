@@ -38,6 +38,10 @@ pub struct QueueMetrics {
     pub due: AtomicI64,
     pub scheduled: AtomicI64,
     pub dead_now: AtomicI64,
+    /// Task data entries in Redis (queued, scheduled or running).
+    pub redis_tasks: AtomicI64,
+    /// The largest inflight set of any consumer of the queue in Redis.
+    pub redis_largest_inflight: AtomicI64,
 }
 
 /// A per-queue series: name, help text, and how to read it.
@@ -48,9 +52,14 @@ pub struct Metrics {
     pub queues: QueueMap<QueueMetrics>,
     pub idempotency_keys_purged: AtomicU64,
     pub events_purged: AtomicU64,
-    pub redis_vacuumed: AtomicU64,
+    /// Keys of gone consumers deleted from Redis.
+    pub redis_reaped: AtomicU64,
     /// Apalis workers restarted after their backend failed.
     pub restarts: AtomicU64,
+    /// Finished tasks whose acknowledgement in Redis failed.
+    pub ack_failures: AtomicU64,
+    /// Memory Redis uses, in bytes.
+    pub redis_memory: AtomicI64,
 }
 
 /// How a run ended, for counting.
@@ -147,7 +156,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{queue=\"{q}\"}} {}", get(self.q(q)));
             }
         }
-        let gauges: [Series<i64>; 4] = [
+        let gauges: [Series<i64>; 6] = [
             ("worker_queue_depth", "Jobs waiting in Redis.", |m| {
                 m.redis_depth.load(Ordering::Relaxed)
             }),
@@ -164,6 +173,16 @@ impl Metrics {
             ("worker_jobs_dead", "Dead jobs awaiting an operator.", |m| {
                 m.dead_now.load(Ordering::Relaxed)
             }),
+            (
+                "worker_redis_tasks",
+                "Tasks held in Redis (queued, scheduled or running).",
+                |m| m.redis_tasks.load(Ordering::Relaxed),
+            ),
+            (
+                "worker_redis_inflight_max",
+                "The largest inflight set of any consumer in Redis.",
+                |m| m.redis_largest_inflight.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, get) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -198,14 +217,19 @@ impl Metrics {
                 &self.events_purged,
             ),
             (
-                "worker_redis_vacuumed_total",
-                "Finished jobs removed from Redis.",
-                &self.redis_vacuumed,
+                "worker_redis_reaped_total",
+                "Keys of gone queue consumers deleted from Redis.",
+                &self.redis_reaped,
             ),
             (
                 "worker_restarts_total",
                 "Queue consumers restarted after a Redis failure.",
                 &self.restarts,
+            ),
+            (
+                "worker_redis_ack_failures_total",
+                "Finished tasks whose removal from Redis failed (they return and are dropped).",
+                &self.ack_failures,
             ),
         ];
         for (name, help, v) in singles {
@@ -215,6 +239,12 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP worker_redis_memory_bytes Memory Redis uses (INFO used_memory).\n\
+             # TYPE worker_redis_memory_bytes gauge\nworker_redis_memory_bytes {}",
+            self.redis_memory.load(Ordering::Relaxed)
+        );
         out
     }
 }

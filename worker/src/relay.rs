@@ -131,7 +131,7 @@ async fn relay_step(rt: &Runtime, queue: Queue, owner: &str) -> Result<Step, Str
             return Ok(Step::Full);
         }
         let now = rt.clock.now();
-        let msgs = jobs::lease_due(&rt.pool, queue, now, settings.jobs.lease, limit)
+        let msgs = jobs::lease_due(&rt.relaxed, queue, now, settings.jobs.lease, limit)
             .await
             .map_err(|e| e.to_string())?;
         if msgs.is_empty() {

@@ -13,7 +13,9 @@ use super::{
     ApiTags,
     dto::{ApiKeyOut, KeyModes, NewKeyOut},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct ApiKeysApi;
 
@@ -89,22 +91,19 @@ async fn revoke(
             "must be true to revoke keys",
         ));
     }
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(|e| ApiError::unavailable("database", e))?;
+    let mut work = Work::begin(req).await?;
+    let now = work.now();
     let revoked = db::api_keys::revoke(
-        &mut tx,
+        work.conn(),
         ctx,
         &modes.modes(),
         &ctx.actor.audit_name(),
-        state.clock.now(),
+        now,
     )
     .await
     .map_err(ApiError::from_db("key"))?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    crate::auth::forget_keys(state);
+    let state = state.clone();
+    work.after_commit(move || crate::auth::forget_keys(&state));
     let ids: Vec<String> = revoked.iter().map(|k| k.id.to_string()).collect();
     note(req, |n| n.object_id = Some(ids.join(",")));
     Ok(Json(RevokeOut {
@@ -174,16 +173,14 @@ impl ApiKeysApi {
                 ]
             })
             .collect();
-        let (revoked, created) = db::api_keys::regenerate(
-            &state.pool,
-            ctx,
-            &keys,
-            &ctx.actor.audit_name(),
-            state.clock.now(),
-        )
-        .await
-        .map_err(ApiError::from_db("key"))?;
-        crate::auth::forget_keys(&state);
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let (revoked, created) =
+            db::api_keys::regenerate(work.conn(), ctx, &keys, &ctx.actor.audit_name(), now)
+                .await
+                .map_err(ApiError::from_db("key"))?;
+        let state = state.clone();
+        work.after_commit(move || crate::auth::forget_keys(&state));
         let new_ids: Vec<String> = created.iter().map(|k| k.id.to_string()).collect();
         note(req, |n| n.object_id = Some(new_ids.join(",")));
         Ok(Json(RegenerateOut {

@@ -28,7 +28,9 @@ use super::{
     dto::{metadata, page_request, record_event},
     products::{price_display, stored_interval},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct BundlesApi;
 
@@ -263,7 +265,6 @@ impl BundlesApi {
     )]
     async fn create(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         body: JsonBody<BundleIn>,
@@ -295,9 +296,11 @@ impl BundlesApi {
             items.push((id, i32::try_from(quantity).unwrap_or(1)));
         }
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let ids: Vec<uuid::Uuid> = items.iter().map(|(p, _)| p.as_uuid()).collect();
-        let prices: HashMap<PriceId, PriceRow> = db::products::get_prices(&mut tx, ctx, &ids)
+        let prices: HashMap<PriceId, PriceRow> = db::products::get_prices(&mut *tx, ctx, &ids)
             .await
             .map_err(db_err)?
             .into_iter()
@@ -339,7 +342,7 @@ impl BundlesApi {
             return Err(ApiError::validation("items", "must list 2 to 20 prices"));
         };
         let row = db::bundles::create(
-            &mut tx,
+            &mut *tx,
             ctx,
             NewBundle {
                 id: BundleId::new(),
@@ -355,7 +358,7 @@ impl BundlesApi {
                 metadata: &metadata,
                 items: &items,
             },
-            state.clock.now(),
+            now,
         )
         .await
         .map_err(db_err)?;
@@ -368,8 +371,7 @@ impl BundlesApi {
             })
             .collect();
         let out = render(row, &item_rows, &prices)?;
-        record_event(&mut tx, &state, ctx, "bundle.created", &out).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        record_event(&mut *tx, now, ctx, "bundle.created", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedBundle::Created(Json(out)))
     }
@@ -443,7 +445,6 @@ impl BundlesApi {
     )]
     async fn update(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Bundle id (`bundle_…`).
@@ -468,7 +469,7 @@ impl BundlesApi {
         let discount_bps = b.discount_bps.map(discount).transpose()?;
         let metadata = metadata(b.metadata.as_ref())?;
         let out = change(
-            &state,
+            req,
             ctx,
             id,
             BundleChanges {
@@ -494,7 +495,6 @@ impl BundlesApi {
     )]
     async fn deactivate(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Bundle id (`bundle_…`).
@@ -502,7 +502,7 @@ impl BundlesApi {
     ) -> Result<Json<BundleOut>, ApiError> {
         let ctx = auth.require(Permission::WriteBilling)?;
         let out = change(
-            &state,
+            req,
             ctx,
             bundle_id(&id.0)?,
             BundleChanges {
@@ -517,14 +517,20 @@ impl BundlesApi {
 }
 
 async fn change(
-    state: &AppState,
+    req: &Request,
     ctx: &TenantContext,
     id: BundleId,
     changes: BundleChanges<'_>,
 ) -> Result<BundleOut, ApiError> {
-    let mut tx = state.pool.begin().await.map_err(begin_err)?;
-    let before = db::bundles::get(&mut tx, ctx, id).await.map_err(db_err)?;
-    let row = db::bundles::update(&mut tx, ctx, id, changes, state.clock.now())
+    let mut work = Work::begin(req).await?;
+    let now = work.now();
+    let tx = work.conn();
+    // In a savepoint: a change that changes nothing is undone.
+    let mut sp = sqlx::Connection::begin(&mut *tx)
+        .await
+        .map_err(|e| ApiError::db(e.into()))?;
+    let before = db::bundles::get(&mut sp, ctx, id).await.map_err(db_err)?;
+    let row = db::bundles::update(&mut sp, ctx, id, changes, now)
         .await
         .map_err(db_err)?;
     let fields = |b: &BundleRow| {
@@ -539,21 +545,17 @@ async fn change(
     };
     if fields(&row) == fields(&before) {
         // Nothing changed: no event.
-        tx.rollback().await.map_err(ApiError::internal)?;
-        return load(
-            &mut *state.pool.acquire().await.map_err(begin_err)?,
-            ctx,
-            vec![before],
-        )
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::not_found("bundle"));
+        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
+        return load(tx, ctx, vec![before])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::not_found("bundle"));
     }
-    let out = load(&mut tx, ctx, vec![row])
+    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
+    let out = load(&mut *tx, ctx, vec![row])
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found("bundle"))?;
-    record_event(&mut tx, state, ctx, "bundle.updated", &out).await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    record_event(&mut *tx, now, ctx, "bundle.updated", &out).await?;
     Ok(out)
 }

@@ -208,7 +208,7 @@ pub fn page_request<E: std::fmt::Display>(
 /// Records an event about an object, as the API shows it, in the request's transaction.
 pub async fn record_event<T: poem_openapi::types::ToJSON>(
     tx: &mut sqlx::PgConnection,
-    state: &crate::state::AppState,
+    now: chrono::DateTime<chrono::Utc>,
     ctx: &shared::tenancy::TenantContext,
     event_type: &str,
     object: &T,
@@ -217,11 +217,11 @@ pub async fn record_event<T: poem_openapi::types::ToJSON>(
         tx,
         ctx.scope(),
         shared::db::events::NewEvent::new(event_type, object.to_json().unwrap_or_default()),
-        state.clock.now(),
+        now,
     )
     .await
     .map(|_| ())
-    .map_err(crate::error::ApiError::internal)
+    .map_err(crate::error::ApiError::db)
 }
 
 /// Parses optional key-value metadata (Stripe's limits) into its stored form.

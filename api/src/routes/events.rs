@@ -10,7 +10,7 @@ use shared::{
 };
 
 use super::{ApiTags, dto::page_request};
-use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState};
+use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState, work::Work};
 
 pub struct EventsApi;
 
@@ -152,7 +152,6 @@ impl EventsApi {
     )]
     async fn redeliver(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Event id (`evt_…`).
@@ -169,23 +168,19 @@ impl EventsApi {
             ),
             None => None,
         };
-        let mut tx = state
-            .pool
-            .begin()
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let deliveries = db::webhook_deliveries::redeliver(&mut *tx, ctx, event_id, endpoint, now)
             .await
-            .map_err(|e| ApiError::unavailable("database", e))?;
-        let deliveries =
-            db::webhook_deliveries::redeliver(&mut tx, ctx, event_id, endpoint, state.clock.now())
-                .await
-                .map_err(|e| match e {
-                    RedeliverError::NotFound(what) => ApiError::not_found(what),
-                    RedeliverError::EndpointDisabled => ApiError::conflict(
-                        "webhook_endpoint_disabled",
-                        "The endpoint is disabled; enable it first.",
-                    ),
-                    RedeliverError::Db(e) => ApiError::from_db("event")(e),
-                })?;
-        tx.commit().await.map_err(ApiError::internal)?;
+            .map_err(|e| match e {
+                RedeliverError::NotFound(what) => ApiError::not_found(what),
+                RedeliverError::EndpointDisabled => ApiError::conflict(
+                    "webhook_endpoint_disabled",
+                    "The endpoint is disabled; enable it first.",
+                ),
+                RedeliverError::Db(e) => ApiError::from_db("event")(e),
+            })?;
         note(req, |n| n.object_id = Some(event_id.to_string()));
         Ok(RedeliveryQueued::Accepted(Json(RedeliveryOut {
             event_id: event_id.to_string(),

@@ -27,7 +27,9 @@ use super::{
     ApiTags,
     dto::{immutable, metadata, page_request, record_event},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct PlansApi;
 
@@ -214,13 +216,13 @@ fn trial_days(t: Option<u32>) -> Result<Option<i32>, ApiError> {
 async fn insert_plan(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
+    now: chrono::DateTime<chrono::Utc>,
     ctx: &TenantContext,
     plan: NewPlan<'_>,
 ) -> Result<PlanRow, ApiError> {
-    let now = state.clock.now();
     let target = catalog_sync::has_target(tx, &state.settings.stripe, ctx.scope())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::db)?;
     let plan = NewPlan {
         sync_status: if target { "pending" } else { "not_synced" },
         ..plan
@@ -231,24 +233,30 @@ async fn insert_plan(
     if target {
         catalog_sync::schedule(tx, Synced::Plan, ctx.scope(), row.id.as_uuid(), now)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
     }
-    record_event(tx, state, ctx, "plan.created", &PlanOut::from(row.clone())).await?;
+    record_event(tx, now, ctx, "plan.created", &PlanOut::from(row.clone())).await?;
     Ok(row)
 }
 
 /// Applies changes; a change Stripe must hear of queues the sync.
 async fn change(
     state: &AppState,
+    req: &Request,
     ctx: &TenantContext,
     id: PlanId,
     changes: PlanChanges<'_>,
     event_type: &str,
 ) -> Result<PlanRow, ApiError> {
-    let now = state.clock.now();
-    let mut tx = state.pool.begin().await.map_err(begin_err)?;
-    let before = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
-    let row = db::plans::update(&mut tx, ctx, id, changes, now)
+    let mut work = Work::begin(req).await?;
+    let now = work.now();
+    let tx = work.conn();
+    // In a savepoint: a change that changes nothing is undone.
+    let mut sp = sqlx::Connection::begin(&mut *tx)
+        .await
+        .map_err(|e| ApiError::db(e.into()))?;
+    let before = db::plans::get(&mut sp, ctx, id).await.map_err(db_err)?;
+    let row = db::plans::update(&mut sp, ctx, id, changes, now)
         .await
         .map_err(db_err)?;
     let fields = |p: &PlanRow| {
@@ -264,12 +272,13 @@ async fn change(
     };
     if fields(&row) == fields(&before) {
         // Nothing changed: no event, no new version.
-        tx.rollback().await.map_err(ApiError::internal)?;
+        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
         return Ok(before);
     }
+    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
     if row.sync_version != before.sync_version {
         catalog_sync::changed(
-            &mut tx,
+            &mut *tx,
             &state.settings.stripe,
             Synced::Plan,
             ctx.scope(),
@@ -277,11 +286,10 @@ async fn change(
             now,
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::db)?;
     }
-    let row = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
-    record_event(&mut tx, state, ctx, event_type, &PlanOut::from(row.clone())).await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    let row = db::plans::get(&mut *tx, ctx, id).await.map_err(db_err)?;
+    record_event(&mut *tx, now, ctx, event_type, &PlanOut::from(row.clone())).await?;
     Ok(row)
 }
 
@@ -322,10 +330,13 @@ impl PlansApi {
         let trial = trial_days(b.trial_days)?.unwrap_or(0);
         let features = features(b.features.as_deref())?.unwrap_or_else(|| serde_json::json!([]));
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let row = insert_plan(
-            &mut tx,
+            &mut *tx,
             &state,
+            now,
             ctx,
             NewPlan {
                 id: PlanId::new(),
@@ -344,7 +355,6 @@ impl PlansApi {
             },
         )
         .await?;
-        tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(CreatedPlan::Created(Json(row.into())))
     }
@@ -486,6 +496,7 @@ impl PlansApi {
         let trial = trial_days(b.trial_days)?;
         let row = change(
             &state,
+            req,
             ctx,
             id,
             PlanChanges {
@@ -526,6 +537,7 @@ impl PlansApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let row = change(
             &state,
+            req,
             ctx,
             parse_id(&id.0)?,
             PlanChanges {
@@ -566,11 +578,14 @@ impl PlansApi {
         if b.price_cents.is_some_and(|p| p < 0) {
             return Err(ApiError::validation("price_cents", "must not be negative"));
         }
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let original = db::plans::get(&mut tx, ctx, id).await.map_err(db_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let original = db::plans::get(&mut *tx, ctx, id).await.map_err(db_err)?;
         let row = insert_plan(
-            &mut tx,
+            &mut *tx,
             &state,
+            now,
             ctx,
             NewPlan {
                 id: PlanId::new(),
@@ -589,7 +604,6 @@ impl PlansApi {
             },
         )
         .await?;
-        tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(CreatedPlan::Created(Json(row.into())))
     }

@@ -30,7 +30,9 @@ use super::{
     ApiTags,
     dto::{immutable, metadata, page_request, record_event},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct ProductsApi;
 
@@ -459,13 +461,14 @@ impl ProductsApi {
             .map_err(ApiError::invalid("features"))?
             .to_json();
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let target = catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let target = catalog_sync::has_target(&mut *tx, &state.settings.stripe, ctx.scope())
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         let row = db::products::create(
-            &mut tx,
+            &mut *tx,
             ctx,
             NewProduct {
                 id: ProductId::new(),
@@ -481,13 +484,18 @@ impl ProductsApi {
         .await
         .map_err(product_err)?;
         if target {
-            catalog_sync::schedule(&mut tx, Synced::Product, ctx.scope(), row.id.as_uuid(), now)
-                .await
-                .map_err(ApiError::internal)?;
+            catalog_sync::schedule(
+                &mut *tx,
+                Synced::Product,
+                ctx.scope(),
+                row.id.as_uuid(),
+                now,
+            )
+            .await
+            .map_err(ApiError::db)?;
         }
         let out = ProductOut::from(row);
-        record_event(&mut tx, &state, ctx, "product.created", &out).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        record_event(&mut *tx, now, ctx, "product.created", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedProduct::Created(Json(out)))
     }
@@ -595,6 +603,7 @@ impl ProductsApi {
         let metadata = metadata(b.metadata.as_ref())?;
         let out = change_product(
             &state,
+            req,
             ctx,
             id,
             ProductChanges {
@@ -630,6 +639,7 @@ impl ProductsApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let out = change_product(
             &state,
+            req,
             ctx,
             product_id(&id.0)?,
             ProductChanges {
@@ -703,10 +713,11 @@ impl ProductsApi {
             .map(serde_json::to_value)
             .transpose()
             .map_err(ApiError::internal)?;
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         // 404 for another tenant's (or a missing) product.
-        let owner = db::products::get(&mut tx, ctx, product)
+        let owner = db::products::get(&mut *tx, ctx, product)
             .await
             .map_err(product_err)?;
         if !owner.active {
@@ -715,11 +726,11 @@ impl ProductsApi {
                 "The product is archived; reactivate it before adding prices.",
             ));
         }
-        let target = catalog_sync::has_target(&mut tx, &state.settings.stripe, ctx.scope())
+        let target = catalog_sync::has_target(&mut *tx, &state.settings.stripe, ctx.scope())
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         let row = db::products::create_price(
-            &mut tx,
+            &mut *tx,
             ctx,
             NewPrice {
                 id: PriceId::new(),
@@ -738,13 +749,12 @@ impl ProductsApi {
         .await
         .map_err(price_err)?;
         if target {
-            catalog_sync::schedule(&mut tx, Synced::Price, ctx.scope(), row.id.as_uuid(), now)
+            catalog_sync::schedule(&mut *tx, Synced::Price, ctx.scope(), row.id.as_uuid(), now)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::db)?;
         }
         let out = PriceOut::from(row);
-        record_event(&mut tx, &state, ctx, "price.created", &out).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        record_event(&mut *tx, now, ctx, "price.created", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedPrice::Created(Json(out)))
     }
@@ -877,13 +887,18 @@ impl ProductsApi {
             .transpose()
             .map_err(ApiError::invalid("nickname"))?;
         let metadata = metadata(b.metadata.as_ref())?;
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let before = db::products::get_price(&mut tx, ctx, id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        // In a savepoint: a change that changes nothing is undone.
+        let mut sp = sqlx::Connection::begin(&mut *tx)
+            .await
+            .map_err(|e| ApiError::db(e.into()))?;
+        let before = db::products::get_price(&mut sp, ctx, id)
             .await
             .map_err(price_err)?;
         let row = db::products::update_price(
-            &mut tx,
+            &mut sp,
             ctx,
             id,
             PriceChanges {
@@ -898,12 +913,13 @@ impl ProductsApi {
         let fields = |p: &PriceRow| (p.nickname.clone(), p.active, p.metadata.clone());
         if fields(&row) == fields(&before) {
             // Nothing changed: no event, no new version.
-            tx.rollback().await.map_err(ApiError::internal)?;
+            sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
             return Ok(Json(PriceOut::from(before)));
         }
+        sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
         let row = if row.sync_version != before.sync_version {
             catalog_sync::changed(
-                &mut tx,
+                &mut *tx,
                 &state.settings.stripe,
                 Synced::Price,
                 ctx.scope(),
@@ -911,16 +927,15 @@ impl ProductsApi {
                 now,
             )
             .await
-            .map_err(ApiError::internal)?;
-            db::products::get_price(&mut tx, ctx, id)
+            .map_err(ApiError::db)?;
+            db::products::get_price(&mut *tx, ctx, id)
                 .await
                 .map_err(price_err)?
         } else {
             row
         };
         let out = PriceOut::from(row);
-        record_event(&mut tx, &state, ctx, "price.updated", &out).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        record_event(&mut *tx, now, ctx, "price.updated", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
@@ -928,16 +943,22 @@ impl ProductsApi {
 
 async fn change_product(
     state: &AppState,
+    req: &Request,
     ctx: &TenantContext,
     id: ProductId,
     changes: ProductChanges<'_>,
 ) -> Result<ProductOut, ApiError> {
-    let now = state.clock.now();
-    let mut tx = state.pool.begin().await.map_err(begin_err)?;
-    let before = db::products::get(&mut tx, ctx, id)
+    let mut work = Work::begin(req).await?;
+    let now = work.now();
+    let tx = work.conn();
+    // In a savepoint: a change that changes nothing is undone.
+    let mut sp = sqlx::Connection::begin(&mut *tx)
+        .await
+        .map_err(|e| ApiError::db(e.into()))?;
+    let before = db::products::get(&mut sp, ctx, id)
         .await
         .map_err(product_err)?;
-    let row = db::products::update(&mut tx, ctx, id, changes, now)
+    let row = db::products::update(&mut sp, ctx, id, changes, now)
         .await
         .map_err(product_err)?;
     let fields = |p: &ProductRow| {
@@ -951,12 +972,13 @@ async fn change_product(
     };
     if fields(&row) == fields(&before) {
         // Nothing changed: no event, no new version.
-        tx.rollback().await.map_err(ApiError::internal)?;
+        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
         return Ok(ProductOut::from(before));
     }
+    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
     let row = if row.sync_version != before.sync_version {
         catalog_sync::changed(
-            &mut tx,
+            &mut *tx,
             &state.settings.stripe,
             Synced::Product,
             ctx.scope(),
@@ -964,15 +986,14 @@ async fn change_product(
             now,
         )
         .await
-        .map_err(ApiError::internal)?;
-        db::products::get(&mut tx, ctx, id)
+        .map_err(ApiError::db)?;
+        db::products::get(&mut *tx, ctx, id)
             .await
             .map_err(product_err)?
     } else {
         row
     };
     let out = ProductOut::from(row);
-    record_event(&mut tx, state, ctx, "product.updated", &out).await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    record_event(&mut *tx, now, ctx, "product.updated", &out).await?;
     Ok(out)
 }

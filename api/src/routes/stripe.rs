@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::ApiTags;
-use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState};
+use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState, work::Work};
 
 pub struct StripeApi;
 
@@ -187,7 +187,7 @@ async fn account_event(
     db::events::record(tx, scope, NewEvent::new(event_type, object), now)
         .await
         .map(|_| ())
-        .map_err(ApiError::internal)
+        .map_err(ApiError::db)
 }
 
 async fn connect(
@@ -200,10 +200,13 @@ async fn connect(
         return Err(not_configured());
     }
     let now = state.clock.now();
-    let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-    let current = db::stripe_accounts::get(&mut conn, ctx.scope())
-        .await
-        .map_err(ApiError::internal)?;
+    // Read before the Stripe calls, outside the request's transaction (which opens after them).
+    let current = {
+        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
+        db::stripe_accounts::get(&mut conn, ctx.scope())
+            .await
+            .map_err(ApiError::db)?
+    };
     let account = match current.as_ref().and_then(|r| r.usable_id()) {
         Some(id) => id.to_owned(),
         None => {
@@ -236,24 +239,25 @@ async fn connect(
         .onboarding_link(livemode, &account, &callback, &callback)
         .await
         .map_err(stripe_err)?;
-    let mut tx = state.pool.begin().await.map_err(begin_err)?;
+    let mut work = Work::begin(req).await?;
+    let now = work.now();
+    let tx = work.conn();
     let previous = current.as_ref().and_then(|r| r.account_id.as_deref());
     if previous.is_some_and(|p| p != account) {
         // A new account: what the old one held must be created there afresh.
-        catalog_sync::forget_stripe_ids(&mut tx, ctx.scope())
+        catalog_sync::forget_stripe_ids(&mut *tx, ctx.scope())
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
     }
-    let row = db::stripe_accounts::start_onboarding(&mut tx, ctx, &account, now)
+    let row = db::stripe_accounts::start_onboarding(&mut *tx, ctx, &account, now)
         .await
-        .map_err(ApiError::internal)?;
-    db::stripe_accounts::mirror_to_tenant(&mut tx, &row)
+        .map_err(ApiError::db)?;
+    db::stripe_accounts::mirror_to_tenant(&mut *tx, &row)
         .await
-        .map_err(ApiError::internal)?;
-    db::stripe_accounts::new_state(&mut tx, ctx, nonce, now, expires)
+        .map_err(ApiError::db)?;
+    db::stripe_accounts::new_state(&mut *tx, ctx, nonce, now, expires)
         .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+        .map_err(ApiError::db)?;
     note(req, |n| n.object_id = Some(account.clone()));
     Ok(Json(ConnectOut {
         url: link.url,
@@ -330,15 +334,17 @@ impl StripeApi {
             .ok_or_else(|| ApiError::validation("state", "is required"))?;
         let now = state.clock.now();
         let nonce = check_state(&state_key(&state), &raw, now.timestamp())?;
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let scope = db::stripe_accounts::use_state(&mut tx, nonce, now)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let scope = db::stripe_accounts::use_state(&mut *tx, nonce, now)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::db)?
             .ok_or_else(bad_state)?;
         note(req, |n| n.tenant = Some((scope.tenant_id, scope.livemode)));
-        let current = db::stripe_accounts::get(&mut tx, scope)
+        let current = db::stripe_accounts::get(&mut *tx, scope)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         let Some(account_id) = current
             .as_ref()
             .and_then(|r| r.usable_id())
@@ -356,7 +362,7 @@ impl StripeApi {
             .map_err(stripe_err)?;
         let connected = account.details_submitted;
         let row = db::stripe_accounts::apply_state(
-            &mut tx,
+            &mut *tx,
             scope,
             &account_id,
             &AccountState {
@@ -370,24 +376,23 @@ impl StripeApi {
             now,
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::db)?;
         let row = match row {
             Some(r) => r,
-            None => db::stripe_accounts::get(&mut tx, scope)
+            None => db::stripe_accounts::get(&mut *tx, scope)
                 .await
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::db)?
                 .ok_or_else(bad_state)?,
         };
-        db::stripe_accounts::mirror_to_tenant(&mut tx, &row)
+        db::stripe_accounts::mirror_to_tenant(&mut *tx, &row)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         if row.status == "connected" {
-            catalog_sync::schedule_all_unsynced(&mut tx, scope, now)
+            catalog_sync::schedule_all_unsynced(&mut *tx, scope, now)
                 .await
-                .map_err(ApiError::internal)?;
-            account_event(&mut tx, scope, "stripe_account.connected", &row, now).await?;
+                .map_err(ApiError::db)?;
+            account_event(&mut *tx, scope, "stripe_account.connected", &row, now).await?;
         }
-        tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(account_id.clone()));
         Ok(Json(StripeStatusOut::of(
             Some(row),
@@ -415,7 +420,7 @@ impl StripeApi {
         let mut conn = state.pool.acquire().await.map_err(begin_err)?;
         let row = db::stripe_accounts::get(&mut conn, ctx.scope())
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         Ok(Json(StripeStatusOut::of(
             row,
             state.stripe.configured(ctx.livemode()),
@@ -448,29 +453,29 @@ impl StripeApi {
                 "must be true to disconnect Stripe",
             ));
         }
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let row = db::stripe_accounts::disconnect(&mut tx, ctx, now)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let row = db::stripe_accounts::disconnect(&mut *tx, ctx, now)
             .await
             .map_err(|e| match e {
                 DbError::NotFound => ApiError::conflict(
                     "stripe_not_connected",
                     "No Stripe account is connected in this mode.",
                 ),
-                other => ApiError::internal(other),
+                other => ApiError::db(other),
             })?;
-        db::stripe_accounts::mirror_to_tenant(&mut tx, &row)
+        db::stripe_accounts::mirror_to_tenant(&mut *tx, &row)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         account_event(
-            &mut tx,
+            &mut *tx,
             ctx.scope(),
             "stripe_account.disconnected",
             &row,
             now,
         )
         .await?;
-        tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = row.account_id.clone());
         Ok(Json(StripeStatusOut::of(
             Some(row),

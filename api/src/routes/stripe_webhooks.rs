@@ -11,7 +11,7 @@ use poem_openapi::{Object, OpenApi, payload::Json};
 use shared::{db, stripe::webhook};
 
 use super::ApiTags;
-use crate::{body::RawJsonBody, error::ApiError, state::AppState};
+use crate::{body::RawJsonBody, error::ApiError, state::AppState, work::Work};
 
 pub struct StripeWebhooksApi;
 
@@ -89,15 +89,12 @@ impl StripeWebhooksApi {
             created,
             payload: &payload,
         };
-        let mut tx = state
-            .pool
-            .begin()
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let new = db::stripe_events::record(&mut *tx, &received, now)
             .await
-            .map_err(|e| ApiError::unavailable("database", e))?;
-        let new = db::stripe_events::record(&mut tx, &received, now)
-            .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
+            .map_err(ApiError::db)?;
         Ok(Json(StripeWebhookOut {
             received: true,
             duplicate: !new,

@@ -28,7 +28,9 @@ use super::{
     ApiTags,
     dto::{NewKeyOut, TenantOut, TokensOut, UserOut},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct TenantsApi;
 
@@ -165,16 +167,17 @@ async fn verify_password(pw: String, hash: String) -> Result<bool, ApiError> {
         .map_err(ApiError::internal)
 }
 
-/// Issues an access token and a stored refresh token.
+/// Issues an access token and a refresh token, stored in the request's transaction.
 pub async fn issue_tokens(
     state: &AppState,
+    work: &mut Work,
     user_id: UserId,
     tenant_id: TenantId,
     role: shared::domain::role::Role,
     password_version: i32,
     family: Uuid,
 ) -> Result<TokensOut, ApiError> {
-    let now = state.clock.now();
+    let now = work.now();
     let a = &state.settings.auth;
     let issue = |typ, ttl_secs, jti| Issue {
         user_id,
@@ -200,7 +203,7 @@ pub async fn issue_tokens(
         .issue(&issue(TokenType::Refresh, a.refresh_token_ttl_secs, jti))
         .map_err(ApiError::internal)?;
     db::refresh_tokens::insert(
-        &state.pool,
+        work.conn(),
         jti,
         family,
         user_id,
@@ -227,34 +230,84 @@ fn new_key_out(k: &GeneratedKey, id: String) -> NewKeyOut {
     }
 }
 
-async fn login_rate_limit(state: &AppState, req: &Request, email: &str) -> Result<(), ApiError> {
-    let a = &state.settings.auth;
-    let now = state.clock.now().timestamp().max(0) as u64;
-    let email_bucket = format!(
-        "login:email:{}",
-        hex::encode(&shared::crypto::sha256(email.as_bytes())[..12])
-    );
-    let ip = req
-        .remote_addr()
+/// The client's address, as the connection shows it.
+fn client_ip(req: &Request) -> String {
+    req.remote_addr()
         .as_socket_addr()
         .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let ip_bucket = format!("login:ip:{ip}");
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Counts one attempt in each bucket (name, limit) for `window_secs`; the first bucket over its
+/// limit refuses with 429. These limits guard against guessing and abuse, so they fail closed:
+/// while Redis is down the request is refused with 503.
+async fn limit_attempts(
+    state: &AppState,
+    buckets: &[(String, u32)],
+    window_secs: u64,
+) -> Result<(), ApiError> {
+    if !state.health.redis_up() {
+        return Err(ApiError::unavailable("redis", "known to be down"));
+    }
+    let now = state.clock.now().timestamp().max(0) as u64;
     let prefix = &state.settings.redis.key_prefix;
     let mut redis = state.redis.clone();
-    for (bucket, limit) in [
-        (email_bucket, a.login_attempts_per_email),
-        (ip_bucket, a.login_attempts_per_ip),
-    ] {
-        match ratelimit::hit(&mut redis, prefix, &bucket, limit, a.login_window_secs, now).await {
-            Ok(Decision::Allowed { .. }) => {}
-            Ok(Decision::Limited { retry_after_secs }) => {
+    for (bucket, limit) in buckets {
+        let hit = ratelimit::hit(&mut redis, prefix, bucket, *limit, window_secs, now);
+        match tokio::time::timeout(shared::health::PROBE_TIMEOUT, hit).await {
+            Ok(Ok(Decision::Allowed { .. })) => {}
+            Ok(Ok(Decision::Limited { retry_after_secs })) => {
                 return Err(ApiError::rate_limited(retry_after_secs));
             }
-            Err(e) => return Err(ApiError::unavailable("redis", e)),
+            Ok(Err(e)) => {
+                state.health.set_redis(false);
+                return Err(ApiError::unavailable("redis", e));
+            }
+            Err(_) => {
+                state.health.set_redis(false);
+                return Err(ApiError::unavailable("redis", "timed out"));
+            }
         }
     }
     Ok(())
+}
+
+/// Login attempts are limited per client address, and per email from each address: an
+/// attacker guessing one account's password is stopped, while its owner, elsewhere, still
+/// logs in.
+async fn login_rate_limit(state: &AppState, req: &Request, email: &str) -> Result<(), ApiError> {
+    let a = &state.settings.auth;
+    let ip = client_ip(req);
+    let email_at_ip = hex::encode(
+        &shared::crypto::sha256(format!("{}\n{ip}", email.to_lowercase()).as_bytes())[..12],
+    );
+    limit_attempts(
+        state,
+        &[
+            (
+                format!("login:email-ip:{email_at_ip}"),
+                a.login_attempts_per_email,
+            ),
+            (format!("login:ip:{ip}"), a.login_attempts_per_ip),
+        ],
+        a.login_window_secs,
+    )
+    .await
+}
+
+/// Registrations are limited per client address: each one costs a password hash and creates
+/// a tenant with four keys.
+async fn registration_rate_limit(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let a = &state.settings.auth;
+    limit_attempts(
+        state,
+        &[(
+            format!("register:ip:{}", client_ip(req)),
+            a.registrations_per_ip,
+        )],
+        a.registration_window_secs,
+    )
+    .await
 }
 
 fn bad_login() -> ApiError {
@@ -290,6 +343,7 @@ impl TenantsApi {
             Some(d) => Some(parse_domain(d).map_err(ApiError::invalid("domain"))?),
             None => None,
         };
+        registration_rate_limit(&state, req).await?;
         let password_hash = hash_password(pw.expose().to_owned()).await?;
         let keys: Vec<GeneratedKey> = [
             (KeyKind::Publishable, Mode::Live),
@@ -304,8 +358,9 @@ impl TenantsApi {
         let last4 = webhook_secret[webhook_secret.len() - 4..].to_owned();
         let tenant_id = TenantId::new();
         let owner_id = UserId::new();
+        let mut work = Work::begin(req).await?;
         let (tenant, key_rows) = db::tenants::register(
-            &state.pool,
+            work.conn(),
             db::tenants::NewTenant {
                 tenant_id,
                 company_name: company.as_str(),
@@ -337,6 +392,7 @@ impl TenantsApi {
         let out = |i: usize| new_key_out(&keys[i], key_rows[i].id.to_string());
         let tokens = issue_tokens(
             &state,
+            &mut work,
             owner_id,
             tenant_id,
             shared::domain::role::Role::Owner,
@@ -345,7 +401,7 @@ impl TenantsApi {
         )
         .await?;
         let user = db::users::get(
-            &state.pool,
+            work.conn(),
             &shared::tenancy::TenantContext {
                 tenant_id,
                 mode: Mode::Test,
@@ -413,11 +469,13 @@ impl TenantsApi {
             n.actor = Some(creds.id.to_string());
             n.object_id = Some(creds.id.to_string());
         });
-        db::users::touch_last_login(&state.pool, creds.id)
+        let mut work = Work::begin(req).await?;
+        db::users::touch_last_login(work.conn(), creds.id)
             .await
             .map_err(ApiError::from_db("user"))?;
         let tokens = issue_tokens(
             &state,
+            &mut work,
             creds.id,
             creds.tenant_id,
             creds.role(),
@@ -433,10 +491,10 @@ impl TenantsApi {
                 role: creds.role(),
             },
         };
-        let user = db::users::get(&state.pool, &ctx, creds.id)
+        let user = db::users::get(work.conn(), &ctx, creds.id)
             .await
             .map_err(ApiError::from_db("user"))?;
-        let tenant = db::tenants::get(&state.pool, &ctx)
+        let tenant = db::tenants::get(work.conn(), &ctx)
             .await
             .map_err(ApiError::from_db("tenant"))?;
         Ok(Json(LoginOut {
@@ -463,6 +521,7 @@ impl TenantsApi {
     async fn refresh(
         &self,
         state: poem::web::Data<&AppState>,
+        req: &Request,
         body: JsonBody<RefreshIn>,
     ) -> Result<Json<TokensOut>, ApiError> {
         let bad = || {
@@ -475,13 +534,21 @@ impl TenantsApi {
         if claims.typ != TokenType::Refresh {
             return Err(bad());
         }
-        let family =
-            match db::refresh_tokens::consume(&state.pool, claims.jti, state.clock.now()).await {
-                Ok(f) => f,
-                Err(DbError::NotFound) => return Err(bad()),
-                Err(e) => return Err(ApiError::unavailable("database", e)),
-            };
-        let creds = db::users::credentials_by_id(&state.pool, claims.user_id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let family = match db::refresh_tokens::consume(work.conn(), claims.jti, now).await {
+            Ok(f) => f,
+            Err(DbError::NotFound) => {
+                // Presenting a used token revokes its family; that must stick although this
+                // request fails, so it commits on its own.
+                db::refresh_tokens::revoke_if_reused(&state.pool, claims.jti, now)
+                    .await
+                    .map_err(ApiError::db)?;
+                return Err(bad());
+            }
+            Err(e) => return Err(ApiError::db(e)),
+        };
+        let creds = db::users::credentials_by_id(work.conn(), claims.user_id)
             .await
             .map_err(|_| bad())?;
         if !creds.can_log_in() || creds.password_version != claims.password_version {
@@ -489,6 +556,7 @@ impl TenantsApi {
         }
         issue_tokens(
             &state,
+            &mut work,
             creds.id,
             creds.tenant_id,
             creds.role(),
@@ -573,12 +641,16 @@ impl TenantsApi {
             ));
         }
         let hash = hash_password(new.expose().to_owned()).await?;
-        db::users::change_password(&state.pool, ctx, id, &hash)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        db::users::change_password(work.conn(), ctx, id, &hash, now)
             .await
             .map_err(ApiError::from_db("user"))?;
-        state.users.clear();
+        let cache = state.clone();
+        work.after_commit(move || cache.users.clear());
         issue_tokens(
             &state,
+            &mut work,
             id,
             ctx.tenant_id,
             creds.role(),

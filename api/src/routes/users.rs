@@ -17,7 +17,9 @@ use super::{
     ApiTags,
     dto::{UserOut, page_request},
 };
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct UsersApi;
 
@@ -156,7 +158,6 @@ impl UsersApi {
     )]
     async fn create(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         body: JsonBody<UserIn>,
@@ -180,8 +181,10 @@ impl UsersApi {
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
         let id = UserId::new();
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
         let row = db::users::create(
-            &state.pool,
+            work.conn(),
             ctx,
             NewUser {
                 id,
@@ -191,7 +194,7 @@ impl UsersApi {
                 last_name: last.as_ref().map_or("", PersonName::as_str),
                 role,
             },
-            state.clock.now(),
+            now,
         )
         .await
         .map_err(|e| match e {
@@ -255,12 +258,14 @@ impl UsersApi {
             .map_err(ApiError::invalid("role"))?;
         let first = name(b.first_name.as_deref(), "first_name")?;
         let last = name(b.last_name.as_deref(), "last_name")?;
-        let target = db::users::get(&state.pool, ctx, id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let target = db::users::get(work.conn(), ctx, id)
             .await
             .map_err(ApiError::from_db("user"))?;
         check_target(ctx, id, target.role(), role, b.is_active == Some(false))?;
         let row = db::users::update(
-            &state.pool,
+            work.conn(),
             ctx,
             id,
             UserChanges {
@@ -269,11 +274,12 @@ impl UsersApi {
                 first_name: first.as_ref().map(PersonName::as_str),
                 last_name: last.as_ref().map(PersonName::as_str),
             },
-            state.clock.now(),
+            now,
         )
         .await
         .map_err(map_update_err)?;
-        state.users.clear();
+        let cache = state.clone();
+        work.after_commit(move || cache.users.clear());
         Ok(Json(row.into()))
     }
 
@@ -296,23 +302,26 @@ impl UsersApi {
         let ctx = auth.require(Permission::ManageUsers)?;
         let id = parse_user_id(&id.0)?;
         note(req, |n| n.object_id = Some(id.to_string()));
-        let target = db::users::get(&state.pool, ctx, id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let target = db::users::get(work.conn(), ctx, id)
             .await
             .map_err(ApiError::from_db("user"))?;
         check_target(ctx, id, target.role(), None, true)?;
         let row = db::users::update(
-            &state.pool,
+            work.conn(),
             ctx,
             id,
             UserChanges {
                 is_active: Some(false),
                 ..Default::default()
             },
-            state.clock.now(),
+            now,
         )
         .await
         .map_err(map_update_err)?;
-        state.users.clear();
+        let cache = state.clone();
+        work.after_commit(move || cache.users.clear());
         Ok(Json(row.into()))
     }
 }

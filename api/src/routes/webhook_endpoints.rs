@@ -23,7 +23,9 @@ use shared::{
 };
 
 use super::{ApiTags, dto::page_request};
-use crate::{auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct WebhookEndpointsApi;
 
@@ -267,10 +269,6 @@ fn db_err(e: DbError) -> ApiError {
     ApiError::from_db("webhook_endpoint")(e)
 }
 
-fn begin_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("database", e)
-}
-
 fn url_error(field: &str, e: UrlError) -> ApiError {
     match e {
         UrlError::ForbiddenAddress(_) | UrlError::ForbiddenHost(_) | UrlError::Unresolvable => {
@@ -340,7 +338,7 @@ fn filter(v: Option<&[String]>) -> Result<Option<EventFilter>, ApiError> {
 /// Records an event about an endpoint in the transaction.
 async fn endpoint_event(
     tx: &mut sqlx::PgConnection,
-    state: &AppState,
+    now: chrono::DateTime<chrono::Utc>,
     ctx: &TenantContext,
     event_type: &str,
     row: &EndpointRow,
@@ -350,10 +348,10 @@ async fn endpoint_event(
         // A new endpoint is not told of its own creation.
         event = event.routed(Routing::Skipping(row.id.as_uuid()));
     }
-    db::events::record(tx, ctx.scope(), event, state.clock.now())
+    db::events::record(tx, ctx.scope(), event, now)
         .await
         .map(|_| ())
-        .map_err(ApiError::internal)
+        .map_err(ApiError::db)
 }
 
 #[OpenApi]
@@ -381,10 +379,11 @@ impl WebhookEndpointsApi {
         let description = description(b.description.as_deref())?.unwrap_or_default();
         let filter = filter(b.event_types.as_deref())?.unwrap_or_else(EventFilter::all);
         let secret = SigningSecret::generate();
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let row = db::webhook_endpoints::create(
-            &mut tx,
+            &mut *tx,
             ctx,
             NewEndpoint {
                 url: url.as_str(),
@@ -399,8 +398,7 @@ impl WebhookEndpointsApi {
         )
         .await
         .map_err(db_err)?;
-        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.created", &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.created", &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(CreatedEndpoint::Created(Json(WebhookEndpointCreatedOut {
             endpoint: row.into(),
@@ -490,9 +488,11 @@ impl WebhookEndpointsApi {
         };
         let description = description(b.description.as_deref())?;
         let filter = filter(b.event_types.as_deref())?;
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let row = db::webhook_endpoints::update(
-            &mut tx,
+            &mut *tx,
             ctx,
             id,
             EndpointChanges {
@@ -501,12 +501,11 @@ impl WebhookEndpointsApi {
                 enabled: b.enabled,
                 event_types: filter.as_ref().map(EventFilter::as_slice),
             },
-            state.clock.now(),
+            now,
         )
         .await
         .map_err(db_err)?;
-        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.updated", &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.updated", &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(row.into()))
     }
@@ -522,7 +521,6 @@ impl WebhookEndpointsApi {
     )]
     async fn delete(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Endpoint id (`we_…`).
@@ -530,12 +528,13 @@ impl WebhookEndpointsApi {
     ) -> Result<Json<WebhookEndpointOut>, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let id = parse_id(&id.0)?;
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let row = db::webhook_endpoints::delete(&mut tx, ctx, id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let row = db::webhook_endpoints::delete(&mut *tx, ctx, id)
             .await
             .map_err(db_err)?;
-        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.deleted", &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.deleted", &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(row.into()))
     }
@@ -562,10 +561,11 @@ impl WebhookEndpointsApi {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let id = parse_id(&id.0)?;
         let secret = SigningSecret::generate();
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let row = db::webhook_endpoints::rotate_secret(
-            &mut tx,
+            &mut *tx,
             ctx,
             id,
             &state.encryptor.encrypt(secret.expose().as_bytes()),
@@ -575,8 +575,7 @@ impl WebhookEndpointsApi {
         )
         .await
         .map_err(db_err)?;
-        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.updated", &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.updated", &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(RotatedSecretOut {
             endpoint: row.into(),
@@ -684,11 +683,12 @@ impl WebhookEndpointsApi {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let url = check_url(&state, ctx, "webhook_url", &body.0.webhook_url).await?;
         let secret = SigningSecret::generate();
-        let now = state.clock.now();
         let enc = state.encryptor.encrypt(secret.expose().as_bytes());
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         let (row, created) = db::webhook_endpoints::set_default(
-            &mut tx,
+            &mut *tx,
             ctx,
             url.as_str(),
             &enc,
@@ -697,7 +697,7 @@ impl WebhookEndpointsApi {
         )
         .await
         .map_err(db_err)?;
-        db::tenants::set_webhook_secret(&mut tx, ctx, &enc, secret.last4())
+        db::tenants::set_webhook_secret(&mut *tx, ctx, &enc, secret.last4())
             .await
             .map_err(ApiError::from_db("tenant"))?;
         let event = if created {
@@ -705,8 +705,7 @@ impl WebhookEndpointsApi {
         } else {
             "webhook_endpoint.updated"
         };
-        endpoint_event(&mut tx, &state, ctx, event, &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, event, &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(WebhookConfigSetOut {
             webhook_url: row.url,
@@ -738,12 +737,13 @@ impl WebhookEndpointsApi {
                 DbError::NotFound => ApiError::not_found("webhook configuration"),
                 other => db_err(other),
             })?;
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
-        let row = db::webhook_endpoints::delete(&mut tx, ctx, current.id)
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
+        let row = db::webhook_endpoints::delete(&mut *tx, ctx, current.id)
             .await
             .map_err(db_err)?;
-        endpoint_event(&mut tx, &state, ctx, "webhook_endpoint.deleted", &row).await?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.deleted", &row).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(WebhookConfigDeletedOut {
             deleted: true,
@@ -784,11 +784,12 @@ impl WebhookEndpointsApi {
                 "The configured webhook endpoint is disabled.",
             ));
         }
-        let now = state.clock.now();
-        let mut tx = state.pool.begin().await.map_err(begin_err)?;
+        let mut work = Work::begin(req).await?;
+        let now = work.now();
+        let tx = work.conn();
         // The test goes to the configured endpoint only, whatever its filter.
         let event_id = db::events::record(
-            &mut tx,
+            &mut *tx,
             ctx.scope(),
             NewEvent::new(
                 "webhook.test",
@@ -802,8 +803,8 @@ impl WebhookEndpointsApi {
             now,
         )
         .await
-        .map_err(ApiError::internal)?;
-        let delivery = db::webhook_deliveries::find(&mut tx, ctx, event_id, endpoint.id)
+        .map_err(ApiError::db)?;
+        let delivery = db::webhook_deliveries::find(&mut *tx, ctx, event_id, endpoint.id)
             .await
             .map_err(|e| match e {
                 // Disabled or deleted since it was read.
@@ -811,9 +812,8 @@ impl WebhookEndpointsApi {
                     "webhook_endpoint_disabled",
                     "The configured webhook endpoint was disabled or removed meanwhile.",
                 ),
-                other => ApiError::internal(other),
+                other => ApiError::db(other),
             })?;
-        tx.commit().await.map_err(ApiError::internal)?;
         note(req, |n| n.object_id = Some(event_id.to_string()));
         Ok(TestQueued::Accepted(Json(WebhookTestOut {
             event_id: event_id.to_string(),

@@ -208,6 +208,64 @@ async fn login_attempts_are_limited_per_email() {
     );
 }
 
+/// A client whose connections come from another loopback address (another client machine).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn wrong_passwords_from_one_address_do_not_lock_the_owner_out_elsewhere() {
+    let app = spawn_app().await;
+    app.register("victim@acme.com").await;
+    // An attacker tries ten wrong passwords: the eleventh attempt from there is refused.
+    for _ in 0..10 {
+        assert_eq!(
+            app.login("victim@acme.com", "WrongPass123!").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_problem(
+        app.login("victim@acme.com", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    // The owner, at another address, logs in.
+    let owner = client_from([127, 0, 0, 2])
+        .post(app.url("/api/v1/auth/tenants/login/"))
+        .json(&json!({"email": "victim@acme.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_client_address() {
+    let app = crate::helpers::spawn_app_with(&[("REGISTRATIONS_PER_IP", "3")]).await;
+    for i in 0..3 {
+        app.register(&format!("signup{i}@acme.com")).await;
+    }
+    let body = json!({"company_name": "Flood", "email": "flood@acme.com", "password": PASSWORD});
+    let resp = app
+        .post("/api/v1/auth/tenants/register/", &Cred::None, &body)
+        .await;
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_problem(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(app.count("tenants").await, 3);
+    // Someone else, elsewhere, still signs up.
+    let other = client_from([127, 0, 0, 3])
+        .post(app.url("/api/v1/auth/tenants/register/"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn login_attempts_are_limited_per_client_address() {
     let app = crate::helpers::spawn_app_with(&[("LOGIN_ATTEMPTS_PER_IP", "2")]).await;

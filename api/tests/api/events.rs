@@ -644,3 +644,65 @@ async fn regenerating_keys_records_revoked_and_created_events_in_that_mode_only(
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_redelivery_caught_in_a_deadlock_is_run_again_and_succeeds() {
+    let app = spawn_app().await;
+    let t = app.register("redeliver-deadlock@acme.com").await;
+    let (endpoint, event, delivery) = delivered_event(&app, &t).await;
+    // Another transaction (the worker, say) holds the delivery and will want its job, which
+    // the redelivery locks first: a cycle. Its deadlock check is put off, so the request's
+    // transaction is the one PostgreSQL aborts.
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '60s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM webhook_deliveries WHERE id = $1 FOR UPDATE")
+        .bind(delivery)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let path = format!("{}?endpoint_id={endpoint}", redeliver_path(&event));
+    let request = {
+        let req = app.req(Method::POST, &path, &t.sk_test());
+        tokio::spawn(req.send())
+    };
+    let mut blocked = false;
+    for _ in 0..400 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE webhook_deliveries%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if n == 1 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(blocked, "the redelivery never waited for the delivery");
+    // Closes the cycle; returns once PostgreSQL has aborted the request's transaction.
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(delivery)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+    let resp = request.await.unwrap().unwrap();
+    let queued = body(resp, StatusCode::ACCEPTED).await;
+    assert_eq!(
+        queued["deliveries"],
+        json!([shared::ids::DeliveryId::from_uuid(delivery).to_string()])
+    );
+    assert_pending_again(&app, delivery).await;
+    // One request, one audit row.
+    let audited: Vec<i16> =
+        sqlx::query_scalar("SELECT outcome FROM audit_log WHERE action = 'events.redeliver'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, vec![202]);
+}

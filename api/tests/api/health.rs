@@ -1,9 +1,6 @@
-use std::net::SocketAddr;
-
 use reqwest::StatusCode;
-use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::helpers::{Cred, spawn_app, spawn_app_with};
+use crate::helpers::{Cred, Relay, host_port, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn healthz_answers_ok() {
@@ -23,64 +20,17 @@ async fn readyz_reports_postgres_and_redis_reachable() {
     assert_eq!(body["redis"], "ok");
 }
 
-/// A TCP relay to the test Redis that can be cut, as if Redis went away.
-struct RedisRelay {
-    addr: SocketAddr,
-    accept: JoinHandle<Vec<JoinHandle<()>>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl RedisRelay {
-    async fn start() -> Self {
-        let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let upstream = redis
-            .trim_start_matches("redis://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let accept = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return conns,
-                    accepted = listener.accept() => {
-                        let (mut client, _) = accepted.unwrap();
-                        let upstream = upstream.clone();
-                        conns.push(tokio::spawn(async move {
-                            let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }));
-                    }
-                }
-            }
-        });
-        Self { addr, accept, stop }
-    }
-
-    /// Closes the listening port and every relayed connection before returning.
-    async fn cut(self) {
-        self.stop.send(()).unwrap();
-        for conn in self.accept.await.unwrap() {
-            conn.abort();
-            let _ = conn.await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn readyz_answers_503_naming_redis_when_redis_becomes_unreachable() {
     // Start-up refuses an unreachable Redis (see `startup.rs`), so Redis goes away afterwards.
-    let relay = RedisRelay::start().await;
-    let app = spawn_app_with(&[("REDIS_URL", &format!("redis://{}", relay.addr))]).await;
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let relay = Relay::start(&host_port(&redis)).await;
+    let app = spawn_app_with(&[("REDIS_URL", &relay.url_for(&redis))]).await;
     assert_eq!(
         app.get("/readyz", &Cred::None).await.status(),
         StatusCode::OK
     );
-    relay.cut().await;
+    relay.cut();
     let resp = app.get("/readyz", &Cred::None).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();

@@ -38,6 +38,8 @@ fn base_env() -> HashMap<String, String> {
         format!("test:{}:", Uuid::new_v4().simple()),
     );
     env.insert("RATE_LIMIT_PER_SECOND".into(), "1000".into());
+    // Tests register many tenants from one address; `rate_limits.rs` sets its own limit.
+    env.insert("REGISTRATIONS_PER_IP".into(), "1000".into());
     env
 }
 
@@ -330,4 +332,124 @@ pub async fn assert_problem(resp: Response, status: StatusCode, code: &str) -> V
     assert_eq!(body["status"], status.as_u16());
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     body
+}
+
+/// A TCP relay to a real PostgreSQL or Redis that a test can cut (the port refuses
+/// connections and open ones are closed, as when the server stops) and restore (same port).
+pub struct Relay {
+    pub addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    /// Relays to `upstream` (`host:port`) from a free loopback port.
+    pub async fn start(upstream: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let (up, mut watch) = tokio::sync::watch::channel(true);
+        let upstream = upstream.to_owned();
+        tokio::spawn(async move {
+            let mut listener = Some(listener);
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                match &listener {
+                    Some(l) => tokio::select! {
+                        changed = watch.changed() => {
+                            if changed.is_err() { return; }
+                            if !*watch.borrow() {
+                                listener = None;
+                                conns.abort_all();
+                            }
+                        }
+                        accepted = l.accept() => {
+                            let Ok((mut client, _)) = accepted else { continue };
+                            let upstream = upstream.clone();
+                            conns.spawn(async move {
+                                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                }
+                            });
+                        }
+                    },
+                    None => {
+                        if watch.changed().await.is_err() {
+                            return;
+                        }
+                        if *watch.borrow() {
+                            listener = tokio::net::TcpListener::bind(addr).await.ok();
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, up }
+    }
+
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+
+    /// `url` with its host and port replaced by the relay's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let userinfo = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}{}{tail}", self.addr)
+    }
+}
+
+/// The `host:port` of a URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    authority.split('?').next().unwrap_or(authority).to_owned()
+}
+
+/// An app whose PostgreSQL is reached through a relay (`DATABASE_ACQUIRE_TIMEOUT_SECONDS` is
+/// long, so that a request waiting for the database would hang rather than fail).
+pub async fn spawn_app_behind_relay(overrides: &[(&str, &str)]) -> (TestApp, Relay) {
+    let direct = fresh_database_url().await;
+    let relay = Relay::start(&host_port(&direct)).await;
+    let url = relay.url_for(&direct);
+    let mut all: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_ACQUIRE_TIMEOUT_SECONDS", "120"),
+    ];
+    all.extend_from_slice(overrides);
+    api::telemetry::install_crypto_provider();
+    let mut env = base_env();
+    for (k, v) in all {
+        env.insert(k.into(), v.into());
+    }
+    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
+    (start(settings).await, relay)
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after a minute.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

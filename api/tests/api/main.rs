@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod openapi;
+mod outages;
 mod plans;
 mod rate_limits;
 mod startup;

@@ -204,6 +204,64 @@ async fn deactivated_users_cannot_log_in_and_their_tokens_stop_working() {
 }
 
 #[tokio::test]
+async fn reactivating_a_user_does_not_revive_the_tokens_issued_before() {
+    let app = spawn_app().await;
+    let t = app.register("revive@acme.com").await;
+    let (token, id) = app.user_with_role(&t, "back@acme.com", "developer").await;
+    let login: Value = app
+        .login("back@acme.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/api/v1/users/{id}");
+    let off = app.send(Method::DELETE, &path, &t.jwt(), None).await;
+    assert_eq!(off.status(), StatusCode::OK);
+    let on = app
+        .send(
+            Method::PATCH,
+            &path,
+            &t.jwt(),
+            Some(&json!({"is_active": true})),
+        )
+        .await;
+    assert_eq!(on.status(), StatusCode::OK);
+    // (The update cleared this replica's credential cache.)
+    for old in [token, s(&login["access"])] {
+        assert_problem(
+            app.get("/api/v1/auth/tenants/me", &Cred::Bearer(old)).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+    }
+    let refreshed = app
+        .post(
+            "/api/v1/auth/tenants/token/refresh/",
+            &Cred::None,
+            &json!({"refresh": s(&login["refresh"])}),
+        )
+        .await;
+    assert_problem(refreshed, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    // Logging in again works, and the new token does.
+    let fresh: Value = app
+        .login("back@acme.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get(
+            "/api/v1/auth/tenants/me",
+            &Cred::Bearer(s(&fresh["access"]))
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn admins_cannot_touch_owners_and_nobody_demotes_themselves() {
     let app = spawn_app().await;
     let t = app.register("guard@acme.com").await;
@@ -392,7 +450,9 @@ async fn the_last_active_owner_cannot_be_demoted_or_deactivated() {
             ..Default::default()
         },
     ] {
-        match users::update(&app.pool, &ctx, owner, changes, chrono::Utc::now()).await {
+        // The caller's transaction, dropped (rolled back) after the refusal.
+        let mut tx = app.pool.begin().await.unwrap();
+        match users::update(&mut tx, &ctx, owner, changes, chrono::Utc::now()).await {
             Err(DbError::UniqueViolation(c)) => assert_eq!(c, "last_owner"),
             other => panic!("expected the last_owner refusal, got {other:?}"),
         }

@@ -1,7 +1,7 @@
 //! API keys, stored as SHA-256 hashes with a display prefix and last four characters.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgConnection, PgPool};
 use subtle::ConstantTimeEq;
 
 use super::{
@@ -60,7 +60,7 @@ impl ApiKeyRow {
 const COLUMNS: &str = "id, tenant_id, livemode, kind, prefix, last4, created_at, revoked_at";
 
 pub(crate) async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     tenant_id: TenantId,
     id: ApiKeyId,
     key: &GeneratedKey,
@@ -77,7 +77,7 @@ pub(crate) async fn insert(
     .bind(&key.hash[..])
     .bind(prefix)
     .bind(&key.last4)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(Into::into)
 }
@@ -130,7 +130,7 @@ pub async fn list(pool: &PgPool, ctx: &TenantContext) -> Result<Vec<ApiKeyRow>, 
 /// Revokes the active keys of the given modes, each with its `api_key.revoked` event;
 /// returns the revoked rows.
 pub async fn revoke(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     ctx: &TenantContext,
     modes: &[Mode],
     by: &str,
@@ -138,22 +138,23 @@ pub async fn revoke(
 ) -> Result<Vec<ApiKeyRow>, DbError> {
     let livemodes: Vec<bool> = modes.iter().map(|m| m.livemode()).collect();
     let rows = sqlx::query_as::<_, ApiKeyRow>(sqlf!(
-        "UPDATE api_keys SET revoked_at = now(), revoked_by = $3 \
+        "UPDATE api_keys SET revoked_at = $4, revoked_by = $3 \
          WHERE tenant_id = $1 AND livemode = ANY($2) AND revoked_at IS NULL \
          RETURNING {COLUMNS}"
     ))
     .bind(ctx.tenant_id)
     .bind(&livemodes)
     .bind(by)
-    .fetch_all(&mut **tx)
+    .bind(now)
+    .fetch_all(&mut *conn)
     .await?;
-    record_each(tx, ctx, &rows, "api_key.revoked", now).await?;
+    record_each(conn, ctx, &rows, "api_key.revoked", now).await?;
     Ok(rows)
 }
 
 /// Records one `event_type` event per key, one insert per mode.
 async fn record_each(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     ctx: &TenantContext,
     rows: &[ApiKeyRow],
     event_type: &str,
@@ -169,14 +170,15 @@ async fn record_each(
             tenant_id: ctx.tenant_id,
             livemode,
         };
-        events::record_many(&mut *tx, scope, &batch, now).await?;
+        events::record_many(&mut *conn, scope, &batch, now).await?;
     }
     Ok(())
 }
 
-/// Revokes the active keys of the given modes and inserts new ones, atomically.
+/// Revokes the active keys of the given modes and inserts new ones, in the caller's
+/// transaction.
 pub async fn regenerate(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     ctx: &TenantContext,
     keys: &[GeneratedKey],
     by: &str,
@@ -184,18 +186,16 @@ pub async fn regenerate(
 ) -> Result<(Vec<ApiKeyRow>, Vec<ApiKeyRow>), DbError> {
     let mut modes: Vec<Mode> = keys.iter().map(|k| k.mode).collect();
     modes.dedup();
-    let mut tx = pool.begin().await?;
     // Serialise concurrent regenerations of one tenant.
     sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(ctx.tenant_id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    let revoked = revoke(&mut tx, ctx, &modes, by, now).await?;
+    let revoked = revoke(conn, ctx, &modes, by, now).await?;
     let mut created = Vec::with_capacity(keys.len());
     for key in keys {
-        created.push(insert(&mut tx, ctx.tenant_id, ApiKeyId::new(), key).await?);
+        created.push(insert(&mut *conn, ctx.tenant_id, ApiKeyId::new(), key).await?);
     }
-    record_each(&mut tx, ctx, &created, "api_key.created", now).await?;
-    tx.commit().await?;
+    record_each(conn, ctx, &created, "api_key.created", now).await?;
     Ok((revoked, created))
 }

@@ -1,7 +1,7 @@
 //! The append-only audit log (a trigger refuses updates and deletes).
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool};
 
 use super::{DbError, pagination::Page};
 use crate::{ids::TenantId, tenancy::TenantContext};
@@ -17,12 +17,14 @@ pub struct AuditEntry {
     pub request_id: String,
     pub client_addr: Option<String>,
     pub outcome: i16,
+    pub at: DateTime<Utc>,
 }
 
-pub async fn record(pool: &PgPool, e: &AuditEntry) -> Result<(), DbError> {
+/// Appends an entry; in the transaction of the change it records, when there is one.
+pub async fn record(conn: &mut PgConnection, e: &AuditEntry) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, livemode, actor, action, object_id, request_id, \
-         client_addr, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         client_addr, outcome, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(e.tenant_id)
     .bind(e.livemode)
@@ -32,7 +34,8 @@ pub async fn record(pool: &PgPool, e: &AuditEntry) -> Result<(), DbError> {
     .bind(&e.request_id)
     .bind(&e.client_addr)
     .bind(e.outcome)
-    .execute(pool)
+    .bind(e.at)
+    .execute(conn)
     .await?;
     Ok(())
 }

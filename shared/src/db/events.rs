@@ -173,8 +173,51 @@ pub async fn record_many(
             }
         }
     }
-    fan_out(conn, scope, &pairs, now).await?;
+    fan_out_new(conn, scope, &pairs, now).await?;
     Ok(ids)
+}
+
+/// Creates the deliveries of events recorded in this transaction, with their jobs, in one
+/// statement: the pairs are new, so nothing can conflict, and the jobs are built from the
+/// deliveries in the database rather than sent again.
+async fn fan_out_new(
+    conn: &mut PgConnection,
+    scope: Scope,
+    pairs: &[(Uuid, Uuid)],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<DeliveryId> = pairs.iter().map(|_| DeliveryId::new()).collect();
+    let delivery_ids: Vec<Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
+    let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let event_ids: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let endpoint_ids: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    sqlx::query(
+        "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[]) \
+             AS u(id, name, event_id, endpoint_id)), \
+         d AS (INSERT INTO webhook_deliveries (id, tenant_id, livemode, event_id, endpoint_id, \
+             next_attempt_at, created_at, updated_at) \
+             SELECT id, $5, $6, event_id, endpoint_id, $7, $7, $7 FROM u) \
+         INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
+             created_at, updated_at) \
+         SELECT id, $8, $9, $5, $6, jsonb_build_object('delivery_id', name), $10, $7, $7, $7 \
+         FROM u",
+    )
+    .bind(&delivery_ids)
+    .bind(&names)
+    .bind(&event_ids)
+    .bind(&endpoint_ids)
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(now)
+    .bind(Queue::Webhooks.as_str())
+    .bind(DELIVER_KIND)
+    .bind(DELIVERY_MAX_ATTEMPTS)
+    .execute(&mut *conn)
+    .await?;
+    jobs::notify(conn, Queue::Webhooks).await
 }
 
 /// Creates deliveries (and their jobs) for (event, endpoint) pairs that have none yet.
@@ -223,10 +266,12 @@ pub fn delivery_job(scope: Scope, delivery_id: Uuid, now: DateTime<Utc>) -> NewJ
         tenant: Some((scope.tenant_id.as_uuid(), scope.livemode)),
         payload: serde_json::json!({ "delivery_id": DeliveryId::from_uuid(delivery_id).to_string() }),
         run_at: now,
-        // The delivery's retry schedule decides when it has failed, not a job limit.
-        max_attempts: i32::MAX,
+        max_attempts: DELIVERY_MAX_ATTEMPTS,
     }
 }
+
+/// The delivery's retry schedule decides when it has failed, not a job limit.
+const DELIVERY_MAX_ATTEMPTS: i32 = i32::MAX;
 
 /// The tenant's events in this mode, newest first, optionally of one type.
 pub async fn list(

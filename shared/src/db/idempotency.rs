@@ -1,127 +1,201 @@
-//! Idempotency keys: the first response to a POST is stored and replayed for 24 hours.
+//! Idempotency keys: the first response to a POST is stored and replayed for 24 hours, to the
+//! credential that made the request.
+//!
+//! A key is claimed inside the transaction that does the request's work, and its response is
+//! stored in that same transaction: they commit together or not at all, so a request that dies
+//! half-way leaves no trace and its retry simply runs. A concurrent request with the same key
+//! waits on the claim until the first one commits (then replays its response) or rolls back
+//! (then runs itself). Stored bodies are encrypted: they may hold secrets shown only once.
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
 
 use super::DbError;
+use crate::tenancy::Scope;
 
 /// How long a key is honoured.
-pub const RETENTION_HOURS: i32 = 24;
+pub const RETENTION_HOURS: i64 = 24;
+
+/// Who a key belongs to: the tenant and mode, and the credential (an API key's or a user's
+/// id) that sent it. Another credential using the same key has its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyScope {
+    pub scope: Scope,
+    pub actor: String,
+    pub key: String,
+}
+
+/// A stored response; `body_enc` is encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub status: i16,
+    pub content_type: Option<String>,
+    pub body_enc: Vec<u8>,
+}
 
 /// What to do with a request carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// First use: run the request, then [`complete`] or [`release`].
+    /// First use (or the earlier use expired): run the request, then [`complete`] in the same
+    /// transaction.
     New,
     /// Seen with the same request: send the stored response again.
-    Replay {
-        status: u16,
-        content_type: Option<String>,
-        body: Vec<u8>,
-    },
+    Replay(Stored),
     /// Seen with a different request.
     Mismatch,
-    /// The first request with this key is still running.
-    InProgress,
 }
 
-/// Scope of a key: tenant and mode.
-pub use crate::tenancy::Scope;
+fn expired_before(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::hours(RETENTION_HOURS)
+}
 
-type Stored = (Vec<u8>, Option<i16>, Option<String>, Option<Vec<u8>>);
-
+/// Claims a key in the caller's transaction (waiting while another transaction holds it).
 pub async fn claim(
-    pool: &PgPool,
-    scope: Scope,
-    key: &str,
+    conn: &mut PgConnection,
+    k: &KeyScope,
     request_hash: &[u8; 32],
+    now: DateTime<Utc>,
 ) -> Result<Claim, DbError> {
-    // Forget an expired key so it can be used afresh.
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND livemode = $2 AND key = $3 \
-         AND created_at < now() - make_interval(hours => $4)",
-    )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
-    .bind(key)
-    .bind(RETENTION_HOURS)
-    .execute(pool)
-    .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (tenant_id, livemode, key, request_hash) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
-    .bind(key)
-    .bind(&request_hash[..])
-    .execute(pool)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claim::New);
+    // Twice at most: a key found expired and purged between the two statements is claimed
+    // on the second pass.
+    for _ in 0..2 {
+        let claimed: Option<(bool,)> = sqlx::query_as(
+            "INSERT INTO idempotency_keys (tenant_id, livemode, actor, key, request_hash, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, livemode, actor, key) DO UPDATE SET \
+             request_hash = EXCLUDED.request_hash, created_at = EXCLUDED.created_at, \
+             status = NULL, content_type = NULL, response_enc = NULL, completed_at = NULL \
+             WHERE idempotency_keys.created_at < $7 RETURNING true",
+        )
+        .bind(k.scope.tenant_id)
+        .bind(k.scope.livemode)
+        .bind(&k.actor)
+        .bind(&k.key)
+        .bind(&request_hash[..])
+        .bind(now)
+        .bind(expired_before(now))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if claimed.is_some() {
+            return Ok(if used_before_credentials(conn, k, now).await? {
+                Claim::Mismatch
+            } else {
+                Claim::New
+            });
+        }
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT request_hash, status, content_type, response_enc FROM idempotency_keys \
+             WHERE tenant_id = $1 AND livemode = $2 AND actor = $3 AND key = $4",
+        )
+        .bind(k.scope.tenant_id)
+        .bind(k.scope.livemode)
+        .bind(&k.actor)
+        .bind(&k.key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { continue };
+        return Ok(match (row.status, row.response_enc) {
+            _ if row.request_hash.as_slice() != &request_hash[..] => Claim::Mismatch,
+            (Some(status), Some(body_enc)) => Claim::Replay(Stored {
+                status,
+                content_type: row.content_type,
+                body_enc,
+            }),
+            // A committed key always has its response; refuse rather than run twice.
+            _ => Claim::Mismatch,
+        });
     }
-    let stored: Option<Stored> = sqlx::query_as(
-        "SELECT request_hash, status, content_type, response_body FROM idempotency_keys \
-         WHERE tenant_id = $1 AND livemode = $2 AND key = $3",
-    )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match stored {
-        // Released between our insert and select: treat as in progress; the client retries.
-        None => Claim::InProgress,
-        Some((hash, _, _, _)) if hash.as_slice() != &request_hash[..] => Claim::Mismatch,
-        Some((_, Some(status), content_type, body)) => Claim::Replay {
-            status: u16::try_from(status).unwrap_or(500),
-            content_type,
-            body: body.unwrap_or_default(),
-        },
-        Some((_, None, _, _)) => Claim::InProgress,
-    })
+    Ok(Claim::Mismatch)
 }
 
-/// Stores the response of the first request.
+/// Whether the key was used, within its 24 hours, before keys belonged to credentials: such
+/// a request may have run, and nobody can replay it, so it must not run again.
+async fn used_before_credentials(
+    conn: &mut PgConnection,
+    k: &KeyScope,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE tenant_id = $1 AND livemode = $2 \
+         AND actor = '' AND key = $3 AND created_at >= $4)",
+    )
+    .bind(k.scope.tenant_id)
+    .bind(k.scope.livemode)
+    .bind(&k.key)
+    .bind(expired_before(now))
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A key as stored.
+#[derive(FromRow)]
+struct KeyRow {
+    request_hash: Vec<u8>,
+    status: Option<i16>,
+    content_type: Option<String>,
+    response_enc: Option<Vec<u8>>,
+}
+
+/// Stores the response of a claimed key, in the claiming transaction.
 pub async fn complete(
-    pool: &PgPool,
-    scope: Scope,
-    key: &str,
-    status: u16,
-    content_type: Option<&str>,
-    body: &[u8],
+    conn: &mut PgConnection,
+    k: &KeyScope,
+    stored: &Stored,
+    now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE idempotency_keys SET status = $4, content_type = $5, response_body = $6, \
-         completed_at = now() WHERE tenant_id = $1 AND livemode = $2 AND key = $3",
+        "UPDATE idempotency_keys SET status = $5, content_type = $6, response_enc = $7, \
+         completed_at = $8 WHERE tenant_id = $1 AND livemode = $2 AND actor = $3 AND key = $4",
     )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
-    .bind(key)
-    .bind(i16::try_from(status).unwrap_or(500))
-    .bind(content_type)
-    .bind(body)
-    .execute(pool)
+    .bind(k.scope.tenant_id)
+    .bind(k.scope.livemode)
+    .bind(&k.actor)
+    .bind(&k.key)
+    .bind(stored.status)
+    .bind(&stored.content_type)
+    .bind(&stored.body_enc)
+    .bind(now)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Forgets a key whose request failed on our side, so a retry runs it again.
-pub async fn release(pool: &PgPool, scope: Scope, key: &str) -> Result<(), DbError> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND livemode = $2 AND key = $3")
-        .bind(scope.tenant_id)
-        .bind(scope.livemode)
-        .bind(key)
-        .execute(pool)
-        .await?;
+/// Stores the response of a request whose work was rolled back (a client error after the
+/// claim), unless another request has claimed the key since.
+pub async fn store(
+    conn: &mut PgConnection,
+    k: &KeyScope,
+    request_hash: &[u8; 32],
+    stored: &Stored,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, livemode, actor, key, request_hash, status, \
+         content_type, response_enc, created_at, completed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING",
+    )
+    .bind(k.scope.tenant_id)
+    .bind(k.scope.livemode)
+    .bind(&k.actor)
+    .bind(&k.key)
+    .bind(&request_hash[..])
+    .bind(stored.status)
+    .bind(&stored.content_type)
+    .bind(&stored.body_enc)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Deletes keys past retention; returns how many.
-pub async fn purge_expired(pool: &PgPool) -> Result<u64, DbError> {
+/// Deletes keys past retention, at most `limit`; returns how many.
+pub async fn purge_expired(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<u64, DbError> {
     let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+        "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
+         WHERE created_at < $1 LIMIT $2)",
     )
-    .bind(RETENTION_HOURS)
+    .bind(expired_before(now))
+    .bind(limit)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

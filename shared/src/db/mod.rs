@@ -26,8 +26,6 @@ pub mod users;
 pub mod webhook_deliveries;
 pub mod webhook_endpoints;
 
-use std::time::Duration;
-
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -42,9 +40,19 @@ pub enum DbError {
     NotFound,
     #[error("unique constraint `{0}` violated")]
     UniqueViolation(String),
+    /// A deadlock or serialization failure: the transaction was rolled back and running it
+    /// again is expected to succeed.
+    #[error("transaction conflict: {0}")]
+    Conflict(sqlx::Error),
+    /// The database cannot be reached (connection refused, lost, or no connection in time).
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error(transparent)]
     Other(sqlx::Error),
 }
+
+/// SQLSTATEs of failures that running the transaction again resolves.
+const RETRYABLE: [&str; 2] = ["40001", "40P01"];
 
 impl From<sqlx::Error> for DbError {
     fn from(err: sqlx::Error) -> Self {
@@ -52,6 +60,22 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::RowNotFound => DbError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 DbError::UniqueViolation(db.constraint().unwrap_or_default().to_owned())
+            }
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| RETRYABLE.contains(&&*c)) => {
+                DbError::Conflict(err)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => DbError::Unavailable(err),
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                // Connection exceptions and operator intervention (shutdown, restart).
+                DbError::Unavailable(err)
             }
             _ => DbError::Other(err),
         }
@@ -64,8 +88,20 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.url.expose().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
+}
+
+/// A small pool whose commits do not wait for the disk (`synchronous_commit = off`), for
+/// statements whose loss in a database crash is harmless: job leases and claims (a lost lease
+/// makes a job due again, a lost claim makes its run's outcome stale; every job survives both).
+/// Each statement commits on its own, in one round trip.
+pub fn relaxed_pool(settings: &DatabaseSettings, max: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.url.expose().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options.options([("synchronous_commit", "off")])))
 }
 
 /// Applies pending migrations.

@@ -2,14 +2,14 @@
 //! (the chain of rotations it belongs to), since it was probably stolen.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::DbError;
 use crate::ids::{TenantId, UserId};
 
 pub async fn insert(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     jti: Uuid,
     family: Uuid,
     user_id: UserId,
@@ -27,14 +27,18 @@ pub async fn insert(
     .bind(tenant_id)
     .bind(issued_at)
     .bind(expires_at)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
-/// Marks an unused, unrevoked, unexpired token used; returns its family. A token that was
-/// already used revokes its family and yields `NotFound`, like any unusable token.
-pub async fn consume(pool: &PgPool, jti: Uuid, now: DateTime<Utc>) -> Result<Uuid, DbError> {
+/// Marks an unused, unrevoked, unexpired token used, in the caller's transaction; returns its
+/// family, or `NotFound` for any token that cannot be used (then see [`revoke_if_reused`]).
+pub async fn consume(
+    conn: &mut PgConnection,
+    jti: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Uuid, DbError> {
     let family: Option<Uuid> = sqlx::query_scalar(
         "UPDATE refresh_tokens SET used_at = $2 \
          WHERE jti = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
@@ -42,12 +46,20 @@ pub async fn consume(pool: &PgPool, jti: Uuid, now: DateTime<Utc>) -> Result<Uui
     )
     .bind(jti)
     .bind(now)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
-    if let Some(family) = family {
-        return Ok(family);
-    }
-    sqlx::query(
+    family.ok_or(DbError::NotFound)
+}
+
+/// A token that was already used was probably stolen: revokes its whole family (the chain of
+/// rotations it belongs to). Commits on its own, since the request presenting it fails.
+/// Returns whether it was a used token.
+pub async fn revoke_if_reused(
+    pool: &PgPool,
+    jti: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND family = \
          (SELECT family FROM refresh_tokens WHERE jti = $1 AND used_at IS NOT NULL)",
     )
@@ -55,5 +67,5 @@ pub async fn consume(pool: &PgPool, jti: Uuid, now: DateTime<Utc>) -> Result<Uui
     .bind(now)
     .execute(pool)
     .await?;
-    Err(DbError::NotFound)
+    Ok(done.rows_affected() > 0)
 }

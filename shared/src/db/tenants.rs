@@ -1,7 +1,7 @@
 //! Tenants. Registration creates the tenant, its owner and its keys in one transaction.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 use super::DbError;
 use crate::{
@@ -50,10 +50,9 @@ pub struct NewTenant<'a> {
 /// Creates the tenant with a unique slug, its owner user and its API keys.
 /// Returns the tenant and the key rows, in the order of `t.keys`.
 pub async fn register(
-    pool: &PgPool,
+    tx: &mut sqlx::PgConnection,
     t: NewTenant<'_>,
 ) -> Result<(TenantRow, Vec<super::api_keys::ApiKeyRow>), DbError> {
-    let mut tx = pool.begin().await?;
     let mut slug = t.slug_base.to_owned();
     let mut inserted = None;
     for attempt in 0..8 {
@@ -94,17 +93,16 @@ pub async fn register(
     .await?;
     let mut rows = Vec::with_capacity(t.keys.len());
     for key in t.keys {
-        rows.push(super::api_keys::insert(&mut tx, t.tenant_id, ApiKeyId::new(), key).await?);
+        rows.push(super::api_keys::insert(&mut *tx, t.tenant_id, ApiKeyId::new(), key).await?);
     }
-    tx.commit().await?;
     Ok((tenant, rows))
 }
 
 /// The caller's own tenant.
-pub async fn get(pool: &PgPool, ctx: &TenantContext) -> Result<TenantRow, DbError> {
+pub async fn get(db: impl PgExecutor<'_>, ctx: &TenantContext) -> Result<TenantRow, DbError> {
     sqlx::query_as::<_, TenantRow>(sqlf!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
         .bind(ctx.tenant_id)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
         .map_err(Into::into)
 }

@@ -1,7 +1,7 @@
 //! Users of a tenant. Login looks users up by email; everything else is tenant-scoped.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 
 use super::{
     DbError,
@@ -87,29 +87,36 @@ pub async fn credentials_by_email(pool: &PgPool, email: &str) -> Result<Credenti
 }
 
 /// Token checks: by the id in a verified token.
-pub async fn credentials_by_id(pool: &PgPool, id: UserId) -> Result<Credentials, DbError> {
+pub async fn credentials_by_id(
+    db: impl PgExecutor<'_>,
+    id: UserId,
+) -> Result<Credentials, DbError> {
     sqlx::query_as::<_, Credentials>(sqlf!("{CREDENTIALS} WHERE u.id = $1"))
         .bind(id)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
         .map_err(Into::into)
 }
 
-pub async fn touch_last_login(pool: &PgPool, id: UserId) -> Result<(), DbError> {
+pub async fn touch_last_login(db: impl PgExecutor<'_>, id: UserId) -> Result<(), DbError> {
     sqlx::query("UPDATE users SET last_login_at = now() WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok(())
 }
 
-pub async fn get(pool: &PgPool, ctx: &TenantContext, id: UserId) -> Result<UserRow, DbError> {
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    ctx: &TenantContext,
+    id: UserId,
+) -> Result<UserRow, DbError> {
     sqlx::query_as::<_, UserRow>(sqlf!(
         "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
     ))
     .bind(ctx.tenant_id)
     .bind(id)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
     .map_err(Into::into)
 }
@@ -147,12 +154,11 @@ pub struct NewUser<'a> {
 /// Creates the user and its `user.created` event (users belong to both modes, so the event
 /// is recorded in each).
 pub async fn create(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     ctx: &TenantContext,
     u: NewUser<'_>,
     now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
-    let mut tx = pool.begin().await?;
     let row = sqlx::query_as::<_, UserRow>(sqlf!(
         "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
@@ -167,13 +173,12 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await?;
     events::record_tenant_wide(
-        &mut tx,
+        &mut *tx,
         ctx.tenant_id,
         NewEvent::new("user.created", row.to_json()),
         now,
     )
     .await?;
-    tx.commit().await?;
     Ok(row)
 }
 
@@ -186,16 +191,17 @@ pub struct UserChanges<'a> {
     pub last_name: Option<&'a str>,
 }
 
-/// Applies changes and, when the user is deactivated, revokes their refresh tokens. Refuses
-/// (as the `last_owner` violation) a change that would leave the tenant without an active owner.
+/// Applies changes and, when the user is deactivated, ends every token issued to them (their
+/// credential version moves on, so reactivating them later does not revive old tokens, and
+/// their refresh tokens are revoked). Refuses (as the `last_owner` violation) a change that
+/// would leave the tenant without an active owner.
 pub async fn update(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     ctx: &TenantContext,
     id: UserId,
     c: UserChanges<'_>,
     now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
-    let mut tx = pool.begin().await?;
     // Serialise changes to one tenant's users, so that two owners demoting or deactivating each
     // other cannot both see the other still active and both commit. `NO KEY UPDATE` conflicts
     // with itself and with `FOR UPDATE` (key regeneration) but not with the key-share locks that
@@ -207,7 +213,8 @@ pub async fn update(
     let row = sqlx::query_as::<_, UserRow>(sqlf!(
         "UPDATE users SET role = COALESCE($3, role), is_active = COALESCE($4, is_active), \
          first_name = COALESCE($5, first_name), last_name = COALESCE($6, last_name), \
-         updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+         password_version = password_version + CASE WHEN $4 = FALSE AND is_active THEN 1 ELSE 0 END, \
+         updated_at = $7 WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
     ))
     .bind(ctx.tenant_id)
     .bind(id)
@@ -215,13 +222,15 @@ pub async fn update(
     .bind(c.is_active)
     .bind(c.first_name)
     .bind(c.last_name)
+    .bind(now)
     .fetch_one(&mut *tx)
     .await?;
     if c.is_active == Some(false) {
         sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
+        .bind(now)
         .execute(&mut *tx)
         .await?;
     }
@@ -236,42 +245,42 @@ pub async fn update(
         return Err(DbError::UniqueViolation("last_owner".into()));
     }
     events::record_tenant_wide(
-        &mut tx,
+        &mut *tx,
         ctx.tenant_id,
         NewEvent::new("user.updated", row.to_json()),
         now,
     )
     .await?;
-    tx.commit().await?;
     Ok(row)
 }
 
 /// Sets a new password hash, bumps the password version and revokes every refresh token.
 pub async fn change_password(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     ctx: &TenantContext,
     id: UserId,
     new_hash: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE users SET password_hash = $3, password_version = password_version + 1, \
-         updated_at = now() WHERE tenant_id = $1 AND id = $2",
+         updated_at = $4 WHERE tenant_id = $1 AND id = $2",
     )
     .bind(ctx.tenant_id)
     .bind(id)
     .bind(new_hash)
+    .bind(now)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
         return Err(DbError::NotFound);
     }
     sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
     )
     .bind(id)
+    .bind(now)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(())
 }

@@ -41,6 +41,16 @@ pub struct NewJob {
 /// The PostgreSQL notification channel that wakes relays.
 pub const NOTIFY_CHANNEL: &str = "jobs_due";
 
+/// Wakes the relays of a queue when the transaction commits (jobs were added due now).
+pub async fn notify(conn: &mut PgConnection, queue: Queue) -> Result<(), DbError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(queue.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Adds jobs; relays are woken when the transaction commits.
 pub async fn enqueue(
     conn: &mut PgConnection,
@@ -132,37 +142,51 @@ pub async fn enqueue_or_reset(
     insert(conn, jobs, now, true).await
 }
 
-/// Makes a job due again from scratch (a redelivery, or an operator's retry of a dead job).
-pub async fn reset(conn: &mut PgConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbError> {
-    let row: Option<(String,)> = sqlx::query_as(
+/// Makes jobs due again from scratch (redeliveries); returns the ids found. Locks them in id
+/// order, as every statement on jobs does.
+pub async fn reset_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, run_at = $2, lease_token = NULL, \
-         last_error = NULL, finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING queue",
+         last_error = NULL, finished_at = NULL, updated_at = $2 \
+         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+         RETURNING id, queue",
     )
-    .bind(id)
+    .bind(ids)
     .bind(now)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    if let Some((queue,)) = &row {
+    let mut queues: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
-            .bind(queue)
+            .bind(q)
             .execute(&mut *conn)
             .await?;
     }
-    Ok(row.is_some())
+    Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 /// Leases up to `limit` due jobs of a queue for pushing to Redis, oldest due first.
-/// Concurrent relays (one per worker process) never lease the same job.
+/// Concurrent relays (one per worker process) never lease the same job. `relaxed` is a pool
+/// whose commits do not wait for the disk ([`crate::db::relaxed_pool`]): losing a lease in a
+/// database crash just makes the job due again.
 pub async fn lease_due(
-    pool: &PgPool,
+    relaxed: &PgPool,
     queue: Queue,
     now: DateTime<Utc>,
     lease: std::time::Duration,
     limit: usize,
 ) -> Result<Vec<JobMessage>, DbError> {
     let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-    let mut tx = relaxed(pool).await?;
     let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE jobs SET run_at = $3, lease_token = gen_random_uuid(), updated_at = $2 \
          WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND run_at <= $2 \
@@ -173,24 +197,12 @@ pub async fn lease_due(
     .bind(now)
     .bind(until)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *tx)
+    .fetch_all(relaxed)
     .await?;
-    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|(id, token)| JobMessage { id, token })
         .collect())
-}
-
-/// A transaction whose commit does not wait for the disk. For lease changes only: losing one
-/// in a database crash just makes a job due again (or a run's claim stale), which every job
-/// already survives; outcomes stay durable.
-async fn relaxed(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
 }
 
 /// Puts leased jobs back as due now (their push to Redis failed).
@@ -199,8 +211,7 @@ pub async fn unlease(
     msgs: &[JobMessage],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
-    let tokens: Vec<Uuid> = msgs.iter().map(|m| m.token).collect();
+    let (ids, tokens) = sorted_messages(msgs);
     sqlx::query(
         "UPDATE jobs SET run_at = $3, lease_token = NULL FROM unnest($1::uuid[], $2::uuid[]) \
          AS u(id, token) WHERE jobs.id = u.id AND jobs.lease_token = u.token",
@@ -229,33 +240,61 @@ pub struct Claimed {
     pub max_attempts: i32,
 }
 
-/// Claims messages for running: each whose token still holds gets a new token and a lease of
-/// `run_lease`. Stale or duplicate messages (another lease since, or already done) are left out.
+/// The statement that claims messages (`$1` ids, `$2` tokens, `$3` now, `$4` the run's lease
+/// end, `$5` the time before which a lease is renewed), returning the claimed rows; put it
+/// after `WITH`. The rows are locked in id order first, as every statement on jobs locks them.
+/// Each message whose token still holds gets a new token; stale or duplicate messages (another
+/// lease since, or already done) are left out. The relay's lease usually has most of its time
+/// left when a run starts: it is kept then, so the claim changes no indexed column and
+/// PostgreSQL can update the row in place (the `jobs` table leaves room on its pages for that).
+pub const CLAIM_SQL: &str = "locked AS (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id \
+     FOR NO KEY UPDATE), \
+     claimed AS (UPDATE jobs SET lease_token = gen_random_uuid(), \
+     run_at = CASE WHEN jobs.run_at < $5 THEN $4 ELSE jobs.run_at END, updated_at = $3 \
+     FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) JOIN locked ON locked.id = u.id \
+     WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending' \
+     RETURNING jobs.id, jobs.lease_token AS token, jobs.queue, jobs.kind, jobs.tenant_id, \
+     jobs.livemode, jobs.payload, jobs.attempts, jobs.max_attempts)";
+
+/// Ids and tokens of messages in id order: statements lock jobs in id order everywhere, so
+/// concurrent ones never wait for each other in a cycle.
+pub fn sorted_messages(msgs: &[JobMessage]) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut msgs = msgs.to_vec();
+    msgs.sort_by_key(|m| m.id);
+    msgs.iter().map(|m| (m.id, m.token)).unzip()
+}
+
+/// The binds of [`CLAIM_SQL`] after the messages: (now, lease end, renew before). A lease
+/// with at least three quarters of `run_lease` left is kept.
+pub fn claim_times(
+    now: DateTime<Utc>,
+    run_lease: std::time::Duration,
+) -> (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) {
+    let lease = chrono::Duration::from_std(run_lease).unwrap_or(chrono::Duration::seconds(60));
+    (now, now + lease, now + lease * 3 / 4)
+}
+
+/// Claims messages for running, with at least three quarters of `run_lease` left (see
+/// [`CLAIM_SQL`]). `relaxed` is a pool whose commits do not wait for the disk: a claim lost in
+/// a database crash only makes the run's outcome stale, and the job runs again.
 pub async fn claim(
-    pool: &PgPool,
+    relaxed: &PgPool,
     msgs: &[JobMessage],
     now: DateTime<Utc>,
     run_lease: std::time::Duration,
 ) -> Result<Vec<Claimed>, DbError> {
-    let until =
-        now + chrono::Duration::from_std(run_lease).unwrap_or(chrono::Duration::seconds(60));
-    let ids: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
-    let tokens: Vec<Uuid> = msgs.iter().map(|m| m.token).collect();
-    let mut tx = relaxed(pool).await?;
-    let claimed = sqlx::query_as::<_, Claimed>(
-        "UPDATE jobs SET lease_token = gen_random_uuid(), run_at = $4, updated_at = $3 \
-         FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \
-         WHERE jobs.id = u.id AND jobs.lease_token = u.token AND jobs.state = 'pending' \
-         RETURNING jobs.id, jobs.lease_token AS token, jobs.queue, jobs.kind, jobs.tenant_id, \
-         jobs.livemode, jobs.payload, jobs.attempts, jobs.max_attempts",
-    )
+    let (ids, tokens) = sorted_messages(msgs);
+    let (now, until, renew_before) = claim_times(now, run_lease);
+    let claimed = sqlx::query_as::<_, Claimed>(sqlx::AssertSqlSafe(format!(
+        "WITH {CLAIM_SQL} SELECT * FROM claimed"
+    )))
     .bind(&ids)
     .bind(&tokens)
     .bind(now)
     .bind(until)
-    .fetch_all(&mut *tx)
+    .bind(renew_before)
+    .fetch_all(relaxed)
     .await?;
-    tx.commit().await?;
     Ok(claimed)
 }
 
@@ -301,7 +340,7 @@ impl Outcome {
     }
 
     /// (state, run_at, error, whether the run counts as an attempt)
-    fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>, bool) {
+    pub fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>, bool) {
         match self {
             Outcome::Succeeded => ("succeeded", now, None, true),
             Outcome::Retry { at, error } => ("pending", *at, Some(error), true),
@@ -329,13 +368,16 @@ pub async fn finish(
     if runs.is_empty() {
         return Ok(Vec::new());
     }
+    // In id order, as every statement locks jobs, so concurrent ones never wait in a cycle.
+    let mut runs: Vec<&Finished> = runs.iter().collect();
+    runs.sort_by_key(|r| r.id);
     let mut ids = Vec::with_capacity(runs.len());
     let mut tokens = Vec::with_capacity(runs.len());
     let mut states = Vec::with_capacity(runs.len());
     let mut run_ats = Vec::with_capacity(runs.len());
     let mut errors = Vec::with_capacity(runs.len());
     let mut counts = Vec::with_capacity(runs.len());
-    for r in runs {
+    for r in &runs {
         let (state, run_at, error, counted) = r.outcome.parts(now);
         ids.push(r.id);
         tokens.push(r.token);
@@ -345,12 +387,13 @@ pub async fn finish(
         counts.push(i32::from(counted));
     }
     let done: Vec<(Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + u.counts, \
+        "WITH locked AS (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + u.counts, \
          lease_token = NULL, last_error = COALESCE(u.error, CASE WHEN u.counts = 0 \
          THEN jobs.last_error END), updated_at = $6, \
          finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $6 END \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $7::int[]) \
-         AS u(id, token, state, run_at, error, counts) \
+         AS u(id, token, state, run_at, error, counts) JOIN locked ON locked.id = u.id \
          WHERE jobs.id = u.id AND jobs.lease_token = u.token RETURNING jobs.id",
     )
     .bind(&ids)
@@ -371,8 +414,9 @@ pub async fn release(
     held: &[(Uuid, Uuid)],
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    let ids: Vec<Uuid> = held.iter().map(|h| h.0).collect();
-    let tokens: Vec<Uuid> = held.iter().map(|h| h.1).collect();
+    let mut held = held.to_vec();
+    held.sort_unstable();
+    let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = held.into_iter().unzip();
     let done = sqlx::query(
         "UPDATE jobs SET run_at = $3, lease_token = NULL, updated_at = $3 \
          FROM unnest($1::uuid[], $2::uuid[]) AS u(id, token) \

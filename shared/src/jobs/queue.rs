@@ -138,6 +138,10 @@ impl<T> QueueMap<T> {
     pub fn set(&mut self, q: Queue, v: T) {
         self.0[q.index()] = v;
     }
+
+    pub fn get_mut(&mut self, q: Queue) -> &mut T {
+        &mut self.0[q.index()]
+    }
 }
 
 #[cfg(test)]

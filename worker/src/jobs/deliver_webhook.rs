@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use shared::{
     db::webhook_deliveries::{Attempt, Completion, SendItem},
     domain::webhook::{
-        AttemptResult, SigningSecret, UrlPolicy, WebhookUrl, decide, signature_header,
+        AttemptResult, EndpointChange, SigningSecret, UrlPolicy, WebhookUrl, decide,
+        signature_header,
     },
     ids::DeliveryId,
     jobs::{Claimed, Finished, Outcome},
@@ -154,11 +155,17 @@ pub async fn run(rt: &Runtime, job: &Claimed, item: Option<&SendItem>) -> Done {
             Some(error)
         },
     };
+    // Only a change to the endpoint's health is written: a success while it was not failing, or
+    // a failure while a run of failures is already recorded, leaves it as it is.
+    let endpoint = match (decision.endpoint, item.failing_since) {
+        (EndpointChange::Healthy, None) | (EndpointChange::Failing(_), Some(_)) => None,
+        (change, _) => Some(change),
+    };
     completion(
         decision.status,
         decision.retry_at,
         Some(attempt),
-        Some(decision.endpoint),
+        endpoint,
         outcome,
     )
 }

@@ -88,6 +88,7 @@ impl Env {
             format!("test:{}:{}:", std::process::id(), Uuid::new_v4().simple()),
         );
         vars.insert("RATE_LIMIT_PER_SECOND".into(), "100000".into());
+        vars.insert("REGISTRATIONS_PER_IP".into(), "100000".into());
         vars.insert("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into());
         vars.insert("RELAY_INTERVAL_MS".into(), "100".into());
         vars.insert("SHUTDOWN_GRACE_SECONDS".into(), "10".into());

@@ -5,7 +5,9 @@
 
 mod delivery;
 mod helpers;
+mod leases;
 mod process;
+mod redis_footprint;
 mod resilience;
 mod stripe;
 mod stripe_fake;
