@@ -108,7 +108,8 @@ ensure_app_secret() {
 }
 
 # Python tools the tests use, in a virtual environment under .local/: the `standardwebhooks`
-# library verifies delivered webhooks, and `localstripe` stands in for Stripe's products API.
+# library verifies delivered webhooks, `localstripe` stands in for Stripe's products API, and
+# `schemathesis` (pinned: its checks decide a test) tests the API against its OpenAPI document.
 # Exports TEST_PYTHON.
 ensure_python_tools() {
     local venv="$LOCAL/venv"
@@ -119,9 +120,12 @@ ensure_python_tools() {
         say "creating a Python environment in $venv"
         python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
     fi
-    if ! "$venv/bin/python" -c "import standardwebhooks, localstripe" 2>/dev/null; then
-        say "installing standardwebhooks and localstripe from PyPI"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks localstripe >&2
+    local schemathesis=4.32.5
+    if ! "$venv/bin/python" -c "import standardwebhooks, localstripe" 2>/dev/null \
+        || [ "$("$venv/bin/st" --version 2>/dev/null)" != "st, version $schemathesis" ]; then
+        say "installing standardwebhooks, localstripe and schemathesis from PyPI"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check standardwebhooks localstripe \
+            "schemathesis==$schemathesis" >&2
     fi
     export TEST_PYTHON="$venv/bin/python"
 }

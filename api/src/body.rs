@@ -84,7 +84,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
@@ -118,7 +118,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             None => path,
         };
         ApiError::validation(field, message)
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace.
+    de.end().map_err(|_| {
+        ApiError::new(
+            poem::http::StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "The body is not valid JSON: trailing characters after the value.",
+        )
+    })?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -149,6 +158,15 @@ mod tests {
     fn unknown_fields_are_named() {
         let e = parse::<In>(br#"{"email": "a", "age": 1, "admin": true}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn text_after_the_value_is_invalid_json() {
+        let e = parse::<In>(br#"{"email": "a", "age": 1} xyz"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse::<In>(br#"{"email": "a", "age": 1}{}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        assert!(parse::<In>(b"{\"email\": \"a\", \"age\": 1} \n").is_ok());
     }
 
     #[test]

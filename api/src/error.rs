@@ -32,6 +32,7 @@ pub struct Problem {
     /// For validation errors: the offending field (dotted path for nested fields).
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[oai(nullable)]
     pub field: Option<String>,
 }
 

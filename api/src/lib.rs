@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
@@ -107,15 +108,26 @@ fn metrics_text(state: Data<&AppState>) -> Response {
         .body(state.metrics.render())
 }
 
+#[handler]
+fn openapi_json() -> Response {
+    static SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(routes::spec_json);
+    Response::builder()
+        .content_type("application/json; charset=utf-8")
+        .body(SPEC.as_str())
+}
+
+#[handler]
+fn docs() -> poem::web::Html<&'static str> {
+    static HTML: std::sync::LazyLock<String> = std::sync::LazyLock::new(routes::docs_html);
+    poem::web::Html(HTML.as_str())
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
-    let service = routes::service();
-    let spec = service.spec_endpoint();
-    let docs = service.swagger_ui();
     let routes = Route::new()
-        .nest("/", service)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .nest("/", routes::service())
+        .at("/openapi.json", get(openapi_json))
+        .at("/docs", get(docs))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics_text))
@@ -131,7 +143,7 @@ pub fn app(state: AppState) -> impl Endpoint {
 /// A bound, not yet running, API server.
 pub struct Application {
     pub addr: SocketAddr,
-    acceptor: poem::listener::TcpAcceptor,
+    acceptor: listener::ProblemAcceptor<poem::listener::TcpAcceptor>,
     state: AppState,
 }
 
@@ -149,7 +161,7 @@ impl Application {
             .unwrap_or(addr);
         Ok(Self {
             addr,
-            acceptor,
+            acceptor: listener::ProblemAcceptor(acceptor),
             state,
         })
     }

@@ -66,6 +66,44 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
+/// The methods a path accepts (for `Allow` on a 405), from the OpenAPI document: each path
+/// template with its methods, `{param}` matching any one segment.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    type Templates = Vec<(Vec<String>, String)>;
+    static TEMPLATES: std::sync::LazyLock<Templates> = std::sync::LazyLock::new(|| {
+        let spec: serde_json::Value =
+            serde_json::from_str(&crate::routes::service().spec()).unwrap_or_default();
+        spec["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(template, ops)| {
+                        let mut methods: Vec<String> = ops
+                            .as_object()
+                            .map(|o| o.keys().map(|m| m.to_uppercase()).collect())
+                            .unwrap_or_default();
+                        if methods.iter().any(|m| m == "GET") {
+                            methods.push("HEAD".into());
+                        }
+                        let segments = template.split('/').map(str::to_owned).collect();
+                        (segments, methods.join(", "))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    TEMPLATES.iter().find_map(|(template, allow)| {
+        let matches = template.len() == segments.len()
+            && template
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()));
+        matches.then_some(allow.as_str())
+    })
+}
+
 /// Converts an error into a problem response, keeping the operation id for metrics.
 pub fn problem_response(err: poem::Error, resolved: Option<&Resolved>) -> Response {
     let op = err.data::<OperationId>().copied();
@@ -103,6 +141,7 @@ async fn observe<E: Endpoint>(
 ) -> poem::Result<Response> {
     let started = Instant::now();
     let id = request_id(&req);
+    let path = req.uri().path().to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",
@@ -118,6 +157,13 @@ async fn observe<E: Endpoint>(
         };
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+            && !resp.headers().contains_key(header::ALLOW)
+            && let Some(allow) = allowed_methods(&path)
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            resp.headers_mut().insert(header::ALLOW, v);
         }
         let route = resp
             .data::<OperationId>()

@@ -34,6 +34,7 @@ pub struct RegenerateIn {
     /// Another name for `mode`.
     pub key_type: Option<KeyModes>,
     /// Optional; when given it must be `true`.
+    #[oai(nullable)]
     pub confirm: Option<bool>,
 }
 

@@ -18,8 +18,10 @@ pub struct AuditEntryOut {
     pub actor: String,
     /// The operation, e.g. `api_keys.revoke`.
     pub action: String,
+    #[oai(nullable)]
     pub object_id: Option<String>,
     pub request_id: String,
+    #[oai(nullable)]
     pub client_addr: Option<String>,
     /// The HTTP status the request got.
     pub outcome: i16,

@@ -41,6 +41,7 @@ pub struct BundleItemIn {
     /// A price (`price_…`) of one of your products.
     pub price_id: String,
     /// Units of it in the bundle; default 1.
+    #[oai(nullable)]
     pub quantity: Option<u32>,
 }
 
@@ -49,12 +50,15 @@ pub struct BundleItemIn {
 #[serde(deny_unknown_fields)]
 pub struct BundleIn {
     pub name: String,
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Discount on the members' list price in basis points (1000 = 10 %).
     pub discount_bps: u32,
     /// 2 to 20 prices of the same currency and recurrence, none metered, each once.
     pub items: Vec<BundleItemIn>,
+    #[oai(nullable)]
     pub featured: Option<bool>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
 }
 
@@ -62,11 +66,17 @@ pub struct BundleIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct BundlePatch {
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub description: Option<String>,
+    #[oai(nullable)]
     pub discount_bps: Option<u32>,
+    #[oai(nullable)]
     pub active: Option<bool>,
+    #[oai(nullable)]
     pub featured: Option<bool>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
 }
 
@@ -79,6 +89,7 @@ pub struct BundleItemOut {
     pub quantity: i32,
     /// What this member costs on its own for its quantity, in minor units.
     pub amount: i64,
+    #[oai(nullable)]
     pub price_display: Option<String>,
 }
 
@@ -92,7 +103,9 @@ pub struct BundleOut {
     pub name: String,
     pub description: String,
     pub currency: String,
+    #[oai(nullable)]
     pub interval: Option<String>,
+    #[oai(nullable)]
     pub interval_count: Option<i32>,
     pub discount_bps: i32,
     /// The members bought separately, in minor units.

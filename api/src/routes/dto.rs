@@ -13,6 +13,7 @@ pub struct TenantOut {
     /// Unique URL-safe name.
     pub slug: String,
     pub email: String,
+    #[oai(nullable)]
     pub domain: Option<String>,
     /// Platform fee taken on charges, in basis points (1500 = 15 %).
     pub platform_fee_bps: i32,
@@ -22,6 +23,7 @@ pub struct TenantOut {
     pub is_active: bool,
     /// `free`, `pro` or `enterprise`.
     pub subscription_tier: String,
+    #[oai(nullable)]
     pub stripe_connect_account_id: Option<String>,
     pub stripe_connect_status: String,
     /// Last four characters of the tenant's webhook signing secret.
@@ -65,6 +67,7 @@ pub struct UserOut {
     /// `owner`, `admin`, `developer` or `billing`.
     pub role: String,
     pub is_active: bool,
+    #[oai(nullable)]
     pub last_login_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -102,6 +105,7 @@ pub struct ApiKeyOut {
     /// `active` or `revoked`.
     pub status: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    #[oai(nullable)]
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -187,19 +191,17 @@ pub fn page_request<E: std::fmt::Display>(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::validation("limit", "must be between 1 and 100"));
     }
-    let cursor = match (starting_after, ending_before) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation(
-                "starting_after",
-                "cannot be combined with ending_before",
-            ));
-        }
-        (Some(a), None) => Cursor::StartingAfter(
-            parse(&a).map_err(|e| ApiError::validation("starting_after", e.to_string()))?,
-        ),
-        (None, Some(b)) => Cursor::EndingBefore(
-            parse(&b).map_err(|e| ApiError::validation("ending_before", e.to_string()))?,
-        ),
+    let after = starting_after
+        .map(|a| parse(&a).map_err(|e| ApiError::validation("starting_after", e.to_string())))
+        .transpose()?;
+    let before = ending_before
+        .map(|b| parse(&b).map_err(|e| ApiError::validation("ending_before", e.to_string())))
+        .transpose()?;
+    let cursor = match (after, before) {
+        // Both: the items between them, newest first.
+        (Some(a), Some(b)) => Cursor::Between(a, b),
+        (Some(a), None) => Cursor::StartingAfter(a),
+        (None, Some(b)) => Cursor::EndingBefore(b),
         (None, None) => Cursor::First,
     };
     Ok(PageRequest { limit, cursor })

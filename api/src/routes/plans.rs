@@ -39,22 +39,29 @@ pub struct PlansApi;
 pub struct PlanIn {
     /// Unique among the tenant's plans in this mode (case-insensitive).
     pub name: String,
+    #[oai(nullable)]
     pub description: Option<String>,
     /// The price in minor units of the currency (cents; yen for JPY).
     pub price_cents: i64,
     /// ISO 4217 code; default `usd`.
+    #[oai(nullable)]
     pub currency: Option<String>,
     /// `day`, `week`, `month`, `quarter` or `year` (also `monthly`, `yearly`…).
     pub billing_interval: String,
     /// Intervals per billing period; default 1 (at most one year in all).
+    #[oai(nullable)]
     pub interval_count: Option<u32>,
     /// Days of free trial; default 0.
+    #[oai(nullable)]
     pub trial_days: Option<u32>,
     /// Features shown to customers.
+    #[oai(nullable)]
     pub features: Option<Vec<String>>,
     /// Your key-value data (Stripe's limits: 50 keys, 40-character keys, 500-character values).
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
     /// Shown in public listings; default `true`.
+    #[oai(nullable)]
     pub is_visible: Option<bool>,
 }
 
@@ -64,21 +71,32 @@ pub struct PlanIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct PlanPatch {
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub description: Option<String>,
+    #[oai(nullable)]
     pub features: Option<Vec<String>>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
+    #[oai(nullable)]
     pub is_visible: Option<bool>,
     /// `false` deactivates the plan, like `DELETE`; `true` reactivates it.
+    #[oai(nullable)]
     pub is_active: Option<bool>,
+    #[oai(nullable)]
     pub trial_days: Option<u32>,
     /// Cannot change (answers `400 immutable_field`).
+    #[oai(nullable)]
     pub price_cents: Option<serde_json::Value>,
     /// Cannot change (answers `400 immutable_field`).
+    #[oai(nullable)]
     pub currency: Option<serde_json::Value>,
     /// Cannot change (answers `400 immutable_field`).
+    #[oai(nullable)]
     pub billing_interval: Option<serde_json::Value>,
     /// Cannot change (answers `400 immutable_field`).
+    #[oai(nullable)]
     pub interval_count: Option<serde_json::Value>,
 }
 
@@ -89,6 +107,7 @@ pub struct PlanDuplicateIn {
     /// The new plan's name.
     pub name: String,
     /// The new plan's price in minor units; default the original's.
+    #[oai(nullable)]
     pub price_cents: Option<i64>,
 }
 
@@ -114,14 +133,19 @@ pub struct PlanOut {
     pub is_active: bool,
     pub is_visible: bool,
     /// The plan this one was duplicated from.
+    #[oai(nullable)]
     pub duplicated_from: Option<String>,
     pub livemode: bool,
+    #[oai(nullable)]
     pub stripe_product_id: Option<String>,
+    #[oai(nullable)]
     pub stripe_price_id: Option<String>,
     /// `pending` (Stripe has yet to hear of the latest change), `synced`, `failed` (retrying;
     /// see `sync_error`) or `not_synced` (no Stripe account connected in this mode).
     pub sync_status: String,
+    #[oai(nullable)]
     pub sync_error: Option<String>,
+    #[oai(nullable)]
     pub synced_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

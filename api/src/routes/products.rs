@@ -42,9 +42,13 @@ pub struct ProductsApi;
 pub struct ProductIn {
     pub name: String,
     /// A short stable handle such as `autoflow` (a-z, 0-9, - and _), unique per mode.
+    #[oai(nullable)]
     pub code: Option<String>,
+    #[oai(nullable)]
     pub description: Option<String>,
+    #[oai(nullable)]
     pub features: Option<Vec<String>>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
 }
 
@@ -52,11 +56,16 @@ pub struct ProductIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub description: Option<String>,
+    #[oai(nullable)]
     pub features: Option<Vec<String>>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
     /// `false` archives the product (in Stripe too); its prices stay readable.
+    #[oai(nullable)]
     pub active: Option<bool>,
 }
 
@@ -68,19 +77,23 @@ pub struct ProductOut {
     /// Always `product`.
     pub object: String,
     pub name: String,
+    #[oai(nullable)]
     pub code: Option<String>,
     pub description: String,
     pub features: serde_json::Value,
     pub metadata: serde_json::Value,
     pub active: bool,
     pub livemode: bool,
+    #[oai(nullable)]
     pub stripe_product_id: Option<String>,
     /// `pending`, `synced`, `failed` (retrying; see `sync_error`) or `not_synced`.
     pub sync_status: String,
+    #[oai(nullable)]
     pub sync_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The product's prices (on `GET /api/v1/products/{id}` only).
+    #[oai(nullable)]
     pub prices: Option<Vec<PriceOut>>,
 }
 
@@ -125,10 +138,12 @@ pub enum CreatedProduct {
 #[serde(deny_unknown_fields)]
 pub struct PriceTierIn {
     /// The last unit this tier covers; absent (or null) on the last tier only.
+    #[oai(nullable)]
     pub up_to: Option<u64>,
     /// Per unit in this tier, in minor units.
     pub unit_amount: i64,
     /// Charged once when the tier applies, in minor units; default 0.
+    #[oai(nullable)]
     pub flat_amount: Option<i64>,
 }
 
@@ -261,6 +276,7 @@ pub struct RecurringIn {
     /// `day`, `week`, `month`, `quarter` or `year`.
     pub interval: String,
     /// Default 1; at most one year in all.
+    #[oai(nullable)]
     pub interval_count: Option<u32>,
 }
 
@@ -269,14 +285,18 @@ pub struct RecurringIn {
 #[serde(deny_unknown_fields)]
 pub struct PriceIn {
     /// A name for the tier, e.g. `Professional`.
+    #[oai(nullable)]
     pub nickname: Option<String>,
     /// ISO 4217 code, e.g. `usd` or `jpy` (amounts are in its minor unit).
     pub currency: String,
     /// Absent for a one-time price.
+    #[oai(nullable)]
     pub recurring: Option<RecurringIn>,
     pub pricing: PricingIn,
     /// Present for a metered price.
+    #[oai(nullable)]
     pub usage: Option<UsageIn>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
 }
 
@@ -284,17 +304,24 @@ pub struct PriceIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct PricePatch {
+    #[oai(nullable)]
     pub nickname: Option<String>,
     /// `false` archives the price: no new purchases, existing ones go on.
+    #[oai(nullable)]
     pub active: Option<bool>,
+    #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
     /// Cannot change (`400 immutable_field`): create a new price.
+    #[oai(nullable)]
     pub currency: Option<serde_json::Value>,
     /// Cannot change (`400 immutable_field`): create a new price.
+    #[oai(nullable)]
     pub recurring: Option<serde_json::Value>,
     /// Cannot change (`400 immutable_field`): create a new price.
+    #[oai(nullable)]
     pub pricing: Option<serde_json::Value>,
     /// Cannot change (`400 immutable_field`): create a new price.
+    #[oai(nullable)]
     pub usage: Option<serde_json::Value>,
 }
 
@@ -309,19 +336,25 @@ pub struct PriceOut {
     pub nickname: String,
     pub currency: String,
     /// `day`, `week`, `month`, `quarter` or `year`; absent for a one-time price.
+    #[oai(nullable)]
     pub interval: Option<String>,
+    #[oai(nullable)]
     pub interval_count: Option<i32>,
     /// The pricing terms, as given (`type` and its fields).
     pub pricing: serde_json::Value,
     /// `{metric, aggregation}` for a metered price.
+    #[oai(nullable)]
     pub usage: Option<serde_json::Value>,
     /// e.g. `$29.99/month` for a flat price; `null` for tiered or metered ones.
+    #[oai(nullable)]
     pub price_display: Option<String>,
     pub active: bool,
     pub metadata: serde_json::Value,
     pub livemode: bool,
+    #[oai(nullable)]
     pub stripe_price_id: Option<String>,
     pub sync_status: String,
+    #[oai(nullable)]
     pub sync_error: Option<String>,
     pub created_at: DateTime<Utc>,
 }

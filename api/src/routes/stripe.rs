@@ -50,6 +50,7 @@ pub struct StripeStatusOut {
     pub connected: bool,
     /// `not_connected`, `onboarding`, `connected` or `disconnected`.
     pub status: String,
+    #[oai(nullable)]
     pub account_id: Option<String>,
     pub charges_enabled: bool,
     pub payouts_enabled: bool,
@@ -57,6 +58,7 @@ pub struct StripeStatusOut {
     /// What Stripe still needs from the account, as Stripe last said.
     pub requirements: serde_json::Value,
     pub livemode: bool,
+    #[oai(nullable)]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -327,11 +329,9 @@ impl StripeApi {
         req: &Request,
         /// The `state` from the onboarding link.
         #[oai(name = "state")]
-        state_param: Query<Option<String>>,
+        state_param: Query<String>,
     ) -> Result<Json<StripeStatusOut>, ApiError> {
-        let raw = state_param
-            .0
-            .ok_or_else(|| ApiError::validation("state", "is required"))?;
+        let raw = state_param.0;
         let now = state.clock.now();
         let nonce = check_state(&state_key(&state), &raw, now.timestamp())?;
         let mut work = Work::begin(req).await?;

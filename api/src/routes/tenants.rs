@@ -46,10 +46,13 @@ pub struct RegisterIn {
     /// At least 10 characters.
     pub password: String,
     /// The owner's first name: at most 100 characters, no control characters.
+    #[oai(nullable)]
     pub first_name: Option<String>,
     /// The owner's last name: at most 100 characters, no control characters.
+    #[oai(nullable)]
     pub last_name: Option<String>,
     /// The company's domain, e.g. `acme.com`.
+    #[oai(nullable)]
     pub domain: Option<String>,
 }
 

@@ -33,8 +33,10 @@ pub struct UserIn {
     /// `admin`, `developer` or `billing` (only an owner may add another `owner`).
     pub role: String,
     /// At most 100 characters, no control characters.
+    #[oai(nullable)]
     pub first_name: Option<String>,
     /// At most 100 characters, no control characters.
+    #[oai(nullable)]
     pub last_name: Option<String>,
 }
 
@@ -42,12 +44,16 @@ pub struct UserIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    #[oai(nullable)]
     pub role: Option<String>,
     /// `false` deactivates the user: they can no longer log in and their tokens stop working.
+    #[oai(nullable)]
     pub is_active: Option<bool>,
     /// At most 100 characters, no control characters.
+    #[oai(nullable)]
     pub first_name: Option<String>,
     /// At most 100 characters, no control characters.
+    #[oai(nullable)]
     pub last_name: Option<String>,
 }
 

@@ -39,10 +39,13 @@ pub struct WebhookEndpointIn {
     /// Where events are POSTed. Live mode needs `https`; internal addresses are refused.
     pub url: String,
     /// Up to 500 characters.
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Default `true`.
+    #[oai(nullable)]
     pub enabled: Option<bool>,
     /// Event types to receive (like `invoice.paid`), or `["*"]` (the default) for all.
+    #[oai(nullable)]
     pub event_types: Option<Vec<String>>,
 }
 
@@ -50,10 +53,14 @@ pub struct WebhookEndpointIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookEndpointPatch {
+    #[oai(nullable)]
     pub url: Option<String>,
+    #[oai(nullable)]
     pub description: Option<String>,
     /// `true` re-enables a disabled endpoint (and clears its failure record).
+    #[oai(nullable)]
     pub enabled: Option<bool>,
+    #[oai(nullable)]
     pub event_types: Option<Vec<String>>,
 }
 
@@ -72,13 +79,16 @@ pub struct WebhookEndpointOut {
     /// Last four characters of the current signing secret.
     pub secret_last4: String,
     /// Until when the previous secret also signs (after a rotation).
+    #[oai(nullable)]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Whether this is the endpoint of `/api/v1/auth/tenants/webhooks/config/`.
     pub is_default: bool,
     /// Why the platform disabled it: `gone` (it answered 410), `failing` (it failed for
     /// days) or `manual`.
+    #[oai(nullable)]
     pub disabled_reason: Option<String>,
     /// Start of the current run of failed deliveries.
+    #[oai(nullable)]
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -133,11 +143,13 @@ pub struct DeliveryAttemptOut {
     pub attempt: i32,
     pub attempted_at: DateTime<Utc>,
     /// The receiver's status code; absent when it did not answer.
+    #[oai(nullable)]
     pub status_code: Option<i16>,
     pub latency_ms: i32,
     /// The first 4 KiB of the response body.
     pub response_body: String,
     /// Why there was no answer (timeout, refused address…).
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -166,9 +178,13 @@ pub struct DeliveryOut {
     pub status: String,
     pub attempts: i32,
     /// When the next attempt is due (while pending).
+    #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_attempt_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_status_code: Option<i16>,
+    #[oai(nullable)]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Every attempt, oldest first.
@@ -219,11 +235,14 @@ pub struct WebhookConfigIn {
 #[derive(Debug, Object)]
 pub struct WebhookConfigOut {
     /// `null` when no webhook is configured.
+    #[oai(nullable)]
     pub webhook_url: Option<String>,
     /// The signing secret masked to its last characters (`whsec_…abcd`).
+    #[oai(nullable)]
     pub webhook_secret: Option<String>,
     pub enabled: bool,
     /// The endpoint behind this configuration (`we_…`).
+    #[oai(nullable)]
     pub endpoint_id: Option<String>,
     pub livemode: bool,
 }
@@ -638,7 +657,8 @@ impl WebhookEndpointsApi {
         state: poem::web::Data<&AppState>,
         auth: Auth,
     ) -> Result<Json<WebhookConfigOut>, ApiError> {
-        let ctx = auth.require(Permission::ManageWebhooks)?;
+        // Reading it is reading a webhook endpoint.
+        let ctx = auth.require(Permission::ReadBilling)?;
         let row = match db::webhook_endpoints::get_default(&state.pool, ctx).await {
             Ok(row) => Some(row),
             Err(DbError::NotFound) => None,

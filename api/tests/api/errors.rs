@@ -1,5 +1,6 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use sha2::Digest;
 
 use crate::helpers::{Cred, PASSWORD, assert_problem, spawn_app, spawn_app_with};
 
@@ -119,6 +120,18 @@ async fn unknown_routes_and_wrong_methods_are_problems() {
             None,
         )
         .await;
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_problem(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    // A path with an id names the methods of its template.
+    let resp = app
+        .send(
+            Method::PUT,
+            "/api/v1/products/prod_01m80000000000000000000000",
+            &Cred::None,
+            None,
+        )
+        .await;
+    assert_eq!(resp.headers()["allow"], "DELETE, GET, PATCH, HEAD");
     assert_problem(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
 }
 
@@ -218,4 +231,103 @@ async fn no_client_input_produces_a_500() {
     }
     assert_eq!(app.count("tenants").await, 1);
     assert_eq!(app.count("users").await, 1);
+}
+
+#[tokio::test]
+async fn a_json_body_with_text_after_it_is_a_400_problem_and_writes_nothing() {
+    let app = spawn_app().await;
+    let t = app.register("trailing@acme.com").await;
+    for body in [
+        r#"{"name": "Twice"} xyz"#,
+        r#"{"name": "Twice"}{"name": "Again"}"#,
+    ] {
+        let resp = app
+            .req(Method::POST, "/api/v1/products", &t.sk_test())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_json").await;
+    }
+    assert_eq!(app.count("products").await, 0);
+}
+
+#[tokio::test]
+async fn without_a_stripe_webhook_secret_stripe_events_are_refused_as_unverifiable() {
+    // No STRIPE_WEBHOOK_SECRETS here: a caller cannot tell that from a wrong signature.
+    let app = spawn_app().await;
+    let body = r#"{"id": "evt_1", "type": "account.updated", "created": 1}"#;
+    let now = chrono::Utc::now().timestamp();
+    let signed = format!(
+        "t={now},v1={}",
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    );
+    for header in [None, Some(signed.as_str())] {
+        let mut rb = app
+            .client
+            .post(app.url("/webhooks/stripe"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(h) = header {
+            rb = rb.header("stripe-signature", h);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_problem(resp, StatusCode::BAD_REQUEST, "invalid_signature").await;
+    }
+    assert_eq!(app.count("stripe_events").await, 0);
+}
+
+/// Sends raw bytes and reads the whole answer (the server closes after refusing).
+async fn raw(app: &crate::helpers::TestApp, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn requests_the_server_cannot_parse_get_problem_json_too() {
+    let app = spawn_app().await;
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    for (request, status, code) in [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (big.into_bytes(), 431, "request_headers_too_large"),
+        (long.into_bytes(), 414, "uri_too_long"),
+    ] {
+        let answer = raw(&app, &request).await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["status"], status);
+        assert_eq!(problem["code"], code);
+    }
+    // The connections of well-formed requests are untouched.
+    let answer = raw(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
 }

@@ -14,6 +14,7 @@ mod helpers;
 mod idempotency;
 mod openapi;
 mod outages;
+mod permissions;
 mod plans;
 mod rate_limits;
 mod startup;

@@ -61,3 +61,86 @@ fn both_security_schemes_are_declared_and_every_operation_is_documented() {
     }
     assert!(operations >= 18, "{operations} operations");
 }
+
+/// `st` (schemathesis), installed next to the test Python by the test command.
+fn schemathesis() -> std::path::PathBuf {
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../.local/venv/bin/python").into()
+    });
+    let st = std::path::Path::new(&python).with_file_name("st");
+    assert!(
+        st.exists(),
+        "schemathesis is not installed at {}: run the test command (scripts/test)",
+        st.display()
+    );
+    st
+}
+
+/// Runs schemathesis over the running API's document with one credential; returns whether it
+/// found nothing, and its report.
+fn property_test(
+    st: &std::path::Path,
+    base: &str,
+    credential: &str,
+    only_tags: &[&str],
+) -> (bool, String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis");
+    let reports = std::env::temp_dir().join(format!("schemathesis-{}", std::process::id()));
+    let mut cmd = std::process::Command::new(st);
+    cmd.current_dir(std::env::temp_dir())
+        .env("PYTHONPATH", dir)
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .arg("--no-color")
+        .arg("--config-file")
+        .arg(format!("{dir}/schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{base}/openapi.json"))
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {credential}"))
+        // Reproducible: the same cases every run.
+        .args(["--seed", "1", "--max-examples", "10", "--workers", "1"])
+        .arg("--report-dir")
+        .arg(&reports);
+    for tag in only_tags {
+        cmd.args(["--include-tag", tag]);
+    }
+    let out = cmd.output().expect("run schemathesis");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// The whole document against the running API, by a property-based tester: no 5xx, every
+/// response as its schema says (status, content type, headers, body), `Allow` on 405, and what
+/// the schemas call valid is accepted (see `tests/schemathesis/schemathesis.toml` for the
+/// checks and the few rules a schema cannot state).
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_response_that_breaks_its_schema() {
+    let st = schemathesis();
+    let app = crate::helpers::spawn_app().await;
+    let t = app.register("schemathesis@acme.com").await;
+    let base = format!("http://{}", app.addr);
+    // A secret key over every operation (it cannot touch keys, users or its own access).
+    let (ok, report) = tokio::task::spawn_blocking({
+        let (st, base, key) = (st.clone(), base.clone(), t.sk_test.clone());
+        move || property_test(&st, &base, &key, &[])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "schemathesis with a secret key:\n{report}");
+    // The owner's token over what only users reach.
+    let (ok, report) = tokio::task::spawn_blocking(move || {
+        property_test(
+            &st,
+            &base,
+            &t.access,
+            &["Auth", "ApiKeys", "Users", "AuditLog", "Stripe"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "schemathesis with the owner's token:\n{report}");
+}

@@ -129,6 +129,27 @@ async fn users_are_listed_newest_first_with_cursor_pagination() {
         .map(|u| s(&u["id"]))
         .collect();
     assert_eq!(got_back, ids[..2]);
+    // Both cursors: the users between them, newest first.
+    let window: Value = app
+        .get(
+            &format!(
+                "/api/v1/users?starting_after={}&ending_before={}",
+                ids[0], ids[3]
+            ),
+            &t.jwt(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let between: Vec<String> = window["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| s(&u["id"]))
+        .collect();
+    assert_eq!(between, ids[1..3]);
+    assert_eq!(window["has_more"], false);
     let bad = app.get("/api/v1/users?limit=500", &t.jwt()).await;
     assert_eq!(
         assert_problem(bad, StatusCode::BAD_REQUEST, "validation_failed").await["field"],

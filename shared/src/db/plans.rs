@@ -132,7 +132,7 @@ pub async fn list(
     .bind(filter.is_active)
     .bind(filter.interval)
     .bind(search)
-    .bind(page.cursor_uuid())
+    .bind(page.bounds())
     .bind(page.limit + 1)
     .fetch_all(pool)
     .await?;

@@ -87,7 +87,7 @@ pub async fn list(
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
     .bind(active)
-    .bind(page.cursor_uuid())
+    .bind(page.bounds())
     .bind(page.limit + 1)
     .fetch_all(pool)
     .await?;

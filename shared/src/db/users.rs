@@ -131,11 +131,8 @@ pub async fn list(
         "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND {cond} ORDER BY {order} LIMIT $2"
     ))
     .bind(ctx.tenant_id)
-    .bind(page.limit + 1);
-    let rows = match page.cursor_uuid() {
-        Some(c) => rows.bind(c),
-        None => rows,
-    }
+    .bind(page.limit + 1)
+    .bind(page.bounds())
     .fetch_all(pool)
     .await?;
     Ok(page.finish(rows))

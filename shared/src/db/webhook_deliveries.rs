@@ -53,9 +53,7 @@ pub async fn list_for_endpoint(
     endpoint_id: WebhookEndpointId,
     page: PageRequest,
 ) -> Result<Page<(DeliveryRow, Vec<AttemptRow>)>, DbError> {
-    let (cond, order) = page.sql(4);
-    let cond = cond.replace("id", "d.id");
-    let order = order.replace("id", "d.id");
+    let (cond, order) = page.sql_on("d.id", 4);
     let rows = sqlx::query_as::<_, DeliveryRow>(sqlf!(
         "SELECT d.id, d.event_id, d.endpoint_id, e.type AS event_type, d.status, d.attempts, \
          d.next_attempt_at, d.last_attempt_at, d.last_status_code, d.last_error, d.created_at \
@@ -66,7 +64,7 @@ pub async fn list_for_endpoint(
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
     .bind(endpoint_id)
-    .bind(page.cursor_uuid())
+    .bind(page.bounds())
     .bind(page.limit + 1)
     .fetch_all(pool)
     .await?;
