@@ -706,3 +706,49 @@ async fn a_redelivery_caught_in_a_deadlock_is_run_again_and_succeeds() {
             .unwrap();
     assert_eq!(audited, vec![202]);
 }
+
+#[tokio::test]
+async fn a_redelivery_locks_jobs_before_deliveries_as_the_worker_does() {
+    let app = spawn_app().await;
+    let t = app.register("redeliver-order@acme.com").await;
+    let (endpoint, event, delivery) = delivered_event(&app, &t).await;
+    // The worker recording an outcome: it holds the job, and will update the delivery next.
+    let mut worker = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '60s'")
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(delivery)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    let path = format!("{}?endpoint_id={endpoint}", redeliver_path(&event));
+    let request = tokio::spawn(app.req(Method::POST, &path, &t.sk_test()).send());
+    // The redelivery waits for the job (it locks jobs first), holding nothing the worker needs.
+    let mut waiting = false;
+    for _ in 0..400 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if n == 1 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the redelivery never waited for the job");
+    sqlx::query("UPDATE webhook_deliveries SET updated_at = now() WHERE id = $1")
+        .bind(delivery)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    worker.commit().await.unwrap();
+    let resp = request.await.unwrap().unwrap();
+    body(resp, StatusCode::ACCEPTED).await;
+    assert_pending_again(&app, delivery).await;
+}
