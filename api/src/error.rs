@@ -10,7 +10,7 @@ use poem_openapi::{
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
 };
-use shared::{db::DbError, domain::ValidationError};
+use shared::{db::DbError, domain::ValidationError, service::ServiceError};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -190,6 +190,55 @@ impl ApiError {
             detail: self.detail.clone(),
             code: self.code.to_owned(),
             field: self.field.clone(),
+        }
+    }
+}
+
+/// Every service error as its problem; exhaustive, so a new kind of error needs its answer.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound(what) => Self::not_found(what),
+            ServiceError::Invalid {
+                field,
+                code,
+                message,
+            } => Self {
+                field: Some(field.clone()),
+                ..Self::new(
+                    StatusCode::BAD_REQUEST,
+                    code,
+                    format!("`{field}` {message}"),
+                )
+            },
+            ServiceError::Conflict {
+                code,
+                field,
+                message,
+            } => Self {
+                field,
+                ..Self::conflict(code, message)
+            },
+            ServiceError::Forbidden { code, message } => Self::forbidden(code, message),
+            ServiceError::Upstream {
+                service,
+                code,
+                message,
+                transient: true,
+            } => {
+                tracing::warn!(service, %message, "upstream unavailable");
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                }
+            }
+            ServiceError::Upstream {
+                code,
+                message,
+                transient: false,
+                ..
+            } => Self::new(StatusCode::BAD_GATEWAY, code, message),
+            ServiceError::Db(e) => Self::db(e),
         }
     }
 }

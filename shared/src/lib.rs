@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod payments;
 pub mod ratelimit;
 pub mod secret;
+pub mod service;
 pub mod stripe;
 pub mod tenancy;
 pub mod uow;

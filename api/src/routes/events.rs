@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use shared::{
-    db::{self, events::EventRow, webhook_deliveries::RedeliverError},
+    db::events::EventRow,
     ids::{EventId, WebhookEndpointId},
+    service::events as service,
     tenancy::Permission,
 };
 
@@ -109,9 +110,7 @@ impl EventsApi {
                 "must be an event type such as `invoice.paid`",
             ));
         }
-        let page = db::events::list(&state.pool, ctx, page, event_type.0.as_deref())
-            .await
-            .map_err(ApiError::from_db("event"))?;
+        let page = service::list(&state.pool, ctx, page, event_type.0.as_deref()).await?;
         Ok(Json(EventList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -133,9 +132,7 @@ impl EventsApi {
         id: Path<String>,
     ) -> Result<Json<EventOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let row = db::events::get(&state.pool, ctx, parse_id(&id.0)?)
-            .await
-            .map_err(ApiError::from_db("event"))?;
+        let row = service::get(&state.pool, ctx, parse_id(&id.0)?).await?;
         Ok(Json(row.into()))
     }
 
@@ -169,18 +166,7 @@ impl EventsApi {
             None => None,
         };
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let deliveries = db::webhook_deliveries::redeliver(&mut *tx, ctx, event_id, endpoint, now)
-            .await
-            .map_err(|e| match e {
-                RedeliverError::NotFound(what) => ApiError::not_found(what),
-                RedeliverError::EndpointDisabled => ApiError::conflict(
-                    "webhook_endpoint_disabled",
-                    "The endpoint is disabled; enable it first.",
-                ),
-                RedeliverError::Db(e) => ApiError::from_db("event")(e),
-            })?;
+        let deliveries = service::redeliver(&mut work, ctx, event_id, endpoint).await?;
         note(req, |n| n.object_id = Some(event_id.to_string()));
         Ok(RedeliveryQueued::Accepted(Json(RedeliveryOut {
             event_id: event_id.to_string(),

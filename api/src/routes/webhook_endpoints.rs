@@ -5,21 +5,18 @@
 //! fleet's job, never the API's.
 
 use chrono::{DateTime, Utc};
-use poem::{Request, http::StatusCode};
+use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
     db::{
-        self, DbError,
-        events::{NewEvent, Routing},
         webhook_deliveries::{AttemptRow, DeliveryRow},
-        webhook_endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
+        webhook_endpoints::EndpointRow,
     },
-    domain::webhook::{
-        EventFilter, SigningSecret, UrlError, UrlPolicy, WebhookUrl, check_resolved,
-    },
+    domain::webhook::EventFilter,
     ids::{DeliveryId, WebhookEndpointId},
-    tenancy::{Permission, TenantContext},
+    service::webhook_endpoints::{self as service, EndpointSpec, EndpointUpdate},
+    tenancy::Permission,
 };
 
 use super::{ApiTags, dto::page_request};
@@ -28,9 +25,6 @@ use crate::{
 };
 
 pub struct WebhookEndpointsApi;
-
-/// How long a rotated-out secret keeps signing.
-const OLD_SECRET_GRACE_HOURS: i64 = 24;
 
 #[derive(Debug, Object, Deserialize)]
 #[oai(deny_unknown_fields)]
@@ -284,93 +278,10 @@ fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
     WebhookEndpointId::parse(raw).map_err(|_| ApiError::not_found("webhook_endpoint"))
 }
 
-fn db_err(e: DbError) -> ApiError {
-    ApiError::from_db("webhook_endpoint")(e)
-}
-
-fn url_error(field: &str, e: UrlError) -> ApiError {
-    match e {
-        UrlError::ForbiddenAddress(_) | UrlError::ForbiddenHost(_) | UrlError::Unresolvable => {
-            ApiError {
-                field: Some(field.to_owned()),
-                ..ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "webhook_url_forbidden",
-                    format!("`{field}` {e}"),
-                )
-            }
-        }
-        other => ApiError::validation(field, other.to_string()),
-    }
-}
-
-/// Checks a URL for the caller's mode, including the addresses its name resolves to now (they
-/// are checked again at every send). A name that does not resolve yet is accepted.
-async fn check_url(
-    state: &AppState,
-    ctx: &TenantContext,
-    field: &str,
-    raw: &str,
-) -> Result<WebhookUrl, ApiError> {
-    let allow_private = state.settings.webhooks.allow_private_targets;
-    let url = WebhookUrl::parse(
-        raw,
-        UrlPolicy {
-            livemode: ctx.livemode(),
-            allow_private,
-        },
-    )
-    .map_err(|e| url_error(field, e))?;
-    if let Some(domain) = url.domain() {
-        let lookup = tokio::net::lookup_host((domain.to_owned(), url.port()));
-        if let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await
-        {
-            let ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
-            if !ips.is_empty() {
-                check_resolved(&ips, allow_private).map_err(|e| url_error(field, e))?;
-            }
-        }
-    }
-    Ok(url)
-}
-
-fn description(v: Option<&str>) -> Result<Option<&str>, ApiError> {
-    match v.map(str::trim) {
-        Some(d) if d.chars().count() > 500 => Err(ApiError::validation(
-            "description",
-            "must be at most 500 characters",
-        )),
-        Some(d) if d.chars().any(char::is_control) => Err(ApiError::validation(
-            "description",
-            "must not contain control characters",
-        )),
-        other => Ok(other),
-    }
-}
-
 fn filter(v: Option<&[String]>) -> Result<Option<EventFilter>, ApiError> {
     v.map(EventFilter::parse)
         .transpose()
         .map_err(ApiError::invalid("event_types"))
-}
-
-/// Records an event about an endpoint in the transaction.
-async fn endpoint_event(
-    tx: &mut sqlx::PgConnection,
-    now: chrono::DateTime<chrono::Utc>,
-    ctx: &TenantContext,
-    event_type: &str,
-    row: &EndpointRow,
-) -> Result<(), ApiError> {
-    let mut event = NewEvent::new(event_type, row.to_json());
-    if event_type == "webhook_endpoint.created" {
-        // A new endpoint is not told of its own creation.
-        event = event.routed(Routing::Skipping(row.id.as_uuid()));
-    }
-    db::events::record(tx, ctx.scope(), event, now)
-        .await
-        .map(|_| ())
-        .map_err(ApiError::db)
 }
 
 #[OpenApi]
@@ -394,30 +305,23 @@ impl WebhookEndpointsApi {
     ) -> Result<CreatedEndpoint, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let b = body.0;
-        let url = check_url(&state, ctx, "url", &b.url).await?;
-        let description = description(b.description.as_deref())?.unwrap_or_default();
+        let allow_private = state.settings.webhooks.allow_private_targets;
+        let url = service::parse_url(ctx, allow_private, "url", &b.url).await?;
+        let description = service::parse_description(b.description.as_deref())?.unwrap_or_default();
         let filter = filter(b.event_types.as_deref())?.unwrap_or_else(EventFilter::all);
-        let secret = SigningSecret::generate();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = db::webhook_endpoints::create(
-            &mut *tx,
+        let (row, secret) = service::create(
+            &mut work,
             ctx,
-            NewEndpoint {
-                url: url.as_str(),
+            &state.encryptor,
+            EndpointSpec {
+                url: &url,
                 description,
                 enabled: b.enabled.unwrap_or(true),
-                event_types: filter.as_slice(),
-                secret_enc: state.encryptor.encrypt(secret.expose().as_bytes()),
-                secret_last4: secret.last4(),
-                is_default: false,
+                filter: &filter,
             },
-            now,
         )
-        .await
-        .map_err(db_err)?;
-        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.created", &row).await?;
+        .await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(CreatedEndpoint::Created(Json(WebhookEndpointCreatedOut {
             endpoint: row.into(),
@@ -449,9 +353,7 @@ impl WebhookEndpointsApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             WebhookEndpointId::parse(s).map(|id| id.as_uuid())
         })?;
-        let page = db::webhook_endpoints::list(&state.pool, ctx, page)
-            .await
-            .map_err(db_err)?;
+        let page = service::list(&state.pool, ctx, page).await?;
         Ok(Json(WebhookEndpointList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -473,9 +375,7 @@ impl WebhookEndpointsApi {
         id: Path<String>,
     ) -> Result<Json<WebhookEndpointOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let row = db::webhook_endpoints::get(&state.pool, ctx, parse_id(&id.0)?)
-            .await
-            .map_err(db_err)?;
+        let row = service::get(&state.pool, ctx, parse_id(&id.0)?).await?;
         Ok(Json(row.into()))
     }
 
@@ -501,30 +401,26 @@ impl WebhookEndpointsApi {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let id = parse_id(&id.0)?;
         let b = body.0;
+        let allow_private = state.settings.webhooks.allow_private_targets;
         let url = match b.url.as_deref() {
-            Some(raw) => Some(check_url(&state, ctx, "url", raw).await?),
+            Some(raw) => Some(service::parse_url(ctx, allow_private, "url", raw).await?),
             None => None,
         };
-        let description = description(b.description.as_deref())?;
+        let description = service::parse_description(b.description.as_deref())?;
         let filter = filter(b.event_types.as_deref())?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = db::webhook_endpoints::update(
-            &mut *tx,
+        let row = service::update(
+            &mut work,
             ctx,
             id,
-            EndpointChanges {
-                url: url.as_ref().map(WebhookUrl::as_str),
+            EndpointUpdate {
+                url: url.as_ref(),
                 description,
                 enabled: b.enabled,
-                event_types: filter.as_ref().map(EventFilter::as_slice),
+                filter: filter.as_ref(),
             },
-            now,
         )
-        .await
-        .map_err(db_err)?;
-        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.updated", &row).await?;
+        .await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(row.into()))
     }
@@ -548,12 +444,7 @@ impl WebhookEndpointsApi {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let id = parse_id(&id.0)?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = db::webhook_endpoints::delete(&mut *tx, ctx, id)
-            .await
-            .map_err(db_err)?;
-        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.deleted", &row).await?;
+        let row = service::delete(&mut work, ctx, id).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(row.into()))
     }
@@ -579,22 +470,8 @@ impl WebhookEndpointsApi {
     ) -> Result<Json<RotatedSecretOut>, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
         let id = parse_id(&id.0)?;
-        let secret = SigningSecret::generate();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = db::webhook_endpoints::rotate_secret(
-            &mut *tx,
-            ctx,
-            id,
-            &state.encryptor.encrypt(secret.expose().as_bytes()),
-            secret.last4(),
-            now + chrono::Duration::hours(OLD_SECRET_GRACE_HOURS),
-            now,
-        )
-        .await
-        .map_err(db_err)?;
-        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.updated", &row).await?;
+        let (row, secret) = service::rotate_secret(&mut work, ctx, &state.encryptor, id).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(RotatedSecretOut {
             endpoint: row.into(),
@@ -630,13 +507,7 @@ impl WebhookEndpointsApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             DeliveryId::parse(s).map(|id| id.as_uuid())
         })?;
-        // 404 for another tenant's (or a missing) endpoint, not an empty list.
-        db::webhook_endpoints::get(&state.pool, ctx, id)
-            .await
-            .map_err(db_err)?;
-        let page = db::webhook_deliveries::list_for_endpoint(&state.pool, ctx, id, page)
-            .await
-            .map_err(db_err)?;
+        let page = service::deliveries(&state.pool, ctx, id, page).await?;
         Ok(Json(DeliveryList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -659,12 +530,7 @@ impl WebhookEndpointsApi {
     ) -> Result<Json<WebhookConfigOut>, ApiError> {
         // Reading it is reading a webhook endpoint.
         let ctx = auth.require(Permission::ReadBilling)?;
-        let row = match db::webhook_endpoints::get_default(&state.pool, ctx).await {
-            Ok(row) => Some(row),
-            Err(DbError::NotFound) => None,
-            Err(e) => return Err(db_err(e)),
-        };
-        Ok(Json(match row {
+        Ok(Json(match service::configured(&state.pool, ctx).await? {
             Some(r) => WebhookConfigOut {
                 webhook_url: Some(r.url),
                 webhook_secret: Some(format!("whsec_…{}", r.secret_last4)),
@@ -701,31 +567,11 @@ impl WebhookEndpointsApi {
         body: JsonBody<WebhookConfigIn>,
     ) -> Result<Json<WebhookConfigSetOut>, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
-        let url = check_url(&state, ctx, "webhook_url", &body.0.webhook_url).await?;
-        let secret = SigningSecret::generate();
-        let enc = state.encryptor.encrypt(secret.expose().as_bytes());
+        let allow_private = state.settings.webhooks.allow_private_targets;
+        let url =
+            service::parse_url(ctx, allow_private, "webhook_url", &body.0.webhook_url).await?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let (row, created) = db::webhook_endpoints::set_default(
-            &mut *tx,
-            ctx,
-            url.as_str(),
-            &enc,
-            secret.last4(),
-            now,
-        )
-        .await
-        .map_err(db_err)?;
-        db::tenants::set_webhook_secret(&mut *tx, ctx, &enc, secret.last4())
-            .await
-            .map_err(ApiError::from_db("tenant"))?;
-        let event = if created {
-            "webhook_endpoint.created"
-        } else {
-            "webhook_endpoint.updated"
-        };
-        endpoint_event(&mut *tx, now, ctx, event, &row).await?;
+        let (row, secret, _) = service::configure(&mut work, ctx, &state.encryptor, &url).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(WebhookConfigSetOut {
             webhook_url: row.url,
@@ -746,24 +592,12 @@ impl WebhookEndpointsApi {
     )]
     async fn config_delete(
         &self,
-        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
     ) -> Result<Json<WebhookConfigDeletedOut>, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
-        let current = db::webhook_endpoints::get_default(&state.pool, ctx)
-            .await
-            .map_err(|e| match e {
-                DbError::NotFound => ApiError::not_found("webhook configuration"),
-                other => db_err(other),
-            })?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = db::webhook_endpoints::delete(&mut *tx, ctx, current.id)
-            .await
-            .map_err(db_err)?;
-        endpoint_event(&mut *tx, now, ctx, "webhook_endpoint.deleted", &row).await?;
+        let row = service::unconfigure(&mut work, ctx).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(WebhookConfigDeletedOut {
             deleted: true,
@@ -782,63 +616,15 @@ impl WebhookEndpointsApi {
         operation_id = "webhooks.test",
         tag = "ApiTags::Webhooks"
     )]
-    async fn test(
-        &self,
-        state: poem::web::Data<&AppState>,
-        req: &Request,
-        auth: Auth,
-    ) -> Result<TestQueued, ApiError> {
+    async fn test(&self, req: &Request, auth: Auth) -> Result<TestQueued, ApiError> {
         let ctx = auth.require(Permission::ManageWebhooks)?;
-        let endpoint = db::webhook_endpoints::get_default(&state.pool, ctx)
-            .await
-            .map_err(|e| match e {
-                DbError::NotFound => ApiError::conflict(
-                    "webhook_not_configured",
-                    "Configure a webhook URL first (POST /api/v1/auth/tenants/webhooks/config/).",
-                ),
-                other => db_err(other),
-            })?;
-        if !endpoint.enabled {
-            return Err(ApiError::conflict(
-                "webhook_endpoint_disabled",
-                "The configured webhook endpoint is disabled.",
-            ));
-        }
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        // The test goes to the configured endpoint only, whatever its filter.
-        let event_id = db::events::record(
-            &mut *tx,
-            ctx.scope(),
-            NewEvent::new(
-                "webhook.test",
-                serde_json::json!({
-                    "object": "webhook_test",
-                    "message": "This is a test event from the billing platform.",
-                    "endpoint_id": endpoint.id.to_string(),
-                }),
-            )
-            .routed(Routing::Only(endpoint.id.as_uuid())),
-            now,
-        )
-        .await
-        .map_err(ApiError::db)?;
-        let delivery = db::webhook_deliveries::find(&mut *tx, ctx, event_id, endpoint.id)
-            .await
-            .map_err(|e| match e {
-                // Disabled or deleted since it was read.
-                DbError::NotFound => ApiError::conflict(
-                    "webhook_endpoint_disabled",
-                    "The configured webhook endpoint was disabled or removed meanwhile.",
-                ),
-                other => ApiError::db(other),
-            })?;
-        note(req, |n| n.object_id = Some(event_id.to_string()));
+        let sent = service::send_test(&mut work, ctx).await?;
+        note(req, |n| n.object_id = Some(sent.event_id.to_string()));
         Ok(TestQueued::Accepted(Json(WebhookTestOut {
-            event_id: event_id.to_string(),
-            delivery_id: delivery.to_string(),
-            endpoint_id: endpoint.id.to_string(),
+            event_id: sent.event_id.to_string(),
+            delivery_id: sent.delivery_id.to_string(),
+            endpoint_id: sent.endpoint.id.to_string(),
             status: "pending".into(),
         })))
     }

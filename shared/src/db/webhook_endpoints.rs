@@ -130,14 +130,17 @@ pub async fn get(
 }
 
 /// The endpoint configured through the seed path, if any.
-pub async fn get_default(pool: &PgPool, ctx: &TenantContext) -> Result<EndpointRow, DbError> {
+pub async fn get_default(
+    db: impl sqlx::PgExecutor<'_>,
+    ctx: &TenantContext,
+) -> Result<EndpointRow, DbError> {
     sqlx::query_as::<_, EndpointRow>(sqlf!(
         "SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND livemode = $2 \
          AND is_default"
     ))
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
     .map_err(Into::into)
 }

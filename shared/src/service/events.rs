@@ -1,0 +1,53 @@
+//! Events: every state change, as recorded; listed and read by tenants, and sent again on
+//! request.
+
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult};
+use crate::{
+    db::{
+        self,
+        events::EventRow,
+        pagination::{Page, PageRequest},
+        webhook_deliveries::RedeliverError,
+    },
+    ids::{DeliveryId, EventId, WebhookEndpointId},
+    tenancy::TenantContext,
+    uow::UnitOfWork,
+};
+
+pub async fn list(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    page: PageRequest,
+    event_type: Option<&str>,
+) -> ServiceResult<Page<EventRow>> {
+    Ok(db::events::list(pool, ctx, page, event_type).await?)
+}
+
+pub async fn get(pool: &PgPool, ctx: &TenantContext, id: EventId) -> ServiceResult<EventRow> {
+    db::events::get(pool, ctx, id)
+        .await
+        .map_err(ServiceError::not_found("event"))
+}
+
+/// Sends an event again: to one endpoint, or to every enabled endpoint that had it or whose
+/// filter matches it. Existing deliveries start over with the same id; missing ones are made.
+pub async fn redeliver(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    event_id: EventId,
+    endpoint: Option<WebhookEndpointId>,
+) -> ServiceResult<Vec<DeliveryId>> {
+    let now = uow.now();
+    db::webhook_deliveries::redeliver(uow.conn(), ctx, event_id, endpoint, now)
+        .await
+        .map_err(|e| match e {
+            RedeliverError::NotFound(what) => ServiceError::NotFound(what),
+            RedeliverError::EndpointDisabled => ServiceError::conflict(
+                "webhook_endpoint_disabled",
+                "The endpoint is disabled; enable it first.",
+            ),
+            RedeliverError::Db(e) => e.into(),
+        })
+}
