@@ -111,15 +111,7 @@ async fn resolve_key(state: &AppState, token: &str) -> Result<TenantContext, Api
             "This tenant account is deactivated.",
         ));
     }
-    Ok(TenantContext {
-        tenant_id: key.tenant_id,
-        mode: Mode::from_livemode(key.livemode),
-        actor: Actor::ApiKey {
-            id: key.id,
-            kind: presented.kind,
-            display: format!("{}…{}", key.prefix, key.last4),
-        },
-    })
+    Ok(key.context())
 }
 
 async fn resolve_jwt(
@@ -166,14 +158,7 @@ async fn resolve_jwt(
             return Err(ApiError::validation("X-Mode", "must be `test` or `live`"));
         }
     };
-    Ok(TenantContext {
-        tenant_id: user.tenant_id,
-        mode,
-        actor: Actor::User {
-            id: user.id,
-            role: user.role(),
-        },
-    })
+    Ok(user.context(mode))
 }
 
 /// How long a rate-limit check may wait for Redis before the request goes on without it.
@@ -185,7 +170,7 @@ pub async fn rate_limit(state: &AppState, ctx: &TenantContext) -> Result<(), Api
     if !state.health.redis_up() {
         return Ok(());
     }
-    let bucket = match &ctx.actor {
+    let bucket = match ctx.actor() {
         Actor::ApiKey { id, .. } => id.to_string(),
         Actor::User { id, .. } => id.to_string(),
     };
@@ -274,7 +259,7 @@ impl Auth {
         if ctx.can(p) {
             return Ok(ctx);
         }
-        Err(match &ctx.actor {
+        Err(match ctx.actor() {
             Actor::ApiKey {
                 kind: shared::domain::api_key::KeyKind::Publishable,
                 ..

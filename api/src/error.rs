@@ -220,6 +220,7 @@ impl From<ServiceError> for ApiError {
                 ..Self::conflict(code, message)
             },
             ServiceError::Forbidden { code, message } => Self::forbidden(code, message),
+            ServiceError::Unauthenticated { code, message } => Self::unauthenticated(code, message),
             ServiceError::Upstream {
                 service,
                 code,
@@ -239,6 +240,7 @@ impl From<ServiceError> for ApiError {
                 ..
             } => Self::new(StatusCode::BAD_GATEWAY, code, message),
             ServiceError::Db(e) => Self::db(e),
+            ServiceError::Internal(cause) => Self::internal(cause),
         }
     }
 }

@@ -243,7 +243,7 @@ async fn authenticate<E: Endpoint>(
             return Ok(e.into_response());
         }
         Some(Ok(ctx)) => {
-            tracing::Span::current().record("tenant_id", tracing::field::display(ctx.tenant_id));
+            tracing::Span::current().record("tenant_id", tracing::field::display(ctx.tenant_id()));
             if let Err(limited) = auth::rate_limit(&state, &ctx).await {
                 return Ok(limited.into_response());
             }

@@ -158,7 +158,7 @@ async fn open(rw: &RequestWork, slot: &mut Slot) -> Result<UnitOfWork, ApiError>
 
 /// The credential an idempotency key belongs to.
 fn actor_key(ctx: &TenantContext) -> String {
-    match &ctx.actor {
+    match &ctx.actor() {
         Actor::ApiKey { id, .. } => id.to_string(),
         Actor::User { id, .. } => id.to_string(),
     }
@@ -392,14 +392,14 @@ impl Audit<'_> {
         let note = std::mem::take(&mut *self.note.0.lock().unwrap_or_else(|p| p.into_inner()));
         let (tenant_id, livemode) = self
             .ctx
-            .map(|c| (c.tenant_id, c.livemode()))
+            .map(|c| (c.tenant_id(), c.livemode()))
             .or(note.tenant)?;
         Some(AuditEntry {
             tenant_id,
             livemode,
             actor: note
                 .actor
-                .or_else(|| self.ctx.map(|c| c.actor.audit_name()))
+                .or_else(|| self.ctx.map(|c| c.actor().audit_name()))
                 .unwrap_or_else(|| "anonymous".into()),
             action: resp
                 .data::<OperationId>()

@@ -15,6 +15,7 @@ pub mod payments;
 pub mod ratelimit;
 pub mod secret;
 pub mod service;
+pub mod status;
 pub mod stripe;
 pub mod tenancy;
 pub mod uow;

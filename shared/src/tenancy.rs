@@ -58,27 +58,55 @@ pub enum Permission {
 /// both; a [`TenantContext`] gives one, and so does a job for the tenant that queued it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
-    pub tenant_id: TenantId,
-    pub livemode: bool,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) livemode: bool,
+}
+
+impl Scope {
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+
+    pub fn livemode(&self) -> bool {
+        self.livemode
+    }
 }
 
 /// The authenticated caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantContext {
-    pub tenant_id: TenantId,
-    pub mode: Mode,
-    pub actor: Actor,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) mode: Mode,
+    pub(crate) actor: Actor,
 }
 
 impl TenantContext {
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
     pub fn livemode(&self) -> bool {
         self.mode.livemode()
     }
 
     pub fn scope(&self) -> Scope {
+        self.scope_for(self.mode)
+    }
+
+    /// The tenant's scope in `mode`, for what belongs to the tenant in both modes (users, keys)
+    /// and is recorded in each.
+    pub fn scope_for(&self, mode: Mode) -> Scope {
         Scope {
             tenant_id: self.tenant_id,
-            livemode: self.livemode(),
+            livemode: mode.livemode(),
         }
     }
 

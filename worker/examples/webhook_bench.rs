@@ -21,7 +21,7 @@ use std::{
 
 use poem::{EndpointExt, Response, Route, handler, listener::TcpListener, web::Data};
 use serde_json::json;
-use shared::{config::Settings, db::events::NewEvent, ids::TenantId, tenancy::Scope};
+use shared::{config::Settings, db::events::NewEvent, domain::api_key::PresentedKey};
 use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 
 #[handler]
@@ -116,7 +116,6 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .unwrap()
         .to_owned();
-    let tenant = TenantId::parse(reg["tenant"]["id"].as_str().unwrap())?;
     let created = http
         .post(format!("http://{api_addr}/api/v1/webhook-endpoints"))
         .bearer_auth(&key)
@@ -147,10 +146,12 @@ async fn main() -> anyhow::Result<()> {
     let events: Vec<NewEvent> = (0..n)
         .map(|i| NewEvent::new("invoice.paid", json!({"object": "invoice", "n": i})))
         .collect();
-    let scope = Scope {
-        tenant_id: tenant,
-        livemode: false,
-    };
+    // The tenant's test-mode scope, as authenticating its key gives it.
+    let presented = PresentedKey::parse(&key).expect("a secret key");
+    let scope = shared::db::api_keys::find_active_by_hash(&pool, &presented.hash)
+        .await?
+        .context()
+        .scope();
     let cpu_before = cpu_secs(worker.id()).unwrap_or(0.0);
     let bench_before = cpu_secs(std::process::id()).unwrap_or(0.0);
     let started = Instant::now();

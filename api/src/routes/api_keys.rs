@@ -3,11 +3,7 @@
 use poem::Request;
 use poem_openapi::{Object, OpenApi, payload::Json};
 use serde::Deserialize;
-use shared::{
-    db,
-    domain::api_key::{GeneratedKey, KeyKind},
-    tenancy::Permission,
-};
+use shared::{service::api_keys, tenancy::Permission};
 
 use super::{
     ApiTags,
@@ -93,16 +89,7 @@ async fn revoke(
         ));
     }
     let mut work = Work::begin(req).await?;
-    let now = work.now();
-    let revoked = db::api_keys::revoke(
-        work.conn(),
-        ctx,
-        &modes.modes(),
-        &ctx.actor.audit_name(),
-        now,
-    )
-    .await
-    .map_err(ApiError::from_db("key"))?;
+    let revoked = api_keys::revoke(&mut work, ctx, &modes.modes()).await?;
     let state = state.clone();
     work.after_commit(move || crate::auth::forget_keys(&state));
     let ids: Vec<String> = revoked.iter().map(|k| k.id.to_string()).collect();
@@ -129,9 +116,7 @@ impl ApiKeysApi {
         auth: Auth,
     ) -> Result<Json<ApiKeyList>, ApiError> {
         let ctx = auth.require(Permission::ManageApiKeys)?;
-        let rows = db::api_keys::list(&state.pool, ctx)
-            .await
-            .map_err(ApiError::from_db("key"))?;
+        let rows = api_keys::list(&state.pool, ctx).await?;
         Ok(Json(ApiKeyList {
             data: rows.into_iter().map(Into::into).collect(),
         }))
@@ -164,38 +149,28 @@ impl ApiKeysApi {
                 "must be true (or left out) to regenerate keys",
             ));
         }
-        let keys: Vec<GeneratedKey> = modes
-            .modes()
-            .into_iter()
-            .flat_map(|m| {
-                [
-                    GeneratedKey::generate(KeyKind::Secret, m),
-                    GeneratedKey::generate(KeyKind::Publishable, m),
-                ]
-            })
-            .collect();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let (revoked, created) =
-            db::api_keys::regenerate(work.conn(), ctx, &keys, &ctx.actor.audit_name(), now)
-                .await
-                .map_err(ApiError::from_db("key"))?;
+        let done = api_keys::regenerate(&mut work, ctx, &modes.modes()).await?;
         let state = state.clone();
         work.after_commit(move || crate::auth::forget_keys(&state));
-        let new_ids: Vec<String> = created.iter().map(|k| k.id.to_string()).collect();
+        let new_ids: Vec<String> = done
+            .keys
+            .iter()
+            .map(|(_, row)| row.id.to_string())
+            .collect();
         note(req, |n| n.object_id = Some(new_ids.join(",")));
         Ok(Json(RegenerateOut {
-            keys: keys
-                .iter()
-                .zip(created.iter())
+            keys: done
+                .keys
+                .into_iter()
                 .map(|(k, row)| NewKeyOut {
                     id: row.id.to_string(),
                     kind: k.kind.as_str().into(),
                     mode: k.mode.as_str().into(),
-                    key: k.full.clone(),
+                    key: k.full,
                 })
                 .collect(),
-            revoked: revoked.iter().map(|k| k.id.to_string()).collect(),
+            revoked: done.revoked.iter().map(|k| k.id.to_string()).collect(),
         }))
     }
 

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use poem::{Request, http::StatusCode};
 use poem_openapi::{Object, OpenApi, payload::Json};
-use shared::{db, stripe::webhook};
+use shared::{db::stripe_events::Received, service::stripe_events, stripe::webhook};
 
 use super::ApiTags;
 use crate::{body::RawJsonBody, error::ApiError, state::AppState, work::Work};
@@ -85,7 +85,7 @@ impl StripeWebhooksApi {
             .as_i64()
             .and_then(|t| DateTime::from_timestamp(t, 0))
             .ok_or_else(|| invalid("The event has no `created` time."))?;
-        let received = db::stripe_events::Received {
+        let received = Received {
             id,
             event_type,
             account: payload["account"].as_str(),
@@ -94,11 +94,7 @@ impl StripeWebhooksApi {
             payload: &payload,
         };
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let new = db::stripe_events::record(&mut *tx, &received, now)
-            .await
-            .map_err(ApiError::db)?;
+        let new = stripe_events::receive(&mut work, &received).await?;
         Ok(Json(StripeWebhookOut {
             received: true,
             duplicate: !new,

@@ -1,25 +1,22 @@
 //! Tenants and authentication: the seed contract under `/api/v1/auth/tenants/…`.
 
-use poem::{Request, http::StatusCode};
+use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use serde::Deserialize;
 use shared::{
-    auth::{
-        jwt::{Issue, TokenType},
-        password,
-    },
-    crypto::{b64, random_bytes},
-    db::{self, DbError, users::Credentials},
+    db::api_keys::ApiKeyRow,
     domain::{
-        api_key::{GeneratedKey, KeyKind},
+        api_key::GeneratedKey,
         email::Email,
-        mode::Mode,
         password::NewPassword,
         person_name::PersonName,
         tenant::{CompanyName, parse_domain},
     },
-    ids::{TenantId, UserId},
     ratelimit::{self, Decision},
+    service::{
+        sessions::{self, PasswordHash, TokenPolicy, Tokens},
+        tenants::{self, Registration},
+    },
     tenancy::Permission,
 };
 use uuid::Uuid;
@@ -157,76 +154,29 @@ fn field(v: &Option<String>, name: &str) -> Result<PersonName, ApiError> {
     PersonName::parse(v.as_deref().unwrap_or_default()).map_err(ApiError::invalid(name))
 }
 
-async fn hash_password(pw: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || password::hash(&pw))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+/// How this server signs tokens and how long they live.
+fn token_policy(state: &AppState) -> TokenPolicy<'_> {
+    TokenPolicy {
+        keys: &state.jwt,
+        access_ttl_secs: state.settings.auth.access_token_ttl_secs,
+        refresh_ttl_secs: state.settings.auth.refresh_token_ttl_secs,
+    }
 }
 
-async fn verify_password(pw: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-        .await
-        .map_err(ApiError::internal)
+impl From<Tokens> for TokensOut {
+    fn from(t: Tokens) -> Self {
+        TokensOut {
+            access: t.access,
+            refresh: t.refresh,
+            token_type: "Bearer".into(),
+            expires_in: t.expires_in,
+        }
+    }
 }
 
-/// Issues an access token and a refresh token, stored in the request's transaction.
-pub async fn issue_tokens(
-    state: &AppState,
-    work: &mut Work,
-    user_id: UserId,
-    tenant_id: TenantId,
-    role: shared::domain::role::Role,
-    password_version: i32,
-    family: Uuid,
-) -> Result<TokensOut, ApiError> {
-    let now = work.now();
-    let a = &state.settings.auth;
-    let issue = |typ, ttl_secs, jti| Issue {
-        user_id,
-        tenant_id,
-        role,
-        typ,
-        password_version,
-        jti,
-        now,
-        ttl_secs,
-    };
-    let (access, _) = state
-        .jwt
-        .issue(&issue(
-            TokenType::Access,
-            a.access_token_ttl_secs,
-            Uuid::new_v4(),
-        ))
-        .map_err(ApiError::internal)?;
-    let jti = Uuid::new_v4();
-    let (refresh, refresh_exp) = state
-        .jwt
-        .issue(&issue(TokenType::Refresh, a.refresh_token_ttl_secs, jti))
-        .map_err(ApiError::internal)?;
-    db::refresh_tokens::insert(
-        work.conn(),
-        jti,
-        family,
-        user_id,
-        tenant_id,
-        now,
-        refresh_exp,
-    )
-    .await
-    .map_err(ApiError::from_db("token"))?;
-    Ok(TokensOut {
-        access,
-        refresh,
-        token_type: "Bearer".into(),
-        expires_in: a.access_token_ttl_secs,
-    })
-}
-
-fn new_key_out(k: &GeneratedKey, id: String) -> NewKeyOut {
+fn new_key_out(k: &GeneratedKey, row: &ApiKeyRow) -> NewKeyOut {
     NewKeyOut {
-        id,
+        id: row.id.to_string(),
         kind: k.kind.as_str().into(),
         mode: k.mode.as_str().into(),
         key: k.full.clone(),
@@ -313,10 +263,6 @@ async fn registration_rate_limit(state: &AppState, req: &Request) -> Result<(), 
     .await
 }
 
-fn bad_login() -> ApiError {
-    ApiError::unauthenticated("invalid_credentials", "The email or password is incorrect.")
-}
-
 #[OpenApi]
 impl TenantsApi {
     /// Register a tenant
@@ -347,87 +293,48 @@ impl TenantsApi {
             None => None,
         };
         registration_rate_limit(&state, req).await?;
-        let password_hash = hash_password(pw.expose().to_owned()).await?;
-        let keys: Vec<GeneratedKey> = [
-            (KeyKind::Publishable, Mode::Live),
-            (KeyKind::Secret, Mode::Live),
-            (KeyKind::Publishable, Mode::Test),
-            (KeyKind::Secret, Mode::Test),
-        ]
-        .into_iter()
-        .map(|(k, m)| GeneratedKey::generate(k, m))
-        .collect();
-        let webhook_secret = format!("whsec_{}", b64(&random_bytes::<24>()));
-        let last4 = webhook_secret[webhook_secret.len() - 4..].to_owned();
-        let tenant_id = TenantId::new();
-        let owner_id = UserId::new();
+        let password = PasswordHash::of(&pw).await?;
         let mut work = Work::begin(req).await?;
-        let (tenant, key_rows) = db::tenants::register(
-            work.conn(),
-            db::tenants::NewTenant {
-                tenant_id,
-                company_name: company.as_str(),
-                slug_base: &company.slug_base(),
-                email: email.as_str(),
+        let reg = tenants::register(
+            &mut work,
+            &state.encryptor,
+            Registration {
+                company: &company,
+                email: &email,
+                password: &password,
+                first_name: &first_name,
+                last_name: &last_name,
                 domain: domain.as_deref(),
-                webhook_secret_enc: state.encryptor.encrypt(webhook_secret.as_bytes()),
-                webhook_secret_last4: &last4,
-                owner_id,
-                owner_password_hash: &password_hash,
-                first_name: first_name.as_str(),
-                last_name: last_name.as_str(),
-                keys: &keys,
             },
         )
-        .await
-        .map_err(|e| match e {
-            DbError::UniqueViolation(c) if c == "users_email_key" => ApiError {
-                field: Some("email".into()),
-                ..ApiError::conflict("email_taken", "An account with this email already exists.")
-            },
-            other => ApiError::from_db("tenant")(other),
-        })?;
+        .await?;
+        let (tenant_id, owner_id) = (reg.tenant.id, reg.owner.id);
         note(req, |n| {
             n.tenant = Some((tenant_id, false));
             n.actor = Some(owner_id.to_string());
             n.object_id = Some(tenant_id.to_string());
         });
-        let out = |i: usize| new_key_out(&keys[i], key_rows[i].id.to_string());
-        let tokens = issue_tokens(
-            &state,
+        let creds = &reg.owner_credentials;
+        let tokens = sessions::issue(
             &mut work,
-            owner_id,
-            tenant_id,
-            shared::domain::role::Role::Owner,
-            1,
+            token_policy(&state),
+            creds,
+            creds.password_version,
             Uuid::new_v4(),
         )
         .await?;
-        let user = db::users::get(
-            work.conn(),
-            &shared::tenancy::TenantContext {
-                tenant_id,
-                mode: Mode::Test,
-                actor: shared::tenancy::Actor::User {
-                    id: owner_id,
-                    role: shared::domain::role::Role::Owner,
-                },
-            },
-            owner_id,
-        )
-        .await
-        .map_err(ApiError::from_db("user"))?;
+        let out = |i: usize| new_key_out(&reg.keys[i].0, &reg.keys[i].1);
         Ok(RegisterResponse::Created(Json(RegisterOut {
-            tenant: tenant.into(),
-            user: user.into(),
             api_keys: KeySetOut {
                 live_publishable: out(0),
                 live_secret: out(1),
                 test_publishable: out(2),
                 test_secret: out(3),
             },
-            webhook_secret,
-            tokens,
+            tenant: reg.tenant.into(),
+            user: reg.owner.into(),
+            webhook_secret: reg.webhook_secret,
+            tokens: tokens.into(),
         })))
     }
 
@@ -453,61 +360,23 @@ impl TenantsApi {
             return Err(ApiError::validation("password", "must not be empty"));
         }
         login_rate_limit(&state, req, email.as_str()).await?;
-        let creds = match db::users::credentials_by_email(&state.pool, email.as_str()).await {
-            Ok(c) => Some(c),
-            Err(DbError::NotFound) => None,
-            Err(e) => return Err(ApiError::unavailable("database", e)),
-        };
-        let hash = creds
-            .as_ref()
-            .map(|c| c.password_hash.clone())
-            .unwrap_or_else(|| password::dummy_hash().to_owned());
-        let ok = verify_password(body.0.password.clone(), hash).await?;
-        let creds: Credentials = match creds {
-            Some(c) if ok && c.can_log_in() => c,
-            _ => return Err(bad_login()),
-        };
+        let creds = sessions::authenticate(&state.pool, &email, &body.0.password).await?;
         note(req, |n| {
             n.tenant = Some((creds.tenant_id, false));
             n.actor = Some(creds.id.to_string());
             n.object_id = Some(creds.id.to_string());
         });
         let mut work = Work::begin(req).await?;
-        db::users::touch_last_login(work.conn(), creds.id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        let tokens = issue_tokens(
-            &state,
-            &mut work,
-            creds.id,
-            creds.tenant_id,
-            creds.role(),
-            creds.password_version,
-            Uuid::new_v4(),
-        )
-        .await?;
-        let ctx = shared::tenancy::TenantContext {
-            tenant_id: creds.tenant_id,
-            mode: Mode::Test,
-            actor: shared::tenancy::Actor::User {
-                id: creds.id,
-                role: creds.role(),
-            },
-        };
-        let user = db::users::get(work.conn(), &ctx, creds.id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        let tenant = db::tenants::get(work.conn(), &ctx)
-            .await
-            .map_err(ApiError::from_db("tenant"))?;
+        let session = sessions::log_in(&mut work, token_policy(&state), &creds).await?;
+        let tokens: TokensOut = session.tokens.into();
         Ok(Json(LoginOut {
             access: tokens.access.clone(),
             refresh: tokens.refresh.clone(),
             token_type: tokens.token_type.clone(),
             expires_in: tokens.expires_in,
             tokens,
-            user: user.into(),
-            tenant: tenant.into(),
+            user: session.user.into(),
+            tenant: session.tenant.into(),
         }))
     }
 
@@ -527,47 +396,15 @@ impl TenantsApi {
         req: &Request,
         body: JsonBody<RefreshIn>,
     ) -> Result<Json<TokensOut>, ApiError> {
-        let bad = || {
-            ApiError::unauthenticated(
-                "invalid_token",
-                "The refresh token is invalid, expired or already used.",
-            )
-        };
-        let claims = state.jwt.verify(&body.0.refresh).map_err(|_| bad())?;
-        if claims.typ != TokenType::Refresh {
-            return Err(bad());
-        }
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let family = match db::refresh_tokens::consume(work.conn(), claims.jti, now).await {
-            Ok(f) => f,
-            Err(DbError::NotFound) => {
-                // Presenting a used token revokes its family; that must stick although this
-                // request fails, so it commits on its own.
-                db::refresh_tokens::revoke_if_reused(&state.pool, claims.jti, now)
-                    .await
-                    .map_err(ApiError::db)?;
-                return Err(bad());
-            }
-            Err(e) => return Err(ApiError::db(e)),
-        };
-        let creds = db::users::credentials_by_id(work.conn(), claims.user_id)
-            .await
-            .map_err(|_| bad())?;
-        if !creds.can_log_in() || creds.password_version != claims.password_version {
-            return Err(bad());
-        }
-        issue_tokens(
-            &state,
+        let tokens = sessions::refresh(
             &mut work,
-            creds.id,
-            creds.tenant_id,
-            creds.role(),
-            creds.password_version,
-            family,
+            &state.pool,
+            token_policy(&state),
+            &body.0.refresh,
         )
-        .await
-        .map(Json)
+        .await?;
+        Ok(Json(tokens.into()))
     }
 
     /// Current user
@@ -585,15 +422,7 @@ impl TenantsApi {
         auth: Auth,
     ) -> Result<Json<MeOut>, ApiError> {
         let ctx = auth.require(Permission::OwnAccount)?;
-        let id = ctx
-            .user_id()
-            .ok_or_else(|| ApiError::forbidden("user_token_required", "Needs a user's JWT."))?;
-        let user = db::users::get(&state.pool, ctx, id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        let tenant = db::tenants::get(&state.pool, ctx)
-            .await
-            .map_err(ApiError::from_db("tenant"))?;
+        let (user, tenant) = sessions::me(&state.pool, ctx).await?;
         Ok(Json(MeOut {
             user: user.into(),
             tenant: tenant.into(),
@@ -618,50 +447,19 @@ impl TenantsApi {
         body: JsonBody<ChangePasswordIn>,
     ) -> Result<Json<TokensOut>, ApiError> {
         let ctx = auth.require(Permission::OwnAccount)?;
-        let id = ctx
-            .user_id()
-            .ok_or_else(|| ApiError::forbidden("user_token_required", "Needs a user's JWT."))?;
+        let id = sessions::own_user(ctx)?;
         let new =
             NewPassword::parse(&body.0.new_password).map_err(ApiError::invalid("new_password"))?;
         note(req, |n| n.object_id = Some(id.to_string()));
-        let creds = db::users::credentials_by_id(&state.pool, id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        if !verify_password(body.0.current_password.clone(), creds.password_hash.clone()).await? {
-            return Err(ApiError {
-                field: Some("current_password".into()),
-                ..ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_current_password",
-                    "The current password is incorrect.",
-                )
-            });
-        }
-        if body.0.current_password == body.0.new_password {
-            return Err(ApiError::validation(
-                "new_password",
-                "must differ from the current password",
-            ));
-        }
-        let hash = hash_password(new.expose().to_owned()).await?;
+        let change =
+            sessions::prepare_password_change(&state.pool, ctx, &body.0.current_password, &new)
+                .await?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        db::users::change_password(work.conn(), ctx, id, &hash, now)
-            .await
-            .map_err(ApiError::from_db("user"))?;
+        let tokens =
+            sessions::change_password(&mut work, token_policy(&state), ctx, change).await?;
         let cache = state.clone();
         work.after_commit(move || cache.users.clear());
-        issue_tokens(
-            &state,
-            &mut work,
-            id,
-            ctx.tenant_id,
-            creds.role(),
-            creds.password_version + 1,
-            Uuid::new_v4(),
-        )
-        .await
-        .map(Json)
+        Ok(Json(tokens.into()))
     }
 
     /// Verify a credential
@@ -714,17 +512,12 @@ impl TenantsApi {
         auth: Auth,
     ) -> Result<Json<DetailsOut>, ApiError> {
         let ctx = auth.require(Permission::ReadTenant)?;
-        let tenant = db::tenants::get(&state.pool, ctx)
-            .await
-            .map_err(ApiError::from_db("tenant"))?;
-        let (users, keys) = db::tenants::counts(&state.pool, ctx)
-            .await
-            .map_err(ApiError::from_db("tenant"))?;
+        let (tenant, users, keys) = tenants::details(&state.pool, ctx).await?;
         Ok(Json(DetailsOut {
             tenant: tenant.into(),
             active_users: users,
             active_api_keys: keys,
-            mode: ctx.mode.as_str().into(),
+            mode: ctx.mode().as_str().into(),
         }))
     }
 }
@@ -732,17 +525,15 @@ impl TenantsApi {
 async fn verify(state: &AppState, auth: &Auth) -> Result<Json<VerifyOut>, ApiError> {
     let ctx = auth.require(Permission::ReadTenant)?;
     // The hottest read path: the tenant row is cached as briefly as the credential itself.
-    let tenant = match state.tenants.get(&ctx.tenant_id) {
+    let tenant = match state.tenants.get(&ctx.tenant_id()) {
         Some(Some(t)) => t,
         _ => {
-            let t = db::tenants::get(&state.pool, ctx)
-                .await
-                .map_err(ApiError::from_db("tenant"))?;
-            state.tenants.put(ctx.tenant_id, Some(t.clone()));
+            let t = tenants::get(&state.pool, ctx).await?;
+            state.tenants.put(ctx.tenant_id(), Some(t.clone()));
             t
         }
     };
-    let credential = match &ctx.actor {
+    let credential = match ctx.actor() {
         shared::tenancy::Actor::User { .. } => "user",
         shared::tenancy::Actor::ApiKey { kind, .. } => kind.as_str(),
     };
@@ -750,7 +541,7 @@ async fn verify(state: &AppState, auth: &Auth) -> Result<Json<VerifyOut>, ApiErr
         valid: true,
         tenant_id: tenant.id.to_string(),
         company_name: tenant.company_name,
-        mode: ctx.mode.as_str().into(),
+        mode: ctx.mode().as_str().into(),
         credential: credential.into(),
     }))
 }

@@ -4,13 +4,13 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::{
-        self, DbError,
-        users::{NewUser, UserChanges},
-    },
     domain::{email::Email, password::NewPassword, person_name::PersonName, role::Role},
     ids::UserId,
-    tenancy::{Permission, TenantContext},
+    service::{
+        sessions::PasswordHash,
+        users::{self, Invitation, UserUpdate},
+    },
+    tenancy::Permission,
 };
 
 use super::{
@@ -81,43 +81,6 @@ fn name(v: Option<&str>, field: &str) -> Result<Option<PersonName>, ApiError> {
         .map_err(ApiError::invalid(field))
 }
 
-/// Rules beyond the role matrix: admins cannot touch owners or create them; nobody changes
-/// their own role or deactivates themselves.
-fn check_target(
-    ctx: &TenantContext,
-    target_id: UserId,
-    target_role: Role,
-    new_role: Option<Role>,
-    deactivate: bool,
-) -> Result<(), ApiError> {
-    let me = ctx.role();
-    if me == Some(Role::Admin) && (target_role == Role::Owner || new_role == Some(Role::Owner)) {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "Only an owner can change owners or make someone an owner.",
-        ));
-    }
-    if ctx.user_id() == Some(target_id)
-        && (deactivate || new_role.is_some_and(|r| r != target_role))
-    {
-        return Err(ApiError::conflict(
-            "cannot_modify_self",
-            "You cannot change your own role or deactivate yourself.",
-        ));
-    }
-    Ok(())
-}
-
-fn map_update_err(e: DbError) -> ApiError {
-    match e {
-        DbError::UniqueViolation(c) if c == "last_owner" => ApiError::conflict(
-            "last_owner",
-            "A tenant must keep at least one active owner.",
-        ),
-        other => ApiError::from_db("user")(other),
-    }
-}
-
 #[OpenApi]
 impl UsersApi {
     /// List users
@@ -144,9 +107,7 @@ impl UsersApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             UserId::parse(s).map(|id| id.as_uuid())
         })?;
-        let page = db::users::list(&state.pool, ctx, page)
-            .await
-            .map_err(ApiError::from_db("user"))?;
+        let page = users::list(&state.pool, ctx, page).await?;
         Ok(Json(UserList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -173,43 +134,23 @@ impl UsersApi {
         let email = Email::parse(&b.email).map_err(ApiError::invalid("email"))?;
         let pw = NewPassword::parse(&b.password).map_err(ApiError::invalid("password"))?;
         let role = Role::parse(&b.role).map_err(ApiError::invalid("role"))?;
-        if role == Role::Owner && ctx.role() != Some(Role::Owner) {
-            return Err(ApiError::forbidden(
-                "permission_denied",
-                "Only an owner can add an owner.",
-            ));
-        }
         let first = name(b.first_name.as_deref(), "first_name")?;
         let last = name(b.last_name.as_deref(), "last_name")?;
-        let pw = pw.expose().to_owned();
-        let hash = tokio::task::spawn_blocking(move || shared::auth::password::hash(&pw))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        let id = UserId::new();
+        let hash = PasswordHash::of(&pw).await?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let row = db::users::create(
-            work.conn(),
+        let row = users::invite(
+            &mut work,
             ctx,
-            NewUser {
-                id,
-                email: email.as_str(),
-                password_hash: &hash,
-                first_name: first.as_ref().map_or("", PersonName::as_str),
-                last_name: last.as_ref().map_or("", PersonName::as_str),
+            Invitation {
+                email: &email,
+                password: &hash,
                 role,
+                first_name: first.as_ref(),
+                last_name: last.as_ref(),
             },
-            now,
         )
-        .await
-        .map_err(|e| match e {
-            DbError::UniqueViolation(c) if c == "users_email_key" => ApiError {
-                field: Some("email".into()),
-                ..ApiError::conflict("email_taken", "An account with this email already exists.")
-            },
-            other => ApiError::from_db("user")(other),
-        })?;
+        .await?;
+        let id = row.id;
         note(req, |n| n.object_id = Some(id.to_string()));
         Ok(CreatedUser::Created(Json(row.into())))
     }
@@ -229,9 +170,7 @@ impl UsersApi {
     ) -> Result<Json<UserOut>, ApiError> {
         let ctx = auth.require(Permission::ReadUsers)?;
         let id = parse_user_id(&id.0)?;
-        let row = db::users::get(&state.pool, ctx, id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
+        let row = users::get(&state.pool, ctx, id).await?;
         Ok(Json(row.into()))
     }
 
@@ -265,25 +204,18 @@ impl UsersApi {
         let first = name(b.first_name.as_deref(), "first_name")?;
         let last = name(b.last_name.as_deref(), "last_name")?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let target = db::users::get(work.conn(), ctx, id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        check_target(ctx, id, target.role(), role, b.is_active == Some(false))?;
-        let row = db::users::update(
-            work.conn(),
+        let row = users::update(
+            &mut work,
             ctx,
             id,
-            UserChanges {
+            UserUpdate {
                 role,
                 is_active: b.is_active,
-                first_name: first.as_ref().map(PersonName::as_str),
-                last_name: last.as_ref().map(PersonName::as_str),
+                first_name: first.as_ref(),
+                last_name: last.as_ref(),
             },
-            now,
         )
-        .await
-        .map_err(map_update_err)?;
+        .await?;
         let cache = state.clone();
         work.after_commit(move || cache.users.clear());
         Ok(Json(row.into()))
@@ -309,23 +241,7 @@ impl UsersApi {
         let id = parse_user_id(&id.0)?;
         note(req, |n| n.object_id = Some(id.to_string()));
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let target = db::users::get(work.conn(), ctx, id)
-            .await
-            .map_err(ApiError::from_db("user"))?;
-        check_target(ctx, id, target.role(), None, true)?;
-        let row = db::users::update(
-            work.conn(),
-            ctx,
-            id,
-            UserChanges {
-                is_active: Some(false),
-                ..Default::default()
-            },
-            now,
-        )
-        .await
-        .map_err(map_update_err)?;
+        let row = users::deactivate(&mut work, ctx, id).await?;
         let cache = state.clone();
         work.after_commit(move || cache.users.clear());
         Ok(Json(row.into()))

@@ -1,16 +1,14 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared::{
-    db::{
-        DbError,
-        users::{self, UserChanges},
-    },
-    domain::{mode::Mode, role::Role},
+    clock::SystemClock,
+    domain::{api_key::PresentedKey, role::Role},
     ids::{TenantId, UserId},
-    tenancy::{Actor, TenantContext},
+    service::{self, ServiceError, users::UserUpdate},
+    uow::UnitOfWork,
 };
 
-use crate::helpers::{Cred, PASSWORD, Tenant, TestApp, assert_problem, s, spawn_app};
+use crate::helpers::{Cred, PASSWORD, TestApp, assert_problem, s, spawn_app};
 
 #[tokio::test]
 async fn owners_invite_users_who_can_then_log_in() {
@@ -434,18 +432,6 @@ async fn invite_and_update_reject_control_characters_in_names_and_write_nothing(
     assert_eq!(user["role"], "developer");
 }
 
-/// The context of the tenant's owner, for calling the repository directly.
-fn owner_context(t: &Tenant) -> TenantContext {
-    TenantContext {
-        tenant_id: TenantId::parse(&t.id).unwrap(),
-        mode: Mode::Test,
-        actor: Actor::User {
-            id: UserId::parse(&t.owner_id).unwrap(),
-            role: Role::Owner,
-        },
-    }
-}
-
 async fn active_owners(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM users WHERE role = 'owner' AND is_active")
         .fetch_one(&app.pool)
@@ -456,25 +442,29 @@ async fn active_owners(app: &TestApp) -> i64 {
 #[tokio::test]
 async fn the_last_active_owner_cannot_be_demoted_or_deactivated() {
     // The HTTP rules already keep owners from changing themselves and admins from touching
-    // owners; the repository refuses on its own too, whoever asks.
+    // owners; the service refuses on its own too, whoever asks (here the tenant's secret key).
     let app = spawn_app().await;
     let t = app.register("sole@acme.com").await;
-    let ctx = owner_context(&t);
+    let presented = PresentedKey::parse(&t.sk_test).unwrap();
+    let ctx = shared::db::api_keys::find_active_by_hash(&app.pool, &presented.hash)
+        .await
+        .unwrap()
+        .context();
     let owner = UserId::parse(&t.owner_id).unwrap();
     for changes in [
-        UserChanges {
+        UserUpdate {
             role: Some(Role::Admin),
             ..Default::default()
         },
-        UserChanges {
+        UserUpdate {
             is_active: Some(false),
             ..Default::default()
         },
     ] {
-        // The caller's transaction, dropped (rolled back) after the refusal.
-        let mut tx = app.pool.begin().await.unwrap();
-        match users::update(&mut tx, &ctx, owner, changes, chrono::Utc::now()).await {
-            Err(DbError::UniqueViolation(c)) => assert_eq!(c, "last_owner"),
+        // The unit of work is dropped (rolled back) after the refusal.
+        let mut uow = UnitOfWork::begin(&app.pool, &SystemClock).await.unwrap();
+        match service::users::update(&mut uow, &ctx, owner, changes).await {
+            Err(ServiceError::Conflict { code, .. }) => assert_eq!(code, "last_owner"),
             other => panic!("expected the last_owner refusal, got {other:?}"),
         }
     }

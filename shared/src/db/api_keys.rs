@@ -4,17 +4,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use subtle::ConstantTimeEq;
 
-use super::{
-    DbError,
-    events::{self, NewEvent},
-};
+use super::DbError;
 use crate::{
     domain::{
         api_key::{GeneratedKey, KeyKind},
         mode::Mode,
     },
     ids::{ApiKeyId, TenantId},
-    tenancy::{Scope, TenantContext},
+    tenancy::{Actor, TenantContext},
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -64,11 +61,12 @@ pub(crate) async fn insert(
     tenant_id: TenantId,
     id: ApiKeyId,
     key: &GeneratedKey,
+    now: DateTime<Utc>,
 ) -> Result<ApiKeyRow, DbError> {
     let prefix = crate::domain::api_key::prefix(key.kind, key.mode);
     sqlx::query_as::<_, ApiKeyRow>(sqlf!(
-        "INSERT INTO api_keys (id, tenant_id, livemode, kind, key_hash, prefix, last4) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO api_keys (id, tenant_id, livemode, kind, key_hash, prefix, last4, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(tenant_id)
@@ -77,13 +75,16 @@ pub(crate) async fn insert(
     .bind(&key.hash[..])
     .bind(prefix)
     .bind(&key.last4)
+    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(Into::into)
 }
 
-/// An active key found by its hash, with whether its tenant is active.
+/// An active key found by its hash, with whether its tenant is active. Only read from the
+/// database (`non_exhaustive`: never built by hand elsewhere), since a context is built from it.
 #[derive(Debug, Clone, FromRow)]
+#[non_exhaustive]
 pub struct ActiveKey {
     pub id: ApiKeyId,
     pub tenant_id: TenantId,
@@ -93,6 +94,22 @@ pub struct ActiveKey {
     pub last4: String,
     pub key_hash: Vec<u8>,
     pub tenant_active: bool,
+}
+
+impl ActiveKey {
+    /// The context of a request made with this key, once its hash has matched. The kind is the
+    /// stored one (the presented prefix agrees with it, as the hash covers the prefix).
+    pub fn context(&self) -> TenantContext {
+        TenantContext {
+            tenant_id: self.tenant_id,
+            mode: Mode::from_livemode(self.livemode),
+            actor: Actor::ApiKey {
+                id: self.id,
+                kind: KeyKind::parse(&self.kind).unwrap_or(KeyKind::Publishable),
+                display: format!("{}…{}", self.prefix, self.last4),
+            },
+        }
+    }
 }
 
 /// Looks an active key up by hash (authentication; precedes any tenant context).
@@ -127,8 +144,7 @@ pub async fn list(pool: &PgPool, ctx: &TenantContext) -> Result<Vec<ApiKeyRow>, 
     .map_err(Into::into)
 }
 
-/// Revokes the active keys of the given modes, each with its `api_key.revoked` event;
-/// returns the revoked rows.
+/// Revokes the active keys of the given modes; returns the revoked rows.
 pub async fn revoke(
     conn: &mut PgConnection,
     ctx: &TenantContext,
@@ -148,35 +164,10 @@ pub async fn revoke(
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    record_each(conn, ctx, &rows, "api_key.revoked", now).await?;
     Ok(rows)
 }
 
-/// Records one `event_type` event per key, one insert per mode.
-async fn record_each(
-    conn: &mut PgConnection,
-    ctx: &TenantContext,
-    rows: &[ApiKeyRow],
-    event_type: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    for livemode in [false, true] {
-        let batch: Vec<NewEvent> = rows
-            .iter()
-            .filter(|row| row.livemode == livemode)
-            .map(|row| NewEvent::new(event_type, row.to_json()))
-            .collect();
-        let scope = Scope {
-            tenant_id: ctx.tenant_id,
-            livemode,
-        };
-        events::record_many(&mut *conn, scope, &batch, now).await?;
-    }
-    Ok(())
-}
-
-/// Revokes the active keys of the given modes and inserts new ones, in the caller's
-/// transaction.
+/// Revokes the active keys of the given modes and inserts new ones.
 pub async fn regenerate(
     conn: &mut PgConnection,
     ctx: &TenantContext,
@@ -194,8 +185,7 @@ pub async fn regenerate(
     let revoked = revoke(conn, ctx, &modes, by, now).await?;
     let mut created = Vec::with_capacity(keys.len());
     for key in keys {
-        created.push(insert(&mut *conn, ctx.tenant_id, ApiKeyId::new(), key).await?);
+        created.push(insert(&mut *conn, ctx.tenant_id, ApiKeyId::new(), key, now).await?);
     }
-    record_each(conn, ctx, &created, "api_key.created", now).await?;
     Ok((revoked, created))
 }

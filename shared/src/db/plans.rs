@@ -41,6 +41,16 @@ pub struct PlanRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl PlanRow {
+    /// The tenant and mode the row belongs to.
+    pub fn scope(&self) -> crate::tenancy::Scope {
+        crate::tenancy::Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+}
+
 pub(crate) const COLUMNS: &str = "id, tenant_id, livemode, name, description, amount, currency, \
     interval, interval_count, trial_days, features, metadata, is_active, is_visible, \
     duplicated_from, stripe_product_id, stripe_price_id, sync_status, sync_error, sync_version, \

@@ -33,6 +33,16 @@ pub struct ProductRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ProductRow {
+    /// The tenant and mode the row belongs to.
+    pub fn scope(&self) -> crate::tenancy::Scope {
+        crate::tenancy::Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+}
+
 const PRODUCT_COLUMNS: &str = "id, tenant_id, livemode, name, code, description, features, \
     metadata, active, stripe_product_id, sync_status, sync_error, sync_version, synced_version, \
     synced_at, created_at, updated_at";
@@ -174,6 +184,16 @@ pub struct PriceRow {
     pub synced_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl PriceRow {
+    /// The tenant and mode the row belongs to.
+    pub fn scope(&self) -> crate::tenancy::Scope {
+        crate::tenancy::Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
 }
 
 const PRICE_COLUMNS: &str = "id, tenant_id, livemode, product_id, nickname, currency, interval, \

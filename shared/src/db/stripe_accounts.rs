@@ -2,7 +2,7 @@
 //! Connect onboarding.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use super::DbError;
@@ -30,6 +30,14 @@ const COLUMNS: &str = "tenant_id, livemode, account_id, status, charges_enabled,
     details_submitted, requirements, stripe_seen_at, connected_at, updated_at";
 
 impl AccountRow {
+    /// The tenant and mode the account belongs to.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+
     /// An account the platform can act on (onboarding may still be under way).
     pub fn usable_id(&self) -> Option<&str> {
         match self.status.as_str() {
@@ -50,9 +58,22 @@ pub async fn get(conn: &mut PgConnection, scope: Scope) -> Result<Option<Account
     .map_err(Into::into)
 }
 
+/// The account row, locked until the transaction ends.
+pub async fn lock(conn: &mut PgConnection, scope: Scope) -> Result<Option<AccountRow>, DbError> {
+    sqlx::query_as::<_, AccountRow>(sqlf!(
+        "SELECT {COLUMNS} FROM stripe_accounts WHERE tenant_id = $1 AND livemode = $2 \
+         FOR NO KEY UPDATE"
+    ))
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .fetch_optional(conn)
+    .await
+    .map_err(Into::into)
+}
+
 /// The tenant owning a connected account (incoming Stripe events name only the account).
 pub async fn by_account(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     account_id: &str,
     livemode: bool,
 ) -> Result<Option<AccountRow>, DbError> {
@@ -61,7 +82,7 @@ pub async fn by_account(
     ))
     .bind(account_id)
     .bind(livemode)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
     .map_err(Into::into)
 }

@@ -10,6 +10,21 @@ use crate::jobs::{self, NewJob, Queue};
 /// The job kind that processes a stored Stripe event.
 pub const PROCESS_KIND: &str = "stripe.process_event";
 
+crate::text_enum! {
+    /// Where a received event stands.
+    pub enum Status {
+        /// Stored; its job has not processed it yet.
+        Received = "received",
+        /// Its effect was applied.
+        Applied = "applied",
+        /// A newer description of its object was applied already; nothing changed.
+        Stale = "stale",
+        /// About something the platform does not act on (yet): kept whole, to be processed
+        /// again once it does.
+        Ignored = "ignored",
+    }
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct StripeEventRow {
     pub id: String,
@@ -21,8 +36,12 @@ pub struct StripeEventRow {
     pub payload: serde_json::Value,
     pub received_at: DateTime<Utc>,
     pub processed_at: Option<DateTime<Utc>>,
+    pub status: Status,
     pub outcome: Option<String>,
 }
+
+const COLUMNS: &str =
+    "id, type, account, livemode, created, payload, received_at, processed_at, status, outcome";
 
 /// A verified event as received.
 #[derive(Debug, Clone)]
@@ -58,47 +77,81 @@ pub async fn record(
     if inserted.is_none() {
         return Ok(false);
     }
-    let job = NewJob {
+    jobs::enqueue(conn, &[process_job(e.id, now)], now).await?;
+    Ok(true)
+}
+
+/// The job that processes an event.
+fn process_job(event_id: &str, now: DateTime<Utc>) -> NewJob {
+    NewJob {
         id: Uuid::now_v7(),
         queue: Queue::StripeSync,
         kind: PROCESS_KIND,
         tenant: None,
-        payload: serde_json::json!({ "event_id": e.id }),
+        payload: serde_json::json!({ "event_id": event_id }),
         run_at: now,
         max_attempts: Queue::StripeSync.retry_policy().max_attempts,
-    };
-    jobs::enqueue(conn, &[job], now).await?;
-    Ok(true)
+    }
 }
 
 pub async fn get(pool: &PgPool, id: &str) -> Result<StripeEventRow, DbError> {
-    sqlx::query_as::<_, StripeEventRow>(
-        "SELECT id, type, account, livemode, created, payload, received_at, processed_at, outcome \
-         FROM stripe_events WHERE id = $1",
-    )
+    sqlx::query_as::<_, StripeEventRow>(sqlf!("SELECT {COLUMNS} FROM stripe_events WHERE id = $1"))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}
+
+/// The event if it is still to be processed, locked until the transaction ends: a second run
+/// of its job waits, then finds it processed.
+pub async fn lock_unprocessed(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<StripeEventRow>, DbError> {
+    sqlx::query_as::<_, StripeEventRow>(sqlf!(
+        "SELECT {COLUMNS} FROM stripe_events WHERE id = $1 AND processed_at IS NULL FOR UPDATE"
+    ))
     .bind(id)
-    .fetch_one(pool)
+    .fetch_optional(conn)
     .await
     .map_err(Into::into)
 }
 
-/// Marks an event processed with its outcome, unless it already was: `false` then (another
-/// run got there first and nothing must be done again). Use inside the transaction applying
-/// the event's effect.
+/// Records how an event was processed.
 pub async fn mark_processed(
     conn: &mut PgConnection,
     id: &str,
+    status: Status,
     outcome: &str,
     now: DateTime<Utc>,
-) -> Result<bool, DbError> {
-    let done = sqlx::query(
-        "UPDATE stripe_events SET processed_at = $2, outcome = $3 \
-         WHERE id = $1 AND processed_at IS NULL",
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE stripe_events SET processed_at = $2, status = $3, outcome = $4 WHERE id = $1",
     )
     .bind(id)
     .bind(now)
+    .bind(status)
     .bind(outcome)
     .execute(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
+}
+
+/// Makes the ignored events whose type starts with `type_prefix` unprocessed again, each with
+/// a new processing job; returns how many.
+pub async fn requeue_ignored(
+    conn: &mut PgConnection,
+    type_prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE stripe_events SET processed_at = NULL, status = 'received', outcome = NULL \
+         WHERE status = 'ignored' AND starts_with(type, $1) RETURNING id",
+    )
+    .bind(type_prefix)
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs: Vec<NewJob> = ids.iter().map(|id| process_job(id, now)).collect();
+    jobs::enqueue(conn, &jobs, now).await?;
+    Ok(ids.len() as u64)
 }

@@ -45,6 +45,7 @@ pub struct NewTenant<'a> {
     pub first_name: &'a str,
     pub last_name: &'a str,
     pub keys: &'a [GeneratedKey],
+    pub now: DateTime<Utc>,
 }
 
 /// Creates the tenant with a unique slug, its owner user and its API keys.
@@ -62,7 +63,8 @@ pub async fn register(
         }
         inserted = sqlx::query_as::<_, TenantRow>(sqlf!(
             "INSERT INTO tenants (id, company_name, slug, email, domain, webhook_secret_enc, \
-             webhook_secret_last4) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             webhook_secret_last4, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
              ON CONFLICT (slug) DO NOTHING RETURNING {COLUMNS}"
         ))
         .bind(t.tenant_id)
@@ -72,6 +74,7 @@ pub async fn register(
         .bind(t.domain)
         .bind(&t.webhook_secret_enc)
         .bind(t.webhook_secret_last4)
+        .bind(t.now)
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_some() {
@@ -80,8 +83,8 @@ pub async fn register(
     }
     let tenant = inserted.ok_or_else(|| DbError::UniqueViolation("tenants_slug_key".into()))?;
     sqlx::query(
-        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'owner')",
+        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'owner', $7, $7)",
     )
     .bind(t.owner_id)
     .bind(t.tenant_id)
@@ -89,11 +92,14 @@ pub async fn register(
     .bind(t.owner_password_hash)
     .bind(t.first_name)
     .bind(t.last_name)
+    .bind(t.now)
     .execute(&mut *tx)
     .await?;
     let mut rows = Vec::with_capacity(t.keys.len());
     for key in t.keys {
-        rows.push(super::api_keys::insert(&mut *tx, t.tenant_id, ApiKeyId::new(), key).await?);
+        rows.push(
+            super::api_keys::insert(&mut *tx, t.tenant_id, ApiKeyId::new(), key, t.now).await?,
+        );
     }
     Ok((tenant, rows))
 }

@@ -5,13 +5,12 @@ use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 
 use super::{
     DbError,
-    events::{self, NewEvent},
     pagination::{Page, PageRequest},
 };
 use crate::{
-    domain::role::Role,
+    domain::{mode::Mode, role::Role},
     ids::{TenantId, UserId},
-    tenancy::TenantContext,
+    tenancy::{Actor, TenantContext},
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -51,8 +50,10 @@ impl UserRow {
 const COLUMNS: &str =
     "id, tenant_id, email, first_name, last_name, role, is_active, last_login_at, created_at";
 
-/// What login and token checks need about a user.
+/// What login and token checks need about a user. Only read from the database
+/// (`non_exhaustive`: never built by hand elsewhere), since a context is built from it.
 #[derive(Debug, Clone, FromRow)]
+#[non_exhaustive]
 pub struct Credentials {
     pub id: UserId,
     pub tenant_id: TenantId,
@@ -64,6 +65,19 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The user's context in `mode`, once their credential has been checked (a password, or a
+    /// token whose version matches).
+    pub fn context(&self, mode: Mode) -> TenantContext {
+        TenantContext {
+            tenant_id: self.tenant_id,
+            mode,
+            actor: Actor::User {
+                id: self.id,
+                role: self.role(),
+            },
+        }
+    }
+
     pub fn role(&self) -> Role {
         Role::parse(&self.role).unwrap_or(Role::Billing)
     }
@@ -98,9 +112,14 @@ pub async fn credentials_by_id(
         .map_err(Into::into)
 }
 
-pub async fn touch_last_login(db: impl PgExecutor<'_>, id: UserId) -> Result<(), DbError> {
-    sqlx::query("UPDATE users SET last_login_at = now() WHERE id = $1")
+pub async fn touch_last_login(
+    db: impl PgExecutor<'_>,
+    id: UserId,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1")
         .bind(id)
+        .bind(now)
         .execute(db)
         .await?;
     Ok(())
@@ -148,8 +167,7 @@ pub struct NewUser<'a> {
     pub role: Role,
 }
 
-/// Creates the user and its `user.created` event (users belong to both modes, so the event
-/// is recorded in each).
+/// Inserts the user.
 pub async fn create(
     tx: &mut PgConnection,
     ctx: &TenantContext,
@@ -157,8 +175,8 @@ pub async fn create(
     now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
     let row = sqlx::query_as::<_, UserRow>(sqlf!(
-        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO users (id, tenant_id, email, password_hash, first_name, last_name, role, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
     ))
     .bind(u.id)
     .bind(ctx.tenant_id)
@@ -167,14 +185,8 @@ pub async fn create(
     .bind(u.first_name)
     .bind(u.last_name)
     .bind(u.role.as_str())
+    .bind(now)
     .fetch_one(&mut *tx)
-    .await?;
-    events::record_tenant_wide(
-        &mut *tx,
-        ctx.tenant_id,
-        NewEvent::new("user.created", row.to_json()),
-        now,
-    )
     .await?;
     Ok(row)
 }
@@ -188,10 +200,31 @@ pub struct UserChanges<'a> {
     pub last_name: Option<&'a str>,
 }
 
+/// Serialises changes to one tenant's users until the transaction ends, so that two owners
+/// demoting or deactivating each other cannot both see the other still active and both commit.
+/// `NO KEY UPDATE` conflicts with itself and with `FOR UPDATE` (key regeneration) but not with
+/// the key-share locks that inserts referencing the tenant take.
+pub async fn lock_tenant_users(tx: &mut PgConnection, ctx: &TenantContext) -> Result<(), DbError> {
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(ctx.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// How many active owners the tenant has.
+pub async fn active_owners(tx: &mut PgConnection, ctx: &TenantContext) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND is_active",
+    )
+    .bind(ctx.tenant_id)
+    .fetch_one(&mut *tx)
+    .await?)
+}
+
 /// Applies changes and, when the user is deactivated, ends every token issued to them (their
 /// credential version moves on, so reactivating them later does not revive old tokens, and
-/// their refresh tokens are revoked). Refuses (as the `last_owner` violation) a change that
-/// would leave the tenant without an active owner.
+/// their refresh tokens are revoked).
 pub async fn update(
     tx: &mut PgConnection,
     ctx: &TenantContext,
@@ -199,14 +232,6 @@ pub async fn update(
     c: UserChanges<'_>,
     now: DateTime<Utc>,
 ) -> Result<UserRow, DbError> {
-    // Serialise changes to one tenant's users, so that two owners demoting or deactivating each
-    // other cannot both see the other still active and both commit. `NO KEY UPDATE` conflicts
-    // with itself and with `FOR UPDATE` (key regeneration) but not with the key-share locks that
-    // inserts referencing the tenant take.
-    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(ctx.tenant_id)
-        .execute(&mut *tx)
-        .await?;
     let row = sqlx::query_as::<_, UserRow>(sqlf!(
         "UPDATE users SET role = COALESCE($3, role), is_active = COALESCE($4, is_active), \
          first_name = COALESCE($5, first_name), last_name = COALESCE($6, last_name), \
@@ -231,23 +256,6 @@ pub async fn update(
         .execute(&mut *tx)
         .await?;
     }
-    // A tenant must keep at least one active owner.
-    let owners: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND is_active",
-    )
-    .bind(ctx.tenant_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if owners == 0 {
-        return Err(DbError::UniqueViolation("last_owner".into()));
-    }
-    events::record_tenant_wide(
-        &mut *tx,
-        ctx.tenant_id,
-        NewEvent::new("user.updated", row.to_json()),
-        now,
-    )
-    .await?;
     Ok(row)
 }
 

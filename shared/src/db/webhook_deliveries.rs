@@ -235,6 +235,16 @@ pub struct SendItem {
 }
 
 impl SendItem {
+    /// The tenant and mode of the delivery.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+}
+
+impl SendItem {
     /// The request body: the event as the API shows it.
     pub fn body(&self) -> Vec<u8> {
         let event = events::EventRow {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 pub use self::queue::{Queue, QueueMap, RetryPolicy};
 use crate::db::DbError;
+use crate::tenancy::Scope;
 
 /// The message carried by a Redis queue: which job, under which lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +239,17 @@ pub struct Claimed {
     /// Runs before this one.
     pub attempts: i32,
     pub max_attempts: i32,
+}
+
+impl Claimed {
+    /// The tenant and mode the job works for (`None` for platform jobs): the one way, besides
+    /// authentication, to act in a tenant's scope.
+    pub fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            tenant_id: crate::ids::TenantId::from_uuid(self.tenant_id?),
+            livemode: self.livemode?,
+        })
+    }
 }
 
 /// The statement that claims messages (`$1` ids, `$2` tokens, `$3` now, `$4` the run's lease

@@ -7,10 +7,16 @@
 //! It never sees HTTP. A route handler authenticates, parses its DTO, calls one operation and
 //! renders; a job handler claims its job and calls the same operation.
 
+pub mod api_keys;
 pub mod events;
+pub mod sessions;
+pub mod stripe_connect;
+pub mod stripe_events;
+pub mod tenants;
+pub mod users;
 pub mod webhook_endpoints;
 
-use crate::{db::DbError, domain::ValidationError};
+use crate::{db::DbError, domain::ValidationError, stripe::Failure};
 
 /// Why an operation refused or failed; the API turns each into its problem.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,9 @@ pub enum ServiceError {
         field: Option<String>,
         message: String,
     },
+    /// The credential presented is not (or no longer) good.
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
     /// A rule about who may do what (beyond the permission table).
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
@@ -47,6 +56,9 @@ pub enum ServiceError {
     /// The database failed (see [`DbError`]: outages and conflicts are told apart).
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A fault of ours that no caller can fix (a failed hash, a task that died).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ServiceError {
@@ -62,6 +74,11 @@ impl ServiceError {
     /// Maps a domain parse failure to a validation failure on `field`.
     pub fn field(field: &str) -> impl FnOnce(ValidationError) -> Self + '_ {
         move |e| Self::invalid(field, e.0)
+    }
+
+    /// A fault of ours, with its cause for the log.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -83,3 +100,35 @@ impl ServiceError {
 
 /// The result of an operation.
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// A failed Stripe call: not configured is a conflict with the platform's setup; a refusal is
+/// final; anything else is worth trying again shortly.
+impl From<Failure> for ServiceError {
+    fn from(e: Failure) -> Self {
+        match e {
+            Failure::NotConfigured => Self::conflict(
+                "stripe_not_configured",
+                "Stripe is not configured for this mode on this platform (STRIPE_SECRET_KEY_TEST \
+                 / STRIPE_SECRET_KEY_LIVE); the sandbox gateway stands in.",
+            ),
+            Failure::RateLimited | Failure::Transient(_) => Self::Upstream {
+                service: "stripe",
+                code: "stripe_unavailable",
+                message: format!("Stripe could not be reached; try again shortly ({e})."),
+                transient: true,
+            },
+            Failure::Rejected(m) => Self::Upstream {
+                service: "stripe",
+                code: "stripe_error",
+                message: format!("Stripe refused the request: {m}"),
+                transient: false,
+            },
+            Failure::Declined { message, .. } => Self::Upstream {
+                service: "stripe",
+                code: "stripe_error",
+                message: format!("Stripe refused the request: {message}"),
+                transient: false,
+            },
+        }
+    }
+}

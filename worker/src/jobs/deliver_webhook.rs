@@ -13,7 +13,6 @@ use shared::{
     },
     ids::DeliveryId,
     jobs::{Claimed, Finished, Outcome},
-    tenancy::Scope,
 };
 
 use crate::{Runtime, http};
@@ -55,10 +54,7 @@ pub async fn run(rt: &Runtime, job: &Claimed, item: Option<&SendItem>) -> Done {
             outcome: Outcome::Succeeded,
         });
     };
-    let scope = Scope {
-        tenant_id: item.tenant_id,
-        livemode: item.livemode,
-    };
+    let scope = item.scope();
     let completion = |status, next_attempt_at, attempt, endpoint, outcome| {
         Done::Delivery(Box::new(Completion {
             job: Finished {

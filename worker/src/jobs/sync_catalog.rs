@@ -60,7 +60,7 @@ impl From<Failure> for Stop {
 
 /// The account to act on, or why there is none.
 async fn account(rt: &Runtime, scope: Scope) -> Result<String, Stop> {
-    if !rt.stripe.configured(scope.livemode) {
+    if !rt.stripe.configured(scope.livemode()) {
         return Err(Stop::NotSynced("Stripe is not configured for this mode"));
     }
     let mut conn = rt.pool.acquire().await.map_err(DbError::from)?;
@@ -81,7 +81,7 @@ fn metadata(
 ) -> std::collections::HashMap<String, String> {
     let mut m = Metadata::from_json(own);
     m.insert(format!("platform_{object}_id"), id.to_owned());
-    m.insert("platform_tenant_id".into(), scope.tenant_id.to_string());
+    m.insert("platform_tenant_id".into(), scope.tenant_id().to_string());
     m
 }
 
@@ -198,7 +198,7 @@ impl<'a> Run<'a> {
         &self,
         f: impl std::future::Future<Output = Result<T, Failure>>,
     ) -> Result<T, Stop> {
-        if !stripe_rate::acquire(self.rt, self.scope.livemode, &self.account).await {
+        if !stripe_rate::acquire(self.rt, self.scope.livemode(), &self.account).await {
             return Err(Stop::Later);
         }
         f.await.map_err(Stop::from)
@@ -210,7 +210,7 @@ impl<'a> Run<'a> {
         existing: Option<&String>,
         spec: &ProductSpec<'_>,
     ) -> Result<String, Stop> {
-        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode, &self.account);
+        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode(), &self.account);
         let Some(existing) = existing else {
             let key = format!("{}-product", self.key);
             let created = self
@@ -242,7 +242,7 @@ impl<'a> Run<'a> {
         spec: impl FnOnce() -> Result<PriceSpec<'a>, Stop>,
         active: bool,
     ) -> Result<String, Stop> {
-        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode, &self.account);
+        let (stripe, lm, acct) = (&self.rt.stripe, self.scope.livemode(), &self.account);
         let active_key = format!("{}-price-active-v{}", self.key, self.version);
         let Some(existing) = existing else {
             let key = format!("{}-price", self.key);
@@ -291,10 +291,7 @@ fn rejected(e: ValidationError) -> Stop {
 
 async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
     let plan = plans::by_id(&rt.pool, id).await?;
-    let scope = Scope {
-        tenant_id: plan.tenant_id,
-        livemode: plan.livemode,
-    };
+    let scope = plan.scope();
     let plan_id = plan.id.to_string();
     let versions = (plan.sync_version, plan.synced_version);
     let run = Run::new(rt, Synced::Plan, id, plan_id.clone(), scope, versions).await?;
@@ -333,10 +330,7 @@ async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
 /// Syncs a product; returns its Stripe id.
 async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
     let p = products::product_by_id(&rt.pool, id).await?;
-    let scope = Scope {
-        tenant_id: p.tenant_id,
-        livemode: p.livemode,
-    };
+    let scope = p.scope();
     let product_id = p.id.to_string();
     let versions = (p.sync_version, p.synced_version);
     let run = Run::new(rt, Synced::Product, id, product_id.clone(), scope, versions).await?;
@@ -391,10 +385,7 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
             "metered prices are billed by the platform's usage billing, not by Stripe",
         ));
     }
-    let scope = Scope {
-        tenant_id: p.tenant_id,
-        livemode: p.livemode,
-    };
+    let scope = p.scope();
     let price_id = p.id.to_string();
     let versions = (p.sync_version, p.synced_version);
     let run = Run::new(rt, Synced::Price, id, price_id.clone(), scope, versions).await?;

@@ -17,7 +17,7 @@ async fn a_delivery_is_signed_so_that_the_standardwebhooks_library_verifies_it()
     let (endpoint_id, secret) = api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
 
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     wait_for("the delivery", LIMIT, || async { receiver.count() >= 1 }).await;
 
     let hit = &receiver.hits()[0];
@@ -63,7 +63,7 @@ async fn failures_retry_on_the_schedule_with_the_same_webhook_id_then_fail_and_g
     let (endpoint_id, _) = api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
 
-    env.record_events(&tenant.id, 1, "invoice.payment_failed")
+    env.record_events(&tenant, 1, "invoice.payment_failed")
         .await;
     wait_for("the delivery to fail", LIMIT, || async {
         env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'")
@@ -120,7 +120,7 @@ async fn a_410_disables_the_endpoint_and_records_a_disabled_event() {
     let (endpoint_id, _) = api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
 
-    env.record_events(&tenant.id, 1, "customer.created").await;
+    env.record_events(&tenant, 1, "customer.created").await;
     wait_for("the endpoint to be disabled", LIMIT, || async {
         env.scalar(
             "SELECT count(*) FROM webhook_endpoints WHERE NOT enabled AND disabled_reason = 'gone'",
@@ -148,7 +148,7 @@ async fn a_410_disables_the_endpoint_and_records_a_disabled_event() {
         endpoint_id.as_str()
     );
     // No retries after a 410, and later events are not sent to it.
-    env.record_events(&tenant.id, 1, "customer.created").await;
+    env.record_events(&tenant, 1, "customer.created").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 1);
     worker.stop().await;
@@ -171,7 +171,7 @@ async fn an_endpoint_failing_for_longer_than_allowed_is_disabled() {
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
 
-    env.record_events(&tenant.id, 1, "customer.updated").await;
+    env.record_events(&tenant, 1, "customer.updated").await;
     wait_for("the endpoint to be disabled", LIMIT, || async {
         env.scalar(
             "SELECT count(*) FROM webhook_endpoints WHERE NOT enabled AND disabled_reason = 'failing'",
@@ -210,7 +210,7 @@ async fn after_a_rotation_both_secrets_sign_and_each_verifies() {
     assert_ne!(new_secret, old_secret);
     let worker = env.worker().await;
 
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     wait_for("the delivery", LIMIT, || async { receiver.count() >= 1 }).await;
     let hit = &receiver.hits()[0];
     let signatures = hit.headers["webhook-signature"].split(' ').count();
@@ -256,7 +256,7 @@ async fn addresses_are_checked_at_send_time_and_nothing_is_sent_to_internal_ones
         .worker_with(&[("WEBHOOK_ALLOW_PRIVATE_TARGETS", "false")])
         .await;
 
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     let refused = "SELECT count(*) FROM webhook_deliveries d JOIN events e ON e.id = d.event_id \
                    WHERE e.type = 'invoice.paid' AND d.status = 'failed'";
     wait_for("three refused deliveries", LIMIT, || async {
@@ -339,7 +339,7 @@ async fn redirects_are_not_followed_and_count_as_failures() {
     let tenant = api.register("redirect@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     wait_for("the delivery to fail", LIMIT, || async {
         env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'")
             .await
@@ -364,7 +364,7 @@ async fn only_the_first_4_kib_of_an_answer_are_kept() {
     let tenant = api.register("bigbody@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     wait_for("the delivery", LIMIT, || async {
         env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'")
             .await
@@ -386,7 +386,7 @@ async fn events_older_than_the_retention_are_deleted_with_their_deliveries() {
     let receiver = Receiver::start().await;
     let tenant = api.register("retention@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
-    env.record_events(&tenant.id, 3, "invoice.paid").await;
+    env.record_events(&tenant, 3, "invoice.paid").await;
     sqlx::query(
         "UPDATE events SET created_at = now() - interval '31 days' \
          WHERE id IN (SELECT id FROM events WHERE type = 'invoice.paid' LIMIT 2)",
@@ -420,7 +420,7 @@ async fn an_answer_with_a_nul_byte_is_recorded_and_holds_back_no_other_delivery(
     let tenant = api.register("nul@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
-    env.record_events(&tenant.id, 20, "invoice.paid").await;
+    env.record_events(&tenant, 20, "invoice.paid").await;
     wait_for("every delivery recorded", LIMIT, || async {
         env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'")
             .await

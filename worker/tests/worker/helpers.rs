@@ -20,7 +20,7 @@ use poem::{
     web::Data,
 };
 use serde_json::{Value, json};
-use shared::{config::Settings, db::events::NewEvent, ids::TenantId, tenancy::Scope};
+use shared::{config::Settings, db::events::NewEvent, domain::api_key::PresentedKey};
 use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgConnectOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -189,11 +189,14 @@ impl Env {
     }
 
     /// Records `n` events of one type for a tenant (test mode), fanned out to its endpoints.
-    pub async fn record_events(&self, tenant_id: &str, n: usize, event_type: &str) {
-        let scope = Scope {
-            tenant_id: TenantId::parse(tenant_id).expect("tenant id"),
-            livemode: false,
-        };
+    pub async fn record_events(&self, tenant: &Tenant, n: usize, event_type: &str) {
+        // The tenant's test-mode scope, as authenticating its secret key gives it.
+        let presented = PresentedKey::parse(&tenant.sk_test).expect("a secret key");
+        let scope = shared::db::api_keys::find_active_by_hash(&self.pool, &presented.hash)
+            .await
+            .expect("the tenant's key")
+            .context()
+            .scope();
         let events: Vec<NewEvent> = (0..n)
             .map(|i| NewEvent::new(event_type, json!({ "object": "thing", "n": i })))
             .collect();

@@ -82,7 +82,7 @@ async fn sigterm_lets_running_deliveries_finish_and_records_them() {
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let port = free_port();
     let mut child = env.worker_process(port);
-    env.record_events(&tenant.id, 5, "invoice.paid").await;
+    env.record_events(&tenant, 5, "invoice.paid").await;
     wait_for("deliveries in flight", Duration::from_secs(20), || async {
         receiver.count() >= 5
     })
@@ -141,7 +141,7 @@ async fn operators_list_dead_jobs_and_retry_them_with_the_worker_binary() {
     let tenant = api.register("operator@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     let worker = env.worker().await;
-    env.record_events(&tenant.id, 1, "invoice.paid").await;
+    env.record_events(&tenant, 1, "invoice.paid").await;
     wait_for("a dead job", Duration::from_secs(20), || async {
         env.scalar("SELECT count(*) FROM jobs WHERE state = 'dead'")
             .await

@@ -110,7 +110,7 @@ async fn after_10000_jobs_redis_holds_none_of_them_and_a_restarted_fleet_keeps_d
     started(port).await;
 
     // 10,000 jobs through one consumer.
-    env.record_events(&tenant.id, 10_000, "invoice.paid").await;
+    env.record_events(&tenant, 10_000, "invoice.paid").await;
     wait_for("10,000 deliveries", Duration::from_secs(300), || async {
         succeeded(&env).await == 10_000
     })
@@ -170,7 +170,7 @@ async fn after_10000_jobs_redis_holds_none_of_them_and_a_restarted_fleet_keeps_d
         || async { footprint(&env).await.consumers == 1 },
     )
     .await;
-    env.record_events(&tenant.id, 300, "invoice.paid").await;
+    env.record_events(&tenant, 300, "invoice.paid").await;
     wait_for("300 more deliveries", Duration::from_secs(60), || async {
         succeeded(&env).await == 10_300
     })

@@ -91,7 +91,7 @@ async fn a_worker_killed_mid_batch_of_2000_loses_nothing_and_records_nothing_twi
     api.endpoint(&tenant.sk_test, &receiver.url).await;
 
     let mut first = env.worker_process(free_port());
-    env.record_events(&tenant.id, 2000, "invoice.paid").await;
+    env.record_events(&tenant, 2000, "invoice.paid").await;
     wait_for(
         "the first worker to get going",
         Duration::from_secs(60),
@@ -144,8 +144,7 @@ async fn a_backlog_of_50000_due_deliveries_drains_with_every_worker_alive() {
     let tenant = api.register("backlog@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
     // The receiver was down for hours: everything is due at once.
-    env.record_events(&tenant.id, N as usize, "invoice.paid")
-        .await;
+    env.record_events(&tenant, N as usize, "invoice.paid").await;
     assert_eq!(
         env.scalar("SELECT count(*) FROM jobs WHERE state = 'pending'")
             .await,
