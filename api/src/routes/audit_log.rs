@@ -1,7 +1,7 @@
 //! The audit log, read-only.
 
 use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
-use shared::{db, tenancy::Permission};
+use shared::tenancy::Permission;
 
 use super::ApiTags;
 use crate::{auth::Auth, error::ApiError, state::AppState};
@@ -59,9 +59,7 @@ impl AuditLogApi {
         if !(1..=100).contains(&limit) {
             return Err(ApiError::validation("limit", "must be between 1 and 100"));
         }
-        let page = db::audit::list(&state.pool, ctx, limit, before.0)
-            .await
-            .map_err(ApiError::from_db("entry"))?;
+        let page = shared::service::audit::list(&state.pool, ctx, limit, before.0).await?;
         Ok(Json(AuditEntryList {
             has_more: page.has_more,
             data: page

@@ -9,24 +9,15 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::{
-        self, DbError,
-        bundles::{BundleChanges, BundleRow, ItemRow, NewBundle},
-        products::PriceRow,
-    },
-    domain::{
-        catalog::{Description, Name},
-        money::{Currency, Money, basis_points},
-        pricing::PriceModel,
-    },
+    domain::catalog::{Description, Name},
     ids::{BundleId, PriceId},
-    tenancy::{Permission, TenantContext},
+    service::bundles::{self as service, BundleSpec, BundleUpdate, PricedBundle},
+    tenancy::Permission,
 };
 
 use super::{
     ApiTags,
-    dto::{metadata, page_request, record_event},
-    products::{price_display, stored_interval},
+    dto::{metadata, page_request},
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -144,125 +135,43 @@ fn bundle_id(raw: &str) -> Result<BundleId, ApiError> {
     BundleId::parse(raw).map_err(|_| ApiError::not_found("bundle"))
 }
 
-fn db_err(e: DbError) -> ApiError {
-    match e {
-        DbError::UniqueViolation(c) if c == "bundles_name_key" => ApiError {
-            field: Some("name".into()),
-            ..ApiError::conflict(
-                "bundle_name_taken",
-                "A bundle with this name already exists.",
-            )
-        },
-        other => ApiError::from_db("bundle")(other),
+impl From<PricedBundle> for BundleOut {
+    fn from(p: PricedBundle) -> Self {
+        let b = p.row;
+        Self {
+            id: b.id.to_string(),
+            object: "bundle".into(),
+            price_display: p.price_display,
+            savings_display: p.savings_display,
+            name: b.name,
+            description: b.description,
+            currency: b.currency,
+            interval: b.interval,
+            interval_count: b.interval_count,
+            discount_bps: b.discount_bps,
+            list_amount: p.list_amount,
+            amount: p.amount,
+            savings: p.savings,
+            items: p
+                .items
+                .into_iter()
+                .map(|i| BundleItemOut {
+                    price_display: i.price.price_display(),
+                    price_id: i.price.id.to_string(),
+                    product_id: i.price.product_id.to_string(),
+                    nickname: i.price.nickname,
+                    quantity: i.quantity,
+                    amount: i.amount,
+                })
+                .collect(),
+            active: b.active,
+            featured: b.featured,
+            metadata: b.metadata,
+            livemode: b.livemode,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+        }
     }
-}
-
-fn begin_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("database", e)
-}
-
-fn discount(bps: u32) -> Result<i32, ApiError> {
-    if bps > 10_000 {
-        return Err(ApiError::validation(
-            "discount_bps",
-            "must be at most 10000 (100 %)",
-        ));
-    }
-    Ok(i32::try_from(bps).unwrap_or(10_000))
-}
-
-/// What a member costs for a quantity.
-fn member_amount(p: &PriceRow, quantity: i32) -> Result<i64, ApiError> {
-    let model: PriceModel = serde_json::from_value(p.model.clone()).map_err(ApiError::internal)?;
-    model
-        .amount_for(u64::try_from(quantity).unwrap_or(1))
-        .map_err(|e| ApiError::validation("items", format!("cannot be priced: {e}")))
-}
-
-/// Builds the output: the members priced, the discount applied.
-fn render(
-    b: BundleRow,
-    items: &[ItemRow],
-    prices: &HashMap<PriceId, PriceRow>,
-) -> Result<BundleOut, ApiError> {
-    let mut out_items = Vec::with_capacity(items.len());
-    let mut list: i64 = 0;
-    for item in items {
-        let Some(p) = prices.get(&item.price_id) else {
-            continue;
-        };
-        let amount = member_amount(p, item.quantity)?;
-        list = list
-            .checked_add(amount)
-            .ok_or_else(|| ApiError::validation("items", "the total is too large"))?;
-        out_items.push(BundleItemOut {
-            price_id: p.id.to_string(),
-            product_id: p.product_id.to_string(),
-            nickname: p.nickname.clone(),
-            quantity: item.quantity,
-            amount,
-            price_display: price_display(p),
-        });
-    }
-    let off = basis_points(list, u32::try_from(b.discount_bps).unwrap_or(0))
-        .ok_or_else(|| ApiError::validation("discount_bps", "overflows the total"))?;
-    let amount = list - off;
-    let currency = Currency::parse(&b.currency).map_err(ApiError::internal)?;
-    let interval = stored_interval(b.interval.as_deref(), b.interval_count);
-    let show = |v: i64| match interval {
-        Some(i) => Money::new(v, currency).display_per(i),
-        None => Money::new(v, currency).display(),
-    };
-    Ok(BundleOut {
-        id: b.id.to_string(),
-        object: "bundle".into(),
-        price_display: show(amount),
-        savings_display: show(off),
-        name: b.name,
-        description: b.description,
-        currency: b.currency,
-        interval: b.interval,
-        interval_count: b.interval_count,
-        discount_bps: b.discount_bps,
-        list_amount: list,
-        amount,
-        savings: off,
-        items: out_items,
-        active: b.active,
-        featured: b.featured,
-        metadata: b.metadata,
-        livemode: b.livemode,
-        created_at: b.created_at,
-        updated_at: b.updated_at,
-    })
-}
-
-/// Loads bundles' members and prices and renders them.
-async fn load(
-    conn: &mut sqlx::PgConnection,
-    ctx: &TenantContext,
-    bundles: Vec<BundleRow>,
-) -> Result<Vec<BundleOut>, ApiError> {
-    let ids: Vec<uuid::Uuid> = bundles.iter().map(|b| b.id.as_uuid()).collect();
-    let items = db::bundles::items(conn, ctx, &ids).await.map_err(db_err)?;
-    let price_ids: Vec<uuid::Uuid> = items.iter().map(|i| i.price_id.as_uuid()).collect();
-    let prices: HashMap<PriceId, PriceRow> = db::products::get_prices(conn, ctx, &price_ids)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(|p| (p.id, p))
-        .collect();
-    bundles
-        .into_iter()
-        .map(|b| {
-            let mine: Vec<ItemRow> = items
-                .iter()
-                .filter(|i| i.bundle_id == b.id)
-                .copied()
-                .collect();
-            render(b, &mine, &prices)
-        })
-        .collect()
 }
 
 #[OpenApi]
@@ -287,104 +196,29 @@ impl BundlesApi {
         let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
         let description = Description::parse(b.description.as_deref().unwrap_or(""))
             .map_err(ApiError::invalid("description"))?;
-        let discount_bps = discount(b.discount_bps)?;
-        if !(2..=20).contains(&b.items.len()) {
-            return Err(ApiError::validation("items", "must list 2 to 20 prices"));
-        }
-        let mut items: Vec<(PriceId, i32)> = Vec::with_capacity(b.items.len());
+        let mut items: Vec<(PriceId, u32)> = Vec::with_capacity(b.items.len());
         for (i, item) in b.items.iter().enumerate() {
-            let field = format!("items[{i}].price_id");
             let id = PriceId::parse(&item.price_id)
-                .map_err(|e| ApiError::validation(&field, e.to_string()))?;
-            if items.iter().any(|(p, _)| *p == id) {
-                return Err(ApiError::validation(&field, "appears twice"));
-            }
-            let quantity = item.quantity.unwrap_or(1);
-            if quantity == 0 || quantity > 10_000 {
-                return Err(ApiError::validation(
-                    format!("items[{i}].quantity"),
-                    "must be between 1 and 10000",
-                ));
-            }
-            items.push((id, i32::try_from(quantity).unwrap_or(1)));
+                .map_err(|e| ApiError::validation(format!("items[{i}].price_id"), e.to_string()))?;
+            items.push((id, item.quantity.unwrap_or(1)));
         }
-        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let ids: Vec<uuid::Uuid> = items.iter().map(|(p, _)| p.as_uuid()).collect();
-        let prices: HashMap<PriceId, PriceRow> = db::products::get_prices(&mut *tx, ctx, &ids)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
-        let mut first: Option<&PriceRow> = None;
-        for (i, (id, _)) in items.iter().enumerate() {
-            let field = format!("items[{i}].price_id");
-            // Another tenant's price is as unknown as a missing one.
-            let p = prices
-                .get(id)
-                .ok_or_else(|| ApiError::validation(&field, "no such price"))?;
-            if !p.active {
-                return Err(ApiError::validation(&field, "is archived"));
-            }
-            if p.usage.is_some() {
-                return Err(ApiError::validation(
-                    &field,
-                    "is metered: a bundle is priced up front",
-                ));
-            }
-            match first {
-                None => first = Some(p),
-                Some(f) if f.currency != p.currency => {
-                    return Err(ApiError::validation(&field, "has another currency"));
-                }
-                Some(f)
-                    if stored_interval(f.interval.as_deref(), f.interval_count)
-                        .map(|i| i.to_stripe())
-                        != stored_interval(p.interval.as_deref(), p.interval_count)
-                            .map(|i| i.to_stripe()) =>
-                {
-                    return Err(ApiError::validation(&field, "recurs differently"));
-                }
-                Some(_) => {}
-            }
-        }
-        let Some(first) = first else {
-            return Err(ApiError::validation("items", "must list 2 to 20 prices"));
-        };
-        let row = db::bundles::create(
-            &mut *tx,
-            ctx,
-            NewBundle {
-                id: BundleId::new(),
-                name: name.as_str(),
-                description: description.as_str(),
-                discount_bps,
-                currency: &first.currency,
-                interval: first
-                    .interval
-                    .as_deref()
-                    .map(|i| (i, first.interval_count.unwrap_or(1))),
-                featured: b.featured.unwrap_or(false),
-                metadata: &metadata,
-                items: &items,
-            },
-            now,
-        )
-        .await
-        .map_err(db_err)?;
-        let item_rows: Vec<ItemRow> = items
-            .iter()
-            .map(|(price_id, quantity)| ItemRow {
-                bundle_id: row.id,
-                price_id: *price_id,
-                quantity: *quantity,
-            })
-            .collect();
-        let out = render(row, &item_rows, &prices)?;
-        record_event(&mut *tx, now, ctx, "bundle.created", &out).await?;
+        let out = BundleOut::from(
+            service::create(
+                &mut work,
+                ctx,
+                BundleSpec {
+                    name: &name,
+                    description: &description,
+                    discount_bps: b.discount_bps,
+                    items: &items,
+                    featured: b.featured.unwrap_or(false),
+                    metadata: &metadata,
+                },
+            )
+            .await?,
+        );
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedBundle::Created(Json(out)))
     }
@@ -411,13 +245,9 @@ impl BundlesApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             BundleId::parse(s).map(|id| id.as_uuid())
         })?;
-        let page = db::bundles::list(&state.pool, ctx, page)
-            .await
-            .map_err(db_err)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let data = load(&mut conn, ctx, page.items).await?;
+        let page = service::list(&state.pool, ctx, page).await?;
         Ok(Json(BundleList {
-            data,
+            data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
         }))
     }
@@ -437,14 +267,8 @@ impl BundlesApi {
         id: Path<String>,
     ) -> Result<Json<BundleOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let row = db::bundles::get(&mut conn, ctx, bundle_id(&id.0)?)
-            .await
-            .map_err(db_err)?;
-        let mut out = load(&mut conn, ctx, vec![row]).await?;
-        out.pop()
-            .map(Json)
-            .ok_or_else(|| ApiError::not_found("bundle"))
+        let bundle = service::get(&state.pool, ctx, bundle_id(&id.0)?).await?;
+        Ok(Json(bundle.into()))
     }
 
     /// Update a bundle
@@ -479,22 +303,24 @@ impl BundlesApi {
             .map(Description::parse)
             .transpose()
             .map_err(ApiError::invalid("description"))?;
-        let discount_bps = b.discount_bps.map(discount).transpose()?;
         let metadata = metadata(b.metadata.as_ref())?;
-        let out = change(
-            req,
-            ctx,
-            id,
-            BundleChanges {
-                name: name.as_ref().map(Name::as_str),
-                description: description.as_ref().map(Description::as_str),
-                discount_bps,
-                active: b.active,
-                featured: b.featured,
-                metadata: metadata.as_ref(),
-            },
-        )
-        .await?;
+        let mut work = Work::begin(req).await?;
+        let out = BundleOut::from(
+            service::update(
+                &mut work,
+                ctx,
+                id,
+                BundleUpdate {
+                    name: name.as_ref(),
+                    description: description.as_ref(),
+                    discount_bps: b.discount_bps,
+                    active: b.active,
+                    featured: b.featured,
+                    metadata: metadata.as_ref(),
+                },
+            )
+            .await?,
+        );
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
@@ -514,61 +340,171 @@ impl BundlesApi {
         id: Path<String>,
     ) -> Result<Json<BundleOut>, ApiError> {
         let ctx = auth.require(Permission::WriteBilling)?;
-        let out = change(
-            req,
-            ctx,
-            bundle_id(&id.0)?,
-            BundleChanges {
-                active: Some(false),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let id = bundle_id(&id.0)?;
+        let mut work = Work::begin(req).await?;
+        let out = BundleOut::from(service::deactivate(&mut work, ctx, id).await?);
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
 }
 
-async fn change(
-    req: &Request,
-    ctx: &TenantContext,
-    id: BundleId,
-    changes: BundleChanges<'_>,
-) -> Result<BundleOut, ApiError> {
-    let mut work = Work::begin(req).await?;
-    let now = work.now();
-    let tx = work.conn();
-    // In a savepoint: a change that changes nothing is undone.
-    let mut sp = sqlx::Connection::begin(&mut *tx)
-        .await
-        .map_err(|e| ApiError::db(e.into()))?;
-    let before = db::bundles::get(&mut sp, ctx, id).await.map_err(db_err)?;
-    let row = db::bundles::update(&mut sp, ctx, id, changes, now)
-        .await
-        .map_err(db_err)?;
-    let fields = |b: &BundleRow| {
-        (
-            b.name.clone(),
-            b.description.clone(),
-            b.discount_bps,
-            b.active,
-            b.featured,
-            b.metadata.clone(),
-        )
+#[cfg(test)]
+mod tests {
+    //! Events carry catalog objects as the API shows them: the rendering in `shared` (used by
+    //! the services) and the DTOs here must agree field for field.
+
+    use chrono::TimeZone;
+    use poem_openapi::types::ToJSON;
+    use serde_json::json;
+    use shared::{
+        db::{
+            bundles::BundleRow, catalog_sync::SyncStatus, plans::PlanRow, products::PriceRow,
+            products::ProductRow,
+        },
+        ids::{BundleId, PlanId, PriceId, ProductId, TenantId},
+        service::bundles::{PricedBundle, PricedItem},
     };
-    if fields(&row) == fields(&before) {
-        // Nothing changed: no event.
-        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
-        return load(tx, ctx, vec![before])
-            .await?
-            .pop()
-            .ok_or_else(|| ApiError::not_found("bundle"));
+
+    use super::BundleOut;
+    use crate::routes::{plans::PlanOut, products::PriceOut, products::ProductOut};
+
+    fn at(h: u32) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc
+            .with_ymd_and_hms(2026, 1, 31, h, 0, 0)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::microseconds(123_456))
+            .unwrap()
     }
-    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
-    let out = load(&mut *tx, ctx, vec![row])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::not_found("bundle"))?;
-    record_event(&mut *tx, now, ctx, "bundle.updated", &out).await?;
-    Ok(out)
+
+    fn product() -> ProductRow {
+        ProductRow {
+            id: ProductId::new(),
+            tenant_id: TenantId::new(),
+            livemode: false,
+            name: "AutoFlow".into(),
+            code: Some("autoflow".into()),
+            description: "Workflows".into(),
+            features: json!(["a", "b"]),
+            metadata: json!({"k": "v"}),
+            active: true,
+            stripe_product_id: None,
+            sync_status: SyncStatus::NotSynced,
+            sync_error: Some("no account".into()),
+            sync_version: 2,
+            synced_version: 1,
+            synced_at: None,
+            created_at: at(1),
+            updated_at: at(2),
+        }
+    }
+
+    fn price(product: ProductId, usage: Option<serde_json::Value>) -> PriceRow {
+        PriceRow {
+            id: PriceId::new(),
+            tenant_id: TenantId::new(),
+            livemode: true,
+            product_id: product,
+            nickname: "Pro".into(),
+            currency: "usd".into(),
+            interval: Some("month".into()),
+            interval_count: Some(1),
+            model: json!({"type": "flat", "amount": 2999}),
+            usage,
+            active: true,
+            metadata: json!({}),
+            stripe_price_id: Some("price_123".into()),
+            sync_status: SyncStatus::Synced,
+            sync_error: None,
+            sync_version: 1,
+            synced_version: 1,
+            synced_at: Some(at(3)),
+            created_at: at(4),
+            updated_at: at(5),
+        }
+    }
+
+    #[test]
+    fn products_and_prices_render_in_events_as_the_api_shows_them() {
+        let p = product();
+        assert_eq!(ProductOut::from(p.clone()).to_json().unwrap(), p.to_json());
+        for usage in [None, Some(json!({"metric": "calls", "aggregation": "sum"}))] {
+            let pr = price(p.id, usage);
+            assert_eq!(PriceOut::from(pr.clone()).to_json().unwrap(), pr.to_json());
+        }
+    }
+
+    #[test]
+    fn plans_render_in_events_as_the_api_shows_them() {
+        for (trial_days, duplicated_from, synced_at) in
+            [(0, None, None), (14, Some(PlanId::new()), Some(at(6)))]
+        {
+            let plan = PlanRow {
+                id: PlanId::new(),
+                tenant_id: TenantId::new(),
+                livemode: false,
+                name: "Pro".into(),
+                description: String::new(),
+                amount: 2999,
+                currency: "usd".into(),
+                interval: "month".into(),
+                interval_count: 1,
+                trial_days,
+                features: json!([]),
+                metadata: json!({"tier": "2"}),
+                is_active: true,
+                is_visible: false,
+                duplicated_from,
+                stripe_product_id: Some("prod_1".into()),
+                stripe_price_id: None,
+                sync_status: SyncStatus::Pending,
+                sync_error: None,
+                sync_version: 1,
+                synced_version: 0,
+                synced_at,
+                created_at: at(1),
+                updated_at: at(2),
+            };
+            assert_eq!(
+                PlanOut::from(plan.clone()).to_json().unwrap(),
+                plan.to_json()
+            );
+        }
+    }
+
+    #[test]
+    fn bundles_render_in_events_as_the_api_shows_them() {
+        let p = product();
+        let bundle = PricedBundle {
+            row: BundleRow {
+                id: BundleId::new(),
+                tenant_id: TenantId::new(),
+                livemode: false,
+                name: "Suite".into(),
+                description: "All of it".into(),
+                discount_bps: 1000,
+                currency: "usd".into(),
+                interval: Some("month".into()),
+                interval_count: Some(1),
+                active: true,
+                featured: true,
+                metadata: json!({}),
+                created_at: at(1),
+                updated_at: at(2),
+            },
+            items: vec![PricedItem {
+                price: price(p.id, None),
+                quantity: 2,
+                amount: 5998,
+            }],
+            list_amount: 5998,
+            amount: 5398,
+            savings: 600,
+            price_display: "$53.98/month".into(),
+            savings_display: "$6.00/month".into(),
+        };
+        assert_eq!(
+            BundleOut::from(bundle.clone()).to_json().unwrap(),
+            bundle.to_json()
+        );
+    }
 }

@@ -207,30 +207,11 @@ pub fn page_request<E: std::fmt::Display>(
     Ok(PageRequest { limit, cursor })
 }
 
-/// Records an event about an object, as the API shows it, in the request's transaction.
-pub async fn record_event<T: poem_openapi::types::ToJSON>(
-    tx: &mut sqlx::PgConnection,
-    now: chrono::DateTime<chrono::Utc>,
-    ctx: &shared::tenancy::TenantContext,
-    event_type: &str,
-    object: &T,
-) -> Result<(), crate::error::ApiError> {
-    shared::db::events::record(
-        tx,
-        ctx.scope(),
-        shared::db::events::NewEvent::new(event_type, object.to_json().unwrap_or_default()),
-        now,
-    )
-    .await
-    .map(|_| ())
-    .map_err(crate::error::ApiError::db)
-}
-
-/// Parses optional key-value metadata (Stripe's limits) into its stored form.
+/// Parses optional key-value metadata (Stripe's limits).
 pub fn metadata(
     m: Option<&std::collections::HashMap<String, String>>,
-) -> Result<Option<serde_json::Value>, crate::error::ApiError> {
-    m.map(|m| shared::domain::catalog::Metadata::parse(m).map(|m| m.to_json()))
+) -> Result<Option<shared::domain::catalog::Metadata>, crate::error::ApiError> {
+    m.map(shared::domain::catalog::Metadata::parse)
         .transpose()
         .map_err(crate::error::ApiError::invalid("metadata"))
 }

@@ -9,23 +9,20 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::{
-        self, DbError,
-        catalog_sync::{self, Synced},
-        plans::{NewPlan, PlanChanges, PlanFilter, PlanRow},
-    },
+    db::plans::PlanRow,
     domain::{
         catalog::{Description, Features, Name},
         interval::{Interval, IntervalUnit},
-        money::{Currency, Money},
+        money::Currency,
     },
     ids::PlanId,
-    tenancy::{Permission, TenantContext},
+    service::catalog::{self as service, PlanQuery, PlanSpec, PlanUpdate},
+    tenancy::Permission,
 };
 
 use super::{
     ApiTags,
-    dto::{immutable, metadata, page_request, record_event},
+    dto::{immutable, metadata, page_request},
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -151,21 +148,12 @@ pub struct PlanOut {
     pub updated_at: DateTime<Utc>,
 }
 
-fn price_display(p: &PlanRow) -> String {
-    let currency = Currency::parse(&p.currency);
-    let interval = Interval::from_stored(&p.interval, p.interval_count);
-    match (currency, interval) {
-        (Ok(c), Ok(i)) => Money::new(p.amount, c).display_per(i),
-        _ => format!("{} {}/{}", p.amount, p.currency, p.interval),
-    }
-}
-
 impl From<PlanRow> for PlanOut {
     fn from(p: PlanRow) -> Self {
         Self {
             id: p.id.to_string(),
             object: "plan".into(),
-            price_display: price_display(&p),
+            price_display: p.price_display(),
             has_trial: p.trial_days > 0,
             name: p.name,
             description: p.description,
@@ -182,7 +170,7 @@ impl From<PlanRow> for PlanOut {
             livemode: p.livemode,
             stripe_product_id: p.stripe_product_id,
             stripe_price_id: p.stripe_price_id,
-            sync_status: p.sync_status,
+            sync_status: p.sync_status.to_string(),
             sync_error: p.sync_error,
             synced_at: p.synced_at,
             created_at: p.created_at,
@@ -208,113 +196,10 @@ fn parse_id(raw: &str) -> Result<PlanId, ApiError> {
     PlanId::parse(raw).map_err(|_| ApiError::not_found("plan"))
 }
 
-fn db_err(e: DbError) -> ApiError {
-    match e {
-        DbError::UniqueViolation(c) if c == "plans_name_key" => ApiError {
-            field: Some("name".into()),
-            ..ApiError::conflict("plan_name_taken", "A plan with this name already exists.")
-        },
-        other => ApiError::from_db("plan")(other),
-    }
-}
-
-fn begin_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("database", e)
-}
-
-fn features(f: Option<&[String]>) -> Result<Option<serde_json::Value>, ApiError> {
-    f.map(|f| Features::parse(f).map(|f| f.to_json()))
+fn features(f: Option<&[String]>) -> Result<Option<Features>, ApiError> {
+    f.map(Features::parse)
         .transpose()
         .map_err(ApiError::invalid("features"))
-}
-
-fn trial_days(t: Option<u32>) -> Result<Option<i32>, ApiError> {
-    match t {
-        Some(t) if t > 730 => Err(ApiError::validation("trial_days", "must be at most 730")),
-        other => Ok(other.and_then(|t| i32::try_from(t).ok())),
-    }
-}
-
-/// Creates a plan row, queues its sync when there is a Stripe to sync with, and records the
-/// event; all in the caller's transaction.
-async fn insert_plan(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    now: chrono::DateTime<chrono::Utc>,
-    ctx: &TenantContext,
-    plan: NewPlan<'_>,
-) -> Result<PlanRow, ApiError> {
-    let target = catalog_sync::has_target(tx, &state.settings.stripe, ctx.scope())
-        .await
-        .map_err(ApiError::db)?;
-    let plan = NewPlan {
-        sync_status: if target { "pending" } else { "not_synced" },
-        ..plan
-    };
-    let row = db::plans::create(tx, ctx, plan, now)
-        .await
-        .map_err(db_err)?;
-    if target {
-        catalog_sync::schedule(tx, Synced::Plan, ctx.scope(), row.id.as_uuid(), now)
-            .await
-            .map_err(ApiError::db)?;
-    }
-    record_event(tx, now, ctx, "plan.created", &PlanOut::from(row.clone())).await?;
-    Ok(row)
-}
-
-/// Applies changes; a change Stripe must hear of queues the sync.
-async fn change(
-    state: &AppState,
-    req: &Request,
-    ctx: &TenantContext,
-    id: PlanId,
-    changes: PlanChanges<'_>,
-    event_type: &str,
-) -> Result<PlanRow, ApiError> {
-    let mut work = Work::begin(req).await?;
-    let now = work.now();
-    let tx = work.conn();
-    // In a savepoint: a change that changes nothing is undone.
-    let mut sp = sqlx::Connection::begin(&mut *tx)
-        .await
-        .map_err(|e| ApiError::db(e.into()))?;
-    let before = db::plans::get(&mut sp, ctx, id).await.map_err(db_err)?;
-    let row = db::plans::update(&mut sp, ctx, id, changes, now)
-        .await
-        .map_err(db_err)?;
-    let fields = |p: &PlanRow| {
-        (
-            p.name.clone(),
-            p.description.clone(),
-            p.features.clone(),
-            p.metadata.clone(),
-            p.is_active,
-            p.is_visible,
-            p.trial_days,
-        )
-    };
-    if fields(&row) == fields(&before) {
-        // Nothing changed: no event, no new version.
-        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
-        return Ok(before);
-    }
-    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
-    if row.sync_version != before.sync_version {
-        catalog_sync::changed(
-            &mut *tx,
-            &state.settings.stripe,
-            Synced::Plan,
-            ctx.scope(),
-            id.as_uuid(),
-            now,
-        )
-        .await
-        .map_err(ApiError::db)?;
-    }
-    let row = db::plans::get(&mut *tx, ctx, id).await.map_err(db_err)?;
-    record_event(&mut *tx, now, ctx, event_type, &PlanOut::from(row.clone())).await?;
-    Ok(row)
 }
 
 #[OpenApi]
@@ -342,40 +227,29 @@ impl PlansApi {
         let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
         let description = Description::parse(b.description.as_deref().unwrap_or(""))
             .map_err(ApiError::invalid("description"))?;
-        if b.price_cents < 0 {
-            return Err(ApiError::validation("price_cents", "must not be negative"));
-        }
         let currency = Currency::parse(b.currency.as_deref().unwrap_or("usd"))
             .map_err(ApiError::invalid("currency"))?;
         let unit = IntervalUnit::parse(&b.billing_interval)
             .map_err(ApiError::invalid("billing_interval"))?;
         let interval = Interval::new(unit, b.interval_count.unwrap_or(1))
             .map_err(ApiError::invalid("interval_count"))?;
-        let trial = trial_days(b.trial_days)?.unwrap_or(0);
-        let features = features(b.features.as_deref())?.unwrap_or_else(|| serde_json::json!([]));
-        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let features = features(b.features.as_deref())?.unwrap_or_default();
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let row = insert_plan(
-            &mut *tx,
-            &state,
-            now,
+        let row = service::create_plan(
+            &mut work,
             ctx,
-            NewPlan {
-                id: PlanId::new(),
-                name: name.as_str(),
-                description: description.as_str(),
+            &state.settings.stripe,
+            PlanSpec {
+                name: &name,
+                description: &description,
                 amount: b.price_cents,
-                currency: currency.as_str(),
-                interval: interval.unit().as_str(),
-                interval_count: i32::try_from(interval.count()).unwrap_or(1),
-                trial_days: trial,
+                currency,
+                interval,
+                trial_days: b.trial_days.unwrap_or(0),
                 features: &features,
                 metadata: &metadata,
                 is_visible: b.is_visible.unwrap_or(true),
-                duplicated_from: None,
-                sync_status: "pending",
             },
         )
         .await?;
@@ -421,25 +295,17 @@ impl PlansApi {
             .map(IntervalUnit::parse)
             .transpose()
             .map_err(ApiError::invalid("billing_interval"))?;
-        let search = search.0.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
-            return Err(ApiError::validation(
-                "search",
-                "must be at most 100 characters, without control characters",
-            ));
-        }
-        let page = db::plans::list(
+        let page = service::list_plans(
             &state.pool,
             ctx,
-            PlanFilter {
+            PlanQuery {
                 is_active: is_active.0,
-                interval: interval.map(IntervalUnit::as_str),
-                search,
+                interval,
+                search: search.0.as_deref(),
             },
             page,
         )
-        .await
-        .map_err(db_err)?;
+        .await?;
         Ok(Json(PlanList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -463,10 +329,7 @@ impl PlansApi {
         id: Path<String>,
     ) -> Result<Json<PlanOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let row = db::plans::get(&mut conn, ctx, parse_id(&id.0)?)
-            .await
-            .map_err(db_err)?;
+        let row = service::get_plan(&state.pool, ctx, parse_id(&id.0)?).await?;
         Ok(Json(row.into()))
     }
 
@@ -517,22 +380,21 @@ impl PlansApi {
             .map_err(ApiError::invalid("description"))?;
         let features = features(b.features.as_deref())?;
         let metadata = metadata(b.metadata.as_ref())?;
-        let trial = trial_days(b.trial_days)?;
-        let row = change(
-            &state,
-            req,
+        let mut work = Work::begin(req).await?;
+        let row = service::update_plan(
+            &mut work,
             ctx,
+            &state.settings.stripe,
             id,
-            PlanChanges {
-                name: name.as_ref().map(Name::as_str),
-                description: description.as_ref().map(Description::as_str),
+            PlanUpdate {
+                name: name.as_ref(),
+                description: description.as_ref(),
                 features: features.as_ref(),
                 metadata: metadata.as_ref(),
                 is_visible: b.is_visible,
                 is_active: b.is_active,
-                trial_days: trial,
+                trial_days: b.trial_days,
             },
-            "plan.updated",
         )
         .await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
@@ -559,18 +421,9 @@ impl PlansApi {
         id: Path<String>,
     ) -> Result<Json<PlanOut>, ApiError> {
         let ctx = auth.require(Permission::WriteBilling)?;
-        let row = change(
-            &state,
-            req,
-            ctx,
-            parse_id(&id.0)?,
-            PlanChanges {
-                is_active: Some(false),
-                ..Default::default()
-            },
-            "plan.deactivated",
-        )
-        .await?;
+        let id = parse_id(&id.0)?;
+        let mut work = Work::begin(req).await?;
+        let row = service::deactivate_plan(&mut work, ctx, &state.settings.stripe, id).await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));
         Ok(Json(row.into()))
     }
@@ -599,33 +452,14 @@ impl PlansApi {
         let id = parse_id(&id.0)?;
         let b = body.0;
         let name = Name::parse(&b.name).map_err(ApiError::invalid("name"))?;
-        if b.price_cents.is_some_and(|p| p < 0) {
-            return Err(ApiError::validation("price_cents", "must not be negative"));
-        }
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let original = db::plans::get(&mut *tx, ctx, id).await.map_err(db_err)?;
-        let row = insert_plan(
-            &mut *tx,
-            &state,
-            now,
+        let row = service::duplicate_plan(
+            &mut work,
             ctx,
-            NewPlan {
-                id: PlanId::new(),
-                name: name.as_str(),
-                description: &original.description,
-                amount: b.price_cents.unwrap_or(original.amount),
-                currency: &original.currency,
-                interval: &original.interval,
-                interval_count: original.interval_count,
-                trial_days: original.trial_days,
-                features: &original.features,
-                metadata: &original.metadata,
-                is_visible: original.is_visible,
-                duplicated_from: Some(original.id),
-                sync_status: "pending",
-            },
+            &state.settings.stripe,
+            id,
+            &name,
+            b.price_cents,
         )
         .await?;
         note(req, |n| n.object_id = Some(row.id.to_string()));

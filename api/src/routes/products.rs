@@ -11,11 +11,7 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 use shared::{
-    db::{
-        self, DbError,
-        catalog_sync::{self, Synced},
-        products::{NewPrice, NewProduct, PriceChanges, PriceRow, ProductChanges, ProductRow},
-    },
+    db::products::{PriceRow, ProductRow},
     domain::{
         catalog::{Code, Description, Features, Name},
         interval::{Interval, IntervalUnit},
@@ -23,12 +19,13 @@ use shared::{
         pricing::{self, Aggregation, PriceModel, PriceModelIn, Usage},
     },
     ids::{PriceId, ProductId},
-    tenancy::{Permission, TenantContext},
+    service::catalog::{self as service, PriceSpec, PriceUpdate, ProductSpec, ProductUpdate},
+    tenancy::Permission,
 };
 
 use super::{
     ApiTags,
-    dto::{immutable, metadata, page_request, record_event},
+    dto::{immutable, metadata, page_request},
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -110,7 +107,7 @@ impl From<ProductRow> for ProductOut {
             active: p.active,
             livemode: p.livemode,
             stripe_product_id: p.stripe_product_id,
-            sync_status: p.sync_status,
+            sync_status: p.sync_status.to_string(),
             sync_error: p.sync_error,
             created_at: p.created_at,
             updated_at: p.updated_at,
@@ -359,37 +356,12 @@ pub struct PriceOut {
     pub created_at: DateTime<Utc>,
 }
 
-/// The interval of a stored price, when it has one.
-pub fn stored_interval(interval: Option<&str>, count: Option<i32>) -> Option<Interval> {
-    Interval::from_stored(interval?, count.unwrap_or(1)).ok()
-}
-
-/// `$29.99/month` (or `$29.99` one-time) for flat and per-unit prices.
-pub fn price_display(p: &PriceRow) -> Option<String> {
-    if p.usage.is_some() {
-        return None;
-    }
-    let model: PriceModel = serde_json::from_value(p.model.clone()).ok()?;
-    let amount = match model.terms() {
-        PriceModelIn::Flat { amount } => *amount,
-        PriceModelIn::PerUnit { unit_amount } => *unit_amount,
-        _ => return None,
-    };
-    let money = Money::new(amount, Currency::parse(&p.currency).ok()?);
-    Some(
-        match stored_interval(p.interval.as_deref(), p.interval_count) {
-            Some(i) => money.display_per(i),
-            None => money.display(),
-        },
-    )
-}
-
 impl From<PriceRow> for PriceOut {
     fn from(p: PriceRow) -> Self {
         Self {
             id: p.id.to_string(),
             object: "price".into(),
-            price_display: price_display(&p),
+            price_display: p.price_display(),
             product_id: p.product_id.to_string(),
             nickname: p.nickname,
             currency: p.currency,
@@ -401,7 +373,7 @@ impl From<PriceRow> for PriceOut {
             metadata: p.metadata,
             livemode: p.livemode,
             stripe_price_id: p.stripe_price_id,
-            sync_status: p.sync_status,
+            sync_status: p.sync_status.to_string(),
             sync_error: p.sync_error,
             created_at: p.created_at,
         }
@@ -440,25 +412,10 @@ fn price_id(raw: &str) -> Result<PriceId, ApiError> {
     PriceId::parse(raw).map_err(|_| ApiError::not_found("price"))
 }
 
-fn product_err(e: DbError) -> ApiError {
-    match e {
-        DbError::UniqueViolation(c) if c == "products_code_key" => ApiError {
-            field: Some("code".into()),
-            ..ApiError::conflict(
-                "product_code_taken",
-                "A product with this code already exists.",
-            )
-        },
-        other => ApiError::from_db("product")(other),
-    }
-}
-
-fn price_err(e: DbError) -> ApiError {
-    ApiError::from_db("price")(e)
-}
-
-fn begin_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("database", e)
+fn features(f: Option<&[String]>) -> Result<Option<Features>, ApiError> {
+    f.map(Features::parse)
+        .transpose()
+        .map_err(ApiError::invalid("features"))
 }
 
 #[OpenApi]
@@ -490,45 +447,23 @@ impl ProductsApi {
             .map_err(ApiError::invalid("code"))?;
         let description = Description::parse(b.description.as_deref().unwrap_or(""))
             .map_err(ApiError::invalid("description"))?;
-        let features = Features::parse(b.features.as_deref().unwrap_or(&[]))
-            .map_err(ApiError::invalid("features"))?
-            .to_json();
-        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
+        let features = features(b.features.as_deref())?.unwrap_or_default();
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        let target = catalog_sync::has_target(&mut *tx, &state.settings.stripe, ctx.scope())
-            .await
-            .map_err(ApiError::db)?;
-        let row = db::products::create(
-            &mut *tx,
+        let row = service::create_product(
+            &mut work,
             ctx,
-            NewProduct {
-                id: ProductId::new(),
-                name: name.as_str(),
-                code: code.as_ref().map(Code::as_str),
-                description: description.as_str(),
+            &state.settings.stripe,
+            ProductSpec {
+                name: &name,
+                code: code.as_ref(),
+                description: &description,
                 features: &features,
                 metadata: &metadata,
-                sync_status: if target { "pending" } else { "not_synced" },
             },
-            now,
         )
-        .await
-        .map_err(product_err)?;
-        if target {
-            catalog_sync::schedule(
-                &mut *tx,
-                Synced::Product,
-                ctx.scope(),
-                row.id.as_uuid(),
-                now,
-            )
-            .await
-            .map_err(ApiError::db)?;
-        }
+        .await?;
         let out = ProductOut::from(row);
-        record_event(&mut *tx, now, ctx, "product.created", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedProduct::Created(Json(out)))
     }
@@ -557,9 +492,7 @@ impl ProductsApi {
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             ProductId::parse(s).map(|id| id.as_uuid())
         })?;
-        let page = db::products::list(&state.pool, ctx, active.0, page)
-            .await
-            .map_err(product_err)?;
+        let page = service::list_products(&state.pool, ctx, active.0, page).await?;
         Ok(Json(ProductList {
             data: page.items.into_iter().map(Into::into).collect(),
             has_more: page.has_more,
@@ -584,13 +517,7 @@ impl ProductsApi {
     ) -> Result<Json<ProductOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
         let id = product_id(&id.0)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let row = db::products::get(&mut conn, ctx, id)
-            .await
-            .map_err(product_err)?;
-        let prices = db::products::prices_of(&mut conn, ctx, id)
-            .await
-            .map_err(price_err)?;
+        let (row, prices) = service::get_product(&state.pool, ctx, id).await?;
         let mut out = ProductOut::from(row);
         out.prices = Some(prices.into_iter().map(Into::into).collect());
         Ok(Json(out))
@@ -627,27 +554,25 @@ impl ProductsApi {
             .map(Description::parse)
             .transpose()
             .map_err(ApiError::invalid("description"))?;
-        let features = b
-            .features
-            .as_deref()
-            .map(|f| Features::parse(f).map(|f| f.to_json()))
-            .transpose()
-            .map_err(ApiError::invalid("features"))?;
+        let features = features(b.features.as_deref())?;
         let metadata = metadata(b.metadata.as_ref())?;
-        let out = change_product(
-            &state,
-            req,
-            ctx,
-            id,
-            ProductChanges {
-                name: name.as_ref().map(Name::as_str),
-                description: description.as_ref().map(Description::as_str),
-                features: features.as_ref(),
-                metadata: metadata.as_ref(),
-                active: b.active,
-            },
-        )
-        .await?;
+        let mut work = Work::begin(req).await?;
+        let out = ProductOut::from(
+            service::update_product(
+                &mut work,
+                ctx,
+                &state.settings.stripe,
+                id,
+                ProductUpdate {
+                    name: name.as_ref(),
+                    description: description.as_ref(),
+                    features: features.as_ref(),
+                    metadata: metadata.as_ref(),
+                    active: b.active,
+                },
+            )
+            .await?,
+        );
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
@@ -670,17 +595,11 @@ impl ProductsApi {
         id: Path<String>,
     ) -> Result<Json<ProductOut>, ApiError> {
         let ctx = auth.require(Permission::WriteBilling)?;
-        let out = change_product(
-            &state,
-            req,
-            ctx,
-            product_id(&id.0)?,
-            ProductChanges {
-                active: Some(false),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let id = product_id(&id.0)?;
+        let mut work = Work::begin(req).await?;
+        let out = ProductOut::from(
+            service::archive_product(&mut work, ctx, &state.settings.stripe, id).await?,
+        );
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
@@ -708,15 +627,14 @@ impl ProductsApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let product = product_id(&id.0)?;
         let b = body.0;
-        let nickname = match b.nickname.as_deref() {
-            Some(n) => Name::parse(n)
-                .map_err(ApiError::invalid("nickname"))?
-                .as_str()
-                .to_owned(),
-            None => String::new(),
-        };
+        let nickname = b
+            .nickname
+            .as_deref()
+            .map(Name::parse)
+            .transpose()
+            .map_err(ApiError::invalid("nickname"))?;
         let currency = Currency::parse(&b.currency).map_err(ApiError::invalid("currency"))?;
-        let interval = b
+        let recurring = b
             .recurring
             .as_ref()
             .map(|r| {
@@ -733,61 +651,24 @@ impl ProductsApi {
             .map(|u| Usage::parse(&u.metric, u.aggregation.into()))
             .transpose()
             .map_err(ApiError::invalid("usage"))?;
-        if usage.is_some() && interval.is_none() {
-            return Err(ApiError::validation(
-                "usage",
-                "a metered price must be recurring: usage is billed per period",
-            ));
-        }
-        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_else(|| serde_json::json!({}));
-        let model_json = serde_json::to_value(&model).map_err(ApiError::internal)?;
-        let usage_json = usage
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(ApiError::internal)?;
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        // 404 for another tenant's (or a missing) product.
-        let owner = db::products::get(&mut *tx, ctx, product)
-            .await
-            .map_err(product_err)?;
-        if !owner.active {
-            return Err(ApiError::conflict(
-                "product_archived",
-                "The product is archived; reactivate it before adding prices.",
-            ));
-        }
-        let target = catalog_sync::has_target(&mut *tx, &state.settings.stripe, ctx.scope())
-            .await
-            .map_err(ApiError::db)?;
-        let row = db::products::create_price(
-            &mut *tx,
+        let row = service::create_price(
+            &mut work,
             ctx,
-            NewPrice {
-                id: PriceId::new(),
-                product_id: owner.id,
-                nickname: &nickname,
-                currency: currency.as_str(),
-                interval: interval
-                    .map(|i| (i.unit().as_str(), i32::try_from(i.count()).unwrap_or(1))),
-                model: &model_json,
-                usage: usage_json.as_ref(),
+            &state.settings.stripe,
+            product,
+            PriceSpec {
+                nickname: nickname.as_ref(),
+                currency,
+                recurring,
+                model: &model,
+                usage: usage.as_ref(),
                 metadata: &metadata,
-                sync_status: if target { "pending" } else { "not_synced" },
             },
-            now,
         )
-        .await
-        .map_err(price_err)?;
-        if target {
-            catalog_sync::schedule(&mut *tx, Synced::Price, ctx.scope(), row.id.as_uuid(), now)
-                .await
-                .map_err(ApiError::db)?;
-        }
+        .await?;
         let out = PriceOut::from(row);
-        record_event(&mut *tx, now, ctx, "price.created", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(CreatedPrice::Created(Json(out)))
     }
@@ -808,13 +689,7 @@ impl ProductsApi {
     ) -> Result<Json<PriceList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
         let id = product_id(&id.0)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        db::products::get(&mut conn, ctx, id)
-            .await
-            .map_err(product_err)?;
-        let rows = db::products::prices_of(&mut conn, ctx, id)
-            .await
-            .map_err(price_err)?;
+        let rows = service::list_prices(&state.pool, ctx, id).await?;
         Ok(Json(PriceList {
             data: rows.into_iter().map(Into::into).collect(),
         }))
@@ -835,10 +710,7 @@ impl ProductsApi {
         id: Path<String>,
     ) -> Result<Json<PriceOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let row = db::products::get_price(&mut conn, ctx, price_id(&id.0)?)
-            .await
-            .map_err(price_err)?;
+        let row = service::get_price(&state.pool, ctx, price_id(&id.0)?).await?;
         Ok(Json(row.into()))
     }
 
@@ -861,17 +733,9 @@ impl ProductsApi {
         quantity: Query<Option<u64>>,
     ) -> Result<Json<PriceAmountOut>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let mut conn = state.pool.acquire().await.map_err(begin_err)?;
-        let row = db::products::get_price(&mut conn, ctx, price_id(&id.0)?)
-            .await
-            .map_err(price_err)?;
         let quantity = quantity.0.unwrap_or(1);
-        let model: PriceModel =
-            serde_json::from_value(row.model.clone()).map_err(ApiError::internal)?;
-        let amount = model
-            .amount_for(quantity)
-            .map_err(|e| ApiError::validation("quantity", format!("is too large to price: {e}")))?;
-        let currency = Currency::parse(&row.currency).map_err(ApiError::internal)?;
+        let (row, currency, amount) =
+            service::amount_for(&state.pool, ctx, price_id(&id.0)?, quantity).await?;
         Ok(Json(PriceAmountOut {
             price_id: row.id.to_string(),
             quantity,
@@ -921,112 +785,20 @@ impl ProductsApi {
             .map_err(ApiError::invalid("nickname"))?;
         let metadata = metadata(b.metadata.as_ref())?;
         let mut work = Work::begin(req).await?;
-        let now = work.now();
-        let tx = work.conn();
-        // In a savepoint: a change that changes nothing is undone.
-        let mut sp = sqlx::Connection::begin(&mut *tx)
-            .await
-            .map_err(|e| ApiError::db(e.into()))?;
-        let before = db::products::get_price(&mut sp, ctx, id)
-            .await
-            .map_err(price_err)?;
-        let row = db::products::update_price(
-            &mut sp,
+        let row = service::update_price(
+            &mut work,
             ctx,
+            &state.settings.stripe,
             id,
-            PriceChanges {
-                nickname: nickname.as_ref().map(Name::as_str),
+            PriceUpdate {
+                nickname: nickname.as_ref(),
                 active: b.active,
                 metadata: metadata.as_ref(),
             },
-            now,
         )
-        .await
-        .map_err(price_err)?;
-        let fields = |p: &PriceRow| (p.nickname.clone(), p.active, p.metadata.clone());
-        if fields(&row) == fields(&before) {
-            // Nothing changed: no event, no new version.
-            sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
-            return Ok(Json(PriceOut::from(before)));
-        }
-        sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
-        let row = if row.sync_version != before.sync_version {
-            catalog_sync::changed(
-                &mut *tx,
-                &state.settings.stripe,
-                Synced::Price,
-                ctx.scope(),
-                id.as_uuid(),
-                now,
-            )
-            .await
-            .map_err(ApiError::db)?;
-            db::products::get_price(&mut *tx, ctx, id)
-                .await
-                .map_err(price_err)?
-        } else {
-            row
-        };
+        .await?;
         let out = PriceOut::from(row);
-        record_event(&mut *tx, now, ctx, "price.updated", &out).await?;
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(Json(out))
     }
-}
-
-async fn change_product(
-    state: &AppState,
-    req: &Request,
-    ctx: &TenantContext,
-    id: ProductId,
-    changes: ProductChanges<'_>,
-) -> Result<ProductOut, ApiError> {
-    let mut work = Work::begin(req).await?;
-    let now = work.now();
-    let tx = work.conn();
-    // In a savepoint: a change that changes nothing is undone.
-    let mut sp = sqlx::Connection::begin(&mut *tx)
-        .await
-        .map_err(|e| ApiError::db(e.into()))?;
-    let before = db::products::get(&mut sp, ctx, id)
-        .await
-        .map_err(product_err)?;
-    let row = db::products::update(&mut sp, ctx, id, changes, now)
-        .await
-        .map_err(product_err)?;
-    let fields = |p: &ProductRow| {
-        (
-            p.name.clone(),
-            p.description.clone(),
-            p.features.clone(),
-            p.metadata.clone(),
-            p.active,
-        )
-    };
-    if fields(&row) == fields(&before) {
-        // Nothing changed: no event, no new version.
-        sp.rollback().await.map_err(|e| ApiError::db(e.into()))?;
-        return Ok(ProductOut::from(before));
-    }
-    sp.commit().await.map_err(|e| ApiError::db(e.into()))?;
-    let row = if row.sync_version != before.sync_version {
-        catalog_sync::changed(
-            &mut *tx,
-            &state.settings.stripe,
-            Synced::Product,
-            ctx.scope(),
-            id.as_uuid(),
-            now,
-        )
-        .await
-        .map_err(ApiError::db)?;
-        db::products::get(&mut *tx, ctx, id)
-            .await
-            .map_err(product_err)?
-    } else {
-        row
-    };
-    let out = ProductOut::from(row);
-    record_event(&mut *tx, now, ctx, "product.updated", &out).await?;
-    Ok(out)
 }

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Cred, PASSWORD, assert_problem, spawn_app};
+use crate::helpers::{Cred, PASSWORD, assert_problem, s, spawn_app};
 
 /// Tenant B's credentials against tenant A's objects answer exactly as a missing id does,
 /// and change nothing.
@@ -187,4 +187,147 @@ async fn test_and_live_keys_see_separate_data() {
         .await
         .unwrap();
     assert_eq!(details["mode"], "test");
+}
+
+/// The database refuses a child row that points at another tenant's (or the other mode's)
+/// parent, whatever the code does: child → parent keys include the tenant and the mode.
+#[tokio::test]
+async fn a_reference_to_another_tenants_parent_is_refused_by_the_database() {
+    use shared::ids::{BundleId, PriceId, ProductId, TenantId, WebhookEndpointId};
+
+    let app = spawn_app().await;
+    let a = app.register("a@fk-a.com").await;
+    let b = app.register("b@fk-b.com").await;
+    let post = |cred: Cred, path: String, body: Value| {
+        let app = &app;
+        async move {
+            let resp = app.post(&path, &cred, &body).await;
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_eq!(status, StatusCode::CREATED, "{path}: {text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let price_of = |cred: Cred, amount: i64| {
+        let post = &post;
+        async move {
+            let product = post(
+                cred.clone(),
+                "/api/v1/products".into(),
+                json!({"name": "P"}),
+            )
+            .await;
+            let path = format!("/api/v1/products/{}/prices", s(&product["id"]));
+            let price = post(
+                cred,
+                path,
+                json!({"currency": "usd", "recurring": {"interval": "month"},
+                       "pricing": {"type": "flat", "amount": amount}}),
+            )
+            .await;
+            (
+                ProductId::parse(&s(&product["id"])).unwrap().as_uuid(),
+                PriceId::parse(&s(&price["id"])).unwrap().as_uuid(),
+            )
+        }
+    };
+    let (_, a_price) = price_of(a.sk_test(), 1000).await;
+    let (b_product, b_price) = price_of(b.sk_test(), 2000).await;
+    let (_, b_price2) = price_of(b.sk_test(), 3000).await;
+    let (_, b_price3) = price_of(b.sk_test(), 4000).await;
+    let (_, b_live_price) = price_of(b.sk_live(), 5000).await;
+    let bundle = post(
+        b.sk_test(),
+        "/api/v1/bundles".into(),
+        json!({"name": "Suite", "discount_bps": 1000,
+               "items": [{"price_id": PriceId::from_uuid(b_price).to_string()},
+                         {"price_id": PriceId::from_uuid(b_price2).to_string()}]}),
+    )
+    .await;
+    let bundle = BundleId::parse(&s(&bundle["id"])).unwrap().as_uuid();
+    let a_id = TenantId::parse(&a.id).unwrap().as_uuid();
+    let b_id = TenantId::parse(&b.id).unwrap().as_uuid();
+
+    let add_item = |tenant: uuid::Uuid, livemode: bool, price: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO bundle_items (tenant_id, livemode, bundle_id, price_id, quantity, \
+                 position) VALUES ($1, $2, $3, $4, 1, 9)",
+            )
+            .bind(tenant)
+            .bind(livemode)
+            .bind(bundle)
+            .bind(price)
+            .execute(&pool)
+            .await
+        }
+    };
+    let refused = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>, what: &str| match r {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("23503"), "{what}: {e}")
+        }
+        other => panic!("{what}: expected a foreign-key violation, got {other:?}"),
+    };
+    // Another tenant's price in B's bundle, claimed as B's row or as A's.
+    refused(
+        add_item(b_id, false, a_price).await,
+        "A's price in B's bundle",
+    );
+    refused(
+        add_item(a_id, false, a_price).await,
+        "an A row in B's bundle",
+    );
+    // The other mode's price of the same tenant.
+    refused(
+        add_item(b_id, true, b_live_price).await,
+        "a live price in a test bundle",
+    );
+    // The same insert with B's own test price goes in: the refusals were about tenancy.
+    add_item(b_id, false, b_price3)
+        .await
+        .expect("B's own price joins B's bundle");
+
+    // A price moved under another tenant's product.
+    refused(
+        sqlx::query("UPDATE prices SET product_id = $1 WHERE id = $2")
+            .bind(b_product)
+            .bind(a_price)
+            .execute(&app.pool)
+            .await,
+        "A's price under B's product",
+    );
+
+    // A delivery of A's event moved to B's endpoint.
+    let endpoint = |t: Cred| {
+        let post = &post;
+        async move {
+            let e = post(
+                t,
+                "/api/v1/webhook-endpoints".into(),
+                json!({"url": "https://hooks.example.com/in"}),
+            )
+            .await;
+            WebhookEndpointId::parse(&s(&e["endpoint"]["id"]))
+                .unwrap()
+                .as_uuid()
+        }
+    };
+    let _a_endpoint = endpoint(a.sk_test()).await;
+    let b_endpoint = endpoint(b.sk_test()).await;
+    price_of(a.sk_test(), 6000).await; // events fanned out to A's endpoint
+    let a_delivery: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM webhook_deliveries WHERE tenant_id = $1 LIMIT 1")
+            .bind(a_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    refused(
+        sqlx::query("UPDATE webhook_deliveries SET endpoint_id = $1 WHERE id = $2")
+            .bind(b_endpoint)
+            .bind(a_delivery)
+            .execute(&app.pool)
+            .await,
+        "A's delivery to B's endpoint",
+    );
 }

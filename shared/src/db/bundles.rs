@@ -86,14 +86,16 @@ pub async fn create(
         .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
         .collect();
     sqlx::query(
-        "INSERT INTO bundle_items (bundle_id, price_id, quantity, position) \
-         SELECT $1, u.price_id, u.quantity, u.position \
+        "INSERT INTO bundle_items (tenant_id, livemode, bundle_id, price_id, quantity, position) \
+         SELECT $5, $6, $1, u.price_id, u.quantity, u.position \
          FROM unnest($2::uuid[], $3::int[], $4::int[]) AS u(price_id, quantity, position)",
     )
     .bind(b.id)
     .bind(&prices)
     .bind(&quantities)
     .bind(&positions)
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
     .execute(&mut *conn)
     .await?;
     Ok(row)
@@ -141,10 +143,9 @@ pub async fn items(
     bundles: &[Uuid],
 ) -> Result<Vec<ItemRow>, DbError> {
     sqlx::query_as::<_, ItemRow>(
-        "SELECT i.bundle_id, i.price_id, i.quantity FROM bundle_items i \
-         JOIN bundles b ON b.id = i.bundle_id \
-         WHERE b.tenant_id = $1 AND b.livemode = $2 AND i.bundle_id = ANY($3) \
-         ORDER BY i.bundle_id, i.position",
+        "SELECT bundle_id, price_id, quantity FROM bundle_items \
+         WHERE tenant_id = $1 AND livemode = $2 AND bundle_id = ANY($3) \
+         ORDER BY bundle_id, position",
     )
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())

@@ -12,6 +12,19 @@ use crate::{
     tenancy::Scope,
 };
 
+crate::text_enum! {
+    /// Where Stripe stands with a catalog object's latest version.
+    pub enum SyncStatus {
+        /// A `stripe_sync` job owes Stripe the latest version.
+        Pending = "pending",
+        Synced = "synced",
+        /// The last attempt failed; the job retries (`sync_error` says why).
+        Failed = "failed",
+        /// No Stripe to tell in this mode (no account connected, or Stripe not configured).
+        NotSynced = "not_synced",
+    }
+}
+
 /// A kind of catalog object Stripe mirrors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
@@ -248,8 +261,22 @@ pub async fn forget_stripe_ids(conn: &mut PgConnection, scope: Scope) -> Result<
     Ok(())
 }
 
+/// The status a new object starts with: pending when there is a Stripe to tell.
+pub async fn initial_status(
+    conn: &mut PgConnection,
+    settings: &crate::config::StripeSettings,
+    scope: Scope,
+) -> Result<SyncStatus, DbError> {
+    Ok(if has_target(conn, settings, scope).await? {
+        SyncStatus::Pending
+    } else {
+        SyncStatus::NotSynced
+    })
+}
+
 /// After a change Stripe must hear of: queue the sync, or mark the object `not_synced` when
-/// there is no Stripe to tell.
+/// there is no Stripe to tell. Returns the object's status now (its `sync_error` is cleared
+/// when pending).
 pub async fn changed(
     conn: &mut PgConnection,
     settings: &crate::config::StripeSettings,
@@ -257,9 +284,10 @@ pub async fn changed(
     scope: Scope,
     id: Uuid,
     now: DateTime<Utc>,
-) -> Result<(), DbError> {
+) -> Result<SyncStatus, DbError> {
     if has_target(conn, settings, scope).await? {
-        schedule(conn, what, scope, id, now).await
+        schedule(conn, what, scope, id, now).await?;
+        Ok(SyncStatus::Pending)
     } else {
         sqlx::query(sqlf!(
             "UPDATE {} SET sync_status = 'not_synced' WHERE id = $1",
@@ -268,6 +296,6 @@ pub async fn changed(
         .bind(id)
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(SyncStatus::NotSynced)
     }
 }

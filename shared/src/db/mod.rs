@@ -33,6 +33,12 @@ use sqlx::{
 
 use crate::config::DatabaseSettings;
 
+/// A time as the API renders it in objects (RFC 3339 with `+00:00`), for objects that events
+/// carry as the API shows them.
+pub(crate) fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339()
+}
+
 /// Database errors a caller can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

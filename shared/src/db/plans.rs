@@ -6,9 +6,14 @@ use sqlx::{FromRow, PgConnection, PgPool};
 
 use super::{
     DbError,
+    catalog_sync::SyncStatus,
     pagination::{Page, PageRequest},
 };
 use crate::{
+    domain::{
+        interval::Interval,
+        money::{Currency, Money},
+    },
     ids::{PlanId, TenantId},
     tenancy::TenantContext,
 };
@@ -32,7 +37,7 @@ pub struct PlanRow {
     pub duplicated_from: Option<PlanId>,
     pub stripe_product_id: Option<String>,
     pub stripe_price_id: Option<String>,
-    pub sync_status: String,
+    pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
     pub sync_version: i32,
     pub synced_version: i32,
@@ -42,6 +47,46 @@ pub struct PlanRow {
 }
 
 impl PlanRow {
+    /// `$29.99/month`.
+    pub fn price_display(&self) -> String {
+        let currency = Currency::parse(&self.currency);
+        let interval = Interval::from_stored(&self.interval, self.interval_count);
+        match (currency, interval) {
+            (Ok(c), Ok(i)) => Money::new(self.amount, c).display_per(i),
+            _ => format!("{} {}/{}", self.amount, self.currency, self.interval),
+        }
+    }
+
+    /// The plan as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "plan",
+            "name": self.name,
+            "description": self.description,
+            "price_cents": self.amount,
+            "currency": self.currency,
+            "billing_interval": self.interval,
+            "interval_count": self.interval_count,
+            "price_display": self.price_display(),
+            "trial_days": self.trial_days,
+            "has_trial": self.trial_days > 0,
+            "features": self.features,
+            "metadata": self.metadata,
+            "is_active": self.is_active,
+            "is_visible": self.is_visible,
+            "duplicated_from": self.duplicated_from.map(|d| d.to_string()),
+            "livemode": self.livemode,
+            "stripe_product_id": self.stripe_product_id,
+            "stripe_price_id": self.stripe_price_id,
+            "sync_status": self.sync_status,
+            "sync_error": self.sync_error,
+            "synced_at": self.synced_at.map(super::api_time),
+            "created_at": super::api_time(self.created_at),
+            "updated_at": super::api_time(self.updated_at),
+        })
+    }
+
     /// The tenant and mode the row belongs to.
     pub fn scope(&self) -> crate::tenancy::Scope {
         crate::tenancy::Scope {
@@ -72,7 +117,7 @@ pub struct NewPlan<'a> {
     pub is_visible: bool,
     pub duplicated_from: Option<PlanId>,
     /// `pending` when Stripe will be told, `not_synced` when there is no Stripe to tell.
-    pub sync_status: &'a str,
+    pub sync_status: SyncStatus,
 }
 
 pub async fn create(

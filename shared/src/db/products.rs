@@ -5,9 +5,15 @@ use sqlx::{FromRow, PgConnection, PgPool};
 
 use super::{
     DbError,
+    catalog_sync::SyncStatus,
     pagination::{Page, PageRequest},
 };
 use crate::{
+    domain::{
+        interval::Interval,
+        money::{Currency, Money},
+        pricing::{PriceModel, PriceModelIn},
+    },
     ids::{PriceId, ProductId, TenantId},
     tenancy::TenantContext,
 };
@@ -24,7 +30,7 @@ pub struct ProductRow {
     pub metadata: serde_json::Value,
     pub active: bool,
     pub stripe_product_id: Option<String>,
-    pub sync_status: String,
+    pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
     pub sync_version: i32,
     pub synced_version: i32,
@@ -34,6 +40,27 @@ pub struct ProductRow {
 }
 
 impl ProductRow {
+    /// The product as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "product",
+            "name": self.name,
+            "code": self.code,
+            "description": self.description,
+            "features": self.features,
+            "metadata": self.metadata,
+            "active": self.active,
+            "livemode": self.livemode,
+            "stripe_product_id": self.stripe_product_id,
+            "sync_status": self.sync_status,
+            "sync_error": self.sync_error,
+            "created_at": super::api_time(self.created_at),
+            "updated_at": super::api_time(self.updated_at),
+            "prices": null,
+        })
+    }
+
     /// The tenant and mode the row belongs to.
     pub fn scope(&self) -> crate::tenancy::Scope {
         crate::tenancy::Scope {
@@ -54,7 +81,7 @@ pub struct NewProduct<'a> {
     pub description: &'a str,
     pub features: &'a serde_json::Value,
     pub metadata: &'a serde_json::Value,
-    pub sync_status: &'a str,
+    pub sync_status: SyncStatus,
 }
 
 pub async fn create(
@@ -177,7 +204,7 @@ pub struct PriceRow {
     pub active: bool,
     pub metadata: serde_json::Value,
     pub stripe_price_id: Option<String>,
-    pub sync_status: String,
+    pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
     pub sync_version: i32,
     pub synced_version: i32,
@@ -187,6 +214,53 @@ pub struct PriceRow {
 }
 
 impl PriceRow {
+    /// How often the price recurs; `None` for a one-time price.
+    pub fn recurrence(&self) -> Option<Interval> {
+        Interval::from_stored(self.interval.as_deref()?, self.interval_count.unwrap_or(1)).ok()
+    }
+
+    /// `$29.99/month` (or `$29.99` one-time) for flat and per-unit prices; `None` for tiered or
+    /// metered ones.
+    pub fn price_display(&self) -> Option<String> {
+        if self.usage.is_some() {
+            return None;
+        }
+        let model: PriceModel = serde_json::from_value(self.model.clone()).ok()?;
+        let amount = match model.terms() {
+            PriceModelIn::Flat { amount } => *amount,
+            PriceModelIn::PerUnit { unit_amount } => *unit_amount,
+            _ => return None,
+        };
+        let money = Money::new(amount, Currency::parse(&self.currency).ok()?);
+        Some(match self.recurrence() {
+            Some(i) => money.display_per(i),
+            None => money.display(),
+        })
+    }
+
+    /// The price as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "price",
+            "product_id": self.product_id.to_string(),
+            "nickname": self.nickname,
+            "currency": self.currency,
+            "interval": self.interval,
+            "interval_count": self.interval_count,
+            "pricing": self.model,
+            "usage": self.usage,
+            "price_display": self.price_display(),
+            "active": self.active,
+            "metadata": self.metadata,
+            "livemode": self.livemode,
+            "stripe_price_id": self.stripe_price_id,
+            "sync_status": self.sync_status,
+            "sync_error": self.sync_error,
+            "created_at": super::api_time(self.created_at),
+        })
+    }
+
     /// The tenant and mode the row belongs to.
     pub fn scope(&self) -> crate::tenancy::Scope {
         crate::tenancy::Scope {
@@ -209,7 +283,7 @@ pub struct NewPrice<'a> {
     pub model: &'a serde_json::Value,
     pub usage: Option<&'a serde_json::Value>,
     pub metadata: &'a serde_json::Value,
-    pub sync_status: &'a str,
+    pub sync_status: SyncStatus,
 }
 
 pub async fn create_price(

@@ -558,10 +558,12 @@ async fn record_runs(
              last_attempt_at = COALESCE(u.at, d.last_attempt_at), \
              last_status_code = CASE WHEN u.number IS NULL THEN d.last_status_code ELSE u.code END, \
              last_error = u.error, updated_at = $16 \
-             FROM u JOIN j ON j.id = u.id WHERE d.id = u.id RETURNING d.id), \
-         a AS (INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, \
-             latency_ms, response_body, error) \
-             SELECT u.id, u.number, u.at, u.code, u.latency, u.body, u.attempt_error \
+             FROM u JOIN j ON j.id = u.id WHERE d.id = u.id \
+             RETURNING d.id, d.tenant_id, d.livemode), \
+         a AS (INSERT INTO webhook_attempts (tenant_id, livemode, delivery_id, attempt, \
+             attempted_at, status_code, latency_ms, response_body, error) \
+             SELECT d.tenant_id, d.livemode, u.id, u.number, u.at, u.code, u.latency, u.body, \
+                 u.attempt_error \
              FROM u JOIN d ON d.id = u.id WHERE u.number IS NOT NULL \
              ON CONFLICT (delivery_id, attempt) DO NOTHING) \
          SELECT id FROM j",

@@ -7,14 +7,26 @@ use super::{ServiceError, ServiceResult};
 use crate::{
     db::{
         self,
-        events::EventRow,
+        events::{EventRow, NewEvent},
         pagination::{Page, PageRequest},
         webhook_deliveries::RedeliverError,
     },
     ids::{DeliveryId, EventId, WebhookEndpointId},
-    tenancy::TenantContext,
+    tenancy::{Scope, TenantContext},
     uow::UnitOfWork,
 };
+
+/// Records an event about `object` in `scope`, in the unit of work (fanned out to the
+/// endpoints that want it once the work commits).
+pub async fn record(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    event_type: &str,
+    object: serde_json::Value,
+) -> ServiceResult<EventId> {
+    let now = uow.now();
+    Ok(db::events::record(uow.conn(), scope, NewEvent::new(event_type, object), now).await?)
+}
 
 pub async fn list(
     pool: &PgPool,

@@ -8,6 +8,9 @@
 //! renders; a job handler claims its job and calls the same operation.
 
 pub mod api_keys;
+pub mod audit;
+pub mod bundles;
+pub mod catalog;
 pub mod events;
 pub mod sessions;
 pub mod stripe_connect;
@@ -16,7 +19,7 @@ pub mod tenants;
 pub mod users;
 pub mod webhook_endpoints;
 
-use crate::{db::DbError, domain::ValidationError, stripe::Failure};
+use crate::{db::DbError, domain::ValidationError, stripe::Failure, uow::UnitOfWork};
 
 /// Why an operation refused or failed; the API turns each into its problem.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,25 @@ impl ServiceError {
         }
     }
 
+    /// Maps a violation of the unique `constraint` to a conflict on `field` (`code`), and
+    /// `DbError::NotFound` to "no such `what`": the constraint's name never reaches a client.
+    pub fn taken(
+        constraint: &'static str,
+        code: &'static str,
+        field: &'static str,
+        message: &'static str,
+        what: &'static str,
+    ) -> impl FnOnce(DbError) -> Self {
+        move |e| match e {
+            DbError::UniqueViolation(c) if c == constraint => Self::Conflict {
+                code,
+                field: Some(field.into()),
+                message: message.into(),
+            },
+            other => Self::not_found(what)(other),
+        }
+    }
+
     /// Maps `DbError::NotFound` to "no such `what`", anything else as it is.
     pub fn not_found(what: &'static str) -> impl FnOnce(DbError) -> Self {
         move |e| match e {
@@ -96,6 +118,30 @@ impl ServiceError {
             other => Self::Db(other),
         }
     }
+}
+
+/// Starts a change that may turn out to change nothing (a savepoint in the unit of work);
+/// [`settle`] keeps or undoes it.
+pub(crate) async fn tentative(uow: &mut UnitOfWork) -> ServiceResult<()> {
+    sqlx::query("SAVEPOINT tentative")
+        .execute(uow.conn())
+        .await
+        .map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Keeps (`keep`) or undoes what was written since [`tentative`].
+pub(crate) async fn settle(uow: &mut UnitOfWork, keep: bool) -> ServiceResult<()> {
+    let sql = if keep {
+        "RELEASE SAVEPOINT tentative"
+    } else {
+        "ROLLBACK TO SAVEPOINT tentative"
+    };
+    sqlx::query(sql)
+        .execute(uow.conn())
+        .await
+        .map_err(DbError::from)?;
+    Ok(())
 }
 
 /// The result of an operation.

@@ -244,7 +244,7 @@ fn fresh_state(account: &Account, now: DateTime<Utc>) -> AccountState {
         charges_enabled: account.charges_enabled,
         payouts_enabled: account.payouts_enabled,
         details_submitted: account.details_submitted,
-        requirements: serde_json::json!({}),
+        requirements: account.requirements.clone(),
         seen_at: now,
     }
 }
@@ -353,11 +353,8 @@ pub async fn account_updated(
         .is_some_and(|seen| seen.timestamp() == created.timestamp());
     let state = if in_doubt {
         let fresh = stripe.account(livemode, account_id).await?;
-        AccountState {
-            requirements: object["requirements"].clone(),
-            // Stripe's answer now is at least as new as anything applied.
-            ..fresh_state(&fresh, uow.now().max(created))
-        }
+        // Stripe's answer now is at least as new as anything applied.
+        fresh_state(&fresh, uow.now().max(created))
     } else {
         event_state(object, created)
     };

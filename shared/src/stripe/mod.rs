@@ -94,6 +94,7 @@ struct AccountBody {
     charges_enabled: Option<bool>,
     payouts_enabled: Option<bool>,
     details_submitted: Option<bool>,
+    requirements: Option<miniserde::json::Value>,
 }
 
 #[derive(Debug, miniserde::Deserialize)]
@@ -109,6 +110,8 @@ pub struct Account {
     pub charges_enabled: bool,
     pub payouts_enabled: bool,
     pub details_submitted: bool,
+    /// What Stripe still needs (`currently_due`, `past_due`…), as Stripe words it.
+    pub requirements: serde_json::Value,
 }
 
 /// An onboarding link.
@@ -475,6 +478,10 @@ impl Stripe {
             charges_enabled: a.charges_enabled.unwrap_or(false),
             payouts_enabled: a.payouts_enabled.unwrap_or(false),
             details_submitted: a.details_submitted.unwrap_or(false),
+            requirements: a
+                .requirements
+                .and_then(|r| serde_json::from_str(&miniserde::json::to_string(&r)).ok())
+                .unwrap_or_else(|| serde_json::json!({})),
         })
     }
 }

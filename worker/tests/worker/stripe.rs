@@ -921,3 +921,98 @@ async fn after_reconnecting_a_new_account_the_catalog_is_created_there_afresh() 
     assert_eq!(on_second[0].form["name"], "Moved");
     worker.stop().await;
 }
+
+/// Stripe's side of an account, as the platform's events describe it (no ids).
+async fn account_events(env: &Env, tenant: &Tenant) -> Vec<(String, Value)> {
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT type, data FROM events WHERE tenant_id = $1 AND type LIKE 'stripe_account.%' \
+         ORDER BY created_at, id",
+    )
+    .bind(shared::ids::TenantId::parse(&tenant.id).unwrap())
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(t, mut data)| {
+            data["object"]["account_id"] = json!("acct");
+            (t, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_onboarding_return_and_an_account_updated_event_give_the_same_state_and_events() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let worker = env.worker().await;
+    let start = |tenant: Tenant| {
+        let api = &api;
+        async move {
+            let (status, link) = api
+                .send(
+                    Method::POST,
+                    Some(&tenant.owner),
+                    "/api/v1/auth/tenants/stripe/connect/",
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{link}");
+            (
+                tenant,
+                link["account_id"].as_str().unwrap().to_owned(),
+                link["state"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    // Both tenants finish onboarding at Stripe; one comes back through the browser…
+    let (by_return, account_a, state) = start(api.register("return@example.com").await).await;
+    fake.complete_onboarding(&account_a);
+    let (status, back) = api
+        .send(
+            Method::GET,
+            None,
+            &format!("/api/v1/auth/tenants/stripe/callback/?state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{back}");
+    // …the other is told by Stripe's `account.updated`.
+    let (by_event, account_b, _) = start(api.register("event@example.com").await).await;
+    fake.complete_onboarding(&account_b);
+    let now = chrono::Utc::now().timestamp();
+    let event = account_updated("evt_onboarded", &account_b, now + 5, true);
+    let (status, body) = deliver(&api, "/webhooks/stripe", &event, now).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for("the event to be applied", LIMIT, || async {
+        env.scalar("SELECT count(*) FROM stripe_events WHERE status = 'applied'")
+            .await
+            == 1
+    })
+    .await;
+
+    let status_of = |t: &Tenant| {
+        let api = &api;
+        let key = t.sk_test.clone();
+        async move {
+            let mut s = api.get(&key, "/api/v1/auth/tenants/stripe/status").await;
+            // Everything but the account's id and when it changed.
+            s["account_id"] = json!("acct");
+            s["updated_at"] = json!("then");
+            s
+        }
+    };
+    let a = status_of(&by_return).await;
+    assert_eq!(a["status"], "connected", "{a}");
+    assert_eq!(a["charges_enabled"], true, "{a}");
+    assert_eq!(a, status_of(&by_event).await);
+    let events = account_events(&env, &by_return).await;
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        ["stripe_account.updated", "stripe_account.connected"],
+        "{events:?}"
+    );
+    assert_eq!(events, account_events(&env, &by_event).await);
+    worker.stop().await;
+}

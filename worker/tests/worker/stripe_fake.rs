@@ -156,6 +156,7 @@ fn handle(
                 "id": id, "object": "account", "type": form.get("type"),
                 "email": form.get("email"), "details_submitted": false,
                 "charges_enabled": false, "payouts_enabled": false,
+                "requirements": {"currently_due": ["external_account", "tos_acceptance.date"]},
             });
             state.objects.insert(id, obj.clone());
             (200, obj)
@@ -335,6 +336,7 @@ impl StripeFake {
         if let Some(a) = self.shared.lock().objects.get_mut(account) {
             a["details_submitted"] = json!(true);
             a["charges_enabled"] = json!(true);
+            a["requirements"] = json!({"currently_due": []});
             a["payouts_enabled"] = json!(true);
         }
     }
