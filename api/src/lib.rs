@@ -60,6 +60,14 @@ pub async fn redis_connection(
 
 /// Builds the state: database pool (migrated when configured) and Redis connection.
 pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
+    build_state_with_clock(settings, std::sync::Arc::new(shared::clock::SystemClock)).await
+}
+
+/// The state of an API reading time from `clock` (tests move one instead of sleeping).
+pub async fn build_state_with_clock(
+    settings: Settings,
+    clock: std::sync::Arc<dyn shared::clock::Clock>,
+) -> Result<AppState, StartError> {
     let pool =
         shared::db::pool(&settings.database).map_err(|e| StartError::Database(e.to_string()))?;
     if settings.database.migrate_on_start {
@@ -76,7 +84,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, StartError> {
     let stripe = shared::stripe::Stripe::new(&settings.stripe).map_err(StartError::Stripe)?;
     let health = shared::health::Health::new(&settings.database)
         .map_err(|e| StartError::Database(e.to_string()))?;
-    Ok(AppState::new(settings, pool, redis, stripe, health))
+    Ok(AppState::new(settings, pool, redis, stripe, health, clock))
 }
 
 #[handler]

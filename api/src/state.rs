@@ -3,13 +3,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use shared::{
     auth::jwt::JwtKeys,
-    clock::{Clock, SystemClock},
+    clock::Clock,
     config::Settings,
     crypto::Encryptor,
     db::{api_keys::ActiveKey, tenants::TenantRow, users::Credentials},
@@ -57,6 +58,7 @@ impl AppState {
         redis: ConnectionManager,
         stripe: shared::stripe::Stripe,
         health: shared::health::Health,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let health = Arc::new(health);
         let secret = settings.auth.app_secret.expose().clone();
@@ -64,12 +66,12 @@ impl AppState {
             stripe,
             jwt: JwtKeys::new(&secret),
             encryptor: Encryptor::new(&secret),
-            clock: Arc::new(SystemClock),
+            keys: TtlCache::new(AUTH_CACHE_TTL, clock.clone()),
+            users: TtlCache::new(AUTH_CACHE_TTL, clock.clone()),
+            tenants: TtlCache::new(AUTH_CACHE_TTL, clock.clone()),
+            clock,
             metrics: Metrics::default(),
             health,
-            keys: TtlCache::new(AUTH_CACHE_TTL),
-            users: TtlCache::new(AUTH_CACHE_TTL),
-            tenants: TtlCache::new(AUTH_CACHE_TTL),
             settings,
             pool,
             redis,
@@ -79,38 +81,46 @@ impl AppState {
 
 /// A small map whose entries (found or not found) expire after a fixed time.
 pub struct TtlCache<K, V> {
-    ttl: Duration,
-    map: Mutex<HashMap<K, (Instant, Option<V>)>>,
+    ttl: chrono::Duration,
+    clock: Arc<dyn Clock>,
+    map: Mutex<HashMap<K, Entry<V>>>,
 }
+
+/// When an entry was put, and what was found (`None`: nothing).
+type Entry<V> = (DateTime<Utc>, Option<V>);
 
 const MAX_ENTRIES: usize = 100_000;
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
-    pub fn new(ttl: Duration) -> Self {
+    /// Entries expire `ttl` after they were put, by `clock`.
+    pub fn new(ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
-            ttl,
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            clock,
             map: Mutex::new(HashMap::new()),
         }
     }
 
     /// `Some(found)` when a fresh entry exists.
     pub fn get(&self, k: &K) -> Option<Option<V>> {
+        let now = self.clock.now();
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(k)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .filter(|(at, _)| now - *at < self.ttl)
             .map(|(_, v)| v.clone())
     }
 
     pub fn put(&self, k: K, v: Option<V>) {
+        let now = self.clock.now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
+            map.retain(|_, (at, _)| now - *at < ttl);
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
         }
-        map.insert(k, (Instant::now(), v));
+        map.insert(k, (now, v));
     }
 
     pub fn clear(&self) {

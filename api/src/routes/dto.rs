@@ -49,7 +49,7 @@ impl From<TenantRow> for TenantOut {
             is_active: t.is_active,
             subscription_tier: t.subscription_tier,
             stripe_connect_account_id: t.stripe_connect_account_id,
-            stripe_connect_status: t.stripe_connect_status,
+            stripe_connect_status: t.stripe_connect_status.to_string(),
             webhook_secret_last4: t.webhook_secret_last4,
             created_at: t.created_at,
         }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
 use shared::{
-    db::stripe_accounts::AccountRow,
+    db::stripe_accounts::{AccountRow, ConnectStatus},
     service::stripe_connect,
     tenancy::{Permission, TenantContext},
 };
@@ -54,8 +54,8 @@ impl StripeStatusOut {
         match row {
             Some(r) => Self {
                 stripe_configured: configured,
-                connected: r.status == "connected",
-                status: r.status,
+                connected: r.status == ConnectStatus::Connected,
+                status: r.status.to_string(),
                 account_id: r.account_id,
                 charges_enabled: r.charges_enabled,
                 payouts_enabled: r.payouts_enabled,

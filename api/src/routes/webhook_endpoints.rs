@@ -192,7 +192,7 @@ impl From<(DeliveryRow, Vec<AttemptRow>)> for DeliveryOut {
             event_id: d.event_id.to_string(),
             event_type: d.event_type,
             endpoint_id: d.endpoint_id.to_string(),
-            status: d.status,
+            status: d.status.to_string(),
             attempts: d.attempts,
             next_attempt_at: d.next_attempt_at,
             last_attempt_at: d.last_attempt_at,

@@ -1,9 +1,9 @@
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use api::{Application, build_state};
+use api::{Application, build_state_with_clock};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-use shared::config::Settings;
+use shared::{clock::OffsetClock, config::Settings};
 use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgConnectOptions};
 use uuid::Uuid;
 
@@ -15,6 +15,8 @@ pub struct TestApp {
     pub client: Client,
     pub pool: PgPool,
     pub settings: Settings,
+    /// The app's clock: advance it instead of sleeping.
+    pub clock: Arc<OffsetClock>,
 }
 
 fn base_env() -> HashMap<String, String> {
@@ -147,7 +149,10 @@ async fn start(settings: Settings) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         api::telemetry::init(settings.log_format);
     }
-    let state = build_state(settings.clone()).await.expect("app state");
+    let clock = Arc::new(OffsetClock::default());
+    let state = build_state_with_clock(settings.clone(), clock.clone())
+        .await
+        .expect("app state");
     let pool = state.pool.clone();
     let app = Application::bind(state).await.expect("bind");
     let addr = app.addr;
@@ -160,6 +165,7 @@ async fn start(settings: Settings) -> TestApp {
             .expect("client"),
         pool,
         settings,
+        clock,
     }
 }
 

@@ -18,6 +18,7 @@ mod permissions;
 mod plans;
 mod rate_limits;
 mod startup;
+mod stripe_events;
 mod tenancy;
 mod users;
 mod webhooks;

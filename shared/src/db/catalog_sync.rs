@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::{
-    jobs::{self, NewJob, Queue},
+    jobs::{self, Job, NewJob},
     tenancy::Scope,
 };
 
@@ -41,34 +41,11 @@ impl Synced {
             Synced::Price => "prices",
         }
     }
-
-    /// The kind of the job that syncs it.
-    pub fn job_kind(self) -> &'static str {
-        match self {
-            Synced::Plan => "stripe.sync_plan",
-            Synced::Product => "stripe.sync_product",
-            Synced::Price => "stripe.sync_price",
-        }
-    }
-
-    pub fn from_job_kind(kind: &str) -> Option<Self> {
-        [Synced::Plan, Synced::Product, Synced::Price]
-            .into_iter()
-            .find(|s| s.job_kind() == kind)
-    }
 }
 
 /// The sync job of an object: one per object (its id), reset by every change.
 pub fn job(what: Synced, scope: Scope, id: Uuid, now: DateTime<Utc>) -> NewJob {
-    NewJob {
-        id,
-        queue: Queue::StripeSync,
-        kind: what.job_kind(),
-        tenant: Some((scope.tenant_id.as_uuid(), scope.livemode)),
-        payload: serde_json::json!({ "id": id }),
-        run_at: now,
-        max_attempts: Queue::StripeSync.retry_policy().max_attempts,
-    }
+    Job::SyncCatalog { what, id }.to_new(Some(scope), now)
 }
 
 /// Owes Stripe the object's latest version: marks it pending and (re)queues its sync job.

@@ -12,12 +12,11 @@ use super::{
 use crate::{
     domain::webhook::EventFilter,
     ids::{DeliveryId, EventId, TenantId},
-    jobs::{self, NewJob, Queue},
+    jobs::{self, Job, NewJob, Queue},
     tenancy::{Scope, TenantContext},
 };
 
 /// The job kind that delivers one webhook.
-pub const DELIVER_KIND: &str = "webhook.deliver";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
@@ -139,10 +138,13 @@ pub async fn record_many(
         .iter()
         .map(|e| serde_json::json!({ "object": e.object }))
         .collect();
-    sqlx::query(
-        "INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
-         SELECT u.id, $4, $5, u.type, u.data, $6 \
-         FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, type, data)",
+    // The events, and the endpoints they may go to, in one round trip.
+    let endpoints: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+        "WITH e AS (INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
+             SELECT u.id, $4, $5, u.type, u.data, $6 \
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, type, data)) \
+         SELECT id, event_types FROM webhook_endpoints \
+         WHERE tenant_id = $4 AND livemode = $5 AND enabled",
     )
     .bind(&uuids)
     .bind(&types)
@@ -150,15 +152,6 @@ pub async fn record_many(
     .bind(scope.tenant_id)
     .bind(scope.livemode)
     .bind(now)
-    .execute(&mut *conn)
-    .await?;
-
-    let endpoints: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
-        "SELECT id, event_types FROM webhook_endpoints \
-         WHERE tenant_id = $1 AND livemode = $2 AND enabled",
-    )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
     .fetch_all(&mut *conn)
     .await?;
     let endpoints: Vec<(Uuid, EventFilter)> = endpoints
@@ -212,9 +205,10 @@ async fn fan_out_new(
     .bind(scope.tenant_id)
     .bind(scope.livemode)
     .bind(now)
+    // The rows `Job::DeliverWebhook { .. }.to_new(..)` makes, in bulk.
     .bind(Queue::Webhooks.as_str())
-    .bind(DELIVER_KIND)
-    .bind(DELIVERY_MAX_ATTEMPTS)
+    .bind(Job::DELIVER_WEBHOOK)
+    .bind(deliver(Uuid::nil()).max_attempts())
     .execute(&mut *conn)
     .await?;
     jobs::notify(conn, Queue::Webhooks).await
@@ -259,19 +253,14 @@ pub async fn fan_out(
 
 /// The job that sends a delivery; it shares the delivery's id, so there is one per delivery.
 pub fn delivery_job(scope: Scope, delivery_id: Uuid, now: DateTime<Utc>) -> NewJob {
-    NewJob {
-        id: delivery_id,
-        queue: Queue::Webhooks,
-        kind: DELIVER_KIND,
-        tenant: Some((scope.tenant_id.as_uuid(), scope.livemode)),
-        payload: serde_json::json!({ "delivery_id": DeliveryId::from_uuid(delivery_id).to_string() }),
-        run_at: now,
-        max_attempts: DELIVERY_MAX_ATTEMPTS,
-    }
+    deliver(delivery_id).to_new(Some(scope), now)
 }
 
-/// The delivery's retry schedule decides when it has failed, not a job limit.
-const DELIVERY_MAX_ATTEMPTS: i32 = i32::MAX;
+fn deliver(delivery_id: Uuid) -> Job {
+    Job::DeliverWebhook {
+        delivery: DeliveryId::from_uuid(delivery_id),
+    }
+}
 
 /// The tenant's events in this mode, newest first, optionally of one type.
 pub async fn list(

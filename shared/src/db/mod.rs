@@ -22,6 +22,7 @@ pub mod refresh_tokens;
 pub mod stripe_accounts;
 pub mod stripe_events;
 pub mod tenants;
+pub mod unscoped;
 pub mod users;
 pub mod webhook_deliveries;
 pub mod webhook_endpoints;

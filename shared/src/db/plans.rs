@@ -258,12 +258,3 @@ pub async fn update(
     .await
     .map_err(Into::into)
 }
-
-/// Worker-side read by id (the sync job names the plan; its tenant is on the row).
-pub async fn by_id(pool: &PgPool, id: uuid::Uuid) -> Result<PlanRow, DbError> {
-    sqlx::query_as::<_, PlanRow>(sqlf!("SELECT {COLUMNS} FROM plans WHERE id = $1"))
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .map_err(Into::into)
-}

@@ -70,7 +70,7 @@ impl ProductRow {
     }
 }
 
-const PRODUCT_COLUMNS: &str = "id, tenant_id, livemode, name, code, description, features, \
+pub(crate) const PRODUCT_COLUMNS: &str = "id, tenant_id, livemode, name, code, description, features, \
     metadata, active, stripe_product_id, sync_status, sync_error, sync_version, synced_version, \
     synced_at, created_at, updated_at";
 
@@ -270,7 +270,7 @@ impl PriceRow {
     }
 }
 
-const PRICE_COLUMNS: &str = "id, tenant_id, livemode, product_id, nickname, currency, interval, \
+pub(crate) const PRICE_COLUMNS: &str = "id, tenant_id, livemode, product_id, nickname, currency, interval, \
     interval_count, model, usage, active, metadata, stripe_price_id, sync_status, sync_error, \
     sync_version, synced_version, synced_at, created_at, updated_at";
 
@@ -401,23 +401,4 @@ pub async fn update_price(
     .fetch_one(conn)
     .await
     .map_err(Into::into)
-}
-
-/// Worker-side reads by id (the job names the object; its tenant is on the row).
-pub async fn product_by_id(pool: &PgPool, id: uuid::Uuid) -> Result<ProductRow, DbError> {
-    sqlx::query_as::<_, ProductRow>(sqlf!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_one(pool)
-    .await
-    .map_err(Into::into)
-}
-
-pub async fn price_by_id(pool: &PgPool, id: uuid::Uuid) -> Result<PriceRow, DbError> {
-    sqlx::query_as::<_, PriceRow>(sqlf!("SELECT {PRICE_COLUMNS} FROM prices WHERE id = $1"))
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .map_err(Into::into)
 }

@@ -11,12 +11,23 @@ use crate::{
     tenancy::{Scope, TenantContext},
 };
 
+crate::text_enum! {
+    /// Where a tenant's Stripe Connect account stands in a mode.
+    pub enum ConnectStatus {
+        NotConnected = "not_connected",
+        /// Created at Stripe; the tenant has not finished onboarding.
+        Onboarding = "onboarding",
+        Connected = "connected",
+        Disconnected = "disconnected",
+    }
+}
+
 #[derive(Debug, Clone, FromRow)]
 pub struct AccountRow {
     pub tenant_id: TenantId,
     pub livemode: bool,
     pub account_id: Option<String>,
-    pub status: String,
+    pub status: ConnectStatus,
     pub charges_enabled: bool,
     pub payouts_enabled: bool,
     pub details_submitted: bool,
@@ -26,7 +37,7 @@ pub struct AccountRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "tenant_id, livemode, account_id, status, charges_enabled, payouts_enabled, \
+pub(crate) const COLUMNS: &str = "tenant_id, livemode, account_id, status, charges_enabled, payouts_enabled, \
     details_submitted, requirements, stripe_seen_at, connected_at, updated_at";
 
 impl AccountRow {
@@ -40,9 +51,9 @@ impl AccountRow {
 
     /// An account the platform can act on (onboarding may still be under way).
     pub fn usable_id(&self) -> Option<&str> {
-        match self.status.as_str() {
-            "onboarding" | "connected" => self.account_id.as_deref(),
-            _ => None,
+        match self.status {
+            ConnectStatus::Onboarding | ConnectStatus::Connected => self.account_id.as_deref(),
+            ConnectStatus::NotConnected | ConnectStatus::Disconnected => None,
         }
     }
 }
@@ -66,22 +77,6 @@ pub async fn lock(conn: &mut PgConnection, scope: Scope) -> Result<Option<Accoun
     ))
     .bind(scope.tenant_id)
     .bind(scope.livemode)
-    .fetch_optional(conn)
-    .await
-    .map_err(Into::into)
-}
-
-/// The tenant owning a connected account (incoming Stripe events name only the account).
-pub async fn by_account(
-    conn: &mut PgConnection,
-    account_id: &str,
-    livemode: bool,
-) -> Result<Option<AccountRow>, DbError> {
-    sqlx::query_as::<_, AccountRow>(sqlf!(
-        "SELECT {COLUMNS} FROM stripe_accounts WHERE account_id = $1 AND livemode = $2"
-    ))
-    .bind(account_id)
-    .bind(livemode)
     .fetch_optional(conn)
     .await
     .map_err(Into::into)
@@ -184,12 +179,12 @@ pub async fn mirror_to_tenant(conn: &mut PgConnection, row: &AccountRow) -> Resu
          updated_at = $4 WHERE id = $1",
     )
     .bind(row.tenant_id)
-    .bind(if row.status == "disconnected" {
+    .bind(if row.status == ConnectStatus::Disconnected {
         None
     } else {
         row.account_id.as_deref()
     })
-    .bind(&row.status)
+    .bind(row.status)
     .bind(row.updated_at)
     .execute(conn)
     .await?;

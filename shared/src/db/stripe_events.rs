@@ -2,13 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
-use uuid::Uuid;
 
 use super::DbError;
-use crate::jobs::{self, NewJob, Queue};
-
-/// The job kind that processes a stored Stripe event.
-pub const PROCESS_KIND: &str = "stripe.process_event";
+use crate::jobs::{self, Job, NewJob};
 
 crate::text_enum! {
     /// Where a received event stands.
@@ -77,21 +73,18 @@ pub async fn record(
     if inserted.is_none() {
         return Ok(false);
     }
-    jobs::enqueue(conn, &[process_job(e.id, now)], now).await?;
+    // Its job's id comes from the event's id: an event stored again after its row was purged
+    // (Stripe retries for days) finds its old job and makes it due again.
+    jobs::enqueue_or_reset(conn, &[process_job(e.id, now)], now).await?;
     Ok(true)
 }
 
-/// The job that processes an event.
+/// The job that processes an event: one per event.
 fn process_job(event_id: &str, now: DateTime<Utc>) -> NewJob {
-    NewJob {
-        id: Uuid::now_v7(),
-        queue: Queue::StripeSync,
-        kind: PROCESS_KIND,
-        tenant: None,
-        payload: serde_json::json!({ "event_id": event_id }),
-        run_at: now,
-        max_attempts: Queue::StripeSync.retry_policy().max_attempts,
+    Job::ProcessStripeEvent {
+        event_id: event_id.to_owned(),
     }
+    .to_new(None, now)
 }
 
 pub async fn get(pool: &PgPool, id: &str) -> Result<StripeEventRow, DbError> {
@@ -152,6 +145,7 @@ pub async fn requeue_ignored(
     .fetch_all(&mut *conn)
     .await?;
     let jobs: Vec<NewJob> = ids.iter().map(|id| process_job(id, now)).collect();
-    jobs::enqueue(conn, &jobs, now).await?;
+    // The event's job ran before (same id): it runs again from scratch.
+    jobs::enqueue_or_reset(conn, &jobs, now).await?;
     Ok(ids.len() as u64)
 }

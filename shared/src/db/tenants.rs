@@ -22,7 +22,7 @@ pub struct TenantRow {
     pub is_active: bool,
     pub subscription_tier: String,
     pub stripe_connect_account_id: Option<String>,
-    pub stripe_connect_status: String,
+    pub stripe_connect_status: super::stripe_accounts::ConnectStatus,
     pub webhook_secret_last4: String,
     pub created_at: DateTime<Utc>,
 }

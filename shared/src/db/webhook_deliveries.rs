@@ -14,7 +14,7 @@ use super::{
     webhook_endpoints::EndpointRow,
 };
 use crate::{
-    domain::webhook::{EndpointChange, EventFilter},
+    domain::webhook::{DeliveryStatus, EndpointChange, EventFilter},
     ids::{DeliveryId, EventId, TenantId, WebhookEndpointId},
     jobs::{self, Finished},
     tenancy::{Scope, TenantContext},
@@ -26,7 +26,7 @@ pub struct DeliveryRow {
     pub event_id: EventId,
     pub endpoint_id: WebhookEndpointId,
     pub event_type: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_attempt_at: Option<DateTime<Utc>>,
@@ -218,7 +218,7 @@ pub struct SendItem {
     pub delivery_id: Uuid,
     pub tenant_id: TenantId,
     pub livemode: bool,
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Attempts recorded so far (all runs).
     pub delivery_attempts: i32,
     pub endpoint_id: Uuid,
@@ -274,7 +274,7 @@ struct ClaimedSend {
     delivery_id: Option<Uuid>,
     d_tenant_id: Option<TenantId>,
     d_livemode: Option<bool>,
-    status: Option<String>,
+    status: Option<DeliveryStatus>,
     delivery_attempts: Option<i32>,
     endpoint_id: Option<Uuid>,
     url: Option<String>,
@@ -381,8 +381,8 @@ pub struct Completion {
     pub scope: Scope,
     /// `None` when nothing was sent (endpoint disabled, delivery already done).
     pub attempt: Option<Attempt>,
-    /// The delivery's status afterwards: `pending`, `succeeded` or `failed`.
-    pub status: &'static str,
+    /// The delivery's status afterwards.
+    pub status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub endpoint: Option<EndpointChange>,
 }
@@ -522,7 +522,7 @@ async fn record_runs(
         run_ats.push(run_at);
         job_errors.push(job_error.map(|e| jobs::truncate(e, 2000)));
         counts.push(i32::from(counted));
-        statuses.push(c.status);
+        statuses.push(c.status.as_str());
         nexts.push(c.next_attempt_at);
         let a = c.attempt.as_ref();
         numbers.push(a.map(|a| a.number));

@@ -362,11 +362,22 @@ impl DisableReason {
     }
 }
 
+crate::text_enum! {
+    /// Where a webhook delivery stands.
+    pub enum DeliveryStatus {
+        /// Not sent yet, or to be tried again.
+        Pending = "pending",
+        Succeeded = "succeeded",
+        /// Given up on (retries exhausted, the endpoint gone or disabled).
+        Failed = "failed",
+    }
+}
+
 /// The decision after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptDecision {
-    /// `succeeded`, `pending` (retry at `retry_at`) or `failed`.
-    pub status: &'static str,
+    /// Succeeded, pending (retry at `retry_at`) or failed.
+    pub status: DeliveryStatus,
     pub retry_at: Option<chrono::DateTime<chrono::Utc>>,
     pub endpoint: EndpointChange,
 }
@@ -383,14 +394,14 @@ pub fn decide(
 ) -> AttemptDecision {
     if result.succeeded() {
         return AttemptDecision {
-            status: "succeeded",
+            status: DeliveryStatus::Succeeded,
             retry_at: None,
             endpoint: EndpointChange::Healthy,
         };
     }
     if *result == AttemptResult::Answered(410) {
         return AttemptDecision {
-            status: "failed",
+            status: DeliveryStatus::Failed,
             retry_at: None,
             endpoint: EndpointChange::Disable(DisableReason::Gone),
         };
@@ -399,7 +410,7 @@ pub fn decide(
     let limit = chrono::Duration::from_std(disable_after).unwrap_or(chrono::Duration::days(5));
     if now - since >= limit {
         return AttemptDecision {
-            status: "failed",
+            status: DeliveryStatus::Failed,
             retry_at: None,
             endpoint: EndpointChange::Disable(DisableReason::FailingTooLong),
         };
@@ -408,9 +419,9 @@ pub fn decide(
         .map(|wait| now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(10)));
     AttemptDecision {
         status: if retry_at.is_some() {
-            "pending"
+            DeliveryStatus::Pending
         } else {
-            "failed"
+            DeliveryStatus::Failed
         },
         retry_at,
         endpoint: EndpointChange::Failing(since),
@@ -579,7 +590,7 @@ mod tests {
             Duration::from_secs(10),
             at(5),
         );
-        assert_eq!(d.status, "succeeded");
+        assert_eq!(d.status, DeliveryStatus::Succeeded);
         assert_eq!(d.endpoint, EndpointChange::Healthy);
     }
 
@@ -595,7 +606,10 @@ mod tests {
             week,
             at(0),
         );
-        assert_eq!((d.status, d.retry_at), ("pending", Some(at(5))));
+        assert_eq!(
+            (d.status, d.retry_at),
+            (DeliveryStatus::Pending, Some(at(5)))
+        );
         assert_eq!(d.endpoint, EndpointChange::Failing(at(0)));
         let d = decide(
             &AttemptResult::NoAnswer("timeout".into()),
@@ -605,7 +619,10 @@ mod tests {
             week,
             at(5),
         );
-        assert_eq!((d.status, d.retry_at), ("pending", Some(at(305))));
+        assert_eq!(
+            (d.status, d.retry_at),
+            (DeliveryStatus::Pending, Some(at(305)))
+        );
         assert_eq!(d.endpoint, EndpointChange::Failing(at(0)));
         let d = decide(
             &AttemptResult::Answered(302),
@@ -615,7 +632,7 @@ mod tests {
             week,
             at(305),
         );
-        assert_eq!((d.status, d.retry_at), ("failed", None));
+        assert_eq!((d.status, d.retry_at), (DeliveryStatus::Failed, None));
     }
 
     #[test]
@@ -628,7 +645,7 @@ mod tests {
             Duration::from_secs(100),
             at(0),
         );
-        assert_eq!(d.status, "failed");
+        assert_eq!(d.status, DeliveryStatus::Failed);
         assert_eq!(d.endpoint, EndpointChange::Disable(DisableReason::Gone));
     }
 
@@ -644,7 +661,7 @@ mod tests {
             limit,
             at(99),
         );
-        assert_eq!(d.status, "pending");
+        assert_eq!(d.status, DeliveryStatus::Pending);
         let d = decide(
             &AttemptResult::Answered(503),
             5,
@@ -653,7 +670,7 @@ mod tests {
             limit,
             at(100),
         );
-        assert_eq!(d.status, "failed");
+        assert_eq!(d.status, DeliveryStatus::Failed);
         assert_eq!(
             d.endpoint,
             EndpointChange::Disable(DisableReason::FailingTooLong)

@@ -8,6 +8,7 @@
 //! *finishes* it with an outcome. A lease that runs out — Redis flushed, a worker killed — makes
 //! the job due again, so nothing is lost, and every handler is safe to run twice.
 
+pub mod contract;
 pub mod queue;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use self::queue::{Queue, QueueMap, RetryPolicy};
+pub use self::{
+    contract::{Job, JobParseError},
+    queue::{Queue, QueueMap, RetryPolicy},
+};
 use crate::db::DbError;
 use crate::tenancy::Scope;
 

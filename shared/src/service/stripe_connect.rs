@@ -21,7 +21,7 @@ use crate::{
     db::{
         self, DbError, catalog_sync,
         events::NewEvent,
-        stripe_accounts::{AccountRow, AccountState},
+        stripe_accounts::{AccountRow, AccountState, ConnectStatus},
     },
     stripe::{Account, Stripe},
     tenancy::{Scope, TenantContext},
@@ -216,7 +216,7 @@ pub async fn apply_account(
     let now = uow.now();
     let was_connected = db::stripe_accounts::lock(uow.conn(), scope)
         .await?
-        .is_some_and(|r| r.status == "connected");
+        .is_some_and(|r| r.status == ConnectStatus::Connected);
     let Some(row) = db::stripe_accounts::apply_state(
         uow.conn(),
         scope,
@@ -231,7 +231,7 @@ pub async fn apply_account(
     };
     db::stripe_accounts::mirror_to_tenant(uow.conn(), &row).await?;
     record(uow, scope, "stripe_account.updated", &row).await?;
-    if row.status == "connected" && !was_connected {
+    if row.status == ConnectStatus::Connected && !was_connected {
         catalog_sync::schedule_all_unsynced(uow.conn(), scope, now).await?;
         record(uow, scope, "stripe_account.connected", &row).await?;
     }
@@ -343,7 +343,7 @@ pub async fn account_updated(
     object: &serde_json::Value,
     created: DateTime<Utc>,
 ) -> ServiceResult<EventOutcome> {
-    let Some(current) = db::stripe_accounts::by_account(uow.conn(), account_id, livemode).await?
+    let Some(current) = db::unscoped::stripe_account(uow.conn(), account_id, livemode).await?
     else {
         return Ok(EventOutcome::Unknown);
     };

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use shared::{
     db::webhook_deliveries::{Attempt, Completion, SendItem},
     domain::webhook::{
-        AttemptResult, EndpointChange, SigningSecret, UrlPolicy, WebhookUrl, decide,
-        signature_header,
+        AttemptResult, DeliveryStatus, EndpointChange, SigningSecret, UrlPolicy, WebhookUrl,
+        decide, signature_header,
     },
     ids::DeliveryId,
     jobs::{Claimed, Finished, Outcome},
@@ -71,13 +71,19 @@ pub async fn run(rt: &Runtime, job: &Claimed, item: Option<&SendItem>) -> Done {
             endpoint,
         }))
     };
-    if item.status == "succeeded" {
+    if item.status == DeliveryStatus::Succeeded {
         // A duplicate run after success: already delivered.
-        return completion("succeeded", None, None, None, Outcome::Succeeded);
+        return completion(
+            DeliveryStatus::Succeeded,
+            None,
+            None,
+            None,
+            Outcome::Succeeded,
+        );
     }
     if !item.enabled {
         return completion(
-            "failed",
+            DeliveryStatus::Failed,
             None,
             None,
             None,
@@ -130,8 +136,8 @@ pub async fn run(rt: &Runtime, job: &Claimed, item: Option<&SendItem>) -> Done {
         (AttemptResult::NoAnswer(e), _) => e.clone(),
     };
     let outcome = match (decision.status, decision.retry_at) {
-        ("succeeded", _) => Outcome::Succeeded,
-        ("pending", Some(at)) => Outcome::Retry {
+        (DeliveryStatus::Succeeded, _) => Outcome::Succeeded,
+        (DeliveryStatus::Pending, Some(at)) => Outcome::Retry {
             at,
             error: error.clone(),
         },

@@ -9,8 +9,8 @@ use shared::{
 
 use crate::Runtime;
 
-pub async fn run(rt: &Runtime, job: &Claimed) -> Finished {
-    let outcome = match process(rt, job).await {
+pub async fn run(rt: &Runtime, job: &Claimed, event_id: &str) -> Finished {
+    let outcome = match process(rt, event_id).await {
         Ok(()) => Outcome::Succeeded,
         Err(e) => Outcome::after_failure(
             crate::retry_policy(&rt.settings, Queue::StripeSync),
@@ -27,10 +27,7 @@ pub async fn run(rt: &Runtime, job: &Claimed) -> Finished {
     }
 }
 
-async fn process(rt: &Runtime, job: &Claimed) -> Result<(), String> {
-    let Some(event_id) = job.payload["event_id"].as_str() else {
-        return Ok(());
-    };
+async fn process(rt: &Runtime, event_id: &str) -> Result<(), String> {
     let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref())
         .await
         .map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use shared::{
     db::{
         DbError,
         catalog_sync::{self, Synced},
-        plans, products, stripe_accounts,
+        stripe_accounts, unscoped,
     },
     domain::{
         ValidationError,
@@ -142,13 +142,11 @@ fn retry(rt: &Runtime, job: &Claimed, error: String) -> Outcome {
 
 async fn current_version(rt: &Runtime, what: Synced, id: Uuid) -> i32 {
     match what {
-        Synced::Plan => plans::by_id(&rt.pool, id).await.map(|p| p.sync_version),
-        Synced::Product => products::product_by_id(&rt.pool, id)
+        Synced::Plan => unscoped::plan(&rt.pool, id).await.map(|p| p.sync_version),
+        Synced::Product => unscoped::product(&rt.pool, id)
             .await
             .map(|p| p.sync_version),
-        Synced::Price => products::price_by_id(&rt.pool, id)
-            .await
-            .map(|p| p.sync_version),
+        Synced::Price => unscoped::price(&rt.pool, id).await.map(|p| p.sync_version),
     }
     .unwrap_or(0)
 }
@@ -290,7 +288,7 @@ fn rejected(e: ValidationError) -> Stop {
 }
 
 async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
-    let plan = plans::by_id(&rt.pool, id).await?;
+    let plan = unscoped::plan(&rt.pool, id).await?;
     let scope = plan.scope();
     let plan_id = plan.id.to_string();
     let versions = (plan.sync_version, plan.synced_version);
@@ -329,7 +327,7 @@ async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
 
 /// Syncs a product; returns its Stripe id.
 async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
-    let p = products::product_by_id(&rt.pool, id).await?;
+    let p = unscoped::product(&rt.pool, id).await?;
     let scope = p.scope();
     let product_id = p.id.to_string();
     let versions = (p.sync_version, p.synced_version);
@@ -379,7 +377,7 @@ fn scheme(model: &PriceModel) -> Scheme {
 }
 
 async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
-    let p = products::price_by_id(&rt.pool, id).await?;
+    let p = unscoped::price(&rt.pool, id).await?;
     if p.usage.is_some() {
         return Err(Stop::NotSynced(
             "metered prices are billed by the platform's usage billing, not by Stripe",
@@ -392,7 +390,7 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
     // The product first (once), then the price on it.
     let product = match &p.stripe_price_id {
         Some(_) => String::new(),
-        None => match products::product_by_id(&rt.pool, p.product_id.as_uuid()).await? {
+        None => match unscoped::product(&rt.pool, p.product_id.as_uuid()).await? {
             q if q.stripe_product_id.is_some() && q.synced_version >= q.sync_version => {
                 q.stripe_product_id.unwrap_or_default()
             }

@@ -147,9 +147,26 @@ async fn a_410_disables_the_endpoint_and_records_a_disabled_event() {
         events["data"][0]["data"]["object"]["id"],
         endpoint_id.as_str()
     );
-    // No retries after a 410, and later events are not sent to it.
+    // No retries after a 410: the delivery failed for good and its job is finished.
+    wait_for("the delivery's job to finish", LIMIT, || async {
+        env.scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook.deliver' AND state <> 'pending'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'")
+            .await,
+        1
+    );
+    // Later events are not sent to it: they make no delivery for it at all.
     env.record_events(&tenant, 1, "customer.created").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM webhook_deliveries").await,
+        1
+    );
     assert_eq!(receiver.count(), 1);
     worker.stop().await;
 }

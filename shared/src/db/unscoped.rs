@@ -1,0 +1,64 @@
+//! The only reads with no tenant scope, for work that starts from something other than a
+//! tenant's request: a claimed job names an object by id, and an incoming Stripe event names an
+//! account. Each row carries its tenant and mode (`scope()`), and everything written afterwards
+//! goes through the scoped functions with that scope.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{
+    DbError,
+    plans::{self, PlanRow},
+    products::{self, PriceRow, ProductRow},
+    stripe_accounts::{self, AccountRow},
+};
+
+/// The product a `stripe_sync` job names.
+pub async fn product(pool: &PgPool, id: Uuid) -> Result<ProductRow, DbError> {
+    sqlx::query_as::<_, ProductRow>(sqlf!(
+        "SELECT {} FROM products WHERE id = $1",
+        products::PRODUCT_COLUMNS
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// The price a `stripe_sync` job names.
+pub async fn price(pool: &PgPool, id: Uuid) -> Result<PriceRow, DbError> {
+    sqlx::query_as::<_, PriceRow>(sqlf!(
+        "SELECT {} FROM prices WHERE id = $1",
+        products::PRICE_COLUMNS
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// The plan a `stripe_sync` job names.
+pub async fn plan(pool: &PgPool, id: Uuid) -> Result<PlanRow, DbError> {
+    sqlx::query_as::<_, PlanRow>(sqlf!("SELECT {} FROM plans WHERE id = $1", plans::COLUMNS))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .map_err(Into::into)
+}
+
+/// The tenant's account a Stripe event names (Stripe's events name only the account).
+pub async fn stripe_account(
+    conn: &mut PgConnection,
+    account_id: &str,
+    livemode: bool,
+) -> Result<Option<AccountRow>, DbError> {
+    sqlx::query_as::<_, AccountRow>(sqlf!(
+        "SELECT {} FROM stripe_accounts WHERE account_id = $1 AND livemode = $2",
+        stripe_accounts::COLUMNS
+    ))
+    .bind(account_id)
+    .bind(livemode)
+    .fetch_optional(conn)
+    .await
+    .map_err(Into::into)
+}

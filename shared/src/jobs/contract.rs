@@ -1,0 +1,235 @@
+//! The typed job contract: every job the platform queues, what it carries, the queue that runs
+//! it, and the key that makes two of them the same job.
+//!
+//! A job's id is derived from its deduplication key, so the outbox's primary key keeps one job
+//! per key: the object's own id when one object is the key (a delivery, a catalog object), a
+//! UUIDv5 of the key otherwise (a Stripe event today; a renewal per (subscription, period) or a
+//! dunning attempt per (invoice, attempt) tomorrow). Producers build a [`Job`]; the worker
+//! parses a claimed row back into one and dispatches with a `match`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{NewJob, Queue};
+use crate::{db::catalog_sync::Synced, ids::DeliveryId, tenancy::Scope};
+
+/// The namespace of job ids derived from deduplication keys.
+const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5c1e_7f3d_4e2a_9b8c_1d2e_3f4a_5b6c);
+
+/// Every job the platform runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Send one webhook delivery (its retries are the same job, due again).
+    DeliverWebhook { delivery: DeliveryId },
+    /// Bring Stripe up to date with one catalog object (only its latest state matters).
+    SyncCatalog { what: Synced, id: Uuid },
+    /// Apply one event received from Stripe (stored once per Stripe event id).
+    ProcessStripeEvent { event_id: String },
+}
+
+/// Why a claimed row is not a job this worker knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobParseError {
+    #[error("no handler for job kind `{0}` in this worker")]
+    UnknownKind(String),
+    #[error("job kind `{kind}` without a valid `{field}` in its payload")]
+    BadPayload { kind: String, field: &'static str },
+}
+
+impl Job {
+    pub const DELIVER_WEBHOOK: &'static str = "webhook.deliver";
+    pub const SYNC_PLAN: &'static str = "stripe.sync_plan";
+    pub const SYNC_PRODUCT: &'static str = "stripe.sync_product";
+    pub const SYNC_PRICE: &'static str = "stripe.sync_price";
+    pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
+
+    /// The kind stored in the outbox row.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::DeliverWebhook { .. } => Self::DELIVER_WEBHOOK,
+            Job::SyncCatalog {
+                what: Synced::Plan, ..
+            } => Self::SYNC_PLAN,
+            Job::SyncCatalog {
+                what: Synced::Product,
+                ..
+            } => Self::SYNC_PRODUCT,
+            Job::SyncCatalog {
+                what: Synced::Price,
+                ..
+            } => Self::SYNC_PRICE,
+            Job::ProcessStripeEvent { .. } => Self::PROCESS_STRIPE_EVENT,
+        }
+    }
+
+    pub fn queue(&self) -> Queue {
+        match self {
+            Job::DeliverWebhook { .. } => Queue::Webhooks,
+            Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => Queue::StripeSync,
+        }
+    }
+
+    /// What makes two jobs the same job.
+    pub fn dedup_key(&self) -> String {
+        match self {
+            Job::DeliverWebhook { delivery } => format!("{}:{}", self.kind(), delivery.as_uuid()),
+            Job::SyncCatalog { id, .. } => format!("{}:{id}", self.kind()),
+            Job::ProcessStripeEvent { event_id } => format!("{}:{event_id}", self.kind()),
+        }
+    }
+
+    /// The outbox id: the object's id when one object is the key, else a UUIDv5 of the key.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Job::DeliverWebhook { delivery } => delivery.as_uuid(),
+            Job::SyncCatalog { id, .. } => *id,
+            Job::ProcessStripeEvent { .. } => {
+                Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
+            }
+        }
+    }
+
+    pub fn payload(&self) -> Value {
+        match self {
+            Job::DeliverWebhook { delivery } => json!({ "delivery_id": delivery.to_string() }),
+            Job::SyncCatalog { id, .. } => json!({ "id": id }),
+            Job::ProcessStripeEvent { event_id } => json!({ "event_id": event_id }),
+        }
+    }
+
+    /// Runs before the job is dead. A delivery's own retry schedule decides when it has
+    /// failed, not a job limit.
+    pub fn max_attempts(&self) -> i32 {
+        match self {
+            Job::DeliverWebhook { .. } => i32::MAX,
+            _ => self.queue().retry_policy().max_attempts,
+        }
+    }
+
+    /// The outbox row for this job, for `scope`'s tenant (`None`: a platform job), due at
+    /// `run_at`.
+    pub fn to_new(&self, scope: Option<Scope>, run_at: DateTime<Utc>) -> NewJob {
+        NewJob {
+            id: self.id(),
+            queue: self.queue(),
+            kind: self.kind(),
+            tenant: scope.map(|s| (s.tenant_id.as_uuid(), s.livemode)),
+            payload: self.payload(),
+            run_at,
+            max_attempts: self.max_attempts(),
+        }
+    }
+
+    /// The job a stored row describes.
+    pub fn parse(kind: &str, payload: &Value) -> Result<Job, JobParseError> {
+        let bad = |field| JobParseError::BadPayload {
+            kind: kind.to_owned(),
+            field,
+        };
+        let sync = |what| {
+            payload["id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .map(|id| Job::SyncCatalog { what, id })
+                .ok_or_else(|| bad("id"))
+        };
+        match kind {
+            Self::DELIVER_WEBHOOK => payload["delivery_id"]
+                .as_str()
+                .and_then(|s| DeliveryId::parse(s).ok())
+                .map(|delivery| Job::DeliverWebhook { delivery })
+                .ok_or_else(|| bad("delivery_id")),
+            Self::SYNC_PLAN => sync(Synced::Plan),
+            Self::SYNC_PRODUCT => sync(Synced::Product),
+            Self::SYNC_PRICE => sync(Synced::Price),
+            Self::PROCESS_STRIPE_EVENT => payload["event_id"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|e| Job::ProcessStripeEvent {
+                    event_id: e.to_owned(),
+                })
+                .ok_or_else(|| bad("event_id")),
+            other => Err(JobParseError::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Job> {
+        let id = Uuid::now_v7();
+        vec![
+            Job::DeliverWebhook {
+                delivery: DeliveryId::from_uuid(id),
+            },
+            Job::SyncCatalog {
+                what: Synced::Plan,
+                id,
+            },
+            Job::SyncCatalog {
+                what: Synced::Product,
+                id,
+            },
+            Job::SyncCatalog {
+                what: Synced::Price,
+                id,
+            },
+            Job::ProcessStripeEvent {
+                event_id: "evt_123".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_job_reads_back_from_its_row_as_itself() {
+        for job in all() {
+            assert_eq!(Job::parse(job.kind(), &job.payload()), Ok(job.clone()));
+        }
+    }
+
+    #[test]
+    fn one_key_gives_one_id_and_different_keys_different_ids() {
+        let a = Job::ProcessStripeEvent {
+            event_id: "evt_a".into(),
+        };
+        let b = Job::ProcessStripeEvent {
+            event_id: "evt_b".into(),
+        };
+        assert_eq!(a.id(), a.clone().id());
+        assert_ne!(a.id(), b.id());
+        // Kinds about the same object are distinct jobs with distinct keys.
+        let keys: std::collections::HashSet<String> = all().iter().map(Job::dedup_key).collect();
+        assert_eq!(keys.len(), all().len());
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_payloads_are_told_apart() {
+        assert_eq!(
+            Job::parse("invoice.renew", &json!({})),
+            Err(JobParseError::UnknownKind("invoice.renew".into()))
+        );
+        assert_eq!(
+            Job::parse(Job::SYNC_PRICE, &json!({"id": "nope"})),
+            Err(JobParseError::BadPayload {
+                kind: Job::SYNC_PRICE.into(),
+                field: "id"
+            })
+        );
+        assert!(Job::parse(Job::PROCESS_STRIPE_EVENT, &json!({"event_id": ""})).is_err());
+    }
+
+    #[test]
+    fn deliveries_never_run_out_of_job_attempts_and_others_follow_their_queue() {
+        for job in all() {
+            let expected = match job {
+                Job::DeliverWebhook { .. } => i32::MAX,
+                _ => Queue::StripeSync.retry_policy().max_attempts,
+            };
+            assert_eq!(job.max_attempts(), expected, "{job:?}");
+            assert_eq!(job.to_new(None, Utc::now()).id, job.id());
+        }
+    }
+}
