@@ -2,7 +2,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins \
+RUN cargo build --release --locked -p api -p worker --bins \
     && cp target/release/billing-api target/release/billing-worker /usr/local/bin/
 
 FROM debian:bookworm-slim

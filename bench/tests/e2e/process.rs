@@ -104,7 +104,7 @@ async fn sigterm_lets_running_deliveries_finish_and_records_them() {
 
 #[test]
 fn the_worker_refuses_to_start_without_its_secret() {
-    let out = Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
         .env_clear()
         .output()
         .unwrap();
@@ -118,7 +118,7 @@ fn the_worker_refuses_to_start_without_its_secret() {
 
 #[test]
 fn an_unknown_queue_is_refused_with_usage() {
-    let out = Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
         .env("APP_SECRET", "0123456789abcdef0123456789abcdef")
         .args(["--queues", "webhooks,nope"])
         .stdout(Stdio::null())
@@ -151,7 +151,7 @@ async fn operators_list_dead_jobs_and_retry_them_with_the_worker_binary() {
     worker.stop().await;
 
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+        Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
             .envs(&env.vars)
             .args(args)
             .output()

@@ -141,7 +141,7 @@ impl Env {
 
     /// The worker binary as a process, with this test's settings.
     pub fn worker_process(&self, port: u16) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+        Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
             .envs(&self.vars)
             .env("WORKER_ADDR", format!("127.0.0.1:{port}"))
             .env(

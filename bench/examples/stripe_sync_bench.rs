@@ -10,7 +10,7 @@
 
 mod common;
 
-#[path = "../tests/worker/stripe_fake.rs"]
+#[path = "../tests/e2e/stripe_fake.rs"]
 #[allow(dead_code)]
 mod stripe_fake;
 
