@@ -36,7 +36,7 @@ pub enum StartError {
     #[error("API_ADDR: cannot listen on {0}: {1}")]
     Bind(SocketAddr, String),
     #[error("STRIPE_SECRET_KEY_TEST / STRIPE_SECRET_KEY_LIVE: {0}")]
-    Stripe(String),
+    Stripe(#[from] shared::stripe::SetupError),
 }
 
 /// Connects to Redis with a bounded wait.

@@ -327,9 +327,9 @@ impl Settings {
                         .iter()
                         .map(|s| Duration::from_secs(*s))
                         .collect(),
-                    Some(raw) => parse_schedule(&raw).map_err(|reason| ConfigError::Malformed {
+                    Some(raw) => parse_schedule(&raw).map_err(|e| ConfigError::Malformed {
                         name: "WEBHOOK_RETRY_SCHEDULE",
-                        reason,
+                        reason: e.to_string(),
                     })?,
                 },
                 disable_after: Duration::from_secs(parse(
@@ -348,8 +348,17 @@ impl Settings {
 /// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 pub const DEFAULT_RETRY_SCHEDULE: [u64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
 
+/// Why a retry schedule cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("`{0}` is not a duration")]
+    NotADuration(String),
+    #[error("`{part}`: unknown unit `{unit}` (use ms, s, m, h or d)")]
+    UnknownUnit { part: String, unit: String },
+}
+
 /// `5s,5m,30m,2h` (a bare number is seconds); `none` means no retries.
-pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
+pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, ScheduleError> {
     if raw.trim() == "none" {
         return Ok(Vec::new());
     }
@@ -363,7 +372,7 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
             );
             let n: u64 = num
                 .parse()
-                .map_err(|_| format!("`{part}` is not a duration"))?;
+                .map_err(|_| ScheduleError::NotADuration(part.to_owned()))?;
             let secs = match unit {
                 "" | "s" => n,
                 "ms" => return Ok(Duration::from_millis(n)),
@@ -371,9 +380,10 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
                 "h" => n * 3600,
                 "d" => n * 86_400,
                 _ => {
-                    return Err(format!(
-                        "`{part}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-                    ));
+                    return Err(ScheduleError::UnknownUnit {
+                        part: part.to_owned(),
+                        unit: unit.to_owned(),
+                    });
                 }
             };
             Ok(Duration::from_secs(secs))

@@ -20,7 +20,7 @@ pub enum BatchError {
 }
 
 /// Sends each item its output, or the batch's error.
-fn answer<O>(n: usize, result: Result<Vec<O>, String>, replies: Vec<Reply<O>>) {
+fn answer<O, E: std::fmt::Display>(n: usize, result: Result<Vec<O>, E>, replies: Vec<Reply<O>>) {
     match result {
         Ok(outputs) if outputs.len() == n => {
             for (reply, out) in replies.into_iter().zip(outputs) {
@@ -34,7 +34,7 @@ fn answer<O>(n: usize, result: Result<Vec<O>, String>, replies: Vec<Reply<O>>) {
             }
         }
         Err(e) => {
-            let err = Arc::new(e);
+            let err = Arc::new(e.to_string());
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -59,20 +59,22 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the batching task. `run` gets a batch and returns one output per item, in order.
     /// A batch is whatever is waiting when the previous one finishes (at most `max`), so a lone
     /// item is never held back waiting for company.
-    pub fn spawn<F, Fut>(max: usize, run: F) -> Self
+    pub fn spawn<F, Fut, E>(max: usize, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
     {
         Self::spawn_parallel(max, 1, run)
     }
 
     /// As [`Batcher::spawn`], with up to `parallel` batches running at once (each on its own
     /// task): a batch is whatever is waiting when a slot frees up, at most `max` items.
-    pub fn spawn_parallel<F, Fut>(max: usize, parallel: usize, run: F) -> Self
+    pub fn spawn_parallel<F, Fut, E>(max: usize, parallel: usize, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<O>, String>> + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max.max(1) * 4);
         let run = Arc::new(run);
@@ -140,7 +142,7 @@ mod tests {
             async move {
                 seen.fetch_add(1, Ordering::SeqCst);
                 tokio::task::yield_now().await;
-                Ok(items.into_iter().map(|i| i * 2).collect())
+                Ok::<_, std::convert::Infallible>(items.into_iter().map(|i| i * 2).collect())
             }
         });
         let calls: Vec<_> = (0..200u32)
@@ -165,7 +167,7 @@ mod tests {
             let barrier = barrier.clone();
             async move {
                 barrier.wait().await;
-                Ok(items)
+                Ok::<_, std::convert::Infallible>(items)
             }
         });
         let both = async { tokio::join!(b.call(1), b.call(2)) };

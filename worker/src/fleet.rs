@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    Runtime,
+    Runtime, WorkerError,
     batch::Batcher,
     jobs::deliver_webhook::{self, Done},
     metrics::RunEnd,
@@ -42,10 +42,8 @@ fn acker(rt: &Arc<Runtime>, queue: Queue, worker: &str) -> Acker {
             let n = ids.len();
             // Not acknowledged: the ids stay in this consumer's inflight set; when it stops
             // they return to the queue and their next run finds the job done (stale).
-            redis_queue::ack(&mut redis, &config, &worker, &ids)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(vec![(); n])
+            redis_queue::ack(&mut redis, &config, &worker, &ids).await?;
+            Ok::<_, redis::RedisError>(vec![(); n])
         }
     })
 }
@@ -183,7 +181,7 @@ async fn process_webhook(rt: &Runtime, msg: JobMessage) -> RunEnd {
             let end = end_of(&c.job.outcome);
             (
                 end,
-                rt.webhook_done.call(*c).await.map_err(|e| e.to_string()),
+                rt.webhook_done.call(*c).await.map_err(WorkerError::from),
             )
         }
         Done::Job(f) => (end_of(&f.outcome), finish_one(rt, f).await),
@@ -209,7 +207,7 @@ async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage) -> RunEnd 
     record_result(end, recorded)
 }
 
-fn record_result(end: RunEnd, recorded: Result<bool, String>) -> RunEnd {
+fn record_result(end: RunEnd, recorded: Result<bool, WorkerError>) -> RunEnd {
     match recorded {
         Ok(true) => {
             if end == RunEnd::Dead {
@@ -228,10 +226,8 @@ fn record_result(end: RunEnd, recorded: Result<bool, String>) -> RunEnd {
     }
 }
 
-async fn finish_one(rt: &Runtime, f: Finished) -> Result<bool, String> {
-    let mut conn = rt.pool.acquire().await.map_err(|e| e.to_string())?;
-    let done = jobs::finish(&mut conn, std::slice::from_ref(&f), rt.clock.now())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn finish_one(rt: &Runtime, f: Finished) -> Result<bool, WorkerError> {
+    let mut conn = rt.pool.acquire().await.map_err(shared::db::DbError::from)?;
+    let done = jobs::finish(&mut conn, std::slice::from_ref(&f), rt.clock.now()).await?;
     Ok(!done.is_empty())
 }

@@ -29,7 +29,10 @@ use shared::{
     clock::{Clock, SystemClock},
     config::Settings,
     crypto::Encryptor,
-    db::webhook_deliveries::{self, Completion, SendItem},
+    db::{
+        DbError,
+        webhook_deliveries::{self, Completion, SendItem},
+    },
     jobs::{Claimed, JobMessage},
 };
 use sqlx::PgPool;
@@ -37,6 +40,27 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{batch::Batcher, metrics::Metrics};
+
+/// What can go wrong in the worker's own machinery (a job's failure is its outcome instead).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the database settings: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the Redis queue: {0}")]
+    Queue(#[from] apalis_redis::Error),
+    #[error(transparent)]
+    Service(#[from] shared::service::ServiceError),
+    #[error("the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Stripe(#[from] shared::stripe::SetupError),
+    #[error(transparent)]
+    Batch(#[from] batch::BatchError),
+}
 
 /// Most items in one batched database round trip. Kept small on purpose: sqlx 0.9 leaves
 /// Nagle's algorithm on for TCP connections to PostgreSQL, and statements whose bind messages
@@ -79,21 +103,19 @@ impl Runtime {
         settings: Settings,
         pool: PgPool,
         redis: ConnectionManager,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, WorkerError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let lease = settings.jobs.lease;
 
-        let relaxed = shared::db::relaxed_pool(&settings.database, RELAXED_CONNECTIONS)
-            .map_err(|e| e.to_string())?;
-        let health = shared::health::Health::new(&settings.database).map_err(|e| e.to_string())?;
+        let relaxed = shared::db::relaxed_pool(&settings.database, RELAXED_CONNECTIONS)?;
+        let health = shared::health::Health::new(&settings.database)?;
         let (p, c) = (relaxed.clone(), clock.clone());
         let webhook_claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
                 let started = std::time::Instant::now();
-                let claimed = webhook_deliveries::claim_for_send(&pool, &msgs, clock.now(), lease)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let claimed =
+                    webhook_deliveries::claim_for_send(&pool, &msgs, clock.now(), lease).await?;
                 tracing::debug!(
                     batch = msgs.len(),
                     took_ms = started.elapsed().as_millis() as u64,
@@ -101,7 +123,7 @@ impl Runtime {
                 );
                 let mut claimed: HashMap<Uuid, (Claimed, Option<SendItem>)> =
                     claimed.into_iter().map(|c| (c.0.id, c)).collect();
-                Ok(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
+                Ok::<_, DbError>(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
             }
         });
 
@@ -132,7 +154,7 @@ impl Runtime {
                         }
                         recorded
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e),
                 };
                 tracing::debug!(
                     batch = done.len(),
@@ -140,10 +162,11 @@ impl Runtime {
                     "deliveries recorded"
                 );
                 let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
-                Ok(done
-                    .iter()
-                    .map(|d| recorded.contains(&d.delivery_id))
-                    .collect())
+                Ok::<_, DbError>(
+                    done.iter()
+                        .map(|d| recorded.contains(&d.delivery_id))
+                        .collect(),
+                )
             }
         });
 
@@ -151,18 +174,16 @@ impl Runtime {
         let claims = Batcher::spawn(BATCH, move |msgs: Vec<JobMessage>| {
             let (pool, clock) = (p.clone(), c.clone());
             async move {
-                let claimed = shared::jobs::claim(&pool, &msgs, clock.now(), lease)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let claimed = shared::jobs::claim(&pool, &msgs, clock.now(), lease).await?;
                 let mut claimed: HashMap<Uuid, Claimed> =
                     claimed.into_iter().map(|c| (c.id, c)).collect();
-                Ok(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
+                Ok::<_, DbError>(msgs.iter().map(|m| claimed.remove(&m.id)).collect())
             }
         });
 
         let secret = settings.auth.app_secret.expose().clone();
         Ok(Arc::new(Self {
-            http: http::client(&settings.webhooks).map_err(|e| e.to_string())?,
+            http: http::client(&settings.webhooks)?,
             stripe: shared::stripe::Stripe::new(&settings.stripe)?,
             encryptor: Encryptor::new(&secret),
             metrics: Metrics::default(),

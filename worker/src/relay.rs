@@ -11,7 +11,7 @@ use shared::jobs::{self, Queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::{Runtime, redis_queue};
+use crate::{Runtime, WorkerError, redis_queue};
 
 /// Runs until `stop` turns true.
 pub async fn run(rt: Arc<Runtime>, queues: Vec<Queue>, mut stop: watch::Receiver<bool>) {
@@ -98,28 +98,23 @@ pub enum Step {
 }
 
 /// One step for one queue: returns how many jobs were pushed.
-pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize, String> {
+pub async fn relay_once(rt: &Runtime, queue: Queue, owner: &str) -> Result<usize, WorkerError> {
     Ok(match relay_step(rt, queue, owner).await? {
         Step::Pushed(n) => n,
         Step::Full => 0,
     })
 }
 
-async fn relay_step(rt: &Runtime, queue: Queue, owner: &str) -> Result<Step, String> {
+async fn relay_step(rt: &Runtime, queue: Queue, owner: &str) -> Result<Step, WorkerError> {
     let settings = &rt.settings;
     let config = redis_queue::config(settings, queue);
     let mut redis = rt.redis.clone();
     let lock_ttl = Duration::from_secs(10);
-    if !redis_queue::try_lock(&mut redis, settings, queue, owner, lock_ttl)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if !redis_queue::try_lock(&mut redis, settings, queue, owner, lock_ttl).await? {
         return Ok(Step::Pushed(0));
     }
     let result = async {
-        let depth = redis_queue::depth(&mut redis, &config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let depth = redis_queue::depth(&mut redis, &config).await?;
         rt.metrics
             .q(queue)
             .redis_depth
@@ -131,16 +126,14 @@ async fn relay_step(rt: &Runtime, queue: Queue, owner: &str) -> Result<Step, Str
             return Ok(Step::Full);
         }
         let now = rt.clock.now();
-        let msgs = jobs::lease_due(&rt.relaxed, queue, now, settings.jobs.lease, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let msgs = jobs::lease_due(&rt.relaxed, queue, now, settings.jobs.lease, limit).await?;
         if msgs.is_empty() {
             return Ok(Step::Pushed(0));
         }
         if let Err(e) = redis_queue::push(&mut redis, &config, &msgs).await {
             // Give them back now rather than when the lease runs out.
             let _ = jobs::unlease(&rt.pool, &msgs, rt.clock.now()).await;
-            return Err(format!("push to Redis failed: {e}"));
+            return Err(e.into());
         }
         rt.metrics
             .q(queue)

@@ -357,12 +357,13 @@ impl Outcome {
 
     /// (state, run_at, error, whether the run counts as an attempt)
     pub fn parts(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>, bool) {
-        match self {
-            Outcome::Succeeded => ("succeeded", now, None, true),
-            Outcome::Retry { at, error } => ("pending", *at, Some(error), true),
-            Outcome::Dead { error } => ("dead", now, Some(error), true),
-            Outcome::Defer { at } => ("pending", *at, None, false),
-        }
+        let (state, at, error, counts) = match self {
+            Outcome::Succeeded => (JobState::Succeeded, now, None, true),
+            Outcome::Retry { at, error } => (JobState::Pending, *at, Some(error.as_str()), true),
+            Outcome::Dead { error } => (JobState::Dead, now, Some(error.as_str()), true),
+            Outcome::Defer { at } => (JobState::Pending, *at, None, false),
+        };
+        (state.as_str(), at, error, counts)
     }
 }
 
@@ -446,6 +447,17 @@ pub async fn release(
     Ok(done.rows_affected())
 }
 
+crate::text_enum! {
+    /// Where a job stands in the outbox.
+    pub enum JobState {
+        /// Due at `run_at` (or leased to a run until then).
+        Pending = "pending",
+        Succeeded = "succeeded",
+        /// Out of attempts, or failed for good; an operator can retry it.
+        Dead = "dead",
+    }
+}
+
 /// A job as operators see it.
 #[derive(Debug, Clone, FromRow, Serialize)]
 pub struct JobRow {
@@ -455,7 +467,7 @@ pub struct JobRow {
     pub tenant_id: Option<Uuid>,
     pub livemode: Option<bool>,
     pub payload: serde_json::Value,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,

@@ -207,8 +207,13 @@ fn key(raw: &str) -> Result<RequestStrategy, Failure> {
         .map_err(|e| Failure::Rejected(format!("idempotency key: {e:?}")))
 }
 
+/// The Stripe client cannot be built from the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("the Stripe client cannot be built: {0}")]
+pub struct SetupError(String);
+
 impl Stripe {
-    pub fn new(settings: &StripeSettings) -> Result<Self, String> {
+    pub fn new(settings: &StripeSettings) -> Result<Self, SetupError> {
         let build = |secret: &str| {
             ClientBuilder::new(secret)
                 .url(settings.api_base.clone())
@@ -219,7 +224,7 @@ impl Stripe {
                     None,
                 )
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| SetupError(e.to_string()))
         };
         Ok(Self {
             test: settings

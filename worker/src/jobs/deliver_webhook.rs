@@ -24,17 +24,32 @@ pub enum Done {
     Job(Finished),
 }
 
+/// Why an endpoint's signing secret cannot sign.
+#[derive(Debug, thiserror::Error)]
+enum SecretError {
+    #[error("the signing secret cannot be decrypted (APP_SECRET changed?)")]
+    Undecryptable,
+    #[error("the signing secret is corrupt")]
+    Corrupt,
+    #[error("the signing secret is invalid: {0}")]
+    Invalid(String),
+}
+
 /// The signing keys: the current secret, and the previous one while it still signs.
-fn signing_keys(rt: &Runtime, item: &SendItem, now: DateTime<Utc>) -> Result<Vec<Vec<u8>>, String> {
-    let decrypt = |enc: &[u8]| -> Result<Vec<u8>, String> {
-        let raw = rt.encryptor.decrypt(enc).map_err(|_| {
-            "the signing secret cannot be decrypted (APP_SECRET changed?)".to_owned()
-        })?;
-        let text =
-            String::from_utf8(raw).map_err(|_| "the signing secret is corrupt".to_owned())?;
+fn signing_keys(
+    rt: &Runtime,
+    item: &SendItem,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<u8>>, SecretError> {
+    let decrypt = |enc: &[u8]| -> Result<Vec<u8>, SecretError> {
+        let raw = rt
+            .encryptor
+            .decrypt(enc)
+            .map_err(|_| SecretError::Undecryptable)?;
+        let text = String::from_utf8(raw).map_err(|_| SecretError::Corrupt)?;
         SigningSecret::parse(&text)
             .map(|s| s.key())
-            .map_err(|e| format!("the signing secret is invalid: {e}"))
+            .map_err(|e| SecretError::Invalid(e.to_string()))
     };
     let mut keys = vec![decrypt(&item.secret_enc)?];
     if let (Some(prev), Some(until)) = (&item.previous_secret_enc, item.previous_secret_expires_at)
@@ -102,7 +117,7 @@ pub async fn run(rt: &Runtime, job: &Claimed, item: Option<&SendItem>) -> Done {
     let answer = match WebhookUrl::parse(&item.url, policy) {
         Err(e) => refused(format!("refused: the URL {e}")),
         Ok(url) => match signing_keys(rt, item, now) {
-            Err(e) => refused(e),
+            Err(e) => refused(e.to_string()),
             Ok(keys) => {
                 let body = item.body();
                 let msg_id = DeliveryId::from_uuid(item.delivery_id).to_string();

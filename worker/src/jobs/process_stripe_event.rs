@@ -3,7 +3,7 @@
 
 use shared::{
     jobs::{Claimed, Finished, Outcome, Queue},
-    service::stripe_events,
+    service::{ServiceError, stripe_events},
     uow::UnitOfWork,
 };
 
@@ -17,7 +17,7 @@ pub async fn run(rt: &Runtime, job: &Claimed, event_id: &str) -> Finished {
             job.attempts,
             job.max_attempts,
             rt.clock.now(),
-            e,
+            e.to_string(),
         ),
     };
     Finished {
@@ -27,12 +27,8 @@ pub async fn run(rt: &Runtime, job: &Claimed, event_id: &str) -> Finished {
     }
 }
 
-async fn process(rt: &Runtime, event_id: &str) -> Result<(), String> {
-    let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
-    stripe_events::process(&mut uow, &rt.stripe, event_id)
-        .await
-        .map_err(|e| e.to_string())?;
-    uow.commit().await.map_err(|e| e.to_string())
+async fn process(rt: &Runtime, event_id: &str) -> Result<(), ServiceError> {
+    let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
+    stripe_events::process(&mut uow, &rt.stripe, event_id).await?;
+    Ok(uow.commit().await?)
 }
