@@ -456,3 +456,43 @@ async fn a_request_killed_after_claiming_its_key_leaves_nothing_and_its_retry_ru
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.count("products").await, 1);
 }
+
+#[tokio::test]
+async fn a_handler_failing_after_the_claim_leaves_no_key_in_progress_and_the_retry_runs() {
+    let app = spawn_app().await;
+    let t = app.register("fail-after-claim@acme.com").await;
+    // A fault inside the work, after the key was claimed: the product insert raises.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_product() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$; \
+         CREATE TRIGGER fail_product BEFORE INSERT ON products \
+         FOR EACH ROW EXECUTE FUNCTION fail_product();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let create = || {
+        app.client
+            .post(app.url("/api/v1/products"))
+            .bearer_auth(&t.sk_test)
+            .header("Idempotency-Key", "fail-1")
+            .json(&json!({"name": "Fails once"}))
+            .send()
+    };
+    let failed = create().await.unwrap();
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // Nothing of the request stays: no claimed key, no product, no event.
+    assert_eq!(app.count("idempotency_keys").await, 0);
+    assert_eq!(app.count("products").await, 0);
+    sqlx::raw_sql("DROP TRIGGER fail_product ON products")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The client's retry with the same key simply runs (not 409 in progress, not a replay).
+    let retry = create().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert!(retry.headers().get("idempotent-replayed").is_none());
+    let again = create().await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.count("products").await, 1);
+}
