@@ -1,6 +1,7 @@
 //! Domain types: values that cannot be constructed invalid.
 
 pub mod api_key;
+pub mod bundle;
 pub mod catalog;
 pub mod email;
 pub mod interval;

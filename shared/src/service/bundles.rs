@@ -16,9 +16,10 @@ use crate::{
         products::PriceRow,
     },
     domain::{
+        bundle::{self, BundleTotalsError},
         catalog::{Description, Metadata, Name},
         interval::Interval,
-        money::{Currency, Money, basis_points},
+        money::{Currency, Money},
         pricing::PriceModel,
     },
     ids::{BundleId, PriceId},
@@ -127,24 +128,25 @@ fn price(
     prices: &HashMap<PriceId, PriceRow>,
 ) -> ServiceResult<PricedBundle> {
     let mut priced = Vec::with_capacity(items.len());
-    let mut list: i64 = 0;
     for item in items {
         let Some(p) = prices.get(&item.price_id) else {
             continue;
         };
-        let amount = member_amount(p, item.quantity)?;
-        list = list
-            .checked_add(amount)
-            .ok_or_else(|| ServiceError::invalid("items", "the total is too large"))?;
         priced.push(PricedItem {
             price: p.clone(),
             quantity: item.quantity,
-            amount,
+            amount: member_amount(p, item.quantity)?,
         });
     }
-    let off = basis_points(list, u32::try_from(row.discount_bps).unwrap_or(0))
-        .ok_or_else(|| ServiceError::invalid("discount_bps", "overflows the total"))?;
-    let amount = list - off;
+    let members: Vec<i64> = priced.iter().map(|i| i.amount).collect();
+    let totals = bundle::totals(&members, u32::try_from(row.discount_bps).unwrap_or(0)).map_err(
+        |e| match e {
+            BundleTotalsError::TotalTooLarge => ServiceError::invalid("items", e.to_string()),
+            BundleTotalsError::DiscountOverflows => {
+                ServiceError::invalid("discount_bps", e.to_string())
+            }
+        },
+    )?;
     let currency = Currency::parse(&row.currency).map_err(ServiceError::internal)?;
     let interval = row
         .interval
@@ -155,13 +157,13 @@ fn price(
         None => Money::new(v, currency).display(),
     };
     Ok(PricedBundle {
-        price_display: show(amount),
-        savings_display: show(off),
+        price_display: show(totals.amount),
+        savings_display: show(totals.savings),
         row,
         items: priced,
-        list_amount: list,
-        amount,
-        savings: off,
+        list_amount: totals.list,
+        amount: totals.amount,
+        savings: totals.savings,
     })
 }
 
