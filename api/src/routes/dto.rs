@@ -79,7 +79,7 @@ impl From<UserRow> for UserOut {
             email: u.email,
             first_name: u.first_name,
             last_name: u.last_name,
-            role: u.role,
+            role: u.role.as_str().into(),
             is_active: u.is_active,
             last_login_at: u.last_login_at,
             created_at: u.created_at,

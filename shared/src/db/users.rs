@@ -20,7 +20,7 @@ pub struct UserRow {
     pub email: String,
     pub first_name: String,
     pub last_name: String,
-    pub role: String,
+    pub role: Role,
     pub is_active: bool,
     pub last_login_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -28,7 +28,7 @@ pub struct UserRow {
 
 impl UserRow {
     pub fn role(&self) -> Role {
-        Role::parse(&self.role).unwrap_or(Role::Billing)
+        self.role
     }
 
     /// The user as events carry it (the fields the API returns).
@@ -39,7 +39,7 @@ impl UserRow {
             "email": self.email,
             "first_name": self.first_name,
             "last_name": self.last_name,
-            "role": self.role,
+            "role": self.role.as_str(),
             "is_active": self.is_active,
             "last_login_at": self.last_login_at,
             "created_at": self.created_at,
@@ -57,7 +57,7 @@ const COLUMNS: &str =
 pub struct Credentials {
     pub id: UserId,
     pub tenant_id: TenantId,
-    pub role: String,
+    pub role: Role,
     pub password_hash: String,
     pub password_version: i32,
     pub is_active: bool,
@@ -79,7 +79,7 @@ impl Credentials {
     }
 
     pub fn role(&self) -> Role {
-        Role::parse(&self.role).unwrap_or(Role::Billing)
+        self.role
     }
 
     pub fn can_log_in(&self) -> bool {
