@@ -1522,3 +1522,70 @@ async fn control_characters_in_metadata_and_filters_are_refused() {
     let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
     assert_eq!(problem["field"], "type");
 }
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_writes_nothing_and_records_no_event() {
+    let app = spawn_app().await;
+    let t = app.register("noop@acme.com").await;
+    let sk = t.sk_test();
+    let product = create_product(
+        &app,
+        &sk,
+        json!({"name": "Same", "description": "As before", "metadata": {"k": "v"}}),
+    )
+    .await;
+    let id = s(&product["id"]);
+    let price = create_price(&app, &sk, &id, monthly_flat(1000)).await;
+    let price_id = s(&price["id"]);
+    let price = body(
+        app.send(
+            Method::PATCH,
+            &price_path(&price_id),
+            &sk,
+            Some(&json!({"nickname": "Pro"})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let events_before = app.count("events").await;
+    for step in [
+        json!({"name": "Same"}),
+        json!({"description": "As before", "metadata": {"k": "v"}, "active": true}),
+    ] {
+        let same = body(
+            app.send(Method::PATCH, &product_path(&id), &sk, Some(&step))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(same["updated_at"], product["updated_at"], "after {step}");
+    }
+    let same = body(
+        app.send(
+            Method::PATCH,
+            &price_path(&price_id),
+            &sk,
+            Some(&json!({"nickname": "Pro", "active": true})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(same, price);
+    assert_eq!(app.count("events").await, events_before);
+    // A real change still counts.
+    app.send(
+        Method::PATCH,
+        &product_path(&id),
+        &sk,
+        Some(&json!({"name": "Other"})),
+    )
+    .await;
+    assert_eq!(
+        event_objects(&app, &t, false, "product.updated")
+            .await
+            .len(),
+        1
+    );
+}

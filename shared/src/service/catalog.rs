@@ -45,120 +45,65 @@ pub trait Mirrored: Sized {
     fn to_json(&self) -> Value;
 }
 
-impl Mirrored for ProductRow {
-    const KIND: Synced = Synced::Product;
+/// `Mirrored` for a row type with `id`, `sync_status`, `sync_error`, `sync_version` and
+/// `to_json`; `content` lists what a change can touch.
+macro_rules! mirrored {
+    ($row:ty, $kind:expr, |$r:ident| $content:expr) => {
+        impl Mirrored for $row {
+            const KIND: Synced = $kind;
 
-    fn uuid(&self) -> Uuid {
-        self.id.as_uuid()
-    }
+            fn uuid(&self) -> Uuid {
+                self.id.as_uuid()
+            }
 
-    fn status(&self) -> SyncStatus {
-        self.sync_status
-    }
+            fn status(&self) -> SyncStatus {
+                self.sync_status
+            }
 
-    fn sync_version(&self) -> i32 {
-        self.sync_version
-    }
+            fn sync_version(&self) -> i32 {
+                self.sync_version
+            }
 
-    fn same_content(&self, o: &Self) -> bool {
-        (
-            &self.name,
-            &self.description,
-            &self.features,
-            &self.metadata,
-            self.active,
-        ) == (&o.name, &o.description, &o.features, &o.metadata, o.active)
-    }
+            fn same_content(&self, other: &Self) -> bool {
+                let content = |$r: &Self| $content;
+                content(self) == content(other)
+            }
 
-    fn set_status(&mut self, status: SyncStatus) {
-        self.sync_status = status;
-        if status == SyncStatus::Pending {
-            self.sync_error = None;
+            fn set_status(&mut self, status: SyncStatus) {
+                self.sync_status = status;
+                if status == SyncStatus::Pending {
+                    self.sync_error = None;
+                }
+            }
+
+            fn to_json(&self) -> Value {
+                <$row>::to_json(self)
+            }
         }
-    }
-
-    fn to_json(&self) -> Value {
-        ProductRow::to_json(self)
-    }
+    };
 }
 
-impl Mirrored for PriceRow {
-    const KIND: Synced = Synced::Price;
-
-    fn uuid(&self) -> Uuid {
-        self.id.as_uuid()
-    }
-
-    fn status(&self) -> SyncStatus {
-        self.sync_status
-    }
-
-    fn sync_version(&self) -> i32 {
-        self.sync_version
-    }
-
-    fn same_content(&self, o: &Self) -> bool {
-        (&self.nickname, self.active, &self.metadata) == (&o.nickname, o.active, &o.metadata)
-    }
-
-    fn set_status(&mut self, status: SyncStatus) {
-        self.sync_status = status;
-        if status == SyncStatus::Pending {
-            self.sync_error = None;
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        PriceRow::to_json(self)
-    }
-}
-
-impl Mirrored for PlanRow {
-    const KIND: Synced = Synced::Plan;
-
-    fn uuid(&self) -> Uuid {
-        self.id.as_uuid()
-    }
-
-    fn status(&self) -> SyncStatus {
-        self.sync_status
-    }
-
-    fn sync_version(&self) -> i32 {
-        self.sync_version
-    }
-
-    fn same_content(&self, o: &Self) -> bool {
-        (
-            &self.name,
-            &self.description,
-            &self.features,
-            &self.metadata,
-            self.is_active,
-            self.is_visible,
-            self.trial_days,
-        ) == (
-            &o.name,
-            &o.description,
-            &o.features,
-            &o.metadata,
-            o.is_active,
-            o.is_visible,
-            o.trial_days,
-        )
-    }
-
-    fn set_status(&mut self, status: SyncStatus) {
-        self.sync_status = status;
-        if status == SyncStatus::Pending {
-            self.sync_error = None;
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        PlanRow::to_json(self)
-    }
-}
+mirrored!(ProductRow, Synced::Product, |p| (
+    p.name.clone(),
+    p.description.clone(),
+    p.features.clone(),
+    p.metadata.clone(),
+    p.active,
+));
+mirrored!(PriceRow, Synced::Price, |p| (
+    p.nickname.clone(),
+    p.active,
+    p.metadata.clone(),
+));
+mirrored!(PlanRow, Synced::Plan, |p| (
+    p.name.clone(),
+    p.description.clone(),
+    p.features.clone(),
+    p.metadata.clone(),
+    p.is_active,
+    p.is_visible,
+    p.trial_days,
+));
 
 /// After an insert: queue the sync of a pending object and record `event_type`.
 async fn created<R: Mirrored>(
