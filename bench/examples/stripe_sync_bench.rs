@@ -23,28 +23,15 @@ use std::{
 
 use serde_json::{Value, json};
 use shared::config::Settings;
-use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000);
-    let clients: usize = std::env::var("CLIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+    let n = common::env_usize("N", 5_000);
+    let clients = common::env_usize("CLIENTS", 32);
     let worker_bin = std::env::var("WORKER_BIN").expect("WORKER_BIN");
-    let base = std::env::var("DATABASE_URL")?;
-    let db = format!("billing_bench_stripe_{}", std::process::id());
-    let admin: PgConnectOptions = base.parse()?;
-    let mut conn = admin.clone().database("postgres").connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .execute(&mut conn)
-        .await?;
-    let db_url = admin.clone().database(&db).to_url_lossy().to_string();
+    let db = common::BenchDatabase::create("stripe").await?;
+    let db_url = db.url.clone();
 
     let fake = stripe_fake::StripeFake::start().await;
     let mut vars: HashMap<String, String> = HashMap::new();
@@ -186,11 +173,7 @@ async fn main() -> anyhow::Result<()> {
     let prices = fake.objects("price_");
     pool.close().await;
     common::clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await;
+    db.remove().await;
     println!(
         "Stripe calls: {} in {} seconds, busiest second {busiest}; objects: {products} products, {prices} prices",
         per_second.values().sum::<usize>(),

@@ -22,7 +22,6 @@ use std::{
 use poem::{EndpointExt, Response, Route, handler, listener::TcpListener, web::Data};
 use serde_json::json;
 use shared::{config::Settings, db::events::NewEvent, domain::api_key::PresentedKey};
-use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 
 #[handler]
 fn ok(count: Data<&Arc<AtomicU64>>) -> Response {
@@ -52,19 +51,10 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let n = common::env_usize("N", 20_000);
     let worker_bin = std::env::var("WORKER_BIN").expect("WORKER_BIN");
-    let base = std::env::var("DATABASE_URL")?;
-    let db = format!("billing_bench_webhooks_{}", std::process::id());
-    let admin: PgConnectOptions = base.parse()?;
-    let mut conn = admin.clone().database("postgres").connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .execute(&mut conn)
-        .await?;
-    let db_url = admin.clone().database(&db).to_url_lossy().to_string();
+    let db = common::BenchDatabase::create("webhooks").await?;
+    let db_url = db.url.clone();
 
     // The receiver: answers 200 and counts.
     let count = Arc::new(AtomicU64::new(0));
@@ -203,11 +193,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = worker.wait();
     pool.close().await;
     common::clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await;
+    db.remove().await;
     let received = count.load(Ordering::Relaxed);
     println!(
         "enqueued {n} events in {:.2} s (commit {:.2} s); receiver got {received} requests; CPU: worker {worker_cpu:.2} s, receiver and poller {bench_cpu:.2} s",

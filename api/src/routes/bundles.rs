@@ -357,12 +357,11 @@ mod tests {
     use poem_openapi::types::ToJSON;
     use serde_json::json;
     use shared::{
-        db::{
-            bundles::BundleRow, catalog_sync::SyncStatus, plans::PlanRow, products::PriceRow,
-            products::ProductRow,
-        },
         ids::{BundleId, PlanId, PriceId, ProductId, TenantId},
-        service::bundles::{PricedBundle, PricedItem},
+        service::{
+            bundles::{BundleRow, PricedBundle, PricedItem},
+            catalog::{PlanRow, PriceRow, ProductRow, SyncStatus},
+        },
     };
 
     use super::BundleOut;

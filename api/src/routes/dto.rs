@@ -2,7 +2,7 @@
 
 use poem_openapi::{Enum, Object};
 use serde::Deserialize;
-use shared::db::{api_keys::ApiKeyRow, tenants::TenantRow, users::UserRow};
+use shared::service::{api_keys::ApiKeyRow, tenants::TenantRow, users::UserRow};
 
 /// A tenant (company) account.
 #[derive(Debug, Object)]
@@ -176,35 +176,19 @@ impl KeyModes {
     }
 }
 
-/// Reads the list parameters every list takes: `limit` (1–100, default 10) and at most one of
-/// `starting_after` / `ending_before`, each an id parsed by `parse`.
+/// Reads the list parameters every list takes (see [`shared::service::page_request`]).
 pub fn page_request<E: std::fmt::Display>(
     limit: Option<i64>,
     starting_after: Option<String>,
     ending_before: Option<String>,
     parse: impl Fn(&str) -> Result<uuid::Uuid, E>,
-) -> Result<shared::db::pagination::PageRequest, crate::error::ApiError> {
-    use shared::db::pagination::{Cursor, PageRequest};
-
-    use crate::error::ApiError;
-    let limit = limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 100"));
-    }
-    let after = starting_after
-        .map(|a| parse(&a).map_err(|e| ApiError::validation("starting_after", e.to_string())))
-        .transpose()?;
-    let before = ending_before
-        .map(|b| parse(&b).map_err(|e| ApiError::validation("ending_before", e.to_string())))
-        .transpose()?;
-    let cursor = match (after, before) {
-        // Both: the items between them, newest first.
-        (Some(a), Some(b)) => Cursor::Between(a, b),
-        (Some(a), None) => Cursor::StartingAfter(a),
-        (None, Some(b)) => Cursor::EndingBefore(b),
-        (None, None) => Cursor::First,
-    };
-    Ok(PageRequest { limit, cursor })
+) -> Result<shared::service::PageRequest, crate::error::ApiError> {
+    Ok(shared::service::page_request(
+        limit,
+        starting_after.as_deref(),
+        ending_before.as_deref(),
+        parse,
+    )?)
 }
 
 /// Parses optional key-value metadata (Stripe's limits).

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use shared::{
-    db::events::EventRow,
     ids::{EventId, WebhookEndpointId},
     service::events as service,
+    service::events::EventRow,
     tenancy::Permission,
 };
 

@@ -9,14 +9,13 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::plans::PlanRow,
     domain::{
         catalog::{Description, Features, Name},
         interval::{Interval, IntervalUnit},
         money::Currency,
     },
     ids::PlanId,
-    service::catalog::{self as service, PlanQuery, PlanSpec, PlanUpdate},
+    service::catalog::{self as service, PlanQuery, PlanRow, PlanSpec, PlanUpdate},
     tenancy::Permission,
 };
 

@@ -11,7 +11,6 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 use shared::{
-    db::products::{PriceRow, ProductRow},
     domain::{
         catalog::{Code, Description, Features, Name},
         interval::{Interval, IntervalUnit},
@@ -19,7 +18,9 @@ use shared::{
         pricing::{self, Aggregation, PriceModel, PriceModelIn, Usage},
     },
     ids::{PriceId, ProductId},
-    service::catalog::{self as service, PriceSpec, PriceUpdate, ProductSpec, ProductUpdate},
+    service::catalog::{
+        self as service, PriceRow, PriceSpec, PriceUpdate, ProductRow, ProductSpec, ProductUpdate,
+    },
     tenancy::Permission,
 };
 

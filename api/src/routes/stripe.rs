@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
 use shared::{
-    db::stripe_accounts::{AccountRow, ConnectStatus},
     service::stripe_connect,
+    service::stripe_connect::{AccountRow, ConnectStatus},
     tenancy::{Permission, TenantContext},
 };
 

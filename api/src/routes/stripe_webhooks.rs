@@ -8,7 +8,10 @@
 use chrono::{DateTime, Utc};
 use poem::{Request, http::StatusCode};
 use poem_openapi::{Object, OpenApi, payload::Json};
-use shared::{db::stripe_events::Received, service::stripe_events, stripe::webhook};
+use shared::{
+    service::stripe_events::{self, Received},
+    stripe::webhook,
+};
 
 use super::ApiTags;
 use crate::{body::RawJsonBody, error::ApiError, state::AppState, work::Work};

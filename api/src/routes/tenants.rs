@@ -4,7 +4,6 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::api_keys::ApiKeyRow,
     domain::{
         api_key::GeneratedKey,
         email::Email,
@@ -13,6 +12,7 @@ use shared::{
         tenant::{CompanyName, parse_domain},
     },
     ratelimit::{self, Decision},
+    service::api_keys::ApiKeyRow,
     service::{
         sessions::{self, PasswordHash, TokenPolicy, Tokens},
         tenants::{self, Registration},

@@ -9,13 +9,11 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::{
-        webhook_deliveries::{AttemptRow, DeliveryRow},
-        webhook_endpoints::EndpointRow,
-    },
     domain::webhook::EventFilter,
     ids::{DeliveryId, WebhookEndpointId},
-    service::webhook_endpoints::{self as service, EndpointSpec, EndpointUpdate},
+    service::webhook_endpoints::{
+        self as service, AttemptRow, DeliveryRow, EndpointRow, EndpointSpec, EndpointUpdate,
+    },
     tenancy::Permission,
 };
 

@@ -7,7 +7,7 @@ use shared::ids::{EventId, WebhookEndpointId};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{Cred, PASSWORD, Tenant, TestApp, assert_problem, s, spawn_app},
+    helpers::{Cred, PASSWORD, Tenant, TestApp, assert_problem, s, spawn_app, waits_for_lock},
     webhooks::{ENDPOINTS, body, delivery_uuid, endpoint_id, event_objects, ids, tenant_id},
 };
 
@@ -668,22 +668,10 @@ async fn a_redelivery_caught_in_a_deadlock_is_run_again_and_succeeds() {
         let req = app.req(Method::POST, &path, &t.sk_test());
         tokio::spawn(req.send())
     };
-    let mut blocked = false;
-    for _ in 0..400 {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE webhook_deliveries%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if n == 1 {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(blocked, "the redelivery never waited for the delivery");
+    assert!(
+        waits_for_lock(&app, "UPDATE webhook_deliveries").await,
+        "the redelivery never waited for the delivery"
+    );
     // Closes the cycle; returns once PostgreSQL has aborted the request's transaction.
     sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
         .bind(delivery)
@@ -726,22 +714,10 @@ async fn a_redelivery_locks_jobs_before_deliveries_as_the_worker_does() {
     let path = format!("{}?endpoint_id={endpoint}", redeliver_path(&event));
     let request = tokio::spawn(app.req(Method::POST, &path, &t.sk_test()).send());
     // The redelivery waits for the job (it locks jobs first), holding nothing the worker needs.
-    let mut waiting = false;
-    for _ in 0..400 {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if n == 1 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(waiting, "the redelivery never waited for the job");
+    assert!(
+        waits_for_lock(&app, "UPDATE jobs").await,
+        "the redelivery never waited for the job"
+    );
     sqlx::query("UPDATE webhook_deliveries SET updated_at = now() WHERE id = $1")
         .bind(delivery)
         .execute(&mut *worker)

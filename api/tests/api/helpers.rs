@@ -459,3 +459,23 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (up to 10 s) until one statement of the app's database starting with `statement` is
+/// waiting for a lock; `false` if none did.
+pub async fn waits_for_lock(app: &TestApp, statement: &str) -> bool {
+    for _ in 0..400 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND starts_with(query, $1)",
+        )
+        .bind(statement)
+        .fetch_one(&app.pool)
+        .await
+        .expect("pg_stat_activity");
+        if n == 1 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Cred, PASSWORD, TestApp, assert_problem, s, spawn_app};
+use crate::helpers::{Cred, PASSWORD, TestApp, assert_problem, s, spawn_app, waits_for_lock};
 
 async fn invite(
     app: &crate::helpers::TestApp,
@@ -428,22 +428,10 @@ async fn a_request_killed_after_claiming_its_key_leaves_nothing_and_its_retry_ru
         .await
         .unwrap();
     let pending = tokio::spawn(create(api.base.clone()));
-    let mut waiting = false;
-    for _ in 0..400 {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO products%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if n == 1 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(waiting, "the request never reached the products table");
+    assert!(
+        waits_for_lock(&app, "INSERT INTO products").await,
+        "the request never reached the products table"
+    );
     api.kill();
     assert!(pending.await.unwrap().is_err(), "the killed API answered");
     lock.rollback().await.unwrap();

@@ -1,5 +1,46 @@
 //! What the benchmarks share.
 
+use sqlx::{ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions};
+
+/// A numeric knob from the environment, or its default.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fresh database for one benchmark run, next to `DATABASE_URL`'s.
+pub struct BenchDatabase {
+    admin: PgConnection,
+    name: String,
+    pub url: String,
+}
+
+impl BenchDatabase {
+    pub async fn create(kind: &str) -> anyhow::Result<Self> {
+        let base: PgConnectOptions = std::env::var("DATABASE_URL")?.parse()?;
+        let name = format!("billing_bench_{kind}_{}", std::process::id());
+        let mut admin = base.clone().database("postgres").connect().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await?;
+        let url = base.database(&name).to_url_lossy().to_string();
+        Ok(Self { admin, name, url })
+    }
+
+    /// Drops the database (best effort).
+    pub async fn remove(mut self) {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut self.admin)
+        .await;
+        let _ = self.admin.close().await;
+    }
+}
+
 /// Deletes the benchmark's Redis keys.
 pub async fn clear_prefix(url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(url) else {

@@ -6,7 +6,6 @@ use super::ServiceResult;
 use crate::{
     db::{
         self,
-        api_keys::ApiKeyRow,
         events::{self, NewEvent},
     },
     domain::{
@@ -16,6 +15,9 @@ use crate::{
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::api_keys::ApiKeyRow;
 
 /// The tenant's keys, active ones first, newest first (never the keys themselves).
 pub async fn list(pool: &PgPool, ctx: &TenantContext) -> ServiceResult<Vec<ApiKeyRow>> {

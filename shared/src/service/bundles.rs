@@ -11,7 +11,7 @@ use super::{ServiceError, ServiceResult, events, settle, tentative};
 use crate::{
     db::{
         self, DbError,
-        bundles::{BundleChanges, BundleRow, ItemRow, NewBundle},
+        bundles::{BundleChanges, ItemRow, NewBundle},
         pagination::{Page, PageRequest},
         products::PriceRow,
     },
@@ -26,6 +26,9 @@ use crate::{
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::bundles::BundleRow;
 
 const WHAT: &str = "bundle";
 

@@ -15,10 +15,10 @@ use crate::{
     config::StripeSettings,
     db::{
         self,
-        catalog_sync::{self, SyncStatus, Synced},
+        catalog_sync::{self, Synced},
         pagination::{Page, PageRequest},
-        plans::{NewPlan, PlanChanges, PlanFilter, PlanRow},
-        products::{NewPrice, NewProduct, PriceChanges, PriceRow, ProductChanges, ProductRow},
+        plans::{NewPlan, PlanChanges, PlanFilter},
+        products::{NewPrice, NewProduct, PriceChanges, ProductChanges},
     },
     domain::{
         catalog::{Code, Description, Features, Metadata, Name},
@@ -29,6 +29,13 @@ use crate::{
     ids::{PlanId, PriceId, ProductId},
     tenancy::TenantContext,
     uow::UnitOfWork,
+};
+
+/// What the operations of this module return.
+pub use crate::db::{
+    catalog_sync::SyncStatus,
+    plans::PlanRow,
+    products::{PriceRow, ProductRow},
 };
 
 /// A catalog object Stripe mirrors, as the one create and change path sees it.

@@ -7,7 +7,7 @@ use super::{ServiceError, ServiceResult};
 use crate::{
     db::{
         self,
-        events::{EventRow, NewEvent},
+        events::NewEvent,
         pagination::{Page, PageRequest},
         webhook_deliveries::RedeliverError,
     },
@@ -15,6 +15,9 @@ use crate::{
     tenancy::{Scope, TenantContext},
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::events::EventRow;
 
 /// Records an event about `object` in `scope`, in the unit of work (fanned out to the
 /// endpoints that want it once the work commits).

@@ -19,7 +19,12 @@ pub mod tenants;
 pub mod users;
 pub mod webhook_endpoints;
 
-use crate::{db::DbError, domain::ValidationError, stripe::Failure, uow::UnitOfWork};
+pub use crate::db::pagination::{Page, PageRequest};
+use crate::{
+    db::{DbError, pagination::Cursor},
+    stripe::Failure,
+    uow::UnitOfWork,
+};
 
 /// Why an operation refused or failed; the API turns each into its problem.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +77,6 @@ impl ServiceError {
             code: "validation_failed",
             message: message.into(),
         }
-    }
-
-    /// Maps a domain parse failure to a validation failure on `field`.
-    pub fn field(field: &str) -> impl FnOnce(ValidationError) -> Self + '_ {
-        move |e| Self::invalid(field, e.0)
     }
 
     /// A fault of ours, with its cause for the log.
@@ -142,6 +142,34 @@ pub(crate) async fn settle(uow: &mut UnitOfWork, keep: bool) -> ServiceResult<()
         .await
         .map_err(DbError::from)?;
     Ok(())
+}
+
+/// Reads the list parameters every list takes: `limit` (1–100, default 10) and at most one of
+/// `starting_after` / `ending_before`, each an id parsed by `parse`.
+pub fn page_request<E: std::fmt::Display>(
+    limit: Option<i64>,
+    starting_after: Option<&str>,
+    ending_before: Option<&str>,
+    parse: impl Fn(&str) -> Result<uuid::Uuid, E>,
+) -> ServiceResult<PageRequest> {
+    let limit = limit.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::invalid("limit", "must be between 1 and 100"));
+    }
+    let cursor_of = |field: &'static str, raw: Option<&str>| {
+        raw.map(|r| parse(r).map_err(|e| ServiceError::invalid(field, e.to_string())))
+            .transpose()
+    };
+    let after = cursor_of("starting_after", starting_after)?;
+    let before = cursor_of("ending_before", ending_before)?;
+    let cursor = match (after, before) {
+        // Both: the items between them, newest first.
+        (Some(a), Some(b)) => Cursor::Between(a, b),
+        (Some(a), None) => Cursor::StartingAfter(a),
+        (None, Some(b)) => Cursor::EndingBefore(b),
+        (None, None) => Cursor::First,
+    };
+    Ok(PageRequest { limit, cursor })
 }
 
 /// The result of an operation.

@@ -18,15 +18,14 @@ use uuid::Uuid;
 
 use super::{ServiceError, ServiceResult};
 use crate::{
-    db::{
-        self, DbError, catalog_sync,
-        events::NewEvent,
-        stripe_accounts::{AccountRow, AccountState, ConnectStatus},
-    },
+    db::{self, DbError, catalog_sync, events::NewEvent, stripe_accounts::AccountState},
     stripe::{Account, Stripe},
     tenancy::{Scope, TenantContext},
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::stripe_accounts::{AccountRow, ConnectStatus};
 
 /// How long an onboarding `state` is good for.
 pub const STATE_TTL_MINUTES: i64 = 30;

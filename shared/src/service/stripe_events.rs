@@ -7,13 +7,13 @@ use super::{
     stripe_connect::{self, EventOutcome},
 };
 use crate::{
-    db::{
-        self,
-        stripe_events::{Received, Status},
-    },
+    db::{self, stripe_events::Status},
     stripe::Stripe,
     uow::UnitOfWork,
 };
+
+/// What an incoming event is, once its signature is checked.
+pub use crate::db::stripe_events::Received;
 
 /// Types the platform knows and will act on once it keeps their objects.
 const KNOWN_PREFIXES: [&str; 5] = [

@@ -9,7 +9,6 @@ use crate::{
     db::{
         self, DbError,
         api_keys::ApiKeyRow,
-        tenants::TenantRow,
         users::{Credentials, UserRow},
     },
     domain::{
@@ -23,6 +22,9 @@ use crate::{
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::tenants::TenantRow;
 
 /// Who registers.
 pub struct Registration<'a> {

@@ -10,13 +10,16 @@ use crate::{
         self, DbError,
         events::NewEvent,
         pagination::{Page, PageRequest},
-        users::{NewUser, UserChanges, UserRow},
+        users::{NewUser, UserChanges},
     },
     domain::{email::Email, person_name::PersonName, role::Role},
     ids::UserId,
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::users::UserRow;
 
 const WHAT: &str = "user";
 

@@ -10,8 +10,7 @@ use crate::{
         self, DbError,
         events::{NewEvent, Routing},
         pagination::{Page, PageRequest},
-        webhook_deliveries::{AttemptRow, DeliveryRow},
-        webhook_endpoints::{EndpointChanges, EndpointRow, NewEndpoint},
+        webhook_endpoints::{EndpointChanges, NewEndpoint},
     },
     domain::webhook::{
         EventFilter, SigningSecret, UrlError, UrlPolicy, WebhookUrl, check_resolved,
@@ -19,6 +18,12 @@ use crate::{
     ids::{DeliveryId, EventId, WebhookEndpointId},
     tenancy::TenantContext,
     uow::UnitOfWork,
+};
+
+/// What the operations of this module return.
+pub use crate::db::{
+    webhook_deliveries::{AttemptRow, DeliveryRow},
+    webhook_endpoints::EndpointRow,
 };
 
 /// How long a rotated-out secret keeps signing.
