@@ -131,6 +131,9 @@ pub struct PlanOut {
     /// The plan this one was duplicated from.
     #[oai(nullable)]
     pub duplicated_from: Option<String>,
+    /// The plan's recurring price (`price_…`): what a subscription item names. The plan's id
+    /// is also its product's (`prod_…` with the same suffix).
+    pub price_id: String,
     pub livemode: bool,
     #[oai(nullable)]
     pub stripe_product_id: Option<String>,
@@ -166,6 +169,7 @@ impl From<PlanRow> for PlanOut {
             is_active: p.is_active,
             is_visible: p.is_visible,
             duplicated_from: p.duplicated_from.map(|d| d.to_string()),
+            price_id: p.price_id.to_string(),
             livemode: p.livemode,
             stripe_product_id: p.stripe_product_id,
             stripe_price_id: p.stripe_price_id,

@@ -908,3 +908,237 @@ async fn deactivating_a_plan_twice_records_one_event() {
         0
     );
 }
+
+/// The product id and the price id a plan is stored as.
+fn product_and_price(plan: &Value) -> (String, String) {
+    let id = shared::ids::PlanId::parse(&s(&plan["id"])).expect("a plan id");
+    let product = shared::ids::ProductId::from_uuid(id.as_uuid()).to_string();
+    (product, s(&plan["price_id"]))
+}
+
+#[tokio::test]
+async fn a_plan_is_a_product_with_one_recurring_flat_price_that_carries_its_trial() {
+    let app = spawn_app().await;
+    let t = app.register("plan-as-product@acme.com").await;
+    let cred = t.sk_test();
+    let pro = create_plan(
+        &app,
+        &cred,
+        json!({"name": "Pro", "price_cents": 4900, "currency": "eur",
+               "billing_interval": "quarter", "trial_days": 14, "metadata": {"tier": "2"}}),
+    )
+    .await;
+    let (product_id, price_id) = product_and_price(&pro);
+    let product = body(
+        app.get(&format!("/api/v1/products/{product_id}"), &cred)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(product["name"], "Pro");
+    assert_eq!(product["metadata"], json!({"tier": "2"}));
+    let price = body(
+        app.get(&format!("/api/v1/prices/{price_id}"), &cred).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(price["product_id"], product_id.as_str());
+    assert_eq!(price["currency"], "eur");
+    assert_eq!(price["interval"], "quarter");
+    assert_eq!(price["pricing"], json!({"type": "flat", "amount": 4900}));
+    let trial: i32 = sqlx::query_scalar("SELECT trial_days FROM prices WHERE plan")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(trial, 14);
+    // Renaming the product renames the plan: one object, two ways to reach it.
+    let renamed = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/products/{product_id}"),
+            &cred,
+            Some(&json!({"name": "Pro 2"})),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    assert_eq!(get_plan(&app, &cred, &s(&pro["id"])).await["name"], "Pro 2");
+    // A plan's name stays unique among plans, whichever path renames it.
+    create_plan(&app, &cred, plan("Basic")).await;
+    let clash = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/products/{product_id}"),
+            &cred,
+            Some(&json!({"name": "basic"})),
+        )
+        .await;
+    assert_problem(clash, StatusCode::CONFLICT, "plan_name_taken").await;
+    // Deactivating the plan archives the product and the price.
+    let gone = app
+        .send(Method::DELETE, &path(&s(&pro["id"])), &cred, None)
+        .await;
+    assert_eq!(gone.status(), StatusCode::OK);
+    let actives: (bool, bool) = sqlx::query_as(
+        "SELECT p.active, pr.active FROM products p JOIN prices pr ON pr.product_id = p.id \
+         WHERE p.name = 'Pro 2'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(actives, (false, false));
+}
+
+/// Plans stored before plans became products keep their ids, terms and Stripe state through the
+/// migration and answer at the same paths; a sync still owed to Stripe becomes the product's
+/// and the price's.
+#[tokio::test]
+async fn plans_stored_before_plans_were_products_keep_their_ids_terms_and_owed_syncs() {
+    use shared::domain::{
+        api_key::{GeneratedKey, KeyKind},
+        mode::Mode,
+    };
+    use uuid::Uuid;
+
+    let url = crate::helpers::fresh_database_url().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // The schema as it stood before.
+    let dir = std::env::temp_dir().join(format!("migrations-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "20261130000006" {
+            std::fs::copy(&file, dir.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let tenant = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tenants (id, company_name, slug, email, webhook_secret_enc, \
+         webhook_secret_last4) VALUES ($1, 'Old', 'old', 'old@acme.com', '\\x00', '0000')",
+    )
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let key = GeneratedKey::generate(KeyKind::Secret, Mode::Test);
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, livemode, kind, key_hash, prefix, last4) \
+         VALUES ($1, $2, FALSE, 'secret', $3, 'sk_test_', $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant)
+    .bind(&key.hash[..])
+    .bind(&key.last4)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Starter owes Stripe a change; Plus, duplicated from it and deactivated, is synced.
+    let (starter, plus) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query(
+        "INSERT INTO plans (id, tenant_id, livemode, name, description, amount, currency, \
+         interval, interval_count, trial_days, features, metadata, is_active, is_visible, \
+         duplicated_from, stripe_product_id, stripe_price_id, sync_status, sync_version, \
+         synced_version, synced_at, created_at, updated_at) VALUES \
+         ($1, $3, FALSE, 'Starter', 'For starters', 2999, 'usd', 'month', 1, 14, '[\"x\"]', \
+          '{\"k\": \"v\"}', TRUE, FALSE, NULL, 'prod_S1', 'price_S1', 'pending', 2, 1, \
+          '2026-11-01T00:00:00Z', '2026-10-01T00:00:00Z', '2026-11-02T00:00:00Z'), \
+         ($2, $3, FALSE, 'Starter Plus', '', 4999, 'usd', 'year', 1, 0, '[]', '{}', FALSE, \
+          TRUE, $1, 'prod_S2', 'price_S2', 'synced', 1, 1, '2026-11-03T00:00:00Z', \
+          '2026-10-02T00:00:00Z', '2026-11-03T00:00:00Z')",
+    )
+    .bind(starter)
+    .bind(plus)
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
+         created_at, updated_at) VALUES ($1, 'stripe_sync', 'stripe.sync_plan', $2, FALSE, \
+         jsonb_build_object('id', $1), 10, now(), now(), now())",
+    )
+    .bind(starter)
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The app migrates the rest on start.
+    let app = crate::helpers::spawn_app_with(&[("DATABASE_URL", &url)]).await;
+    let cred = Cred::Bearer(key.full.clone());
+    let starter_id = shared::ids::PlanId::from_uuid(starter).to_string();
+    let plus_id = shared::ids::PlanId::from_uuid(plus).to_string();
+    let s1 = get_plan(&app, &cred, &starter_id).await;
+    assert_eq!(
+        (
+            s1["name"].clone(),
+            s1["description"].clone(),
+            s1["price_cents"].clone()
+        ),
+        (json!("Starter"), json!("For starters"), json!(2999))
+    );
+    assert_eq!(s1["price_display"], "$29.99/month");
+    assert_eq!(
+        (s1["trial_days"].clone(), s1["has_trial"].clone()),
+        (json!(14), json!(true))
+    );
+    assert_eq!(s1["features"], json!(["x"]));
+    assert_eq!(s1["metadata"], json!({"k": "v"}));
+    assert_eq!(
+        (s1["is_active"].clone(), s1["is_visible"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(s1["stripe_product_id"], "prod_S1");
+    assert_eq!(s1["stripe_price_id"], "price_S1");
+    assert_eq!(s1["sync_status"], "pending");
+    assert_eq!(s1["created_at"], "2026-10-01T00:00:00+00:00");
+    let p2 = body(app.get(&seed_path(&plus_id), &cred).await, StatusCode::OK).await;
+    assert_eq!(p2["duplicated_from"], starter_id.as_str());
+    assert_eq!(p2["billing_interval"], "year");
+    assert_eq!(p2["is_active"], false);
+    assert_eq!(p2["sync_status"], "synced");
+    assert_eq!(p2["synced_at"], "2026-11-03T00:00:00+00:00");
+    assert_eq!(
+        list(&app, &cred, "").await,
+        vec![plus_id.clone(), starter_id.clone()]
+    );
+    // The plan is its product and its price.
+    let (product_id, price_id) = product_and_price(&s1);
+    let product = body(
+        app.get(&format!("/api/v1/products/{product_id}"), &cred)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(product["name"], "Starter");
+    assert_eq!(product["stripe_product_id"], "prod_S1");
+    let price = body(
+        app.get(&format!("/api/v1/prices/{price_id}"), &cred).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(price["stripe_price_id"], "price_S1");
+    assert_eq!(price["product_id"], product_id.as_str());
+    // The sync owed for the plan is its product's job now (it brings the price along).
+    let jobs: Vec<(String, Uuid, String)> =
+        sqlx::query_as("SELECT kind, (payload->>'id')::uuid, state FROM jobs")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        jobs,
+        vec![("stripe.sync_product".into(), starter, "pending".into())]
+    );
+    // Names stay unique among plans, whatever the case.
+    let taken = app.post(PLANS, &cred, &plan("starter PLUS")).await;
+    assert_problem(taken, StatusCode::CONFLICT, "plan_name_taken").await;
+}

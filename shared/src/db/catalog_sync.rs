@@ -1,4 +1,4 @@
-//! The Stripe sync state of catalog objects (plans, products, prices): `pending` while a
+//! The Stripe sync state of catalog objects (products and prices; a plan is both): `pending` while a
 //! `stripe_sync` job owes Stripe the latest version, `synced`, `failed` (retrying), or
 //! `not_synced` when the tenant has no Stripe for the mode.
 
@@ -28,7 +28,6 @@ crate::text_enum! {
 /// A kind of catalog object Stripe mirrors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
-    Plan,
     Product,
     Price,
 }
@@ -36,7 +35,6 @@ pub enum Synced {
 impl Synced {
     fn table(self) -> &'static str {
         match self {
-            Synced::Plan => "plans",
             Synced::Product => "products",
             Synced::Price => "prices",
         }
@@ -74,7 +72,7 @@ pub async fn schedule_all_unsynced(
     now: DateTime<Utc>,
 ) -> Result<usize, DbError> {
     let mut n = 0;
-    for what in [Synced::Plan, Synced::Product, Synced::Price] {
+    for what in [Synced::Product, Synced::Price] {
         let ids: Vec<(Uuid,)> = sqlx::query_as(sqlf!(
             "UPDATE {} SET sync_status = 'pending', sync_error = NULL \
              WHERE tenant_id = $1 AND livemode = $2 AND synced_version < sync_version \
@@ -138,7 +136,6 @@ fn stripe_ids<'a>(
     price: Option<&'a str>,
 ) -> Vec<(&'static str, Option<&'a str>)> {
     match what {
-        Synced::Plan => vec![("stripe_product_id", product), ("stripe_price_id", price)],
         Synced::Product => vec![("stripe_product_id", product)],
         Synced::Price => vec![("stripe_price_id", price)],
     }
@@ -222,7 +219,6 @@ pub async fn has_target(
 /// mean nothing on the new one, so every object must be created there afresh.
 pub async fn forget_stripe_ids(conn: &mut PgConnection, scope: Scope) -> Result<(), DbError> {
     for (table, ids) in [
-        ("plans", "stripe_product_id = NULL, stripe_price_id = NULL"),
         ("products", "stripe_product_id = NULL"),
         ("prices", "stripe_price_id = NULL"),
     ] {

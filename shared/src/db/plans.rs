@@ -1,5 +1,7 @@
-//! Plans (the seed's `TenantPlan`): a product with one recurring flat price. Price, currency
-//! and interval never change; everything Stripe must hear about bumps `sync_version`.
+//! Plans (the seed's `TenantPlan`): a product marked `plan` with one recurring flat price (its
+//! plan price), as Stripe's Plans became Prices. The plan's id is its product's id. Plans are
+//! read through the `plans` view and written as their product and price, so one Stripe sync
+//! path serves products and plans. Price, currency and interval never change.
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
@@ -14,7 +16,7 @@ use crate::{
         interval::Interval,
         money::{Currency, Money},
     },
-    ids::{PlanId, TenantId},
+    ids::{PlanId, PriceId, TenantId},
     tenancy::TenantContext,
 };
 
@@ -35,12 +37,17 @@ pub struct PlanRow {
     pub is_active: bool,
     pub is_visible: bool,
     pub duplicated_from: Option<PlanId>,
+    /// The plan's recurring price.
+    pub price_id: PriceId,
     pub stripe_product_id: Option<String>,
     pub stripe_price_id: Option<String>,
+    /// The product's and the price's together: failed, else pending, else not synced.
     pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
-    pub sync_version: i32,
-    pub synced_version: i32,
+    /// The versions Stripe must show of the product and of the price.
+    pub product_version: i32,
+    pub price_version: i32,
+    /// When both were last synced.
     pub synced_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -76,6 +83,7 @@ impl PlanRow {
             "is_active": self.is_active,
             "is_visible": self.is_visible,
             "duplicated_from": self.duplicated_from.map(|d| d.to_string()),
+            "price_id": self.price_id.to_string(),
             "livemode": self.livemode,
             "stripe_product_id": self.stripe_product_id,
             "stripe_price_id": self.stripe_price_id,
@@ -98,13 +106,14 @@ impl PlanRow {
 
 pub(crate) const COLUMNS: &str = "id, tenant_id, livemode, name, description, amount, currency, \
     interval, interval_count, trial_days, features, metadata, is_active, is_visible, \
-    duplicated_from, stripe_product_id, stripe_price_id, sync_status, sync_error, sync_version, \
-    synced_version, synced_at, created_at, updated_at";
+    duplicated_from, price_id, stripe_product_id, stripe_price_id, sync_status, sync_error, \
+    product_version, price_version, synced_at, created_at, updated_at";
 
 /// A plan to create.
 #[derive(Debug)]
 pub struct NewPlan<'a> {
     pub id: PlanId,
+    pub price_id: PriceId,
     pub name: &'a str,
     pub description: &'a str,
     pub amount: i64,
@@ -120,38 +129,44 @@ pub struct NewPlan<'a> {
     pub sync_status: SyncStatus,
 }
 
+/// Inserts the product and its plan price in one statement, then reads the plan back.
 pub async fn create(
     conn: &mut PgConnection,
     ctx: &TenantContext,
     p: NewPlan<'_>,
     now: DateTime<Utc>,
 ) -> Result<PlanRow, DbError> {
-    sqlx::query_as::<_, PlanRow>(sqlf!(
-        "INSERT INTO plans (id, tenant_id, livemode, name, description, amount, currency, \
-         interval, interval_count, trial_days, features, metadata, is_visible, duplicated_from, \
-         sync_status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
-         RETURNING {COLUMNS}"
-    ))
+    let model = serde_json::json!({ "type": "flat", "amount": p.amount });
+    sqlx::query(
+        "WITH product AS (INSERT INTO products (id, tenant_id, livemode, name, description, \
+             features, metadata, plan, visible, duplicated_from, sync_status, created_at, \
+             updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $10, $11, $11) RETURNING id) \
+         INSERT INTO prices (id, tenant_id, livemode, product_id, nickname, currency, interval, \
+             interval_count, model, plan, trial_days, sync_status, created_at, updated_at) \
+         SELECT $12, $2, $3, product.id, $4, $13, $14, $15, $16, TRUE, $17, $10, $11, $11 \
+         FROM product",
+    )
     .bind(p.id)
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
     .bind(p.name)
     .bind(p.description)
-    .bind(p.amount)
-    .bind(p.currency)
-    .bind(p.interval)
-    .bind(p.interval_count)
-    .bind(p.trial_days)
     .bind(p.features)
     .bind(p.metadata)
     .bind(p.is_visible)
     .bind(p.duplicated_from)
     .bind(p.sync_status)
     .bind(now)
-    .fetch_one(conn)
-    .await
-    .map_err(Into::into)
+    .bind(p.price_id)
+    .bind(p.currency)
+    .bind(p.interval)
+    .bind(p.interval_count)
+    .bind(&model)
+    .bind(p.trial_days)
+    .execute(&mut *conn)
+    .await?;
+    get(conn, ctx, p.id).await
 }
 
 /// List filters from the seed: active or not, billing interval, name search.
@@ -222,8 +237,8 @@ pub struct PlanChanges<'a> {
     pub trial_days: Option<i32>,
 }
 
-/// Applies changes; when any field Stripe shows changes, `sync_version` goes up and the plan is
-/// pending sync again (unless it has no Stripe to sync with).
+/// Applies changes to the product and the price. A change Stripe shows (the product's name,
+/// description, metadata or active flag; the price's active flag) bumps that object's version.
 pub async fn update(
     conn: &mut PgConnection,
     ctx: &TenantContext,
@@ -231,18 +246,17 @@ pub async fn update(
     c: PlanChanges<'_>,
     now: DateTime<Utc>,
 ) -> Result<PlanRow, DbError> {
-    sqlx::query_as::<_, PlanRow>(sqlf!(
-        "UPDATE plans SET name = COALESCE($4, name), description = COALESCE($5, description), \
+    let found = sqlx::query(
+        "UPDATE products SET name = COALESCE($4, name), description = COALESCE($5, description), \
          features = COALESCE($6, features), metadata = COALESCE($7, metadata), \
-         is_visible = COALESCE($8, is_visible), is_active = COALESCE($9, is_active), \
-         trial_days = COALESCE($10, trial_days), \
+         visible = COALESCE($8, visible), active = COALESCE($9, active), \
          sync_version = sync_version + CASE WHEN \
              ($4::text IS NOT NULL AND $4 <> name) OR ($5::text IS NOT NULL AND $5 <> description) \
              OR ($7::jsonb IS NOT NULL AND $7 <> metadata) \
-             OR ($9::bool IS NOT NULL AND $9 <> is_active) THEN 1 ELSE 0 END, \
-         updated_at = $11 \
-         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 RETURNING {COLUMNS}"
-    ))
+             OR ($9::bool IS NOT NULL AND $9 <> active) THEN 1 ELSE 0 END, \
+         updated_at = $10 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND plan",
+    )
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
     .bind(id)
@@ -252,9 +266,27 @@ pub async fn update(
     .bind(c.metadata)
     .bind(c.is_visible)
     .bind(c.is_active)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if found.rows_affected() == 0 {
+        return Err(sqlx::Error::RowNotFound.into());
+    }
+    sqlx::query(
+        "UPDATE prices SET active = COALESCE($4, active), \
+         trial_days = COALESCE($5, trial_days), \
+         sync_version = sync_version + CASE WHEN $4::bool IS NOT NULL AND $4 <> active \
+             THEN 1 ELSE 0 END, \
+         updated_at = $6 \
+         WHERE tenant_id = $1 AND livemode = $2 AND product_id = $3 AND plan",
+    )
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .bind(c.is_active)
     .bind(c.trial_days)
     .bind(now)
-    .fetch_one(conn)
-    .await
-    .map_err(Into::into)
+    .execute(&mut *conn)
+    .await?;
+    get(conn, ctx, id).await
 }

@@ -29,6 +29,8 @@ pub struct ProductRow {
     pub features: serde_json::Value,
     pub metadata: serde_json::Value,
     pub active: bool,
+    /// A seed plan's product (its plan price is the plan's price).
+    pub plan: bool,
     pub stripe_product_id: Option<String>,
     pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
@@ -71,7 +73,7 @@ impl ProductRow {
 }
 
 pub(crate) const PRODUCT_COLUMNS: &str = "id, tenant_id, livemode, name, code, description, features, \
-    metadata, active, stripe_product_id, sync_status, sync_error, sync_version, synced_version, \
+    metadata, active, plan, stripe_product_id, sync_status, sync_error, sync_version, synced_version, \
     synced_at, created_at, updated_at";
 
 pub struct NewProduct<'a> {
@@ -203,6 +205,8 @@ pub struct PriceRow {
     pub usage: Option<serde_json::Value>,
     pub active: bool,
     pub metadata: serde_json::Value,
+    /// A seed plan's price.
+    pub plan: bool,
     pub stripe_price_id: Option<String>,
     pub sync_status: SyncStatus,
     pub sync_error: Option<String>,
@@ -271,7 +275,7 @@ impl PriceRow {
 }
 
 pub(crate) const PRICE_COLUMNS: &str = "id, tenant_id, livemode, product_id, nickname, currency, interval, \
-    interval_count, model, usage, active, metadata, stripe_price_id, sync_status, sync_error, \
+    interval_count, model, usage, active, metadata, plan, stripe_price_id, sync_status, sync_error, \
     sync_version, synced_version, synced_at, created_at, updated_at";
 
 pub struct NewPrice<'a> {

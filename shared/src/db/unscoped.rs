@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    plans::{self, PlanRow},
     products::{self, PriceRow, ProductRow},
     stripe_accounts::{self, AccountRow},
 };
@@ -37,13 +36,16 @@ pub async fn price(pool: &PgPool, id: Uuid) -> Result<PriceRow, DbError> {
     .map_err(Into::into)
 }
 
-/// The plan a `stripe_sync` job names.
-pub async fn plan(pool: &PgPool, id: Uuid) -> Result<PlanRow, DbError> {
-    sqlx::query_as::<_, PlanRow>(sqlf!("SELECT {} FROM plans WHERE id = $1", plans::COLUMNS))
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .map_err(Into::into)
+/// The plan price of a plan's product (a `stripe_sync` job of the product brings it along).
+pub async fn plan_price(pool: &PgPool, product_id: Uuid) -> Result<Option<PriceRow>, DbError> {
+    sqlx::query_as::<_, PriceRow>(sqlf!(
+        "SELECT {} FROM prices WHERE product_id = $1 AND plan",
+        products::PRICE_COLUMNS
+    ))
+    .bind(product_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(Into::into)
 }
 
 /// The tenant's account a Stripe event names (Stripe's events name only the account).

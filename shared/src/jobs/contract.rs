@@ -39,7 +39,6 @@ pub enum JobParseError {
 
 impl Job {
     pub const DELIVER_WEBHOOK: &'static str = "webhook.deliver";
-    pub const SYNC_PLAN: &'static str = "stripe.sync_plan";
     pub const SYNC_PRODUCT: &'static str = "stripe.sync_product";
     pub const SYNC_PRICE: &'static str = "stripe.sync_price";
     pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
@@ -48,9 +47,6 @@ impl Job {
     pub fn kind(&self) -> &'static str {
         match self {
             Job::DeliverWebhook { .. } => Self::DELIVER_WEBHOOK,
-            Job::SyncCatalog {
-                what: Synced::Plan, ..
-            } => Self::SYNC_PLAN,
             Job::SyncCatalog {
                 what: Synced::Product,
                 ..
@@ -140,7 +136,6 @@ impl Job {
                 .and_then(|s| DeliveryId::parse(s).ok())
                 .map(|delivery| Job::DeliverWebhook { delivery })
                 .ok_or_else(|| bad("delivery_id")),
-            Self::SYNC_PLAN => sync(Synced::Plan),
             Self::SYNC_PRODUCT => sync(Synced::Product),
             Self::SYNC_PRICE => sync(Synced::Price),
             Self::PROCESS_STRIPE_EVENT => payload["event_id"]
@@ -164,10 +159,6 @@ mod tests {
         vec![
             Job::DeliverWebhook {
                 delivery: DeliveryId::from_uuid(id),
-            },
-            Job::SyncCatalog {
-                what: Synced::Plan,
-                id,
             },
             Job::SyncCatalog {
                 what: Synced::Product,

@@ -1,5 +1,5 @@
 //! The catalog: products and their prices, and plans (the seed's product with one recurring
-//! flat price).
+//! flat price: a product marked `plan` and its plan price, synced as both).
 //!
 //! Every object Stripe mirrors takes one path. Created: it starts `pending` when there is a
 //! Stripe to tell (its `stripe_sync` job is queued) and `not_synced` otherwise, and
@@ -40,11 +40,11 @@ pub use crate::db::{
 
 /// A catalog object Stripe mirrors, as the one create and change path sees it.
 pub trait Mirrored: Sized {
-    const KIND: Synced;
-    fn uuid(&self) -> Uuid;
+    /// The Stripe objects behind the row, each with the version Stripe must show of it (it
+    /// goes up with every change Stripe shows). The first one's sync job creates the row in
+    /// Stripe: a plan is its product, whose job brings the plan price along, and its price.
+    fn mirrors(&self) -> Vec<(Synced, Uuid, i32)>;
     fn status(&self) -> SyncStatus;
-    /// The version Stripe must show; it goes up with every change Stripe shows.
-    fn sync_version(&self) -> i32;
     /// Whether a change left everything a change can touch as it was.
     fn same_content(&self, other: &Self) -> bool;
     /// The status after the sync was (re)queued or found to have no target.
@@ -52,23 +52,18 @@ pub trait Mirrored: Sized {
     fn to_json(&self) -> Value;
 }
 
-/// `Mirrored` for a row type with `id`, `sync_status`, `sync_error`, `sync_version` and
-/// `to_json`; `content` lists what a change can touch.
+/// `Mirrored` for a row type with `sync_status`, `sync_error` and `to_json`; `mirrors` gives
+/// its Stripe objects and `content` what a change can touch.
 macro_rules! mirrored {
-    ($row:ty, $kind:expr, |$r:ident| $content:expr) => {
+    ($row:ty, |$m:ident| $mirrors:expr, |$r:ident| $content:expr) => {
         impl Mirrored for $row {
-            const KIND: Synced = $kind;
-
-            fn uuid(&self) -> Uuid {
-                self.id.as_uuid()
+            fn mirrors(&self) -> Vec<(Synced, Uuid, i32)> {
+                let $m = self;
+                $mirrors
             }
 
             fn status(&self) -> SyncStatus {
                 self.sync_status
-            }
-
-            fn sync_version(&self) -> i32 {
-                self.sync_version
             }
 
             fn same_content(&self, other: &Self) -> bool {
@@ -90,27 +85,38 @@ macro_rules! mirrored {
     };
 }
 
-mirrored!(ProductRow, Synced::Product, |p| (
-    p.name.clone(),
-    p.description.clone(),
-    p.features.clone(),
-    p.metadata.clone(),
-    p.active,
-));
-mirrored!(PriceRow, Synced::Price, |p| (
-    p.nickname.clone(),
-    p.active,
-    p.metadata.clone(),
-));
-mirrored!(PlanRow, Synced::Plan, |p| (
-    p.name.clone(),
-    p.description.clone(),
-    p.features.clone(),
-    p.metadata.clone(),
-    p.is_active,
-    p.is_visible,
-    p.trial_days,
-));
+mirrored!(
+    ProductRow,
+    |p| vec![(Synced::Product, p.id.as_uuid(), p.sync_version)],
+    |p| (
+        p.name.clone(),
+        p.description.clone(),
+        p.features.clone(),
+        p.metadata.clone(),
+        p.active,
+    )
+);
+mirrored!(
+    PriceRow,
+    |p| vec![(Synced::Price, p.id.as_uuid(), p.sync_version)],
+    |p| (p.nickname.clone(), p.active, p.metadata.clone())
+);
+mirrored!(
+    PlanRow,
+    |p| vec![
+        (Synced::Product, p.id.as_uuid(), p.product_version),
+        (Synced::Price, p.price_id.as_uuid(), p.price_version),
+    ],
+    |p| (
+        p.name.clone(),
+        p.description.clone(),
+        p.features.clone(),
+        p.metadata.clone(),
+        p.is_active,
+        p.is_visible,
+        p.trial_days,
+    )
+);
 
 /// After an insert: queue the sync of a pending object and record `event_type`.
 async fn created<R: Mirrored>(
@@ -120,8 +126,10 @@ async fn created<R: Mirrored>(
     event_type: &str,
 ) -> ServiceResult<R> {
     let now = uow.now();
-    if row.status() == SyncStatus::Pending {
-        catalog_sync::schedule(uow.conn(), R::KIND, ctx.scope(), row.uuid(), now).await?;
+    if row.status() == SyncStatus::Pending
+        && let Some((what, id, _)) = row.mirrors().first().copied()
+    {
+        catalog_sync::schedule(uow.conn(), what, ctx.scope(), id, now).await?;
     }
     events::record(uow, ctx.scope(), event_type, row.to_json()).await?;
     Ok(row)
@@ -143,12 +151,13 @@ async fn changed<R: Mirrored>(
     if same {
         return Ok(before);
     }
-    if after.sync_version() != before.sync_version() {
-        let now = uow.now();
-        let status =
-            catalog_sync::changed(uow.conn(), stripe, R::KIND, ctx.scope(), after.uuid(), now)
-                .await?;
-        after.set_status(status);
+    let now = uow.now();
+    for ((what, id, version), (_, _, was)) in after.mirrors().into_iter().zip(before.mirrors()) {
+        if version != was {
+            let status =
+                catalog_sync::changed(uow.conn(), stripe, what, ctx.scope(), id, now).await?;
+            after.set_status(status);
+        }
     }
     events::record(uow, ctx.scope(), event_type, after.to_json()).await?;
     Ok(after)
@@ -170,13 +179,17 @@ const PRICE: &str = "price";
 const PLAN: &str = "plan";
 
 fn product_error(e: db::DbError) -> ServiceError {
-    ServiceError::taken(
-        "products_code_key",
-        "product_code_taken",
-        "code",
-        "A product with this code already exists.",
-        PRODUCT,
-    )(e)
+    match e {
+        // A plan's product renamed through the products API.
+        db::DbError::UniqueViolation(ref c) if c == PLAN_NAME_KEY => plan_error(e),
+        e => ServiceError::taken(
+            "products_code_key",
+            "product_code_taken",
+            "code",
+            "A product with this code already exists.",
+            PRODUCT,
+        )(e),
+    }
 }
 
 /// A product to create.
@@ -437,9 +450,12 @@ pub async fn update_price(
 
 // ---- plans ----
 
+/// Plan names are unique per tenant and mode, whatever the case.
+const PLAN_NAME_KEY: &str = "products_plan_name_key";
+
 fn plan_error(e: db::DbError) -> ServiceError {
     ServiceError::taken(
-        "plans_name_key",
+        PLAN_NAME_KEY,
         "plan_name_taken",
         "name",
         "A plan with this name already exists.",
@@ -513,6 +529,7 @@ pub async fn create_plan(
         stripe,
         NewPlan {
             id: PlanId::new(),
+            price_id: PriceId::new(),
             name: spec.name.as_str(),
             description: spec.description.as_str(),
             amount,
@@ -549,6 +566,7 @@ pub async fn duplicate_plan(
         stripe,
         NewPlan {
             id: PlanId::new(),
+            price_id: PriceId::new(),
             name: name.as_str(),
             description: &original.description,
             amount: amount.unwrap_or(original.amount),

@@ -1,5 +1,5 @@
-//! Keeps Stripe in step with a plan, product or price of the catalog, on the tenant's
-//! connected account.
+//! Keeps Stripe in step with a product or price of the catalog (a plan is a product and its
+//! plan price), on the tenant's connected account.
 //!
 //! Every Stripe call carries an idempotency key derived from the object and what the call is
 //! for, and a Stripe id is recorded the moment it exists, so a run that is repeated — after a
@@ -18,6 +18,7 @@ use shared::{
         interval::Interval,
         pricing::{PriceModel, PriceModelIn},
     },
+    ids::{PlanId, ProductId},
     jobs::{Claimed, Finished, Outcome},
     stripe::{Failure, PriceSpec, ProductSpec, Scheme},
     tenancy::Scope,
@@ -89,8 +90,7 @@ fn metadata(
 pub async fn run(rt: &Runtime, job: &Claimed, what: Synced) -> Finished {
     let id = job.id;
     let result = match what {
-        Synced::Plan => sync_plan(rt, id).await,
-        Synced::Product => sync_product(rt, id).await.map(|_| ()),
+        Synced::Product => sync_product(rt, id, PlanPrice::Along).await.map(|_| ()),
         Synced::Price => sync_price(rt, id).await,
     };
     let now = rt.clock.now();
@@ -142,7 +142,6 @@ fn retry(rt: &Runtime, job: &Claimed, error: String) -> Outcome {
 
 async fn current_version(rt: &Runtime, what: Synced, id: Uuid) -> i32 {
     match what {
-        Synced::Plan => unscoped::plan(&rt.pool, id).await.map(|p| p.sync_version),
         Synced::Product => unscoped::product(&rt.pool, id)
             .await
             .map(|p| p.sync_version),
@@ -287,51 +286,33 @@ fn rejected(e: ValidationError) -> Stop {
     Stop::Stripe(Failure::Rejected(e.0))
 }
 
-async fn sync_plan(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
-    let plan = unscoped::plan(&rt.pool, id).await?;
-    let scope = plan.scope();
-    let plan_id = plan.id.to_string();
-    let versions = (plan.sync_version, plan.synced_version);
-    let run = Run::new(rt, Synced::Plan, id, plan_id.clone(), scope, versions).await?;
-    let product = run
-        .product(
-            plan.stripe_product_id.as_ref(),
-            &ProductSpec {
-                name: &plan.name,
-                description: &plan.description,
-                active: plan.is_active,
-                metadata: metadata("plan", &plan_id, scope, &plan.metadata),
-            },
-        )
-        .await?;
-    let price = run
-        .price(
-            plan.stripe_price_id.as_ref(),
-            || {
-                let interval =
-                    Interval::from_stored(&plan.interval, plan.interval_count).map_err(rejected)?;
-                Ok(PriceSpec {
-                    product: &product,
-                    currency: &plan.currency,
-                    nickname: &plan.name,
-                    recurring: Some(interval.to_stripe()),
-                    scheme: Scheme::PerUnit(plan.amount),
-                    metadata: metadata("plan", &plan_id, scope, &serde_json::json!({})),
-                })
-            },
-            plan.is_active,
-        )
-        .await?;
-    run.synced(Some(&product), Some(&price)).await
+/// The object a product speaks for in Stripe, and the stem of its idempotency keys and
+/// metadata: a plan's product (and price) keep the plan's id (`plan_…`), as when plans were
+/// synced on their own, so a sync begun then is finished without a second Stripe object.
+fn stem(plan: bool, product: ProductId) -> (&'static str, String) {
+    if plan {
+        ("plan", PlanId::from_uuid(product.as_uuid()).to_string())
+    } else {
+        ("product", product.to_string())
+    }
 }
 
-/// Syncs a product; returns its Stripe id.
-async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
+/// Whether a plan's product brings its plan price along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanPrice {
+    /// The product's own job: a new plan is created in Stripe by one job, product then price.
+    Along,
+    /// The price's job, syncing the product it needs first.
+    Apart,
+}
+
+/// Syncs a product (and a plan's price when it is behind); returns its Stripe id.
+async fn sync_product(rt: &Runtime, id: Uuid, plan_price: PlanPrice) -> Result<String, Stop> {
     let p = unscoped::product(&rt.pool, id).await?;
     let scope = p.scope();
-    let product_id = p.id.to_string();
+    let (object, key) = stem(p.plan, p.id);
     let versions = (p.sync_version, p.synced_version);
-    let run = Run::new(rt, Synced::Product, id, product_id.clone(), scope, versions).await?;
+    let run = Run::new(rt, Synced::Product, id, key.clone(), scope, versions).await?;
     let stripe_id = run
         .product(
             p.stripe_product_id.as_ref(),
@@ -339,11 +320,17 @@ async fn sync_product(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
                 name: &p.name,
                 description: &p.description,
                 active: p.active,
-                metadata: metadata("product", &product_id, scope, &p.metadata),
+                metadata: metadata(object, &key, scope, &p.metadata),
             },
         )
         .await?;
     run.synced(Some(&stripe_id), None).await?;
+    if p.plan && plan_price == PlanPrice::Along {
+        let price = unscoped::plan_price(&rt.pool, id).await?;
+        if let Some(price) = price.filter(|pr| pr.synced_version < pr.sync_version) {
+            Box::pin(sync_price(rt, price.id.as_uuid())).await?;
+        }
+    }
     Ok(stripe_id)
 }
 
@@ -384,9 +371,14 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
         ));
     }
     let scope = p.scope();
-    let price_id = p.id.to_string();
+    // A plan's price speaks for the plan, as its product does.
+    let (object, key) = if p.plan {
+        stem(true, p.product_id)
+    } else {
+        ("price", p.id.to_string())
+    };
     let versions = (p.sync_version, p.synced_version);
-    let run = Run::new(rt, Synced::Price, id, price_id.clone(), scope, versions).await?;
+    let run = Run::new(rt, Synced::Price, id, key.clone(), scope, versions).await?;
     // The product first (once), then the price on it.
     let product = match &p.stripe_price_id {
         Some(_) => String::new(),
@@ -394,7 +386,7 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
             q if q.stripe_product_id.is_some() && q.synced_version >= q.sync_version => {
                 q.stripe_product_id.unwrap_or_default()
             }
-            _ => sync_product(rt, p.product_id.as_uuid()).await?,
+            _ => sync_product(rt, p.product_id.as_uuid(), PlanPrice::Apart).await?,
         },
     };
     let stripe_id = run
@@ -417,7 +409,7 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
                     nickname: &p.nickname,
                     recurring,
                     scheme: scheme(&model),
-                    metadata: metadata("price", &price_id, scope, &p.metadata),
+                    metadata: metadata(object, &key, scope, &p.metadata),
                 })
             },
             p.active,
