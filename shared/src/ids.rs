@@ -168,6 +168,11 @@ define_id!(
     BundleId,
     "bundle"
 );
+define_id!(
+    /// A customer of a tenant (whom the tenant bills).
+    CustomerId,
+    "cus"
+);
 
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);

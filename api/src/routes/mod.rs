@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod bundles;
+pub mod customers;
 pub mod dto;
 pub mod events;
 pub mod plans;
@@ -37,6 +38,8 @@ pub enum ApiTags {
     Catalog,
     /// Connecting the tenant's Stripe account, and Stripe's webhooks.
     Stripe,
+    /// The tenant's customers: whom it bills.
+    Customers,
 }
 
 pub type Apis = (
@@ -49,6 +52,7 @@ pub type Apis = (
     plans::PlansApi,
     products::ProductsApi,
     bundles::BundlesApi,
+    customers::CustomersApi,
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
 );
@@ -66,6 +70,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             plans::PlansApi,
             products::ProductsApi,
             bundles::BundlesApi,
+            customers::CustomersApi,
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,
         ),

@@ -80,9 +80,62 @@ fn interval_unit() -> Value {
     json!({"enum": ["day", "week", "month", "quarter", "year"]})
 }
 
+/// The IANA timezones the platform knows.
+fn timezone() -> Value {
+    let names: Vec<&str> = shared::domain::customer::Timezone::all().collect();
+    json!({ "enum": names })
+}
+
+/// A customer's email: an address, or empty for none.
+const CLEARABLE_EMAIL: &str = "^$|^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+$";
+/// An invoice number prefix, or empty for none.
+const CLEARABLE_INVOICE_PREFIX: &str = "^$|^[A-Z0-9]{3,12}$";
+
+/// The properties shared by a customer's creation and change.
+fn customer_properties(schema: &'static str) -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (schema, "name", text(250)),
+        (
+            schema,
+            "email",
+            json!({"maxLength": 254, "pattern": CLEARABLE_EMAIL}),
+        ),
+        (schema, "external_id", text(100)),
+        (
+            schema,
+            "invoice_prefix",
+            json!({"pattern": CLEARABLE_INVOICE_PREFIX}),
+        ),
+        (schema, "currency", currency()),
+        (schema, "timezone", timezone()),
+        (schema, "tax_ids", json!({"maxItems": 5})),
+        (schema, "metadata", metadata()),
+    ]
+}
+
 /// Request-body properties: (schema, property, constraints merged into it).
 fn properties() -> Vec<(&'static str, &'static str, Value)> {
-    vec![
+    let mut all = customer_properties("CustomerIn");
+    all.extend(customer_properties("CustomerPatch"));
+    all.extend(vec![
+        ("CustomerAddress", "line1", text(200)),
+        ("CustomerAddress", "line2", text(200)),
+        ("CustomerAddress", "city", text(200)),
+        ("CustomerAddress", "state", text(200)),
+        ("CustomerAddress", "postal_code", text(200)),
+        (
+            "CustomerAddress",
+            "country",
+            json!({"pattern": "^([A-Za-z]{2})?$"}),
+        ),
+        (
+            "CustomerTaxId",
+            "type",
+            json!({"pattern": "^[a-z_]{2,20}$"}),
+        ),
+        ("CustomerTaxId", "value", non_blank(50)),
+    ]);
+    all.extend(vec![
         ("RegenerateIn", "confirm", json!({"enum": [true]})),
         ("RevokeIn", "confirm", json!({"enum": [true]})),
         ("RegisterIn", "company_name", non_blank(200)),
@@ -250,7 +303,8 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("BundlePatch", "description", multiline(5000)),
         ("BundlePatch", "discount_bps", json!({"maximum": 10000})),
         ("BundlePatch", "metadata", metadata()),
-    ]
+    ]);
+    all
 }
 
 /// Whole request bodies: (schema, keywords merged into it).
@@ -296,6 +350,9 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/plans", "search", text(100)),
         ("/api/v1/products", "starting_after", id("prod")),
         ("/api/v1/products", "ending_before", id("prod")),
+        ("/api/v1/customers", "starting_after", id("cus")),
+        ("/api/v1/customers", "ending_before", id("cus")),
+        ("/api/v1/customers", "search", text(100)),
         ("/api/v1/bundles", "starting_after", id("bundle")),
         ("/api/v1/bundles", "ending_before", id("bundle")),
         (

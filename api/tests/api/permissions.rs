@@ -41,6 +41,7 @@ const MISSING_PRICE: &str = "price_01m80000000000000000000000";
 const MISSING_PLAN: &str = "plan_01m80000000000000000000000";
 const MISSING_BUNDLE: &str = "bndl_01m80000000000000000000000";
 const MISSING_EVENT: &str = "evt_01m80000000000000000000000";
+const MISSING_CUSTOMER: &str = "cus_01m80000000000000000000000";
 const MISSING_ENDPOINT: &str = "we_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
@@ -192,6 +193,18 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
         (
             "read billing",
             Method::GET,
+            "/api/v1/customers".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
             format!("/api/v1/bundles/{MISSING_BUNDLE}"),
             none.clone(),
         ),
@@ -265,6 +278,24 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "write billing",
             Method::DELETE,
             format!("/api/v1/bundles/{MISSING_BUNDLE}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/customers".into(),
+            Some(json!({"name": "Permitted"})),
+        ),
+        (
+            "write billing",
+            Method::PATCH,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}"),
+            Some(json!({})),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}"),
             none.clone(),
         ),
         (

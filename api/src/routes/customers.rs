@@ -1,0 +1,559 @@
+//! Customers (`/api/v1/customers`): whom a tenant bills, per mode.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use serde::Deserialize;
+use shared::{
+    domain::{
+        ValidationError,
+        customer::{Address, CustomerName, ExternalId, InvoicePrefix, TaxId, TaxIds, Timezone},
+        email::Email,
+        money::Currency,
+    },
+    ids::CustomerId,
+    service::customers::{self as service, CustomerRow, CustomerSpec, CustomerUpdate},
+    tenancy::Permission,
+};
+
+use super::{
+    ApiTags,
+    dto::{metadata, page_request},
+};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
+
+pub struct CustomersApi;
+
+/// A postal address; every line is optional.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerAddress {
+    #[oai(nullable)]
+    pub line1: Option<String>,
+    #[oai(nullable)]
+    pub line2: Option<String>,
+    #[oai(nullable)]
+    pub city: Option<String>,
+    #[oai(nullable)]
+    pub state: Option<String>,
+    #[oai(nullable)]
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2 code, such as `FR`.
+    #[oai(nullable)]
+    pub country: Option<String>,
+}
+
+impl From<CustomerAddress> for Address {
+    fn from(a: CustomerAddress) -> Self {
+        Address {
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            state: a.state,
+            postal_code: a.postal_code,
+            country: a.country,
+        }
+    }
+}
+
+/// A tax id, as Stripe has them.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerTaxId {
+    /// Such as `eu_vat`, `gb_vat` or `us_ein`.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+/// A customer to create; an empty `email`, `external_id` or `invoice_prefix` is no value.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerIn {
+    #[oai(nullable)]
+    pub email: Option<String>,
+    /// As invoices show it.
+    #[oai(nullable)]
+    pub name: Option<String>,
+    /// Your own id for the customer, unique per mode.
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    /// ISO 4217 code of the customer's invoices; set by the first subscription when absent.
+    #[oai(nullable)]
+    pub currency: Option<String>,
+    /// IANA timezone that billing periods follow; default `UTC`.
+    #[oai(nullable)]
+    pub timezone: Option<String>,
+    #[oai(nullable)]
+    pub address: Option<CustomerAddress>,
+    /// At most 5.
+    #[oai(nullable)]
+    pub tax_ids: Option<Vec<CustomerTaxId>>,
+    /// Exempt customers pay no tax; default `false`.
+    #[oai(nullable)]
+    pub tax_exempt: Option<bool>,
+    /// The prefix of this customer's invoice numbers instead of the tenant's.
+    #[oai(nullable)]
+    pub invoice_prefix: Option<String>,
+    #[oai(nullable)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+/// Changes to a customer: an absent or `null` field stays as it is; an empty string clears
+/// `email`, `external_id` and `invoice_prefix`, and an address with no lines clears it.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerPatch {
+    #[oai(nullable)]
+    pub email: Option<String>,
+    #[oai(nullable)]
+    pub name: Option<String>,
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    #[oai(nullable)]
+    pub currency: Option<String>,
+    #[oai(nullable)]
+    pub timezone: Option<String>,
+    #[oai(nullable)]
+    pub address: Option<CustomerAddress>,
+    #[oai(nullable)]
+    pub tax_ids: Option<Vec<CustomerTaxId>>,
+    #[oai(nullable)]
+    pub tax_exempt: Option<bool>,
+    #[oai(nullable)]
+    pub invoice_prefix: Option<String>,
+    #[oai(nullable)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+/// A customer.
+#[derive(Debug, Object)]
+pub struct CustomerOut {
+    /// Customer id (`cus_…`).
+    pub id: String,
+    /// Always `customer`.
+    pub object: String,
+    #[oai(nullable)]
+    pub email: Option<String>,
+    pub name: String,
+    #[oai(nullable)]
+    pub external_id: Option<String>,
+    #[oai(nullable)]
+    pub currency: Option<String>,
+    pub timezone: String,
+    #[oai(nullable)]
+    pub address: Option<CustomerAddress>,
+    pub tax_ids: Vec<CustomerTaxId>,
+    pub tax_exempt: bool,
+    #[oai(nullable)]
+    pub invoice_prefix: Option<String>,
+    pub metadata: serde_json::Value,
+    /// Credit in minor units of `currency`, applied to the customer's next invoices.
+    pub balance: i64,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<CustomerRow> for CustomerOut {
+    fn from(c: CustomerRow) -> Self {
+        let address = c
+            .address
+            .and_then(|a| serde_json::from_value::<Address>(a).ok())
+            .map(|a| CustomerAddress {
+                line1: a.line1,
+                line2: a.line2,
+                city: a.city,
+                state: a.state,
+                postal_code: a.postal_code,
+                country: a.country,
+            });
+        let tax_ids: Vec<TaxId> = serde_json::from_value(c.tax_ids).unwrap_or_default();
+        Self {
+            id: c.id.to_string(),
+            object: "customer".into(),
+            email: c.email,
+            name: c.name,
+            external_id: c.external_id,
+            currency: c.currency,
+            timezone: c.timezone,
+            address,
+            tax_ids: tax_ids
+                .into_iter()
+                .map(|t| CustomerTaxId {
+                    kind: t.kind,
+                    value: t.value,
+                })
+                .collect(),
+            tax_exempt: c.tax_exempt,
+            invoice_prefix: c.invoice_prefix,
+            metadata: c.metadata,
+            balance: c.balance,
+            livemode: c.livemode,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// A deleted customer.
+#[derive(Debug, Object)]
+pub struct DeletedCustomer {
+    pub id: String,
+    /// Always `customer`.
+    pub object: String,
+    /// Always `true`.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct CustomerList {
+    pub data: Vec<CustomerOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedCustomer {
+    /// The customer was created.
+    #[oai(status = 201)]
+    Created(Json<CustomerOut>),
+}
+
+fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|_| ApiError::not_found("customer"))
+}
+
+/// An optional text field: absent, or empty to mean none (`Some(None)` in a change).
+fn clearable<T>(
+    raw: Option<&str>,
+    field: &'static str,
+    parse: impl Fn(&str) -> Result<T, ValidationError>,
+) -> Result<Option<Option<T>>, ApiError> {
+    match raw.map(str::trim) {
+        None => Ok(None),
+        Some("") => Ok(Some(None)),
+        Some(v) => parse(v)
+            .map(|t| Some(Some(t)))
+            .map_err(ApiError::invalid(field)),
+    }
+}
+
+fn address(raw: Option<CustomerAddress>) -> Result<Option<Address>, ApiError> {
+    raw.map(|a| Address::parse(a.into()))
+        .transpose()
+        .map_err(|(field, e)| ApiError::validation(field, e.0))
+}
+
+fn tax_ids(raw: Option<Vec<CustomerTaxId>>) -> Result<Option<TaxIds>, ApiError> {
+    raw.map(|ids| {
+        TaxIds::parse(
+            ids.into_iter()
+                .map(|t| TaxId {
+                    kind: t.kind,
+                    value: t.value,
+                })
+                .collect(),
+        )
+    })
+    .transpose()
+    .map_err(ApiError::invalid("tax_ids"))
+}
+
+/// The parsed optional values of a create or a change.
+struct Parsed {
+    email: Option<Option<Email>>,
+    external_id: Option<Option<ExternalId>>,
+    invoice_prefix: Option<Option<InvoicePrefix>>,
+    currency: Option<Currency>,
+    timezone: Option<Timezone>,
+    address: Option<Address>,
+    tax_ids: Option<TaxIds>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse(
+    email: Option<&str>,
+    external_id: Option<&str>,
+    invoice_prefix: Option<&str>,
+    currency: Option<&str>,
+    timezone: Option<&str>,
+    addr: Option<CustomerAddress>,
+    ids: Option<Vec<CustomerTaxId>>,
+) -> Result<Parsed, ApiError> {
+    Ok(Parsed {
+        email: clearable(email, "email", Email::parse)?,
+        external_id: clearable(external_id, "external_id", ExternalId::parse)?,
+        invoice_prefix: clearable(invoice_prefix, "invoice_prefix", InvoicePrefix::parse)?,
+        currency: currency
+            .map(Currency::parse)
+            .transpose()
+            .map_err(ApiError::invalid("currency"))?,
+        timezone: timezone
+            .map(Timezone::parse)
+            .transpose()
+            .map_err(ApiError::invalid("timezone"))?,
+        address: address(addr)?,
+        tax_ids: tax_ids(ids)?,
+    })
+}
+
+#[OpenApi]
+impl CustomersApi {
+    /// Create a customer
+    #[oai(
+        path = "/api/v1/customers",
+        method = "post",
+        operation_id = "customers.create",
+        tag = "ApiTags::Customers"
+    )]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<CustomerIn>,
+    ) -> Result<CreatedCustomer, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let b = body.0;
+        let name = CustomerName::parse(b.name.as_deref().unwrap_or(""))
+            .map_err(ApiError::invalid("name"))?;
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
+        let p = parse(
+            b.email.as_deref(),
+            b.external_id.as_deref(),
+            b.invoice_prefix.as_deref(),
+            b.currency.as_deref(),
+            b.timezone.as_deref(),
+            b.address,
+            b.tax_ids,
+        )?;
+        let mut work = Work::begin(req).await?;
+        let row = service::create_customer(
+            &mut work,
+            ctx,
+            CustomerSpec {
+                email: p.email.as_ref().and_then(Option::as_ref),
+                name,
+                external_id: p.external_id.as_ref().and_then(Option::as_ref),
+                currency: p.currency,
+                timezone: p.timezone,
+                address: p.address.as_ref(),
+                tax_ids: p.tax_ids.unwrap_or_default(),
+                tax_exempt: b.tax_exempt.unwrap_or(false),
+                invoice_prefix: p.invoice_prefix.as_ref().and_then(Option::as_ref),
+                metadata,
+            },
+        )
+        .await?;
+        let out = CustomerOut::from(row);
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(CreatedCustomer::Created(Json(out)))
+    }
+
+    /// List customers
+    ///
+    /// Newest first.
+    #[oai(
+        path = "/api/v1/customers",
+        method = "get",
+        operation_id = "customers.list",
+        tag = "ApiTags::Customers"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Text the email, the name or the external id contains (ignoring case).
+        search: Query<Option<String>>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A customer id: return older customers (the next page).
+        starting_after: Query<Option<String>>,
+        /// A customer id: return newer customers (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<CustomerList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            CustomerId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = service::list_customers(&state.pool, ctx, search.0.as_deref(), page).await?;
+        Ok(Json(CustomerList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get a customer
+    #[oai(
+        path = "/api/v1/customers/:id",
+        method = "get",
+        operation_id = "customers.get",
+        tag = "ApiTags::Customers"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+    ) -> Result<Json<CustomerOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = customer_id(&id.0)?;
+        Ok(Json(
+            service::get_customer(&state.pool, ctx, id).await?.into(),
+        ))
+    }
+
+    /// Update a customer
+    ///
+    /// An absent or `null` field stays as it is; an empty string clears `email`, `external_id`
+    /// and `invoice_prefix`, and an address with no lines clears the address.
+    #[oai(
+        path = "/api/v1/customers/:id",
+        method = "patch",
+        operation_id = "customers.update",
+        tag = "ApiTags::Customers"
+    )]
+    async fn update(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        body: JsonBody<CustomerPatch>,
+    ) -> Result<Json<CustomerOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = customer_id(&id.0)?;
+        let b = body.0;
+        let name = b
+            .name
+            .as_deref()
+            .map(CustomerName::parse)
+            .transpose()
+            .map_err(ApiError::invalid("name"))?;
+        let metadata = metadata(b.metadata.as_ref())?;
+        let p = parse(
+            b.email.as_deref(),
+            b.external_id.as_deref(),
+            b.invoice_prefix.as_deref(),
+            b.currency.as_deref(),
+            b.timezone.as_deref(),
+            b.address,
+            b.tax_ids,
+        )?;
+        // An address with no line left is no address.
+        let address = p
+            .address
+            .map(|a| Some(a).filter(|a| *a != Address::default()));
+        let mut work = Work::begin(req).await?;
+        let row = service::update_customer(
+            &mut work,
+            ctx,
+            id,
+            CustomerUpdate {
+                email: p.email.as_ref().map(Option::as_ref),
+                name: name.as_ref(),
+                external_id: p.external_id.as_ref().map(Option::as_ref),
+                currency: p.currency,
+                timezone: p.timezone,
+                address: address.as_ref().map(Option::as_ref),
+                tax_ids: p.tax_ids.as_ref(),
+                tax_exempt: b.tax_exempt,
+                invoice_prefix: p.invoice_prefix.as_ref().map(Option::as_ref),
+                metadata: metadata.as_ref(),
+            },
+        )
+        .await?;
+        let out = CustomerOut::from(row);
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(Json(out))
+    }
+
+    /// Delete a customer
+    ///
+    /// The customer answers 404 from then on and its `external_id` is free again; what it was
+    /// billed stays.
+    #[oai(
+        path = "/api/v1/customers/:id",
+        method = "delete",
+        operation_id = "customers.delete",
+        tag = "ApiTags::Customers"
+    )]
+    async fn delete(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+    ) -> Result<Json<DeletedCustomer>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = customer_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let row = service::delete_customer(&mut work, ctx, id).await?;
+        Ok(Json(DeletedCustomer {
+            id: row.id.to_string(),
+            object: "customer".into(),
+            deleted: true,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use poem_openapi::types::ToJSON;
+    use serde_json::json;
+    use shared::ids::TenantId;
+
+    use super::*;
+
+    fn row(address: Option<serde_json::Value>, tax_ids: serde_json::Value) -> CustomerRow {
+        CustomerRow {
+            id: CustomerId::new(),
+            tenant_id: TenantId::new(),
+            livemode: false,
+            email: Some("jo@example.com".into()),
+            name: "Jo".into(),
+            external_id: None,
+            currency: Some("eur".into()),
+            timezone: "Europe/Paris".into(),
+            address,
+            tax_ids,
+            tax_exempt: true,
+            invoice_prefix: Some("JO".into()),
+            metadata: json!({"k": "v"}),
+            balance: 250,
+            created_at: Utc.with_ymd_and_hms(2026, 1, 31, 1, 2, 3).unwrap(),
+            updated_at: Utc.with_ymd_and_hms(2026, 2, 1, 1, 2, 3).unwrap(),
+        }
+    }
+
+    #[test]
+    fn customers_render_in_events_as_the_api_shows_them() {
+        let full = Address {
+            line1: Some("1 rue de la Paix".into()),
+            city: Some("Paris".into()),
+            country: Some("FR".into()),
+            ..Address::default()
+        };
+        for (address, tax_ids) in [
+            (None, json!([])),
+            (
+                Some(full.to_json()),
+                json!([{"type": "eu_vat", "value": "FR1"}]),
+            ),
+        ] {
+            let r = row(address, tax_ids);
+            assert_eq!(CustomerOut::from(r.clone()).to_json().unwrap(), r.to_json());
+        }
+    }
+}

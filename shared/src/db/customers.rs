@@ -1,0 +1,243 @@
+//! Customers of a tenant, per mode. A deleted customer keeps its row (`deleted_at`) and is
+//! invisible to every read here.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
+
+use super::{
+    DbError,
+    pagination::{Page, PageRequest},
+};
+use crate::{
+    ids::{CustomerId, TenantId},
+    tenancy::TenantContext,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct CustomerRow {
+    pub id: CustomerId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub email: Option<String>,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub currency: Option<String>,
+    pub timezone: String,
+    pub address: Option<serde_json::Value>,
+    pub tax_ids: serde_json::Value,
+    pub tax_exempt: bool,
+    pub invoice_prefix: Option<String>,
+    pub metadata: serde_json::Value,
+    /// Credit in minor units, applied to the customer's next invoices.
+    pub balance: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CustomerRow {
+    /// The customer as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "customer",
+            "email": self.email,
+            "name": self.name,
+            "external_id": self.external_id,
+            "currency": self.currency,
+            "timezone": self.timezone,
+            "address": self.address,
+            "tax_ids": self.tax_ids,
+            "tax_exempt": self.tax_exempt,
+            "invoice_prefix": self.invoice_prefix,
+            "metadata": self.metadata,
+            "balance": self.balance,
+            "livemode": self.livemode,
+            "created_at": super::api_time(self.created_at),
+            "updated_at": super::api_time(self.updated_at),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, livemode, email, name, external_id, currency, timezone, \
+    address, tax_ids, tax_exempt, invoice_prefix, metadata, balance, created_at, updated_at";
+
+/// A customer to create.
+#[derive(Debug)]
+pub struct NewCustomer<'a> {
+    pub id: CustomerId,
+    pub email: Option<&'a str>,
+    pub name: &'a str,
+    pub external_id: Option<&'a str>,
+    pub currency: Option<&'a str>,
+    pub timezone: &'a str,
+    pub address: Option<&'a serde_json::Value>,
+    pub tax_ids: &'a serde_json::Value,
+    pub tax_exempt: bool,
+    pub invoice_prefix: Option<&'a str>,
+    pub metadata: &'a serde_json::Value,
+}
+
+pub async fn create(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    c: NewCustomer<'_>,
+    now: DateTime<Utc>,
+) -> Result<CustomerRow, DbError> {
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "INSERT INTO customers (id, tenant_id, livemode, email, name, external_id, currency, \
+         timezone, address, tax_ids, tax_exempt, invoice_prefix, metadata, created_at, \
+         updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(c.id)
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(c.email)
+    .bind(c.name)
+    .bind(c.external_id)
+    .bind(c.currency)
+    .bind(c.timezone)
+    .bind(c.address)
+    .bind(c.tax_ids)
+    .bind(c.tax_exempt)
+    .bind(c.invoice_prefix)
+    .bind(c.metadata)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Customers of the caller's mode, newest first; `search` is a pattern matched (ignoring case)
+/// against the email, the name and the external id.
+pub async fn list(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    search: Option<&str>,
+    page: PageRequest,
+) -> Result<Page<CustomerRow>, DbError> {
+    let (cond, order) = page.sql(4);
+    let pattern = search.map(|s| {
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let rows = sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 \
+         AND deleted_at IS NULL \
+         AND ($3::text IS NULL OR email ILIKE $3 OR name ILIKE $3 OR external_id ILIKE $3) \
+         AND {cond} ORDER BY {order} LIMIT $5"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(pattern)
+    .bind(page.bounds())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: CustomerId,
+) -> Result<CustomerRow, DbError> {
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
+         AND deleted_at IS NULL"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Changes to a customer; `None` leaves a field as it is. The optional fields are cleared with
+/// `Some(None)`.
+#[derive(Debug, Default)]
+pub struct CustomerChanges<'a> {
+    pub email: Option<Option<&'a str>>,
+    pub name: Option<&'a str>,
+    pub external_id: Option<Option<&'a str>>,
+    pub currency: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub address: Option<Option<&'a serde_json::Value>>,
+    pub tax_ids: Option<&'a serde_json::Value>,
+    pub tax_exempt: Option<bool>,
+    pub invoice_prefix: Option<Option<&'a str>>,
+    pub metadata: Option<&'a serde_json::Value>,
+}
+
+pub async fn update(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: CustomerId,
+    c: CustomerChanges<'_>,
+    now: DateTime<Utc>,
+) -> Result<CustomerRow, DbError> {
+    // For the clearable fields: `$n::bool` says whether to set, `$m` is the new value.
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "UPDATE customers SET \
+         email = CASE WHEN $4 THEN $5 ELSE email END, \
+         name = COALESCE($6, name), \
+         external_id = CASE WHEN $7 THEN $8 ELSE external_id END, \
+         currency = COALESCE($9, currency), \
+         timezone = COALESCE($10, timezone), \
+         address = CASE WHEN $11 THEN $12 ELSE address END, \
+         tax_ids = COALESCE($13, tax_ids), \
+         tax_exempt = COALESCE($14, tax_exempt), \
+         invoice_prefix = CASE WHEN $15 THEN $16 ELSE invoice_prefix END, \
+         metadata = COALESCE($17, metadata), \
+         updated_at = $18 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND deleted_at IS NULL \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .bind(c.email.is_some())
+    .bind(c.email.flatten())
+    .bind(c.name)
+    .bind(c.external_id.is_some())
+    .bind(c.external_id.flatten())
+    .bind(c.currency)
+    .bind(c.timezone)
+    .bind(c.address.is_some())
+    .bind(c.address.flatten())
+    .bind(c.tax_ids)
+    .bind(c.tax_exempt)
+    .bind(c.invoice_prefix.is_some())
+    .bind(c.invoice_prefix.flatten())
+    .bind(c.metadata)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Marks the customer deleted; returns it as it was.
+pub async fn delete(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: CustomerId,
+    now: DateTime<Utc>,
+) -> Result<CustomerRow, DbError> {
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "UPDATE customers SET deleted_at = $4, updated_at = $4 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND deleted_at IS NULL \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}

@@ -1,0 +1,199 @@
+//! Customers: whom a tenant bills, per mode. Each change records its event
+//! (`customer.created`, `customer.updated`, `customer.deleted`); a change that changes nothing
+//! writes and records nothing.
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, events, settle, tentative};
+use crate::{
+    db::{
+        self, DbError,
+        customers::{CustomerChanges, NewCustomer},
+        pagination::{Page, PageRequest},
+    },
+    domain::{
+        catalog::Metadata,
+        customer::{Address, CustomerName, ExternalId, InvoicePrefix, TaxIds, Timezone},
+        email::Email,
+        money::Currency,
+    },
+    ids::CustomerId,
+    tenancy::TenantContext,
+    uow::UnitOfWork,
+};
+
+/// What the operations of this module return.
+pub use crate::db::customers::CustomerRow;
+
+const WHAT: &str = "customer";
+
+fn customer_error(e: DbError) -> ServiceError {
+    ServiceError::taken(
+        "customers_external_id_key",
+        "customer_external_id_taken",
+        "external_id",
+        "A customer with this external_id already exists.",
+        WHAT,
+    )(e)
+}
+
+/// A customer to create.
+#[derive(Debug, Default)]
+pub struct CustomerSpec<'a> {
+    pub email: Option<&'a Email>,
+    pub name: CustomerName,
+    pub external_id: Option<&'a ExternalId>,
+    pub currency: Option<Currency>,
+    /// UTC when not given.
+    pub timezone: Option<Timezone>,
+    pub address: Option<&'a Address>,
+    pub tax_ids: TaxIds,
+    pub tax_exempt: bool,
+    pub invoice_prefix: Option<&'a InvoicePrefix>,
+    pub metadata: Metadata,
+}
+
+pub async fn create_customer(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    spec: CustomerSpec<'_>,
+) -> ServiceResult<CustomerRow> {
+    let now = uow.now();
+    let address = spec.address.map(Address::to_json);
+    let row = db::customers::create(
+        uow.conn(),
+        ctx,
+        NewCustomer {
+            id: CustomerId::new(),
+            email: spec.email.map(Email::as_str),
+            name: spec.name.as_str(),
+            external_id: spec.external_id.map(ExternalId::as_str),
+            currency: spec.currency.map(Currency::as_str),
+            timezone: spec.timezone.unwrap_or(Timezone::UTC).name(),
+            address: address.as_ref(),
+            tax_ids: &spec.tax_ids.to_json(),
+            tax_exempt: spec.tax_exempt,
+            invoice_prefix: spec.invoice_prefix.map(InvoicePrefix::as_str),
+            metadata: &spec.metadata.to_json(),
+        },
+        now,
+    )
+    .await
+    .map_err(customer_error)?;
+    events::record(uow, ctx.scope(), "customer.created", row.to_json()).await?;
+    Ok(row)
+}
+
+pub async fn list_customers(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    search: Option<&str>,
+    page: PageRequest,
+) -> ServiceResult<Page<CustomerRow>> {
+    let search = search.map(str::trim).filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
+        return Err(ServiceError::invalid(
+            "search",
+            "must be at most 100 characters, without control characters",
+        ));
+    }
+    Ok(db::customers::list(pool, ctx, search, page).await?)
+}
+
+pub async fn get_customer(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    id: CustomerId,
+) -> ServiceResult<CustomerRow> {
+    let mut conn = pool.acquire().await.map_err(DbError::from)?;
+    db::customers::get(&mut conn, ctx, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))
+}
+
+/// Changes to a customer: `None` leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Debug, Default)]
+pub struct CustomerUpdate<'a> {
+    pub email: Option<Option<&'a Email>>,
+    pub name: Option<&'a CustomerName>,
+    pub external_id: Option<Option<&'a ExternalId>>,
+    pub currency: Option<Currency>,
+    pub timezone: Option<Timezone>,
+    pub address: Option<Option<&'a Address>>,
+    pub tax_ids: Option<&'a TaxIds>,
+    pub tax_exempt: Option<bool>,
+    pub invoice_prefix: Option<Option<&'a InvoicePrefix>>,
+    pub metadata: Option<&'a Metadata>,
+}
+
+/// What a change can touch, to tell a change that changes nothing.
+fn content(c: &CustomerRow) -> Value {
+    let mut v = c.to_json();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updated_at");
+    }
+    v
+}
+
+pub async fn update_customer(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    id: CustomerId,
+    changes: CustomerUpdate<'_>,
+) -> ServiceResult<CustomerRow> {
+    let now = uow.now();
+    let before = db::customers::get(uow.conn(), ctx, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let address = changes.address.map(|a| a.map(Address::to_json));
+    let tax_ids = changes.tax_ids.map(TaxIds::to_json);
+    let metadata = changes.metadata.map(Metadata::to_json);
+    tentative(uow).await?;
+    let after = db::customers::update(
+        uow.conn(),
+        ctx,
+        id,
+        CustomerChanges {
+            email: changes.email.map(|e| e.map(Email::as_str)),
+            name: changes.name.map(CustomerName::as_str),
+            external_id: changes.external_id.map(|e| e.map(ExternalId::as_str)),
+            currency: changes.currency.map(Currency::as_str),
+            timezone: changes.timezone.map(Timezone::name),
+            address: address.as_ref().map(Option::as_ref),
+            tax_ids: tax_ids.as_ref(),
+            tax_exempt: changes.tax_exempt,
+            invoice_prefix: changes.invoice_prefix.map(|p| p.map(InvoicePrefix::as_str)),
+            metadata: metadata.as_ref(),
+        },
+        now,
+    )
+    .await
+    .map_err(customer_error)?;
+    let same = content(&after) == content(&before);
+    settle(uow, !same).await?;
+    if same {
+        return Ok(before);
+    }
+    events::record(uow, ctx.scope(), "customer.updated", after.to_json()).await?;
+    Ok(after)
+}
+
+/// Deletes a customer: it answers 404 from then on and its `external_id` is free again; the row
+/// stays for what it was billed.
+pub async fn delete_customer(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    id: CustomerId,
+) -> ServiceResult<CustomerRow> {
+    let now = uow.now();
+    let row = db::customers::delete(uow.conn(), ctx, id, now)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let mut data = row.to_json();
+    if let Some(o) = data.as_object_mut() {
+        o.insert("deleted".into(), Value::Bool(true));
+    }
+    events::record(uow, ctx.scope(), "customer.deleted", data).await?;
+    Ok(row)
+}
