@@ -173,6 +173,11 @@ define_id!(
     CustomerId,
     "cus"
 );
+define_id!(
+    /// A customer's payment method (a card).
+    PaymentMethodId,
+    "pm"
+);
 
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);

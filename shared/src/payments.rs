@@ -114,6 +114,61 @@ impl Gateway {
     }
 }
 
+/// A card the sandbox knows: Stripe's published test cards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestCard {
+    /// Stripe's test payment method for the card: what is stored and charged (never the
+    /// number).
+    pub token: &'static str,
+    pub brand: &'static str,
+    pub last4: &'static str,
+}
+
+/// Stripe's test cards: (number, test payment method, brand).
+const TEST_CARDS: [(&str, &str, &str); 10] = [
+    ("4242424242424242", "pm_card_visa", "visa"),
+    ("5555555555554444", "pm_card_mastercard", "mastercard"),
+    ("4000056655665556", "pm_card_visa_debit", "visa"),
+    ("4000002500003155", "pm_card_authenticationRequired", "visa"),
+    ("4000000000000002", "pm_card_chargeDeclined", "visa"),
+    (
+        "4000000000009995",
+        "pm_card_chargeDeclinedInsufficientFunds",
+        "visa",
+    ),
+    ("4000000000009987", "pm_card_chargeDeclinedLostCard", "visa"),
+    (
+        "4000000000000069",
+        "pm_card_chargeDeclinedExpiredCard",
+        "visa",
+    ),
+    ("4000000000000341", "pm_card_chargeCustomerFail", "visa"),
+    (
+        "4000002760003184",
+        "pm_card_authenticationRequiredOnSetup",
+        "visa",
+    ),
+];
+
+/// Every token [`test_card`] knows: the test card numbers and their test payment methods.
+pub fn test_card_tokens() -> impl Iterator<Item = &'static str> {
+    TEST_CARDS.iter().flat_map(|(number, pm, _)| [*number, *pm])
+}
+
+/// The test card a sandbox token names: a test card number (spaces allowed) or its test
+/// payment method (`pm_card_visa`).
+pub fn test_card(token: &str) -> Option<TestCard> {
+    let digits: String = token.chars().filter(|c| *c != ' ').collect();
+    TEST_CARDS
+        .iter()
+        .find(|(number, pm, _)| *number == digits || *pm == token)
+        .map(|(number, pm, brand)| TestCard {
+            token: pm,
+            brand,
+            last4: &number[number.len() - 4..],
+        })
+}
+
 /// Stripe's test cards, by number or test payment method.
 fn sandbox(c: &Charge<'_>) -> ChargeOutcome {
     let id = format!(
@@ -126,15 +181,23 @@ fn sandbox(c: &Charge<'_>) -> ChargeOutcome {
     };
     match c.payment_method {
         "4242424242424242" | "4000056655665556" | "5555555555554444" | "pm_card_visa"
-        | "pm_card_mastercard" => ChargeOutcome::Succeeded { id },
-        "4000002500003155" | "4000002760003184" | "pm_card_authenticationRequired" => {
-            ChargeOutcome::RequiresAction { id }
-        }
+        | "pm_card_visa_debit" | "pm_card_mastercard" => ChargeOutcome::Succeeded { id },
+        "4000002500003155"
+        | "4000002760003184"
+        | "pm_card_authenticationRequired"
+        | "pm_card_authenticationRequiredOnSetup" => ChargeOutcome::RequiresAction { id },
         "4000000000009995" | "pm_card_chargeDeclinedInsufficientFunds" => {
             declined("insufficient_funds", "Your card has insufficient funds.")
         }
         "4000000000000069" | "pm_card_chargeDeclinedExpiredCard" => {
             declined("expired_card", "Your card has expired.")
+        }
+        "4000000000009987" | "pm_card_chargeDeclinedLostCard" => {
+            declined("lost_card", "Your card was declined.")
+        }
+        // Attaches, then fails when charged.
+        "4000000000000341" | "pm_card_chargeCustomerFail" => {
+            declined("card_declined", "Your card was declined.")
         }
         "4000000000000002" | "pm_card_chargeDeclined" => {
             declined("card_declined", "Your card was declined.")
@@ -183,6 +246,50 @@ mod tests {
                 code: "insufficient_funds".into(),
                 message: "Your card has insufficient funds.".into()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_test_card_is_charged_the_same_by_its_number_and_by_its_token() {
+        let g = Gateway::Sandbox;
+        for (number, token, brand) in TEST_CARDS {
+            let card = test_card(number).unwrap();
+            assert_eq!(card.token, token);
+            assert_eq!(card.brand, brand);
+            assert_eq!(card.last4, &number[12..]);
+            assert_eq!(test_card(token), Some(card));
+            let by_number = g.charge(false, &charge(number)).await.unwrap();
+            let by_token = g.charge(false, &charge(token)).await.unwrap();
+            assert_eq!(by_number, by_token, "{number}");
+        }
+        assert_eq!(
+            test_card("4242 4242 4242 4242").unwrap().token,
+            "pm_card_visa"
+        );
+        assert_eq!(test_card("4111111111111111"), None);
+        assert_eq!(test_card_tokens().count(), 2 * TEST_CARDS.len());
+        assert!(test_card_tokens().all(|t| test_card(t).is_some()));
+        assert_eq!(test_card("pm_card_unknown"), None);
+    }
+
+    #[tokio::test]
+    async fn lost_cards_and_customer_fail_cards_are_declined_when_charged() {
+        let g = Gateway::Sandbox;
+        let code = |o: ChargeOutcome| match o {
+            ChargeOutcome::Declined { code, .. } => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            code(g.charge(false, &charge("4000000000009987")).await.unwrap()),
+            "lost_card"
+        );
+        assert_eq!(
+            code(
+                g.charge(false, &charge("pm_card_chargeCustomerFail"))
+                    .await
+                    .unwrap()
+            ),
+            "card_declined"
         );
     }
 

@@ -9,12 +9,17 @@ use serde::Deserialize;
 use shared::{
     domain::{
         ValidationError,
-        customer::{Address, CustomerName, ExternalId, InvoicePrefix, TaxId, TaxIds, Timezone},
+        customer::{
+            Address, CardExpiry, CustomerName, ExternalId, InvoicePrefix, TaxId, TaxIds, Timezone,
+        },
         email::Email,
         money::Currency,
     },
-    ids::CustomerId,
-    service::customers::{self as service, CustomerRow, CustomerSpec, CustomerUpdate},
+    ids::{CustomerId, PaymentMethodId},
+    payments::Gateway,
+    service::customers::{
+        self as service, CustomerRow, CustomerSpec, CustomerUpdate, PaymentMethodRow,
+    },
     tenancy::Permission,
 };
 
@@ -27,6 +32,8 @@ use crate::{
 };
 
 pub struct CustomersApi;
+
+pub struct PaymentMethodsApi;
 
 /// A postal address; every line is optional.
 #[derive(Debug, Clone, Object, Deserialize)]
@@ -226,6 +233,87 @@ pub enum CreatedCustomer {
     /// The customer was created.
     #[oai(status = 201)]
     Created(Json<CustomerOut>),
+}
+
+/// A card to attach.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodIn {
+    /// In the sandbox: one of Stripe's test card numbers (`4242 4242 4242 4242`) or test
+    /// payment methods (`pm_card_visa`). The number is never stored.
+    pub token: String,
+    /// 1 to 12; default 12.
+    #[oai(nullable)]
+    pub exp_month: Option<u32>,
+    /// Not in the past; default three years ahead.
+    #[oai(nullable)]
+    pub exp_year: Option<u32>,
+}
+
+/// What is shown of a card.
+#[derive(Debug, Object)]
+pub struct CardOut {
+    /// `visa`, `mastercard`…
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i32,
+    pub exp_year: i32,
+}
+
+/// A customer's payment method.
+#[derive(Debug, Object)]
+pub struct PaymentMethodOut {
+    /// Payment method id (`pm_…`).
+    pub id: String,
+    /// Always `payment_method`.
+    pub object: String,
+    pub customer_id: String,
+    /// Always `card`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub card: CardOut,
+    /// What renewals charge.
+    pub is_default: bool,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<PaymentMethodRow> for PaymentMethodOut {
+    fn from(p: PaymentMethodRow) -> Self {
+        Self {
+            id: p.id.to_string(),
+            object: "payment_method".into(),
+            customer_id: p.customer_id.to_string(),
+            kind: "card".into(),
+            card: CardOut {
+                brand: p.brand,
+                last4: p.last4,
+                exp_month: p.exp_month,
+                exp_year: p.exp_year,
+            },
+            is_default: p.is_default,
+            livemode: p.livemode,
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct PaymentMethodList {
+    pub data: Vec<PaymentMethodOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum AttachedPaymentMethod {
+    /// The card was attached.
+    #[oai(status = 201)]
+    Created(Json<PaymentMethodOut>),
+}
+
+fn parse_payment_method_id(raw: &str) -> Result<PaymentMethodId, ApiError> {
+    PaymentMethodId::parse(raw).map_err(|_| ApiError::not_found("payment method"))
 }
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
@@ -504,6 +592,135 @@ impl CustomersApi {
             object: "customer".into(),
             deleted: true,
         }))
+    }
+}
+
+#[OpenApi]
+impl PaymentMethodsApi {
+    /// Attach a payment method
+    ///
+    /// The customer's first payment method becomes its default.
+    #[oai(
+        path = "/api/v1/customers/:id/payment-methods",
+        method = "post",
+        operation_id = "payment_methods.attach",
+        tag = "ApiTags::Customers"
+    )]
+    async fn attach(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        body: JsonBody<PaymentMethodIn>,
+    ) -> Result<AttachedPaymentMethod, ApiError> {
+        use chrono::Datelike;
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let customer = customer_id(&id.0)?;
+        let b = body.0;
+        let mut work = Work::begin(req).await?;
+        let today = work.now().date_naive();
+        let expiry = CardExpiry::parse(
+            b.exp_month.unwrap_or(12),
+            b.exp_year
+                .unwrap_or(u32::try_from(today.year() + 3).unwrap_or(0)),
+            today,
+        )
+        .map_err(|(field, e)| ApiError::validation(field, e.0))?;
+        let gateway = Gateway::for_mode(&state.stripe, ctx.livemode());
+        let row =
+            service::attach_payment_method(&mut work, ctx, &gateway, customer, &b.token, expiry)
+                .await?;
+        let out = PaymentMethodOut::from(row);
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(AttachedPaymentMethod::Created(Json(out)))
+    }
+
+    /// List a customer's payment methods
+    ///
+    /// Newest first.
+    #[oai(
+        path = "/api/v1/customers/:id/payment-methods",
+        method = "get",
+        operation_id = "payment_methods.list",
+        tag = "ApiTags::Customers"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A payment method id: return older ones (the next page).
+        starting_after: Query<Option<String>>,
+        /// A payment method id: return newer ones (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<PaymentMethodList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let customer = customer_id(&id.0)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            PaymentMethodId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = service::list_payment_methods(&state.pool, ctx, customer, page).await?;
+        Ok(Json(PaymentMethodList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Make a payment method the default
+    ///
+    /// The default is what renewals charge.
+    #[oai(
+        path = "/api/v1/customers/:id/payment-methods/:payment_method_id/default",
+        method = "post",
+        operation_id = "payment_methods.set_default",
+        tag = "ApiTags::Customers"
+    )]
+    async fn set_default(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        /// Payment method id (`pm_…`).
+        payment_method_id: Path<String>,
+    ) -> Result<Json<PaymentMethodOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let customer = customer_id(&id.0)?;
+        let pm = parse_payment_method_id(&payment_method_id.0)?;
+        note(req, |n| n.object_id = Some(pm.to_string()));
+        let mut work = Work::begin(req).await?;
+        let row = service::set_default_payment_method(&mut work, ctx, customer, pm).await?;
+        Ok(Json(row.into()))
+    }
+
+    /// Detach a payment method
+    #[oai(
+        path = "/api/v1/customers/:id/payment-methods/:payment_method_id",
+        method = "delete",
+        operation_id = "payment_methods.detach",
+        tag = "ApiTags::Customers"
+    )]
+    async fn detach(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        /// Payment method id (`pm_…`).
+        payment_method_id: Path<String>,
+    ) -> Result<Json<PaymentMethodOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let customer = customer_id(&id.0)?;
+        let pm = parse_payment_method_id(&payment_method_id.0)?;
+        note(req, |n| n.object_id = Some(pm.to_string()));
+        let mut work = Work::begin(req).await?;
+        let row = service::detach_payment_method(&mut work, ctx, customer, pm).await?;
+        Ok(Json(row.into()))
     }
 }
 

@@ -53,6 +53,7 @@ pub type Apis = (
     products::ProductsApi,
     bundles::BundlesApi,
     customers::CustomersApi,
+    customers::PaymentMethodsApi,
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
 );
@@ -71,6 +72,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             products::ProductsApi,
             bundles::BundlesApi,
             customers::CustomersApi,
+            customers::PaymentMethodsApi,
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,
         ),

@@ -134,6 +134,16 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
             json!({"pattern": "^[a-z_]{2,20}$"}),
         ),
         ("CustomerTaxId", "value", non_blank(50)),
+        (
+            "PaymentMethodIn",
+            "token",
+            json!({"enum": shared::payments::test_card_tokens().collect::<Vec<_>>()}),
+        ),
+        (
+            "PaymentMethodIn",
+            "exp_month",
+            json!({"minimum": 1, "maximum": 12}),
+        ),
     ]);
     all.extend(vec![
         ("RegenerateIn", "confirm", json!({"enum": [true]})),
@@ -353,6 +363,16 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/customers", "starting_after", id("cus")),
         ("/api/v1/customers", "ending_before", id("cus")),
         ("/api/v1/customers", "search", text(100)),
+        (
+            "/api/v1/customers/{id}/payment-methods",
+            "starting_after",
+            id("pm"),
+        ),
+        (
+            "/api/v1/customers/{id}/payment-methods",
+            "ending_before",
+            id("pm"),
+        ),
         ("/api/v1/bundles", "starting_after", id("bundle")),
         ("/api/v1/bundles", "ending_before", id("bundle")),
         (

@@ -402,3 +402,201 @@ async fn another_tenants_or_modes_customer_answers_404_like_a_missing_one_and_st
     let still = body(app.get(&path(&id), &t.sk_test()).await, StatusCode::OK).await;
     assert_eq!(still, c);
 }
+
+fn methods(customer: &str) -> String {
+    format!("{CUSTOMERS}/{customer}/payment-methods")
+}
+
+async fn attach(app: &TestApp, cred: &Cred, customer: &str, input: Value) -> Value {
+    body(
+        app.post(&methods(customer), cred, &input).await,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_test_card_attaches_showing_brand_last4_and_expiry_and_its_number_is_never_stored() {
+    let app = spawn_app().await;
+    let t = app.register("cards-attach@acme.com").await;
+    let cred = t.sk_test();
+    let cus = s(&create(&app, &cred, json!({"name": "Card Holder"})).await["id"]);
+    let visa = attach(
+        &app,
+        &cred,
+        &cus,
+        json!({"token": "4242 4242 4242 4242", "exp_month": 4, "exp_year": 2031}),
+    )
+    .await;
+    assert!(s(&visa["id"]).starts_with("pm_"));
+    assert_eq!(visa["object"], "payment_method");
+    assert_eq!(visa["customer_id"], cus.as_str());
+    assert_eq!(visa["type"], "card");
+    assert_eq!(
+        visa["card"],
+        json!({"brand": "visa", "last4": "4242", "exp_month": 4, "exp_year": 2031})
+    );
+    assert_eq!(visa["is_default"], true, "the first card is the default");
+    // By test payment method, with the default expiry (December, three years ahead).
+    let mc = attach(&app, &cred, &cus, json!({"token": "pm_card_mastercard"})).await;
+    assert_eq!(mc["card"]["brand"], "mastercard");
+    assert_eq!(mc["card"]["last4"], "4444");
+    assert_eq!(mc["card"]["exp_month"], 12);
+    let year = chrono::Datelike::year(&chrono::Utc::now()) + 3;
+    assert_eq!(mc["card"]["exp_year"], year);
+    assert_eq!(mc["is_default"], false);
+    // Nothing of a card number is in the database.
+    let dump: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(p)::text FROM payment_methods p")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(dump.len(), 2);
+    for row in dump {
+        assert!(!row.contains("424242424242"), "{row}");
+        assert!(!row.contains("555555555555"), "{row}");
+    }
+    let attached = event_objects(&app, &t, false, "payment_method.attached").await;
+    assert_eq!(attached, vec![visa, mc]);
+}
+
+#[tokio::test]
+async fn payment_methods_are_listed_a_default_is_chosen_and_a_detached_one_is_gone() {
+    let app = spawn_app().await;
+    let t = app.register("cards-default@acme.com").await;
+    let cred = t.sk_test();
+    let cus = s(&create(&app, &cred, json!({})).await["id"]);
+    let first = s(&attach(&app, &cred, &cus, json!({"token": "pm_card_visa"})).await["id"]);
+    let second = s(&attach(&app, &cred, &cus, json!({"token": "5555555555554444"})).await["id"]);
+    let listed = body(app.get(&methods(&cus), &cred).await, StatusCode::OK).await;
+    assert_eq!(ids(&listed), vec![second.clone(), first.clone()]);
+    let default = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["is_default"] == true)
+            .map(|m| s(&m["id"]))
+            .collect()
+    };
+    assert_eq!(default(&listed), vec![first.clone()]);
+    let path_default = format!("{}/{second}/default", methods(&cus));
+    let made = body(
+        app.send(Method::POST, &path_default, &cred, None).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(made["is_default"], true);
+    let listed = body(app.get(&methods(&cus), &cred).await, StatusCode::OK).await;
+    assert_eq!(default(&listed), vec![second.clone()]);
+    // Again: nothing changes, no second event.
+    let before = app.count("events").await;
+    app.send(Method::POST, &path_default, &cred, None).await;
+    assert_eq!(app.count("events").await, before);
+    assert_eq!(
+        event_objects(&app, &t, false, "payment_method.updated")
+            .await
+            .len(),
+        1
+    );
+    // Detaching the default leaves none.
+    let detached = body(
+        app.send(
+            Method::DELETE,
+            &format!("{}/{second}", methods(&cus)),
+            &cred,
+            None,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(detached["id"], second.as_str());
+    let listed = body(app.get(&methods(&cus), &cred).await, StatusCode::OK).await;
+    assert_eq!(ids(&listed), vec![first.clone()]);
+    assert!(default(&listed).is_empty());
+    for (method, path) in [
+        (Method::POST, path_default.clone()),
+        (Method::DELETE, format!("{}/{second}", methods(&cus))),
+    ] {
+        assert_problem(
+            app.send(method, &path, &cred, None).await,
+            StatusCode::NOT_FOUND,
+            "resource_missing",
+        )
+        .await;
+    }
+    assert_eq!(
+        event_objects(&app, &t, false, "payment_method.detached")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn only_test_cards_with_a_valid_expiry_attach_and_only_to_the_callers_live_customers() {
+    let app = spawn_app().await;
+    let t = app.register("cards-invalid@acme.com").await;
+    let other = app.register("cards-other@acme.com").await;
+    let cred = t.sk_test();
+    let cus = s(&create(&app, &cred, json!({})).await["id"]);
+    let before = [
+        app.count("payment_methods").await,
+        app.count("events").await,
+    ];
+    for (input, field) in [
+        (json!({"token": "4111111111111111"}), "token"),
+        (json!({"token": "pm_card_unknown"}), "token"),
+        (
+            json!({"token": "pm_card_visa", "exp_month": 13}),
+            "exp_month",
+        ),
+        (
+            json!({"token": "pm_card_visa", "exp_month": 0}),
+            "exp_month",
+        ),
+        (
+            json!({"token": "pm_card_visa", "exp_month": 1, "exp_year": 2020}),
+            "exp_year",
+        ),
+    ] {
+        let resp = app.post(&methods(&cus), &cred, &input).await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{input}");
+    }
+    let card = json!({"token": "pm_card_visa"});
+    for (who, target) in [
+        (other.sk_test(), cus.clone()),
+        (t.sk_live(), cus.clone()),
+        (cred.clone(), MISSING.to_owned()),
+    ] {
+        assert_problem(
+            app.post(&methods(&target), &who, &card).await,
+            StatusCode::NOT_FOUND,
+            "resource_missing",
+        )
+        .await;
+        assert_problem(
+            app.get(&methods(&target), &who).await,
+            StatusCode::NOT_FOUND,
+            "resource_missing",
+        )
+        .await;
+    }
+    assert_eq!(
+        [
+            app.count("payment_methods").await,
+            app.count("events").await
+        ],
+        before
+    );
+    // A deleted customer takes no card.
+    app.send(Method::DELETE, &path(&cus), &cred, None).await;
+    assert_problem(
+        app.post(&methods(&cus), &cred, &card).await,
+        StatusCode::NOT_FOUND,
+        "resource_missing",
+    )
+    .await;
+}

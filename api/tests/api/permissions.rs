@@ -42,6 +42,7 @@ const MISSING_PLAN: &str = "plan_01m80000000000000000000000";
 const MISSING_BUNDLE: &str = "bndl_01m80000000000000000000000";
 const MISSING_EVENT: &str = "evt_01m80000000000000000000000";
 const MISSING_CUSTOMER: &str = "cus_01m80000000000000000000000";
+const MISSING_PAYMENT_METHOD: &str = "pm_01m80000000000000000000000";
 const MISSING_ENDPOINT: &str = "we_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
@@ -205,6 +206,12 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
         (
             "read billing",
             Method::GET,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}/payment-methods"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
             format!("/api/v1/bundles/{MISSING_BUNDLE}"),
             none.clone(),
         ),
@@ -296,6 +303,28 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "write billing",
             Method::DELETE,
             format!("/api/v1/customers/{MISSING_CUSTOMER}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}/payment-methods"),
+            Some(json!({"token": "4242424242424242"})),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!(
+                "/api/v1/customers/{MISSING_CUSTOMER}/payment-methods/{MISSING_PAYMENT_METHOD}/default"
+            ),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!(
+                "/api/v1/customers/{MISSING_CUSTOMER}/payment-methods/{MISSING_PAYMENT_METHOD}"
+            ),
             none.clone(),
         ),
         (

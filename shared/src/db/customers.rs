@@ -9,7 +9,7 @@ use super::{
     pagination::{Page, PageRequest},
 };
 use crate::{
-    ids::{CustomerId, TenantId},
+    ids::{CustomerId, PaymentMethodId, TenantId},
     tenancy::TenantContext,
 };
 
@@ -158,6 +158,23 @@ pub async fn get(
     .map_err(Into::into)
 }
 
+/// The customer, locked until the transaction ends (changes to its payment methods take turns).
+pub async fn lock(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    id: CustomerId,
+) -> Result<CustomerRow, DbError> {
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 AND id = $3          AND deleted_at IS NULL FOR UPDATE"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
 /// Changes to a customer; `None` leaves a field as it is. The optional fields are cleared with
 /// `Some(None)`.
 #[derive(Debug, Default)]
@@ -235,6 +252,184 @@ pub async fn delete(
     ))
     .bind(ctx.tenant_id)
     .bind(ctx.livemode())
+    .bind(id)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// A customer's payment method as stored: what the gateway charges and what is shown.
+#[derive(Debug, Clone, FromRow)]
+pub struct PaymentMethodRow {
+    pub id: PaymentMethodId,
+    pub livemode: bool,
+    pub customer_id: CustomerId,
+    /// What the gateway charges; never shown.
+    pub gateway_token: String,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i32,
+    pub exp_year: i32,
+    pub is_default: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl PaymentMethodRow {
+    /// The payment method as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "payment_method",
+            "customer_id": self.customer_id.to_string(),
+            "type": "card",
+            "card": {
+                "brand": self.brand,
+                "last4": self.last4,
+                "exp_month": self.exp_month,
+                "exp_year": self.exp_year,
+            },
+            "is_default": self.is_default,
+            "livemode": self.livemode,
+            "created_at": super::api_time(self.created_at),
+        })
+    }
+}
+
+const PM_COLUMNS: &str = "id, livemode, customer_id, gateway_token, brand, last4, exp_month, \
+    exp_year, is_default, created_at";
+
+/// A payment method to attach.
+#[derive(Debug)]
+pub struct NewPaymentMethod<'a> {
+    pub id: PaymentMethodId,
+    pub customer_id: CustomerId,
+    pub gateway_token: &'a str,
+    pub brand: &'a str,
+    pub last4: &'a str,
+    pub exp_month: i32,
+    pub exp_year: i32,
+}
+
+/// Attaches a payment method; the customer's first one becomes its default.
+pub async fn attach_payment_method(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    p: NewPaymentMethod<'_>,
+    now: DateTime<Utc>,
+) -> Result<PaymentMethodRow, DbError> {
+    sqlx::query_as::<_, PaymentMethodRow>(sqlf!(
+        "INSERT INTO payment_methods (id, tenant_id, livemode, customer_id, gateway_token, \
+         brand, last4, exp_month, exp_year, is_default, created_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             NOT EXISTS (SELECT 1 FROM payment_methods WHERE customer_id = $4 \
+                 AND is_default AND detached_at IS NULL), $10 \
+         RETURNING {PM_COLUMNS}"
+    ))
+    .bind(p.id)
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(p.customer_id)
+    .bind(p.gateway_token)
+    .bind(p.brand)
+    .bind(p.last4)
+    .bind(p.exp_month)
+    .bind(p.exp_year)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// The customer's attached payment methods, newest first.
+pub async fn list_payment_methods(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    page: PageRequest,
+) -> Result<Page<PaymentMethodRow>, DbError> {
+    let (cond, order) = page.sql(4);
+    let rows = sqlx::query_as::<_, PaymentMethodRow>(sqlf!(
+        "SELECT {PM_COLUMNS} FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND detached_at IS NULL AND {cond} ORDER BY {order} LIMIT $5"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(customer)
+    .bind(page.bounds())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+/// The customer's default payment method, if any.
+pub async fn default_payment_method(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    customer: CustomerId,
+) -> Result<Option<PaymentMethodId>, DbError> {
+    sqlx::query_scalar(
+        "SELECT id FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND is_default AND detached_at IS NULL",
+    )
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(customer)
+    .fetch_optional(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Makes an attached payment method the customer's default (and no other).
+pub async fn set_default_payment_method(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    id: PaymentMethodId,
+) -> Result<PaymentMethodRow, DbError> {
+    // The one that stops being the default goes first: the unique index allows one at a time.
+    sqlx::query(
+        "UPDATE payment_methods SET is_default = FALSE WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND is_default AND id <> $4 AND detached_at IS NULL \
+         AND EXISTS (SELECT 1 FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
+             AND customer_id = $3 AND id = $4 AND detached_at IS NULL)",
+    )
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(customer)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_as::<_, PaymentMethodRow>(sqlf!(
+        "UPDATE payment_methods SET is_default = TRUE WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND id = $4 AND detached_at IS NULL RETURNING {PM_COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(customer)
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Detaches a payment method (the customer has no default afterwards if it was the default).
+pub async fn detach_payment_method(
+    conn: &mut PgConnection,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    id: PaymentMethodId,
+    now: DateTime<Utc>,
+) -> Result<PaymentMethodRow, DbError> {
+    sqlx::query_as::<_, PaymentMethodRow>(sqlf!(
+        "UPDATE payment_methods SET detached_at = $5, is_default = FALSE \
+         WHERE tenant_id = $1 AND livemode = $2 AND customer_id = $3 AND id = $4 \
+         AND detached_at IS NULL RETURNING {PM_COLUMNS}"
+    ))
+    .bind(ctx.tenant_id)
+    .bind(ctx.livemode())
+    .bind(customer)
     .bind(id)
     .bind(now)
     .fetch_one(conn)

@@ -199,9 +199,72 @@ impl TaxIds {
     }
 }
 
+/// A card's expiry: month 1 to 12, not past (a card works until the end of its month), at most
+/// 50 years ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardExpiry {
+    pub month: i32,
+    pub year: i32,
+}
+
+impl CardExpiry {
+    /// Checks `month`/`year` against `today`; the error names the field at fault.
+    pub fn parse(
+        month: u32,
+        year: u32,
+        today: chrono::NaiveDate,
+    ) -> Result<Self, (&'static str, ValidationError)> {
+        use chrono::Datelike;
+        if !(1..=12).contains(&month) {
+            return Err(("exp_month", invalid("must be 1 to 12")));
+        }
+        let (month, year) = (month as i32, i32::try_from(year).unwrap_or(i32::MAX));
+        if year > today.year() + 50 {
+            return Err(("exp_year", invalid("must be at most 50 years ahead")));
+        }
+        if (year, month) < (today.year(), today.month() as i32) {
+            return Err(("exp_year", invalid("the card has expired")));
+        }
+        Ok(Self { month, year })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_card_works_until_the_end_of_its_month_and_at_most_50_years_ahead() {
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        assert_eq!(
+            CardExpiry::parse(11, 2026, today),
+            Ok(CardExpiry {
+                month: 11,
+                year: 2026
+            })
+        );
+        assert_eq!(
+            CardExpiry::parse(10, 2026, today).unwrap_err().0,
+            "exp_year"
+        );
+        assert_eq!(
+            CardExpiry::parse(12, 2025, today).unwrap_err().0,
+            "exp_year"
+        );
+        assert!(CardExpiry::parse(1, 2027, today).is_ok());
+        assert!(CardExpiry::parse(12, 2076, today).is_ok());
+        assert_eq!(CardExpiry::parse(1, 2077, today).unwrap_err().0, "exp_year");
+        assert_eq!(
+            CardExpiry::parse(0, 2030, today).unwrap_err().0,
+            "exp_month"
+        );
+        assert_eq!(
+            CardExpiry::parse(13, 2030, today).unwrap_err().0,
+            "exp_month"
+        );
+        assert!(CardExpiry::parse(12, 2030, today).is_ok());
+        assert!(CardExpiry::parse(1, 2030, today).is_ok());
+    }
 
     #[test]
     fn external_ids_are_printable_and_bounded() {

@@ -12,6 +12,7 @@ pub mod password;
 pub mod person_name;
 pub mod pricing;
 pub mod role;
+pub mod subscription;
 pub mod tenant;
 pub mod webhook;
 

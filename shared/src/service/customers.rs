@@ -9,22 +9,25 @@ use super::{ServiceError, ServiceResult, events, settle, tentative};
 use crate::{
     db::{
         self, DbError,
-        customers::{CustomerChanges, NewCustomer},
+        customers::{CustomerChanges, NewCustomer, NewPaymentMethod},
         pagination::{Page, PageRequest},
     },
     domain::{
         catalog::Metadata,
-        customer::{Address, CustomerName, ExternalId, InvoicePrefix, TaxIds, Timezone},
+        customer::{
+            Address, CardExpiry, CustomerName, ExternalId, InvoicePrefix, TaxIds, Timezone,
+        },
         email::Email,
         money::Currency,
     },
-    ids::CustomerId,
+    ids::{CustomerId, PaymentMethodId},
+    payments::{self, Gateway},
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
 
 /// What the operations of this module return.
-pub use crate::db::customers::CustomerRow;
+pub use crate::db::customers::{CustomerRow, PaymentMethodRow};
 
 const WHAT: &str = "customer";
 
@@ -195,5 +198,109 @@ pub async fn delete_customer(
         o.insert("deleted".into(), Value::Bool(true));
     }
     events::record(uow, ctx.scope(), "customer.deleted", data).await?;
+    Ok(row)
+}
+
+// ---- payment methods ----
+
+const PAYMENT_METHOD: &str = "payment method";
+
+/// Attaches a card to a customer: in the sandbox one of Stripe's test cards (by number or test
+/// payment method); only its brand, last 4 and expiry are kept. The customer's first card
+/// becomes its default.
+pub async fn attach_payment_method(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    gateway: &Gateway,
+    customer: CustomerId,
+    token: &str,
+    expiry: CardExpiry,
+) -> ServiceResult<PaymentMethodRow> {
+    let card = match gateway {
+        Gateway::Sandbox => payments::test_card(token.trim()).ok_or_else(|| {
+            ServiceError::invalid(
+                "token",
+                "must be one of Stripe's test cards (such as 4242 4242 4242 4242) in the sandbox",
+            )
+        })?,
+        Gateway::Stripe(_) => {
+            return Err(ServiceError::conflict(
+                "stripe_payment_methods_unsupported",
+                "Attaching payment methods of a connected Stripe account is not supported yet; \
+                 the sandbox takes Stripe's test cards.",
+            ));
+        }
+    };
+    let now = uow.now();
+    db::customers::lock(uow.conn(), ctx, customer)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let row = db::customers::attach_payment_method(
+        uow.conn(),
+        ctx,
+        NewPaymentMethod {
+            id: PaymentMethodId::new(),
+            customer_id: customer,
+            gateway_token: card.token,
+            brand: card.brand,
+            last4: card.last4,
+            exp_month: expiry.month,
+            exp_year: expiry.year,
+        },
+        now,
+    )
+    .await?;
+    events::record(uow, ctx.scope(), "payment_method.attached", row.to_json()).await?;
+    Ok(row)
+}
+
+pub async fn list_payment_methods(
+    pool: &PgPool,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    page: PageRequest,
+) -> ServiceResult<Page<PaymentMethodRow>> {
+    get_customer(pool, ctx, customer).await?;
+    Ok(db::customers::list_payment_methods(pool, ctx, customer, page).await?)
+}
+
+/// Makes a payment method the customer's default: what renewals charge.
+pub async fn set_default_payment_method(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    id: PaymentMethodId,
+) -> ServiceResult<PaymentMethodRow> {
+    db::customers::lock(uow.conn(), ctx, customer)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    tentative(uow).await?;
+    let was_default = db::customers::default_payment_method(uow.conn(), ctx, customer).await?;
+    let row = db::customers::set_default_payment_method(uow.conn(), ctx, customer, id)
+        .await
+        .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
+    let changed = was_default != Some(id);
+    settle(uow, changed).await?;
+    if changed {
+        events::record(uow, ctx.scope(), "payment_method.updated", row.to_json()).await?;
+    }
+    Ok(row)
+}
+
+/// Detaches a payment method; it is charged no more.
+pub async fn detach_payment_method(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    customer: CustomerId,
+    id: PaymentMethodId,
+) -> ServiceResult<PaymentMethodRow> {
+    let now = uow.now();
+    db::customers::lock(uow.conn(), ctx, customer)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let row = db::customers::detach_payment_method(uow.conn(), ctx, customer, id, now)
+        .await
+        .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
+    events::record(uow, ctx.scope(), "payment_method.detached", row.to_json()).await?;
     Ok(row)
 }
