@@ -289,8 +289,21 @@ mod tests {
             "America/Santiago"
         );
         assert_eq!(Timezone::parse("UTC").unwrap(), Timezone::UTC);
-        assert!(Timezone::parse("Mars/Olympus_Mons").is_err());
-        assert!(Timezone::parse("").is_err());
+        assert_eq!(
+            Timezone::parse(" Europe/Paris ").unwrap().name(),
+            "Europe/Paris"
+        );
+        // Names are case-sensitive, as in the tz database.
+        for bad in [
+            "",
+            " ",
+            "Mars/Olympus_Mons",
+            "america/new_york",
+            "New York",
+            "+02:00",
+        ] {
+            assert!(Timezone::parse(bad).is_err(), "{bad}");
+        }
         assert!(Timezone::all().count() > 400);
         assert!(Timezone::all().all(|name| Timezone::parse(name).is_ok()));
     }

@@ -9,6 +9,7 @@ pub mod interval;
 pub mod mode;
 pub mod money;
 pub mod password;
+pub mod period;
 pub mod person_name;
 pub mod pricing;
 pub mod role;
