@@ -174,6 +174,11 @@ define_id!(
     "cus"
 );
 define_id!(
+    /// A coupon: a discount customers redeem.
+    CouponId,
+    "coupon"
+);
+define_id!(
     /// A customer's payment method (a card).
     PaymentMethodId,
     "pm"

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod bundles;
+pub mod coupons;
 pub mod customers;
 pub mod dto;
 pub mod events;
@@ -34,7 +35,7 @@ pub enum ApiTags {
     Events,
     /// Plans: a product with one recurring price (the seed's plan resource).
     Plans,
-    /// The catalog: products, their prices, and bundles.
+    /// The catalog: products, their prices, bundles and coupons.
     Catalog,
     /// Connecting the tenant's Stripe account, and Stripe's webhooks.
     Stripe,
@@ -52,6 +53,7 @@ pub type Apis = (
     plans::PlansApi,
     products::ProductsApi,
     bundles::BundlesApi,
+    coupons::CouponsApi,
     customers::CustomersApi,
     customers::PaymentMethodsApi,
     stripe::StripeApi,
@@ -71,6 +73,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             plans::PlansApi,
             products::ProductsApi,
             bundles::BundlesApi,
+            coupons::CouponsApi,
             customers::CustomersApi,
             customers::PaymentMethodsApi,
             stripe::StripeApi,

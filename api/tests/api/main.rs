@@ -7,6 +7,7 @@ mod api_keys;
 mod auth;
 mod catalog;
 mod compose;
+mod coupons;
 mod customers;
 mod errors;
 mod events;

@@ -43,6 +43,7 @@ const MISSING_BUNDLE: &str = "bndl_01m80000000000000000000000";
 const MISSING_EVENT: &str = "evt_01m80000000000000000000000";
 const MISSING_CUSTOMER: &str = "cus_01m80000000000000000000000";
 const MISSING_PAYMENT_METHOD: &str = "pm_01m80000000000000000000000";
+const MISSING_COUPON: &str = "coupon_01m80000000000000000000000";
 const MISSING_ENDPOINT: &str = "we_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
@@ -194,6 +195,18 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
         (
             "read billing",
             Method::GET,
+            "/api/v1/coupons".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/coupons/{MISSING_COUPON}"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
             "/api/v1/customers".into(),
             none.clone(),
         ),
@@ -285,6 +298,24 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "write billing",
             Method::DELETE,
             format!("/api/v1/bundles/{MISSING_BUNDLE}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/coupons".into(),
+            Some(json!({"percent_off_bps": 1000, "duration": "once"})),
+        ),
+        (
+            "write billing",
+            Method::PATCH,
+            format!("/api/v1/coupons/{MISSING_COUPON}"),
+            Some(json!({})),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!("/api/v1/coupons/{MISSING_COUPON}"),
             none.clone(),
         ),
         (

@@ -13,6 +13,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod bundles;
 pub mod catalog_sync;
+pub mod coupons;
 pub mod customers;
 pub mod events;
 pub mod idempotency;

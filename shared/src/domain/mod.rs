@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod bundle;
 pub mod catalog;
+pub mod coupon;
 pub mod customer;
 pub mod email;
 pub mod interval;

@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod bundles;
 pub mod catalog;
+pub mod coupons;
 pub mod customers;
 pub mod events;
 pub mod sessions;
