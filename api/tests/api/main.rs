@@ -14,6 +14,7 @@ mod events;
 mod health;
 mod helpers;
 mod idempotency;
+mod invoices;
 mod openapi;
 mod outages;
 mod permissions;

@@ -17,6 +17,7 @@ pub mod coupons;
 pub mod customers;
 pub mod events;
 pub mod idempotency;
+pub mod invoice_numbers;
 pub mod pagination;
 pub mod plans;
 pub mod products;

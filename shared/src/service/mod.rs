@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod customers;
 pub mod events;
+pub mod invoices;
 pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;
