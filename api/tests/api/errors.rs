@@ -281,10 +281,27 @@ async fn without_a_stripe_webhook_secret_stripe_events_are_refused_as_unverifiab
 /// Sends raw bytes and reads the whole answer (the server closes after refusing).
 async fn raw(app: &crate::helpers::TestApp, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    conn.write_all(request).await.unwrap();
+    let conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = conn.into_split();
+    // The server may answer and close before it has read the whole request: write on the side
+    // while reading the answer.
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
     let mut out = Vec::new();
-    let _ = conn.read_to_end(&mut out).await;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.read_to_end(&mut out),
+    )
+    .await;
+    writing.abort();
+    assert!(
+        read.is_ok(),
+        "no end of the answer within 10 s; got so far: {:?}",
+        String::from_utf8_lossy(&out)
+    );
     String::from_utf8_lossy(&out).into_owned()
 }
 
