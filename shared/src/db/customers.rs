@@ -118,13 +118,7 @@ pub async fn list(
     page: PageRequest,
 ) -> Result<Page<CustomerRow>, DbError> {
     let (cond, order) = page.sql(4);
-    let pattern = search.map(|s| {
-        let escaped = s
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let pattern = search.map(super::contains_pattern);
     let rows = sqlx::query_as::<_, CustomerRow>(sqlf!(
         "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 \
          AND deleted_at IS NULL \

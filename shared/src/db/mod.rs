@@ -37,6 +37,16 @@ use sqlx::{
 
 use crate::config::DatabaseSettings;
 
+/// A `LIKE`/`ILIKE` pattern matching text that contains `s`, with `%`, `_` and `\` taken
+/// literally.
+pub(crate) fn contains_pattern(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// A time as the API renders it in objects (RFC 3339 with `+00:00`), for objects that events
 /// carry as the API shows them.
 pub(crate) fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {

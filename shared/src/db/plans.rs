@@ -185,13 +185,7 @@ pub async fn list(
     page: PageRequest,
 ) -> Result<Page<PlanRow>, DbError> {
     let (cond, order) = page.sql(6);
-    let search = filter.search.map(|s| {
-        let escaped = s
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let search = filter.search.map(super::contains_pattern);
     let rows = sqlx::query_as::<_, PlanRow>(sqlf!(
         "SELECT {COLUMNS} FROM plans WHERE tenant_id = $1 AND livemode = $2 \
          AND ($3::bool IS NULL OR is_active = $3) AND ($4::text IS NULL OR interval = $4) \

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use super::ValidationError;
 
-fn text(raw: &str, max: usize, required: bool) -> Result<String, ValidationError> {
+/// Printable text of at most `max` characters, trimmed (`required`: not empty).
+pub(crate) fn text(raw: &str, max: usize, required: bool) -> Result<String, ValidationError> {
     let v = raw.trim();
     if required && v.is_empty() {
         return Err(ValidationError("must not be empty".into()));

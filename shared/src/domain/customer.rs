@@ -5,25 +5,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::ValidationError;
+use super::{ValidationError, catalog::text};
 
 fn invalid(msg: impl Into<String>) -> ValidationError {
     ValidationError(msg.into())
-}
-
-/// Printable text of at most `max` characters, trimmed (`required`: not empty).
-fn text(raw: &str, max: usize, required: bool) -> Result<String, ValidationError> {
-    let v = raw.trim();
-    if required && v.is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    if v.chars().count() > max {
-        return Err(invalid(format!("must be at most {max} characters")));
-    }
-    if v.chars().any(char::is_control) {
-        return Err(invalid("must not contain control characters"));
-    }
-    Ok(v.to_owned())
 }
 
 /// The tenant's own id for a customer (unique per tenant and mode): 1 to 100 printable

@@ -599,13 +599,7 @@ pub async fn list_plans(
     query: PlanQuery<'_>,
     page: PageRequest,
 ) -> ServiceResult<Page<PlanRow>> {
-    let search = query.search.map(str::trim).filter(|s| !s.is_empty());
-    if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
-        return Err(ServiceError::invalid(
-            "search",
-            "must be at most 100 characters, without control characters",
-        ));
-    }
+    let search = super::search_text(query.search)?;
     let filter = PlanFilter {
         is_active: query.is_active,
         interval: query.interval.map(IntervalUnit::as_str),

@@ -94,13 +94,7 @@ pub async fn list_customers(
     search: Option<&str>,
     page: PageRequest,
 ) -> ServiceResult<Page<CustomerRow>> {
-    let search = search.map(str::trim).filter(|s| !s.is_empty());
-    if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
-        return Err(ServiceError::invalid(
-            "search",
-            "must be at most 100 characters, without control characters",
-        ));
-    }
+    let search = super::search_text(search)?;
     Ok(db::customers::list(pool, ctx, search, page).await?)
 }
 

@@ -147,6 +147,19 @@ pub(crate) async fn settle(uow: &mut UnitOfWork, keep: bool) -> ServiceResult<()
     Ok(())
 }
 
+/// A list's `search` text: trimmed, none when blank, at most 100 characters without control
+/// characters.
+pub(crate) fn search_text(search: Option<&str>) -> ServiceResult<Option<&str>> {
+    let search = search.map(str::trim).filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > 100 || s.chars().any(char::is_control)) {
+        return Err(ServiceError::invalid(
+            "search",
+            "must be at most 100 characters, without control characters",
+        ));
+    }
+    Ok(search)
+}
+
 /// Reads the list parameters every list takes: `limit` (1–100, default 10) and at most one of
 /// `starting_after` / `ending_before`, each an id parsed by `parse`.
 pub fn page_request<E: std::fmt::Display>(
