@@ -183,6 +183,31 @@ define_id!(
     PaymentMethodId,
     "pm"
 );
+define_id!(
+    /// A customer's subscription to recurring prices.
+    SubscriptionId,
+    "sub"
+);
+define_id!(
+    /// A price and quantity a subscription bills each period.
+    SubscriptionItemId,
+    "si"
+);
+define_id!(
+    /// An invoice.
+    InvoiceId,
+    "in"
+);
+define_id!(
+    /// A line of an invoice.
+    InvoiceLineId,
+    "il"
+);
+define_id!(
+    /// A payment attempt of an invoice.
+    PaymentId,
+    "py"
+);
 
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);

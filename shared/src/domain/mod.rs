@@ -7,6 +7,7 @@ pub mod coupon;
 pub mod customer;
 pub mod email;
 pub mod interval;
+pub mod invoice;
 pub mod mode;
 pub mod money;
 pub mod password;

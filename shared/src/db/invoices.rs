@@ -1,0 +1,552 @@
+//! Invoices, their lines and their payments, per tenant and mode.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{
+    DbError,
+    pagination::{Page, PageRequest},
+};
+use crate::{
+    domain::invoice::InvoiceStatus,
+    ids::{
+        CustomerId, InvoiceId, InvoiceLineId, PaymentId, PaymentMethodId, PriceId, SubscriptionId,
+        SubscriptionItemId, TenantId,
+    },
+    tenancy::Scope,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct InvoiceRow {
+    pub id: InvoiceId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub customer_id: CustomerId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub status: InvoiceStatus,
+    pub number: Option<String>,
+    pub currency: String,
+    pub billing_reason: String,
+    pub collection_method: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub subtotal: i64,
+    pub discount: i64,
+    pub tax: i64,
+    pub total: i64,
+    pub balance_applied: i64,
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub amount_remaining: i64,
+    pub attempt_count: i32,
+    pub due_date: Option<DateTime<Utc>>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct LineRow {
+    pub id: InvoiceLineId,
+    pub invoice_id: InvoiceId,
+    pub position: i32,
+    pub description: String,
+    pub price_id: Option<PriceId>,
+    pub subscription_item_id: Option<SubscriptionItemId>,
+    pub quantity: i64,
+    pub unit_amount: Option<i64>,
+    pub amount: i64,
+    pub discount_amount: i64,
+    pub proration: bool,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+impl LineRow {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "line_item",
+            "description": self.description,
+            "price": self.price_id.map(|p| p.to_string()),
+            "subscription_item": self.subscription_item_id.map(|p| p.to_string()),
+            "quantity": self.quantity,
+            "unit_amount": self.unit_amount,
+            "amount": self.amount,
+            "discount_amount": self.discount_amount,
+            "proration": self.proration,
+            "period_start": super::api_time(self.period_start),
+            "period_end": super::api_time(self.period_end),
+        })
+    }
+}
+
+impl InvoiceRow {
+    /// The invoice as the API shows it (and as its events carry it).
+    pub fn to_json(&self, lines: &[LineRow]) -> serde_json::Value {
+        let time = |t: Option<DateTime<Utc>>| t.map(super::api_time);
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "invoice",
+            "customer": self.customer_id.to_string(),
+            "subscription": self.subscription_id.map(|s| s.to_string()),
+            "status": self.status.as_str(),
+            "number": self.number,
+            "currency": self.currency,
+            "billing_reason": self.billing_reason,
+            "collection_method": self.collection_method,
+            "period_start": super::api_time(self.period_start),
+            "period_end": super::api_time(self.period_end),
+            "lines": lines.iter().map(LineRow::to_json).collect::<Vec<_>>(),
+            "subtotal": self.subtotal,
+            "discount": self.discount,
+            "tax": self.tax,
+            "total": self.total,
+            "balance_applied": self.balance_applied,
+            "amount_due": self.amount_due,
+            "amount_paid": self.amount_paid,
+            "amount_remaining": self.amount_remaining,
+            "attempt_count": self.attempt_count,
+            "due_date": time(self.due_date),
+            "finalized_at": time(self.finalized_at),
+            "paid_at": time(self.paid_at),
+            "voided_at": time(self.voided_at),
+            "metadata": self.metadata,
+            "livemode": self.livemode,
+            "created_at": super::api_time(self.created_at),
+            "updated_at": super::api_time(self.updated_at),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, livemode, customer_id, subscription_id, status, number, \
+    currency, billing_reason, collection_method, period_start, period_end, subtotal, discount, \
+    tax, total, balance_applied, amount_due, amount_paid, amount_remaining, attempt_count, \
+    due_date, finalized_at, paid_at, voided_at, metadata, created_at, updated_at";
+
+/// Inserts an invoice as the row describes it; `false` when the subscription already has its
+/// invoice for that period (`invoices_subscription_period_key`): nothing is written then.
+pub async fn insert(
+    conn: &mut PgConnection,
+    scope: Scope,
+    i: &InvoiceRow,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "INSERT INTO invoices (id, tenant_id, livemode, customer_id, subscription_id, status, \
+         number, currency, billing_reason, collection_method, period_start, period_end, subtotal, \
+         discount, tax, total, balance_applied, amount_due, amount_paid, amount_remaining, \
+         attempt_count, due_date, finalized_at, paid_at, voided_at, metadata, created_at, \
+         updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
+         ON CONFLICT (subscription_id, period_start) \
+         WHERE billing_reason IN ('subscription_create', 'subscription_cycle') DO NOTHING",
+    )
+    .bind(i.id)
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(i.customer_id)
+    .bind(i.subscription_id)
+    .bind(i.status)
+    .bind(&i.number)
+    .bind(&i.currency)
+    .bind(&i.billing_reason)
+    .bind(&i.collection_method)
+    .bind(i.period_start)
+    .bind(i.period_end)
+    .bind(i.subtotal)
+    .bind(i.discount)
+    .bind(i.tax)
+    .bind(i.total)
+    .bind(i.balance_applied)
+    .bind(i.amount_due)
+    .bind(i.amount_paid)
+    .bind(i.amount_remaining)
+    .bind(i.attempt_count)
+    .bind(i.due_date)
+    .bind(i.finalized_at)
+    .bind(i.paid_at)
+    .bind(i.voided_at)
+    .bind(&i.metadata)
+    .bind(i.created_at)
+    .bind(i.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Writes what changes over an invoice's life; the row must be locked ([`lock`]).
+pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Result<(), DbError> {
+    let done = sqlx::query(
+        "UPDATE invoices SET status = $3, number = $4, amount_paid = $5, amount_remaining = $6, \
+         attempt_count = $7, due_date = $8, finalized_at = $9, paid_at = $10, voided_at = $11, \
+         metadata = $12, updated_at = $13 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $14",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(i.status)
+    .bind(&i.number)
+    .bind(i.amount_paid)
+    .bind(i.amount_remaining)
+    .bind(i.attempt_count)
+    .bind(i.due_date)
+    .bind(i.finalized_at)
+    .bind(i.paid_at)
+    .bind(i.voided_at)
+    .bind(&i.metadata)
+    .bind(i.updated_at)
+    .bind(i.id)
+    .execute(conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    Ok(())
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: InvoiceId,
+) -> Result<InvoiceRow, DbError> {
+    sqlx::query_as::<_, InvoiceRow>(sqlf!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound)
+}
+
+/// Reads and locks an invoice until the transaction ends.
+pub async fn lock(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: InvoiceId,
+) -> Result<InvoiceRow, DbError> {
+    sqlx::query_as::<_, InvoiceRow>(sqlf!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
+         FOR UPDATE"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound)
+}
+
+/// The invoice of a subscription's period, if it was made.
+pub async fn of_period(
+    conn: &mut PgConnection,
+    scope: Scope,
+    subscription: SubscriptionId,
+    period_start: DateTime<Utc>,
+) -> Result<Option<InvoiceRow>, DbError> {
+    Ok(sqlx::query_as::<_, InvoiceRow>(sqlf!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 \
+         AND subscription_id = $3 AND period_start = $4 \
+         AND billing_reason IN ('subscription_create', 'subscription_cycle')"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(subscription)
+    .bind(period_start)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Filters of the invoice list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InvoiceFilter {
+    pub customer: Option<CustomerId>,
+    pub subscription: Option<SubscriptionId>,
+    pub status: Option<InvoiceStatus>,
+}
+
+/// Invoices of the mode, newest first.
+pub async fn list(
+    pool: &PgPool,
+    scope: Scope,
+    filter: InvoiceFilter,
+    page: PageRequest,
+) -> Result<Page<InvoiceRow>, DbError> {
+    let (cond, order) = page.sql(6);
+    let rows = sqlx::query_as::<_, InvoiceRow>(sqlf!(
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 \
+         AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR subscription_id = $4) \
+         AND ($5::text IS NULL OR status = $5) AND {cond} ORDER BY {order} LIMIT $7"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(filter.customer)
+    .bind(filter.subscription)
+    .bind(filter.status)
+    .bind(page.bounds())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+pub async fn insert_lines(
+    conn: &mut PgConnection,
+    scope: Scope,
+    lines: &[LineRow],
+) -> Result<(), DbError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&LineRow) -> Option<Uuid>| lines.iter().map(f).collect::<Vec<_>>();
+    let ids = col(|l| Some(l.id.as_uuid()));
+    let invoices = col(|l| Some(l.invoice_id.as_uuid()));
+    let prices = col(|l| l.price_id.map(|p| p.as_uuid()));
+    let items = col(|l| l.subscription_item_id.map(|p| p.as_uuid()));
+    let positions: Vec<i32> = lines.iter().map(|l| l.position).collect();
+    let descriptions: Vec<&str> = lines.iter().map(|l| l.description.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    let units: Vec<Option<i64>> = lines.iter().map(|l| l.unit_amount).collect();
+    let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
+    let discounts: Vec<i64> = lines.iter().map(|l| l.discount_amount).collect();
+    let prorations: Vec<bool> = lines.iter().map(|l| l.proration).collect();
+    let starts: Vec<DateTime<Utc>> = lines.iter().map(|l| l.period_start).collect();
+    let ends: Vec<DateTime<Utc>> = lines.iter().map(|l| l.period_end).collect();
+    sqlx::query(
+        "INSERT INTO invoice_lines (id, tenant_id, livemode, invoice_id, position, description, \
+         price_id, subscription_item_id, quantity, unit_amount, amount, discount_amount, \
+         proration, period_start, period_end) \
+         SELECT u.id, $1, $2, u.invoice_id, u.position, u.description, u.price_id, u.item_id, \
+         u.quantity, u.unit_amount, u.amount, u.discount, u.proration, u.period_start, \
+         u.period_end \
+         FROM unnest($3::uuid[], $4::uuid[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], \
+         $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bool[], \
+         $14::timestamptz[], $15::timestamptz[]) \
+         AS u(id, invoice_id, position, description, price_id, item_id, quantity, unit_amount, \
+         amount, discount, proration, period_start, period_end)",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(&ids)
+    .bind(&invoices)
+    .bind(&positions)
+    .bind(&descriptions)
+    .bind(&prices)
+    .bind(&items)
+    .bind(&quantities)
+    .bind(&units)
+    .bind(&amounts)
+    .bind(&discounts)
+    .bind(&prorations)
+    .bind(&starts)
+    .bind(&ends)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The lines of some invoices, in order.
+pub async fn lines<'c, E>(conn: E, scope: Scope, invoices: &[Uuid]) -> Result<Vec<LineRow>, DbError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    Ok(sqlx::query_as::<_, LineRow>(
+        "SELECT id, invoice_id, position, description, price_id, subscription_item_id, quantity, \
+         unit_amount, amount, discount_amount, proration, period_start, period_end \
+         FROM invoice_lines WHERE tenant_id = $1 AND livemode = $2 AND invoice_id = ANY($3) \
+         ORDER BY invoice_id, position",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoices)
+    .fetch_all(conn)
+    .await?)
+}
+
+// ---- payments ----
+
+crate::text_enum! {
+    /// Where a payment attempt stands.
+    pub enum PaymentStatus {
+        /// Sent to the gateway, answer not recorded yet (at most one per invoice).
+        Pending = "pending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// The customer must act (3-D Secure).
+        RequiresAction = "requires_action",
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PaymentRow {
+    pub id: PaymentId,
+    pub tenant_id: TenantId,
+    pub livemode: bool,
+    pub invoice_id: InvoiceId,
+    pub customer_id: CustomerId,
+    pub attempt: i32,
+    pub amount: i64,
+    pub currency: String,
+    pub application_fee: i64,
+    pub status: PaymentStatus,
+    pub gateway: String,
+    pub gateway_id: Option<String>,
+    pub idempotency_key: String,
+    pub payment_method_id: Option<PaymentMethodId>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub hard_decline: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PaymentRow {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "payment",
+            "invoice": self.invoice_id.to_string(),
+            "customer": self.customer_id.to_string(),
+            "attempt": self.attempt,
+            "amount": self.amount,
+            "currency": self.currency,
+            "application_fee": self.application_fee,
+            "status": self.status.as_str(),
+            "gateway": self.gateway,
+            "gateway_id": self.gateway_id,
+            "payment_method": self.payment_method_id.map(|p| p.to_string()),
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+            "hard_decline": self.hard_decline,
+            "livemode": self.livemode,
+            "created_at": super::api_time(self.created_at),
+            "updated_at": super::api_time(self.updated_at),
+        })
+    }
+}
+
+const PAYMENT_COLUMNS: &str = "id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
+    currency, application_fee, status, gateway, gateway_id, idempotency_key, payment_method_id, \
+    failure_code, failure_message, hard_decline, created_at, updated_at";
+
+pub async fn insert_payment(
+    conn: &mut PgConnection,
+    scope: Scope,
+    p: &PaymentRow,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
+         currency, application_fee, status, gateway, gateway_id, idempotency_key, \
+         payment_method_id, failure_code, failure_message, hard_decline, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19)",
+    )
+    .bind(p.id)
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(p.invoice_id)
+    .bind(p.customer_id)
+    .bind(p.attempt)
+    .bind(p.amount)
+    .bind(&p.currency)
+    .bind(p.application_fee)
+    .bind(p.status)
+    .bind(&p.gateway)
+    .bind(&p.gateway_id)
+    .bind(&p.idempotency_key)
+    .bind(p.payment_method_id)
+    .bind(&p.failure_code)
+    .bind(&p.failure_message)
+    .bind(p.hard_decline)
+    .bind(p.created_at)
+    .bind(p.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a gateway's answer on a pending attempt.
+pub async fn save_payment(
+    conn: &mut PgConnection,
+    scope: Scope,
+    p: &PaymentRow,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE payments SET status = $3, gateway_id = $4, failure_code = $5, \
+         failure_message = $6, hard_decline = $7, updated_at = $8 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $9",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(p.status)
+    .bind(&p.gateway_id)
+    .bind(&p.failure_code)
+    .bind(&p.failure_message)
+    .bind(p.hard_decline)
+    .bind(p.updated_at)
+    .bind(p.id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The attempt of an invoice in flight, if any.
+pub async fn pending_payment(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<Option<PaymentRow>, DbError> {
+    Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3 AND status = 'pending'"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn get_payment(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: PaymentId,
+) -> Result<PaymentRow, DbError> {
+    sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound)
+}
+
+/// Payments of the mode, newest first, optionally of one invoice.
+pub async fn list_payments(
+    pool: &PgPool,
+    scope: Scope,
+    invoice: Option<InvoiceId>,
+    page: PageRequest,
+) -> Result<Page<PaymentRow>, DbError> {
+    let (cond, order) = page.sql(4);
+    let rows = sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
+         AND ($3::uuid IS NULL OR invoice_id = $3) AND {cond} ORDER BY {order} LIMIT $5"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .bind(page.bounds())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
