@@ -214,26 +214,28 @@ pub async fn get(
     scope: Scope,
     id: InvoiceId,
 ) -> Result<InvoiceRow, DbError> {
-    sqlx::query_as::<_, InvoiceRow>(sqlf!(
-        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
-    ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or(DbError::NotFound)
+    one(conn, scope, id, false).await
 }
 
-/// Reads and locks an invoice until the transaction ends.
+/// Reads and locks an invoice until the transaction ends: changes to one take turns.
 pub async fn lock(
     conn: &mut PgConnection,
     scope: Scope,
     id: InvoiceId,
 ) -> Result<InvoiceRow, DbError> {
+    one(conn, scope, id, true).await
+}
+
+async fn one(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: InvoiceId,
+    for_update: bool,
+) -> Result<InvoiceRow, DbError> {
+    let lock = if for_update { "FOR UPDATE" } else { "" };
     sqlx::query_as::<_, InvoiceRow>(sqlf!(
-        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
-         FOR UPDATE"
+        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3 {lock}"
     ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())

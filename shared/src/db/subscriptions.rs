@@ -206,27 +206,28 @@ pub async fn get(
     scope: Scope,
     id: SubscriptionId,
 ) -> Result<SubscriptionRow, DbError> {
-    sqlx::query_as::<_, SubscriptionRow>(sqlf!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
-    ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or(DbError::NotFound)
+    one(conn, scope, id, false).await
 }
 
-/// Reads and locks a subscription until the transaction ends: changes to one subscription
-/// take turns.
+/// Reads and locks a subscription until the transaction ends: changes to one take turns.
 pub async fn lock(
     conn: &mut PgConnection,
     scope: Scope,
     id: SubscriptionId,
 ) -> Result<SubscriptionRow, DbError> {
+    one(conn, scope, id, true).await
+}
+
+async fn one(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: SubscriptionId,
+    for_update: bool,
+) -> Result<SubscriptionRow, DbError> {
+    let lock = if for_update { "FOR UPDATE" } else { "" };
     sqlx::query_as::<_, SubscriptionRow>(sqlf!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
-         FOR UPDATE"
+        "SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3 {lock}"
     ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
