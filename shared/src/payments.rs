@@ -70,6 +70,14 @@ impl Gateway {
         }
     }
 
+    /// How payments record it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gateway::Stripe(_) => "stripe",
+            Gateway::Sandbox => "sandbox",
+        }
+    }
+
     pub async fn charge(&self, livemode: bool, c: &Charge<'_>) -> Result<ChargeOutcome, Failure> {
         match self {
             Gateway::Sandbox => Ok(sandbox(c)),

@@ -7,11 +7,13 @@ pub mod coupons;
 pub mod customers;
 pub mod dto;
 pub mod events;
+pub mod invoices;
 pub mod plans;
 pub mod products;
 pub mod schema;
 pub mod stripe;
 pub mod stripe_webhooks;
+pub mod subscriptions;
 pub mod tenants;
 pub mod users;
 pub mod webhook_endpoints;
@@ -41,6 +43,8 @@ pub enum ApiTags {
     Stripe,
     /// The tenant's customers: whom it bills.
     Customers,
+    /// Subscriptions, their invoices and the payments of those.
+    Billing,
 }
 
 pub type Apis = (
@@ -56,6 +60,12 @@ pub type Apis = (
     coupons::CouponsApi,
     customers::CustomersApi,
     customers::PaymentMethodsApi,
+    // Billing: a tuple of its own (tuples implement `OpenApi` up to 16 members).
+    (
+        subscriptions::SubscriptionsApi,
+        invoices::InvoicesApi,
+        invoices::PaymentsApi,
+    ),
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
 );
@@ -76,6 +86,11 @@ pub fn service() -> OpenApiService<Apis, ()> {
             coupons::CouponsApi,
             customers::CustomersApi,
             customers::PaymentMethodsApi,
+            (
+                subscriptions::SubscriptionsApi,
+                invoices::InvoicesApi,
+                invoices::PaymentsApi,
+            ),
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,
         ),

@@ -339,8 +339,64 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("BundlePatch", "description", multiline(5000)),
         ("BundlePatch", "discount_bps", json!({"maximum": 10000})),
         ("BundlePatch", "metadata", metadata()),
+        ("SubscriptionIn", "customer", id("cus")),
+        (
+            "SubscriptionIn",
+            "items",
+            json!({"minItems": 1, "maxItems": 20}),
+        ),
+        (
+            "SubscriptionIn",
+            "trial_period_days",
+            json!({"maximum": 730}),
+        ),
+        ("SubscriptionIn", "collection_method", collection_method()),
+        ("SubscriptionIn", "days_until_due", json!({"maximum": 365})),
+        ("SubscriptionIn", "proration_behavior", proration_behavior()),
+        ("SubscriptionIn", "metadata", metadata()),
+        ("SubscriptionItemIn", "price", id("price")),
+        ("SubscriptionItemIn", "plan", id("plan")),
+        (
+            "SubscriptionItemIn",
+            "quantity",
+            json!({"minimum": 1, "maximum": 1_000_000}),
+        ),
+        ("SubscriptionPatch", "proration_behavior", proration_behavior()),
+        ("SubscriptionPatch", "metadata", metadata()),
     ]);
     all
+}
+
+fn collection_method() -> Value {
+    let all: Vec<&str> = shared::domain::subscription::CollectionMethod::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    json!({ "enum": all })
+}
+
+fn proration_behavior() -> Value {
+    let all: Vec<&str> = shared::domain::subscription::ProrationBehavior::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    json!({ "enum": all })
+}
+
+fn subscription_status() -> Value {
+    let all: Vec<&str> = shared::domain::subscription::SubscriptionStatus::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    json!({ "enum": all })
+}
+
+fn invoice_status() -> Value {
+    let all: Vec<&str> = shared::domain::invoice::InvoiceStatus::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    json!({ "enum": all })
 }
 
 /// Whole request bodies: (schema, keywords merged into it).
@@ -401,6 +457,18 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
             "ending_before",
             id("pm"),
         ),
+        ("/api/v1/subscriptions", "customer", id("cus")),
+        ("/api/v1/subscriptions", "status", subscription_status()),
+        ("/api/v1/subscriptions", "starting_after", id("sub")),
+        ("/api/v1/subscriptions", "ending_before", id("sub")),
+        ("/api/v1/invoices", "customer", id("cus")),
+        ("/api/v1/invoices", "subscription", id("sub")),
+        ("/api/v1/invoices", "status", invoice_status()),
+        ("/api/v1/invoices", "starting_after", id("in")),
+        ("/api/v1/invoices", "ending_before", id("in")),
+        ("/api/v1/payments", "invoice", id("in")),
+        ("/api/v1/payments", "starting_after", id("py")),
+        ("/api/v1/payments", "ending_before", id("py")),
         ("/api/v1/bundles", "starting_after", id("bundle")),
         ("/api/v1/bundles", "ending_before", id("bundle")),
         (

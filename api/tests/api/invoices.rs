@@ -12,7 +12,7 @@ use shared::{
 
 use crate::helpers::{TestApp, spawn_app};
 
-async fn context(app: &TestApp, key: &str) -> TenantContext {
+pub async fn context(app: &TestApp, key: &str) -> TenantContext {
     let presented = PresentedKey::parse(key).unwrap();
     shared::db::api_keys::find_active_by_hash(&app.pool, &presented.hash)
         .await

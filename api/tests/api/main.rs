@@ -22,6 +22,7 @@ mod plans;
 mod rate_limits;
 mod startup;
 mod stripe_events;
+mod subscriptions;
 mod tenancy;
 mod users;
 mod webhooks;

@@ -45,6 +45,9 @@ const MISSING_CUSTOMER: &str = "cus_01m80000000000000000000000";
 const MISSING_PAYMENT_METHOD: &str = "pm_01m80000000000000000000000";
 const MISSING_COUPON: &str = "coupon_01m80000000000000000000000";
 const MISSING_ENDPOINT: &str = "we_01m80000000000000000000000";
+const MISSING_SUBSCRIPTION: &str = "sub_01m80000000000000000000000";
+const MISSING_INVOICE: &str = "in_01m80000000000000000000000";
+const MISSING_PAYMENT: &str = "py_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
 /// check): one that has no effect when allowed where it can (a missing object, a refused
@@ -356,6 +359,90 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             format!(
                 "/api/v1/customers/{MISSING_CUSTOMER}/payment-methods/{MISSING_PAYMENT_METHOD}"
             ),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/subscriptions".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/invoices".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/invoices/{MISSING_INVOICE}"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/payments".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/payments/{MISSING_PAYMENT}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/subscriptions".into(),
+            Some(json!({"customer": MISSING_CUSTOMER, "items": [{"price": MISSING_PRICE}]})),
+        ),
+        (
+            "write billing",
+            Method::PATCH,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}"),
+            Some(json!({})),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}/cancel"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}/pause"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}/resume"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/pay"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/void"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/mark-uncollectible"),
             none.clone(),
         ),
         (

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     ids::{CustomerId, PaymentMethodId, TenantId},
-    tenancy::TenantContext,
+    tenancy::Scope,
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -79,7 +79,7 @@ pub struct NewCustomer<'a> {
 
 pub async fn create(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     c: NewCustomer<'_>,
     now: DateTime<Utc>,
 ) -> Result<CustomerRow, DbError> {
@@ -91,8 +91,8 @@ pub async fn create(
          RETURNING {COLUMNS}"
     ))
     .bind(c.id)
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(c.email)
     .bind(c.name)
     .bind(c.external_id)
@@ -113,7 +113,7 @@ pub async fn create(
 /// against the email, the name and the external id.
 pub async fn list(
     pool: &PgPool,
-    ctx: &TenantContext,
+    scope: Scope,
     search: Option<&str>,
     page: PageRequest,
 ) -> Result<Page<CustomerRow>, DbError> {
@@ -125,8 +125,8 @@ pub async fn list(
          AND ($3::text IS NULL OR email ILIKE $3 OR name ILIKE $3 OR external_id ILIKE $3) \
          AND {cond} ORDER BY {order} LIMIT $5"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(pattern)
     .bind(page.bounds())
     .bind(page.limit + 1)
@@ -137,15 +137,15 @@ pub async fn list(
 
 pub async fn get(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     id: CustomerId,
 ) -> Result<CustomerRow, DbError> {
     sqlx::query_as::<_, CustomerRow>(sqlf!(
         "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
          AND deleted_at IS NULL"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(id)
     .fetch_one(conn)
     .await
@@ -155,14 +155,14 @@ pub async fn get(
 /// The customer, locked until the transaction ends (changes to its payment methods take turns).
 pub async fn lock(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     id: CustomerId,
 ) -> Result<CustomerRow, DbError> {
     sqlx::query_as::<_, CustomerRow>(sqlf!(
         "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 AND id = $3          AND deleted_at IS NULL FOR UPDATE"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(id)
     .fetch_one(conn)
     .await
@@ -187,7 +187,7 @@ pub struct CustomerChanges<'a> {
 
 pub async fn update(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     id: CustomerId,
     c: CustomerChanges<'_>,
     now: DateTime<Utc>,
@@ -209,8 +209,8 @@ pub async fn update(
          WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND deleted_at IS NULL \
          RETURNING {COLUMNS}"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(id)
     .bind(c.email.is_some())
     .bind(c.email.flatten())
@@ -235,7 +235,7 @@ pub async fn update(
 /// Marks the customer deleted; returns it as it was.
 pub async fn delete(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     id: CustomerId,
     now: DateTime<Utc>,
 ) -> Result<CustomerRow, DbError> {
@@ -244,8 +244,8 @@ pub async fn delete(
          WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND deleted_at IS NULL \
          RETURNING {COLUMNS}"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(id)
     .bind(now)
     .fetch_one(conn)
@@ -308,7 +308,7 @@ pub struct NewPaymentMethod<'a> {
 /// Attaches a payment method; the customer's first one becomes its default.
 pub async fn attach_payment_method(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     p: NewPaymentMethod<'_>,
     now: DateTime<Utc>,
 ) -> Result<PaymentMethodRow, DbError> {
@@ -321,8 +321,8 @@ pub async fn attach_payment_method(
          RETURNING {PM_COLUMNS}"
     ))
     .bind(p.id)
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(p.customer_id)
     .bind(p.gateway_token)
     .bind(p.brand)
@@ -338,7 +338,7 @@ pub async fn attach_payment_method(
 /// The customer's attached payment methods, newest first.
 pub async fn list_payment_methods(
     pool: &PgPool,
-    ctx: &TenantContext,
+    scope: Scope,
     customer: CustomerId,
     page: PageRequest,
 ) -> Result<Page<PaymentMethodRow>, DbError> {
@@ -347,8 +347,8 @@ pub async fn list_payment_methods(
         "SELECT {PM_COLUMNS} FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
          AND customer_id = $3 AND detached_at IS NULL AND {cond} ORDER BY {order} LIMIT $5"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(customer)
     .bind(page.bounds())
     .bind(page.limit + 1)
@@ -360,15 +360,15 @@ pub async fn list_payment_methods(
 /// The customer's default payment method, if any.
 pub async fn default_payment_method(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     customer: CustomerId,
 ) -> Result<Option<PaymentMethodId>, DbError> {
     sqlx::query_scalar(
         "SELECT id FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
          AND customer_id = $3 AND is_default AND detached_at IS NULL",
     )
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(customer)
     .fetch_optional(conn)
     .await
@@ -378,7 +378,7 @@ pub async fn default_payment_method(
 /// Makes an attached payment method the customer's default (and no other).
 pub async fn set_default_payment_method(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     customer: CustomerId,
     id: PaymentMethodId,
 ) -> Result<PaymentMethodRow, DbError> {
@@ -389,8 +389,8 @@ pub async fn set_default_payment_method(
          AND EXISTS (SELECT 1 FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
              AND customer_id = $3 AND id = $4 AND detached_at IS NULL)",
     )
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(customer)
     .bind(id)
     .execute(&mut *conn)
@@ -399,8 +399,8 @@ pub async fn set_default_payment_method(
         "UPDATE payment_methods SET is_default = TRUE WHERE tenant_id = $1 AND livemode = $2 \
          AND customer_id = $3 AND id = $4 AND detached_at IS NULL RETURNING {PM_COLUMNS}"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(customer)
     .bind(id)
     .fetch_one(conn)
@@ -411,7 +411,7 @@ pub async fn set_default_payment_method(
 /// Detaches a payment method (the customer has no default afterwards if it was the default).
 pub async fn detach_payment_method(
     conn: &mut PgConnection,
-    ctx: &TenantContext,
+    scope: Scope,
     customer: CustomerId,
     id: PaymentMethodId,
     now: DateTime<Utc>,
@@ -421,11 +421,71 @@ pub async fn detach_payment_method(
          WHERE tenant_id = $1 AND livemode = $2 AND customer_id = $3 AND id = $4 \
          AND detached_at IS NULL RETURNING {PM_COLUMNS}"
     ))
-    .bind(ctx.tenant_id)
-    .bind(ctx.livemode())
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
     .bind(customer)
     .bind(id)
     .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Adds `delta` to the customer's credit balance (negative: credit used); returns the new
+/// balance. The customer row is locked until the transaction ends.
+pub async fn adjust_balance(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: CustomerId,
+    delta: i64,
+    now: DateTime<Utc>,
+) -> Result<i64, DbError> {
+    sqlx::query_scalar(
+        "UPDATE customers SET balance = balance + $4, updated_at = $5 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3 RETURNING balance",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(id)
+    .bind(delta)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// The customer's default payment method and what the gateway charges for it, if it has one.
+pub async fn default_payment_token(
+    conn: &mut PgConnection,
+    scope: Scope,
+    customer: CustomerId,
+) -> Result<Option<(PaymentMethodId, String)>, DbError> {
+    sqlx::query_as(
+        "SELECT id, gateway_token FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND is_default AND detached_at IS NULL",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(customer)
+    .fetch_optional(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// What the gateway charges for a payment method, attached or not (an attempt that started
+/// with it finishes with it).
+pub async fn payment_token(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: PaymentMethodId,
+) -> Result<String, DbError> {
+    sqlx::query_scalar(
+        "SELECT gateway_token FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(id)
     .fetch_one(conn)
     .await
     .map_err(Into::into)

@@ -552,3 +552,20 @@ pub async fn list_payments(
     .await?;
     Ok(page.finish(rows))
 }
+
+/// The highest attempt number of an invoice's payments (0 when none).
+pub async fn last_attempt(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<i32, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(max(attempt), 0) FROM payments WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_one(conn)
+    .await?)
+}

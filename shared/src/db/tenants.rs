@@ -143,3 +143,24 @@ pub async fn set_webhook_secret(
     .await?;
     Ok(())
 }
+
+/// What billing a tenant's customers needs to know of the tenant.
+#[derive(Debug, Clone, FromRow)]
+pub struct BillingProfile {
+    pub slug: String,
+    pub company_name: String,
+    pub platform_fee_bps: i32,
+}
+
+pub async fn billing_profile(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+) -> Result<BillingProfile, DbError> {
+    sqlx::query_as::<_, BillingProfile>(
+        "SELECT slug, company_name, platform_fee_bps FROM tenants WHERE id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}

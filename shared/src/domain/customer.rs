@@ -87,6 +87,21 @@ impl InvoicePrefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A tenant's default prefix, from its slug: its letters and digits in upper case, at most
+    /// 12, padded with `X` to 3 (`acme-corp` → `ACMECORP`, `a-1` → `A1X`).
+    pub fn from_slug(slug: &str) -> Self {
+        let mut p: String = slug
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .take(12)
+            .collect();
+        while p.len() < 3 {
+            p.push('X');
+        }
+        Self(p)
+    }
 }
 
 /// A postal address; every line is optional, at most 200 printable characters, and the country
@@ -217,6 +232,21 @@ impl CardExpiry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_prefix_is_its_slug_in_capitals_cut_to_12_and_padded_to_3() {
+        assert_eq!(InvoicePrefix::from_slug("acme-corp").as_str(), "ACMECORP");
+        assert_eq!(InvoicePrefix::from_slug("a-1").as_str(), "A1X");
+        assert_eq!(
+            InvoicePrefix::from_slug("very-long-company-name").as_str(),
+            "VERYLONGCOMP"
+        );
+        assert_eq!(InvoicePrefix::from_slug("--").as_str(), "XXX");
+        for slug in ["acme-corp", "a-1", "very-long-company-name", "--", "é-shop"] {
+            let p = InvoicePrefix::from_slug(slug);
+            assert_eq!(InvoicePrefix::parse(p.as_str()), Ok(p), "{slug}");
+        }
+    }
 
     #[test]
     fn a_card_works_until_the_end_of_its_month_and_at_most_50_years_ahead() {

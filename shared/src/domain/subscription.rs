@@ -23,6 +23,28 @@ crate::text_enum! {
     }
 }
 
+crate::text_enum! {
+    /// How a subscription's invoices are collected.
+    pub enum CollectionMethod {
+        /// The customer's default payment method is charged when an invoice is finalized.
+        ChargeAutomatically = "charge_automatically",
+        /// The invoice is sent and due after `days_until_due` days.
+        SendInvoice = "send_invoice",
+    }
+}
+
+crate::text_enum! {
+    /// What a change of items or quantities bills.
+    pub enum ProrationBehavior {
+        /// Proration lines wait for the next invoice.
+        CreateProrations = "create_prorations",
+        /// Proration lines are invoiced at once.
+        AlwaysInvoice = "always_invoice",
+        /// Nothing: the new price applies from the next period.
+        None = "none",
+    }
+}
+
 /// Something that happens to a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transition {

@@ -12,7 +12,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{NewJob, Queue};
-use crate::{db::catalog_sync::Synced, ids::DeliveryId, tenancy::Scope};
+use crate::{
+    db::catalog_sync::Synced,
+    ids::{DeliveryId, InvoiceId, SubscriptionId},
+    tenancy::Scope,
+};
 
 /// The namespace of job ids derived from deduplication keys.
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5c1e_7f3d_4e2a_9b8c_1d2e_3f4a_5b6c);
@@ -26,6 +30,16 @@ pub enum Job {
     SyncCatalog { what: Synced, id: Uuid },
     /// Apply one event received from Stripe (stored once per Stripe event id).
     ProcessStripeEvent { event_id: String },
+    /// Charge an invoice: one job per (invoice, attempt number), so an attempt runs once.
+    PayInvoice { invoice: InvoiceId, attempt: i32 },
+    /// Close a subscription's period that starts at `period_start`: one job per (subscription,
+    /// period), so a period is renewed once.
+    RenewSubscription {
+        subscription: SubscriptionId,
+        period_start: DateTime<Utc>,
+    },
+    /// Expire a subscription whose first invoice is still unpaid 23 hours after its creation.
+    ExpireIncomplete { subscription: SubscriptionId },
 }
 
 /// Why a claimed row is not a job this worker knows.
@@ -42,6 +56,9 @@ impl Job {
     pub const SYNC_PRODUCT: &'static str = "stripe.sync_product";
     pub const SYNC_PRICE: &'static str = "stripe.sync_price";
     pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
+    pub const PAY_INVOICE: &'static str = "invoice.pay";
+    pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
+    pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
 
     /// The kind stored in the outbox row.
     pub fn kind(&self) -> &'static str {
@@ -56,6 +73,9 @@ impl Job {
                 ..
             } => Self::SYNC_PRICE,
             Job::ProcessStripeEvent { .. } => Self::PROCESS_STRIPE_EVENT,
+            Job::PayInvoice { .. } => Self::PAY_INVOICE,
+            Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
+            Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
         }
     }
 
@@ -63,6 +83,9 @@ impl Job {
         match self {
             Job::DeliverWebhook { .. } => Queue::Webhooks,
             Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => Queue::StripeSync,
+            Job::PayInvoice { .. }
+            | Job::RenewSubscription { .. }
+            | Job::ExpireIncomplete { .. } => Queue::Renewals,
         }
     }
 
@@ -72,6 +95,21 @@ impl Job {
             Job::DeliverWebhook { delivery } => format!("{}:{}", self.kind(), delivery.as_uuid()),
             Job::SyncCatalog { id, .. } => format!("{}:{id}", self.kind()),
             Job::ProcessStripeEvent { event_id } => format!("{}:{event_id}", self.kind()),
+            Job::PayInvoice { invoice, attempt } => {
+                format!("{}:{}:{attempt}", self.kind(), invoice.as_uuid())
+            }
+            Job::RenewSubscription {
+                subscription,
+                period_start,
+            } => format!(
+                "{}:{}:{}",
+                self.kind(),
+                subscription.as_uuid(),
+                period_start.timestamp()
+            ),
+            Job::ExpireIncomplete { subscription } => {
+                format!("{}:{}", self.kind(), subscription.as_uuid())
+            }
         }
     }
 
@@ -80,7 +118,10 @@ impl Job {
         match self {
             Job::DeliverWebhook { delivery } => delivery.as_uuid(),
             Job::SyncCatalog { id, .. } => *id,
-            Job::ProcessStripeEvent { .. } => {
+            Job::ProcessStripeEvent { .. }
+            | Job::PayInvoice { .. }
+            | Job::RenewSubscription { .. }
+            | Job::ExpireIncomplete { .. } => {
                 Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
             }
         }
@@ -91,6 +132,19 @@ impl Job {
             Job::DeliverWebhook { delivery } => json!({ "delivery_id": delivery.to_string() }),
             Job::SyncCatalog { id, .. } => json!({ "id": id }),
             Job::ProcessStripeEvent { event_id } => json!({ "event_id": event_id }),
+            Job::PayInvoice { invoice, attempt } => {
+                json!({ "invoice_id": invoice.to_string(), "attempt": attempt })
+            }
+            Job::RenewSubscription {
+                subscription,
+                period_start,
+            } => json!({
+                "subscription_id": subscription.to_string(),
+                "period_start": period_start.to_rfc3339(),
+            }),
+            Job::ExpireIncomplete { subscription } => {
+                json!({ "subscription_id": subscription.to_string() })
+            }
         }
     }
 
@@ -130,6 +184,12 @@ impl Job {
                 .map(|id| Job::SyncCatalog { what, id })
                 .ok_or_else(|| bad("id"))
         };
+        let subscription = || {
+            payload["subscription_id"]
+                .as_str()
+                .and_then(|s| SubscriptionId::parse(s).ok())
+                .ok_or_else(|| bad("subscription_id"))
+        };
         match kind {
             Self::DELIVER_WEBHOOK => payload["delivery_id"]
                 .as_str()
@@ -145,6 +205,33 @@ impl Job {
                     event_id: e.to_owned(),
                 })
                 .ok_or_else(|| bad("event_id")),
+            Self::PAY_INVOICE => {
+                let invoice = payload["invoice_id"]
+                    .as_str()
+                    .and_then(|s| InvoiceId::parse(s).ok())
+                    .ok_or_else(|| bad("invoice_id"))?;
+                let attempt = payload["attempt"]
+                    .as_i64()
+                    .and_then(|a| i32::try_from(a).ok())
+                    .filter(|a| *a >= 1)
+                    .ok_or_else(|| bad("attempt"))?;
+                Ok(Job::PayInvoice { invoice, attempt })
+            }
+            Self::RENEW_SUBSCRIPTION => {
+                let subscription = subscription()?;
+                let period_start = payload["period_start"]
+                    .as_str()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .ok_or_else(|| bad("period_start"))?;
+                Ok(Job::RenewSubscription {
+                    subscription,
+                    period_start,
+                })
+            }
+            Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
+                subscription: subscription()?,
+            }),
             other => Err(JobParseError::UnknownKind(other.to_owned())),
         }
     }
@@ -170,6 +257,17 @@ mod tests {
             },
             Job::ProcessStripeEvent {
                 event_id: "evt_123".into(),
+            },
+            Job::PayInvoice {
+                invoice: InvoiceId::from_uuid(id),
+                attempt: 2,
+            },
+            Job::RenewSubscription {
+                subscription: SubscriptionId::from_uuid(id),
+                period_start: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            },
+            Job::ExpireIncomplete {
+                subscription: SubscriptionId::from_uuid(id),
             },
         ]
     }
@@ -203,6 +301,16 @@ mod tests {
             Err(JobParseError::UnknownKind("invoice.renew".into()))
         );
         assert_eq!(
+            Job::parse(
+                Job::PAY_INVOICE,
+                &json!({"invoice_id": InvoiceId::new().to_string(), "attempt": 0})
+            ),
+            Err(JobParseError::BadPayload {
+                kind: Job::PAY_INVOICE.into(),
+                field: "attempt"
+            })
+        );
+        assert_eq!(
             Job::parse(Job::SYNC_PRICE, &json!({"id": "nope"})),
             Err(JobParseError::BadPayload {
                 kind: Job::SYNC_PRICE.into(),
@@ -217,7 +325,10 @@ mod tests {
         for job in all() {
             let expected = match job {
                 Job::DeliverWebhook { .. } => i32::MAX,
-                _ => Queue::StripeSync.retry_policy().max_attempts,
+                Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => {
+                    Queue::StripeSync.retry_policy().max_attempts
+                }
+                _ => Queue::Renewals.retry_policy().max_attempts,
             };
             assert_eq!(job.max_attempts(), expected, "{job:?}");
             assert_eq!(job.to_new(None, Utc::now()).id, job.id());

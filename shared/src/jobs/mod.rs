@@ -56,7 +56,8 @@ pub async fn notify(conn: &mut PgConnection, queue: Queue) -> Result<(), DbError
     Ok(())
 }
 
-/// Adds jobs; relays are woken when the transaction commits.
+/// Adds jobs; one whose id (its deduplication key) is queued already, pending or done, is not
+/// added again. Relays are woken when the transaction commits.
 pub async fn enqueue(
     conn: &mut PgConnection,
     jobs: &[NewJob],
@@ -97,7 +98,8 @@ async fn insert(
          lease_token = NULL, last_error = NULL, finished_at = NULL, payload = EXCLUDED.payload, \
          updated_at = EXCLUDED.updated_at"
     } else {
-        ""
+        // The same key is the same job: queued once.
+        "ON CONFLICT (id) DO NOTHING"
     };
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \

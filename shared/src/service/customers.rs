@@ -66,7 +66,7 @@ pub async fn create_customer(
     let address = spec.address.map(Address::to_json);
     let row = db::customers::create(
         uow.conn(),
-        ctx,
+        ctx.scope(),
         NewCustomer {
             id: CustomerId::new(),
             email: spec.email.map(Email::as_str),
@@ -95,7 +95,7 @@ pub async fn list_customers(
     page: PageRequest,
 ) -> ServiceResult<Page<CustomerRow>> {
     let search = super::search_text(search)?;
-    Ok(db::customers::list(pool, ctx, search, page).await?)
+    Ok(db::customers::list(pool, ctx.scope(), search, page).await?)
 }
 
 pub async fn get_customer(
@@ -104,7 +104,7 @@ pub async fn get_customer(
     id: CustomerId,
 ) -> ServiceResult<CustomerRow> {
     let mut conn = pool.acquire().await.map_err(DbError::from)?;
-    db::customers::get(&mut conn, ctx, id)
+    db::customers::get(&mut conn, ctx.scope(), id)
         .await
         .map_err(ServiceError::not_found(WHAT))
 }
@@ -140,7 +140,7 @@ pub async fn update_customer(
     changes: CustomerUpdate<'_>,
 ) -> ServiceResult<CustomerRow> {
     let now = uow.now();
-    let before = db::customers::get(uow.conn(), ctx, id)
+    let before = db::customers::get(uow.conn(), ctx.scope(), id)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
     let address = changes.address.map(|a| a.map(Address::to_json));
@@ -149,7 +149,7 @@ pub async fn update_customer(
     tentative(uow).await?;
     let after = db::customers::update(
         uow.conn(),
-        ctx,
+        ctx.scope(),
         id,
         CustomerChanges {
             email: changes.email.map(|e| e.map(Email::as_str)),
@@ -176,15 +176,25 @@ pub async fn update_customer(
     Ok(after)
 }
 
-/// Deletes a customer: it answers 404 from then on and its `external_id` is free again; the row
-/// stays for what it was billed.
+/// Deletes a customer (refused while a subscription of it is live): it answers 404 from then on
+/// and its `external_id` is free again; the row stays for what it was billed.
 pub async fn delete_customer(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
     id: CustomerId,
 ) -> ServiceResult<CustomerRow> {
     let now = uow.now();
-    let row = db::customers::delete(uow.conn(), ctx, id, now)
+    // Locked first, so a subscription cannot start while the customer goes.
+    db::customers::lock(uow.conn(), ctx.scope(), id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    if let Some(sub) = db::subscriptions::live_of_customer(uow.conn(), ctx.scope(), id).await? {
+        return Err(ServiceError::conflict(
+            "customer_has_subscription",
+            format!("The customer has a live subscription ({sub}); cancel it first."),
+        ));
+    }
+    let row = db::customers::delete(uow.conn(), ctx.scope(), id, now)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
     let mut data = row.to_json();
@@ -226,12 +236,12 @@ pub async fn attach_payment_method(
         }
     };
     let now = uow.now();
-    db::customers::lock(uow.conn(), ctx, customer)
+    db::customers::lock(uow.conn(), ctx.scope(), customer)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
     let row = db::customers::attach_payment_method(
         uow.conn(),
-        ctx,
+        ctx.scope(),
         NewPaymentMethod {
             id: PaymentMethodId::new(),
             customer_id: customer,
@@ -255,7 +265,7 @@ pub async fn list_payment_methods(
     page: PageRequest,
 ) -> ServiceResult<Page<PaymentMethodRow>> {
     get_customer(pool, ctx, customer).await?;
-    Ok(db::customers::list_payment_methods(pool, ctx, customer, page).await?)
+    Ok(db::customers::list_payment_methods(pool, ctx.scope(), customer, page).await?)
 }
 
 /// Makes a payment method the customer's default: what renewals charge.
@@ -265,12 +275,13 @@ pub async fn set_default_payment_method(
     customer: CustomerId,
     id: PaymentMethodId,
 ) -> ServiceResult<PaymentMethodRow> {
-    db::customers::lock(uow.conn(), ctx, customer)
+    db::customers::lock(uow.conn(), ctx.scope(), customer)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
     tentative(uow).await?;
-    let was_default = db::customers::default_payment_method(uow.conn(), ctx, customer).await?;
-    let row = db::customers::set_default_payment_method(uow.conn(), ctx, customer, id)
+    let was_default =
+        db::customers::default_payment_method(uow.conn(), ctx.scope(), customer).await?;
+    let row = db::customers::set_default_payment_method(uow.conn(), ctx.scope(), customer, id)
         .await
         .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
     let changed = was_default != Some(id);
@@ -289,10 +300,10 @@ pub async fn detach_payment_method(
     id: PaymentMethodId,
 ) -> ServiceResult<PaymentMethodRow> {
     let now = uow.now();
-    db::customers::lock(uow.conn(), ctx, customer)
+    db::customers::lock(uow.conn(), ctx.scope(), customer)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
-    let row = db::customers::detach_payment_method(uow.conn(), ctx, customer, id, now)
+    let row = db::customers::detach_payment_method(uow.conn(), ctx.scope(), customer, id, now)
         .await
         .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
     events::record(uow, ctx.scope(), "payment_method.detached", row.to_json()).await?;

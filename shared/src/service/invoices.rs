@@ -1,8 +1,44 @@
-//! Invoices. So far: their numbers, assigned at finalization in the finalizing transaction,
-//! sequential per (tenant, mode, prefix) with no gaps.
+//! Invoices and their payments.
+//!
+//! - Numbers are assigned at finalization in the finalizing transaction, sequential per
+//!   (tenant, mode, prefix) with no gaps.
+//! - A subscription's period is invoiced once ([`invoice_period`]: the subscription is locked
+//!   and the period's invoice looked up first; a unique index backs it).
+//! - A charge is three steps, so that a crash anywhere charges at most once:
+//!   [`start_attempt`] re-reads the invoice under its lock (a paid or void invoice is never
+//!   charged) and records a pending attempt with its idempotency key; [`charge`] calls the
+//!   gateway with that key outside any transaction; [`record_outcome`] writes the answer. A run
+//!   that dies after the first step finds the pending attempt and sends the same key again.
 
-use super::ServiceResult;
-use crate::{db, domain::customer::InvoicePrefix, tenancy::TenantContext, uow::UnitOfWork};
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, events};
+use crate::{
+    db::{
+        self,
+        customers::CustomerRow,
+        invoices::{InvoiceFilter, InvoiceRow, LineRow, PaymentRow, PaymentStatus},
+        pagination::{Page, PageRequest},
+        subscriptions::{ItemRow, SubscriptionRow},
+    },
+    domain::{
+        customer::InvoicePrefix,
+        invoice::{InvoiceStatus, InvoiceTransition, LineAmount, Totals, is_hard_decline},
+        period::Period,
+        pricing::PriceModel,
+        subscription::{CollectionMethod, Transition},
+    },
+    ids::{InvoiceId, InvoiceLineId, PaymentId},
+    payments::{ChargeOutcome, Gateway, application_fee},
+    stripe::{Failure, Stripe},
+    tenancy::{Scope, TenantContext},
+    uow::UnitOfWork,
+};
+
+const WHAT: &str = "invoice";
+const PAYMENT: &str = "payment";
 
 /// `ACME-000123`: the prefix and the number, at least six digits.
 pub fn format_number(prefix: &InvoicePrefix, number: i64) -> String {
@@ -16,8 +52,674 @@ pub async fn assign_number(
     ctx: &TenantContext,
     prefix: &InvoicePrefix,
 ) -> ServiceResult<String> {
-    let n = db::invoice_numbers::next(uow.conn(), ctx.scope(), prefix.as_str()).await?;
+    next_number(uow, ctx.scope(), prefix).await
+}
+
+async fn next_number(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    prefix: &InvoicePrefix,
+) -> ServiceResult<String> {
+    let n = db::invoice_numbers::next(uow.conn(), scope, prefix.as_str()).await?;
     Ok(format_number(prefix, n))
+}
+
+/// The prefix of a customer's invoice numbers: its own, or the tenant's (from its slug).
+async fn prefix_of(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: &CustomerRow,
+) -> ServiceResult<InvoicePrefix> {
+    if let Some(p) = customer
+        .invoice_prefix
+        .as_deref()
+        .and_then(|p| InvoicePrefix::parse(p).ok())
+    {
+        return Ok(p);
+    }
+    let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
+    Ok(InvoicePrefix::from_slug(&profile.slug))
+}
+
+/// The lines a period of `items` bills: one per item, each its price for the quantity.
+pub fn period_lines(
+    invoice: InvoiceId,
+    items: &[ItemRow],
+    period: Period,
+) -> ServiceResult<Vec<LineRow>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let model: PriceModel =
+                serde_json::from_value(item.model.clone()).map_err(ServiceError::internal)?;
+            let quantity = u64::try_from(item.quantity).map_err(ServiceError::internal)?;
+            // A flat price is a fixed fee per item: a quantity of them bills it that many times.
+            let amount = if model.is_flat() {
+                model
+                    .amount_for(1)
+                    .ok()
+                    .and_then(|a| a.checked_mul(item.quantity))
+            } else {
+                model.amount_for(quantity).ok()
+            }
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "quantity",
+                    format!("makes the amount of {} too large", item.description()),
+                )
+            })?;
+            let unit_amount = if model.is_flat() {
+                model.amount_for(1).ok()
+            } else {
+                model.unit_amount_hint()
+            };
+            Ok(LineRow {
+                id: InvoiceLineId::new(),
+                invoice_id: invoice,
+                position: i32::try_from(i).map_err(ServiceError::internal)?,
+                description: if item.quantity == 1 {
+                    item.description()
+                } else {
+                    format!("{} × {}", item.quantity, item.description())
+                },
+                price_id: Some(item.price_id),
+                subscription_item_id: Some(item.id),
+                quantity: item.quantity,
+                unit_amount,
+                amount,
+                discount_amount: 0,
+                proration: false,
+                period_start: period.start,
+                period_end: period.end,
+            })
+        })
+        .collect()
+}
+
+/// Invoices one period of a subscription (the subscription must be locked): builds the lines
+/// from its items, applies the customer's credit, finalizes with the next number and records
+/// `invoice.created` and `invoice.finalized` (and `invoice.paid` when nothing is due). Returns
+/// the period's invoice and whether it was made now; a period already invoiced gets nothing
+/// new.
+pub async fn invoice_period(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    items: &[ItemRow],
+    period: Period,
+    billing_reason: &str,
+) -> ServiceResult<(InvoiceRow, bool)> {
+    if let Some(existing) = db::invoices::of_period(uow.conn(), scope, sub.id, period.start).await?
+    {
+        return Ok((existing, false));
+    }
+    let now = uow.now();
+    let customer = db::customers::lock(uow.conn(), scope, sub.customer_id)
+        .await
+        .map_err(ServiceError::not_found("customer"))?;
+    let id = InvoiceId::new();
+    let lines = period_lines(id, items, period)?;
+    let amounts: Vec<LineAmount> = lines
+        .iter()
+        .map(|l| LineAmount {
+            amount: l.amount,
+            discount: l.discount_amount,
+        })
+        .collect();
+    let totals = Totals::compute(&amounts, 0, customer.balance)
+        .map_err(|e| ServiceError::invalid("items", e.to_string()))?;
+    let balance_change = totals.credit_to_balance - totals.balance_applied;
+    if balance_change != 0 {
+        db::customers::adjust_balance(uow.conn(), scope, customer.id, balance_change, now).await?;
+    }
+    let prefix = prefix_of(uow, scope, &customer).await?;
+    let number = next_number(uow, scope, &prefix).await?;
+    let send = sub.collection_method == CollectionMethod::SendInvoice.as_str();
+    let settled = totals.amount_due == 0;
+    let invoice = InvoiceRow {
+        id,
+        tenant_id: scope.tenant_id(),
+        livemode: scope.livemode(),
+        customer_id: sub.customer_id,
+        subscription_id: Some(sub.id),
+        status: if settled {
+            InvoiceStatus::Paid
+        } else {
+            InvoiceStatus::Open
+        },
+        number: Some(number),
+        currency: sub.currency.clone(),
+        billing_reason: billing_reason.to_owned(),
+        collection_method: sub.collection_method.clone(),
+        period_start: period.start,
+        period_end: period.end,
+        subtotal: totals.subtotal,
+        discount: totals.discount,
+        tax: totals.tax,
+        total: totals.total,
+        balance_applied: totals.balance_applied,
+        amount_due: totals.amount_due,
+        amount_paid: 0,
+        amount_remaining: totals.amount_due,
+        attempt_count: 0,
+        due_date: send.then(|| now + chrono::Days::new(sub.days_until_due.unwrap_or(30) as u64)),
+        finalized_at: Some(now),
+        paid_at: settled.then_some(now),
+        voided_at: None,
+        metadata: serde_json::json!({}),
+        created_at: now,
+        updated_at: now,
+    };
+    if !db::invoices::insert(uow.conn(), scope, &invoice).await? {
+        return Err(ServiceError::conflict(
+            "period_already_invoiced",
+            "This period of the subscription is already invoiced.",
+        ));
+    }
+    db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
+    let json = invoice.to_json(&lines);
+    events::record(uow, scope, "invoice.created", json.clone()).await?;
+    events::record(uow, scope, "invoice.finalized", json.clone()).await?;
+    if settled {
+        events::record(uow, scope, "invoice.paid", json).await?;
+    }
+    Ok((invoice, true))
+}
+
+// ---- reading ----
+
+/// An invoice with its lines.
+#[derive(Debug, Clone)]
+pub struct InvoiceView {
+    pub invoice: InvoiceRow,
+    pub lines: Vec<LineRow>,
+}
+
+impl InvoiceView {
+    pub fn to_json(&self) -> serde_json::Value {
+        self.invoice.to_json(&self.lines)
+    }
+}
+
+async fn with_lines(
+    pool: &PgPool,
+    scope: Scope,
+    invoices: Vec<InvoiceRow>,
+) -> ServiceResult<Vec<InvoiceView>> {
+    let ids: Vec<uuid::Uuid> = invoices.iter().map(|i| i.id.as_uuid()).collect();
+    let mut lines: HashMap<InvoiceId, Vec<LineRow>> = HashMap::new();
+    for l in db::invoices::lines(pool, scope, &ids).await? {
+        lines.entry(l.invoice_id).or_default().push(l);
+    }
+    Ok(invoices
+        .into_iter()
+        .map(|invoice| InvoiceView {
+            lines: lines.remove(&invoice.id).unwrap_or_default(),
+            invoice,
+        })
+        .collect())
+}
+
+pub async fn get_invoice(pool: &PgPool, scope: Scope, id: InvoiceId) -> ServiceResult<InvoiceView> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    let invoice = db::invoices::get(&mut conn, scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    drop(conn);
+    let lines = db::invoices::lines(pool, scope, &[id.as_uuid()]).await?;
+    Ok(InvoiceView { invoice, lines })
+}
+
+pub async fn list_invoices(
+    pool: &PgPool,
+    scope: Scope,
+    filter: InvoiceFilter,
+    page: PageRequest,
+) -> ServiceResult<Page<InvoiceView>> {
+    let page = db::invoices::list(pool, scope, filter, page).await?;
+    let has_more = page.has_more;
+    let items = with_lines(pool, scope, page.items).await?;
+    Ok(Page { items, has_more })
+}
+
+pub async fn get_payment(pool: &PgPool, scope: Scope, id: PaymentId) -> ServiceResult<PaymentRow> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    db::invoices::get_payment(&mut conn, scope, id)
+        .await
+        .map_err(ServiceError::not_found(PAYMENT))
+}
+
+pub async fn list_payments(
+    pool: &PgPool,
+    scope: Scope,
+    invoice: Option<InvoiceId>,
+    page: PageRequest,
+) -> ServiceResult<Page<PaymentRow>> {
+    Ok(db::invoices::list_payments(pool, scope, invoice, page).await?)
+}
+
+// ---- status changes ----
+
+async fn lines_of(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<Vec<LineRow>> {
+    Ok(db::invoices::lines(uow.conn(), scope, &[id.as_uuid()]).await?)
+}
+
+fn illegal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::conflict("invalid_invoice_status", e.to_string())
+}
+
+/// Voids an open or uncollectible invoice: nothing is owed on it any more, and it is never
+/// charged again.
+pub async fn void_invoice(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<InvoiceView> {
+    let mut invoice = db::invoices::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    void_locked(uow, scope, &mut invoice).await?;
+    let lines = lines_of(uow, scope, id).await?;
+    Ok(InvoiceView { invoice, lines })
+}
+
+pub(crate) async fn void_locked(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &mut InvoiceRow,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    invoice.status = invoice
+        .status
+        .apply(InvoiceTransition::Void)
+        .map_err(illegal)?;
+    invoice.amount_remaining = 0;
+    invoice.voided_at = Some(now);
+    invoice.updated_at = now;
+    db::invoices::save(uow.conn(), scope, invoice).await?;
+    // Credit that paid part of it goes back to the customer.
+    if invoice.balance_applied > 0 {
+        db::customers::adjust_balance(
+            uow.conn(),
+            scope,
+            invoice.customer_id,
+            invoice.balance_applied,
+            now,
+        )
+        .await?;
+    }
+    let lines = lines_of(uow, scope, invoice.id).await?;
+    events::record(uow, scope, "invoice.voided", invoice.to_json(&lines)).await?;
+    Ok(())
+}
+
+/// Marks an open invoice uncollectible (written off; it can still be paid or voided).
+pub async fn mark_uncollectible(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<InvoiceView> {
+    let now = uow.now();
+    let mut invoice = db::invoices::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    invoice.status = invoice
+        .status
+        .apply(InvoiceTransition::MarkUncollectible)
+        .map_err(illegal)?;
+    invoice.updated_at = now;
+    db::invoices::save(uow.conn(), scope, &invoice).await?;
+    let lines = lines_of(uow, scope, id).await?;
+    events::record(
+        uow,
+        scope,
+        "invoice.marked_uncollectible",
+        invoice.to_json(&lines),
+    )
+    .await?;
+    Ok(InvoiceView { invoice, lines })
+}
+
+// ---- payments ----
+
+/// Which attempt [`start_attempt`] is asked to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptNumber {
+    /// Exactly this one (a job per attempt): nothing when it was already made.
+    Exactly(i32),
+    /// The next one (paying now on request).
+    Next,
+}
+
+/// What [`start_attempt`] found to do.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    /// Charge this pending attempt with this gateway token.
+    Charge {
+        payment: PaymentRow,
+        token: String,
+        account: Option<String>,
+        platform_fee_bps: u32,
+    },
+    /// Nothing to charge: the attempt was recorded already (failed at once: no payment
+    /// method), or the invoice owes nothing, or the attempt number was used.
+    Nothing(Option<PaymentRow>),
+}
+
+/// Step 1 of a charge: under the invoice's lock, decides whether to charge and records the
+/// pending attempt (or finds the one a crashed run left).
+pub async fn start_attempt(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    gateway: &Gateway,
+    id: InvoiceId,
+    number: AttemptNumber,
+) -> ServiceResult<Attempt> {
+    let now = uow.now();
+    let mut invoice = db::invoices::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
+    let account = db::stripe_accounts::get(uow.conn(), scope)
+        .await?
+        .and_then(|a| a.usable_id().map(str::to_owned));
+    let fee_bps = u32::try_from(profile.platform_fee_bps).unwrap_or(0);
+    if let Some(payment) = db::invoices::pending_payment(uow.conn(), scope, id).await? {
+        let token = match payment.payment_method_id {
+            Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
+            None => return Err(ServiceError::internal("a pending payment without a method")),
+        };
+        return Ok(Attempt::Charge {
+            payment,
+            token,
+            account,
+            platform_fee_bps: fee_bps,
+        });
+    }
+    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
+        return Ok(Attempt::Nothing(None));
+    }
+    if let Some(sub) = invoice.subscription_id {
+        // Collection stops with the subscription.
+        let sub = db::subscriptions::get(uow.conn(), scope, sub).await?;
+        if !sub.status.is_live() && number != AttemptNumber::Next {
+            return Ok(Attempt::Nothing(None));
+        }
+    }
+    let last = db::invoices::last_attempt(uow.conn(), scope, id).await?;
+    let attempt = match number {
+        AttemptNumber::Exactly(n) if n <= last => return Ok(Attempt::Nothing(None)),
+        AttemptNumber::Exactly(n) => n,
+        AttemptNumber::Next => last + 1,
+    };
+    let method =
+        db::customers::default_payment_token(uow.conn(), scope, invoice.customer_id).await?;
+    let mut payment = PaymentRow {
+        id: PaymentId::new(),
+        tenant_id: scope.tenant_id(),
+        livemode: scope.livemode(),
+        invoice_id: id,
+        customer_id: invoice.customer_id,
+        attempt,
+        amount: invoice.amount_remaining,
+        currency: invoice.currency.clone(),
+        application_fee: if account.is_some() {
+            application_fee(invoice.amount_remaining, fee_bps)
+        } else {
+            0
+        },
+        status: PaymentStatus::Pending,
+        gateway: gateway.name().into(),
+        gateway_id: None,
+        idempotency_key: format!("{id}-attempt-{attempt}"),
+        payment_method_id: method.as_ref().map(|m| m.0),
+        failure_code: None,
+        failure_message: None,
+        hard_decline: false,
+        created_at: now,
+        updated_at: now,
+    };
+    invoice.attempt_count = attempt;
+    invoice.updated_at = now;
+    db::invoices::save(uow.conn(), scope, &invoice).await?;
+    let Some((_, token)) = method else {
+        payment.status = PaymentStatus::Failed;
+        payment.failure_code = Some("payment_method_missing".into());
+        payment.failure_message = Some("The customer has no default payment method.".into());
+        db::invoices::insert_payment(uow.conn(), scope, &payment).await?;
+        after_failure(uow, scope, &invoice, &payment).await?;
+        return Ok(Attempt::Nothing(Some(payment)));
+    };
+    db::invoices::insert_payment(uow.conn(), scope, &payment).await?;
+    Ok(Attempt::Charge {
+        payment,
+        token,
+        account,
+        platform_fee_bps: fee_bps,
+    })
+}
+
+/// Step 2: asks the gateway, with the attempt's idempotency key (a repeat of the same attempt
+/// never charges twice). No transaction is open while it waits. An error is worth trying again
+/// with the same attempt (the gateway could not be reached); a refusal is an outcome.
+pub async fn charge(
+    gateway: &Gateway,
+    scope: Scope,
+    attempt: &Attempt,
+) -> Result<Option<ChargeOutcome>, Failure> {
+    let Attempt::Charge {
+        payment,
+        token,
+        account,
+        platform_fee_bps,
+    } = attempt
+    else {
+        return Ok(None);
+    };
+    let description = format!("Invoice {}", payment.invoice_id);
+    let metadata = HashMap::from([
+        ("invoice".to_owned(), payment.invoice_id.to_string()),
+        ("payment".to_owned(), payment.id.to_string()),
+    ]);
+    let outcome = gateway
+        .charge(
+            scope.livemode(),
+            &crate::payments::Charge {
+                amount: payment.amount,
+                currency: &payment.currency,
+                payment_method: token,
+                customer: None,
+                description: &description,
+                idempotency_key: &payment.idempotency_key,
+                platform_fee_bps: *platform_fee_bps,
+                account: account.as_deref(),
+                metadata,
+            },
+        )
+        .await;
+    match outcome {
+        Ok(o) => Ok(Some(o)),
+        // A refusal that is not a decline is still final for this attempt.
+        Err(Failure::Rejected(message)) => Ok(Some(ChargeOutcome::Declined {
+            code: "processing_error".into(),
+            message,
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Step 3: records the gateway's answer on the pending attempt and what follows from it: a
+/// paid invoice (and an active subscription), or a failed attempt (and a past-due
+/// subscription). An attempt already recorded is left as it is.
+pub async fn record_outcome(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    payment: &PaymentRow,
+    outcome: &ChargeOutcome,
+) -> ServiceResult<PaymentRow> {
+    let now = uow.now();
+    let mut invoice = db::invoices::lock(uow.conn(), scope, payment.invoice_id).await?;
+    let mut p = db::invoices::get_payment(uow.conn(), scope, payment.id).await?;
+    if p.status != PaymentStatus::Pending {
+        return Ok(p);
+    }
+    p.updated_at = now;
+    match outcome {
+        ChargeOutcome::Succeeded { id } => {
+            p.status = PaymentStatus::Succeeded;
+            p.gateway_id = Some(id.clone());
+            db::invoices::save_payment(uow.conn(), scope, &p).await?;
+            events::record(uow, scope, "payment.succeeded", p.to_json()).await?;
+            if invoice.status.is_payable() {
+                invoice.status = invoice
+                    .status
+                    .apply(InvoiceTransition::Pay)
+                    .map_err(illegal)?;
+                invoice.amount_paid += p.amount;
+                invoice.amount_remaining = (invoice.amount_remaining - p.amount).max(0);
+                invoice.paid_at = Some(now);
+                invoice.updated_at = now;
+                db::invoices::save(uow.conn(), scope, &invoice).await?;
+                let lines = lines_of(uow, scope, invoice.id).await?;
+                events::record(uow, scope, "invoice.paid", invoice.to_json(&lines)).await?;
+                if let Some(sub) = invoice.subscription_id {
+                    transition_if_allowed(uow, scope, sub, Transition::InvoicePaid).await?;
+                }
+            } else {
+                // Paid meanwhile by another path (or voided): what came in is the customer's
+                // credit, never lost.
+                db::customers::adjust_balance(uow.conn(), scope, p.customer_id, p.amount, now)
+                    .await?;
+            }
+        }
+        ChargeOutcome::RequiresAction { id } => {
+            p.status = PaymentStatus::RequiresAction;
+            p.gateway_id = Some(id.clone());
+            db::invoices::save_payment(uow.conn(), scope, &p).await?;
+            let lines = lines_of(uow, scope, invoice.id).await?;
+            events::record(
+                uow,
+                scope,
+                "invoice.payment_action_required",
+                invoice.to_json(&lines),
+            )
+            .await?;
+        }
+        ChargeOutcome::Declined { code, message } => {
+            p.status = PaymentStatus::Failed;
+            p.failure_code = Some(code.clone());
+            p.failure_message = Some(message.clone());
+            p.hard_decline = is_hard_decline(code);
+            db::invoices::save_payment(uow.conn(), scope, &p).await?;
+            after_failure(uow, scope, &invoice, &p).await?;
+        }
+    }
+    Ok(p)
+}
+
+/// A failed attempt: `payment.failed`, `invoice.payment_failed`, and the subscription past due.
+async fn after_failure(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    payment: &PaymentRow,
+) -> ServiceResult<()> {
+    events::record(uow, scope, "payment.failed", payment.to_json()).await?;
+    let lines = lines_of(uow, scope, invoice.id).await?;
+    events::record(
+        uow,
+        scope,
+        "invoice.payment_failed",
+        invoice.to_json(&lines),
+    )
+    .await?;
+    if let Some(sub) = invoice.subscription_id {
+        transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
+    }
+    Ok(())
+}
+
+/// Applies `transition` to the subscription when its status allows it (a payment landing on a
+/// canceled subscription changes nothing about it).
+async fn transition_if_allowed(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: crate::ids::SubscriptionId,
+    transition: Transition,
+) -> ServiceResult<()> {
+    let mut row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+    if let Ok(next) = row.status.apply(transition) {
+        super::subscriptions::move_to(uow, scope, &mut row, next, transition).await?;
+    }
+    Ok(())
+}
+
+/// Asks for a charge of an open invoice now (on request): queues the next attempt, which the
+/// worker fleet makes as it makes every other. Asking again before it ran queues nothing more.
+pub async fn request_payment(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<InvoiceView> {
+    let now = uow.now();
+    let invoice = db::invoices::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
+        return Err(illegal(format!(
+            "cannot pay an invoice that is {}",
+            invoice.status
+        )));
+    }
+    let attempt = db::invoices::last_attempt(uow.conn(), scope, id).await? + 1;
+    let job = crate::jobs::Job::PayInvoice {
+        invoice: id,
+        attempt,
+    };
+    crate::jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+    let lines = lines_of(uow, scope, id).await?;
+    Ok(InvoiceView { invoice, lines })
+}
+
+/// Runs one attempt of a charge job: the three steps. A gateway failure that is worth trying
+/// again is returned as an error (the job runs again and resumes the pending attempt).
+pub async fn run_attempt(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    stripe: &Stripe,
+    scope: Scope,
+    id: InvoiceId,
+    number: i32,
+) -> ServiceResult<Option<PaymentRow>> {
+    let gateway = Gateway::for_mode(stripe, scope.livemode());
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let attempt = start_attempt(
+        &mut uow,
+        scope,
+        &gateway,
+        id,
+        AttemptNumber::Exactly(number),
+    )
+    .await?;
+    uow.commit().await?;
+    let Some(outcome) = charge(&gateway, scope, &attempt).await? else {
+        let Attempt::Nothing(recorded) = attempt else {
+            unreachable!("a charge always has an outcome")
+        };
+        return Ok(recorded);
+    };
+    let Attempt::Charge { payment, .. } = &attempt else {
+        unreachable!("only a charge has an outcome")
+    };
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let recorded = record_outcome(&mut uow, scope, payment, &outcome).await?;
+    uow.commit().await?;
+    Ok(Some(recorded))
 }
 
 #[cfg(test)]

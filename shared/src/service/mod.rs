@@ -18,6 +18,7 @@ pub mod invoices;
 pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;
+pub mod subscriptions;
 pub mod tenants;
 pub mod users;
 pub mod webhook_endpoints;

@@ -2,6 +2,7 @@
 //! it is safe to run twice (a job that was lost, or ran on two workers, changes nothing more).
 //! The work itself is a service call in a unit of work, which a test can make without a worker.
 
+pub mod billing;
 pub mod deliver_webhook;
 pub mod process_stripe_event;
 pub mod stripe_rate;
@@ -20,6 +21,12 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
         Ok(Job::ProcessStripeEvent { event_id }) => {
             process_stripe_event::run(rt, job, &event_id).await
         }
+        Ok(Job::PayInvoice { invoice, attempt }) => billing::pay(rt, job, invoice, attempt).await,
+        Ok(Job::RenewSubscription {
+            subscription,
+            period_start,
+        }) => billing::renew(rt, job, subscription, period_start).await,
+        Ok(Job::ExpireIncomplete { subscription }) => billing::expire(rt, job, subscription).await,
         Ok(Job::DeliverWebhook { .. }) => dead(job, "webhook deliveries run in their own pipeline"),
         Err(e) => dead(job, &e.to_string()),
     }

@@ -1,0 +1,461 @@
+//! Invoices (`/api/v1/invoices`) and their payments (`/api/v1/payments`).
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use shared::{
+    db::invoices::{InvoiceFilter, PaymentRow},
+    domain::invoice::InvoiceStatus,
+    ids::{CustomerId, InvoiceId, PaymentId, SubscriptionId},
+    service::invoices::{self as service, InvoiceView},
+    tenancy::Permission,
+};
+
+use super::{ApiTags, dto::page_request};
+use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState, work::Work};
+
+pub struct InvoicesApi;
+
+pub struct PaymentsApi;
+
+/// A line of an invoice.
+#[derive(Debug, Object)]
+pub struct InvoiceLineOut {
+    /// Line id (`il_…`).
+    pub id: String,
+    /// Always `line_item`.
+    pub object: String,
+    pub description: String,
+    /// The price it bills (`price_…`).
+    #[oai(nullable)]
+    pub price: Option<String>,
+    /// The subscription item it bills (`si_…`).
+    #[oai(nullable)]
+    pub subscription_item: Option<String>,
+    pub quantity: i64,
+    /// The price of one unit, for prices that have one.
+    #[oai(nullable)]
+    pub unit_amount: Option<i64>,
+    /// Minor units; negative for a credit.
+    pub amount: i64,
+    pub discount_amount: i64,
+    pub proration: bool,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+/// An invoice. Amounts are in minor units of `currency`.
+#[derive(Debug, Object)]
+pub struct InvoiceOut {
+    /// Invoice id (`in_…`).
+    pub id: String,
+    /// Always `invoice`.
+    pub object: String,
+    /// The customer (`cus_…`).
+    pub customer: String,
+    /// The subscription it bills (`sub_…`).
+    #[oai(nullable)]
+    pub subscription: Option<String>,
+    /// `draft`, `open`, `paid`, `void` or `uncollectible`.
+    pub status: String,
+    /// Assigned at finalization: the prefix and a number, sequential per prefix (`ACME-000123`).
+    #[oai(nullable)]
+    pub number: Option<String>,
+    pub currency: String,
+    /// `subscription_create`, `subscription_cycle`, `subscription_update` or `manual`.
+    pub billing_reason: String,
+    pub collection_method: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub lines: Vec<InvoiceLineOut>,
+    /// The sum of the lines.
+    pub subtotal: i64,
+    pub discount: i64,
+    pub tax: i64,
+    /// `subtotal − discount + tax`.
+    pub total: i64,
+    /// The customer's credit used.
+    pub balance_applied: i64,
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub amount_remaining: i64,
+    /// Charges attempted so far.
+    pub attempt_count: i32,
+    #[oai(nullable)]
+    pub due_date: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub finalized_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub paid_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub voided_at: Option<DateTime<Utc>>,
+    pub metadata: serde_json::Value,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<InvoiceView> for InvoiceOut {
+    fn from(v: InvoiceView) -> Self {
+        let i = v.invoice;
+        Self {
+            id: i.id.to_string(),
+            object: "invoice".into(),
+            customer: i.customer_id.to_string(),
+            subscription: i.subscription_id.map(|s| s.to_string()),
+            status: i.status.as_str().into(),
+            number: i.number,
+            currency: i.currency,
+            billing_reason: i.billing_reason,
+            collection_method: i.collection_method,
+            period_start: i.period_start,
+            period_end: i.period_end,
+            lines: v
+                .lines
+                .into_iter()
+                .map(|l| InvoiceLineOut {
+                    id: l.id.to_string(),
+                    object: "line_item".into(),
+                    description: l.description,
+                    price: l.price_id.map(|p| p.to_string()),
+                    subscription_item: l.subscription_item_id.map(|s| s.to_string()),
+                    quantity: l.quantity,
+                    unit_amount: l.unit_amount,
+                    amount: l.amount,
+                    discount_amount: l.discount_amount,
+                    proration: l.proration,
+                    period_start: l.period_start,
+                    period_end: l.period_end,
+                })
+                .collect(),
+            subtotal: i.subtotal,
+            discount: i.discount,
+            tax: i.tax,
+            total: i.total,
+            balance_applied: i.balance_applied,
+            amount_due: i.amount_due,
+            amount_paid: i.amount_paid,
+            amount_remaining: i.amount_remaining,
+            attempt_count: i.attempt_count,
+            due_date: i.due_date,
+            finalized_at: i.finalized_at,
+            paid_at: i.paid_at,
+            voided_at: i.voided_at,
+            metadata: i.metadata,
+            livemode: i.livemode,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct InvoiceList {
+    pub data: Vec<InvoiceOut>,
+    pub has_more: bool,
+}
+
+/// One attempt to charge an invoice.
+#[derive(Debug, Object)]
+pub struct PaymentOut {
+    /// Payment id (`py_…`).
+    pub id: String,
+    /// Always `payment`.
+    pub object: String,
+    /// The invoice it pays (`in_…`).
+    pub invoice: String,
+    /// The customer (`cus_…`).
+    pub customer: String,
+    /// 1 for the first attempt on the invoice, then 2, 3…
+    pub attempt: i32,
+    pub amount: i64,
+    pub currency: String,
+    /// The platform's fee on it, in minor units.
+    pub application_fee: i64,
+    /// `pending`, `succeeded`, `failed` or `requires_action`.
+    pub status: String,
+    /// `sandbox` or `stripe`.
+    pub gateway: String,
+    /// The gateway's id for the charge.
+    #[oai(nullable)]
+    pub gateway_id: Option<String>,
+    /// The card charged (`pm_…`).
+    #[oai(nullable)]
+    pub payment_method: Option<String>,
+    /// Why it failed, such as `card_declined` or `insufficient_funds`.
+    #[oai(nullable)]
+    pub failure_code: Option<String>,
+    #[oai(nullable)]
+    pub failure_message: Option<String>,
+    /// A decline that trying the same card again cannot fix.
+    pub hard_decline: bool,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PaymentRow> for PaymentOut {
+    fn from(p: PaymentRow) -> Self {
+        Self {
+            id: p.id.to_string(),
+            object: "payment".into(),
+            invoice: p.invoice_id.to_string(),
+            customer: p.customer_id.to_string(),
+            attempt: p.attempt,
+            amount: p.amount,
+            currency: p.currency,
+            application_fee: p.application_fee,
+            status: p.status.as_str().into(),
+            gateway: p.gateway,
+            gateway_id: p.gateway_id,
+            payment_method: p.payment_method_id.map(|m| m.to_string()),
+            failure_code: p.failure_code,
+            failure_message: p.failure_message,
+            hard_decline: p.hard_decline,
+            livemode: p.livemode,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct PaymentList {
+    pub data: Vec<PaymentOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum PaymentRequested {
+    /// The charge is queued; the invoice's `attempt_count` and status change when it is made.
+    #[oai(status = 202)]
+    Accepted(Json<InvoiceOut>),
+}
+
+fn invoice_id(raw: &str) -> Result<InvoiceId, ApiError> {
+    InvoiceId::parse(raw).map_err(|_| ApiError::not_found("invoice"))
+}
+
+fn filter_id<T, E: std::fmt::Display>(
+    field: &'static str,
+    raw: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(parse)
+        .transpose()
+        .map_err(|e| ApiError::validation(field, e.to_string()))
+}
+
+#[OpenApi]
+impl InvoicesApi {
+    /// List invoices
+    ///
+    /// Newest first; optionally of one customer or subscription, in one status.
+    #[oai(
+        path = "/api/v1/invoices",
+        method = "get",
+        operation_id = "invoices.list",
+        tag = "ApiTags::Billing"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Only this customer's (`cus_…`).
+        customer: Query<Option<String>>,
+        /// Only this subscription's (`sub_…`).
+        subscription: Query<Option<String>>,
+        /// Only those in this status.
+        status: Query<Option<String>>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// An invoice id: return older invoices (the next page).
+        starting_after: Query<Option<String>>,
+        /// An invoice id: return newer invoices (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<InvoiceList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let filter = InvoiceFilter {
+            customer: filter_id("customer", customer.0.as_deref(), CustomerId::parse)?,
+            subscription: filter_id(
+                "subscription",
+                subscription.0.as_deref(),
+                SubscriptionId::parse,
+            )?,
+            status: status
+                .0
+                .as_deref()
+                .map(|s| {
+                    InvoiceStatus::parse(s)
+                        .ok_or_else(|| ApiError::validation("status", "is not an invoice status"))
+                })
+                .transpose()?,
+        };
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            InvoiceId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = service::list_invoices(&state.pool, ctx.scope(), filter, page).await?;
+        Ok(Json(InvoiceList {
+            data: page.items.into_iter().map(InvoiceOut::from).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get an invoice
+    #[oai(
+        path = "/api/v1/invoices/:id",
+        method = "get",
+        operation_id = "invoices.get",
+        tag = "ApiTags::Billing"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = invoice_id(&id.0)?;
+        Ok(Json(
+            service::get_invoice(&state.pool, ctx.scope(), id)
+                .await?
+                .into(),
+        ))
+    }
+
+    /// Pay an invoice
+    ///
+    /// Queues a charge of what remains to the customer's default payment method; the worker
+    /// fleet makes it (once, however often this is called before it runs).
+    #[oai(
+        path = "/api/v1/invoices/:id/pay",
+        method = "post",
+        operation_id = "invoices.pay",
+        tag = "ApiTags::Billing"
+    )]
+    async fn pay(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<PaymentRequested, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = service::request_payment(&mut work, ctx.scope(), id).await?;
+        Ok(PaymentRequested::Accepted(Json(view.into())))
+    }
+
+    /// Void an invoice
+    ///
+    /// Nothing is owed on it any more and it is never charged again; customer credit it used
+    /// goes back to the customer.
+    #[oai(
+        path = "/api/v1/invoices/:id/void",
+        method = "post",
+        operation_id = "invoices.void",
+        tag = "ApiTags::Billing"
+    )]
+    async fn void(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = service::void_invoice(&mut work, ctx.scope(), id).await?;
+        Ok(Json(view.into()))
+    }
+
+    /// Mark an invoice uncollectible
+    ///
+    /// Written off; it can still be paid or voided.
+    #[oai(
+        path = "/api/v1/invoices/:id/mark-uncollectible",
+        method = "post",
+        operation_id = "invoices.mark_uncollectible",
+        tag = "ApiTags::Billing"
+    )]
+    async fn mark_uncollectible(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = service::mark_uncollectible(&mut work, ctx.scope(), id).await?;
+        Ok(Json(view.into()))
+    }
+}
+
+#[OpenApi]
+impl PaymentsApi {
+    /// List payments
+    ///
+    /// Every attempt to charge an invoice, newest first; optionally of one invoice.
+    #[oai(
+        path = "/api/v1/payments",
+        method = "get",
+        operation_id = "payments.list",
+        tag = "ApiTags::Billing"
+    )]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Only this invoice's (`in_…`).
+        invoice: Query<Option<String>>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A payment id: return older payments (the next page).
+        starting_after: Query<Option<String>>,
+        /// A payment id: return newer payments (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<PaymentList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let invoice = filter_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            PaymentId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = service::list_payments(&state.pool, ctx.scope(), invoice, page).await?;
+        Ok(Json(PaymentList {
+            data: page.items.into_iter().map(PaymentOut::from).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    /// Get a payment
+    #[oai(
+        path = "/api/v1/payments/:id",
+        method = "get",
+        operation_id = "payments.get",
+        tag = "ApiTags::Billing"
+    )]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Payment id (`py_…`).
+        id: Path<String>,
+    ) -> Result<Json<PaymentOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = PaymentId::parse(&id.0).map_err(|_| ApiError::not_found("payment"))?;
+        Ok(Json(
+            service::get_payment(&state.pool, ctx.scope(), id)
+                .await?
+                .into(),
+        ))
+    }
+}

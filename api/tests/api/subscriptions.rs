@@ -1,0 +1,800 @@
+//! Subscriptions through the API, with their jobs run as the worker fleet runs them (the same
+//! service calls, in due order, on the app's clock): first invoice and charge, renewals,
+//! trials, declines, expiry, cancels, and the failures other billing systems shipped.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::{
+    clock::Clock,
+    jobs::Job,
+    service::{invoices, subscriptions},
+    stripe::Stripe,
+    tenancy::Scope,
+    uow::UnitOfWork,
+};
+use uuid::Uuid;
+
+use crate::helpers::{Cred, TestApp, assert_problem, s, spawn_app};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The scope of a tenant's test mode.
+async fn scope(app: &TestApp, key: &str) -> Scope {
+    crate::invoices::context(app, key).await.scope()
+}
+
+/// Runs the tenant's due billing jobs as a worker does, earliest first, until none is due on
+/// the app's clock; returns the kinds run, in order.
+async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let mut ran = Vec::new();
+    loop {
+        let now = app.clock.now();
+        let next: Option<(Uuid, String, Value)> = sqlx::query_as(
+            "SELECT id, kind, payload FROM jobs WHERE state = 'pending' AND queue = 'renewals' \
+             AND tenant_id = $1 AND livemode = $2 AND run_at <= $3 ORDER BY run_at, id LIMIT 1",
+        )
+        .bind(scope.tenant_id().as_uuid())
+        .bind(scope.livemode())
+        .bind(now)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        let Some((id, kind, payload)) = next else {
+            return ran;
+        };
+        match Job::parse(&kind, &payload).unwrap() {
+            Job::PayInvoice { invoice, attempt } => {
+                invoices::run_attempt(
+                    &app.pool,
+                    app.clock.as_ref(),
+                    &stripe,
+                    scope,
+                    invoice,
+                    attempt,
+                )
+                .await
+                .unwrap();
+            }
+            Job::RenewSubscription {
+                subscription,
+                period_start,
+            } => {
+                let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+                    .await
+                    .unwrap();
+                subscriptions::renew(&mut uow, scope, subscription, period_start)
+                    .await
+                    .unwrap();
+                uow.commit().await.unwrap();
+            }
+            Job::ExpireIncomplete { subscription } => {
+                let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+                    .await
+                    .unwrap();
+                subscriptions::expire_incomplete(&mut uow, scope, subscription)
+                    .await
+                    .unwrap();
+                uow.commit().await.unwrap();
+            }
+            other => panic!("not a billing job: {other:?}"),
+        }
+        sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        ran.push(kind);
+    }
+}
+
+async fn json_of(resp: reqwest::Response, status: StatusCode) -> Value {
+    let code = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(code, status, "{body}");
+    body
+}
+
+/// A customer (optionally with a card) and a monthly plan at 29.99.
+async fn customer_and_plan(app: &TestApp, key: &Cred, card: Option<&str>) -> (String, String) {
+    let customer = json_of(
+        app.post(
+            "/api/v1/customers",
+            key,
+            &json!({"name": "Globex", "email": "billing@globex.com"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let customer = s(&customer["id"]);
+    if let Some(card) = card {
+        json_of(
+            app.post(
+                &format!("/api/v1/customers/{customer}/payment-methods"),
+                key,
+                &json!({"token": card, "exp_month": 12, "exp_year": 2040}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let plan = json_of(
+        app.post(
+            "/api/v1/plans",
+            key,
+            &json!({
+                "name": format!("Pro {}", Uuid::new_v4().simple()),
+                "price_cents": 2999,
+                "billing_interval": "month",
+            }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    (customer, s(&plan["id"]))
+}
+
+async fn subscribe(app: &TestApp, key: &Cred, body: Value) -> Value {
+    json_of(
+        app.post("/api/v1/subscriptions", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn get(app: &TestApp, key: &Cred, path: &str) -> Value {
+    json_of(app.get(path, key).await, StatusCode::OK).await
+}
+
+async fn invoices_of(app: &TestApp, key: &Cred, sub: &str) -> Vec<Value> {
+    let mut list = get(
+        app,
+        key,
+        &format!("/api/v1/invoices?subscription={sub}&limit=100"),
+    )
+    .await["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    list.reverse(); // oldest first
+    list
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn a_subscription_is_invoiced_charged_once_and_renewed_for_consecutive_periods() {
+    let app = spawn_app().await;
+    let t = app.register("renewals@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let id = s(&sub["id"]);
+    assert_eq!(sub["status"], "incomplete", "{sub}");
+    assert_eq!(sub["currency"], "usd");
+    assert_eq!(sub["items"][0]["quantity"], 1);
+    let first = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    assert_eq!(first["status"], "open");
+    assert_eq!(first["billing_reason"], "subscription_create");
+    assert_eq!(first["amount_due"], 2999);
+    assert_eq!(first["lines"][0]["amount"], 2999);
+    assert_eq!(first["period_start"], sub["current_period_start"]);
+    assert_eq!(first["period_end"], sub["current_period_end"]);
+    // The tenant's prefix comes from its slug.
+    let number = s(&first["number"]);
+    assert!(number.ends_with("-000001"), "{number}");
+    let prefix = number.trim_end_matches("-000001").to_owned();
+    // The customer now pays in the subscription's currency.
+    let c = get(&app, &key, &format!("/api/v1/customers/{customer}")).await;
+    assert_eq!(c["currency"], "usd");
+
+    // The worker charges it; running the same attempt again charges nothing more.
+    assert_eq!(run_due(&app, scope).await, vec!["invoice.pay"]);
+    let sub = get(&app, &key, &format!("/api/v1/subscriptions/{id}")).await;
+    assert_eq!(sub["status"], "active");
+    assert_eq!(sub["days_until_due"], Value::Null);
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{}", s(&first["id"]))).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(paid["amount_paid"], 2999);
+    assert_eq!(paid["amount_remaining"], 0);
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let again = invoices::run_attempt(
+        &app.pool,
+        app.clock.as_ref(),
+        &stripe,
+        scope,
+        shared::ids::InvoiceId::parse(&s(&first["id"])).unwrap(),
+        1,
+    )
+    .await
+    .unwrap();
+    assert!(again.is_none(), "{again:?}");
+    let payments = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments?invoice={}", s(&first["id"])),
+    )
+    .await;
+    assert_eq!(payments["data"].as_array().unwrap().len(), 1, "{payments}");
+    assert_eq!(payments["data"][0]["status"], "succeeded");
+    assert_eq!(payments["data"][0]["amount"], 2999);
+    assert_eq!(payments["data"][0]["gateway"], "sandbox");
+
+    // Three more months: each renewal invoices the next period once, numbered next.
+    for month in 2..=4 {
+        app.clock.advance(DAY * 31);
+        let ran = run_due(&app, scope).await;
+        // The first month's expiry check comes due too, and finds the subscription paid.
+        let mut expected = vec!["subscription.renew", "invoice.pay"];
+        if month == 2 {
+            expected.insert(0, "subscription.expire_incomplete");
+        }
+        assert_eq!(ran, expected, "month {month}");
+        assert!(run_due(&app, scope).await.is_empty());
+    }
+    let all = invoices_of(&app, &key, &id).await;
+    assert_eq!(all.len(), 4);
+    for (i, inv) in all.iter().enumerate() {
+        assert_eq!(inv["status"], "paid", "{inv}");
+        assert_eq!(s(&inv["number"]), format!("{prefix}-{:06}", i + 1));
+        if i > 0 {
+            assert_eq!(inv["billing_reason"], "subscription_cycle");
+            assert_eq!(inv["period_start"], all[i - 1]["period_end"], "contiguous");
+            let (prev, this) = (
+                time(&all[i - 1]["period_start"]),
+                time(&inv["period_start"]),
+            );
+            assert!(
+                (28..=31).contains(&(this - prev).num_days()),
+                "a month apart: {prev} → {this}"
+            );
+        }
+    }
+    let sub = get(&app, &key, &format!("/api/v1/subscriptions/{id}")).await;
+    assert_eq!(sub["current_period_start"], all[3]["period_start"]);
+    assert_eq!(sub["latest_invoice"], all[3]["id"]);
+    let events = get(&app, &key, "/api/v1/events?type=invoice.paid&limit=100").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_declined_first_invoice_leaves_the_subscription_incomplete_then_expired_and_void() {
+    let app = spawn_app().await;
+    let t = app.register("declines@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4000000000009995")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan, "quantity": 3}]}),
+    )
+    .await;
+    let (id, invoice) = (s(&sub["id"]), s(&sub["latest_invoice"]));
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let p = &payments["data"][0];
+    assert_eq!(p["status"], "failed");
+    assert_eq!(p["failure_code"], "insufficient_funds");
+    assert_eq!(p["hard_decline"], false);
+    assert_eq!(p["amount"], 3 * 2999);
+    let sub = get(&app, &key, &format!("/api/v1/subscriptions/{id}")).await;
+    assert_eq!(sub["status"], "incomplete");
+    let inv = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(inv["status"], "open");
+    assert_eq!(inv["attempt_count"], 1);
+
+    // 22 hours on, nothing; 23 hours after creation it expires and its invoice is void.
+    app.clock.advance(Duration::from_secs(22 * 3600));
+    assert!(run_due(&app, scope).await.is_empty());
+    app.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        run_due(&app, scope).await,
+        vec!["subscription.expire_incomplete"]
+    );
+    let sub = get(&app, &key, &format!("/api/v1/subscriptions/{id}")).await;
+    assert_eq!(sub["status"], "incomplete_expired");
+    assert!(!sub["ended_at"].is_null());
+    let inv = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(inv["status"], "void");
+    // Its period's renewal, when due, does nothing for an expired subscription.
+    app.clock.advance(DAY * 31);
+    assert_eq!(run_due(&app, scope).await, vec!["subscription.renew"]);
+    assert_eq!(invoices_of(&app, &key, &id).await.len(), 1);
+    // And the customer can go now.
+    let resp = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/customers/{customer}"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_trial_bills_nothing_until_it_ends_and_without_a_card_the_subscription_pauses() {
+    let app = spawn_app().await;
+    let t = app.register("trials@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (with_card, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let (without, _) = customer_and_plan(&app, &key, None).await;
+    let trial = |customer: &str| json!({"customer": customer, "items": [{"plan": plan}], "trial_period_days": 14});
+    let a = subscribe(&app, &key, trial(&with_card)).await;
+    let b = subscribe(&app, &key, trial(&without)).await;
+    for sub in [&a, &b] {
+        assert_eq!(sub["status"], "trialing");
+        assert!(sub["latest_invoice"].is_null());
+        assert_eq!(sub["current_period_end"], sub["trial_end"]);
+        assert_eq!(sub["billing_cycle_anchor"], sub["trial_end"]);
+        let days = (time(&sub["trial_end"]) - time(&sub["trial_start"])).num_days();
+        assert_eq!(days, 14);
+    }
+    app.clock.advance(DAY * 13);
+    assert!(run_due(&app, scope).await.is_empty());
+    app.clock.advance(DAY * 2);
+    run_due(&app, scope).await;
+
+    let a = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&a["id"])),
+    )
+    .await;
+    assert_eq!(a["status"], "active");
+    let invoices = invoices_of(&app, &key, &s(&a["id"])).await;
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(invoices[0]["status"], "paid");
+    assert_eq!(invoices[0]["period_start"], a["trial_end"]);
+    assert_eq!(invoices[0]["period_end"], a["current_period_end"]);
+
+    let b = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&b["id"])),
+    )
+    .await;
+    assert_eq!(b["status"], "paused");
+    assert!(invoices_of(&app, &key, &s(&b["id"])).await.is_empty());
+    // Paused periods go on without invoices; resumed, the next one is invoiced.
+    app.clock.advance(DAY * 31);
+    run_due(&app, scope).await;
+    assert!(invoices_of(&app, &key, &s(&b["id"])).await.is_empty());
+    let resumed = json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{}/resume", s(&b["id"])),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resumed["status"], "active");
+    app.clock.advance(DAY * 31);
+    run_due(&app, scope).await;
+    let invoices = invoices_of(&app, &key, &s(&b["id"])).await;
+    assert_eq!(invoices.len(), 1, "{invoices:?}");
+    // No card: the charge fails and the subscription is past due.
+    let b = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&b["id"])),
+    )
+    .await;
+    assert_eq!(b["status"], "past_due");
+    let p = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments?invoice={}", s(&invoices[0]["id"])),
+    )
+    .await;
+    assert_eq!(p["data"][0]["failure_code"], "payment_method_missing");
+}
+
+#[tokio::test]
+async fn a_cancel_while_the_renewal_is_queued_and_a_cancel_at_period_end_invoice_nothing_more() {
+    let app = spawn_app().await;
+    let t = app.register("cancels@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let body = json!({"customer": customer, "items": [{"plan": plan}]});
+    let now_sub = subscribe(&app, &key, body.clone()).await;
+    let later_sub = subscribe(&app, &key, body).await;
+    run_due(&app, scope).await;
+
+    // The customer has live subscriptions: it cannot be deleted.
+    let resp = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/customers/{customer}"),
+            &key,
+            None,
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::CONFLICT, "customer_has_subscription").await;
+    assert!(s(&problem["detail"]).contains("sub_"), "{problem}");
+
+    let canceled = json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{}/cancel", s(&now_sub["id"])),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(canceled["status"], "canceled");
+    let scheduled = json_of(
+        app.send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/subscriptions/{}", s(&later_sub["id"])),
+            &key,
+            Some(&json!({"cancel_at_period_end": true})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(scheduled["cancel_at_period_end"], true);
+    assert_eq!(scheduled["status"], "active");
+    // Canceling twice is a conflict naming the status.
+    let again = app
+        .post(
+            &format!("/api/v1/subscriptions/{}/cancel", s(&now_sub["id"])),
+            &key,
+            &json!({}),
+        )
+        .await;
+    let problem = assert_problem(again, StatusCode::CONFLICT, "invalid_subscription_status").await;
+    assert!(s(&problem["detail"]).contains("canceled"), "{problem}");
+
+    // Both renewals were queued; when due, neither invoices.
+    app.clock.advance(DAY * 32);
+    assert_eq!(
+        run_due(&app, scope).await,
+        vec![
+            "subscription.expire_incomplete",
+            "subscription.expire_incomplete",
+            "subscription.renew",
+            "subscription.renew"
+        ]
+    );
+    for sub in [&now_sub, &later_sub] {
+        assert_eq!(invoices_of(&app, &key, &s(&sub["id"])).await.len(), 1);
+    }
+    let later = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&later_sub["id"])),
+    )
+    .await;
+    assert_eq!(later["status"], "canceled");
+    assert_eq!(later["ended_at"], later_sub["current_period_end"]);
+    let deleted = get(
+        &app,
+        &key,
+        "/api/v1/events?type=customer.subscription.deleted",
+    )
+    .await;
+    assert_eq!(deleted["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_charge_interrupted_after_its_attempt_was_recorded_resumes_with_the_same_key_once() {
+    let app = spawn_app().await;
+    let t = app.register("crashes@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = shared::ids::InvoiceId::parse(&s(&sub["latest_invoice"])).unwrap();
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let gateway = shared::payments::Gateway::for_mode(&stripe, false);
+    // Step 1 commits, then the run dies before the gateway answers.
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let started = invoices::start_attempt(
+        &mut uow,
+        scope,
+        &gateway,
+        invoice,
+        invoices::AttemptNumber::Exactly(1),
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    let invoices::Attempt::Charge { payment, .. } = started else {
+        panic!("a charge to make: {started:?}")
+    };
+    assert_eq!(payment.idempotency_key, format!("{invoice}-attempt-1"));
+    // While it is in flight, asking for the next attempt does not start a second charge.
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let resumed = invoices::start_attempt(
+        &mut uow,
+        scope,
+        &gateway,
+        invoice,
+        invoices::AttemptNumber::Next,
+    )
+    .await
+    .unwrap();
+    uow.rollback().await;
+    let invoices::Attempt::Charge { payment: same, .. } = resumed else {
+        panic!("the pending attempt: {resumed:?}")
+    };
+    assert_eq!(same.id, payment.id);
+
+    // The job runs again: the same attempt, with the same key, recorded once.
+    assert_eq!(run_due(&app, scope).await, vec!["invoice.pay"]);
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let data = payments["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{payments}");
+    assert_eq!(data[0]["id"], payment.id.to_string());
+    assert_eq!(data[0]["status"], "succeeded");
+    let inv = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(inv["status"], "paid");
+    assert_eq!(inv["amount_paid"], 2999);
+}
+
+#[tokio::test]
+async fn a_voided_invoice_is_never_charged_and_paying_on_request_queues_the_next_attempt_once() {
+    let app = spawn_app().await;
+    let t = app.register("voids@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4000000000000002")).await;
+    let body = json!({"customer": customer, "items": [{"plan": plan}]});
+    let voided = subscribe(&app, &key, body.clone()).await;
+    let retried = subscribe(&app, &key, body).await;
+    let void = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{}/void", s(&voided["latest_invoice"])),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(void["status"], "void");
+    assert_eq!(void["amount_remaining"], 0);
+    run_due(&app, scope).await;
+    let none = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments?invoice={}", s(&voided["latest_invoice"])),
+    )
+    .await;
+    assert!(none["data"].as_array().unwrap().is_empty(), "{none}");
+    let again = app
+        .post(
+            &format!("/api/v1/invoices/{}/pay", s(&voided["latest_invoice"])),
+            &key,
+            &json!({}),
+        )
+        .await;
+    assert_problem(again, StatusCode::CONFLICT, "invalid_invoice_status").await;
+
+    // The other one was declined; pay it again on request, twice before the worker runs.
+    let invoice = s(&retried["latest_invoice"]);
+    for _ in 0..2 {
+        let resp = app
+            .post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
+            .await;
+        json_of(resp, StatusCode::ACCEPTED).await;
+    }
+    assert_eq!(run_due(&app, scope).await, vec!["invoice.pay"]);
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let attempts: Vec<i64> = payments["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(attempts, vec![2, 1], "{payments}");
+    let inv = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(inv["attempt_count"], 2);
+    let uncollectible = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{invoice}/mark-uncollectible"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(uncollectible["status"], "uncollectible");
+}
+
+#[tokio::test]
+async fn bad_subscriptions_are_refused_field_by_field_and_other_tenants_see_nothing() {
+    let app = spawn_app().await;
+    let t = app.register("bad-subs@acme.com").await;
+    let other = app.register("other-subs@acme.com").await;
+    let key = t.sk_test();
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let eur = json_of(
+        app.post(
+            "/api/v1/plans",
+            &key,
+            &json!({"name": "Euro", "price_cents": 1000, "billing_interval": "month", "currency": "eur"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let yearly = json_of(
+        app.post(
+            "/api/v1/plans",
+            &key,
+            &json!({"name": "Yearly", "price_cents": 10000, "billing_interval": "year"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let missing_customer = "cus_01m80000000000000000000000";
+    let cases = vec![
+        (json!({"customer": customer, "items": []}), "items"),
+        (
+            json!({"customer": missing_customer, "items": [{"plan": plan}]}),
+            "customer",
+        ),
+        (
+            json!({"customer": "nope", "items": [{"plan": plan}]}),
+            "customer",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan, "price": eur["price_id"]}]}),
+            "items[0]",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}, {"plan": eur["id"]}]}),
+            "items[1].plan",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}, {"plan": yearly["id"]}]}),
+            "items[1].plan",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}, {"plan": plan}]}),
+            "items[1]",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan, "quantity": 0}]}),
+            "items[0].quantity",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "trial_period_days": 731}),
+            "trial_period_days",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "trial_period_days": 3, "trial_end": "2099-01-01T00:00:00Z"}),
+            "trial_end",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "trial_end": "2020-01-01T00:00:00Z"}),
+            "trial_end",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "days_until_due": 5}),
+            "days_until_due",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "collection_method": "send_invoice", "days_until_due": 366}),
+            "days_until_due",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "collection_method": "cash"}),
+            "collection_method",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": plan}], "proration_behavior": "sometimes"}),
+            "proration_behavior",
+        ),
+        (
+            json!({"customer": customer, "items": [{"plan": other_plan_placeholder()}]}),
+            "items[0].plan",
+        ),
+    ];
+    for (body, field) in cases {
+        let resp = app.post("/api/v1/subscriptions", &key, &body).await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{body} → {problem}");
+    }
+    assert_eq!(app.count("subscriptions").await, 0, "nothing written");
+
+    // A subscription in usd: the customer now pays in usd, and a euro one is refused.
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}], "collection_method": "send_invoice"}),
+    )
+    .await;
+    assert_eq!(sub["status"], "active", "sent invoices leave it active");
+    assert_eq!(sub["days_until_due"], 30);
+    let inv = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    let due = (time(&inv["due_date"]) - time(&inv["finalized_at"])).num_days();
+    assert_eq!(due, 30);
+    let resp = app
+        .post(
+            "/api/v1/subscriptions",
+            &key,
+            &json!({"customer": customer, "items": [{"plan": eur["id"]}]}),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+
+    // Another tenant, and the live mode, find none of it.
+    let id = s(&sub["id"]);
+    let invoice = s(&sub["latest_invoice"]);
+    for (cred, name) in [
+        (other.sk_test(), "other tenant"),
+        (t.sk_live(), "live mode"),
+    ] {
+        for path in [
+            format!("/api/v1/subscriptions/{id}"),
+            format!("/api/v1/invoices/{invoice}"),
+        ] {
+            let resp = app.get(&path, &cred).await;
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{name}: {path}");
+        }
+        for path in [
+            format!("/api/v1/subscriptions/{id}/cancel"),
+            format!("/api/v1/invoices/{invoice}/void"),
+        ] {
+            let resp = app.post(&path, &cred, &json!({})).await;
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{name}: {path}");
+        }
+        let list = get(&app, &cred, "/api/v1/subscriptions").await;
+        assert!(list["data"].as_array().unwrap().is_empty(), "{name}");
+        let list = get(&app, &cred, "/api/v1/invoices").await;
+        assert!(list["data"].as_array().unwrap().is_empty(), "{name}");
+    }
+}
+
+/// A plan id no tenant has.
+fn other_plan_placeholder() -> &'static str {
+    "plan_01m80000000000000000000000"
+}

@@ -1,0 +1,731 @@
+//! Subscriptions: created for a customer with items of one currency and interval, billed per
+//! period from their anchor in the customer's timezone, and changed only through the status
+//! machine of [`crate::domain::subscription`]. Every status change records its event.
+//!
+//! Time is driven by jobs queued in the transaction that makes them due: a subscription's
+//! period end queues `subscription.renew` for (subscription, period), its first invoice queues
+//! `invoice.pay` for (invoice, attempt 1) and `subscription.expire_incomplete` 23 hours later.
+//! Each job re-reads the subscription under its lock and does nothing when what it was queued
+//! for no longer holds (a canceled subscription, a period already renewed).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, events, invoices};
+use crate::{
+    db::{
+        self,
+        pagination::{Page, PageRequest},
+        subscriptions::{ItemRow, NewItem, SubscriptionRow},
+    },
+    domain::{
+        catalog::Metadata,
+        interval::Interval,
+        invoice::InvoiceStatus,
+        period::{Anchor, Period},
+        subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
+    },
+    ids::{CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
+    jobs::{self, Job},
+    tenancy::Scope,
+    uow::UnitOfWork,
+};
+
+const WHAT: &str = "subscription";
+
+/// How long a first invoice may stay unpaid before the subscription expires.
+pub const INCOMPLETE_FOR: Duration = Duration::hours(23);
+/// The longest trial.
+pub const MAX_TRIAL_DAYS: i64 = 730;
+/// Items per subscription, as Stripe allows.
+pub const MAX_ITEMS: usize = 20;
+/// The largest quantity of an item.
+pub const MAX_QUANTITY: u32 = 1_000_000;
+
+/// What an item bills: a price, or a plan (its price).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemRef {
+    Price(PriceId),
+    Plan(PlanId),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ItemSpec {
+    pub what: ItemRef,
+    pub quantity: u32,
+}
+
+/// The trial a subscription starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trial {
+    /// The prices' own trial (`trial_days` of a plan), if any.
+    FromPrices,
+    Days(u32),
+    Until(DateTime<Utc>),
+}
+
+#[derive(Debug)]
+pub struct SubscriptionSpec<'a> {
+    pub customer: CustomerId,
+    pub items: &'a [ItemSpec],
+    pub trial: Trial,
+    pub collection_method: CollectionMethod,
+    /// For `send_invoice`: days from finalization until an invoice is due (default 30).
+    pub days_until_due: Option<u32>,
+    pub proration_behavior: ProrationBehavior,
+    pub metadata: &'a Metadata,
+}
+
+/// A subscription with its items.
+#[derive(Debug, Clone)]
+pub struct SubscriptionView {
+    pub subscription: SubscriptionRow,
+    pub items: Vec<ItemRow>,
+}
+
+impl SubscriptionView {
+    pub fn to_json(&self) -> serde_json::Value {
+        self.subscription.to_json(&self.items)
+    }
+}
+
+/// The billing terms every item of a subscription shares.
+struct Terms {
+    currency: String,
+    interval: Interval,
+    trial_days: i32,
+}
+
+/// Resolves plans to their prices and checks that every price can be subscribed to together.
+async fn resolve_items(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    specs: &[ItemSpec],
+) -> ServiceResult<(Vec<NewItem>, Terms)> {
+    if specs.is_empty() || specs.len() > MAX_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("must list 1 to {MAX_ITEMS} items"),
+        ));
+    }
+    let plans: Vec<uuid::Uuid> = specs
+        .iter()
+        .filter_map(|s| match s.what {
+            ItemRef::Plan(p) => Some(p.as_uuid()),
+            ItemRef::Price(_) => None,
+        })
+        .collect();
+    let plan_prices: HashMap<uuid::Uuid, PriceId> =
+        db::subscriptions::plan_prices(uow.conn(), scope, &plans)
+            .await?
+            .into_iter()
+            .collect();
+    let mut prices = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        let price = match s.what {
+            ItemRef::Price(p) => p,
+            ItemRef::Plan(p) => *plan_prices
+                .get(&p.as_uuid())
+                .ok_or_else(|| ServiceError::invalid(format!("items[{i}].plan"), "no such plan"))?,
+        };
+        if prices.contains(&price) {
+            return Err(ServiceError::invalid(
+                format!("items[{i}]"),
+                "bills the same price as another item",
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(&s.quantity) {
+            return Err(ServiceError::invalid(
+                format!("items[{i}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+        prices.push(price);
+    }
+    let ids: Vec<uuid::Uuid> = prices.iter().map(|p| p.as_uuid()).collect();
+    let terms: HashMap<PriceId, db::subscriptions::PriceTerms> =
+        db::subscriptions::price_terms(uow.conn(), scope, &ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+    let mut shared: Option<Terms> = None;
+    let mut items = Vec::with_capacity(specs.len());
+    for (i, (price, spec)) in prices.iter().zip(specs).enumerate() {
+        let field = match spec.what {
+            ItemRef::Price(_) => format!("items[{i}].price"),
+            ItemRef::Plan(_) => format!("items[{i}].plan"),
+        };
+        let t = terms
+            .get(price)
+            .ok_or_else(|| ServiceError::invalid(&field, "no such price"))?;
+        if !t.active {
+            return Err(ServiceError::invalid(&field, "is archived"));
+        }
+        if t.metered {
+            return Err(ServiceError::invalid(
+                &field,
+                "is metered: usage-based prices cannot be subscribed to yet",
+            ));
+        }
+        let interval = match (t.interval.as_deref(), t.interval_count) {
+            (Some(unit), Some(count)) => Interval::from_stored(unit, count)
+                .map_err(|e| ServiceError::internal(format!("stored interval: {e}")))?,
+            _ => {
+                return Err(ServiceError::invalid(
+                    &field,
+                    "is a one-time price: a subscription needs recurring prices",
+                ));
+            }
+        };
+        match &mut shared {
+            None => {
+                shared = Some(Terms {
+                    currency: t.currency.clone(),
+                    interval,
+                    trial_days: t.trial_days,
+                })
+            }
+            Some(s) if s.currency != t.currency => {
+                return Err(ServiceError::invalid(&field, "has another currency"));
+            }
+            Some(s) if s.interval != interval => {
+                return Err(ServiceError::invalid(&field, "recurs differently"));
+            }
+            Some(s) => s.trial_days = s.trial_days.max(t.trial_days),
+        }
+        items.push(NewItem {
+            id: SubscriptionItemId::new(),
+            price_id: *price,
+            quantity: i64::from(spec.quantity),
+        });
+    }
+    let terms = shared.ok_or_else(|| ServiceError::invalid("items", "must not be empty"))?;
+    Ok((items, terms))
+}
+
+fn parse_tz(name: &str) -> ServiceResult<chrono_tz::Tz> {
+    name.parse()
+        .map_err(|_| ServiceError::internal(format!("stored timezone `{name}`")))
+}
+
+fn interval_of(sub: &SubscriptionRow) -> ServiceResult<Interval> {
+    Interval::from_stored(&sub.interval, sub.interval_count)
+        .map_err(|e| ServiceError::internal(format!("stored interval: {e}")))
+}
+
+fn anchor_of(sub: &SubscriptionRow) -> ServiceResult<Anchor> {
+    Ok(Anchor::new(
+        sub.billing_cycle_anchor,
+        parse_tz(&sub.timezone)?,
+    ))
+}
+
+fn period_of(anchor: Anchor, interval: Interval, n: i32) -> ServiceResult<Period> {
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| anchor.period(interval, n))
+        .ok_or_else(|| ServiceError::internal("a period beyond the calendar"))
+}
+
+/// The renewal of the period that ends now, due at its end.
+fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
+    Job::RenewSubscription {
+        subscription: sub.id,
+        period_start: sub.current_period_end,
+    }
+    .to_new(Some(scope), sub.current_period_end)
+}
+
+/// Creates a subscription. Without a trial its first period is invoiced at once: paid when
+/// nothing is due; otherwise `incomplete` until the charge succeeds (charge automatically) or
+/// `active` with the invoice sent (send invoice). With a trial it is `trialing` until the trial
+/// ends, and the first period starts then.
+pub async fn create_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    spec: SubscriptionSpec<'_>,
+) -> ServiceResult<SubscriptionView> {
+    let now = uow.now().trunc_subsecs(0);
+    let days_until_due = match (spec.collection_method, spec.days_until_due) {
+        (CollectionMethod::ChargeAutomatically, Some(_)) => {
+            return Err(ServiceError::invalid(
+                "days_until_due",
+                "applies only to collection_method send_invoice",
+            ));
+        }
+        (CollectionMethod::ChargeAutomatically, None) => None,
+        (CollectionMethod::SendInvoice, d) => {
+            let d = d.unwrap_or(30);
+            if d > 365 {
+                return Err(ServiceError::invalid(
+                    "days_until_due",
+                    "must be between 0 and 365",
+                ));
+            }
+            Some(i32::try_from(d).unwrap_or(30))
+        }
+    };
+    let customer = db::customers::lock(uow.conn(), scope, spec.customer)
+        .await
+        .map_err(|e| match e {
+            db::DbError::NotFound => ServiceError::invalid("customer", "no such customer"),
+            other => other.into(),
+        })?;
+    let (items, terms) = resolve_items(uow, scope, spec.items).await?;
+    if let Some(c) = customer.currency.as_deref()
+        && c != terms.currency
+    {
+        return Err(ServiceError::invalid(
+            "items",
+            format!(
+                "are priced in {}, and the customer pays in {c}",
+                terms.currency
+            ),
+        ));
+    }
+    if customer.currency.is_none() {
+        // A customer pays in one currency: the first subscription's, from now on.
+        db::customers::update(
+            uow.conn(),
+            scope,
+            customer.id,
+            db::customers::CustomerChanges {
+                currency: Some(&terms.currency),
+                ..Default::default()
+            },
+            now,
+        )
+        .await?;
+    }
+    let trial_end = match spec.trial {
+        Trial::FromPrices if terms.trial_days > 0 => {
+            Some(now + Duration::days(i64::from(terms.trial_days)))
+        }
+        Trial::FromPrices | Trial::Days(0) => None,
+        Trial::Days(d) if i64::from(d) > MAX_TRIAL_DAYS => {
+            return Err(ServiceError::invalid(
+                "trial_period_days",
+                format!("must be at most {MAX_TRIAL_DAYS}"),
+            ));
+        }
+        Trial::Days(d) => Some(now + Duration::days(i64::from(d))),
+        Trial::Until(end) if end <= now => {
+            return Err(ServiceError::invalid("trial_end", "must be in the future"));
+        }
+        Trial::Until(end) if end > now + Duration::days(MAX_TRIAL_DAYS) => {
+            return Err(ServiceError::invalid(
+                "trial_end",
+                format!("must be at most {MAX_TRIAL_DAYS} days ahead"),
+            ));
+        }
+        Trial::Until(end) => Some(end.trunc_subsecs(0)),
+    };
+    let tz = parse_tz(&customer.timezone)?;
+    // Periods count from the trial's end when there is one.
+    let anchor = Anchor::new(trial_end.unwrap_or(now), tz);
+    let first = period_of(anchor, terms.interval, 0)?;
+    let (status, index, period) = match trial_end {
+        Some(end) => (SubscriptionStatus::Trialing, -1, Period { start: now, end }),
+        None => (SubscriptionStatus::Incomplete, 0, first),
+    };
+    let mut sub = SubscriptionRow {
+        id: SubscriptionId::new(),
+        tenant_id: scope.tenant_id(),
+        livemode: scope.livemode(),
+        customer_id: customer.id,
+        status,
+        currency: terms.currency.clone(),
+        interval: terms.interval.unit().as_str().to_owned(),
+        interval_count: i32::try_from(terms.interval.count()).unwrap_or(1),
+        timezone: customer.timezone.clone(),
+        billing_cycle_anchor: anchor.instant(),
+        current_period_index: index,
+        current_period_start: period.start,
+        current_period_end: period.end,
+        trial_start: trial_end.map(|_| now),
+        trial_end,
+        collection_method: spec.collection_method.as_str().to_owned(),
+        days_until_due,
+        proration_behavior: spec.proration_behavior.as_str().to_owned(),
+        cancel_at_period_end: false,
+        canceled_at: None,
+        ended_at: None,
+        latest_invoice_id: None,
+        metadata: spec.metadata.to_json(),
+        created_at: now,
+        updated_at: now,
+    };
+    db::subscriptions::insert(uow.conn(), scope, &sub).await?;
+    db::subscriptions::insert_items(uow.conn(), scope, sub.id, &items, now).await?;
+    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    let mut due = vec![renewal(scope, &sub)];
+    if trial_end.is_none() {
+        let (invoice, _) =
+            invoices::invoice_period(uow, scope, &sub, &items, first, "subscription_create")
+                .await?;
+        sub.latest_invoice_id = Some(invoice.id);
+        let charge = spec.collection_method == CollectionMethod::ChargeAutomatically;
+        if invoice.status == InvoiceStatus::Paid || !charge {
+            sub.status = SubscriptionStatus::Active;
+        } else {
+            due.push(
+                Job::PayInvoice {
+                    invoice: invoice.id,
+                    attempt: 1,
+                }
+                .to_new(Some(scope), now),
+            );
+            due.push(
+                Job::ExpireIncomplete {
+                    subscription: sub.id,
+                }
+                .to_new(Some(scope), now + INCOMPLETE_FOR),
+            );
+        }
+        db::subscriptions::save(uow.conn(), scope, &sub).await?;
+    }
+    jobs::enqueue(uow.conn(), &due, now).await?;
+    let view = SubscriptionView {
+        subscription: sub,
+        items,
+    };
+    events::record(uow, scope, "customer.subscription.created", view.to_json()).await?;
+    Ok(view)
+}
+
+async fn view(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: SubscriptionRow,
+) -> ServiceResult<SubscriptionView> {
+    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    Ok(SubscriptionView {
+        subscription: sub,
+        items,
+    })
+}
+
+/// Saves a status change and records its event.
+pub(crate) async fn move_to(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &mut SubscriptionRow,
+    next: SubscriptionStatus,
+    transition: Transition,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    let changed = sub.status != next;
+    sub.status = next;
+    sub.updated_at = now;
+    if next == SubscriptionStatus::Canceled || next == SubscriptionStatus::IncompleteExpired {
+        sub.canceled_at.get_or_insert(now);
+        sub.ended_at = Some(now);
+        sub.cancel_at_period_end = false;
+    }
+    db::subscriptions::save(uow.conn(), scope, sub).await?;
+    if changed {
+        let v = view(uow, scope, sub.clone()).await?;
+        events::record(uow, scope, next.event_type(transition), v.to_json()).await?;
+    }
+    Ok(())
+}
+
+pub async fn get_subscription(
+    pool: &PgPool,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<SubscriptionView> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    let subscription = db::subscriptions::get(&mut conn, scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let items = db::subscriptions::items(&mut *conn, scope, &[id.as_uuid()]).await?;
+    Ok(SubscriptionView {
+        subscription,
+        items,
+    })
+}
+
+pub async fn list_subscriptions(
+    pool: &PgPool,
+    scope: Scope,
+    customer: Option<CustomerId>,
+    status: Option<SubscriptionStatus>,
+    page: PageRequest,
+) -> ServiceResult<Page<SubscriptionView>> {
+    let page = db::subscriptions::list(pool, scope, customer, status, page).await?;
+    let ids: Vec<uuid::Uuid> = page.items.iter().map(|s| s.id.as_uuid()).collect();
+    let mut items: HashMap<SubscriptionId, Vec<ItemRow>> = HashMap::new();
+    for i in db::subscriptions::items(pool, scope, &ids).await? {
+        items.entry(i.subscription_id).or_default().push(i);
+    }
+    Ok(Page {
+        has_more: page.has_more,
+        items: page
+            .items
+            .into_iter()
+            .map(|s| SubscriptionView {
+                items: items.remove(&s.id).unwrap_or_default(),
+                subscription: s,
+            })
+            .collect(),
+    })
+}
+
+fn illegal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::conflict("invalid_subscription_status", e.to_string())
+}
+
+async fn lock(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<SubscriptionRow> {
+    db::subscriptions::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))
+}
+
+/// Cancels now: nothing more is invoiced or charged. An incomplete subscription's first
+/// invoice is voided with it.
+pub async fn cancel_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<SubscriptionView> {
+    let mut sub = lock(uow, scope, id).await?;
+    let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
+    if sub.status == SubscriptionStatus::Incomplete {
+        void_first_invoice(uow, scope, &sub).await?;
+    }
+    move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
+    view(uow, scope, sub).await
+}
+
+async fn void_first_invoice(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+) -> ServiceResult<()> {
+    if let Some(invoice) = sub.latest_invoice_id {
+        let mut invoice = db::invoices::lock(uow.conn(), scope, invoice).await?;
+        if invoice.status.is_payable() {
+            invoices::void_locked(uow, scope, &mut invoice).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Changes that need no new invoice.
+#[derive(Debug, Default)]
+pub struct SubscriptionChanges<'a> {
+    pub cancel_at_period_end: Option<bool>,
+    pub proration_behavior: Option<ProrationBehavior>,
+    pub metadata: Option<&'a Metadata>,
+}
+
+/// Schedules (or undoes) a cancel at the period's end, and changes the defaults and metadata.
+pub async fn update_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+    changes: SubscriptionChanges<'_>,
+) -> ServiceResult<SubscriptionView> {
+    let now = uow.now();
+    let mut sub = lock(uow, scope, id).await?;
+    let before = sub.clone();
+    if let Some(at_end) = changes.cancel_at_period_end {
+        if !sub.status.is_live() {
+            return Err(illegal(format!(
+                "cannot schedule the cancel of a subscription that is {}",
+                sub.status
+            )));
+        }
+        sub.cancel_at_period_end = at_end;
+        sub.canceled_at = at_end.then_some(now);
+    }
+    if let Some(p) = changes.proration_behavior {
+        sub.proration_behavior = p.as_str().to_owned();
+    }
+    if let Some(m) = changes.metadata {
+        sub.metadata = m.to_json();
+    }
+    let changed = sub.cancel_at_period_end != before.cancel_at_period_end
+        || sub.proration_behavior != before.proration_behavior
+        || sub.metadata != before.metadata;
+    if changed {
+        sub.updated_at = now;
+        db::subscriptions::save(uow.conn(), scope, &sub).await?;
+        let v = view(uow, scope, sub).await?;
+        events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;
+        return Ok(v);
+    }
+    view(uow, scope, sub).await
+}
+
+/// Pauses collection: periods go on, and none is invoiced until it resumes.
+pub async fn pause_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<SubscriptionView> {
+    let mut sub = lock(uow, scope, id).await?;
+    let next = sub.status.apply(Transition::Pause).map_err(illegal)?;
+    move_to(uow, scope, &mut sub, next, Transition::Pause).await?;
+    view(uow, scope, sub).await
+}
+
+/// Resumes collection: the next period is invoiced at its start.
+pub async fn resume_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<SubscriptionView> {
+    let mut sub = lock(uow, scope, id).await?;
+    let next = sub.status.apply(Transition::Resume).map_err(illegal)?;
+    move_to(uow, scope, &mut sub, next, Transition::Resume).await?;
+    view(uow, scope, sub).await
+}
+
+/// What a renewal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The job was for a period that is no longer current, or the subscription is over.
+    Stale,
+    /// Canceled at the period's end, as scheduled.
+    Canceled,
+    /// The trial ended without a payment method: paused.
+    Paused,
+    /// The next period started; `invoice` when one was made (a paused subscription has none).
+    Renewed {
+        invoice: Option<crate::ids::InvoiceId>,
+    },
+}
+
+/// Closes the period of `sub` that ends at `period_end` (a `subscription.renew` job): cancels
+/// at the period's end when scheduled, ends the trial, or starts the next period, invoicing it
+/// and queueing its charge. Does nothing when that period is no longer the current one, so a
+/// job that runs twice, late or after a cancel changes nothing.
+pub async fn renew(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+    period_end: DateTime<Utc>,
+) -> ServiceResult<Renewal> {
+    let now = uow.now();
+    let mut sub = match db::subscriptions::lock(uow.conn(), scope, id).await {
+        Ok(sub) => sub,
+        Err(db::DbError::NotFound) => return Ok(Renewal::Stale),
+        Err(e) => return Err(e.into()),
+    };
+    if !sub.status.is_live() || sub.current_period_end != period_end || now < period_end {
+        return Ok(Renewal::Stale);
+    }
+    if sub.status == SubscriptionStatus::Incomplete {
+        // Its first invoice is unpaid: it expires rather than renews.
+        return Ok(Renewal::Stale);
+    }
+    if sub.cancel_at_period_end {
+        let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
+        move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
+        sub.ended_at = Some(period_end);
+        db::subscriptions::save(uow.conn(), scope, &sub).await?;
+        return Ok(Renewal::Canceled);
+    }
+    let charge = sub.collection_method == CollectionMethod::ChargeAutomatically.as_str();
+    if sub.status == SubscriptionStatus::Trialing {
+        let has_method = db::customers::default_payment_token(uow.conn(), scope, sub.customer_id)
+            .await?
+            .is_some();
+        let transition = if charge && !has_method {
+            Transition::TrialEndedWithoutPaymentMethod
+        } else {
+            Transition::TrialEnded
+        };
+        let next = sub.status.apply(transition).map_err(illegal)?;
+        move_to(uow, scope, &mut sub, next, transition).await?;
+        if next == SubscriptionStatus::Paused {
+            // The first period starts anyway; it is invoiced once collection resumes.
+            advance(&mut sub, 0)?;
+            save_and_queue(uow, scope, &sub).await?;
+            return Ok(Renewal::Paused);
+        }
+    }
+    let index = sub.current_period_index + 1;
+    advance(&mut sub, index)?;
+    if sub.status == SubscriptionStatus::Paused {
+        save_and_queue(uow, scope, &sub).await?;
+        return Ok(Renewal::Renewed { invoice: None });
+    }
+    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    let period = Period {
+        start: sub.current_period_start,
+        end: sub.current_period_end,
+    };
+    let (invoice, made) =
+        invoices::invoice_period(uow, scope, &sub, &items, period, "subscription_cycle").await?;
+    sub.latest_invoice_id = Some(invoice.id);
+    save_and_queue(uow, scope, &sub).await?;
+    if made && charge && invoice.status.is_payable() {
+        let job = Job::PayInvoice {
+            invoice: invoice.id,
+            attempt: 1,
+        };
+        jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+    }
+    let v = view(uow, scope, sub).await?;
+    events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;
+    Ok(Renewal::Renewed {
+        invoice: Some(invoice.id),
+    })
+}
+
+/// Makes period `index` the current one.
+fn advance(sub: &mut SubscriptionRow, index: i32) -> ServiceResult<()> {
+    let period = period_of(anchor_of(sub)?, interval_of(sub)?, index)?;
+    sub.current_period_index = index;
+    sub.current_period_start = period.start;
+    sub.current_period_end = period.end;
+    Ok(())
+}
+
+async fn save_and_queue(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    let mut sub = sub.clone();
+    sub.updated_at = now;
+    db::subscriptions::save(uow.conn(), scope, &sub).await?;
+    jobs::enqueue(uow.conn(), &[renewal(scope, &sub)], now).await?;
+    Ok(())
+}
+
+/// Expires a subscription whose first invoice is still unpaid (`subscription.expire_incomplete`,
+/// 23 hours after creation): the invoice is voided. A subscription that was paid meanwhile (or
+/// canceled) is left as it is; returns whether it expired.
+pub async fn expire_incomplete(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<bool> {
+    let mut sub = match db::subscriptions::lock(uow.conn(), scope, id).await {
+        Ok(sub) => sub,
+        Err(db::DbError::NotFound) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if sub.status != SubscriptionStatus::Incomplete || uow.now() < sub.created_at + INCOMPLETE_FOR {
+        return Ok(false);
+    }
+    void_first_invoice(uow, scope, &sub).await?;
+    let next = sub
+        .status
+        .apply(Transition::FirstInvoiceExpired)
+        .map_err(illegal)?;
+    move_to(uow, scope, &mut sub, next, Transition::FirstInvoiceExpired).await?;
+    Ok(true)
+}
