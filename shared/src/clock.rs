@@ -17,6 +17,16 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock stopped at one instant: a test clock's time while an advance runs a job.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
 /// The wall clock moved forward by an offset that tests advance: whatever reads it sees time
 /// jump (caches expire, keys age), and nothing has to sleep.
 #[derive(Debug, Default)]

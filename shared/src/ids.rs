@@ -208,6 +208,11 @@ define_id!(
     PaymentId,
     "py"
 );
+define_id!(
+    /// A test clock: a frozen time for test-mode customers, moved forward by hand.
+    TestClockId,
+    "clock"
+);
 
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);

@@ -45,6 +45,11 @@ impl UnitOfWork {
         self.now
     }
 
+    /// Acts at another time from now on: a test clock's, for work on its customers.
+    pub fn travel_to(&mut self, now: DateTime<Utc>) {
+        self.now = now;
+    }
+
     /// Runs `f` once the work has committed, and not at all if it does not: forgetting cached
     /// credentials, say, which must not happen before the change is visible to others.
     pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {

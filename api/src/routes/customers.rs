@@ -15,7 +15,7 @@ use shared::{
         email::Email,
         money::Currency,
     },
-    ids::{CustomerId, PaymentMethodId},
+    ids::{CustomerId, PaymentMethodId, TestClockId},
     payments::Gateway,
     service::customers::{
         self as service, CustomerRow, CustomerSpec, CustomerUpdate, PaymentMethodRow,
@@ -112,6 +112,10 @@ pub struct CustomerIn {
     pub invoice_prefix: Option<String>,
     #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
+    /// A test clock (`clock_…`, test mode only) whose time the customer lives in; it never
+    /// changes.
+    #[oai(nullable)]
+    pub test_clock: Option<String>,
 }
 
 /// Changes to a customer: an absent or `null` field stays as it is; an empty string clears
@@ -166,6 +170,9 @@ pub struct CustomerOut {
     pub metadata: serde_json::Value,
     /// Credit in minor units of `currency`, applied to the customer's next invoices.
     pub balance: i64,
+    /// The test clock it lives on (`clock_…`).
+    #[oai(nullable)]
+    pub test_clock: Option<String>,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -205,6 +212,7 @@ impl From<CustomerRow> for CustomerOut {
             invoice_prefix: c.invoice_prefix,
             metadata: c.metadata,
             balance: c.balance,
+            test_clock: c.test_clock_id.map(|c| c.to_string()),
             livemode: c.livemode,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -423,6 +431,12 @@ impl CustomersApi {
             b.address,
             b.tax_ids,
         )?;
+        let test_clock = b
+            .test_clock
+            .as_deref()
+            .map(TestClockId::parse)
+            .transpose()
+            .map_err(|e| ApiError::validation("test_clock", e.to_string()))?;
         let mut work = Work::begin(req).await?;
         let row = service::create_customer(
             &mut work,
@@ -438,6 +452,7 @@ impl CustomersApi {
                 tax_exempt: b.tax_exempt.unwrap_or(false),
                 invoice_prefix: p.invoice_prefix.as_ref().and_then(Option::as_ref),
                 metadata,
+                test_clock,
             },
         )
         .await?;
@@ -749,6 +764,7 @@ mod tests {
             invoice_prefix: Some("JO".into()),
             metadata: json!({"k": "v"}),
             balance: 250,
+            test_clock_id: None,
             created_at: Utc.with_ymd_and_hms(2026, 1, 31, 1, 2, 3).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2026, 2, 1, 1, 2, 3).unwrap(),
         }

@@ -15,6 +15,7 @@ pub mod stripe;
 pub mod stripe_webhooks;
 pub mod subscriptions;
 pub mod tenants;
+pub mod test_clocks;
 pub mod users;
 pub mod webhook_endpoints;
 
@@ -65,6 +66,7 @@ pub type Apis = (
         subscriptions::SubscriptionsApi,
         invoices::InvoicesApi,
         invoices::PaymentsApi,
+        test_clocks::TestClocksApi,
     ),
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
@@ -90,6 +92,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 subscriptions::SubscriptionsApi,
                 invoices::InvoicesApi,
                 invoices::PaymentsApi,
+                test_clocks::TestClocksApi,
             ),
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,

@@ -363,6 +363,8 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("SubscriptionPatch", "proration_behavior", proration_behavior()),
         ("SubscriptionPatch", "metadata", metadata()),
+        ("TestClockIn", "name", text(250)),
+        ("CustomerIn", "test_clock", id("clock")),
     ]);
     all
 }
@@ -466,6 +468,8 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/invoices", "status", invoice_status()),
         ("/api/v1/invoices", "starting_after", id("in")),
         ("/api/v1/invoices", "ending_before", id("in")),
+        ("/api/v1/test-clocks", "starting_after", id("clock")),
+        ("/api/v1/test-clocks", "ending_before", id("clock")),
         ("/api/v1/payments", "invoice", id("in")),
         ("/api/v1/payments", "starting_after", id("py")),
         ("/api/v1/payments", "ending_before", id("py")),

@@ -140,6 +140,9 @@ pub struct SubscriptionOut {
     #[oai(nullable)]
     pub latest_invoice: Option<String>,
     pub metadata: serde_json::Value,
+    /// The customer's test clock (`clock_…`), whose time the subscription follows.
+    #[oai(nullable)]
+    pub test_clock: Option<String>,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -181,6 +184,7 @@ impl From<SubscriptionView> for SubscriptionOut {
             ended_at: s.ended_at,
             latest_invoice: s.latest_invoice_id.map(|i| i.to_string()),
             metadata: s.metadata,
+            test_clock: s.test_clock_id.map(|c| c.to_string()),
             livemode: s.livemode,
             created_at: s.created_at,
             updated_at: s.updated_at,

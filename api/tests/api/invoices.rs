@@ -108,6 +108,7 @@ fn subscription_row(
         ended_at: None,
         latest_invoice_id: None,
         metadata: serde_json::json!({}),
+        test_clock_id: None,
         created_at: now,
         updated_at: now,
     }

@@ -24,5 +24,6 @@ mod startup;
 mod stripe_events;
 mod subscriptions;
 mod tenancy;
+mod test_clocks;
 mod users;
 mod webhooks;

@@ -48,6 +48,7 @@ const MISSING_ENDPOINT: &str = "we_01m80000000000000000000000";
 const MISSING_SUBSCRIPTION: &str = "sub_01m80000000000000000000000";
 const MISSING_INVOICE: &str = "in_01m80000000000000000000000";
 const MISSING_PAYMENT: &str = "py_01m80000000000000000000000";
+const MISSING_CLOCK: &str = "clock_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
 /// check): one that has no effect when allowed where it can (a missing object, a refused
@@ -396,6 +397,36 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             Method::GET,
             format!("/api/v1/payments/{MISSING_PAYMENT}"),
             none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/test-clocks".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/test-clocks/{MISSING_CLOCK}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/test-clocks".into(),
+            Some(json!({"frozen_time": "2026-01-01T00:00:00Z"})),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!("/api/v1/test-clocks/{MISSING_CLOCK}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/test-clocks/{MISSING_CLOCK}/advance"),
+            Some(json!({"frozen_time": "2026-02-01T00:00:00Z"})),
         ),
         (
             "write billing",

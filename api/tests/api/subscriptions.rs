@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use shared::{
     clock::Clock,
     jobs::Job,
-    service::{invoices, subscriptions},
+    service::{billing_jobs, invoices, test_clocks},
     stripe::Stripe,
     tenancy::Scope,
     uow::UnitOfWork,
@@ -22,20 +22,22 @@ use crate::helpers::{Cred, TestApp, assert_problem, s, spawn_app};
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The scope of a tenant's test mode.
-async fn scope(app: &TestApp, key: &str) -> Scope {
+pub async fn scope(app: &TestApp, key: &str) -> Scope {
     crate::invoices::context(app, key).await.scope()
 }
 
 /// Runs the tenant's due billing jobs as a worker does, earliest first, until none is due on
-/// the app's clock; returns the kinds run, in order.
-async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
+/// the app's clock (jobs waiting for a test clock are left to its advances); returns the kinds
+/// run, in order.
+pub async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
     let stripe = Stripe::new(&app.settings.stripe).unwrap();
     let mut ran = Vec::new();
     loop {
         let now = app.clock.now();
         let next: Option<(Uuid, String, Value)> = sqlx::query_as(
             "SELECT id, kind, payload FROM jobs WHERE state = 'pending' AND queue = 'renewals' \
-             AND tenant_id = $1 AND livemode = $2 AND run_at <= $3 ORDER BY run_at, id LIMIT 1",
+             AND tenant_id = $1 AND livemode = $2 AND run_at <= $3 AND test_clock_id IS NULL \
+             ORDER BY run_at, id LIMIT 1",
         )
         .bind(scope.tenant_id().as_uuid())
         .bind(scope.livemode())
@@ -47,40 +49,14 @@ async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
             return ran;
         };
         match Job::parse(&kind, &payload).unwrap() {
-            Job::PayInvoice { invoice, attempt } => {
-                invoices::run_attempt(
-                    &app.pool,
-                    app.clock.as_ref(),
-                    &stripe,
-                    scope,
-                    invoice,
-                    attempt,
-                )
+            Job::AdvanceTestClock { clock, to } => {
+                test_clocks::advance(&app.pool, app.clock.as_ref(), &stripe, scope, clock, to)
+                    .await
+                    .unwrap()
+            }
+            job => billing_jobs::run(&app.pool, app.clock.as_ref(), &stripe, scope, &job)
                 .await
-                .unwrap();
-            }
-            Job::RenewSubscription {
-                subscription,
-                period_start,
-            } => {
-                let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
-                    .await
-                    .unwrap();
-                subscriptions::renew(&mut uow, scope, subscription, period_start)
-                    .await
-                    .unwrap();
-                uow.commit().await.unwrap();
-            }
-            Job::ExpireIncomplete { subscription } => {
-                let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
-                    .await
-                    .unwrap();
-                subscriptions::expire_incomplete(&mut uow, scope, subscription)
-                    .await
-                    .unwrap();
-                uow.commit().await.unwrap();
-            }
-            other => panic!("not a billing job: {other:?}"),
+                .unwrap(),
         }
         sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = $2 WHERE id = $1")
             .bind(id)
@@ -92,7 +68,7 @@ async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
     }
 }
 
-async fn json_of(resp: reqwest::Response, status: StatusCode) -> Value {
+pub async fn json_of(resp: reqwest::Response, status: StatusCode) -> Value {
     let code = resp.status();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(code, status, "{body}");
@@ -100,7 +76,7 @@ async fn json_of(resp: reqwest::Response, status: StatusCode) -> Value {
 }
 
 /// A customer (optionally with a card) and a monthly plan at 29.99.
-async fn customer_and_plan(app: &TestApp, key: &Cred, card: Option<&str>) -> (String, String) {
+pub async fn customer_and_plan(app: &TestApp, key: &Cred, card: Option<&str>) -> (String, String) {
     let customer = json_of(
         app.post(
             "/api/v1/customers",
@@ -141,7 +117,7 @@ async fn customer_and_plan(app: &TestApp, key: &Cred, card: Option<&str>) -> (St
     (customer, s(&plan["id"]))
 }
 
-async fn subscribe(app: &TestApp, key: &Cred, body: Value) -> Value {
+pub async fn subscribe(app: &TestApp, key: &Cred, body: Value) -> Value {
     json_of(
         app.post("/api/v1/subscriptions", key, &body).await,
         StatusCode::CREATED,
@@ -149,11 +125,11 @@ async fn subscribe(app: &TestApp, key: &Cred, body: Value) -> Value {
     .await
 }
 
-async fn get(app: &TestApp, key: &Cred, path: &str) -> Value {
+pub async fn get(app: &TestApp, key: &Cred, path: &str) -> Value {
     json_of(app.get(path, key).await, StatusCode::OK).await
 }
 
-async fn invoices_of(app: &TestApp, key: &Cred, sub: &str) -> Vec<Value> {
+pub async fn invoices_of(app: &TestApp, key: &Cred, sub: &str) -> Vec<Value> {
     let mut list = get(
         app,
         key,
@@ -167,7 +143,7 @@ async fn invoices_of(app: &TestApp, key: &Cred, sub: &str) -> Vec<Value> {
     list
 }
 
-fn time(v: &Value) -> DateTime<Utc> {
+pub fn time(v: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(v.as_str().unwrap())
         .unwrap()
         .with_timezone(&Utc)

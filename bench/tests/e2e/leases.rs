@@ -34,6 +34,7 @@ async fn a_claim_keeps_a_fresh_lease_and_renews_one_running_out() {
             payload: serde_json::json!({}),
             run_at: now,
             max_attempts: 3,
+            test_clock: None,
         })
         .collect();
     jobs::enqueue(&mut tx, &new, now).await.unwrap();

@@ -9,7 +9,7 @@ use super::{
     pagination::{Page, PageRequest},
 };
 use crate::{
-    ids::{CustomerId, PaymentMethodId, TenantId},
+    ids::{CustomerId, PaymentMethodId, TenantId, TestClockId},
     tenancy::Scope,
 };
 
@@ -30,6 +30,8 @@ pub struct CustomerRow {
     pub metadata: serde_json::Value,
     /// Credit in minor units, applied to the customer's next invoices.
     pub balance: i64,
+    /// The test clock whose time the customer lives in (test mode only; never changes).
+    pub test_clock_id: Option<TestClockId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -51,6 +53,7 @@ impl CustomerRow {
             "invoice_prefix": self.invoice_prefix,
             "metadata": self.metadata,
             "balance": self.balance,
+            "test_clock": self.test_clock_id.map(|c| c.to_string()),
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -59,7 +62,8 @@ impl CustomerRow {
 }
 
 const COLUMNS: &str = "id, tenant_id, livemode, email, name, external_id, currency, timezone, \
-    address, tax_ids, tax_exempt, invoice_prefix, metadata, balance, created_at, updated_at";
+    address, tax_ids, tax_exempt, invoice_prefix, metadata, balance, test_clock_id, created_at, \
+    updated_at";
 
 /// A customer to create.
 #[derive(Debug)]
@@ -75,6 +79,7 @@ pub struct NewCustomer<'a> {
     pub tax_exempt: bool,
     pub invoice_prefix: Option<&'a str>,
     pub metadata: &'a serde_json::Value,
+    pub test_clock: Option<TestClockId>,
 }
 
 pub async fn create(
@@ -85,9 +90,9 @@ pub async fn create(
 ) -> Result<CustomerRow, DbError> {
     sqlx::query_as::<_, CustomerRow>(sqlf!(
         "INSERT INTO customers (id, tenant_id, livemode, email, name, external_id, currency, \
-         timezone, address, tax_ids, tax_exempt, invoice_prefix, metadata, created_at, \
-         updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+         timezone, address, tax_ids, tax_exempt, invoice_prefix, metadata, test_clock_id, \
+         created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $14, $14) \
          RETURNING {COLUMNS}"
     ))
     .bind(c.id)
@@ -104,6 +109,7 @@ pub async fn create(
     .bind(c.invoice_prefix)
     .bind(c.metadata)
     .bind(now)
+    .bind(c.test_clock)
     .fetch_one(conn)
     .await
     .map_err(Into::into)

@@ -27,6 +27,7 @@ pub mod stripe_accounts;
 pub mod stripe_events;
 pub mod subscriptions;
 pub mod tenants;
+pub mod test_clocks;
 pub mod unscoped;
 pub mod users;
 pub mod webhook_deliveries;

@@ -11,7 +11,9 @@ use super::{
 };
 use crate::{
     domain::subscription::SubscriptionStatus,
-    ids::{CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId, TenantId},
+    ids::{
+        CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId, TenantId, TestClockId,
+    },
     tenancy::Scope,
 };
 
@@ -41,6 +43,8 @@ pub struct SubscriptionRow {
     pub ended_at: Option<DateTime<Utc>>,
     pub latest_invoice_id: Option<InvoiceId>,
     pub metadata: serde_json::Value,
+    /// The customer's test clock: jobs about the subscription wait for its time.
+    pub test_clock_id: Option<TestClockId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -106,6 +110,7 @@ impl SubscriptionRow {
             "ended_at": time(self.ended_at),
             "latest_invoice": self.latest_invoice_id.map(|i| i.to_string()),
             "metadata": self.metadata,
+            "test_clock": self.test_clock_id.map(|c| c.to_string()),
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -117,7 +122,7 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, status, currency, i
     interval_count, timezone, billing_cycle_anchor, current_period_index, current_period_start, \
     current_period_end, trial_start, trial_end, collection_method, days_until_due, \
     proration_behavior, cancel_at_period_end, canceled_at, ended_at, latest_invoice_id, \
-    metadata, created_at, updated_at";
+    metadata, test_clock_id, created_at, updated_at";
 
 /// Inserts a subscription as the row describes it (its id, times and all).
 pub async fn insert(
@@ -130,9 +135,9 @@ pub async fn insert(
          interval, interval_count, timezone, billing_cycle_anchor, current_period_index, \
          current_period_start, current_period_end, trial_start, trial_end, collection_method, \
          days_until_due, proration_behavior, cancel_at_period_end, canceled_at, ended_at, \
-         latest_invoice_id, metadata, created_at, updated_at) \
+         latest_invoice_id, metadata, created_at, updated_at, test_clock_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25)",
+         $19, $20, $21, $22, $23, $24, $25, $26)",
     )
     .bind(s.id)
     .bind(scope.tenant_id())
@@ -159,6 +164,7 @@ pub async fn insert(
     .bind(&s.metadata)
     .bind(s.created_at)
     .bind(s.updated_at)
+    .bind(s.test_clock_id)
     .execute(conn)
     .await?;
     Ok(())

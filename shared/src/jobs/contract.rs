@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{NewJob, Queue};
 use crate::{
     db::catalog_sync::Synced,
-    ids::{DeliveryId, InvoiceId, SubscriptionId},
+    ids::{DeliveryId, InvoiceId, SubscriptionId, TestClockId},
     tenancy::Scope,
 };
 
@@ -40,6 +40,12 @@ pub enum Job {
     },
     /// Expire a subscription whose first invoice is still unpaid 23 hours after its creation.
     ExpireIncomplete { subscription: SubscriptionId },
+    /// Move a test clock to `to`, running what comes due for its customers on the way: one job
+    /// per (clock, target).
+    AdvanceTestClock {
+        clock: TestClockId,
+        to: DateTime<Utc>,
+    },
 }
 
 /// Why a claimed row is not a job this worker knows.
@@ -59,6 +65,7 @@ impl Job {
     pub const PAY_INVOICE: &'static str = "invoice.pay";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
+    pub const ADVANCE_TEST_CLOCK: &'static str = "test_clock.advance";
 
     /// The kind stored in the outbox row.
     pub fn kind(&self) -> &'static str {
@@ -76,6 +83,7 @@ impl Job {
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
+            Job::AdvanceTestClock { .. } => Self::ADVANCE_TEST_CLOCK,
         }
     }
 
@@ -85,7 +93,8 @@ impl Job {
             Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => Queue::StripeSync,
             Job::PayInvoice { .. }
             | Job::RenewSubscription { .. }
-            | Job::ExpireIncomplete { .. } => Queue::Renewals,
+            | Job::ExpireIncomplete { .. }
+            | Job::AdvanceTestClock { .. } => Queue::Renewals,
         }
     }
 
@@ -110,6 +119,9 @@ impl Job {
             Job::ExpireIncomplete { subscription } => {
                 format!("{}:{}", self.kind(), subscription.as_uuid())
             }
+            Job::AdvanceTestClock { clock, to } => {
+                format!("{}:{}:{}", self.kind(), clock.as_uuid(), to.timestamp())
+            }
         }
     }
 
@@ -121,7 +133,8 @@ impl Job {
             Job::ProcessStripeEvent { .. }
             | Job::PayInvoice { .. }
             | Job::RenewSubscription { .. }
-            | Job::ExpireIncomplete { .. } => {
+            | Job::ExpireIncomplete { .. }
+            | Job::AdvanceTestClock { .. } => {
                 Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
             }
         }
@@ -144,6 +157,9 @@ impl Job {
             }),
             Job::ExpireIncomplete { subscription } => {
                 json!({ "subscription_id": subscription.to_string() })
+            }
+            Job::AdvanceTestClock { clock, to } => {
+                json!({ "test_clock_id": clock.to_string(), "to": to.to_rfc3339() })
             }
         }
     }
@@ -168,6 +184,7 @@ impl Job {
             payload: self.payload(),
             run_at,
             max_attempts: self.max_attempts(),
+            test_clock: None,
         }
     }
 
@@ -189,6 +206,13 @@ impl Job {
                 .as_str()
                 .and_then(|s| SubscriptionId::parse(s).ok())
                 .ok_or_else(|| bad("subscription_id"))
+        };
+        let time = |field| {
+            payload[field]
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| bad(field))
         };
         match kind {
             Self::DELIVER_WEBHOOK => payload["delivery_id"]
@@ -219,11 +243,7 @@ impl Job {
             }
             Self::RENEW_SUBSCRIPTION => {
                 let subscription = subscription()?;
-                let period_start = payload["period_start"]
-                    .as_str()
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .ok_or_else(|| bad("period_start"))?;
+                let period_start = time("period_start")?;
                 Ok(Job::RenewSubscription {
                     subscription,
                     period_start,
@@ -231,6 +251,13 @@ impl Job {
             }
             Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
                 subscription: subscription()?,
+            }),
+            Self::ADVANCE_TEST_CLOCK => Ok(Job::AdvanceTestClock {
+                clock: payload["test_clock_id"]
+                    .as_str()
+                    .and_then(|s| TestClockId::parse(s).ok())
+                    .ok_or_else(|| bad("test_clock_id"))?,
+                to: time("to")?,
             }),
             other => Err(JobParseError::UnknownKind(other.to_owned())),
         }
@@ -268,6 +295,10 @@ mod tests {
             },
             Job::ExpireIncomplete {
                 subscription: SubscriptionId::from_uuid(id),
+            },
+            Job::AdvanceTestClock {
+                clock: TestClockId::from_uuid(id),
+                to: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
             },
         ]
     }

@@ -41,6 +41,16 @@ pub struct NewJob {
     pub payload: serde_json::Value,
     pub run_at: DateTime<Utc>,
     pub max_attempts: i32,
+    /// The test clock whose time the job waits for (`None`: real time).
+    pub test_clock: Option<Uuid>,
+}
+
+impl NewJob {
+    /// The job waits for `clock`'s time instead of real time (when there is a clock).
+    pub fn on_clock(mut self, clock: Option<Uuid>) -> Self {
+        self.test_clock = clock;
+        self
+    }
 }
 
 /// The PostgreSQL notification channel that wakes relays.
@@ -83,6 +93,7 @@ async fn insert(
     let mut payloads = Vec::with_capacity(jobs.len());
     let mut run_ats = Vec::with_capacity(jobs.len());
     let mut maxes = Vec::with_capacity(jobs.len());
+    let mut clocks = Vec::with_capacity(jobs.len());
     for j in jobs {
         ids.push(j.id);
         queues.push(j.queue.as_str());
@@ -92,6 +103,7 @@ async fn insert(
         payloads.push(j.payload.clone());
         run_ats.push(j.run_at);
         maxes.push(j.max_attempts);
+        clocks.push(j.test_clock);
     }
     let on_conflict = if reset_existing {
         "ON CONFLICT (id) DO UPDATE SET state = 'pending', attempts = 0, run_at = EXCLUDED.run_at, \
@@ -103,12 +115,12 @@ async fn insert(
     };
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
-         created_at, updated_at) \
+         test_clock_id, created_at, updated_at) \
          SELECT u.id, u.queue, u.kind, u.tenant_id, u.livemode, u.payload, u.max_attempts, \
-         u.run_at, $9, $9 \
+         u.run_at, u.test_clock_id, $9, $9 \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bool[], $6::jsonb[], \
-         $7::int[], $8::timestamptz[]) AS u(id, queue, kind, tenant_id, livemode, payload, \
-         max_attempts, run_at) {on_conflict}"
+         $7::int[], $8::timestamptz[], $10::uuid[]) AS u(id, queue, kind, tenant_id, livemode, \
+         payload, max_attempts, run_at, test_clock_id) {on_conflict}"
     )))
     .bind(&ids)
     .bind(&queues)
@@ -119,11 +131,12 @@ async fn insert(
     .bind(&maxes)
     .bind(&run_ats)
     .bind(now)
+    .bind(&clocks)
     .execute(&mut *conn)
     .await?;
     let mut due: Vec<&str> = jobs
         .iter()
-        .filter(|j| j.run_at <= now)
+        .filter(|j| j.run_at <= now && j.test_clock.is_none())
         .map(|j| j.queue.as_str())
         .collect();
     due.sort_unstable();
@@ -197,6 +210,7 @@ pub async fn lease_due(
     let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE jobs SET run_at = $3, lease_token = gen_random_uuid(), updated_at = $2 \
          WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND run_at <= $2 \
+                      AND test_clock_id IS NULL \
                       ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
          RETURNING id, lease_token",
     )
@@ -536,8 +550,10 @@ pub async fn counts(
     now: DateTime<Utc>,
 ) -> Result<(i64, i64, i64), DbError> {
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state = 'pending' AND run_at <= $2), \
-                count(*) FILTER (WHERE state = 'pending' AND run_at > $2), \
+        "SELECT count(*) FILTER (WHERE state = 'pending' AND run_at <= $2 \
+                    AND test_clock_id IS NULL), \
+                count(*) FILTER (WHERE state = 'pending' AND (run_at > $2 \
+                    OR test_clock_id IS NOT NULL)), \
                 count(*) FILTER (WHERE state = 'dead') \
          FROM jobs WHERE queue = $1 AND state IN ('pending', 'dead')",
     )

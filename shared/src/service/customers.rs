@@ -20,7 +20,7 @@ use crate::{
         email::Email,
         money::Currency,
     },
-    ids::{CustomerId, PaymentMethodId},
+    ids::{CustomerId, PaymentMethodId, TestClockId},
     payments::{self, Gateway},
     tenancy::TenantContext,
     uow::UnitOfWork,
@@ -55,6 +55,8 @@ pub struct CustomerSpec<'a> {
     pub tax_exempt: bool,
     pub invoice_prefix: Option<&'a InvoicePrefix>,
     pub metadata: Metadata,
+    /// A test clock (test mode only) whose time the customer lives in, for good.
+    pub test_clock: Option<TestClockId>,
 }
 
 pub async fn create_customer(
@@ -63,6 +65,20 @@ pub async fn create_customer(
     spec: CustomerSpec<'_>,
 ) -> ServiceResult<CustomerRow> {
     let now = uow.now();
+    if let Some(clock) = spec.test_clock {
+        if ctx.livemode() {
+            return Err(ServiceError::invalid(
+                "test_clock",
+                "exists in test mode only",
+            ));
+        }
+        db::test_clocks::get(uow.conn(), ctx.scope(), clock)
+            .await
+            .map_err(|e| match e {
+                DbError::NotFound => ServiceError::invalid("test_clock", "no such test clock"),
+                other => other.into(),
+            })?;
+    }
     let address = spec.address.map(Address::to_json);
     let row = db::customers::create(
         uow.conn(),
@@ -79,6 +95,7 @@ pub async fn create_customer(
             tax_exempt: spec.tax_exempt,
             invoice_prefix: spec.invoice_prefix.map(InvoicePrefix::as_str),
             metadata: &spec.metadata.to_json(),
+            test_clock: spec.test_clock,
         },
         now,
     )

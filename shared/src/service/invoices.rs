@@ -681,7 +681,13 @@ pub async fn request_payment(
         invoice: id,
         attempt,
     };
-    crate::jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+    // A test clock's customer is charged at the clock's time, when its next advance runs.
+    let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id).await?;
+    let at = clock.as_ref().map_or(now, |c| c.frozen_time);
+    let job = job
+        .to_new(Some(scope), at)
+        .on_clock(clock.map(|c| c.id.as_uuid()));
+    crate::jobs::enqueue(uow.conn(), &[job], now).await?;
     let lines = lines_of(uow, scope, id).await?;
     Ok(InvoiceView { invoice, lines })
 }

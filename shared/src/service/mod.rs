@@ -9,6 +9,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod billing_jobs;
 pub mod bundles;
 pub mod catalog;
 pub mod coupons;
@@ -20,6 +21,7 @@ pub mod stripe_connect;
 pub mod stripe_events;
 pub mod subscriptions;
 pub mod tenants;
+pub mod test_clocks;
 pub mod users;
 pub mod webhook_endpoints;
 

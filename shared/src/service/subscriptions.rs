@@ -232,11 +232,32 @@ fn period_of(anchor: Anchor, interval: Interval, n: i32) -> ServiceResult<Period
 
 /// The renewal of the period that ends now, due at its end.
 fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
-    Job::RenewSubscription {
+    let job = Job::RenewSubscription {
         subscription: sub.id,
         period_start: sub.current_period_end,
     }
-    .to_new(Some(scope), sub.current_period_end)
+    .to_new(Some(scope), sub.current_period_end);
+    on_clock(job, sub)
+}
+
+/// A job about `sub` waits for its test clock's time, when it has a clock.
+fn on_clock(job: jobs::NewJob, sub: &SubscriptionRow) -> jobs::NewJob {
+    job.on_clock(sub.test_clock_id.map(|c| c.as_uuid()))
+}
+
+/// Moves the unit of work to the time of the customer's test clock, if it has one; returns
+/// that time.
+pub(crate) async fn at_clock_time(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+) -> ServiceResult<Option<DateTime<Utc>>> {
+    let Some(clock) = db::test_clocks::of_customer(uow.conn(), scope, customer).await? else {
+        return Ok(None);
+    };
+    // Work done while the clock advances happens at the time the advance has reached.
+    uow.travel_to(clock.frozen_time);
+    Ok(Some(clock.frozen_time))
 }
 
 /// Creates a subscription. Without a trial its first period is invoiced at once: paid when
@@ -274,6 +295,11 @@ pub async fn create_subscription(
             db::DbError::NotFound => ServiceError::invalid("customer", "no such customer"),
             other => other.into(),
         })?;
+    // A test clock's customer lives in the clock's time.
+    let now = match at_clock_time(uow, scope, customer.id).await? {
+        Some(t) => t.trunc_subsecs(0),
+        None => now,
+    };
     let (items, terms) = resolve_items(uow, scope, spec.items).await?;
     if let Some(c) = customer.currency.as_deref()
         && c != terms.currency
@@ -355,6 +381,7 @@ pub async fn create_subscription(
         ended_at: None,
         latest_invoice_id: None,
         metadata: spec.metadata.to_json(),
+        test_clock_id: customer.test_clock_id,
         created_at: now,
         updated_at: now,
     };
@@ -387,6 +414,7 @@ pub async fn create_subscription(
         }
         db::subscriptions::save(uow.conn(), scope, &sub).await?;
     }
+    let due: Vec<jobs::NewJob> = due.into_iter().map(|j| on_clock(j, &sub)).collect();
     jobs::enqueue(uow.conn(), &due, now).await?;
     let view = SubscriptionView {
         subscription: sub,
@@ -479,14 +507,20 @@ fn illegal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::conflict("invalid_subscription_status", e.to_string())
 }
 
+/// Locks a subscription for a change on request, made at its test clock's time when it has
+/// one.
 async fn lock(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: SubscriptionId,
 ) -> ServiceResult<SubscriptionRow> {
-    db::subscriptions::lock(uow.conn(), scope, id)
+    let sub = db::subscriptions::lock(uow.conn(), scope, id)
         .await
-        .map_err(ServiceError::not_found(WHAT))
+        .map_err(ServiceError::not_found(WHAT))?;
+    if sub.test_clock_id.is_some() {
+        at_clock_time(uow, scope, sub.customer_id).await?;
+    }
+    Ok(sub)
 }
 
 /// Cancels now: nothing more is invoiced or charged. An incomplete subscription's first
@@ -674,7 +708,8 @@ pub async fn renew(
             invoice: invoice.id,
             attempt: 1,
         };
-        jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+        let job = on_clock(job.to_new(Some(scope), now), &sub);
+        jobs::enqueue(uow.conn(), &[job], now).await?;
     }
     let v = view(uow, scope, sub).await?;
     events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;

@@ -21,12 +21,12 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
         Ok(Job::ProcessStripeEvent { event_id }) => {
             process_stripe_event::run(rt, job, &event_id).await
         }
-        Ok(Job::PayInvoice { invoice, attempt }) => billing::pay(rt, job, invoice, attempt).await,
-        Ok(Job::RenewSubscription {
-            subscription,
-            period_start,
-        }) => billing::renew(rt, job, subscription, period_start).await,
-        Ok(Job::ExpireIncomplete { subscription }) => billing::expire(rt, job, subscription).await,
+        Ok(
+            what @ (Job::PayInvoice { .. }
+            | Job::RenewSubscription { .. }
+            | Job::ExpireIncomplete { .. }
+            | Job::AdvanceTestClock { .. }),
+        ) => billing::run(rt, job, &what).await,
         Ok(Job::DeliverWebhook { .. }) => dead(job, "webhook deliveries run in their own pipeline"),
         Err(e) => dead(job, &e.to_string()),
     }

@@ -1,0 +1,465 @@
+//! Test clocks: months of billing in a few requests, through the same renewals and charges as
+//! real time, at the clock's time. Anchors on the 29th to the 31st, leap years and timezones
+//! without a local midnight on some days: no period skipped, none billed twice.
+
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use shared::domain::customer::Timezone;
+
+use crate::{
+    helpers::{Cred, TestApp, assert_problem, s, spawn_app},
+    subscriptions::{get, invoices_of, json_of, run_due, scope, subscribe, time},
+};
+
+async fn clock(app: &TestApp, key: &Cred, at: &str) -> String {
+    let c = json_of(
+        app.post(
+            "/api/v1/test-clocks",
+            key,
+            &json!({"frozen_time": at, "name": "Simulation"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(c["status"], "ready");
+    assert_eq!(c["frozen_time"], json!(at.replace('Z', "+00:00")));
+    s(&c["id"])
+}
+
+/// Moves the clock and runs the advance as the worker fleet does; the clock is ready after.
+async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) {
+    let started = json_of(
+        app.post(
+            &format!("/api/v1/test-clocks/{clock}/advance"),
+            key,
+            &json!({"frozen_time": to}),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert_eq!(started["status"], "advancing");
+    let scope = scope(app, t).await;
+    assert!(
+        run_due(app, scope)
+            .await
+            .contains(&"test_clock.advance".to_owned())
+    );
+    let c = get(app, key, &format!("/api/v1/test-clocks/{clock}")).await;
+    assert_eq!(c["status"], "ready", "{c}");
+    assert_eq!(time(&c["frozen_time"]), parse(to));
+}
+
+fn parse(t: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
+}
+
+async fn customer_on(
+    app: &TestApp,
+    key: &Cred,
+    clock: &str,
+    timezone: &str,
+    card: Option<&str>,
+    prefix: Option<&str>,
+) -> String {
+    let mut body = json!({"name": "Initech", "test_clock": clock, "timezone": timezone});
+    if let Some(p) = prefix {
+        body["invoice_prefix"] = json!(p);
+    }
+    let c = json_of(
+        app.post("/api/v1/customers", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(c["test_clock"], json!(clock));
+    let id = s(&c["id"]);
+    if let Some(card) = card {
+        json_of(
+            app.post(
+                &format!("/api/v1/customers/{id}/payment-methods"),
+                key,
+                &json!({"token": card, "exp_month": 12, "exp_year": 2040}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    id
+}
+
+async fn monthly_plan(app: &TestApp, key: &Cred, name: &str, trial_days: Option<u32>) -> String {
+    let mut body = json!({"name": name, "price_cents": 1500, "billing_interval": "month"});
+    if let Some(d) = trial_days {
+        body["trial_days"] = json!(d);
+    }
+    let plan = json_of(
+        app.post("/api/v1/plans", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    s(&plan["id"])
+}
+
+/// The days of a month, computed here from the calendar (not from the code under test).
+fn days_in_month(year: i32, month: u32) -> u32 {
+    let (y, m) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    NaiveDate::from_ymd_opt(y, m, 1)
+        .unwrap()
+        .pred_opt()
+        .unwrap()
+        .day()
+}
+
+/// (year, month) `k` months after (year, month).
+fn plus_months(year: i32, month: u32, k: u32) -> (i32, u32) {
+    let m0 = month - 1 + k;
+    (year + (m0 / 12) as i32, m0 % 12 + 1)
+}
+
+#[tokio::test]
+async fn a_year_on_a_clock_bills_twelve_consecutive_periods_and_a_trial_starts_charging_at_its_end()
+{
+    let app = spawn_app().await;
+    let t = app.register("clock-year@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, "2026-01-31T10:00:00Z").await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let trial_plan = monthly_plan(&app, &key, "Trial seat", Some(14)).await;
+    let monthly = customer_on(
+        &app,
+        &key,
+        &clock,
+        "UTC",
+        Some("4242424242424242"),
+        Some("YEAR"),
+    )
+    .await;
+    let trialing = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": monthly, "items": [{"plan": plan}]}),
+    )
+    .await;
+    // Created at the clock's time; its first charge waits for the clock.
+    assert_eq!(time(&sub["created_at"]), parse("2026-01-31T10:00:00Z"));
+    assert_eq!(sub["status"], "incomplete");
+    assert_eq!(sub["test_clock"], json!(clock));
+    let trial = subscribe(
+        &app,
+        &key,
+        json!({"customer": trialing, "items": [{"plan": trial_plan}]}),
+    )
+    .await;
+    assert_eq!(trial["status"], "trialing");
+    assert_eq!(time(&trial["trial_end"]), parse("2026-02-14T10:00:00Z"));
+    // Real time runs nothing of the clock's.
+    let scope = scope(&app, &t.sk_test).await;
+    assert!(run_due(&app, scope).await.is_empty());
+
+    // Half a year; then the customer moves to another timezone mid-period; then the rest.
+    advance(&app, &key, &t.sk_test, &clock, "2026-07-15T00:00:00Z").await;
+    let moved = json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/customers/{monthly}"),
+            &key,
+            Some(&json!({"timezone": "Pacific/Kiritimati"})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(moved["timezone"], "Pacific/Kiritimati");
+    advance(&app, &key, &t.sk_test, &clock, "2027-01-15T00:00:00Z").await;
+
+    let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+    assert_eq!(all.len(), 12, "{all:?}");
+    for (k, inv) in all.iter().enumerate() {
+        assert_eq!(inv["status"], "paid", "{inv}");
+        assert_eq!(s(&inv["number"]), format!("YEAR-{:06}", k + 1));
+        let (y, m) = plus_months(2026, 1, k as u32);
+        let expected = NaiveDate::from_ymd_opt(y, m, 31.min(days_in_month(y, m)))
+            .unwrap()
+            .and_hms_opt(10, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(time(&inv["period_start"]), expected, "period {k}");
+        assert_eq!(
+            time(&inv["paid_at"]),
+            expected,
+            "charged when the period began"
+        );
+        if k > 0 {
+            assert_eq!(inv["period_start"], all[k - 1]["period_end"]);
+        }
+    }
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub["status"], "active");
+    assert_eq!(
+        time(&sub["current_period_start"]),
+        parse("2026-12-31T10:00:00Z")
+    );
+
+    // The trial: no invoice until it ended, then one per month from its end.
+    let trial = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&trial["id"])),
+    )
+    .await;
+    assert_eq!(trial["status"], "active");
+    let invoices = invoices_of(&app, &key, &s(&trial["id"])).await;
+    assert_eq!(invoices.len(), 12, "14 Feb 2026 to 14 Jan 2027");
+    assert_eq!(
+        time(&invoices[0]["period_start"]),
+        parse("2026-02-14T10:00:00Z")
+    );
+    assert_eq!(time(&invoices[0]["paid_at"]), parse("2026-02-14T10:00:00Z"));
+    assert!(invoices.iter().all(|i| i["status"] == "paid"));
+}
+
+#[tokio::test]
+async fn anchors_on_the_29th_30th_and_31st_over_a_leap_year_keep_their_day_and_skip_no_month() {
+    let app = spawn_app().await;
+    let t = app.register("clock-anchors@acme.com").await;
+    let key = t.sk_test();
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    for day in [29u32, 30, 31] {
+        let clock = clock(&app, &key, &format!("2027-01-{day}T08:30:00Z")).await;
+        let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+        let sub = subscribe(
+            &app,
+            &key,
+            json!({"customer": customer, "items": [{"plan": plan}]}),
+        )
+        .await;
+        advance(&app, &key, &t.sk_test, &clock, "2029-01-01T00:00:00Z").await;
+        let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+        assert_eq!(all.len(), 24, "day {day}: {all:?}");
+        for (k, inv) in all.iter().enumerate() {
+            let (y, m) = plus_months(2027, 1, k as u32);
+            let expected = NaiveDate::from_ymd_opt(y, m, day.min(days_in_month(y, m)))
+                .unwrap()
+                .and_hms_opt(8, 30, 0)
+                .unwrap()
+                .and_utc();
+            assert_eq!(
+                time(&inv["period_start"]),
+                expected,
+                "day {day}, period {k}"
+            );
+            assert_eq!(inv["status"], "paid");
+        }
+        // 2028 is a leap year: February's period starts on the 29th for all three.
+        let feb = &all[13];
+        assert_eq!(time(&feb["period_start"]).day(), 29, "day {day}");
+    }
+}
+
+#[tokio::test]
+async fn timezones_without_a_local_midnight_on_some_days_bill_every_month_once() {
+    let app = spawn_app().await;
+    let t = app.register("clock-zones@acme.com").await;
+    let key = t.sk_test();
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    // (timezone, the anchor: local midnight, as UTC, a day it starts on, a day with no local
+    // midnight and where its period starts instead).
+    let cases = [
+        ("Pacific/Kiritimati", "2025-01-30T10:00:00Z", 31, None),
+        ("Pacific/Pago_Pago", "2025-01-31T11:00:00Z", 31, None),
+        (
+            "America/Santiago",
+            "2025-08-07T04:00:00Z",
+            7,
+            Some(("2025-09-07", 1)),
+        ),
+        (
+            "Asia/Beirut",
+            "2025-01-29T22:00:00Z",
+            30,
+            Some(("2025-03-30", 1)),
+        ),
+    ];
+    for (zone, anchor, day, gap) in cases {
+        let tz = Timezone::parse(zone).unwrap().tz();
+        let start = parse(anchor);
+        let local = start.with_timezone(&tz);
+        assert_eq!(
+            (local.day(), local.hour()),
+            (day, 0),
+            "{zone}: local midnight"
+        );
+        let clock = clock(&app, &key, anchor).await;
+        let customer = customer_on(&app, &key, &clock, zone, Some("4242424242424242"), None).await;
+        let sub = subscribe(
+            &app,
+            &key,
+            json!({"customer": customer, "items": [{"plan": plan}]}),
+        )
+        .await;
+        assert_eq!(sub["timezone"], zone);
+        // Up to the day before the 25th period starts.
+        let to = (start + chrono::Duration::days(729)).to_rfc3339();
+        advance(&app, &key, &t.sk_test, &clock, &to).await;
+        let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+        assert_eq!(all.len(), 24, "{zone}: {} invoices", all.len());
+        let (y0, m0) = (local.year(), local.month());
+        for (k, inv) in all.iter().enumerate() {
+            let begins = time(&inv["period_start"]).with_timezone(&tz);
+            let (y, m) = plus_months(y0, m0, k as u32);
+            let expected_day = day.min(days_in_month(y, m));
+            assert_eq!(
+                (begins.year(), begins.month(), begins.day()),
+                (y, m, expected_day),
+                "{zone}, period {k}: {begins}"
+            );
+            let date = begins.date_naive().to_string();
+            let expected_hour = match gap {
+                Some((d, hour)) if d == date => hour,
+                _ => 0,
+            };
+            assert_eq!(begins.hour(), expected_hour, "{zone}, period {k}: {begins}");
+            assert_eq!(begins.minute(), 0);
+            if k > 0 {
+                assert_eq!(inv["period_start"], all[k - 1]["period_end"], "{zone}");
+            }
+        }
+        if let Some((d, _)) = gap {
+            assert!(
+                all.iter().any(|i| time(&i["period_start"])
+                    .with_timezone(&tz)
+                    .date_naive()
+                    .to_string()
+                    == d),
+                "{zone}: the day without a midnight is billed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn clocks_are_test_mode_only_never_go_back_advance_one_at_a_time_and_delete_their_customers()
+{
+    let app = spawn_app().await;
+    let t = app.register("clock-rules@acme.com").await;
+    let other = app.register("clock-other@acme.com").await;
+    let key = t.sk_test();
+    let resp = app
+        .post(
+            "/api/v1/test-clocks",
+            &t.sk_live(),
+            &json!({"frozen_time": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_problem(resp, StatusCode::CONFLICT, "livemode_test_clock").await;
+    let c = clock(&app, &key, "2026-03-01T00:00:00Z").await;
+    let resp = app
+        .post(
+            "/api/v1/customers",
+            &t.sk_live(),
+            &json!({"name": "Live", "test_clock": c}),
+        )
+        .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(p["field"], "test_clock");
+    for to in [
+        "2026-03-01T00:00:00Z",
+        "2026-02-01T00:00:00Z",
+        "2031-06-01T00:00:00Z",
+    ] {
+        let resp = app
+            .post(
+                &format!("/api/v1/test-clocks/{c}/advance"),
+                &key,
+                &json!({"frozen_time": to}),
+            )
+            .await;
+        let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(p["field"], "frozen_time", "{to}");
+    }
+    // One advance at a time.
+    let first = app
+        .post(
+            &format!("/api/v1/test-clocks/{c}/advance"),
+            &key,
+            &json!({"frozen_time": "2026-04-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let second = app
+        .post(
+            &format!("/api/v1/test-clocks/{c}/advance"),
+            &key,
+            &json!({"frozen_time": "2026-05-01T00:00:00Z"}),
+        )
+        .await;
+    assert_problem(second, StatusCode::CONFLICT, "test_clock_advancing").await;
+    run_due(&app, scope(&app, &t.sk_test).await).await;
+    let ready = get(&app, &key, &format!("/api/v1/test-clocks/{c}")).await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(time(&ready["frozen_time"]), parse("2026-04-01T00:00:00Z"));
+
+    // Another tenant and the live mode see none of it.
+    for cred in [other.sk_test(), t.sk_live()] {
+        let resp = app.get(&format!("/api/v1/test-clocks/{c}"), &cred).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let list = get(&app, &cred, "/api/v1/test-clocks").await;
+        assert!(list["data"].as_array().unwrap().is_empty());
+    }
+
+    // Deleting it deletes its customers and cancels their subscriptions.
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let customer = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let deleted = json_of(
+        app.send(
+            Method::DELETE,
+            &format!("/api/v1/test-clocks/{c}"),
+            &key,
+            None,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(deleted["deleted"], true);
+    for path in [
+        format!("/api/v1/test-clocks/{c}"),
+        format!("/api/v1/customers/{customer}"),
+    ] {
+        let resp = app.get(&path, &key).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub["status"], "canceled");
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE test_clock_id IS NOT NULL AND state = 'pending'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0, "nothing waits for a deleted clock");
+}

@@ -1,0 +1,44 @@
+//! The billing jobs, run the same way by a worker (real time) and by a test clock's advance
+//! (the clock's time): each is a service call that re-reads what it acts on under a lock and
+//! does nothing when the job is stale.
+
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, invoices, subscriptions};
+use crate::{clock::Clock, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork};
+
+/// Runs one billing job for `scope` at `clock`'s time (a test clock's advance is run by
+/// [`super::test_clocks::advance`], which runs the others through here).
+pub async fn run(
+    pool: &PgPool,
+    clock: &dyn Clock,
+    stripe: &Stripe,
+    scope: Scope,
+    job: &Job,
+) -> ServiceResult<()> {
+    match job {
+        Job::PayInvoice { invoice, attempt } => {
+            invoices::run_attempt(pool, clock, stripe, scope, *invoice, *attempt).await?;
+        }
+        Job::RenewSubscription {
+            subscription,
+            period_start,
+        } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            subscriptions::renew(&mut uow, scope, *subscription, *period_start).await?;
+            uow.commit().await?;
+        }
+        Job::ExpireIncomplete { subscription } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            subscriptions::expire_incomplete(&mut uow, scope, *subscription).await?;
+            uow.commit().await?;
+        }
+        other => {
+            return Err(ServiceError::internal(format!(
+                "`{}` is not a billing job",
+                other.kind()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Test clocks: a frozen time for test-mode customers that a tenant moves forward, so a month of
+//! billing takes a request instead of a month.
+//!
+//! Every job about a clock's customers carries the clock and is never relayed by real time. An
+//! advance (a `test_clock.advance` job) runs them one by one, earliest due first, each at its due
+//! time on the clock, through the same service calls as real time ([`super::billing_jobs`]); jobs
+//! they queue on the way run in turn when due before the target. The clock then stands at the
+//! target, `ready`, with an event.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, billing_jobs, events};
+use crate::{
+    clock::{Clock, FixedClock},
+    db::{
+        self,
+        pagination::{Page, PageRequest},
+        test_clocks::{ClockStatus, TestClockRow},
+    },
+    ids::TestClockId,
+    jobs::{self, Job},
+    stripe::Stripe,
+    tenancy::Scope,
+    uow::UnitOfWork,
+};
+
+const WHAT: &str = "test clock";
+
+/// How far one advance may go.
+pub const MAX_ADVANCE: Duration = Duration::days(5 * 366);
+
+fn test_mode_only(scope: Scope) -> ServiceResult<()> {
+    if scope.livemode() {
+        return Err(ServiceError::conflict(
+            "livemode_test_clock",
+            "Test clocks exist in test mode only; use a test key.",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create_test_clock(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    name: &str,
+    frozen_time: DateTime<Utc>,
+) -> ServiceResult<TestClockRow> {
+    test_mode_only(scope)?;
+    let now = uow.now();
+    let row = db::test_clocks::create(
+        uow.conn(),
+        scope,
+        TestClockId::new(),
+        name,
+        frozen_time.trunc_subsecs(0),
+        now,
+    )
+    .await?;
+    events::record(uow, scope, "test_helpers.test_clock.created", row.to_json()).await?;
+    Ok(row)
+}
+
+pub async fn list_test_clocks(
+    pool: &PgPool,
+    scope: Scope,
+    page: PageRequest,
+) -> ServiceResult<Page<TestClockRow>> {
+    Ok(db::test_clocks::list(pool, scope, page).await?)
+}
+
+pub async fn get_test_clock(
+    pool: &PgPool,
+    scope: Scope,
+    id: TestClockId,
+) -> ServiceResult<TestClockRow> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    db::test_clocks::get(&mut conn, scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))
+}
+
+/// Deletes a clock, its customers and their subscriptions (canceled), and what waited for it.
+pub async fn delete_test_clock(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: TestClockId,
+) -> ServiceResult<TestClockRow> {
+    let now = uow.now();
+    let row = db::test_clocks::delete(uow.conn(), scope, id, now)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    let mut data = row.to_json();
+    if let Some(o) = data.as_object_mut() {
+        o.insert("deleted".into(), serde_json::Value::Bool(true));
+    }
+    events::record(uow, scope, "test_helpers.test_clock.deleted", data).await?;
+    Ok(row)
+}
+
+/// Starts moving a ready clock forward to `to`: it is `advancing` until the worker fleet has
+/// run everything that comes due for its customers on the way.
+pub async fn start_advance(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: TestClockId,
+    to: DateTime<Utc>,
+) -> ServiceResult<TestClockRow> {
+    let now = uow.now();
+    let to = to.trunc_subsecs(0);
+    let mut clock = db::test_clocks::lock(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    if clock.status == ClockStatus::Advancing {
+        return Err(ServiceError::conflict(
+            "test_clock_advancing",
+            "The test clock is advancing; wait until it is ready.",
+        ));
+    }
+    if to <= clock.frozen_time {
+        return Err(ServiceError::invalid(
+            "frozen_time",
+            "must be after the clock's current time (clocks never go back)",
+        ));
+    }
+    if to > clock.frozen_time + MAX_ADVANCE {
+        return Err(ServiceError::invalid(
+            "frozen_time",
+            "must be at most 5 years after the clock's current time",
+        ));
+    }
+    clock.status = ClockStatus::Advancing;
+    clock.advancing_to = Some(to);
+    clock.updated_at = now;
+    db::test_clocks::save(uow.conn(), scope, &clock).await?;
+    let job = Job::AdvanceTestClock { clock: id, to };
+    jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+    events::record(
+        uow,
+        scope,
+        "test_helpers.test_clock.advancing",
+        clock.to_json(),
+    )
+    .await?;
+    Ok(clock)
+}
+
+/// Runs an advance to `to` (the `test_clock.advance` job): the clock's jobs due by `to`, one at
+/// a time in due order, each at its time; then the clock stands at `to`, ready. Safe to run
+/// again after a crash: what ran is done, and the rest runs.
+pub async fn advance(
+    pool: &PgPool,
+    real: &dyn Clock,
+    stripe: &Stripe,
+    scope: Scope,
+    id: TestClockId,
+    to: DateTime<Utc>,
+) -> ServiceResult<()> {
+    loop {
+        let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+        let clock = match db::test_clocks::get(&mut conn, scope, id).await {
+            Ok(c) => c,
+            // Deleted meanwhile: nothing left to advance.
+            Err(db::DbError::NotFound) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if clock.status != ClockStatus::Advancing || clock.advancing_to != Some(to) {
+            return Ok(());
+        }
+        let Some(next) = db::test_clocks::next_job(&mut conn, id, to).await? else {
+            drop(conn);
+            let mut uow = UnitOfWork::begin(pool, real).await?;
+            let mut clock = db::test_clocks::lock(uow.conn(), scope, id).await?;
+            if clock.advancing_to == Some(to) {
+                clock.frozen_time = to;
+                clock.status = ClockStatus::Ready;
+                clock.advancing_to = None;
+                clock.updated_at = uow.now();
+                db::test_clocks::save(uow.conn(), scope, &clock).await?;
+                let json = clock.to_json();
+                events::record(&mut uow, scope, "test_helpers.test_clock.ready", json).await?;
+            }
+            uow.commit().await?;
+            return Ok(());
+        };
+        // The clock reaches the job's time (it never goes back), and the job runs then.
+        let at = next.run_at.max(clock.frozen_time);
+        sqlx::query("UPDATE test_clocks SET frozen_time = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db::DbError::from)?;
+        let job = Job::parse(&next.kind, &next.payload).map_err(ServiceError::internal)?;
+        let result = match job {
+            Job::AdvanceTestClock { .. } => Err(ServiceError::internal(
+                "an advance waiting for a test clock",
+            )),
+            ref job => billing_jobs::run(pool, &FixedClock(at), stripe, scope, job).await,
+        };
+        match result {
+            Ok(()) => db::test_clocks::finish_job(&mut conn, next.id, real.now()).await?,
+            Err(e) => {
+                db::test_clocks::fail_job(&mut conn, next.id, &e.to_string(), real.now()).await?;
+                return Err(e);
+            }
+        }
+    }
+}
