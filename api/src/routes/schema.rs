@@ -363,6 +363,25 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("SubscriptionPatch", "proration_behavior", proration_behavior()),
         ("SubscriptionPatch", "metadata", metadata()),
+        ("SubscriptionPatch", "items", json!({"minItems": 1, "maxItems": 20})),
+        (
+            "SubscriptionPreviewIn",
+            "items",
+            json!({"minItems": 1, "maxItems": 20}),
+        ),
+        (
+            "SubscriptionPreviewIn",
+            "proration_behavior",
+            proration_behavior(),
+        ),
+        ("SubscriptionItemChangeIn", "id", id("si")),
+        ("SubscriptionItemChangeIn", "price", id("price")),
+        ("SubscriptionItemChangeIn", "plan", id("plan")),
+        (
+            "SubscriptionItemChangeIn",
+            "quantity",
+            json!({"minimum": 1, "maximum": 1_000_000}),
+        ),
         ("TestClockIn", "name", text(250)),
         ("CustomerIn", "test_clock", id("clock")),
     ]);

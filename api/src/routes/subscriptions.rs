@@ -8,14 +8,15 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payl
 use serde::Deserialize;
 use shared::{
     domain::subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus},
-    ids::{CustomerId, PlanId, PriceId, SubscriptionId},
+    ids::{CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
     service::subscriptions::{
-        self as service, ItemRef, ItemSpec, SubscriptionChanges, SubscriptionSpec,
-        SubscriptionView, Trial,
+        self as service, ItemChange, ItemRef, ItemSpec, ItemsChange, SubscriptionChanges,
+        SubscriptionSpec, SubscriptionView, Trial,
     },
     tenancy::Permission,
 };
 
+use super::invoices::InvoiceOut;
 use super::{
     ApiTags,
     dto::{metadata, page_request},
@@ -73,6 +74,29 @@ pub struct SubscriptionIn {
     pub metadata: Option<HashMap<String, String>>,
 }
 
+/// A change to one item: `id` with a new `quantity`, `id` with `deleted: true`, or a new
+/// `price` or `plan` (with a quantity).
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionItemChangeIn {
+    /// The item to change or remove (`si_…`).
+    #[oai(nullable)]
+    pub id: Option<String>,
+    /// A price to add (`price_…`).
+    #[oai(nullable)]
+    pub price: Option<String>,
+    /// A plan to add (`plan_…`).
+    #[oai(nullable)]
+    pub plan: Option<String>,
+    /// 1 to 1000000.
+    #[oai(nullable)]
+    pub quantity: Option<u32>,
+    /// `true`: remove the item `id`.
+    #[oai(nullable)]
+    pub deleted: Option<bool>,
+}
+
 /// Changes to a subscription.
 #[derive(Debug, Object, Deserialize)]
 #[oai(deny_unknown_fields)]
@@ -81,10 +105,31 @@ pub struct SubscriptionPatch {
     /// `true`: cancel when the current period ends; `false`: undo that.
     #[oai(nullable)]
     pub cancel_at_period_end: Option<bool>,
+    /// How this change is billed (and, without `items`, the default from now on).
+    #[oai(nullable)]
+    pub proration_behavior: Option<String>,
+    /// Changes to the items; each changed item is prorated by seconds as
+    /// `proration_behavior` says.
+    #[oai(nullable)]
+    pub items: Option<Vec<SubscriptionItemChangeIn>>,
+    /// The instant the change counts from for proration: within the current period, not in
+    /// the future; default now.
+    #[oai(nullable)]
+    pub proration_date: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+/// A change to preview.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPreviewIn {
+    pub items: Vec<SubscriptionItemChangeIn>,
     #[oai(nullable)]
     pub proration_behavior: Option<String>,
     #[oai(nullable)]
-    pub metadata: Option<HashMap<String, String>>,
+    pub proration_date: Option<DateTime<Utc>>,
 }
 
 /// A price and quantity a subscription bills each period.
@@ -221,28 +266,88 @@ fn proration(raw: Option<&str>) -> Result<Option<ProrationBehavior>, ApiError> {
     .transpose()
 }
 
+fn item_spec(
+    i: usize,
+    price: Option<&str>,
+    plan: Option<&str>,
+    quantity: Option<u32>,
+) -> Result<ItemSpec, ApiError> {
+    let what = match (price, plan) {
+        (Some(p), None) => ItemRef::Price(
+            PriceId::parse(p)
+                .map_err(|e| ApiError::validation(format!("items[{i}].price"), e.to_string()))?,
+        ),
+        (None, Some(p)) => ItemRef::Plan(
+            PlanId::parse(p)
+                .map_err(|e| ApiError::validation(format!("items[{i}].plan"), e.to_string()))?,
+        ),
+        _ => {
+            return Err(ApiError::validation(
+                format!("items[{i}]"),
+                "needs exactly one of price and plan",
+            ));
+        }
+    };
+    Ok(ItemSpec {
+        what,
+        quantity: quantity.unwrap_or(1),
+    })
+}
+
 fn items(raw: &[SubscriptionItemIn]) -> Result<Vec<ItemSpec>, ApiError> {
     raw.iter()
         .enumerate()
         .map(|(i, item)| {
-            let what = match (&item.price, &item.plan) {
-                (Some(p), None) => ItemRef::Price(PriceId::parse(p).map_err(|e| {
-                    ApiError::validation(format!("items[{i}].price"), e.to_string())
-                })?),
-                (None, Some(p)) => ItemRef::Plan(PlanId::parse(p).map_err(|e| {
-                    ApiError::validation(format!("items[{i}].plan"), e.to_string())
-                })?),
-                _ => {
-                    return Err(ApiError::validation(
-                        format!("items[{i}]"),
-                        "needs exactly one of price and plan",
-                    ));
+            item_spec(
+                i,
+                item.price.as_deref(),
+                item.plan.as_deref(),
+                item.quantity,
+            )
+        })
+        .collect()
+}
+
+fn item_changes(raw: &[SubscriptionItemChangeIn]) -> Result<Vec<ItemChange>, ApiError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let id =
+                c.id.as_deref()
+                    .map(SubscriptionItemId::parse)
+                    .transpose()
+                    .map_err(|e| ApiError::validation(format!("items[{i}].id"), e.to_string()))?;
+            match (id, c.deleted.unwrap_or(false)) {
+                (Some(id), true)
+                    if c.quantity.is_none() && c.price.is_none() && c.plan.is_none() =>
+                {
+                    Ok(ItemChange::Remove(id))
                 }
-            };
-            Ok(ItemSpec {
-                what,
-                quantity: item.quantity.unwrap_or(1),
-            })
+                (Some(_), true) => Err(ApiError::validation(
+                    format!("items[{i}]"),
+                    "removes an item: give only `id` and `deleted`",
+                )),
+                (Some(id), false) if c.price.is_none() && c.plan.is_none() => {
+                    let quantity = c.quantity.ok_or_else(|| {
+                        ApiError::validation(format!("items[{i}].quantity"), "is required")
+                    })?;
+                    Ok(ItemChange::Quantity { id, quantity })
+                }
+                (Some(_), false) => Err(ApiError::validation(
+                    format!("items[{i}]"),
+                    "changes an item's quantity: a new price is a new item",
+                )),
+                (None, true) => Err(ApiError::validation(
+                    format!("items[{i}].id"),
+                    "is required to remove an item",
+                )),
+                (None, false) => Ok(ItemChange::Add(item_spec(
+                    i,
+                    c.price.as_deref(),
+                    c.plan.as_deref(),
+                    c.quantity,
+                )?)),
+            }
         })
         .collect()
 }
@@ -409,19 +514,41 @@ impl SubscriptionsApi {
         let b = body.0;
         let proration_behavior = proration(b.proration_behavior.as_deref())?;
         let metadata = metadata(b.metadata.as_ref())?;
+        let changes = b.items.as_deref().map(item_changes).transpose()?;
+        if changes.is_none() && b.proration_date.is_some() {
+            return Err(ApiError::validation(
+                "proration_date",
+                "applies only to a change of items",
+            ));
+        }
         note(req, |n| n.object_id = Some(id.to_string()));
         let mut work = Work::begin(req).await?;
-        let view = service::update_subscription(
+        let mut view = service::update_subscription(
             &mut work,
             ctx.scope(),
             id,
             SubscriptionChanges {
                 cancel_at_period_end: b.cancel_at_period_end,
-                proration_behavior,
+                // With items, it says how this change is billed, not the default.
+                proration_behavior: proration_behavior.filter(|_| changes.is_none()),
                 metadata: metadata.as_ref(),
             },
         )
         .await?;
+        if let Some(changes) = &changes {
+            view = service::change_items(
+                &mut work,
+                ctx.scope(),
+                id,
+                ItemsChange {
+                    changes,
+                    proration_behavior,
+                    proration_date: b.proration_date,
+                },
+            )
+            .await?
+            .subscription;
+        }
         Ok(Json(view.into()))
     }
 
@@ -495,6 +622,70 @@ impl SubscriptionsApi {
         note(req, |n| n.object_id = Some(id.to_string()));
         let mut work = Work::begin(req).await?;
         let view = service::resume_subscription(&mut work, ctx.scope(), id).await?;
+        Ok(Json(view.into()))
+    }
+
+    /// Preview a change
+    ///
+    /// The invoice a change of items would make at once (`always_invoice`), or else the
+    /// upcoming invoice with the change's proration lines. Nothing is written; give
+    /// `proration_date` to see the change as of that instant.
+    #[oai(
+        path = "/api/v1/subscriptions/:id/preview",
+        method = "post",
+        operation_id = "subscriptions.preview",
+        tag = "ApiTags::Billing"
+    )]
+    async fn preview(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Subscription id (`sub_…`).
+        id: Path<String>,
+        body: JsonBody<SubscriptionPreviewIn>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = subscription_id(&id.0)?;
+        let b = body.0;
+        let proration_behavior = proration(b.proration_behavior.as_deref())?;
+        let changes = item_changes(&b.items)?;
+        let view = service::preview_change(
+            &state.pool,
+            state.clock.as_ref(),
+            ctx.scope(),
+            id,
+            ItemsChange {
+                changes: &changes,
+                proration_behavior,
+                proration_date: b.proration_date,
+            },
+        )
+        .await?;
+        Ok(Json(view.into()))
+    }
+
+    /// Get the upcoming invoice
+    ///
+    /// What the next renewal would bill now: the next period's items and the proration lines
+    /// waiting for it, as a draft without a number.
+    #[oai(
+        path = "/api/v1/subscriptions/:id/upcoming-invoice",
+        method = "get",
+        operation_id = "subscriptions.upcoming_invoice",
+        tag = "ApiTags::Billing"
+    )]
+    async fn upcoming(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Subscription id (`sub_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = subscription_id(&id.0)?;
+        let view =
+            service::get_upcoming_invoice(&state.pool, state.clock.as_ref(), ctx.scope(), id)
+                .await?;
         Ok(Json(view.into()))
     }
 }

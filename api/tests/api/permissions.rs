@@ -401,6 +401,18 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
         (
             "read billing",
             Method::GET,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}/upcoming-invoice"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::POST,
+            format!("/api/v1/subscriptions/{MISSING_SUBSCRIPTION}/preview"),
+            Some(json!({"items": [{"id": "si_01m80000000000000000000000", "quantity": 2}]})),
+        ),
+        (
+            "read billing",
+            Method::GET,
             "/api/v1/test-clocks".into(),
             none.clone(),
         ),

@@ -463,3 +463,245 @@ async fn clocks_are_test_mode_only_never_go_back_advance_one_at_a_time_and_delet
     .unwrap();
     assert_eq!(pending, 0, "nothing waits for a deleted clock");
 }
+
+/// The items of a subscription as (id, quantity).
+fn item_ids(sub: &serde_json::Value) -> Vec<String> {
+    sub["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| s(&i["id"]))
+        .collect()
+}
+
+fn amounts(invoice: &serde_json::Value) -> Vec<i64> {
+    invoice["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["amount"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn changes_are_prorated_by_seconds_as_each_proration_behavior_says() {
+    let app = spawn_app().await;
+    let t = app.register("clock-prorations@acme.com").await;
+    let key = t.sk_test();
+    let c = clock(&app, &key, "2026-04-01T00:00:00Z").await;
+    let basic = monthly_plan_at(&app, &key, "Basic", 3000).await;
+    let pro = monthly_plan_at(&app, &key, "Pro", 9000).await;
+    let mut subs = Vec::new();
+    for plan in [&basic, &basic, &basic, &pro] {
+        let customer = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+        subs.push(
+            subscribe(
+                &app,
+                &key,
+                json!({"customer": customer, "items": [{"plan": plan}]}),
+            )
+            .await,
+        );
+    }
+    // 10 days and 7 hours into April's 30 days: 1,702,800 of 2,592,000 seconds remain.
+    let at = "2026-04-11T07:00:00Z";
+    advance(&app, &key, &t.sk_test, &c, at).await;
+    // Basic (30.00) for the rest: 3000 × 1702800 / 2592000 = 1970.83 → 1971.
+    // Pro (90.00) for the rest: 9000 × 1702800 / 2592000 = 5912.5 → 5913 (half away from zero).
+    let patch = |sub: &serde_json::Value, body: serde_json::Value| {
+        let path = format!("/api/v1/subscriptions/{}", s(&sub["id"]));
+        let app = &app;
+        let key = &key;
+        async move {
+            json_of(
+                app.send(Method::PATCH, &path, key, Some(&body)).await,
+                StatusCode::OK,
+            )
+            .await
+        }
+    };
+
+    // 1. Upgrade with create_prorations, previewed first: nothing billed now, both lines on
+    // the next invoice.
+    let upgrade = json!({
+        "items": [{"id": item_ids(&subs[0])[0], "deleted": true}, {"plan": pro}],
+        "proration_behavior": "create_prorations",
+    });
+    let preview = json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{}/preview", s(&subs[0]["id"])),
+            &key,
+            &upgrade,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(preview["status"], "draft");
+    assert_eq!(preview["number"], serde_json::Value::Null);
+    assert_eq!(amounts(&preview), vec![9000, -1971, 5913]);
+    assert_eq!(preview["total"], 9000 - 1971 + 5913);
+    let unchanged = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&subs[0]["id"])),
+    )
+    .await;
+    assert_eq!(
+        item_ids(&unchanged),
+        item_ids(&subs[0]),
+        "a preview changes nothing"
+    );
+    let changed = patch(&subs[0], upgrade).await;
+    assert_eq!(changed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(invoices_of(&app, &key, &s(&subs[0]["id"])).await.len(), 1);
+
+    // 2. Quantity 1 → 3 with always_invoice: invoiced now, 3 × 30.00 for the rest less the
+    // unused 30.00.
+    let more = patch(
+        &subs[1],
+        json!({
+            "items": [{"id": item_ids(&subs[1])[0], "quantity": 3}],
+            "proration_behavior": "always_invoice",
+        }),
+    )
+    .await;
+    assert_eq!(more["items"][0]["quantity"], 3);
+    let now_invoices = invoices_of(&app, &key, &s(&subs[1]["id"])).await;
+    assert_eq!(now_invoices.len(), 2);
+    let update = &now_invoices[1];
+    assert_eq!(update["billing_reason"], "subscription_update");
+    assert_eq!(amounts(update), vec![-1971, 5913]);
+    assert_eq!(update["amount_due"], 3942);
+    assert!(
+        update["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["proration"] == true)
+    );
+    assert_eq!(time(&update["lines"][0]["period_start"]), parse(at));
+    assert_eq!(
+        time(&update["lines"][0]["period_end"]),
+        parse("2026-05-01T00:00:00Z")
+    );
+
+    // 3. Quantity 1 → 2 with none: nothing now, the new amount from the next period.
+    patch(
+        &subs[2],
+        json!({
+            "items": [{"id": item_ids(&subs[2])[0], "quantity": 2}],
+            "proration_behavior": "none",
+        }),
+    )
+    .await;
+
+    // 4. Downgrade with always_invoice: the credit outweighs the charge; the invoice owes
+    // nothing and the difference is the customer's credit.
+    patch(
+        &subs[3],
+        json!({
+            "items": [{"id": item_ids(&subs[3])[0], "deleted": true}, {"plan": basic}],
+            "proration_behavior": "always_invoice",
+        }),
+    )
+    .await;
+    let down = invoices_of(&app, &key, &s(&subs[3]["id"])).await;
+    assert_eq!(amounts(&down[1]), vec![-5913, 1971]);
+    assert_eq!(down[1]["total"], -3942);
+    assert_eq!(down[1]["amount_due"], 0);
+    assert_eq!(down[1]["status"], "paid");
+    let customer = get(
+        &app,
+        &key,
+        &format!("/api/v1/customers/{}", s(&subs[3]["customer"])),
+    )
+    .await;
+    assert_eq!(customer["balance"], 3942);
+
+    // May: each renewal bills the new items, with what waited for it.
+    advance(&app, &key, &t.sk_test, &c, "2026-05-01T00:00:01Z").await;
+    let may = |i: usize| {
+        let id = s(&subs[i]["id"]);
+        let app = &app;
+        let key = &key;
+        async move { invoices_of(app, key, &id).await.last().cloned().unwrap() }
+    };
+    let m0 = may(0).await;
+    assert_eq!(amounts(&m0), vec![9000, -1971, 5913]);
+    assert_eq!(m0["amount_paid"], 12942);
+    let m1 = may(1).await;
+    assert_eq!(amounts(&m1), vec![9000]);
+    let m2 = may(2).await;
+    assert_eq!(amounts(&m2), vec![6000]);
+    let m3 = may(3).await;
+    assert_eq!(amounts(&m3), vec![3000]);
+    assert_eq!(m3["balance_applied"], 3000);
+    assert_eq!(m3["amount_due"], 0);
+    let customer = get(
+        &app,
+        &key,
+        &format!("/api/v1/customers/{}", s(&subs[3]["customer"])),
+    )
+    .await;
+    assert_eq!(customer["balance"], 942);
+    // The update invoice of (2) was charged too, once.
+    let paid = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&update["id"])),
+    )
+    .await;
+    assert_eq!(paid["status"], "paid");
+
+    // Bad changes.
+    let bad = [
+        (
+            json!({"items": [{"id": "si_01m80000000000000000000000", "quantity": 2}]}),
+            "items[0].id",
+        ),
+        (
+            json!({"items": [{"id": item_ids(&more)[0]}]}),
+            "items[0].quantity",
+        ),
+        (
+            json!({"items": [{"id": item_ids(&more)[0], "deleted": true}]}),
+            "items",
+        ),
+        (
+            json!({"items": [{"id": item_ids(&more)[0], "quantity": 2}], "proration_date": "2026-04-15T00:00:00Z"}),
+            "proration_date",
+        ),
+        (
+            json!({"proration_date": "2026-05-01T00:00:01Z"}),
+            "proration_date",
+        ),
+        (json!({"items": [{"plan": basic}]}), "items"),
+    ];
+    for (body, field) in bad {
+        let resp = app
+            .send(
+                Method::PATCH,
+                &format!("/api/v1/subscriptions/{}", s(&subs[1]["id"])),
+                &key,
+                Some(&body),
+            )
+            .await;
+        let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(p["field"], field, "{body}");
+    }
+}
+
+async fn monthly_plan_at(app: &TestApp, key: &Cred, name: &str, cents: i64) -> String {
+    let plan = json_of(
+        app.post(
+            "/api/v1/plans",
+            key,
+            &json!({"name": name, "price_cents": cents, "billing_interval": "month"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    s(&plan["id"])
+}

@@ -569,3 +569,123 @@ pub async fn last_attempt(
     .fetch_one(conn)
     .await?)
 }
+
+// ---- invoice items (lines waiting for an invoice) ----
+
+/// A line waiting for the next invoice of its subscription.
+#[derive(Debug, Clone, FromRow)]
+pub struct PendingLine {
+    pub id: uuid::Uuid,
+    pub customer_id: CustomerId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub subscription_item_id: Option<SubscriptionItemId>,
+    pub price_id: Option<PriceId>,
+    pub description: String,
+    pub quantity: i64,
+    pub unit_amount: Option<i64>,
+    pub amount: i64,
+    pub proration: bool,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+const PENDING_COLUMNS: &str = "id, customer_id, subscription_id, subscription_item_id, price_id, \
+    description, quantity, unit_amount, amount, proration, period_start, period_end, created_at";
+
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    scope: Scope,
+    lines: &[PendingLine],
+) -> Result<(), DbError> {
+    for l in lines {
+        sqlx::query(
+            "INSERT INTO invoice_items (id, tenant_id, livemode, customer_id, subscription_id, \
+             subscription_item_id, price_id, description, quantity, unit_amount, amount, \
+             proration, period_start, period_end, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(l.id)
+        .bind(scope.tenant_id())
+        .bind(scope.livemode())
+        .bind(l.customer_id)
+        .bind(l.subscription_id)
+        .bind(l.subscription_item_id)
+        .bind(l.price_id)
+        .bind(&l.description)
+        .bind(l.quantity)
+        .bind(l.unit_amount)
+        .bind(l.amount)
+        .bind(l.proration)
+        .bind(l.period_start)
+        .bind(l.period_end)
+        .bind(l.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The lines waiting for the subscription's next invoice, locked, oldest first.
+pub async fn pending_of(
+    conn: &mut PgConnection,
+    scope: Scope,
+    subscription: SubscriptionId,
+) -> Result<Vec<PendingLine>, DbError> {
+    Ok(sqlx::query_as::<_, PendingLine>(sqlf!(
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
+         AND subscription_id = $3 AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(subscription)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records that `invoice` bills the pending lines `ids`.
+pub async fn mark_invoiced(
+    conn: &mut PgConnection,
+    scope: Scope,
+    ids: &[uuid::Uuid],
+    invoice: InvoiceId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE invoice_items SET invoice_id = $4 WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = ANY($3) AND invoice_id IS NULL",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(ids)
+    .bind(invoice)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What was billed for a subscription item over the period that ends at `period_end`: each
+/// line (invoiced and not void, or waiting for an invoice) as (amount after discount, start,
+/// end).
+pub async fn billed_for_item(
+    conn: &mut PgConnection,
+    scope: Scope,
+    item: SubscriptionItemId,
+    period_end: DateTime<Utc>,
+) -> Result<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT l.amount - l.discount_amount, l.period_start, l.period_end \
+         FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id \
+         WHERE l.tenant_id = $1 AND l.livemode = $2 AND l.subscription_item_id = $3 \
+         AND l.period_end = $4 AND i.status <> 'void' \
+         UNION ALL \
+         SELECT amount, period_start, period_end FROM invoice_items \
+         WHERE tenant_id = $1 AND livemode = $2 AND subscription_item_id = $3 \
+         AND period_end = $4 AND invoice_id IS NULL",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(item)
+    .bind(period_end)
+    .fetch_all(conn)
+    .await?)
+}

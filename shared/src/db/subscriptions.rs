@@ -396,3 +396,43 @@ pub async fn plan_prices(
     .fetch_all(conn)
     .await?)
 }
+
+/// Changes the quantity of a current item.
+pub async fn set_quantity(
+    conn: &mut PgConnection,
+    scope: Scope,
+    item: SubscriptionItemId,
+    quantity: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE subscription_items SET quantity = $4 WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3 AND deleted_at IS NULL",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(item)
+    .bind(quantity)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes an item from the subscription (its row stays for the lines that billed it).
+pub async fn remove_item(
+    conn: &mut PgConnection,
+    scope: Scope,
+    item: SubscriptionItemId,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE subscription_items SET deleted_at = $4 WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3 AND deleted_at IS NULL",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(item)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -81,6 +81,37 @@ async fn prefix_of(
     Ok(InvoicePrefix::from_slug(&profile.slug))
 }
 
+/// What an item bills for a whole period at its quantity, and the price of one unit when the
+/// price has one. A flat price is a fixed fee per item: a quantity of them bills it that many
+/// times.
+pub fn item_amount(item: &ItemRow) -> ServiceResult<(i64, Option<i64>)> {
+    let model: PriceModel =
+        serde_json::from_value(item.model.clone()).map_err(ServiceError::internal)?;
+    let quantity = u64::try_from(item.quantity).map_err(ServiceError::internal)?;
+    let (amount, unit) = if model.is_flat() {
+        let unit = model.amount_for(1).ok();
+        (unit.and_then(|a| a.checked_mul(item.quantity)), unit)
+    } else {
+        (model.amount_for(quantity).ok(), model.unit_amount_hint())
+    };
+    let amount = amount.ok_or_else(|| {
+        ServiceError::invalid(
+            "quantity",
+            format!("makes the amount of {} too large", item.description()),
+        )
+    })?;
+    Ok((amount, unit))
+}
+
+/// How a line names an item and its quantity.
+pub fn item_label(item: &ItemRow) -> String {
+    if item.quantity == 1 {
+        item.description()
+    } else {
+        format!("{} × {}", item.quantity, item.description())
+    }
+}
+
 /// The lines a period of `items` bills: one per item, each its price for the quantity.
 pub fn period_lines(
     invoice: InvoiceId,
@@ -91,38 +122,12 @@ pub fn period_lines(
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let model: PriceModel =
-                serde_json::from_value(item.model.clone()).map_err(ServiceError::internal)?;
-            let quantity = u64::try_from(item.quantity).map_err(ServiceError::internal)?;
-            // A flat price is a fixed fee per item: a quantity of them bills it that many times.
-            let amount = if model.is_flat() {
-                model
-                    .amount_for(1)
-                    .ok()
-                    .and_then(|a| a.checked_mul(item.quantity))
-            } else {
-                model.amount_for(quantity).ok()
-            }
-            .ok_or_else(|| {
-                ServiceError::invalid(
-                    "quantity",
-                    format!("makes the amount of {} too large", item.description()),
-                )
-            })?;
-            let unit_amount = if model.is_flat() {
-                model.amount_for(1).ok()
-            } else {
-                model.unit_amount_hint()
-            };
+            let (amount, unit_amount) = item_amount(item)?;
             Ok(LineRow {
                 id: InvoiceLineId::new(),
                 invoice_id: invoice,
                 position: i32::try_from(i).map_err(ServiceError::internal)?,
-                description: if item.quantity == 1 {
-                    item.description()
-                } else {
-                    format!("{} × {}", item.quantity, item.description())
-                },
+                description: item_label(item),
                 price_id: Some(item.price_id),
                 subscription_item_id: Some(item.id),
                 quantity: item.quantity,
@@ -137,11 +142,10 @@ pub fn period_lines(
         .collect()
 }
 
-/// Invoices one period of a subscription (the subscription must be locked): builds the lines
-/// from its items, applies the customer's credit, finalizes with the next number and records
-/// `invoice.created` and `invoice.finalized` (and `invoice.paid` when nothing is due). Returns
-/// the period's invoice and whether it was made now; a period already invoiced gets nothing
-/// new.
+/// Invoices one period of a subscription (the subscription must be locked): the items' lines
+/// for the period, then the lines waiting for this invoice (prorations), finalized with the next
+/// number (see [`issue`]). Returns the period's invoice and whether it was made now; a period
+/// already invoiced gets nothing new.
 pub async fn invoice_period(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -154,12 +158,76 @@ pub async fn invoice_period(
     {
         return Ok((existing, false));
     }
+    let id = InvoiceId::new();
+    let lines = period_lines(id, items, period)?;
+    let invoice = issue(uow, scope, sub, id, lines, period, billing_reason).await?;
+    Ok((invoice, true))
+}
+
+/// Invoices the lines waiting for the subscription's next invoice now (a change made with
+/// `always_invoice`); `None` when none wait.
+pub async fn invoice_pending(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+) -> ServiceResult<Option<InvoiceRow>> {
+    let id = InvoiceId::new();
+    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    let (Some(start), Some(end)) = (
+        pending.iter().map(|l| l.period_start).min(),
+        pending.iter().map(|l| l.period_end).max(),
+    ) else {
+        return Ok(None);
+    };
+    let period = Period { start, end };
+    let invoice = issue(
+        uow,
+        scope,
+        sub,
+        id,
+        Vec::new(),
+        period,
+        "subscription_update",
+    )
+    .await?;
+    Ok(Some(invoice))
+}
+
+/// Makes an invoice of `lines` and of the lines waiting for the subscription's next invoice:
+/// applies the customer's credit (a negative total becomes credit), finalizes it with the next
+/// number and records `invoice.created` and `invoice.finalized` (and `invoice.paid` when
+/// nothing is due).
+async fn issue(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    id: InvoiceId,
+    mut lines: Vec<LineRow>,
+    period: Period,
+    billing_reason: &str,
+) -> ServiceResult<InvoiceRow> {
     let now = uow.now();
+    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    for p in &pending {
+        lines.push(LineRow {
+            id: InvoiceLineId::new(),
+            invoice_id: id,
+            position: i32::try_from(lines.len()).map_err(ServiceError::internal)?,
+            description: p.description.clone(),
+            price_id: p.price_id,
+            subscription_item_id: p.subscription_item_id,
+            quantity: p.quantity,
+            unit_amount: p.unit_amount,
+            amount: p.amount,
+            discount_amount: 0,
+            proration: p.proration,
+            period_start: p.period_start,
+            period_end: p.period_end,
+        });
+    }
     let customer = db::customers::lock(uow.conn(), scope, sub.customer_id)
         .await
         .map_err(ServiceError::not_found("customer"))?;
-    let id = InvoiceId::new();
-    let lines = period_lines(id, items, period)?;
     let amounts: Vec<LineAmount> = lines
         .iter()
         .map(|l| LineAmount {
@@ -177,6 +245,7 @@ pub async fn invoice_period(
     let number = next_number(uow, scope, &prefix).await?;
     let send = sub.collection_method == CollectionMethod::SendInvoice.as_str();
     let settled = totals.amount_due == 0;
+    let days_until_due = u64::try_from(sub.days_until_due.unwrap_or(30)).unwrap_or(30);
     let invoice = InvoiceRow {
         id,
         tenant_id: scope.tenant_id(),
@@ -203,7 +272,7 @@ pub async fn invoice_period(
         amount_paid: 0,
         amount_remaining: totals.amount_due,
         attempt_count: 0,
-        due_date: send.then(|| now + chrono::Days::new(sub.days_until_due.unwrap_or(30) as u64)),
+        due_date: send.then(|| now + chrono::Days::new(days_until_due)),
         finalized_at: Some(now),
         paid_at: settled.then_some(now),
         voided_at: None,
@@ -218,13 +287,15 @@ pub async fn invoice_period(
         ));
     }
     db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
+    let taken: Vec<uuid::Uuid> = pending.iter().map(|p| p.id).collect();
+    db::invoices::mark_invoiced(uow.conn(), scope, &taken, id).await?;
     let json = invoice.to_json(&lines);
     events::record(uow, scope, "invoice.created", json.clone()).await?;
     events::record(uow, scope, "invoice.finalized", json.clone()).await?;
     if settled {
         events::record(uow, scope, "invoice.paid", json).await?;
     }
-    Ok((invoice, true))
+    Ok(invoice)
 }
 
 // ---- reading ----

@@ -764,3 +764,449 @@ pub async fn expire_incomplete(
     move_to(uow, scope, &mut sub, next, Transition::FirstInvoiceExpired).await?;
     Ok(true)
 }
+
+// ---- changing items, with proration ----
+
+/// One change to a subscription's items.
+#[derive(Debug, Clone, Copy)]
+pub enum ItemChange {
+    /// A new quantity for a current item.
+    Quantity {
+        id: SubscriptionItemId,
+        quantity: u32,
+    },
+    /// A new item.
+    Add(ItemSpec),
+    /// An item removed.
+    Remove(SubscriptionItemId),
+}
+
+/// A change of items and how it is billed.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemsChange<'a> {
+    pub changes: &'a [ItemChange],
+    /// The subscription's default when `None`.
+    pub proration_behavior: Option<ProrationBehavior>,
+    /// When the change counts from for proration (within the current period, not in the
+    /// future); now when `None`.
+    pub proration_date: Option<DateTime<Utc>>,
+}
+
+/// What a change did: the subscription after it, and the invoice made at once
+/// (`always_invoice`).
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub subscription: SubscriptionView,
+    pub invoice: Option<crate::ids::InvoiceId>,
+}
+
+/// Changes items and quantities. With proration (`create_prorations`: lines wait for the next
+/// invoice; `always_invoice`: invoiced and charged now), each changed item gets a credit for the
+/// unused part of what was billed for it this period (line by line, each rounded on its own)
+/// and a charge for the rest of the period at its new amount, both by seconds
+/// ([`crate::domain::period::prorate`]). `none`, a trial and a paused subscription bill
+/// nothing now; the new amounts apply from the next period.
+pub async fn change_items(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+    change: ItemsChange<'_>,
+) -> ServiceResult<Changed> {
+    let mut sub = lock(uow, scope, id).await?;
+    let now = uow.now();
+    if !matches!(
+        sub.status,
+        SubscriptionStatus::Active
+            | SubscriptionStatus::PastDue
+            | SubscriptionStatus::Trialing
+            | SubscriptionStatus::Paused
+    ) {
+        return Err(illegal(format!(
+            "cannot change the items of a subscription that is {}",
+            sub.status
+        )));
+    }
+    if change.changes.is_empty() {
+        return Err(ServiceError::invalid(
+            "items",
+            "must list at least one change",
+        ));
+    }
+    let at = change.proration_date.map_or(now, |d| d.trunc_subsecs(0));
+    if at < sub.current_period_start || at > now.max(sub.current_period_start) {
+        return Err(ServiceError::invalid(
+            "proration_date",
+            "must be within the current period, and not in the future",
+        ));
+    }
+    let behavior = match change.proration_behavior {
+        Some(b) => b,
+        None => ProrationBehavior::parse(&sub.proration_behavior)
+            .ok_or_else(|| ServiceError::internal("stored proration behavior"))?,
+    };
+    let current = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    // Validate everything before writing anything.
+    let mut touched: Vec<SubscriptionItemId> = Vec::new();
+    let mut removed: Vec<SubscriptionItemId> = Vec::new();
+    let mut adds: Vec<ItemSpec> = Vec::new();
+    for (i, c) in change.changes.iter().enumerate() {
+        match *c {
+            ItemChange::Quantity { id, quantity } => {
+                if !current.iter().any(|it| it.id == id) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].id"),
+                        "is not an item of this subscription",
+                    ));
+                }
+                if !(1..=MAX_QUANTITY).contains(&quantity) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].quantity"),
+                        format!("must be between 1 and {MAX_QUANTITY}"),
+                    ));
+                }
+                if touched.contains(&id) || removed.contains(&id) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].id"),
+                        "is changed twice",
+                    ));
+                }
+                touched.push(id);
+            }
+            ItemChange::Remove(id) => {
+                if !current.iter().any(|it| it.id == id) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].id"),
+                        "is not an item of this subscription",
+                    ));
+                }
+                if touched.contains(&id) || removed.contains(&id) {
+                    return Err(ServiceError::invalid(
+                        format!("items[{i}].id"),
+                        "is changed twice",
+                    ));
+                }
+                removed.push(id);
+            }
+            ItemChange::Add(spec) => adds.push(spec),
+        }
+    }
+    let new_items = if adds.is_empty() {
+        Vec::new()
+    } else {
+        let (new_items, terms) = resolve_items(uow, scope, &adds).await?;
+        if terms.currency != sub.currency || terms.interval != interval_of(&sub)? {
+            return Err(ServiceError::invalid(
+                "items",
+                "new prices must have the subscription's currency and interval",
+            ));
+        }
+        for n in &new_items {
+            if current
+                .iter()
+                .any(|c| c.price_id == n.price_id && !removed.contains(&c.id))
+            {
+                return Err(ServiceError::invalid(
+                    "items",
+                    "a new item bills a price the subscription already has",
+                ));
+            }
+        }
+        new_items
+    };
+    if current.len() + new_items.len() - removed.len() == 0 {
+        return Err(ServiceError::invalid(
+            "items",
+            "cannot remove every item; cancel the subscription instead",
+        ));
+    }
+    if current.len() + new_items.len() - removed.len() > MAX_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!("must leave at most {MAX_ITEMS} items"),
+        ));
+    }
+
+    // The change itself.
+    let mut changed: Vec<SubscriptionItemId> = Vec::new();
+    for c in change.changes {
+        match *c {
+            ItemChange::Quantity { id, quantity } => {
+                let before = current.iter().find(|it| it.id == id).map(|it| it.quantity);
+                if before != Some(i64::from(quantity)) {
+                    db::subscriptions::set_quantity(uow.conn(), scope, id, i64::from(quantity))
+                        .await?;
+                    changed.push(id);
+                }
+            }
+            ItemChange::Remove(id) => {
+                db::subscriptions::remove_item(uow.conn(), scope, id, now).await?;
+                changed.push(id);
+            }
+            ItemChange::Add(_) => {}
+        }
+    }
+    db::subscriptions::insert_items(uow.conn(), scope, sub.id, &new_items, now).await?;
+    changed.extend(new_items.iter().map(|n| n.id));
+    let after = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+
+    let bills_now = behavior != ProrationBehavior::None
+        && matches!(
+            sub.status,
+            SubscriptionStatus::Active | SubscriptionStatus::PastDue
+        );
+    let mut invoice = None;
+    if bills_now {
+        let lines = proration_lines(uow, scope, &sub, &current, &after, &changed, at).await?;
+        db::invoices::insert_pending(uow.conn(), scope, &lines).await?;
+        if behavior == ProrationBehavior::AlwaysInvoice
+            && let Some(inv) = invoices::invoice_pending(uow, scope, &sub).await?
+        {
+            sub.latest_invoice_id = Some(inv.id);
+            if inv.status.is_payable()
+                && sub.collection_method == CollectionMethod::ChargeAutomatically.as_str()
+            {
+                let job = Job::PayInvoice {
+                    invoice: inv.id,
+                    attempt: 1,
+                };
+                let job = on_clock(job.to_new(Some(scope), now), &sub);
+                jobs::enqueue(uow.conn(), &[job], now).await?;
+            }
+            invoice = Some(inv.id);
+        }
+    }
+    sub.updated_at = now;
+    db::subscriptions::save(uow.conn(), scope, &sub).await?;
+    let v = SubscriptionView {
+        subscription: sub,
+        items: after,
+    };
+    events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;
+    Ok(Changed {
+        subscription: v,
+        invoice,
+    })
+}
+
+/// The proration lines of a change at `at`: per changed item, a credit for what was billed for
+/// it this period (each billed line for its unused part, rounded on its own) and a charge for
+/// its new amount over the rest of the period.
+async fn proration_lines(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    before: &[ItemRow],
+    after: &[ItemRow],
+    changed: &[SubscriptionItemId],
+    at: DateTime<Utc>,
+) -> ServiceResult<Vec<db::invoices::PendingLine>> {
+    use crate::domain::period::prorated;
+    let now = uow.now();
+    let period = Period {
+        start: sub.current_period_start,
+        end: sub.current_period_end,
+    };
+    let remaining = (period.end - at).num_seconds();
+    let date = at.format("%Y-%m-%d");
+    let mut lines = Vec::new();
+    for (n, id) in changed.iter().enumerate() {
+        let old = before.iter().find(|i| i.id == *id);
+        let new = after.iter().find(|i| i.id == *id);
+        // Created one after the other, so that they come out in this order.
+        let created = now + Duration::microseconds(i64::try_from(n * 2).unwrap_or(0));
+        if let Some(old) = old {
+            let billed =
+                db::invoices::billed_for_item(uow.conn(), scope, old.id, period.end).await?;
+            let credit: i64 = billed
+                .iter()
+                .map(|(amount, start, end)| {
+                    let covered = (*end - *start).num_seconds();
+                    let unused = (*end - at.max(*start)).num_seconds();
+                    prorated(*amount, unused, covered)
+                })
+                .sum();
+            if credit != 0 {
+                lines.push(db::invoices::PendingLine {
+                    id: uuid::Uuid::now_v7(),
+                    customer_id: sub.customer_id,
+                    subscription_id: Some(sub.id),
+                    subscription_item_id: Some(old.id),
+                    price_id: Some(old.price_id),
+                    description: format!(
+                        "Unused time on {} after {date}",
+                        invoices::item_label(old)
+                    ),
+                    quantity: old.quantity,
+                    unit_amount: None,
+                    amount: -credit,
+                    proration: true,
+                    period_start: at,
+                    period_end: period.end,
+                    created_at: created,
+                });
+            }
+        }
+        if let Some(new) = new {
+            let (full, _) = invoices::item_amount(new)?;
+            let charge = prorated(full, remaining, period.seconds());
+            if charge != 0 {
+                lines.push(db::invoices::PendingLine {
+                    id: uuid::Uuid::now_v7(),
+                    customer_id: sub.customer_id,
+                    subscription_id: Some(sub.id),
+                    subscription_item_id: Some(new.id),
+                    price_id: Some(new.price_id),
+                    description: format!(
+                        "Remaining time on {} after {date}",
+                        invoices::item_label(new)
+                    ),
+                    quantity: new.quantity,
+                    unit_amount: None,
+                    amount: charge,
+                    proration: true,
+                    period_start: at,
+                    period_end: period.end,
+                    created_at: created + Duration::microseconds(1),
+                });
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The invoice the subscription's next renewal would make now (its next period's items and
+/// the lines waiting for it, with the customer's credit), as a draft without a number; nothing
+/// is written.
+pub async fn upcoming_invoice(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<invoices::InvoiceView> {
+    use crate::{
+        db::invoices::{InvoiceRow, LineRow},
+        domain::invoice::{LineAmount, Totals},
+        ids::{InvoiceId, InvoiceLineId},
+    };
+    let sub = db::subscriptions::get(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    if !sub.status.is_live() || sub.cancel_at_period_end {
+        return Err(illegal(format!(
+            "a subscription that is {} (or ends with its period) has no upcoming invoice",
+            sub.status
+        )));
+    }
+    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    let next = if sub.status == SubscriptionStatus::Trialing {
+        0
+    } else {
+        sub.current_period_index + 1
+    };
+    let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
+    let invoice_id = InvoiceId::new();
+    let mut lines = invoices::period_lines(invoice_id, &items, period)?;
+    for p in db::invoices::pending_of(uow.conn(), scope, sub.id).await? {
+        lines.push(LineRow {
+            id: InvoiceLineId::new(),
+            invoice_id,
+            position: i32::try_from(lines.len()).map_err(ServiceError::internal)?,
+            description: p.description,
+            price_id: p.price_id,
+            subscription_item_id: p.subscription_item_id,
+            quantity: p.quantity,
+            unit_amount: p.unit_amount,
+            amount: p.amount,
+            discount_amount: 0,
+            proration: p.proration,
+            period_start: p.period_start,
+            period_end: p.period_end,
+        });
+    }
+    let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
+    let amounts: Vec<LineAmount> = lines
+        .iter()
+        .map(|l| LineAmount {
+            amount: l.amount,
+            discount: l.discount_amount,
+        })
+        .collect();
+    let totals = Totals::compute(&amounts, 0, customer.balance)
+        .map_err(|e| ServiceError::invalid("items", e.to_string()))?;
+    let at = period.start;
+    let invoice = InvoiceRow {
+        id: invoice_id,
+        tenant_id: scope.tenant_id(),
+        livemode: scope.livemode(),
+        customer_id: sub.customer_id,
+        subscription_id: Some(sub.id),
+        status: crate::domain::invoice::InvoiceStatus::Draft,
+        number: None,
+        currency: sub.currency.clone(),
+        billing_reason: "subscription_cycle".into(),
+        collection_method: sub.collection_method.clone(),
+        period_start: period.start,
+        period_end: period.end,
+        subtotal: totals.subtotal,
+        discount: totals.discount,
+        tax: totals.tax,
+        total: totals.total,
+        balance_applied: totals.balance_applied,
+        amount_due: totals.amount_due,
+        amount_paid: 0,
+        amount_remaining: totals.amount_due,
+        attempt_count: 0,
+        due_date: None,
+        finalized_at: None,
+        paid_at: None,
+        voided_at: None,
+        metadata: serde_json::json!({}),
+        created_at: at,
+        updated_at: at,
+    };
+    Ok(invoices::InvoiceView { invoice, lines })
+}
+
+/// What a change would bill, without making it: the invoice it would make at once
+/// (`always_invoice`), or else the upcoming invoice with its proration lines. The change runs
+/// in a transaction that is rolled back, so the preview is what the change does.
+pub async fn preview_change(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    scope: Scope,
+    id: SubscriptionId,
+    change: ItemsChange<'_>,
+) -> ServiceResult<invoices::InvoiceView> {
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let changed = change_items(&mut uow, scope, id, change).await?;
+    let view = match changed.invoice {
+        Some(invoice) => {
+            let invoice = db::invoices::get(uow.conn(), scope, invoice).await?;
+            let lines = db::invoices::lines(uow.conn(), scope, &[invoice.id.as_uuid()]).await?;
+            // Not made: no number, not finalized.
+            let invoice = db::invoices::InvoiceRow {
+                status: crate::domain::invoice::InvoiceStatus::Draft,
+                number: None,
+                finalized_at: None,
+                paid_at: None,
+                ..invoice
+            };
+            invoices::InvoiceView { invoice, lines }
+        }
+        None => upcoming_invoice(&mut uow, scope, id).await?,
+    };
+    uow.rollback().await;
+    Ok(view)
+}
+
+/// [`upcoming_invoice`] in a read-only unit of work.
+pub async fn get_upcoming_invoice(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    scope: Scope,
+    id: SubscriptionId,
+) -> ServiceResult<invoices::InvoiceView> {
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let view = upcoming_invoice(&mut uow, scope, id).await;
+    uow.rollback().await;
+    view
+}
