@@ -218,6 +218,23 @@ async fn a_subscription_is_invoiced_charged_once_and_renewed_for_consecutive_per
     assert_eq!(payments["data"][0]["amount"], 2999);
     assert_eq!(payments["data"][0]["gateway"], "sandbox");
 
+    // A renewal that runs early (another host's clock behind) is not done: it fails, so that
+    // its job runs again when due, and changes nothing.
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let early = shared::service::subscriptions::renew(
+        &mut uow,
+        scope,
+        shared::ids::SubscriptionId::parse(&id).unwrap(),
+        time(&sub["current_period_end"]),
+    )
+    .await;
+    uow.rollback().await;
+    match early {
+        Err(shared::service::ServiceError::Conflict { code, .. }) => assert_eq!(code, "not_due"),
+        other => panic!("an early renewal must fail: {other:?}"),
+    }
     // Three more months: each renewal invoices the next period once, numbered next.
     for month in 2..=4 {
         app.clock.advance(DAY * 31);
@@ -356,7 +373,7 @@ async fn a_trial_bills_nothing_until_it_ends_and_without_a_card_the_subscription
     .await;
     assert_eq!(b["status"], "paused");
     assert!(invoices_of(&app, &key, &s(&b["id"])).await.is_empty());
-    // Paused periods go on without invoices; resumed, the next one is invoiced.
+    // Paused periods go on without invoices.
     app.clock.advance(DAY * 31);
     run_due(&app, scope).await;
     assert!(invoices_of(&app, &key, &s(&b["id"])).await.is_empty());
@@ -371,10 +388,11 @@ async fn a_trial_bills_nothing_until_it_ends_and_without_a_card_the_subscription
     )
     .await;
     assert_eq!(resumed["status"], "active");
-    app.clock.advance(DAY * 31);
-    run_due(&app, scope).await;
+    // The period under way is invoiced at once (it was not while paused), and charged.
     let invoices = invoices_of(&app, &key, &s(&b["id"])).await;
     assert_eq!(invoices.len(), 1, "{invoices:?}");
+    assert_eq!(invoices[0]["period_start"], resumed["current_period_start"]);
+    run_due(&app, scope).await;
     // No card: the charge fails and the subscription is past due.
     let b = get(
         &app,
@@ -502,38 +520,35 @@ async fn a_charge_interrupted_after_its_attempt_was_recorded_resumes_with_the_sa
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
         .await
         .unwrap();
-    let started = invoices::start_attempt(
-        &mut uow,
-        scope,
-        &gateway,
-        invoice,
-        invoices::AttemptNumber::Exactly(1),
-    )
-    .await
-    .unwrap();
+    let started = invoices::start_attempt(&mut uow, scope, &gateway, invoice, 1)
+        .await
+        .unwrap();
     uow.commit().await.unwrap();
     let invoices::Attempt::Charge { payment, .. } = started else {
         panic!("a charge to make: {started:?}")
     };
     assert_eq!(payment.idempotency_key, format!("{invoice}-attempt-1"));
-    // While it is in flight, asking for the next attempt does not start a second charge.
+    // While it is in flight, another attempt resumes it rather than starting a second charge,
+    // and nothing may void the invoice, cancel the incomplete subscription or ask for a payment.
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
         .await
         .unwrap();
-    let resumed = invoices::start_attempt(
-        &mut uow,
-        scope,
-        &gateway,
-        invoice,
-        invoices::AttemptNumber::Next,
-    )
-    .await
-    .unwrap();
+    let resumed = invoices::start_attempt(&mut uow, scope, &gateway, invoice, 2)
+        .await
+        .unwrap();
     uow.rollback().await;
     let invoices::Attempt::Charge { payment: same, .. } = resumed else {
         panic!("the pending attempt: {resumed:?}")
     };
     assert_eq!(same.id, payment.id);
+    for path in [
+        format!("/api/v1/invoices/{invoice}/void"),
+        format!("/api/v1/invoices/{invoice}/pay"),
+        format!("/api/v1/subscriptions/{}/cancel", s(&sub["id"])),
+    ] {
+        let resp = app.post(&path, &key, &json!({})).await;
+        assert_problem(resp, StatusCode::CONFLICT, "payment_in_progress").await;
+    }
 
     // The job runs again: the same attempt, with the same key, recorded once.
     assert_eq!(run_due(&app, scope).await, vec!["invoice.pay"]);

@@ -364,7 +364,7 @@ async fn clocks_are_test_mode_only_never_go_back_advance_one_at_a_time_and_delet
             &json!({"frozen_time": "2026-01-01T00:00:00Z"}),
         )
         .await;
-    assert_problem(resp, StatusCode::CONFLICT, "livemode_test_clock").await;
+    assert_problem(resp, StatusCode::FORBIDDEN, "livemode_test_clock").await;
     let c = clock(&app, &key, "2026-03-01T00:00:00Z").await;
     let resp = app
         .post(

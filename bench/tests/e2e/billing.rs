@@ -72,9 +72,16 @@ async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_o
         status(subs[0].clone()).await == "active"
     })
     .await;
-    // The clock's subscription waits for its clock, whatever real time says.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The clock's subscription waits for its clock, whatever real time says: its charge was
+    // due as early as the other one's, and it was not relayed.
     assert_eq!(status(subs[1].clone()).await, "incomplete");
+    let waiting = env
+        .scalar("SELECT count(*) FROM jobs WHERE test_clock_id IS NOT NULL AND state = 'pending'")
+        .await;
+    assert!(
+        waiting >= 3,
+        "pay, expire and renew wait for the clock: {waiting}"
+    );
 
     let (code, _) = api
         .post(

@@ -689,3 +689,20 @@ pub async fn billed_for_item(
     .fetch_all(conn)
     .await?)
 }
+
+/// The attempt of an invoice that waits for the customer (3-D Secure), if any.
+pub async fn awaiting_action(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<Option<PaymentRow>, DbError> {
+    Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3 AND status = 'requires_action' ORDER BY attempt DESC LIMIT 1"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_optional(conn)
+    .await?)
+}

@@ -158,6 +158,7 @@ pub async fn of_customer(
 ) -> Result<Option<TestClockRow>, DbError> {
     Ok(sqlx::query_as::<_, TestClockRow>(sqlf!(
         "SELECT {COLUMNS} FROM test_clocks WHERE tenant_id = $1 AND livemode = $2 \
+         AND deleted_at IS NULL \
          AND id = (SELECT test_clock_id FROM customers WHERE tenant_id = $1 AND livemode = $2 \
                    AND id = $3)"
     ))
@@ -210,20 +211,45 @@ pub async fn finish_job(
     Ok(())
 }
 
-/// Records that a clock's job failed (it stays pending, for the next advance run).
+/// Records that a clock's job failed; returns its failed runs so far. It stays pending (for
+/// the next run of the advance) until it has failed
+/// [`crate::service::test_clocks::MAX_JOB_ATTEMPTS`] times; then it is dead.
 pub async fn fail_job(
     conn: &mut PgConnection,
     id: Uuid,
     error: &str,
     now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "UPDATE jobs SET attempts = attempts + 1, last_error = $2, updated_at = $3 \
-         WHERE id = $1 AND state = 'pending'",
+) -> Result<i32, DbError> {
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "UPDATE jobs SET attempts = attempts + 1, last_error = $2, updated_at = $3, \
+         state = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE state END, \
+         finished_at = CASE WHEN attempts + 1 >= $4 THEN $3 ELSE finished_at END \
+         WHERE id = $1 AND state = 'pending' RETURNING attempts",
     )
     .bind(id)
     .bind(error)
     .bind(now)
+    .bind(crate::service::test_clocks::MAX_JOB_ATTEMPTS)
+    .fetch_optional(conn)
+    .await?;
+    Ok(attempts.unwrap_or(i32::MAX))
+}
+
+/// Moves the clock to `at` while it advances (never back).
+pub async fn reach(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: TestClockId,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE test_clocks SET frozen_time = GREATEST(frozen_time, $4) \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
@@ -238,10 +264,15 @@ pub async fn delete(
     now: DateTime<Utc>,
 ) -> Result<TestClockRow, DbError> {
     let row = lock(conn, scope, id).await?;
-    sqlx::query("DELETE FROM jobs WHERE test_clock_id = $1 AND state = 'pending'")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "DELETE FROM jobs WHERE tenant_id = $1 AND livemode = $2 AND test_clock_id = $3 \
+         AND state = 'pending'",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "UPDATE subscriptions SET status = 'canceled', canceled_at = COALESCE(canceled_at, $4), \
          ended_at = COALESCE(ended_at, $4), cancel_at_period_end = FALSE, updated_at = $4 \
@@ -264,10 +295,15 @@ pub async fn delete(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE test_clocks SET deleted_at = $2, updated_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE test_clocks SET deleted_at = $4, updated_at = $4 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(row)
 }

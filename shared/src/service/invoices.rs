@@ -391,9 +391,7 @@ pub async fn void_invoice(
     scope: Scope,
     id: InvoiceId,
 ) -> ServiceResult<InvoiceView> {
-    let mut invoice = db::invoices::lock(uow.conn(), scope, id)
-        .await
-        .map_err(ServiceError::not_found(WHAT))?;
+    let mut invoice = lock_with_subscription(uow, scope, id).await?;
     void_locked(uow, scope, &mut invoice).await?;
     let lines = lines_of(uow, scope, id).await?;
     Ok(InvoiceView { invoice, lines })
@@ -409,6 +407,7 @@ pub(crate) async fn void_locked(
         .status
         .apply(InvoiceTransition::Void)
         .map_err(illegal)?;
+    refuse_while_in_flight(uow, scope, invoice.id).await?;
     invoice.amount_remaining = 0;
     invoice.voided_at = Some(now);
     invoice.updated_at = now;
@@ -458,15 +457,6 @@ pub async fn mark_uncollectible(
 
 // ---- payments ----
 
-/// Which attempt [`start_attempt`] is asked to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptNumber {
-    /// Exactly this one (a job per attempt): nothing when it was already made.
-    Exactly(i32),
-    /// The next one (paying now on request).
-    Next,
-}
-
 /// What [`start_attempt`] found to do.
 #[derive(Debug, Clone)]
 pub enum Attempt {
@@ -482,19 +472,66 @@ pub enum Attempt {
     Nothing(Option<PaymentRow>),
 }
 
-/// Step 1 of a charge: under the invoice's lock, decides whether to charge and records the
-/// pending attempt (or finds the one a crashed run left).
+/// Locks an invoice the way every change that may also touch its subscription does:
+/// subscription first, then invoice (then customer), so that a cancel and a payment's outcome
+/// never wait for each other in a cycle.
+async fn lock_with_subscription(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<InvoiceRow> {
+    let unlocked = db::invoices::get(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found(WHAT))?;
+    if let Some(sub) = unlocked.subscription_id {
+        db::subscriptions::lock(uow.conn(), scope, sub).await?;
+    }
+    Ok(db::invoices::lock(uow.conn(), scope, id).await?)
+}
+
+/// The attempt of an invoice that is still in flight: sent and unanswered (`pending`), or
+/// waiting for the customer (`requires_action`). No other attempt starts while one is.
+async fn in_flight(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<Option<PaymentRow>> {
+    if let Some(p) = db::invoices::pending_payment(uow.conn(), scope, id).await? {
+        return Ok(Some(p));
+    }
+    Ok(db::invoices::awaiting_action(uow.conn(), scope, id).await?)
+}
+
+/// Refuses a change that would leave an attempt in flight charging an invoice that no longer
+/// owes it.
+pub(crate) async fn refuse_while_in_flight(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<()> {
+    if let Some(p) = in_flight(uow, scope, id).await? {
+        return Err(ServiceError::conflict(
+            "payment_in_progress",
+            format!(
+                "Payment {} of this invoice is {}; wait for its outcome.",
+                p.id, p.status
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 1 of a charge: under the invoice's lock, decides whether to make attempt `number`
+/// and records it as pending (or finds the attempt a crashed run left in flight).
 pub async fn start_attempt(
     uow: &mut UnitOfWork,
     scope: Scope,
     gateway: &Gateway,
     id: InvoiceId,
-    number: AttemptNumber,
+    number: i32,
 ) -> ServiceResult<Attempt> {
     let now = uow.now();
-    let mut invoice = db::invoices::lock(uow.conn(), scope, id)
-        .await
-        .map_err(ServiceError::not_found(WHAT))?;
+    let mut invoice = lock_with_subscription(uow, scope, id).await?;
     let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
     let account = db::stripe_accounts::get(uow.conn(), scope)
         .await?
@@ -515,19 +552,18 @@ pub async fn start_attempt(
     if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
         return Ok(Attempt::Nothing(None));
     }
-    if let Some(sub) = invoice.subscription_id {
-        // Collection stops with the subscription.
-        let sub = db::subscriptions::get(uow.conn(), scope, sub).await?;
-        if !sub.status.is_live() && number != AttemptNumber::Next {
-            return Ok(Attempt::Nothing(None));
-        }
+    if db::invoices::awaiting_action(uow.conn(), scope, id)
+        .await?
+        .is_some()
+    {
+        // The customer may still confirm that one: a second charge could take the money twice.
+        return Ok(Attempt::Nothing(None));
     }
-    let last = db::invoices::last_attempt(uow.conn(), scope, id).await?;
-    let attempt = match number {
-        AttemptNumber::Exactly(n) if n <= last => return Ok(Attempt::Nothing(None)),
-        AttemptNumber::Exactly(n) => n,
-        AttemptNumber::Next => last + 1,
-    };
+    // Each attempt number is made once.
+    let attempt = number;
+    if attempt <= db::invoices::last_attempt(uow.conn(), scope, id).await? {
+        return Ok(Attempt::Nothing(None));
+    }
     let method =
         db::customers::default_payment_token(uow.conn(), scope, invoice.customer_id).await?;
     let mut payment = PaymentRow {
@@ -634,7 +670,7 @@ pub async fn record_outcome(
     outcome: &ChargeOutcome,
 ) -> ServiceResult<PaymentRow> {
     let now = uow.now();
-    let mut invoice = db::invoices::lock(uow.conn(), scope, payment.invoice_id).await?;
+    let mut invoice = lock_with_subscription(uow, scope, payment.invoice_id).await?;
     let mut p = db::invoices::get_payment(uow.conn(), scope, payment.id).await?;
     if p.status != PaymentStatus::Pending {
         return Ok(p);
@@ -747,6 +783,7 @@ pub async fn request_payment(
             invoice.status
         )));
     }
+    refuse_while_in_flight(uow, scope, id).await?;
     let attempt = db::invoices::last_attempt(uow.conn(), scope, id).await? + 1;
     let job = crate::jobs::Job::PayInvoice {
         invoice: id,
@@ -775,14 +812,7 @@ pub async fn run_attempt(
 ) -> ServiceResult<Option<PaymentRow>> {
     let gateway = Gateway::for_mode(stripe, scope.livemode());
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let attempt = start_attempt(
-        &mut uow,
-        scope,
-        &gateway,
-        id,
-        AttemptNumber::Exactly(number),
-    )
-    .await?;
+    let attempt = start_attempt(&mut uow, scope, &gateway, id, number).await?;
     uow.commit().await?;
     let Some(outcome) = charge(&gateway, scope, &attempt).await? else {
         let Attempt::Nothing(recorded) = attempt else {

@@ -612,7 +612,8 @@ pub async fn pause_subscription(
     view(uow, scope, sub).await
 }
 
-/// Resumes collection: the next period is invoiced at its start.
+/// Resumes collection: the period under way is invoiced now (it was not while paused), and the
+/// next ones at their start.
 pub async fn resume_subscription(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -620,6 +621,31 @@ pub async fn resume_subscription(
 ) -> ServiceResult<SubscriptionView> {
     let mut sub = lock(uow, scope, id).await?;
     let next = sub.status.apply(Transition::Resume).map_err(illegal)?;
+    let now = uow.now();
+    if sub.current_period_index >= 0 {
+        // The period under way was not invoiced while paused: it is now (once).
+        let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+        let period = Period {
+            start: sub.current_period_start,
+            end: sub.current_period_end,
+        };
+        let (invoice, made) =
+            invoices::invoice_period(uow, scope, &sub, &items, period, "subscription_cycle")
+                .await?;
+        if made {
+            sub.latest_invoice_id = Some(invoice.id);
+            if invoice.status.is_payable()
+                && sub.collection_method == CollectionMethod::ChargeAutomatically.as_str()
+            {
+                let job = Job::PayInvoice {
+                    invoice: invoice.id,
+                    attempt: 1,
+                };
+                let job = on_clock(job.to_new(Some(scope), now), &sub);
+                jobs::enqueue(uow.conn(), &[job], now).await?;
+            }
+        }
+    }
     move_to(uow, scope, &mut sub, next, Transition::Resume).await?;
     view(uow, scope, sub).await
 }
@@ -655,8 +681,12 @@ pub async fn renew(
         Err(db::DbError::NotFound) => return Ok(Renewal::Stale),
         Err(e) => return Err(e.into()),
     };
-    if !sub.status.is_live() || sub.current_period_end != period_end || now < period_end {
+    if !sub.status.is_live() || sub.current_period_end != period_end {
         return Ok(Renewal::Stale);
+    }
+    if now < period_end {
+        // Run early (another host's clock): not done, so that it runs again when due.
+        return Err(not_due(period_end));
     }
     if sub.status == SubscriptionStatus::Incomplete {
         // Its first invoice is unpaid: it expires rather than renews.
@@ -718,6 +748,11 @@ pub async fn renew(
     })
 }
 
+/// A job that ran before its time: an error, so that it runs again rather than being done.
+fn not_due(at: DateTime<Utc>) -> ServiceError {
+    ServiceError::conflict("not_due", format!("not due before {}", at.to_rfc3339()))
+}
+
 /// Makes period `index` the current one.
 fn advance(sub: &mut SubscriptionRow, index: i32) -> ServiceResult<()> {
     let period = period_of(anchor_of(sub)?, interval_of(sub)?, index)?;
@@ -753,8 +788,11 @@ pub async fn expire_incomplete(
         Err(db::DbError::NotFound) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    if sub.status != SubscriptionStatus::Incomplete || uow.now() < sub.created_at + INCOMPLETE_FOR {
+    if sub.status != SubscriptionStatus::Incomplete {
         return Ok(false);
+    }
+    if uow.now() < sub.created_at + INCOMPLETE_FOR {
+        return Err(not_due(sub.created_at + INCOMPLETE_FOR));
     }
     void_first_invoice(uow, scope, &sub).await?;
     let next = sub

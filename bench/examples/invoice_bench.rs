@@ -1,0 +1,252 @@
+//! Invoice benchmark (run by `bench/invoices/run` against release builds).
+//!
+//! N monthly subscriptions (default 20,000) of one tenant are due for renewal, each customer
+//! with a sandbox card. One `billing-worker` process consuming the `renewals` queue renews them
+//! through the real path: `subscription.renew` invoices the next period (numbered, finalized)
+//! and queues `invoice.pay`, which charges it in three steps. The clock runs from the commit
+//! that makes the renewals due until every renewal invoice is paid. The last line prints
+//! invoices per second and the worker's peak resident memory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use serde_json::json;
+use shared::{config::Settings, domain::api_key::PresentedKey, ids::SubscriptionId, jobs::Job};
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n = common::env_usize("N", 20_000);
+    let worker_bin = std::env::var("WORKER_BIN").expect("WORKER_BIN");
+    let db = common::BenchDatabase::create("invoices").await?;
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("DATABASE_URL".into(), db.url.clone());
+    vars.insert("REDIS_URL".into(), std::env::var("REDIS_URL")?);
+    vars.insert(
+        "APP_SECRET".into(),
+        "bench-secret-0123456789abcdef0123456789".into(),
+    );
+    vars.insert(
+        "REDIS_KEY_PREFIX".into(),
+        format!("bench:{}:", std::process::id()),
+    );
+    vars.insert(
+        "RUST_LOG".into(),
+        std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    if let Ok(c) = std::env::var("CONCURRENCY") {
+        vars.insert("WORKER_CONCURRENCY_RENEWALS".into(), c);
+    }
+    let worker_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    vars.insert("WORKER_ADDR".into(), format!("127.0.0.1:{worker_port}"));
+    let settings = Settings::from_lookup(|k| vars.get(k).cloned())?;
+    let pool = shared::db::pool(&settings.database)?;
+    shared::db::migrate(&pool).await?;
+
+    // A tenant and a monthly plan, through the API code.
+    let mut api_settings = settings.clone();
+    api_settings.api.addr = "127.0.0.1:0".parse()?;
+    let app = api::Application::bind(api::build_state(api_settings).await?).await?;
+    let api_addr = app.addr;
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let reg: serde_json::Value = http
+        .post(format!("http://{api_addr}/api/v1/auth/tenants/register"))
+        .json(&json!({"company_name": "Bench", "email": "bench@example.com", "password": "BenchPass1234!"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = reg["api_keys"]["test_secret"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plan: serde_json::Value = http
+        .post(format!("http://{api_addr}/api/v1/plans"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap())?;
+    let presented = PresentedKey::parse(&key).expect("a secret key");
+    let scope = shared::db::api_keys::find_active_by_hash(&pool, &presented.hash)
+        .await?
+        .context()
+        .scope();
+    let tenant = scope.tenant_id().as_uuid();
+
+    // N customers with a card and an active subscription whose period has just ended, in
+    // bulk (the subscriptions' own creation is not what is measured).
+    let now = Utc::now();
+    let ended = now - chrono::Duration::seconds(1);
+    let started_at = ended - chrono::Duration::days(30);
+    let mut conn = pool.acquire().await?;
+    sqlx::query(
+        "INSERT INTO customers (id, tenant_id, livemode, name, currency, created_at, updated_at) \
+         SELECT gen_random_uuid(), $1, FALSE, 'Customer ' || g, 'usd', $2, $2 \
+         FROM generate_series(1, $3) g",
+    )
+    .bind(tenant)
+    .bind(now)
+    .bind(n as i64)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO payment_methods (id, tenant_id, livemode, customer_id, gateway_token, \
+         brand, last4, exp_month, exp_year, is_default, created_at) \
+         SELECT gen_random_uuid(), $1, FALSE, id, 'pm_card_visa', 'visa', '4242', 12, 2040, \
+         TRUE, $2 FROM customers WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let subs: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO subscriptions (id, tenant_id, livemode, customer_id, status, currency, \
+         interval, interval_count, timezone, billing_cycle_anchor, current_period_index, \
+         current_period_start, current_period_end, collection_method, proration_behavior, \
+         created_at, updated_at) \
+         SELECT gen_random_uuid(), $1, FALSE, id, 'active', 'usd', 'day', 30, 'UTC', $2, 0, $2, \
+         $3, 'charge_automatically', 'create_prorations', $2, $2 \
+         FROM customers WHERE tenant_id = $1 RETURNING id",
+    )
+    .bind(tenant)
+    .bind(started_at)
+    .bind(ended)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO subscription_items (id, tenant_id, livemode, subscription_id, price_id, \
+         quantity, created_at) \
+         SELECT gen_random_uuid(), $1, FALSE, id, $2, 1, $3 FROM subscriptions \
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .bind(price)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    // A 30-day price, so that the stored interval matches the subscriptions'.
+    sqlx::query("UPDATE prices SET interval = 'day', interval_count = 30 WHERE id = $1")
+        .bind(price)
+        .execute(&mut *conn)
+        .await?;
+    drop(conn);
+
+    let mut worker = Command::new(&worker_bin)
+        .envs(&vars)
+        .args(["--queues", "renewals"])
+        .stdout(if std::env::var("WORKER_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()?;
+    for _ in 0..100 {
+        if reqwest::get(format!("http://127.0.0.1:{worker_port}/healthz"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let jobs: Vec<shared::jobs::NewJob> = subs
+        .iter()
+        .map(|s| {
+            Job::RenewSubscription {
+                subscription: SubscriptionId::from_uuid(*s),
+                period_start: ended,
+            }
+            .to_new(Some(scope), ended)
+        })
+        .collect();
+    let cpu_before = cpu_secs(worker.id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    for chunk in jobs.chunks(5_000) {
+        shared::jobs::enqueue(&mut tx, chunk, Utc::now()).await?;
+    }
+    tx.commit().await?;
+    loop {
+        let paid: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM invoices WHERE status = 'paid' \
+             AND billing_reason = 'subscription_cycle'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if std::env::var("BENCH_TRACE").is_ok() {
+            eprintln!("{:>6} ms {paid} paid", started.elapsed().as_millis());
+        }
+        if paid as usize >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            anyhow::bail!("only {paid} of {n} invoices paid after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = started.elapsed();
+    let rss_mib = peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let worker_cpu = cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
+    // Exactly once: one invoice per subscription and period, one successful charge each.
+    let (invoices, charges, numbers): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'), \
+                (SELECT count(*) FROM payments WHERE status = 'succeeded'), \
+                (SELECT count(DISTINCT number) FROM invoices)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    pool.close().await;
+    common::clear_prefix(&vars["REDIS_URL"], &vars["REDIS_KEY_PREFIX"]).await;
+    db.remove().await;
+    anyhow::ensure!(
+        invoices as usize == n && charges as usize == n && numbers as usize == n,
+        "{invoices} invoices, {charges} charges, {numbers} numbers for {n} renewals"
+    );
+    println!(
+        "{n} renewals: {invoices} invoices, {charges} charges, {numbers} distinct numbers; \
+         worker CPU {worker_cpu:.1} s"
+    );
+    println!(
+        "invoices: {n} renewed, finalized and paid in {:.2} s = {:.0} invoices/s; worker peak RSS {rss_mib:.1} MiB",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}
