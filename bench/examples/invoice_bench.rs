@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use serde_json::json;
 use shared::{config::Settings, domain::api_key::PresentedKey, ids::SubscriptionId, jobs::Job};
 
@@ -107,7 +107,8 @@ async fn main() -> anyhow::Result<()> {
 
     // N customers with a card and an active subscription whose period has just ended, in
     // bulk (the subscriptions' own creation is not what is measured).
-    let now = Utc::now();
+    // Whole seconds, as periods are.
+    let now = Utc::now().trunc_subsecs(0);
     let ended = now - chrono::Duration::seconds(1);
     let started_at = ended - chrono::Duration::days(30);
     let mut conn = pool.acquire().await?;

@@ -760,7 +760,10 @@ async fn transition_if_allowed(
     transition: Transition,
 ) -> ServiceResult<()> {
     let mut row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
-    if let Ok(next) = row.status.apply(transition) {
+    // An active subscription's paid renewal changes nothing about it.
+    if let Ok(next) = row.status.apply(transition)
+        && next != row.status
+    {
         super::subscriptions::move_to(uow, scope, &mut row, next, transition).await?;
     }
     Ok(())
