@@ -107,6 +107,13 @@ ensure_app_secret() {
     fi
 }
 
+# `pdftotext` (Debian's poppler-utils): the invoice PDF test reads the text back with it.
+ensure_pdftotext() {
+    if ! command -v pdftotext >/dev/null 2>&1; then
+        apt_install poppler-utils
+    fi
+}
+
 # Python tools the tests use, in a virtual environment under .local/: the `standardwebhooks`
 # library verifies delivered webhooks, `localstripe` stands in for Stripe's products API, and
 # `schemathesis` (pinned: its checks decide a test) tests the API against its OpenAPI document.

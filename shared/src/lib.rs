@@ -12,6 +12,7 @@ pub mod ids;
 pub mod jobs;
 pub mod metrics;
 pub mod payments;
+pub mod pdf;
 pub mod ratelimit;
 pub mod secret;
 pub mod service;

@@ -2,12 +2,19 @@
 
 use chrono::{DateTime, Utc};
 use poem::Request;
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::{Binary, Html, Json},
+};
 use shared::{
     db::invoices::{InvoiceFilter, PaymentRow},
     domain::invoice::InvoiceStatus,
     ids::{CustomerId, InvoiceId, PaymentId, SubscriptionId},
-    service::invoices::{self as service, InvoiceView},
+    service::{
+        invoice_documents,
+        invoices::{self as service, InvoiceView},
+    },
     tenancy::Permission,
 };
 
@@ -232,6 +239,13 @@ pub enum PaymentRequested {
     Accepted(Json<InvoiceOut>),
 }
 
+#[derive(ApiResponse)]
+pub enum InvoicePdf {
+    /// The invoice as a PDF document.
+    #[oai(status = 200, content_type = "application/pdf")]
+    Pdf(Binary<Vec<u8>>),
+}
+
 fn invoice_id(raw: &str) -> Result<InvoiceId, ApiError> {
     InvoiceId::parse(raw).map_err(|_| ApiError::not_found("invoice"))
 }
@@ -323,6 +337,51 @@ impl InvoicesApi {
                 .await?
                 .into(),
         ))
+    }
+
+    /// Get an invoice as a PDF
+    ///
+    /// The tenant's name, the customer, the number, the dates, the lines and the totals,
+    /// rendered by the platform itself.
+    #[oai(
+        path = "/api/v1/invoices/:id/pdf",
+        method = "get",
+        operation_id = "invoices.pdf",
+        tag = "ApiTags::Billing"
+    )]
+    async fn pdf(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<InvoicePdf, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = invoice_id(&id.0)?;
+        let doc = invoice_documents::document(&state.pool, ctx.scope(), id).await?;
+        Ok(InvoicePdf::Pdf(Binary(doc.pdf()?)))
+    }
+
+    /// Get an invoice as an HTML page
+    ///
+    /// The same as the PDF, as a page.
+    #[oai(
+        path = "/api/v1/invoices/:id/html",
+        method = "get",
+        operation_id = "invoices.html",
+        tag = "ApiTags::Billing"
+    )]
+    async fn html(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Html<String>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = invoice_id(&id.0)?;
+        let doc = invoice_documents::document(&state.pool, ctx.scope(), id).await?;
+        Ok(Html(doc.html()?))
     }
 
     /// Pay an invoice

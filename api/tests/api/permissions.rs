@@ -413,6 +413,18 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
         (
             "read billing",
             Method::GET,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/pdf"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/html"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
             "/api/v1/test-clocks".into(),
             none.clone(),
         ),

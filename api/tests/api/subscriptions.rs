@@ -789,3 +789,70 @@ async fn bad_subscriptions_are_refused_field_by_field_and_other_tenants_see_noth
 fn other_plan_placeholder() -> &'static str {
     "plan_01m80000000000000000000000"
 }
+
+#[tokio::test]
+async fn an_invoice_renders_as_a_pdf_whose_text_has_its_number_lines_and_total_and_as_html() {
+    let app = spawn_app().await;
+    let t = app.register("documents@acme.com").await;
+    let key = t.sk_test();
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan, "quantity": 2}]}),
+    )
+    .await;
+    let id = s(&sub["latest_invoice"]);
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    let number = s(&invoice["number"]);
+    let resp = app.get(&format!("/api/v1/invoices/{id}/pdf"), &key).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/pdf");
+    let pdf = resp.bytes().await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let path = std::env::temp_dir().join(format!("invoice-{}.pdf", Uuid::new_v4()));
+    std::fs::write(&path, &pdf).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .args(["-layout", path.to_str().unwrap(), "-"])
+        .output()
+        .expect("pdftotext (poppler-utils, installed by scripts/test)");
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("Invoice {number}")), "{text}");
+    assert!(
+        text.contains("Company of documents@acme.com"),
+        "the tenant's name: {text}"
+    );
+    assert!(text.contains("Globex"), "the customer: {text}");
+    assert!(
+        text.contains("$59.98"),
+        "the line and the total (2 × $29.99): {text}"
+    );
+    assert!(text.contains("Amount due"), "{text}");
+
+    let resp = app.get(&format!("/api/v1/invoices/{id}/html"), &key).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    assert!(html.contains(&format!("Invoice {number}")));
+    assert!(html.contains("$59.98"));
+    // Another tenant gets neither.
+    let other = app.register("documents-other@acme.com").await;
+    for path in [
+        format!("/api/v1/invoices/{id}/pdf"),
+        format!("/api/v1/invoices/{id}/html"),
+    ] {
+        let resp = app.get(&path, &other.sk_test()).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}

@@ -496,3 +496,20 @@ pub async fn payment_token(
     .await
     .map_err(Into::into)
 }
+
+/// A customer, deleted or not (what its invoices were billed to).
+pub async fn get_any(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: CustomerId,
+) -> Result<CustomerRow, DbError> {
+    sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "SELECT {COLUMNS} FROM customers WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}

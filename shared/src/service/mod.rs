@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod customers;
 pub mod events;
+pub mod invoice_documents;
 pub mod invoices;
 pub mod sessions;
 pub mod stripe_connect;
