@@ -193,6 +193,41 @@ pub async fn invoice_pending(
     Ok(Some(invoice))
 }
 
+/// A line waiting for an invoice, as a line of `invoice` at `position`.
+pub(crate) fn pending_line(
+    p: &db::invoices::PendingLine,
+    invoice: InvoiceId,
+    position: i32,
+) -> LineRow {
+    LineRow {
+        id: InvoiceLineId::new(),
+        invoice_id: invoice,
+        position,
+        description: p.description.clone(),
+        price_id: p.price_id,
+        subscription_item_id: p.subscription_item_id,
+        quantity: p.quantity,
+        unit_amount: p.unit_amount,
+        amount: p.amount,
+        discount_amount: 0,
+        proration: p.proration,
+        period_start: p.period_start,
+        period_end: p.period_end,
+    }
+}
+
+/// The totals of `lines` with up to `balance` of the customer's credit applied.
+pub(crate) fn totals_of(lines: &[LineRow], balance: i64) -> ServiceResult<Totals> {
+    let amounts: Vec<LineAmount> = lines
+        .iter()
+        .map(|l| LineAmount {
+            amount: l.amount,
+            discount: l.discount_amount,
+        })
+        .collect();
+    Totals::compute(&amounts, 0, balance).map_err(|e| ServiceError::invalid("items", e.to_string()))
+}
+
 /// Makes an invoice of `lines` and of the lines waiting for the subscription's next invoice:
 /// applies the customer's credit (a negative total becomes credit), finalizes it with the next
 /// number and records `invoice.created` and `invoice.finalized` (and `invoice.paid` when
@@ -209,34 +244,13 @@ async fn issue(
     let now = uow.now();
     let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     for p in &pending {
-        lines.push(LineRow {
-            id: InvoiceLineId::new(),
-            invoice_id: id,
-            position: i32::try_from(lines.len()).map_err(ServiceError::internal)?,
-            description: p.description.clone(),
-            price_id: p.price_id,
-            subscription_item_id: p.subscription_item_id,
-            quantity: p.quantity,
-            unit_amount: p.unit_amount,
-            amount: p.amount,
-            discount_amount: 0,
-            proration: p.proration,
-            period_start: p.period_start,
-            period_end: p.period_end,
-        });
+        let position = i32::try_from(lines.len()).map_err(ServiceError::internal)?;
+        lines.push(pending_line(p, id, position));
     }
     let customer = db::customers::lock(uow.conn(), scope, sub.customer_id)
         .await
         .map_err(ServiceError::not_found("customer"))?;
-    let amounts: Vec<LineAmount> = lines
-        .iter()
-        .map(|l| LineAmount {
-            amount: l.amount,
-            discount: l.discount_amount,
-        })
-        .collect();
-    let totals = Totals::compute(&amounts, 0, customer.balance)
-        .map_err(|e| ServiceError::invalid("items", e.to_string()))?;
+    let totals = totals_of(&lines, customer.balance)?;
     let balance_change = totals.credit_to_balance - totals.balance_applied;
     if balance_change != 0 {
         db::customers::adjust_balance(uow.conn(), scope, customer.id, balance_change, now).await?;

@@ -240,6 +240,29 @@ fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
     on_clock(job, sub)
 }
 
+/// Queues the first charge of a new invoice of `sub`, when there is something to charge
+/// automatically.
+async fn queue_charge(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    invoice: &db::invoices::InvoiceRow,
+) -> ServiceResult<()> {
+    if !invoice.status.is_payable()
+        || sub.collection_method != CollectionMethod::ChargeAutomatically.as_str()
+    {
+        return Ok(());
+    }
+    let now = uow.now();
+    let job = Job::PayInvoice {
+        invoice: invoice.id,
+        attempt: 1,
+    };
+    let job = on_clock(job.to_new(Some(scope), now), sub);
+    jobs::enqueue(uow.conn(), &[job], now).await?;
+    Ok(())
+}
+
 /// A job about `sub` waits for its test clock's time, when it has a clock.
 fn on_clock(job: jobs::NewJob, sub: &SubscriptionRow) -> jobs::NewJob {
     job.on_clock(sub.test_clock_id.map(|c| c.as_uuid()))
@@ -621,7 +644,6 @@ pub async fn resume_subscription(
 ) -> ServiceResult<SubscriptionView> {
     let mut sub = lock(uow, scope, id).await?;
     let next = sub.status.apply(Transition::Resume).map_err(illegal)?;
-    let now = uow.now();
     if sub.current_period_index >= 0 {
         // The period under way was not invoiced while paused: it is now (once).
         let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
@@ -634,16 +656,7 @@ pub async fn resume_subscription(
                 .await?;
         if made {
             sub.latest_invoice_id = Some(invoice.id);
-            if invoice.status.is_payable()
-                && sub.collection_method == CollectionMethod::ChargeAutomatically.as_str()
-            {
-                let job = Job::PayInvoice {
-                    invoice: invoice.id,
-                    attempt: 1,
-                };
-                let job = on_clock(job.to_new(Some(scope), now), &sub);
-                jobs::enqueue(uow.conn(), &[job], now).await?;
-            }
+            queue_charge(uow, scope, &sub, &invoice).await?;
         }
     }
     move_to(uow, scope, &mut sub, next, Transition::Resume).await?;
@@ -733,13 +746,8 @@ pub async fn renew(
         invoices::invoice_period(uow, scope, &sub, &items, period, "subscription_cycle").await?;
     sub.latest_invoice_id = Some(invoice.id);
     save_and_queue(uow, scope, &sub).await?;
-    if made && charge && invoice.status.is_payable() {
-        let job = Job::PayInvoice {
-            invoice: invoice.id,
-            attempt: 1,
-        };
-        let job = on_clock(job.to_new(Some(scope), now), &sub);
-        jobs::enqueue(uow.conn(), &[job], now).await?;
+    if made {
+        queue_charge(uow, scope, &sub, &invoice).await?;
     }
     let v = view(uow, scope, sub).await?;
     events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;
@@ -1000,16 +1008,7 @@ pub async fn change_items(
             && let Some(inv) = invoices::invoice_pending(uow, scope, &sub).await?
         {
             sub.latest_invoice_id = Some(inv.id);
-            if inv.status.is_payable()
-                && sub.collection_method == CollectionMethod::ChargeAutomatically.as_str()
-            {
-                let job = Job::PayInvoice {
-                    invoice: inv.id,
-                    attempt: 1,
-                };
-                let job = on_clock(job.to_new(Some(scope), now), &sub);
-                jobs::enqueue(uow.conn(), &[job], now).await?;
-            }
+            queue_charge(uow, scope, &sub, &inv).await?;
             invoice = Some(inv.id);
         }
     }
@@ -1120,11 +1119,7 @@ pub async fn upcoming_invoice(
     scope: Scope,
     id: SubscriptionId,
 ) -> ServiceResult<invoices::InvoiceView> {
-    use crate::{
-        db::invoices::{InvoiceRow, LineRow},
-        domain::invoice::{LineAmount, Totals},
-        ids::{InvoiceId, InvoiceLineId},
-    };
+    use crate::{db::invoices::InvoiceRow, ids::InvoiceId};
     let sub = db::subscriptions::get(uow.conn(), scope, id)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
@@ -1144,32 +1139,11 @@ pub async fn upcoming_invoice(
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
     for p in db::invoices::pending_of(uow.conn(), scope, sub.id).await? {
-        lines.push(LineRow {
-            id: InvoiceLineId::new(),
-            invoice_id,
-            position: i32::try_from(lines.len()).map_err(ServiceError::internal)?,
-            description: p.description,
-            price_id: p.price_id,
-            subscription_item_id: p.subscription_item_id,
-            quantity: p.quantity,
-            unit_amount: p.unit_amount,
-            amount: p.amount,
-            discount_amount: 0,
-            proration: p.proration,
-            period_start: p.period_start,
-            period_end: p.period_end,
-        });
+        let position = i32::try_from(lines.len()).map_err(ServiceError::internal)?;
+        lines.push(invoices::pending_line(&p, invoice_id, position));
     }
     let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
-    let amounts: Vec<LineAmount> = lines
-        .iter()
-        .map(|l| LineAmount {
-            amount: l.amount,
-            discount: l.discount_amount,
-        })
-        .collect();
-    let totals = Totals::compute(&amounts, 0, customer.balance)
-        .map_err(|e| ServiceError::invalid("items", e.to_string()))?;
+    let totals = invoices::totals_of(&lines, customer.balance)?;
     let at = period.start;
     let invoice = InvoiceRow {
         id: invoice_id,
