@@ -354,6 +354,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("SubscriptionIn", "days_until_due", json!({"maximum": 365})),
         ("SubscriptionIn", "proration_behavior", proration_behavior()),
         ("SubscriptionIn", "metadata", metadata()),
+        ("SubscriptionIn", "coupon", id("coupon")),
         ("SubscriptionItemIn", "price", id("price")),
         ("SubscriptionItemIn", "plan", id("plan")),
         (

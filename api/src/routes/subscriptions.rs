@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payl
 use serde::Deserialize;
 use shared::{
     domain::subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus},
-    ids::{CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
+    ids::{CouponId, CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
     service::subscriptions::{
         self as service, ItemChange, ItemRef, ItemSpec, ItemsChange, SubscriptionChanges,
         SubscriptionSpec, SubscriptionView, Trial,
@@ -70,6 +70,10 @@ pub struct SubscriptionIn {
     /// `always_invoice` or `none`.
     #[oai(nullable)]
     pub proration_behavior: Option<String>,
+    /// A coupon to redeem (`coupon_…`): it discounts the period invoices while its duration
+    /// lasts (an amount off must be in the subscription's currency).
+    #[oai(nullable)]
+    pub coupon: Option<String>,
     #[oai(nullable)]
     pub metadata: Option<HashMap<String, String>>,
 }
@@ -188,6 +192,9 @@ pub struct SubscriptionOut {
     /// The customer's test clock (`clock_…`), whose time the subscription follows.
     #[oai(nullable)]
     pub test_clock: Option<String>,
+    /// The coupon redeemed on it (`coupon_…`).
+    #[oai(nullable)]
+    pub coupon: Option<String>,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -230,6 +237,7 @@ impl From<SubscriptionView> for SubscriptionOut {
             latest_invoice: s.latest_invoice_id.map(|i| i.to_string()),
             metadata: s.metadata,
             test_clock: s.test_clock_id.map(|c| c.to_string()),
+            coupon: s.coupon_id.map(|c| c.to_string()),
             livemode: s.livemode,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -400,6 +408,12 @@ impl SubscriptionsApi {
         let proration_behavior = proration(b.proration_behavior.as_deref())?
             .unwrap_or(ProrationBehavior::CreateProrations);
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
+        let coupon = b
+            .coupon
+            .as_deref()
+            .map(CouponId::parse)
+            .transpose()
+            .map_err(|e| ApiError::validation("coupon", e.to_string()))?;
         let mut work = Work::begin(req).await?;
         let view = service::create_subscription(
             &mut work,
@@ -412,6 +426,7 @@ impl SubscriptionsApi {
                 days_until_due: b.days_until_due,
                 proration_behavior,
                 metadata: &metadata,
+                coupon,
             },
         )
         .await?;

@@ -109,6 +109,9 @@ fn subscription_row(
         latest_invoice_id: None,
         metadata: serde_json::json!({}),
         test_clock_id: None,
+        coupon_id: None,
+        coupon_redeemed_at: None,
+        coupon_invoices: 0,
         created_at: now,
         updated_at: now,
     }

@@ -653,6 +653,13 @@ async fn changes_are_prorated_by_seconds_as_each_proration_behavior_says() {
     )
     .await;
     assert_eq!(paid["status"], "paid");
+    let payments = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments?invoice={}", s(&update["id"])),
+    )
+    .await;
+    assert_eq!(payments["data"].as_array().unwrap().len(), 1, "{payments}");
 
     // Bad changes.
     let bad = [
@@ -704,4 +711,128 @@ async fn monthly_plan_at(app: &TestApp, key: &Cred, name: &str, cents: i64) -> S
     )
     .await;
     s(&plan["id"])
+}
+
+#[tokio::test]
+async fn a_coupon_discounts_the_periods_its_duration_covers_and_its_limit_holds() {
+    let app = spawn_app().await;
+    let t = app.register("clock-coupons@acme.com").await;
+    let key = t.sk_test();
+    let c = clock(&app, &key, "2026-01-31T09:00:00Z").await;
+    let plan = monthly_plan_at(&app, &key, "Seat", 2999).await;
+    // 25 % for two months, once only.
+    let coupon = json_of(
+        app.post(
+            "/api/v1/coupons",
+            &key,
+            &json!({"percent_off_bps": 2500, "duration": "repeating", "duration_in_months": 2,
+                    "max_redemptions": 1}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let euros = json_of(
+        app.post(
+            "/api/v1/coupons",
+            &key,
+            &json!({"amount_off": 500, "currency": "eur", "duration": "forever"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let first = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+    let second = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": first, "items": [{"plan": plan, "quantity": 2}], "coupon": coupon["id"]}),
+    )
+    .await;
+    assert_eq!(sub["coupon"], coupon["id"]);
+    for (body_coupon, why) in [
+        (&coupon, "its one redemption is used"),
+        (&euros, "euros on dollars"),
+    ] {
+        let resp = app
+            .post(
+                "/api/v1/subscriptions",
+                &key,
+                &json!({"customer": second, "items": [{"plan": plan}], "coupon": body_coupon["id"]}),
+            )
+            .await;
+        let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(p["field"], "coupon", "{why}");
+    }
+    let redeemed = get(&app, &key, &format!("/api/v1/coupons/{}", s(&coupon["id"]))).await;
+    assert_eq!(redeemed["times_redeemed"], 1);
+
+    advance(&app, &key, &t.sk_test, &c, "2026-04-15T00:00:00Z").await;
+    let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+    // 31 Jan, 28 Feb (within two months of 31 Jan), 31 Mar (not: the two months end then).
+    // 2 × 29.99 = 59.98; 25 % = 14.995 → 15.00 (half away from zero).
+    let totals: Vec<(i64, i64, i64)> = all
+        .iter()
+        .map(|i| {
+            (
+                i["subtotal"].as_i64().unwrap(),
+                i["discount"].as_i64().unwrap(),
+                i["amount_paid"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        totals,
+        vec![(5998, 1500, 4498), (5998, 1500, 4498), (5998, 0, 5998)]
+    );
+    assert_eq!(all[0]["lines"][0]["discount_amount"], 1500);
+}
+
+#[tokio::test]
+async fn prorations_waiting_when_a_subscription_ends_are_billed_on_a_last_invoice() {
+    let app = spawn_app().await;
+    let t = app.register("clock-last-invoice@acme.com").await;
+    let key = t.sk_test();
+    let c = clock(&app, &key, "2026-04-01T00:00:00Z").await;
+    let plan = monthly_plan_at(&app, &key, "Seat", 3000).await;
+    let customer = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    advance(&app, &key, &t.sk_test, &c, "2026-04-11T07:00:00Z").await;
+    let changed = json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+            &key,
+            Some(&json!({
+                "items": [{"id": item_ids(&sub)[0], "quantity": 3}],
+                "proration_behavior": "create_prorations",
+                "cancel_at_period_end": true,
+            })),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(changed["cancel_at_period_end"], true);
+    advance(&app, &key, &t.sk_test, &c, "2026-05-02T00:00:00Z").await;
+    let ended = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(ended["status"], "canceled");
+    let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    // The waiting lines (−1971 for the unused single seat, +5913 for three seats) are billed
+    // on a last invoice, and charged.
+    assert_eq!(all[1]["billing_reason"], "subscription_update");
+    assert_eq!(amounts(&all[1]), vec![-1971, 5913]);
+    assert_eq!(all[1]["status"], "paid");
 }

@@ -76,11 +76,14 @@ async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_o
     // due as early as the other one's, and it was not relayed.
     assert_eq!(status(subs[1].clone()).await, "incomplete");
     let waiting = env
-        .scalar("SELECT count(*) FROM jobs WHERE test_clock_id IS NOT NULL AND state = 'pending'")
+        .scalar(
+            "SELECT count(*) FROM jobs WHERE test_clock_id IS NOT NULL AND state = 'pending' \
+             AND lease_token IS NULL AND attempts = 0",
+        )
         .await;
-    assert!(
-        waiting >= 3,
-        "pay, expire and renew wait for the clock: {waiting}"
+    assert_eq!(
+        waiting, 3,
+        "pay, expire and renew wait for the clock, never leased"
     );
 
     let (code, _) = api

@@ -201,3 +201,89 @@ pub async fn delete(
     .await
     .map_err(Into::into)
 }
+
+/// A coupon, deleted or not (a discount already given keeps its coupon).
+pub async fn get_any(
+    conn: &mut PgConnection,
+    scope: crate::tenancy::Scope,
+    id: CouponId,
+) -> Result<CouponRow, DbError> {
+    sqlx::query_as::<_, CouponRow>(sqlf!(
+        "SELECT {COLUMNS} FROM coupons WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// A coupon that can still be redeemed, locked until the transaction ends (redemptions take
+/// turns, so a limit is never exceeded).
+pub async fn lock(
+    conn: &mut PgConnection,
+    scope: crate::tenancy::Scope,
+    id: CouponId,
+) -> Result<CouponRow, DbError> {
+    sqlx::query_as::<_, CouponRow>(sqlf!(
+        "SELECT {COLUMNS} FROM coupons WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
+         AND deleted_at IS NULL FOR UPDATE"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(Into::into)
+}
+
+/// Counts one redemption of a locked coupon.
+pub async fn redeem(
+    conn: &mut PgConnection,
+    scope: crate::tenancy::Scope,
+    id: CouponId,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE coupons SET times_redeemed = times_redeemed + 1, updated_at = $4 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl CouponRow {
+    /// Its discount and duration, as stored.
+    pub fn terms(
+        &self,
+    ) -> Option<(
+        crate::domain::coupon::Discount,
+        crate::domain::coupon::Duration,
+    )> {
+        use crate::domain::{
+            coupon::{Discount, Duration},
+            money::Currency,
+        };
+        let discount = match (
+            self.percent_off_bps,
+            self.amount_off,
+            self.currency.as_deref(),
+        ) {
+            (Some(bps), None, None) => Discount::Percent(u32::try_from(bps).ok()?),
+            (None, Some(amount), Some(c)) => Discount::Amount {
+                amount,
+                currency: Currency::parse(c).ok()?,
+            },
+            _ => return None,
+        };
+        let months = self.duration_in_months.and_then(|m| u32::try_from(m).ok());
+        let duration = Duration::parse(&self.duration, months).ok()?;
+        Some((discount, duration))
+    }
+}

@@ -12,7 +12,8 @@ use super::{
 use crate::{
     domain::subscription::SubscriptionStatus,
     ids::{
-        CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId, TenantId, TestClockId,
+        CouponId, CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId, TenantId,
+        TestClockId,
     },
     tenancy::Scope,
 };
@@ -45,6 +46,10 @@ pub struct SubscriptionRow {
     pub metadata: serde_json::Value,
     /// The customer's test clock: jobs about the subscription wait for its time.
     pub test_clock_id: Option<TestClockId>,
+    /// A coupon redeemed on it, when, and how many period invoices it has been on since.
+    pub coupon_id: Option<CouponId>,
+    pub coupon_redeemed_at: Option<DateTime<Utc>>,
+    pub coupon_invoices: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -111,6 +116,7 @@ impl SubscriptionRow {
             "latest_invoice": self.latest_invoice_id.map(|i| i.to_string()),
             "metadata": self.metadata,
             "test_clock": self.test_clock_id.map(|c| c.to_string()),
+            "coupon": self.coupon_id.map(|c| c.to_string()),
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -122,7 +128,8 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, status, currency, i
     interval_count, timezone, billing_cycle_anchor, current_period_index, current_period_start, \
     current_period_end, trial_start, trial_end, collection_method, days_until_due, \
     proration_behavior, cancel_at_period_end, canceled_at, ended_at, latest_invoice_id, \
-    metadata, test_clock_id, created_at, updated_at";
+    metadata, test_clock_id, coupon_id, coupon_redeemed_at, coupon_invoices, created_at, \
+    updated_at";
 
 /// Inserts a subscription as the row describes it (its id, times and all).
 pub async fn insert(
@@ -135,9 +142,10 @@ pub async fn insert(
          interval, interval_count, timezone, billing_cycle_anchor, current_period_index, \
          current_period_start, current_period_end, trial_start, trial_end, collection_method, \
          days_until_due, proration_behavior, cancel_at_period_end, canceled_at, ended_at, \
-         latest_invoice_id, metadata, created_at, updated_at, test_clock_id) \
+         latest_invoice_id, metadata, created_at, updated_at, test_clock_id, coupon_id, \
+         coupon_redeemed_at, coupon_invoices) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
     )
     .bind(s.id)
     .bind(scope.tenant_id())
@@ -165,6 +173,9 @@ pub async fn insert(
     .bind(s.created_at)
     .bind(s.updated_at)
     .bind(s.test_clock_id)
+    .bind(s.coupon_id)
+    .bind(s.coupon_redeemed_at)
+    .bind(s.coupon_invoices)
     .execute(conn)
     .await?;
     Ok(())
@@ -180,7 +191,8 @@ pub async fn save(
         "UPDATE subscriptions SET status = $3, billing_cycle_anchor = $4, \
          current_period_index = $5, current_period_start = $6, current_period_end = $7, \
          trial_end = $8, cancel_at_period_end = $9, canceled_at = $10, ended_at = $11, \
-         latest_invoice_id = $12, metadata = $13, proration_behavior = $14, updated_at = $15 \
+         latest_invoice_id = $12, metadata = $13, proration_behavior = $14, updated_at = $15, \
+         coupon_invoices = $17 \
          WHERE tenant_id = $1 AND livemode = $2 AND id = $16",
     )
     .bind(scope.tenant_id())
@@ -199,6 +211,7 @@ pub async fn save(
     .bind(&s.proration_behavior)
     .bind(s.updated_at)
     .bind(s.id)
+    .bind(s.coupon_invoices)
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {

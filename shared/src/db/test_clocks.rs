@@ -181,15 +181,19 @@ pub struct ClockJob {
 /// The clock's earliest pending job due by `until`, if any.
 pub async fn next_job(
     conn: &mut PgConnection,
+    scope: Scope,
     clock: TestClockId,
     until: DateTime<Utc>,
 ) -> Result<Option<ClockJob>, DbError> {
     Ok(sqlx::query_as::<_, ClockJob>(
         "SELECT id, kind, payload, run_at FROM jobs WHERE test_clock_id = $1 \
-         AND state = 'pending' AND run_at <= $2 ORDER BY run_at, id LIMIT 1",
+         AND state = 'pending' AND run_at <= $2 AND tenant_id = $3 AND livemode = $4 \
+         ORDER BY run_at, id LIMIT 1",
     )
     .bind(clock)
     .bind(until)
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
     .fetch_optional(conn)
     .await?)
 }

@@ -152,6 +152,41 @@ pub fn redeemable(
     Ok(())
 }
 
+/// Splits `total` over `amounts` in proportion to each positive amount (a credit or a zero
+/// takes none), the cents left by rounding down going to the largest remainders (the first of
+/// equal ones): the parts add up to `total` exactly, or to the positive amounts' sum when
+/// `total` is larger, and no part exceeds its amount. A `total` of zero or less gives zeros.
+pub fn allocate(total: i64, amounts: &[i64]) -> Vec<i64> {
+    let positive: i128 = amounts.iter().map(|a| i128::from((*a).max(0))).sum();
+    let total = i128::from(total.max(0)).min(positive);
+    if total == 0 {
+        return vec![0; amounts.len()];
+    }
+    let mut parts: Vec<i128> = Vec::with_capacity(amounts.len());
+    let mut remainders: Vec<(i128, usize)> = Vec::new();
+    for (i, a) in amounts.iter().enumerate() {
+        let a = i128::from((*a).max(0));
+        let exact = total * a;
+        parts.push(exact / positive);
+        remainders.push((exact % positive, i));
+    }
+    let mut left = total - parts.iter().sum::<i128>();
+    // Largest remainder first; the earlier line first among equals. The cents left are fewer
+    // than the lines with a remainder, so a line of zero never gets one.
+    remainders.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    for (_, i) in remainders {
+        if left == 0 {
+            break;
+        }
+        parts[i] += 1;
+        left -= 1;
+    }
+    parts
+        .into_iter()
+        .map(|p| i64::try_from(p).unwrap_or(i64::MAX))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -353,5 +388,44 @@ mod tests {
             redeemable(now, None, Some(3), 4),
             Err(Unredeemable::MaxedOut(3))
         );
+    }
+
+    #[test]
+    fn a_discount_splits_over_lines_in_proportion_and_the_cents_left_go_to_the_largest_remainders()
+    {
+        // 1000 over 3000 / 1000: 750 and 250 exactly.
+        assert_eq!(allocate(1000, &[3000, 1000]), vec![750, 250]);
+        // 100 over three equal lines: 33 each, the cent left to the first.
+        assert_eq!(allocate(100, &[100, 100, 100]), vec![34, 33, 33]);
+        // 10 over 10 / 20: 3.33 and 6.67 → 3 and 7 (the larger remainder takes the cent).
+        assert_eq!(allocate(10, &[10, 20]), vec![3, 7]);
+        // 3 over 1 / 5: 0.5 and 2.5, equal remainders → the first line takes the cent.
+        assert_eq!(allocate(3, &[1, 5]), vec![1, 2]);
+        // Credits and zeros take nothing; the total is capped by what can be discounted.
+        assert_eq!(allocate(500, &[-200, 0, 300]), vec![0, 0, 300]);
+        assert_eq!(allocate(0, &[100, 200]), vec![0, 0]);
+        assert_eq!(allocate(-5, &[100]), vec![0]);
+        assert_eq!(allocate(7, &[]), Vec::<i64>::new());
+        // Amounts near the limit do not overflow.
+        assert_eq!(
+            allocate(i64::MAX, &[i64::MAX, i64::MAX]),
+            vec![i64::MAX / 2 + 1, i64::MAX / 2]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parts_add_up_and_none_exceeds_its_line(
+            total in -100i64..1_000_000,
+            amounts in proptest::collection::vec(-1_000i64..100_000, 0..8),
+        ) {
+            let parts = allocate(total, &amounts);
+            prop_assert_eq!(parts.len(), amounts.len());
+            let positive: i64 = amounts.iter().map(|a| (*a).max(0)).sum();
+            prop_assert_eq!(parts.iter().sum::<i64>(), total.max(0).min(positive));
+            for (p, a) in parts.iter().zip(&amounts) {
+                prop_assert!(*p >= 0 && *p <= (*a).max(0));
+            }
+        }
     }
 }

@@ -24,8 +24,10 @@ use crate::{
         subscriptions::{ItemRow, SubscriptionRow},
     },
     domain::{
+        coupon::allocate,
         customer::InvoicePrefix,
         invoice::{InvoiceStatus, InvoiceTransition, LineAmount, Totals, is_hard_decline},
+        money::Currency,
         period::Period,
         pricing::PriceModel,
         subscription::{CollectionMethod, Transition},
@@ -142,14 +144,14 @@ pub fn period_lines(
         .collect()
 }
 
-/// Invoices one period of a subscription (the subscription must be locked): the items' lines
-/// for the period, then the lines waiting for this invoice (prorations), finalized with the next
-/// number (see [`issue`]). Returns the period's invoice and whether it was made now; a period
+/// Invoices one period of a subscription (the subscription must be locked, and the caller
+/// saves it): the items' lines for the period (less its coupon's discount), then the lines
+/// waiting for this invoice (prorations), finalized with the next number (see [`issue`]). Returns the period's invoice and whether it was made now; a period
 /// already invoiced gets nothing new.
 pub async fn invoice_period(
     uow: &mut UnitOfWork,
     scope: Scope,
-    sub: &SubscriptionRow,
+    sub: &mut SubscriptionRow,
     items: &[ItemRow],
     period: Period,
     billing_reason: &str,
@@ -159,9 +161,44 @@ pub async fn invoice_period(
         return Ok((existing, false));
     }
     let id = InvoiceId::new();
-    let lines = period_lines(id, items, period)?;
+    let mut lines = period_lines(id, items, period)?;
+    discount(uow, scope, sub, &mut lines, period).await?;
     let invoice = issue(uow, scope, sub, id, lines, period, billing_reason).await?;
+    if sub.coupon_id.is_some() {
+        // One more period invoice since the redemption (saved with the subscription).
+        sub.coupon_invoices = sub.coupon_invoices.saturating_add(1);
+    }
     Ok((invoice, true))
+}
+
+/// Applies the subscription's coupon to a period's lines while its duration lasts: the
+/// discount of their sum, split over them in proportion ([`allocate`]).
+async fn discount(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    lines: &mut [LineRow],
+    period: Period,
+) -> ServiceResult<()> {
+    let (Some(coupon), Some(redeemed_at)) = (sub.coupon_id, sub.coupon_redeemed_at) else {
+        return Ok(());
+    };
+    let coupon = db::coupons::get_any(uow.conn(), scope, coupon).await?;
+    let (off, duration) = coupon
+        .terms()
+        .ok_or_else(|| ServiceError::internal("stored coupon terms"))?;
+    let nth = u32::try_from(sub.coupon_invoices).unwrap_or(u32::MAX);
+    if !duration.applies(redeemed_at, nth, period.start) {
+        return Ok(());
+    }
+    let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
+    let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
+    let subtotal = amounts.iter().try_fold(0i64, |a, b| a.checked_add(*b));
+    let total = off.off(subtotal.unwrap_or(0), currency);
+    for (line, part) in lines.iter_mut().zip(allocate(total, &amounts)) {
+        line.discount_amount = part;
+    }
+    Ok(())
 }
 
 /// Invoices the lines waiting for the subscription's next invoice now (a change made with

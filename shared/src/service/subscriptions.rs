@@ -27,7 +27,7 @@ use crate::{
         period::{Anchor, Period},
         subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
     },
-    ids::{CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
+    ids::{CouponId, CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
     jobs::{self, Job},
     tenancy::Scope,
     uow::UnitOfWork,
@@ -76,6 +76,8 @@ pub struct SubscriptionSpec<'a> {
     pub days_until_due: Option<u32>,
     pub proration_behavior: ProrationBehavior,
     pub metadata: &'a Metadata,
+    /// A coupon to redeem: it discounts the period invoices while its duration lasts.
+    pub coupon: Option<CouponId>,
 }
 
 /// A subscription with its items.
@@ -230,6 +232,38 @@ fn period_of(anchor: Anchor, interval: Interval, n: i32) -> ServiceResult<Period
         .ok_or_else(|| ServiceError::internal("a period beyond the calendar"))
 }
 
+/// Redeems a coupon (locked, so that its limit holds under concurrency): it must be
+/// redeemable now, and an amount off must be in the subscription's currency.
+async fn redeem_coupon(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: CouponId,
+    currency: &str,
+    now: DateTime<Utc>,
+) -> ServiceResult<()> {
+    let coupon = db::coupons::lock(uow.conn(), scope, id)
+        .await
+        .map_err(|e| match e {
+            db::DbError::NotFound => ServiceError::invalid("coupon", "no such coupon"),
+            other => other.into(),
+        })?;
+    crate::domain::coupon::redeemable(
+        now,
+        coupon.redeem_by,
+        coupon.max_redemptions,
+        coupon.times_redeemed,
+    )
+    .map_err(|e| ServiceError::invalid("coupon", e.to_string()))?;
+    if coupon.currency.as_deref().is_some_and(|c| c != currency) {
+        return Err(ServiceError::invalid(
+            "coupon",
+            format!("takes an amount off in another currency than {currency}"),
+        ));
+    }
+    db::coupons::redeem(uow.conn(), scope, id, now).await?;
+    Ok(())
+}
+
 /// The renewal of the period that ends now, due at its end.
 fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
     let job = Job::RenewSubscription {
@@ -372,6 +406,9 @@ pub async fn create_subscription(
         }
         Trial::Until(end) => Some(end.trunc_subsecs(0)),
     };
+    if let Some(coupon) = spec.coupon {
+        redeem_coupon(uow, scope, coupon, &terms.currency, now).await?;
+    }
     let tz = parse_tz(&customer.timezone)?;
     // Periods count from the trial's end when there is one.
     let anchor = Anchor::new(trial_end.unwrap_or(now), tz);
@@ -405,6 +442,9 @@ pub async fn create_subscription(
         latest_invoice_id: None,
         metadata: spec.metadata.to_json(),
         test_clock_id: customer.test_clock_id,
+        coupon_id: spec.coupon,
+        coupon_redeemed_at: spec.coupon.map(|_| now),
+        coupon_invoices: 0,
         created_at: now,
         updated_at: now,
     };
@@ -414,7 +454,7 @@ pub async fn create_subscription(
     let mut due = vec![renewal(scope, &sub)];
     if trial_end.is_none() {
         let (invoice, _) =
-            invoices::invoice_period(uow, scope, &sub, &items, first, "subscription_create")
+            invoices::invoice_period(uow, scope, &mut sub, &items, first, "subscription_create")
                 .await?;
         sub.latest_invoice_id = Some(invoice.id);
         let charge = spec.collection_method == CollectionMethod::ChargeAutomatically;
@@ -558,8 +598,23 @@ pub async fn cancel_subscription(
     if sub.status == SubscriptionStatus::Incomplete {
         void_first_invoice(uow, scope, &sub).await?;
     }
+    final_invoice(uow, scope, &mut sub).await?;
     move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
     view(uow, scope, sub).await
+}
+
+/// Invoices the lines still waiting for the next invoice of a subscription that ends (a
+/// change's prorations): a last invoice, charged like the others.
+async fn final_invoice(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &mut SubscriptionRow,
+) -> ServiceResult<()> {
+    if let Some(invoice) = invoices::invoice_pending(uow, scope, sub).await? {
+        sub.latest_invoice_id = Some(invoice.id);
+        queue_charge(uow, scope, sub, &invoice).await?;
+    }
+    Ok(())
 }
 
 async fn void_first_invoice(
@@ -652,7 +707,7 @@ pub async fn resume_subscription(
             end: sub.current_period_end,
         };
         let (invoice, made) =
-            invoices::invoice_period(uow, scope, &sub, &items, period, "subscription_cycle")
+            invoices::invoice_period(uow, scope, &mut sub, &items, period, "subscription_cycle")
                 .await?;
         if made {
             sub.latest_invoice_id = Some(invoice.id);
@@ -707,6 +762,7 @@ pub async fn renew(
     }
     if sub.cancel_at_period_end {
         let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
+        final_invoice(uow, scope, &mut sub).await?;
         move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
         sub.ended_at = Some(period_end);
         db::subscriptions::save(uow.conn(), scope, &sub).await?;
@@ -743,7 +799,8 @@ pub async fn renew(
         end: sub.current_period_end,
     };
     let (invoice, made) =
-        invoices::invoice_period(uow, scope, &sub, &items, period, "subscription_cycle").await?;
+        invoices::invoice_period(uow, scope, &mut sub, &items, period, "subscription_cycle")
+            .await?;
     sub.latest_invoice_id = Some(invoice.id);
     save_and_queue(uow, scope, &sub).await?;
     if made {
@@ -995,7 +1052,9 @@ pub async fn change_items(
     changed.extend(new_items.iter().map(|n| n.id));
     let after = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
 
+    // Only a period that was billed is prorated (not a trial, even a paused one).
     let bills_now = behavior != ProrationBehavior::None
+        && sub.current_period_index >= 0
         && matches!(
             sub.status,
             SubscriptionStatus::Active | SubscriptionStatus::PastDue

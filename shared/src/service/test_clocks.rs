@@ -170,7 +170,7 @@ pub async fn advance(
         if clock.status != ClockStatus::Advancing || clock.advancing_to != Some(to) {
             return Ok(());
         }
-        let Some(next) = db::test_clocks::next_job(&mut conn, id, to).await? else {
+        let Some(next) = db::test_clocks::next_job(&mut conn, scope, id, to).await? else {
             drop(conn);
             let mut uow = UnitOfWork::begin(pool, real).await?;
             let mut clock = db::test_clocks::lock(uow.conn(), scope, id).await?;
