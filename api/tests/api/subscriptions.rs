@@ -347,7 +347,22 @@ async fn a_trial_bills_nothing_until_it_ends_and_without_a_card_the_subscription
         let days = (time(&sub["trial_end"]) - time(&sub["trial_start"])).num_days();
         assert_eq!(days, 14);
     }
-    app.clock.advance(DAY * 13);
+    // Three days before the end, each trial says it will end; nothing is invoiced.
+    app.clock.advance(DAY * 10);
+    assert!(run_due(&app, scope).await.is_empty());
+    app.clock.advance(DAY + Duration::from_secs(60));
+    assert_eq!(
+        run_due(&app, scope).await,
+        vec!["subscription.trial_will_end", "subscription.trial_will_end"]
+    );
+    let notices = get(
+        &app,
+        &key,
+        "/api/v1/events?type=customer.subscription.trial_will_end",
+    )
+    .await;
+    assert_eq!(notices["data"].as_array().unwrap().len(), 2);
+    app.clock.advance(DAY * 2);
     assert!(run_due(&app, scope).await.is_empty());
     app.clock.advance(DAY * 2);
     run_due(&app, scope).await;

@@ -40,6 +40,12 @@ pub enum Job {
     },
     /// Expire a subscription whose first invoice is still unpaid 23 hours after its creation.
     ExpireIncomplete { subscription: SubscriptionId },
+    /// Tell that a trial ends in three days (`customer.subscription.trial_will_end`): one job
+    /// per (subscription, trial end).
+    TrialWillEnd {
+        subscription: SubscriptionId,
+        trial_end: DateTime<Utc>,
+    },
     /// Move a test clock to `to`, running what comes due for its customers on the way: one job
     /// per (clock, target).
     AdvanceTestClock {
@@ -65,6 +71,7 @@ impl Job {
     pub const PAY_INVOICE: &'static str = "invoice.pay";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
+    pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
     pub const ADVANCE_TEST_CLOCK: &'static str = "test_clock.advance";
 
     /// The kind stored in the outbox row.
@@ -83,6 +90,7 @@ impl Job {
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
+            Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
             Job::AdvanceTestClock { .. } => Self::ADVANCE_TEST_CLOCK,
         }
     }
@@ -94,6 +102,7 @@ impl Job {
             Job::PayInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
+            | Job::TrialWillEnd { .. }
             | Job::AdvanceTestClock { .. } => Queue::Renewals,
         }
     }
@@ -122,6 +131,15 @@ impl Job {
             Job::AdvanceTestClock { clock, to } => {
                 format!("{}:{}:{}", self.kind(), clock.as_uuid(), to.timestamp())
             }
+            Job::TrialWillEnd {
+                subscription,
+                trial_end,
+            } => format!(
+                "{}:{}:{}",
+                self.kind(),
+                subscription.as_uuid(),
+                trial_end.timestamp()
+            ),
         }
     }
 
@@ -134,6 +152,7 @@ impl Job {
             | Job::PayInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
+            | Job::TrialWillEnd { .. }
             | Job::AdvanceTestClock { .. } => {
                 Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
             }
@@ -161,6 +180,13 @@ impl Job {
             Job::AdvanceTestClock { clock, to } => {
                 json!({ "test_clock_id": clock.to_string(), "to": to.to_rfc3339() })
             }
+            Job::TrialWillEnd {
+                subscription,
+                trial_end,
+            } => json!({
+                "subscription_id": subscription.to_string(),
+                "trial_end": trial_end.to_rfc3339(),
+            }),
         }
     }
 
@@ -252,6 +278,10 @@ impl Job {
             Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
                 subscription: subscription()?,
             }),
+            Self::TRIAL_WILL_END => Ok(Job::TrialWillEnd {
+                subscription: subscription()?,
+                trial_end: time("trial_end")?,
+            }),
             Self::ADVANCE_TEST_CLOCK => Ok(Job::AdvanceTestClock {
                 clock: payload["test_clock_id"]
                     .as_str()
@@ -299,6 +329,10 @@ mod tests {
             Job::AdvanceTestClock {
                 clock: TestClockId::from_uuid(id),
                 to: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            },
+            Job::TrialWillEnd {
+                subscription: SubscriptionId::from_uuid(id),
+                trial_end: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
             },
         ]
     }

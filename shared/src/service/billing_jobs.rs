@@ -28,6 +28,14 @@ pub async fn run(
             subscriptions::renew(&mut uow, scope, *subscription, *period_start).await?;
             uow.commit().await?;
         }
+        Job::TrialWillEnd {
+            subscription,
+            trial_end,
+        } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            subscriptions::trial_will_end(&mut uow, scope, *subscription, *trial_end).await?;
+            uow.commit().await?;
+        }
         Job::ExpireIncomplete { subscription } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             subscriptions::expire_incomplete(&mut uow, scope, *subscription).await?;

@@ -37,6 +37,8 @@ const WHAT: &str = "subscription";
 
 /// How long a first invoice may stay unpaid before the subscription expires.
 pub const INCOMPLETE_FOR: Duration = Duration::hours(23);
+/// How long before a trial ends `customer.subscription.trial_will_end` is recorded.
+pub const TRIAL_NOTICE: Duration = Duration::days(3);
 /// The longest trial.
 pub const MAX_TRIAL_DAYS: i64 = 730;
 /// Items per subscription, as Stripe allows.
@@ -452,6 +454,14 @@ pub async fn create_subscription(
     db::subscriptions::insert_items(uow.conn(), scope, sub.id, &items, now).await?;
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
     let mut due = vec![renewal(scope, &sub)];
+    if let Some(end) = trial_end {
+        // Three days ahead, or now for a shorter trial.
+        let job = Job::TrialWillEnd {
+            subscription: sub.id,
+            trial_end: end,
+        };
+        due.push(job.to_new(Some(scope), (end - TRIAL_NOTICE).max(now)));
+    }
     if trial_end.is_none() {
         let (invoice, _) =
             invoices::invoice_period(uow, scope, &mut sub, &items, first, "subscription_create")
@@ -838,6 +848,33 @@ async fn save_and_queue(
     db::subscriptions::save(uow.conn(), scope, &sub).await?;
     jobs::enqueue(uow.conn(), &[renewal(scope, &sub)], now).await?;
     Ok(())
+}
+
+/// Records `customer.subscription.trial_will_end` (a `subscription.trial_will_end` job) when
+/// the subscription is still trialing towards `trial_end`; returns whether it did.
+pub async fn trial_will_end(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: SubscriptionId,
+    trial_end: DateTime<Utc>,
+) -> ServiceResult<bool> {
+    let sub = match db::subscriptions::lock(uow.conn(), scope, id).await {
+        Ok(sub) => sub,
+        Err(db::DbError::NotFound) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if sub.status != SubscriptionStatus::Trialing || sub.trial_end != Some(trial_end) {
+        return Ok(false);
+    }
+    let v = view(uow, scope, sub).await?;
+    events::record(
+        uow,
+        scope,
+        "customer.subscription.trial_will_end",
+        v.to_json(),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Expires a subscription whose first invoice is still unpaid (`subscription.expire_incomplete`,

@@ -25,6 +25,7 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
             what @ (Job::PayInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
+            | Job::TrialWillEnd { .. }
             | Job::AdvanceTestClock { .. }),
         ) => billing::run(rt, job, &what).await,
         Ok(Job::DeliverWebhook { .. }) => dead(job, "webhook deliveries run in their own pipeline"),
