@@ -836,3 +836,62 @@ async fn prorations_waiting_when_a_subscription_ends_are_billed_on_a_last_invoic
     assert_eq!(amounts(&all[1]), vec![-1971, 5913]);
     assert_eq!(all[1]["status"], "paid");
 }
+
+#[tokio::test]
+async fn an_open_invoice_whose_lines_a_change_credited_cannot_be_voided() {
+    let app = spawn_app().await;
+    let t = app.register("clock-credited@acme.com").await;
+    let key = t.sk_test();
+    let c = clock(&app, &key, "2026-04-01T00:00:00Z").await;
+    let plan = monthly_plan_at(&app, &key, "Seat", 3000).await;
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let customer = customer_on(&app, &key, &c, "UTC", None, None).await;
+        subs.push(
+            subscribe(
+                &app,
+                &key,
+                json!({"customer": customer, "items": [{"plan": plan}],
+                       "collection_method": "send_invoice"}),
+            )
+            .await,
+        );
+    }
+    advance(&app, &key, &t.sk_test, &c, "2026-04-11T00:00:00Z").await;
+    // The first one's seat is credited for the rest of April by a change; the open April
+    // invoice that billed it can no longer be voided (the credit would be given twice).
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{}", s(&subs[0]["id"])),
+            &key,
+            Some(&json!({
+                "items": [{"id": item_ids(&subs[0])[0], "quantity": 2}],
+                "proration_behavior": "create_prorations",
+            })),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let resp = app
+        .post(
+            &format!("/api/v1/invoices/{}/void", s(&subs[0]["latest_invoice"])),
+            &key,
+            &json!({}),
+        )
+        .await;
+    assert_problem(resp, StatusCode::CONFLICT, "invoice_credited").await;
+    // The other one, unchanged, can.
+    let void = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{}/void", s(&subs[1]["latest_invoice"])),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(void["status"], "void");
+}

@@ -706,3 +706,30 @@ pub async fn awaiting_action(
     .fetch_optional(conn)
     .await?)
 }
+
+/// Whether a later change credited some line of this invoice: a proration line (waiting, or on
+/// an invoice that is not void) for one of its subscription items over the same period end.
+pub async fn credited_by_proration(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS ( \
+           SELECT 1 FROM invoice_lines l \
+           WHERE l.tenant_id = $1 AND l.livemode = $2 AND l.invoice_id = $3 \
+           AND NOT l.proration AND l.subscription_item_id IS NOT NULL AND ( \
+             EXISTS (SELECT 1 FROM invoice_items p WHERE p.tenant_id = $1 AND p.livemode = $2 \
+                     AND p.subscription_item_id = l.subscription_item_id AND p.proration \
+                     AND p.amount < 0 AND p.period_end = l.period_end AND p.invoice_id IS NULL) \
+             OR EXISTS (SELECT 1 FROM invoice_lines p JOIN invoices i ON i.id = p.invoice_id \
+                     WHERE p.tenant_id = $1 AND p.livemode = $2 \
+                     AND p.subscription_item_id = l.subscription_item_id AND p.proration \
+                     AND p.amount < 0 AND p.period_end = l.period_end AND i.status <> 'void')))",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_one(conn)
+    .await?)
+}

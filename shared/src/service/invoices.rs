@@ -459,6 +459,14 @@ pub(crate) async fn void_locked(
         .apply(InvoiceTransition::Void)
         .map_err(illegal)?;
     refuse_while_in_flight(uow, scope, invoice.id).await?;
+    if db::invoices::credited_by_proration(uow.conn(), scope, invoice.id).await? {
+        // The credit was given for what this invoice billed: voiding it would give it twice.
+        return Err(ServiceError::conflict(
+            "invoice_credited",
+            "A later change of the subscription credited lines of this invoice; it cannot be \
+             voided.",
+        ));
+    }
     invoice.amount_remaining = 0;
     invoice.voided_at = Some(now);
     invoice.updated_at = now;
