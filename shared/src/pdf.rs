@@ -1,7 +1,7 @@
 //! A small PDF writer for documents made of lines of text (invoices): A4 pages, the standard
 //! Helvetica fonts (no font is embedded), text placed at given positions, pages added as the
 //! lines run out. Text is encoded as WinAnsi, so Western European text and the common currency
-//! symbols (€ £ ¥) show as written; anything else becomes `?`.
+//! symbols (€ £ ¥) show as written, ₹ as `INR `; anything else becomes `?`.
 
 use std::fmt::Write as _;
 
@@ -50,6 +50,11 @@ impl Line {
 fn encode(text: &str, out: &mut Vec<u8>) {
     out.push(b'(');
     for c in text.chars() {
+        // A currency sign WinAnsi lacks is written as its code.
+        if c == '₹' {
+            out.extend_from_slice(b"INR ");
+            continue;
+        }
         let byte = match c {
             '(' | ')' | '\\' => {
                 out.push(b'\\');
@@ -172,6 +177,13 @@ mod tests {
         let mut out = Vec::new();
         encode("a (b) \\ 5 € £ é ✓", &mut out);
         assert_eq!(out, b"(a \\(b\\) \\\\ 5 \x80 \xa3 \xe9 ?)".to_vec());
+    }
+
+    #[test]
+    fn the_rupee_sign_is_written_as_its_code() {
+        let mut out = Vec::new();
+        encode("₹1,234.00", &mut out);
+        assert_eq!(out, b"(INR 1,234.00)".to_vec());
     }
 
     #[test]
