@@ -21,24 +21,6 @@ use chrono::{SubsecRound, Utc};
 use serde_json::json;
 use shared::{config::Settings, domain::api_key::PresentedKey, ids::SubscriptionId, jobs::Job};
 
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -193,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
             .to_new(Some(scope), ended)
         })
         .collect();
-    let cpu_before = cpu_secs(worker.id()).unwrap_or(0.0);
+    let cpu_before = common::cpu_secs(worker.id()).unwrap_or(0.0);
     let started = Instant::now();
     let mut tx = pool.begin().await?;
     for chunk in jobs.chunks(5_000) {
@@ -219,8 +201,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let took = started.elapsed();
-    let rss_mib = peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
-    let worker_cpu = cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
+    let rss_mib = common::peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let worker_cpu = common::cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
     // Exactly once: one invoice per subscription and period, one successful charge each.
     let (invoices, charges, numbers): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'), \

@@ -29,25 +29,6 @@ fn ok(count: Data<&Arc<AtomicU64>>) -> Response {
     Response::builder().body("ok")
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -142,8 +123,8 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context()
         .scope();
-    let cpu_before = cpu_secs(worker.id()).unwrap_or(0.0);
-    let bench_before = cpu_secs(std::process::id()).unwrap_or(0.0);
+    let cpu_before = common::cpu_secs(worker.id()).unwrap_or(0.0);
+    let bench_before = common::cpu_secs(std::process::id()).unwrap_or(0.0);
     let started = Instant::now();
     let mut tx = pool.begin().await?;
     shared::db::events::record_many(&mut tx, scope, &events, chrono::Utc::now()).await?;
@@ -184,9 +165,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let took = started.elapsed();
-    let rss_mib = peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
-    let worker_cpu = cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
-    let bench_cpu = cpu_secs(std::process::id()).unwrap_or(0.0) - bench_before;
+    let rss_mib = common::peak_rss_kib(worker.id()).unwrap_or(0) as f64 / 1024.0;
+    let worker_cpu = common::cpu_secs(worker.id()).unwrap_or(0.0) - cpu_before;
+    let bench_cpu = common::cpu_secs(std::process::id()).unwrap_or(0.0) - bench_before;
     let _ = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();

@@ -8,12 +8,11 @@ use poem_openapi::{
     payload::{Binary, Html, Json},
 };
 use shared::{
-    db::invoices::{InvoiceFilter, PaymentRow},
     domain::invoice::InvoiceStatus,
     ids::{CustomerId, InvoiceId, PaymentId, SubscriptionId},
     service::{
         invoice_documents,
-        invoices::{self as service, InvoiceView},
+        invoices::{self as service, InvoiceFilter, InvoiceView, PaymentRow},
     },
     tenancy::Permission,
 };

@@ -389,36 +389,30 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
     all
 }
 
+/// The values of a status enum (`text_enum!`), as an enumeration.
+fn enum_of<T: Copy>(all: &[T], text: fn(T) -> &'static str) -> Value {
+    let values: Vec<&str> = all.iter().map(|v| text(*v)).collect();
+    json!({ "enum": values })
+}
+
 fn collection_method() -> Value {
-    let all: Vec<&str> = shared::domain::subscription::CollectionMethod::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
-    json!({ "enum": all })
+    use shared::domain::subscription::CollectionMethod as C;
+    enum_of(C::ALL, C::as_str)
 }
 
 fn proration_behavior() -> Value {
-    let all: Vec<&str> = shared::domain::subscription::ProrationBehavior::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
-    json!({ "enum": all })
+    use shared::domain::subscription::ProrationBehavior as P;
+    enum_of(P::ALL, P::as_str)
 }
 
 fn subscription_status() -> Value {
-    let all: Vec<&str> = shared::domain::subscription::SubscriptionStatus::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
-    json!({ "enum": all })
+    use shared::domain::subscription::SubscriptionStatus as S;
+    enum_of(S::ALL, S::as_str)
 }
 
 fn invoice_status() -> Value {
-    let all: Vec<&str> = shared::domain::invoice::InvoiceStatus::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
-    json!({ "enum": all })
+    use shared::domain::invoice::InvoiceStatus as S;
+    enum_of(S::ALL, S::as_str)
 }
 
 /// Whole request bodies: (schema, keywords merged into it).

@@ -6,8 +6,10 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use serde::Deserialize;
 use shared::{
-    db::test_clocks::TestClockRow, domain::customer::CustomerName, ids::TestClockId,
-    service::test_clocks as service, tenancy::Permission,
+    domain::customer::CustomerName,
+    ids::TestClockId,
+    service::test_clocks::{self as service, TestClockRow},
+    tenancy::Permission,
 };
 
 use super::{ApiTags, dto::page_request};

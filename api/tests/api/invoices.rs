@@ -327,7 +327,7 @@ async fn storage_keeps_one_invoice_per_subscription_period_and_one_payment_in_fl
     done.failure_code = Some("card_declined".into());
     inv::save_payment(&mut conn, scope, &done).await.unwrap();
     assert!(
-        inv::pending_payment(&mut conn, scope, first.id)
+        inv::in_flight_payment(&mut conn, scope, first.id)
             .await
             .unwrap()
             .is_none()
@@ -342,7 +342,7 @@ async fn storage_keeps_one_invoice_per_subscription_period_and_one_payment_in_fl
     inv::insert_payment(&mut conn, scope, &payment_row(&first, 2))
         .await
         .unwrap();
-    let pending = inv::pending_payment(&mut conn, scope, first.id)
+    let pending = inv::in_flight_payment(&mut conn, scope, first.id)
         .await
         .unwrap()
         .unwrap();

@@ -498,15 +498,17 @@ pub async fn save_payment(
     Ok(())
 }
 
-/// The attempt of an invoice in flight, if any.
-pub async fn pending_payment(
+/// The attempt of an invoice still in flight, if any: sent and unanswered (`pending`, at most
+/// one), or else the latest waiting for the customer (`requires_action`).
+pub async fn in_flight_payment(
     conn: &mut PgConnection,
     scope: Scope,
     invoice: InvoiceId,
 ) -> Result<Option<PaymentRow>, DbError> {
     Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3 AND status = 'pending'"
+         AND invoice_id = $3 AND status IN ('pending', 'requires_action') \
+         ORDER BY status = 'pending' DESC, attempt DESC LIMIT 1"
     ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
@@ -687,23 +689,6 @@ pub async fn billed_for_item(
     .bind(item)
     .bind(period_end)
     .fetch_all(conn)
-    .await?)
-}
-
-/// The attempt of an invoice that waits for the customer (3-D Secure), if any.
-pub async fn awaiting_action(
-    conn: &mut PgConnection,
-    scope: Scope,
-    invoice: InvoiceId,
-) -> Result<Option<PaymentRow>, DbError> {
-    Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3 AND status = 'requires_action' ORDER BY attempt DESC LIMIT 1"
-    ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(invoice)
-    .fetch_optional(conn)
     .await?)
 }
 

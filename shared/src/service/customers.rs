@@ -74,10 +74,7 @@ pub async fn create_customer(
         }
         db::test_clocks::get(uow.conn(), ctx.scope(), clock)
             .await
-            .map_err(|e| match e {
-                DbError::NotFound => ServiceError::invalid("test_clock", "no such test clock"),
-                other => other.into(),
-            })?;
+            .map_err(ServiceError::unknown("test_clock", "test clock"))?;
     }
     let address = spec.address.map(Address::to_json);
     let row = db::customers::create(

@@ -19,7 +19,7 @@ use crate::{
     db::{
         self,
         customers::CustomerRow,
-        invoices::{InvoiceFilter, InvoiceRow, LineRow, PaymentRow, PaymentStatus},
+        invoices::{LineRow, PaymentStatus},
         pagination::{Page, PageRequest},
         subscriptions::{ItemRow, SubscriptionRow},
     },
@@ -38,6 +38,9 @@ use crate::{
     tenancy::{Scope, TenantContext},
     uow::UnitOfWork,
 };
+
+/// What the operations of this module take and return.
+pub use crate::db::invoices::{InvoiceFilter, InvoiceRow, PaymentRow};
 
 const WHAT: &str = "invoice";
 const PAYMENT: &str = "payment";
@@ -163,7 +166,16 @@ pub async fn invoice_period(
     let id = InvoiceId::new();
     let mut lines = period_lines(id, items, period)?;
     discount(uow, scope, sub, &mut lines, period).await?;
-    let invoice = issue(uow, scope, sub, id, lines, period, billing_reason).await?;
+    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    append_pending(&mut lines, &pending, id)?;
+    let draft = Draft {
+        id,
+        lines,
+        taken: &pending,
+        period,
+        billing_reason,
+    };
+    let invoice = issue(uow, scope, sub, draft).await?;
     if sub.coupon_id.is_some() {
         // One more period invoice since the redemption (saved with the subscription).
         sub.coupon_invoices = sub.coupon_invoices.saturating_add(1);
@@ -208,7 +220,6 @@ pub async fn invoice_pending(
     scope: Scope,
     sub: &SubscriptionRow,
 ) -> ServiceResult<Option<InvoiceRow>> {
-    let id = InvoiceId::new();
     let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     let (Some(start), Some(end)) = (
         pending.iter().map(|l| l.period_start).min(),
@@ -216,26 +227,35 @@ pub async fn invoice_pending(
     ) else {
         return Ok(None);
     };
+    let id = InvoiceId::new();
+    let mut lines = Vec::new();
+    append_pending(&mut lines, &pending, id)?;
     let period = Period { start, end };
-    let invoice = issue(
-        uow,
-        scope,
-        sub,
+    let draft = Draft {
         id,
-        Vec::new(),
+        lines,
+        taken: &pending,
         period,
-        "subscription_update",
-    )
-    .await?;
-    Ok(Some(invoice))
+        billing_reason: "subscription_update",
+    };
+    Ok(Some(issue(uow, scope, sub, draft).await?))
+}
+
+/// Appends the lines waiting for an invoice to the lines of `invoice`.
+pub(crate) fn append_pending(
+    lines: &mut Vec<LineRow>,
+    pending: &[db::invoices::PendingLine],
+    invoice: InvoiceId,
+) -> ServiceResult<()> {
+    for p in pending {
+        let position = i32::try_from(lines.len()).map_err(ServiceError::internal)?;
+        lines.push(pending_line(p, invoice, position));
+    }
+    Ok(())
 }
 
 /// A line waiting for an invoice, as a line of `invoice` at `position`.
-pub(crate) fn pending_line(
-    p: &db::invoices::PendingLine,
-    invoice: InvoiceId,
-    position: i32,
-) -> LineRow {
+fn pending_line(p: &db::invoices::PendingLine, invoice: InvoiceId, position: i32) -> LineRow {
     LineRow {
         id: InvoiceLineId::new(),
         invoice_id: invoice,
@@ -265,25 +285,33 @@ pub(crate) fn totals_of(lines: &[LineRow], balance: i64) -> ServiceResult<Totals
     Totals::compute(&amounts, 0, balance).map_err(|e| ServiceError::invalid("items", e.to_string()))
 }
 
-/// Makes an invoice of `lines` and of the lines waiting for the subscription's next invoice:
-/// applies the customer's credit (a negative total becomes credit), finalizes it with the next
+/// An invoice to make: its lines, which include the waiting lines `taken`.
+struct Draft<'a> {
+    id: InvoiceId,
+    lines: Vec<LineRow>,
+    taken: &'a [db::invoices::PendingLine],
+    period: Period,
+    billing_reason: &'a str,
+}
+
+/// Makes an invoice of `lines`, which include the waiting lines `taken` (marked as invoiced by
+/// it): applies the customer's credit (a negative total becomes credit), finalizes it with the next
 /// number and records `invoice.created` and `invoice.finalized` (and `invoice.paid` when
 /// nothing is due).
 async fn issue(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
-    id: InvoiceId,
-    mut lines: Vec<LineRow>,
-    period: Period,
-    billing_reason: &str,
+    draft: Draft<'_>,
 ) -> ServiceResult<InvoiceRow> {
+    let Draft {
+        id,
+        lines,
+        taken,
+        period,
+        billing_reason,
+    } = draft;
     let now = uow.now();
-    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
-    for p in &pending {
-        let position = i32::try_from(lines.len()).map_err(ServiceError::internal)?;
-        lines.push(pending_line(p, id, position));
-    }
     let customer = db::customers::lock(uow.conn(), scope, sub.customer_id)
         .await
         .map_err(ServiceError::not_found("customer"))?;
@@ -338,7 +366,7 @@ async fn issue(
         ));
     }
     db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
-    let taken: Vec<uuid::Uuid> = pending.iter().map(|p| p.id).collect();
+    let taken: Vec<uuid::Uuid> = taken.iter().map(|p| p.id).collect();
     db::invoices::mark_invoiced(uow.conn(), scope, &taken, id).await?;
     let json = invoice.to_json(&lines);
     events::record(uow, scope, "invoice.created", json.clone()).await?;
@@ -548,19 +576,6 @@ async fn lock_with_subscription(
     Ok(db::invoices::lock(uow.conn(), scope, id).await?)
 }
 
-/// The attempt of an invoice that is still in flight: sent and unanswered (`pending`), or
-/// waiting for the customer (`requires_action`). No other attempt starts while one is.
-async fn in_flight(
-    uow: &mut UnitOfWork,
-    scope: Scope,
-    id: InvoiceId,
-) -> ServiceResult<Option<PaymentRow>> {
-    if let Some(p) = db::invoices::pending_payment(uow.conn(), scope, id).await? {
-        return Ok(Some(p));
-    }
-    Ok(db::invoices::awaiting_action(uow.conn(), scope, id).await?)
-}
-
 /// Refuses a change that would leave an attempt in flight charging an invoice that no longer
 /// owes it.
 pub(crate) async fn refuse_while_in_flight(
@@ -568,7 +583,7 @@ pub(crate) async fn refuse_while_in_flight(
     scope: Scope,
     id: InvoiceId,
 ) -> ServiceResult<()> {
-    if let Some(p) = in_flight(uow, scope, id).await? {
+    if let Some(p) = db::invoices::in_flight_payment(uow.conn(), scope, id).await? {
         return Err(ServiceError::conflict(
             "payment_in_progress",
             format!(
@@ -591,12 +606,27 @@ pub async fn start_attempt(
 ) -> ServiceResult<Attempt> {
     let now = uow.now();
     let mut invoice = lock_with_subscription(uow, scope, id).await?;
+    let in_flight = db::invoices::in_flight_payment(uow.conn(), scope, id).await?;
+    let resumed = match in_flight {
+        Some(p) if p.status == PaymentStatus::Pending => Some(p),
+        // The customer may still confirm that one: a second charge could take the money twice.
+        Some(_) => return Ok(Attempt::Nothing(None)),
+        None => None,
+    };
+    if resumed.is_none()
+        && (!invoice.status.is_payable()
+            || invoice.amount_remaining == 0
+            // Each attempt number is made once.
+            || number <= db::invoices::last_attempt(uow.conn(), scope, id).await?)
+    {
+        return Ok(Attempt::Nothing(None));
+    }
     let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
     let account = db::stripe_accounts::get(uow.conn(), scope)
         .await?
         .and_then(|a| a.usable_id().map(str::to_owned));
     let fee_bps = u32::try_from(profile.platform_fee_bps).unwrap_or(0);
-    if let Some(payment) = db::invoices::pending_payment(uow.conn(), scope, id).await? {
+    if let Some(payment) = resumed {
         let token = match payment.payment_method_id {
             Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
             None => return Err(ServiceError::internal("a pending payment without a method")),
@@ -608,21 +638,7 @@ pub async fn start_attempt(
             platform_fee_bps: fee_bps,
         });
     }
-    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
-        return Ok(Attempt::Nothing(None));
-    }
-    if db::invoices::awaiting_action(uow.conn(), scope, id)
-        .await?
-        .is_some()
-    {
-        // The customer may still confirm that one: a second charge could take the money twice.
-        return Ok(Attempt::Nothing(None));
-    }
-    // Each attempt number is made once.
     let attempt = number;
-    if attempt <= db::invoices::last_attempt(uow.conn(), scope, id).await? {
-        return Ok(Attempt::Nothing(None));
-    }
     let method =
         db::customers::default_payment_token(uow.conn(), scope, invoice.customer_id).await?;
     let mut payment = PaymentRow {

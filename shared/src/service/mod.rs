@@ -118,6 +118,15 @@ impl ServiceError {
         }
     }
 
+    /// Maps `DbError::NotFound` to a validation failure on `field` ("no such `what`"): for an
+    /// object a request names in its body rather than its path.
+    pub fn unknown(field: &'static str, what: &'static str) -> impl FnOnce(DbError) -> Self {
+        move |e| match e {
+            DbError::NotFound => Self::invalid(field, format!("no such {what}")),
+            other => Self::Db(other),
+        }
+    }
+
     /// Maps `DbError::NotFound` to "no such `what`", anything else as it is.
     pub fn not_found(what: &'static str) -> impl FnOnce(DbError) -> Self {
         move |e| match e {

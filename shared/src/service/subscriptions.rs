@@ -245,10 +245,7 @@ async fn redeem_coupon(
 ) -> ServiceResult<()> {
     let coupon = db::coupons::lock(uow.conn(), scope, id)
         .await
-        .map_err(|e| match e {
-            db::DbError::NotFound => ServiceError::invalid("coupon", "no such coupon"),
-            other => other.into(),
-        })?;
+        .map_err(ServiceError::unknown("coupon", "coupon"))?;
     crate::domain::coupon::redeemable(
         now,
         coupon.redeem_by,
@@ -350,10 +347,7 @@ pub async fn create_subscription(
     };
     let customer = db::customers::lock(uow.conn(), scope, spec.customer)
         .await
-        .map_err(|e| match e {
-            db::DbError::NotFound => ServiceError::invalid("customer", "no such customer"),
-            other => other.into(),
-        })?;
+        .map_err(ServiceError::unknown("customer", "customer"))?;
     // A test clock's customer lives in the clock's time.
     let now = match at_clock_time(uow, scope, customer.id).await? {
         Some(t) => t.trunc_subsecs(0),
@@ -990,44 +984,33 @@ pub async fn change_items(
     let mut removed: Vec<SubscriptionItemId> = Vec::new();
     let mut adds: Vec<ItemSpec> = Vec::new();
     for (i, c) in change.changes.iter().enumerate() {
-        match *c {
-            ItemChange::Quantity { id, quantity } => {
-                if !current.iter().any(|it| it.id == id) {
-                    return Err(ServiceError::invalid(
-                        format!("items[{i}].id"),
-                        "is not an item of this subscription",
-                    ));
-                }
-                if !(1..=MAX_QUANTITY).contains(&quantity) {
-                    return Err(ServiceError::invalid(
-                        format!("items[{i}].quantity"),
-                        format!("must be between 1 and {MAX_QUANTITY}"),
-                    ));
-                }
-                if touched.contains(&id) || removed.contains(&id) {
-                    return Err(ServiceError::invalid(
-                        format!("items[{i}].id"),
-                        "is changed twice",
-                    ));
-                }
-                touched.push(id);
+        let (id, quantity) = match *c {
+            ItemChange::Add(spec) => {
+                adds.push(spec);
+                continue;
             }
-            ItemChange::Remove(id) => {
-                if !current.iter().any(|it| it.id == id) {
-                    return Err(ServiceError::invalid(
-                        format!("items[{i}].id"),
-                        "is not an item of this subscription",
-                    ));
-                }
-                if touched.contains(&id) || removed.contains(&id) {
-                    return Err(ServiceError::invalid(
-                        format!("items[{i}].id"),
-                        "is changed twice",
-                    ));
-                }
-                removed.push(id);
+            ItemChange::Quantity { id, quantity } => (id, Some(quantity)),
+            ItemChange::Remove(id) => (id, None),
+        };
+        let field = format!("items[{i}].id");
+        if !current.iter().any(|it| it.id == id) {
+            return Err(ServiceError::invalid(
+                field,
+                "is not an item of this subscription",
+            ));
+        }
+        if touched.contains(&id) || removed.contains(&id) {
+            return Err(ServiceError::invalid(field, "is changed twice"));
+        }
+        match quantity {
+            Some(q) if !(1..=MAX_QUANTITY).contains(&q) => {
+                return Err(ServiceError::invalid(
+                    format!("items[{i}].quantity"),
+                    format!("must be between 1 and {MAX_QUANTITY}"),
+                ));
             }
-            ItemChange::Add(spec) => adds.push(spec),
+            Some(_) => touched.push(id),
+            None => removed.push(id),
         }
     }
     let new_items = if adds.is_empty() {
@@ -1234,10 +1217,8 @@ pub async fn upcoming_invoice(
     let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
-    for p in db::invoices::pending_of(uow.conn(), scope, sub.id).await? {
-        let position = i32::try_from(lines.len()).map_err(ServiceError::internal)?;
-        lines.push(invoices::pending_line(&p, invoice_id, position));
-    }
+    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    invoices::append_pending(&mut lines, &pending, invoice_id)?;
     let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
     let totals = invoices::totals_of(&lines, customer.balance)?;
     let at = period.start;

@@ -16,7 +16,7 @@ use crate::{
     db::{
         self,
         pagination::{Page, PageRequest},
-        test_clocks::{ClockStatus, TestClockRow},
+        test_clocks::ClockStatus,
     },
     ids::TestClockId,
     jobs::{self, Job},
@@ -24,6 +24,9 @@ use crate::{
     tenancy::Scope,
     uow::UnitOfWork,
 };
+
+/// What the operations of this module return.
+pub use crate::db::test_clocks::TestClockRow;
 
 const WHAT: &str = "test clock";
 
