@@ -199,6 +199,11 @@ define_id!(
     "in"
 );
 define_id!(
+    /// An invoice item: a line waiting for a customer's next invoice, or on a draft.
+    InvoiceItemId,
+    "ii"
+);
+define_id!(
     /// A line of an invoice.
     InvoiceLineId,
     "il"

@@ -7,18 +7,31 @@ use poem_openapi::{
     param::{Path, Query},
     payload::{Binary, Html, Json},
 };
+use std::collections::HashMap;
+
+use serde::Deserialize;
 use shared::{
-    domain::invoice::InvoiceStatus,
-    ids::{CustomerId, InvoiceId, PaymentId, SubscriptionId},
+    domain::{
+        invoice::{InvoiceStatus, invoice_text},
+        money::Currency,
+        subscription::CollectionMethod,
+    },
+    ids::{CouponId, CustomerId, InvoiceId, PaymentId, SubscriptionId},
     service::{
         invoice_documents,
         invoices::{self as service, InvoiceFilter, InvoiceView, PaymentRow},
+        invoicing::{self, DraftSpec},
     },
     tenancy::Permission,
 };
 
-use super::{ApiTags, dto::page_request};
-use crate::{auth::Auth, error::ApiError, middleware::note, state::AppState, work::Work};
+use super::{
+    ApiTags,
+    dto::{metadata, page_request},
+};
+use crate::{
+    auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
+};
 
 pub struct InvoicesApi;
 
@@ -95,6 +108,15 @@ pub struct InvoiceOut {
     pub paid_at: Option<DateTime<Utc>>,
     #[oai(nullable)]
     pub voided_at: Option<DateTime<Utc>>,
+    /// Shown above the lines (one-off invoices).
+    #[oai(nullable)]
+    pub description: Option<String>,
+    /// When it was last sent to the customer.
+    #[oai(nullable)]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The coupon discounting a one-off invoice (`coupon_…`).
+    #[oai(nullable)]
+    pub coupon: Option<String>,
     pub metadata: serde_json::Value,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
@@ -147,6 +169,9 @@ impl From<InvoiceView> for InvoiceOut {
             finalized_at: i.finalized_at,
             paid_at: i.paid_at,
             voided_at: i.voided_at,
+            description: i.description,
+            sent_at: i.sent_at,
+            coupon: i.coupon_id.map(|c| c.to_string()),
             metadata: i.metadata,
             livemode: i.livemode,
             created_at: i.created_at,
@@ -231,6 +256,53 @@ pub struct PaymentList {
     pub has_more: bool,
 }
 
+/// A one-off invoice to draft for a customer.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceIn {
+    /// The customer billed (`cus_…`).
+    pub customer: String,
+    /// Defaults to the customer's; it must be the customer's.
+    #[oai(nullable)]
+    pub currency: Option<String>,
+    /// `charge_automatically` (default: the first charge is queued at finalization) or
+    /// `send_invoice`.
+    #[oai(nullable)]
+    pub collection_method: Option<String>,
+    /// With `send_invoice`: days from finalization until it is due, 0 to 365 (default 30).
+    #[oai(nullable)]
+    pub days_until_due: Option<u32>,
+    /// Shown above the lines; at most 500 characters.
+    #[oai(nullable)]
+    pub description: Option<String>,
+    /// A coupon to redeem on it (`coupon_…`): it discounts the invoice's charges.
+    #[oai(nullable)]
+    pub coupon: Option<String>,
+    /// `include` (default): take the customer's pending invoice items in the invoice's
+    /// currency; `exclude`: start empty.
+    #[oai(nullable)]
+    pub pending_invoice_items_behavior: Option<String>,
+    #[oai(nullable)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedInvoice {
+    /// The draft was created.
+    #[oai(status = 201)]
+    Created(Json<InvoiceOut>),
+}
+
+#[derive(Debug, Object)]
+pub struct DeletedInvoice {
+    pub id: String,
+    /// Always `invoice`.
+    pub object: String,
+    /// Always `true`.
+    pub deleted: bool,
+}
+
 #[derive(ApiResponse)]
 pub enum PaymentRequested {
     /// The charge is queued; the invoice's `attempt_count` and status change when it is made.
@@ -261,6 +333,168 @@ fn filter_id<T, E: std::fmt::Display>(
 
 #[OpenApi]
 impl InvoicesApi {
+    /// Create a one-off invoice
+    ///
+    /// A draft for the customer, holding its pending invoice items (unless told otherwise);
+    /// add more with `POST /api/v1/invoice-items` and `invoice`. It owes nothing until it is
+    /// finalized.
+    #[oai(
+        path = "/api/v1/invoices",
+        method = "post",
+        operation_id = "invoices.create",
+        tag = "ApiTags::Billing"
+    )]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<InvoiceIn>,
+    ) -> Result<CreatedInvoice, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let b = body.0;
+        let customer = CustomerId::parse(&b.customer)
+            .map_err(|e| ApiError::validation("customer", e.to_string()))?;
+        let currency = b
+            .currency
+            .as_deref()
+            .map(Currency::parse)
+            .transpose()
+            .map_err(ApiError::invalid("currency"))?;
+        let collection_method = match b.collection_method.as_deref() {
+            None => CollectionMethod::ChargeAutomatically,
+            Some(c) => CollectionMethod::parse(c).ok_or_else(|| {
+                ApiError::validation(
+                    "collection_method",
+                    "must be charge_automatically or send_invoice",
+                )
+            })?,
+        };
+        if b.days_until_due.is_some_and(|d| d > 365) {
+            return Err(ApiError::validation("days_until_due", "must be 0 to 365"));
+        }
+        let description = b
+            .description
+            .as_deref()
+            .map(|d| invoice_text(d, false))
+            .transpose()
+            .map_err(ApiError::invalid("description"))?
+            .filter(|d| !d.is_empty());
+        let coupon = b
+            .coupon
+            .as_deref()
+            .map(CouponId::parse)
+            .transpose()
+            .map_err(|e| ApiError::validation("coupon", e.to_string()))?;
+        let include_pending = match b.pending_invoice_items_behavior.as_deref() {
+            None | Some("include") => true,
+            Some("exclude") => false,
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "pending_invoice_items_behavior",
+                    "must be include or exclude",
+                ));
+            }
+        };
+        let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
+        let mut work = Work::begin(req).await?;
+        let view = invoicing::create_invoice(
+            &mut work,
+            ctx.scope(),
+            DraftSpec {
+                customer,
+                currency,
+                collection_method,
+                days_until_due: b.days_until_due,
+                description: description.as_deref(),
+                coupon,
+                include_pending,
+                metadata: &metadata,
+            },
+        )
+        .await?;
+        let out = InvoiceOut::from(view);
+        note(req, |n| n.object_id = Some(out.id.clone()));
+        Ok(CreatedInvoice::Created(Json(out)))
+    }
+
+    /// Delete a draft invoice
+    ///
+    /// Only a draft; its items are pending again. A finalized invoice is voided instead.
+    #[oai(
+        path = "/api/v1/invoices/:id",
+        method = "delete",
+        operation_id = "invoices.delete",
+        tag = "ApiTags::Billing"
+    )]
+    async fn delete(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<DeletedInvoice>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = invoicing::delete_draft(&mut work, ctx.scope(), id).await?;
+        Ok(Json(DeletedInvoice {
+            id: view.invoice.id.to_string(),
+            object: "invoice".into(),
+            deleted: true,
+        }))
+    }
+
+    /// Finalize a draft invoice
+    ///
+    /// It gets its number, the customer's credit is applied, and it is owed (or paid, when
+    /// nothing is due). Charged automatically, its first charge is queued.
+    #[oai(
+        path = "/api/v1/invoices/:id/finalize",
+        method = "post",
+        operation_id = "invoices.finalize",
+        tag = "ApiTags::Billing"
+    )]
+    async fn finalize(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = invoicing::finalize_invoice(&mut work, ctx.scope(), id).await?;
+        Ok(Json(view.into()))
+    }
+
+    /// Send an invoice
+    ///
+    /// Records that the open invoice was sent (`sent_at`) and emits `invoice.sent`, which
+    /// webhooks carry to whatever delivers it to the customer.
+    #[oai(
+        path = "/api/v1/invoices/:id/send",
+        method = "post",
+        operation_id = "invoices.send",
+        tag = "ApiTags::Billing"
+    )]
+    async fn send(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Invoice id (`in_…`).
+        id: Path<String>,
+    ) -> Result<Json<InvoiceOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = invoice_id(&id.0)?;
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let view = invoicing::send_invoice(&mut work, ctx.scope(), id).await?;
+        Ok(Json(view.into()))
+    }
+
     /// List invoices
     ///
     /// Newest first; optionally of one customer or subscription, in one status.

@@ -7,6 +7,7 @@ pub mod coupons;
 pub mod customers;
 pub mod dto;
 pub mod events;
+pub mod invoice_items;
 pub mod invoices;
 pub mod plans;
 pub mod products;
@@ -65,6 +66,7 @@ pub type Apis = (
     (
         subscriptions::SubscriptionsApi,
         invoices::InvoicesApi,
+        invoice_items::InvoiceItemsApi,
         invoices::PaymentsApi,
         test_clocks::TestClocksApi,
     ),
@@ -91,6 +93,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
             (
                 subscriptions::SubscriptionsApi,
                 invoices::InvoicesApi,
+                invoice_items::InvoiceItemsApi,
                 invoices::PaymentsApi,
                 test_clocks::TestClocksApi,
             ),

@@ -147,6 +147,10 @@ fn invoice_row(s: &shared::db::subscriptions::SubscriptionRow) -> shared::db::in
         metadata: serde_json::json!({}),
         created_at: s.created_at,
         updated_at: s.created_at,
+        description: None,
+        sent_at: None,
+        days_until_due: None,
+        coupon_id: None,
     }
 }
 

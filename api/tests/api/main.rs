@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod invoices;
+mod one_off_invoices;
 mod openapi;
 mod outages;
 mod permissions;

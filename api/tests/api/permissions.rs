@@ -49,6 +49,7 @@ const MISSING_SUBSCRIPTION: &str = "sub_01m80000000000000000000000";
 const MISSING_INVOICE: &str = "in_01m80000000000000000000000";
 const MISSING_PAYMENT: &str = "py_01m80000000000000000000000";
 const MISSING_CLOCK: &str = "clock_01m80000000000000000000000";
+const MISSING_INVOICE_ITEM: &str = "ii_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
 /// check): one that has no effect when allowed where it can (a missing object, a refused
@@ -486,6 +487,54 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "write billing",
             Method::POST,
             format!("/api/v1/invoices/{MISSING_INVOICE}/pay"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/invoices".into(),
+            Some(json!({"customer": MISSING_CUSTOMER})),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!("/api/v1/invoices/{MISSING_INVOICE}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/finalize"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/invoices/{MISSING_INVOICE}/send"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/invoice-items".into(),
+            Some(json!({"customer": MISSING_CUSTOMER, "amount": 100, "description": "x"})),
+        ),
+        (
+            "write billing",
+            Method::DELETE,
+            format!("/api/v1/invoice-items/{MISSING_INVOICE_ITEM}"),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/invoice-items".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/invoice-items/{MISSING_INVOICE_ITEM}"),
             none.clone(),
         ),
         (

@@ -12,7 +12,7 @@ use crate::{
     subscriptions::{get, invoices_of, json_of, run_due, scope, subscribe, time},
 };
 
-async fn clock(app: &TestApp, key: &Cred, at: &str) -> String {
+pub async fn clock(app: &TestApp, key: &Cred, at: &str) -> String {
     let c = json_of(
         app.post(
             "/api/v1/test-clocks",
@@ -29,7 +29,7 @@ async fn clock(app: &TestApp, key: &Cred, at: &str) -> String {
 }
 
 /// Moves the clock and runs the advance as the worker fleet does; the clock is ready after.
-async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) {
+pub async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) {
     let started = json_of(
         app.post(
             &format!("/api/v1/test-clocks/{clock}/advance"),
@@ -56,7 +56,7 @@ fn parse(t: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
 }
 
-async fn customer_on(
+pub async fn customer_on(
     app: &TestApp,
     key: &Cred,
     clock: &str,
@@ -90,7 +90,12 @@ async fn customer_on(
     id
 }
 
-async fn monthly_plan(app: &TestApp, key: &Cred, name: &str, trial_days: Option<u32>) -> String {
+pub async fn monthly_plan(
+    app: &TestApp,
+    key: &Cred,
+    name: &str,
+    trial_days: Option<u32>,
+) -> String {
     let mut body = json!({"name": name, "price_cents": 1500, "billing_interval": "month"});
     if let Some(d) = trial_days {
         body["trial_days"] = json!(d);

@@ -11,8 +11,8 @@ use super::{
 use crate::{
     domain::invoice::InvoiceStatus,
     ids::{
-        CustomerId, InvoiceId, InvoiceLineId, PaymentId, PaymentMethodId, PriceId, SubscriptionId,
-        SubscriptionItemId, TenantId,
+        CouponId, CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, PaymentMethodId,
+        PriceId, SubscriptionId, SubscriptionItemId, TenantId,
     },
     tenancy::Scope,
 };
@@ -47,6 +47,14 @@ pub struct InvoiceRow {
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Shown on the invoice above its lines (one-off invoices).
+    pub description: Option<String>,
+    /// When it was last sent to the customer.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// A one-off invoice's: days from finalization until it is due (`send_invoice`).
+    pub days_until_due: Option<i32>,
+    /// A one-off invoice's coupon, discounting its lines.
+    pub coupon_id: Option<CouponId>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -115,6 +123,9 @@ impl InvoiceRow {
             "finalized_at": time(self.finalized_at),
             "paid_at": time(self.paid_at),
             "voided_at": time(self.voided_at),
+            "description": self.description,
+            "sent_at": time(self.sent_at),
+            "coupon": self.coupon_id.map(|c| c.to_string()),
             "metadata": self.metadata,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
@@ -126,7 +137,8 @@ impl InvoiceRow {
 const COLUMNS: &str = "id, tenant_id, livemode, customer_id, subscription_id, status, number, \
     currency, billing_reason, collection_method, period_start, period_end, subtotal, discount, \
     tax, total, balance_applied, amount_due, amount_paid, amount_remaining, attempt_count, \
-    due_date, finalized_at, paid_at, voided_at, metadata, created_at, updated_at";
+    due_date, finalized_at, paid_at, voided_at, metadata, created_at, updated_at, description, \
+    sent_at, days_until_due, coupon_id";
 
 /// Inserts an invoice as the row describes it; `false` when the subscription already has its
 /// invoice for that period (`invoices_subscription_period_key`): nothing is written then.
@@ -140,9 +152,9 @@ pub async fn insert(
          number, currency, billing_reason, collection_method, period_start, period_end, subtotal, \
          discount, tax, total, balance_applied, amount_due, amount_paid, amount_remaining, \
          attempt_count, due_date, finalized_at, paid_at, voided_at, metadata, created_at, \
-         updated_at) \
+         updated_at, description, sent_at, days_until_due, coupon_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) \
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32) \
          ON CONFLICT (subscription_id, period_start) \
          WHERE billing_reason IN ('subscription_create', 'subscription_cycle') DO NOTHING",
     )
@@ -174,17 +186,24 @@ pub async fn insert(
     .bind(&i.metadata)
     .bind(i.created_at)
     .bind(i.updated_at)
+    .bind(&i.description)
+    .bind(i.sent_at)
+    .bind(i.days_until_due)
+    .bind(i.coupon_id)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Writes what changes over an invoice's life; the row must be locked ([`lock`]).
+/// Writes what changes over an invoice's life (a draft's totals too); the row must be locked
+/// ([`lock`]).
 pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Result<(), DbError> {
     let done = sqlx::query(
         "UPDATE invoices SET status = $3, number = $4, amount_paid = $5, amount_remaining = $6, \
          attempt_count = $7, due_date = $8, finalized_at = $9, paid_at = $10, voided_at = $11, \
-         metadata = $12, updated_at = $13 \
+         metadata = $12, updated_at = $13, subtotal = $15, discount = $16, tax = $17, \
+         total = $18, balance_applied = $19, amount_due = $20, description = $21, sent_at = $22, \
+         period_start = $23, period_end = $24 \
          WHERE tenant_id = $1 AND livemode = $2 AND id = $14",
     )
     .bind(scope.tenant_id())
@@ -201,6 +220,16 @@ pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Resu
     .bind(&i.metadata)
     .bind(i.updated_at)
     .bind(i.id)
+    .bind(i.subtotal)
+    .bind(i.discount)
+    .bind(i.tax)
+    .bind(i.total)
+    .bind(i.balance_applied)
+    .bind(i.amount_due)
+    .bind(&i.description)
+    .bind(i.sent_at)
+    .bind(i.period_start)
+    .bind(i.period_end)
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -572,28 +601,60 @@ pub async fn last_attempt(
     .await?)
 }
 
-// ---- invoice items (lines waiting for an invoice) ----
+// ---- invoice items (lines waiting for an invoice, or on a draft) ----
 
-/// A line waiting for the next invoice of its subscription.
+/// An invoice item: a line for a customer's next invoice (the proration of a subscription
+/// change, or a one-off charge or credit). Pending while `invoice_id` is `None`.
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingLine {
-    pub id: uuid::Uuid,
+    pub id: InvoiceItemId,
     pub customer_id: CustomerId,
     pub subscription_id: Option<SubscriptionId>,
     pub subscription_item_id: Option<SubscriptionItemId>,
     pub price_id: Option<PriceId>,
     pub description: String,
+    pub currency: String,
     pub quantity: i64,
     pub unit_amount: Option<i64>,
     pub amount: i64,
     pub proration: bool,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+    pub invoice_id: Option<InvoiceId>,
+    pub metadata: serde_json::Value,
+    pub livemode: bool,
     pub created_at: DateTime<Utc>,
 }
 
+impl PendingLine {
+    /// The item as the API shows it (and as its events carry it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "object": "invoice_item",
+            "customer": self.customer_id.to_string(),
+            "subscription": self.subscription_id.map(|s| s.to_string()),
+            "subscription_item": self.subscription_item_id.map(|s| s.to_string()),
+            "price": self.price_id.map(|p| p.to_string()),
+            "description": self.description,
+            "currency": self.currency,
+            "quantity": self.quantity,
+            "unit_amount": self.unit_amount,
+            "amount": self.amount,
+            "proration": self.proration,
+            "period_start": super::api_time(self.period_start),
+            "period_end": super::api_time(self.period_end),
+            "invoice": self.invoice_id.map(|i| i.to_string()),
+            "metadata": self.metadata,
+            "livemode": self.livemode,
+            "created_at": super::api_time(self.created_at),
+        })
+    }
+}
+
 const PENDING_COLUMNS: &str = "id, customer_id, subscription_id, subscription_item_id, price_id, \
-    description, quantity, unit_amount, amount, proration, period_start, period_end, created_at";
+    description, currency, quantity, unit_amount, amount, proration, period_start, period_end, \
+    invoice_id, metadata, livemode, created_at";
 
 pub async fn insert_pending(
     conn: &mut PgConnection,
@@ -604,8 +665,9 @@ pub async fn insert_pending(
         sqlx::query(
             "INSERT INTO invoice_items (id, tenant_id, livemode, customer_id, subscription_id, \
              subscription_item_id, price_id, description, quantity, unit_amount, amount, \
-             proration, period_start, period_end, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             proration, period_start, period_end, created_at, currency, invoice_id, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(l.id)
         .bind(scope.tenant_id())
@@ -622,6 +684,9 @@ pub async fn insert_pending(
         .bind(l.period_start)
         .bind(l.period_end)
         .bind(l.created_at)
+        .bind(&l.currency)
+        .bind(l.invoice_id)
+        .bind(&l.metadata)
         .execute(&mut *conn)
         .await?;
     }
@@ -645,11 +710,118 @@ pub async fn pending_of(
     .await?)
 }
 
+/// A customer's pending one-off items in `currency` (not those of a subscription), locked,
+/// oldest first.
+pub async fn pending_of_customer(
+    conn: &mut PgConnection,
+    scope: Scope,
+    customer: CustomerId,
+    currency: &str,
+) -> Result<Vec<PendingLine>, DbError> {
+    Ok(sqlx::query_as::<_, PendingLine>(sqlf!(
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
+         AND customer_id = $3 AND currency = $4 AND subscription_id IS NULL \
+         AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(customer)
+    .bind(currency)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The items a draft invoice holds, oldest first.
+pub async fn items_of(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<Vec<PendingLine>, DbError> {
+    Ok(sqlx::query_as::<_, PendingLine>(sqlf!(
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3 ORDER BY created_at, id"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// An item, locked until the transaction ends when `for_update`.
+pub async fn get_item(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: InvoiceItemId,
+    for_update: bool,
+) -> Result<PendingLine, DbError> {
+    let lock = if for_update { "FOR UPDATE" } else { "" };
+    sqlx::query_as::<_, PendingLine>(sqlf!(
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
+         AND id = $3 {lock}"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound)
+}
+
+/// Filters of the invoice item list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ItemFilter {
+    pub customer: Option<CustomerId>,
+    pub invoice: Option<InvoiceId>,
+    /// `Some(true)`: only pending items; `Some(false)`: only invoiced ones.
+    pub pending: Option<bool>,
+}
+
+/// Invoice items of the mode, newest first.
+pub async fn list_items(
+    pool: &PgPool,
+    scope: Scope,
+    filter: ItemFilter,
+    page: PageRequest,
+) -> Result<Page<PendingLine>, DbError> {
+    let (cond, order) = page.sql(6);
+    let rows = sqlx::query_as::<_, PendingLine>(sqlf!(
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
+         AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR invoice_id = $4) \
+         AND ($5::bool IS NULL OR (invoice_id IS NULL) = $5) AND {cond} \
+         ORDER BY {order} LIMIT $7"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(filter.customer)
+    .bind(filter.invoice)
+    .bind(filter.pending)
+    .bind(page.bounds())
+    .bind(page.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.finish(rows))
+}
+
+pub async fn delete_item(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: InvoiceItemId,
+) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 AND id = $3")
+        .bind(scope.tenant_id())
+        .bind(scope.livemode())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Records that `invoice` bills the pending lines `ids`.
 pub async fn mark_invoiced(
     conn: &mut PgConnection,
     scope: Scope,
-    ids: &[uuid::Uuid],
+    ids: &[InvoiceItemId],
     invoice: InvoiceId,
 ) -> Result<(), DbError> {
     sqlx::query(
@@ -658,7 +830,85 @@ pub async fn mark_invoiced(
     )
     .bind(scope.tenant_id())
     .bind(scope.livemode())
-    .bind(ids)
+    .bind(ids.iter().map(|i| i.as_uuid()).collect::<Vec<_>>())
+    .bind(invoice)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How an item of `price` is named by default: its product, and its nickname when it says
+/// more.
+pub async fn price_label(
+    conn: &mut PgConnection,
+    scope: Scope,
+    price: PriceId,
+) -> Result<Option<String>, DbError> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT pr.name, p.nickname FROM prices p JOIN products pr ON pr.id = p.product_id \
+         WHERE p.tenant_id = $1 AND p.livemode = $2 AND p.id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(price)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(product, nickname)| {
+        if nickname.is_empty() || nickname == product {
+            product
+        } else {
+            format!("{product} ({nickname})")
+        }
+    }))
+}
+
+/// Makes the items of a deleted draft pending again.
+pub async fn release_items(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE invoice_items SET invoice_id = NULL WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes an invoice's lines (a draft's, rewritten whenever its items change).
+pub async fn delete_lines(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "DELETE FROM invoice_lines WHERE tenant_id = $1 AND livemode = $2 AND invoice_id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a draft invoice (its lines must be gone).
+pub async fn delete_draft(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "DELETE FROM invoices WHERE tenant_id = $1 AND livemode = $2 AND id = $3 \
+         AND status = 'draft'",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
     .bind(invoice)
     .execute(conn)
     .await?;

@@ -127,6 +127,12 @@ impl Totals {
     }
 }
 
+/// What an invoice or one of its lines says: at most 500 printable characters, trimmed; empty
+/// only when not `required`.
+pub fn invoice_text(raw: &str, required: bool) -> Result<String, super::ValidationError> {
+    super::catalog::text(raw, 500, required)
+}
+
 /// Declines that trying the same card again cannot fix (Stripe's list, plus any decline that
 /// says "do not try again"): no retry, straight to the final action.
 pub const HARD_DECLINES: [&str; 9] = [

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{ServiceError, ServiceResult, events};
@@ -24,7 +25,7 @@ use crate::{
         subscriptions::{ItemRow, SubscriptionRow},
     },
     domain::{
-        coupon::allocate,
+        coupon::{Discount, allocate},
         customer::InvoicePrefix,
         invoice::{InvoiceStatus, InvoiceTransition, LineAmount, Totals, is_hard_decline},
         money::Currency,
@@ -32,7 +33,7 @@ use crate::{
         pricing::PriceModel,
         subscription::{CollectionMethod, Transition},
     },
-    ids::{InvoiceId, InvoiceLineId, PaymentId},
+    ids::{CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId},
     payments::{ChargeOutcome, Gateway, application_fee},
     stripe::{Failure, Stripe},
     tenancy::{Scope, TenantContext},
@@ -166,7 +167,12 @@ pub async fn invoice_period(
     let id = InvoiceId::new();
     let mut lines = period_lines(id, items, period)?;
     discount(uow, scope, sub, &mut lines, period).await?;
-    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    // The customer's one-off items in the currency come along (as at Stripe).
+    pending.extend(
+        db::invoices::pending_of_customer(uow.conn(), scope, sub.customer_id, &sub.currency)
+            .await?,
+    );
     append_pending(&mut lines, &pending, id)?;
     let draft = Draft {
         id,
@@ -204,13 +210,21 @@ async fn discount(
         return Ok(());
     }
     let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
+    split_discount(lines, off, currency);
+    Ok(())
+}
+
+/// Sets the lines' discounts: `off` of what their charges add up to (credits are not
+/// discounted), split over the charges in proportion ([`allocate`]).
+pub(crate) fn split_discount(lines: &mut [LineRow], off: Discount, currency: Currency) {
     let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
-    let subtotal = amounts.iter().try_fold(0i64, |a, b| a.checked_add(*b));
-    let total = off.off(subtotal.unwrap_or(0), currency);
+    let charged = amounts
+        .iter()
+        .try_fold(0i64, |a, b| a.checked_add((*b).max(0)));
+    let total = off.off(charged.unwrap_or(0), currency);
     for (line, part) in lines.iter_mut().zip(allocate(total, &amounts)) {
         line.discount_amount = part;
     }
-    Ok(())
 }
 
 /// Invoices the lines waiting for the subscription's next invoice now (a change made with
@@ -312,53 +326,19 @@ async fn issue(
         billing_reason,
     } = draft;
     let now = uow.now();
-    let customer = db::customers::lock(uow.conn(), scope, sub.customer_id)
-        .await
-        .map_err(ServiceError::not_found("customer"))?;
-    let totals = totals_of(&lines, customer.balance)?;
-    let balance_change = totals.credit_to_balance - totals.balance_applied;
-    if balance_change != 0 {
-        db::customers::adjust_balance(uow.conn(), scope, customer.id, balance_change, now).await?;
-    }
-    let prefix = prefix_of(uow, scope, &customer).await?;
-    let number = next_number(uow, scope, &prefix).await?;
-    let send = sub.collection_method == CollectionMethod::SendInvoice.as_str();
-    let settled = totals.amount_due == 0;
-    let days_until_due = u64::try_from(sub.days_until_due.unwrap_or(30)).unwrap_or(30);
-    let invoice = InvoiceRow {
+    let mut invoice = blank(
+        scope,
         id,
-        tenant_id: scope.tenant_id(),
-        livemode: scope.livemode(),
-        customer_id: sub.customer_id,
-        subscription_id: Some(sub.id),
-        status: if settled {
-            InvoiceStatus::Paid
-        } else {
-            InvoiceStatus::Open
-        },
-        number: Some(number),
-        currency: sub.currency.clone(),
-        billing_reason: billing_reason.to_owned(),
-        collection_method: sub.collection_method.clone(),
-        period_start: period.start,
-        period_end: period.end,
-        subtotal: totals.subtotal,
-        discount: totals.discount,
-        tax: totals.tax,
-        total: totals.total,
-        balance_applied: totals.balance_applied,
-        amount_due: totals.amount_due,
-        amount_paid: 0,
-        amount_remaining: totals.amount_due,
-        attempt_count: 0,
-        due_date: send.then(|| now + chrono::Days::new(days_until_due)),
-        finalized_at: Some(now),
-        paid_at: settled.then_some(now),
-        voided_at: None,
-        metadata: serde_json::json!({}),
-        created_at: now,
-        updated_at: now,
-    };
+        sub.customer_id,
+        &sub.currency,
+        &sub.collection_method,
+        billing_reason,
+        period,
+        now,
+    );
+    invoice.subscription_id = Some(sub.id);
+    finalize_row(uow, scope, &mut invoice, &lines, sub.days_until_due).await?;
+    let settled = invoice.status == InvoiceStatus::Paid;
     if !db::invoices::insert(uow.conn(), scope, &invoice).await? {
         return Err(ServiceError::conflict(
             "period_already_invoiced",
@@ -366,7 +346,7 @@ async fn issue(
         ));
     }
     db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
-    let taken: Vec<uuid::Uuid> = taken.iter().map(|p| p.id).collect();
+    let taken: Vec<InvoiceItemId> = taken.iter().map(|p| p.id).collect();
     db::invoices::mark_invoiced(uow.conn(), scope, &taken, id).await?;
     let json = invoice.to_json(&lines);
     events::record(uow, scope, "invoice.created", json.clone()).await?;
@@ -375,6 +355,99 @@ async fn issue(
         events::record(uow, scope, "invoice.paid", json).await?;
     }
     Ok(invoice)
+}
+
+/// A draft invoice with nothing on it yet.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn blank(
+    scope: Scope,
+    id: InvoiceId,
+    customer: CustomerId,
+    currency: &str,
+    collection_method: &str,
+    billing_reason: &str,
+    period: Period,
+    now: DateTime<Utc>,
+) -> InvoiceRow {
+    InvoiceRow {
+        id,
+        tenant_id: scope.tenant_id(),
+        livemode: scope.livemode(),
+        customer_id: customer,
+        subscription_id: None,
+        status: InvoiceStatus::Draft,
+        number: None,
+        currency: currency.to_owned(),
+        billing_reason: billing_reason.to_owned(),
+        collection_method: collection_method.to_owned(),
+        period_start: period.start,
+        period_end: period.end,
+        subtotal: 0,
+        discount: 0,
+        tax: 0,
+        total: 0,
+        balance_applied: 0,
+        amount_due: 0,
+        amount_paid: 0,
+        amount_remaining: 0,
+        attempt_count: 0,
+        due_date: None,
+        finalized_at: None,
+        paid_at: None,
+        voided_at: None,
+        metadata: serde_json::json!({}),
+        created_at: now,
+        updated_at: now,
+        description: None,
+        sent_at: None,
+        days_until_due: None,
+        coupon_id: None,
+    }
+}
+
+/// Finalizes `invoice` (a draft of `lines`) in the unit of work: applies the customer's credit
+/// (a negative total becomes credit), takes the next number, and sets its status (paid when
+/// nothing is due), totals and due date (`send_invoice`: `days_until_due`, default 30, from
+/// now). The caller writes the row and records the events.
+pub(crate) async fn finalize_row(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &mut InvoiceRow,
+    lines: &[LineRow],
+    days_until_due: Option<i32>,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    let customer = db::customers::lock(uow.conn(), scope, invoice.customer_id)
+        .await
+        .map_err(ServiceError::not_found("customer"))?;
+    let totals = totals_of(lines, customer.balance)?;
+    let balance_change = totals.credit_to_balance - totals.balance_applied;
+    if balance_change != 0 {
+        db::customers::adjust_balance(uow.conn(), scope, customer.id, balance_change, now).await?;
+    }
+    let prefix = prefix_of(uow, scope, &customer).await?;
+    invoice.number = Some(next_number(uow, scope, &prefix).await?);
+    let settled = totals.amount_due == 0;
+    invoice.status = if settled {
+        InvoiceStatus::Paid
+    } else {
+        InvoiceStatus::Open
+    };
+    invoice.subtotal = totals.subtotal;
+    invoice.discount = totals.discount;
+    invoice.tax = totals.tax;
+    invoice.total = totals.total;
+    invoice.balance_applied = totals.balance_applied;
+    invoice.amount_due = totals.amount_due;
+    invoice.amount_paid = 0;
+    invoice.amount_remaining = totals.amount_due;
+    let send = invoice.collection_method == CollectionMethod::SendInvoice.as_str();
+    let days = u64::try_from(days_until_due.unwrap_or(30)).unwrap_or(30);
+    invoice.due_date = send.then(|| now + chrono::Days::new(days));
+    invoice.finalized_at = Some(now);
+    invoice.paid_at = settled.then_some(now);
+    invoice.updated_at = now;
+    Ok(())
 }
 
 // ---- reading ----
@@ -851,7 +924,6 @@ pub async fn request_payment(
     scope: Scope,
     id: InvoiceId,
 ) -> ServiceResult<InvoiceView> {
-    let now = uow.now();
     let invoice = db::invoices::lock(uow.conn(), scope, id)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
@@ -863,19 +935,31 @@ pub async fn request_payment(
     }
     refuse_while_in_flight(uow, scope, id).await?;
     let attempt = db::invoices::last_attempt(uow.conn(), scope, id).await? + 1;
+    queue_attempt(uow, scope, &invoice, attempt).await?;
+    let lines = lines_of(uow, scope, id).await?;
+    Ok(InvoiceView { invoice, lines })
+}
+
+/// Queues attempt `attempt` to charge `invoice`, now (a test clock's customer: at the clock's
+/// time, when its next advance runs). Queuing it again adds nothing.
+pub(crate) async fn queue_attempt(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    attempt: i32,
+) -> ServiceResult<()> {
+    let now = uow.now();
     let job = crate::jobs::Job::PayInvoice {
-        invoice: id,
+        invoice: invoice.id,
         attempt,
     };
-    // A test clock's customer is charged at the clock's time, when its next advance runs.
     let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id).await?;
     let at = clock.as_ref().map_or(now, |c| c.frozen_time);
     let job = job
         .to_new(Some(scope), at)
         .on_clock(clock.map(|c| c.id.as_uuid()));
     crate::jobs::enqueue(uow.conn(), &[job], now).await?;
-    let lines = lines_of(uow, scope, id).await?;
-    Ok(InvoiceView { invoice, lines })
+    Ok(())
 }
 
 /// Runs one attempt of a charge job: the three steps. A gateway failure that is worth trying

@@ -17,6 +17,7 @@ pub mod customers;
 pub mod events;
 pub mod invoice_documents;
 pub mod invoices;
+pub mod invoicing;
 pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;

@@ -27,7 +27,9 @@ use crate::{
         period::{Anchor, Period},
         subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
     },
-    ids::{CouponId, CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
+    ids::{
+        CouponId, CustomerId, InvoiceItemId, PlanId, PriceId, SubscriptionId, SubscriptionItemId,
+    },
     jobs::{self, Job},
     tenancy::Scope,
     uow::UnitOfWork,
@@ -236,7 +238,7 @@ fn period_of(anchor: Anchor, interval: Interval, n: i32) -> ServiceResult<Period
 
 /// Redeems a coupon (locked, so that its limit holds under concurrency): it must be
 /// redeemable now, and an amount off must be in the subscription's currency.
-async fn redeem_coupon(
+pub(crate) async fn redeem_coupon(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: CouponId,
@@ -1143,7 +1145,11 @@ async fn proration_lines(
                 .sum();
             if credit != 0 {
                 lines.push(db::invoices::PendingLine {
-                    id: uuid::Uuid::now_v7(),
+                    id: InvoiceItemId::new(),
+                    currency: sub.currency.clone(),
+                    invoice_id: None,
+                    metadata: serde_json::json!({}),
+                    livemode: scope.livemode(),
                     customer_id: sub.customer_id,
                     subscription_id: Some(sub.id),
                     subscription_item_id: Some(old.id),
@@ -1167,7 +1173,11 @@ async fn proration_lines(
             let charge = prorated(full, remaining, period.seconds());
             if charge != 0 {
                 lines.push(db::invoices::PendingLine {
-                    id: uuid::Uuid::now_v7(),
+                    id: InvoiceItemId::new(),
+                    currency: sub.currency.clone(),
+                    invoice_id: None,
+                    metadata: serde_json::json!({}),
+                    livemode: scope.livemode(),
                     customer_id: sub.customer_id,
                     subscription_id: Some(sub.id),
                     subscription_item_id: Some(new.id),
@@ -1198,7 +1208,7 @@ pub async fn upcoming_invoice(
     scope: Scope,
     id: SubscriptionId,
 ) -> ServiceResult<invoices::InvoiceView> {
-    use crate::{db::invoices::InvoiceRow, ids::InvoiceId};
+    use crate::ids::InvoiceId;
     let sub = db::subscriptions::get(uow.conn(), scope, id)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
@@ -1217,41 +1227,33 @@ pub async fn upcoming_invoice(
     let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
-    let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
+    pending.extend(
+        db::invoices::pending_of_customer(uow.conn(), scope, sub.customer_id, &sub.currency)
+            .await?,
+    );
     invoices::append_pending(&mut lines, &pending, invoice_id)?;
     let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
     let totals = invoices::totals_of(&lines, customer.balance)?;
     let at = period.start;
-    let invoice = InvoiceRow {
-        id: invoice_id,
-        tenant_id: scope.tenant_id(),
-        livemode: scope.livemode(),
-        customer_id: sub.customer_id,
-        subscription_id: Some(sub.id),
-        status: crate::domain::invoice::InvoiceStatus::Draft,
-        number: None,
-        currency: sub.currency.clone(),
-        billing_reason: "subscription_cycle".into(),
-        collection_method: sub.collection_method.clone(),
-        period_start: period.start,
-        period_end: period.end,
-        subtotal: totals.subtotal,
-        discount: totals.discount,
-        tax: totals.tax,
-        total: totals.total,
-        balance_applied: totals.balance_applied,
-        amount_due: totals.amount_due,
-        amount_paid: 0,
-        amount_remaining: totals.amount_due,
-        attempt_count: 0,
-        due_date: None,
-        finalized_at: None,
-        paid_at: None,
-        voided_at: None,
-        metadata: serde_json::json!({}),
-        created_at: at,
-        updated_at: at,
-    };
+    let mut invoice = invoices::blank(
+        scope,
+        invoice_id,
+        sub.customer_id,
+        &sub.currency,
+        &sub.collection_method,
+        "subscription_cycle",
+        period,
+        at,
+    );
+    invoice.subscription_id = Some(sub.id);
+    invoice.subtotal = totals.subtotal;
+    invoice.discount = totals.discount;
+    invoice.tax = totals.tax;
+    invoice.total = totals.total;
+    invoice.balance_applied = totals.balance_applied;
+    invoice.amount_due = totals.amount_due;
+    invoice.amount_remaining = totals.amount_due;
     Ok(invoices::InvoiceView { invoice, lines })
 }
 
