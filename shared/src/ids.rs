@@ -214,6 +214,26 @@ define_id!(
     "py"
 );
 define_id!(
+    /// A credit note: money an invoice no longer asks for, or gives back.
+    CreditNoteId,
+    "cn"
+);
+define_id!(
+    /// A line of a credit note.
+    CreditNoteLineId,
+    "cnl"
+);
+define_id!(
+    /// A refund of (part of) a payment.
+    RefundId,
+    "re"
+);
+define_id!(
+    /// A change of a customer's credit balance.
+    BalanceTransactionId,
+    "cbtxn"
+);
+define_id!(
     /// A test clock: a frozen time for test-mode customers, moved forward by hand.
     TestClockId,
     "clock"

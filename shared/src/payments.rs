@@ -122,6 +122,73 @@ impl Gateway {
     }
 }
 
+/// How a refund ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Accepted: the money goes back to the customer.
+    Succeeded { id: String },
+    /// Refused by the gateway: the money stays.
+    Failed { reason: String },
+}
+
+/// A refund to make, of a payment the gateway took.
+#[derive(Debug, Clone)]
+pub struct RefundRequest<'a> {
+    /// The gateway's id of the charge (`pi_…`).
+    pub charge: &'a str,
+    pub amount: i64,
+    /// The refund's own id: a retried call never refunds twice.
+    pub idempotency_key: &'a str,
+    /// The tenant's connected account (`acct_…`); the sandbox ignores it.
+    pub account: Option<&'a str>,
+}
+
+impl Gateway {
+    /// The gateway that took a payment recorded with `name` (`sandbox` or `stripe`).
+    pub fn named(stripe: &Stripe, name: &str) -> Option<Self> {
+        match name {
+            "sandbox" => Some(Gateway::Sandbox),
+            "stripe" => Some(Gateway::Stripe(Box::new(stripe.clone()))),
+            _ => None,
+        }
+    }
+
+    pub async fn refund(
+        &self,
+        livemode: bool,
+        r: &RefundRequest<'_>,
+    ) -> Result<RefundOutcome, Failure> {
+        match self {
+            Gateway::Sandbox => Ok(RefundOutcome::Succeeded {
+                id: format!(
+                    "re_sandbox_{}",
+                    &hex::encode(crate::crypto::sha256(r.idempotency_key.as_bytes()))[..24]
+                ),
+            }),
+            Gateway::Stripe(stripe) => {
+                match stripe
+                    .refund(livemode, r.account, r.idempotency_key, r.charge, r.amount)
+                    .await
+                {
+                    Ok(re) if re.status == "failed" || re.status == "canceled" => {
+                        Ok(RefundOutcome::Failed {
+                            reason: format!("the refund was {}", re.status),
+                        })
+                    }
+                    Ok(re) => Ok(RefundOutcome::Succeeded { id: re.id }),
+                    Err(Failure::Rejected(message)) => {
+                        Ok(RefundOutcome::Failed { reason: message })
+                    }
+                    Err(Failure::Declined { message, .. }) => {
+                        Ok(RefundOutcome::Failed { reason: message })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
 /// A card the sandbox knows: Stripe's published test cards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TestCard {

@@ -13,12 +13,14 @@ use shared::{
             Address, CardExpiry, CustomerName, ExternalId, InvoicePrefix, TaxId, TaxIds, Timezone,
         },
         email::Email,
+        invoice::invoice_text,
         money::Currency,
     },
-    ids::{CustomerId, PaymentMethodId, TestClockId},
+    ids::{BalanceTransactionId, CustomerId, PaymentMethodId, TestClockId},
     payments::Gateway,
-    service::customers::{
-        self as service, CustomerRow, CustomerSpec, CustomerUpdate, PaymentMethodRow,
+    service::{
+        balance::{self, BalanceTransactionRow},
+        customers::{self as service, CustomerRow, CustomerSpec, CustomerUpdate, PaymentMethodRow},
     },
     tenancy::Permission,
 };
@@ -26,6 +28,7 @@ use shared::{
 use super::{
     ApiTags,
     dto::{metadata, page_request},
+    invoice_items::MAX_ITEM_AMOUNT,
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -324,6 +327,74 @@ fn parse_payment_method_id(raw: &str) -> Result<PaymentMethodId, ApiError> {
     PaymentMethodId::parse(raw).map_err(|_| ApiError::not_found("payment method"))
 }
 
+/// A change of a customer's balance to make.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceAdjustmentIn {
+    /// Minor units of the customer's currency: positive gives credit, negative takes it back.
+    pub amount: i64,
+    /// Why; at most 500 characters.
+    #[oai(nullable)]
+    pub description: Option<String>,
+}
+
+/// A change of a customer's credit balance (credit is positive).
+#[derive(Debug, Object)]
+pub struct BalanceTransactionOut {
+    /// Balance transaction id (`cbtxn_…`).
+    pub id: String,
+    /// Always `customer_balance_transaction`.
+    pub object: String,
+    pub customer: String,
+    /// `adjustment`, `applied_to_invoice`, `unapplied_from_invoice`, `invoice_credit`,
+    /// `credit_note`, `overpayment` or `refund_failed`.
+    pub r#type: String,
+    /// Positive: credit given; negative: credit used.
+    pub amount: i64,
+    /// The balance after it.
+    pub ending_balance: i64,
+    #[oai(nullable)]
+    pub invoice: Option<String>,
+    #[oai(nullable)]
+    pub credit_note: Option<String>,
+    #[oai(nullable)]
+    pub description: Option<String>,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<BalanceTransactionRow> for BalanceTransactionOut {
+    fn from(t: BalanceTransactionRow) -> Self {
+        Self {
+            id: t.id.to_string(),
+            object: "customer_balance_transaction".into(),
+            customer: t.customer_id.to_string(),
+            r#type: t.r#type,
+            amount: t.amount,
+            ending_balance: t.ending_balance,
+            invoice: t.invoice_id.map(|i| i.to_string()),
+            credit_note: t.credit_note_id.map(|c| c.to_string()),
+            description: t.description,
+            livemode: t.livemode,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct BalanceTransactionList {
+    pub data: Vec<BalanceTransactionOut>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedBalanceTransaction {
+    /// The balance changed.
+    #[oai(status = 201)]
+    Created(Json<BalanceTransactionOut>),
+}
+
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|_| ApiError::not_found("customer"))
 }
@@ -606,6 +677,82 @@ impl CustomersApi {
             id: row.id.to_string(),
             object: "customer".into(),
             deleted: true,
+        }))
+    }
+
+    /// Adjust a customer's balance
+    ///
+    /// Gives the customer credit (a positive `amount`, in minor units of the customer's
+    /// currency) that its next invoices use, or takes some back (negative); the balance never
+    /// goes below zero. Every change of the balance is a transaction.
+    #[oai(
+        path = "/api/v1/customers/:id/balance-transactions",
+        method = "post",
+        operation_id = "customers.balance_transactions.create",
+        tag = "ApiTags::Customers"
+    )]
+    async fn adjust_balance(
+        &self,
+        req: &Request,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        body: JsonBody<BalanceAdjustmentIn>,
+    ) -> Result<CreatedBalanceTransaction, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let id = customer_id(&id.0)?;
+        let b = body.0;
+        if !(-MAX_ITEM_AMOUNT..=MAX_ITEM_AMOUNT).contains(&b.amount) {
+            return Err(ApiError::validation(
+                "amount",
+                format!("must be -{MAX_ITEM_AMOUNT} to {MAX_ITEM_AMOUNT}"),
+            ));
+        }
+        let description = b
+            .description
+            .as_deref()
+            .map(|d| invoice_text(d, false))
+            .transpose()
+            .map_err(ApiError::invalid("description"))?
+            .filter(|d| !d.is_empty());
+        note(req, |n| n.object_id = Some(id.to_string()));
+        let mut work = Work::begin(req).await?;
+        let row =
+            balance::adjust(&mut work, ctx.scope(), id, b.amount, description.as_deref()).await?;
+        Ok(CreatedBalanceTransaction::Created(Json(row.into())))
+    }
+
+    /// List a customer's balance transactions
+    ///
+    /// Every change of the balance, newest first, with the balance after it.
+    #[oai(
+        path = "/api/v1/customers/:id/balance-transactions",
+        method = "get",
+        operation_id = "customers.balance_transactions.list",
+        tag = "ApiTags::Customers"
+    )]
+    async fn balance_transactions(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+        /// Customer id (`cus_…`).
+        id: Path<String>,
+        /// 1 to 100; default 10.
+        limit: Query<Option<i64>>,
+        /// A transaction id: return older ones (the next page).
+        starting_after: Query<Option<String>>,
+        /// A transaction id: return newer ones (the previous page).
+        ending_before: Query<Option<String>>,
+    ) -> Result<Json<BalanceTransactionList>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let id = customer_id(&id.0)?;
+        let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
+            BalanceTransactionId::parse(s).map(|id| id.as_uuid())
+        })?;
+        let page = balance::list_transactions(&state.pool, ctx.scope(), id, page).await?;
+        Ok(Json(BalanceTransactionList {
+            data: page.items.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
         }))
     }
 }

@@ -163,8 +163,19 @@ fn field_id<T, E: std::fmt::Display>(
         .map_err(|e| ApiError::validation(field, e.to_string()))
 }
 
+/// The largest amount (and unit amount) of an item, either way: 999,999,999,999 minor units.
+pub const MAX_ITEM_AMOUNT: i64 = 999_999_999_999;
+
 /// The amount an item asks for, from the fields that may say it.
 fn amount_of(b: &InvoiceItemIn) -> Result<ItemAmount, ApiError> {
+    for (field, value) in [("amount", b.amount), ("unit_amount", b.unit_amount)] {
+        if value.is_some_and(|v| !(-MAX_ITEM_AMOUNT..=MAX_ITEM_AMOUNT).contains(&v)) {
+            return Err(ApiError::validation(
+                field,
+                format!("must be -{MAX_ITEM_AMOUNT} to {MAX_ITEM_AMOUNT}"),
+            ));
+        }
+    }
     let quantity = match b.quantity {
         None => 1,
         Some(q @ 1..=1_000_000) => i64::from(q),

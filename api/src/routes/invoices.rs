@@ -98,6 +98,8 @@ pub struct InvoiceOut {
     pub amount_due: i64,
     pub amount_paid: i64,
     pub amount_remaining: i64,
+    /// What its credit notes add up to: never more than `total`.
+    pub amount_credited: i64,
     /// Charges attempted so far.
     pub attempt_count: i32,
     #[oai(nullable)]
@@ -164,6 +166,7 @@ impl From<InvoiceView> for InvoiceOut {
             amount_due: i.amount_due,
             amount_paid: i.amount_paid,
             amount_remaining: i.amount_remaining,
+            amount_credited: i.amount_credited,
             attempt_count: i.attempt_count,
             due_date: i.due_date,
             finalized_at: i.finalized_at,
@@ -220,6 +223,8 @@ pub struct PaymentOut {
     pub failure_message: Option<String>,
     /// A decline that trying the same card again cannot fix.
     pub hard_decline: bool,
+    /// What its refunds (pending or succeeded) add up to: never more than `amount`.
+    pub amount_refunded: i64,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -243,6 +248,7 @@ impl From<PaymentRow> for PaymentOut {
             failure_code: p.failure_code,
             failure_message: p.failure_message,
             hard_decline: p.hard_decline,
+            amount_refunded: p.amount_refunded,
             livemode: p.livemode,
             created_at: p.created_at,
             updated_at: p.updated_at,

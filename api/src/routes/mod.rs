@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod audit_log;
 pub mod bundles;
 pub mod coupons;
+pub mod credit_notes;
 pub mod customers;
 pub mod dto;
 pub mod events;
@@ -68,6 +69,8 @@ pub type Apis = (
         invoices::InvoicesApi,
         invoice_items::InvoiceItemsApi,
         invoices::PaymentsApi,
+        credit_notes::CreditNotesApi,
+        credit_notes::RefundsApi,
         test_clocks::TestClocksApi,
     ),
     stripe::StripeApi,
@@ -95,6 +98,8 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 invoices::InvoicesApi,
                 invoice_items::InvoiceItemsApi,
                 invoices::PaymentsApi,
+                credit_notes::CreditNotesApi,
+                credit_notes::RefundsApi,
                 test_clocks::TestClocksApi,
             ),
             stripe::StripeApi,

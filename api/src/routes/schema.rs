@@ -11,6 +11,7 @@
 //!   in the field's description instead.
 
 use serde_json::{Map, Value, json};
+use shared::service::{credit_notes::CreditReason, refunds::RefundReason};
 
 /// Printable text: no control characters.
 const TEXT: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
@@ -396,7 +397,34 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
             json!({"enum": ["include", "exclude"]}),
         ),
         ("InvoiceIn", "metadata", metadata()),
+        ("CreditNoteIn", "invoice", id("in")),
+        ("CreditNoteIn", "lines", json!({"minItems": 1, "maxItems": 100})),
+        ("CreditNoteIn", "amount", positive_amount()),
+        (
+            "CreditNoteIn",
+            "reason",
+            enum_of(CreditReason::ALL, CreditReason::as_str),
+        ),
+        ("CreditNoteIn", "memo", text(500)),
+        ("CreditNoteIn", "refund_amount", share_amount()),
+        ("CreditNoteIn", "credit_amount", share_amount()),
+        ("CreditNoteIn", "out_of_band_amount", share_amount()),
+        ("CreditNoteIn", "metadata", metadata()),
+        ("CreditNoteLineIn", "invoice_line", id("il")),
+        ("CreditNoteLineIn", "description", non_blank(500)),
+        ("CreditNoteLineIn", "amount", positive_amount()),
+        ("RefundIn", "payment", id("py")),
+        ("RefundIn", "amount", positive_amount()),
+        (
+            "RefundIn",
+            "reason",
+            enum_of(RefundReason::ALL, RefundReason::as_str),
+        ),
+        ("BalanceAdjustmentIn", "amount", signed_amount()),
+        ("BalanceAdjustmentIn", "description", text(500)),
         ("InvoiceItemIn", "customer", id("cus")),
+        ("InvoiceItemIn", "amount", signed_amount()),
+        ("InvoiceItemIn", "unit_amount", signed_amount()),
         ("InvoiceItemIn", "price", id("price")),
         ("InvoiceItemIn", "invoice", id("in")),
         (
@@ -411,6 +439,21 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
     ]);
     all
 }
+
+/// An amount in minor units, as credit notes, refunds and invoice items bound them.
+fn positive_amount() -> Value {
+    json!({"minimum": 1, "maximum": MAX_AMOUNT})
+}
+
+fn share_amount() -> Value {
+    json!({"minimum": 0, "maximum": MAX_AMOUNT})
+}
+
+fn signed_amount() -> Value {
+    json!({"minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT})
+}
+
+const MAX_AMOUNT: i64 = super::invoice_items::MAX_ITEM_AMOUNT;
 
 /// The values of a status enum (`text_enum!`), as an enumeration.
 fn enum_of<T: Copy>(all: &[T], text: fn(T) -> &'static str) -> Value {
@@ -505,6 +548,23 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/invoices", "status", invoice_status()),
         ("/api/v1/invoices", "starting_after", id("in")),
         ("/api/v1/invoices", "ending_before", id("in")),
+        ("/api/v1/credit-notes", "invoice", id("in")),
+        ("/api/v1/credit-notes", "customer", id("cus")),
+        ("/api/v1/credit-notes", "starting_after", id("cn")),
+        ("/api/v1/credit-notes", "ending_before", id("cn")),
+        ("/api/v1/refunds", "payment", id("py")),
+        ("/api/v1/refunds", "starting_after", id("re")),
+        ("/api/v1/refunds", "ending_before", id("re")),
+        (
+            "/api/v1/customers/{id}/balance-transactions",
+            "starting_after",
+            id("cbtxn"),
+        ),
+        (
+            "/api/v1/customers/{id}/balance-transactions",
+            "ending_before",
+            id("cbtxn"),
+        ),
         ("/api/v1/invoice-items", "customer", id("cus")),
         ("/api/v1/invoice-items", "invoice", id("in")),
         ("/api/v1/invoice-items", "starting_after", id("ii")),

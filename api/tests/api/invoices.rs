@@ -151,6 +151,8 @@ fn invoice_row(s: &shared::db::subscriptions::SubscriptionRow) -> shared::db::in
         sent_at: None,
         days_until_due: None,
         coupon_id: None,
+        amount_credited: 0,
+        credit_note_count: 0,
     }
 }
 
@@ -176,6 +178,7 @@ fn payment_row(
         failure_code: None,
         failure_message: None,
         hard_decline: false,
+        amount_refunded: 0,
         created_at: i.created_at,
         updated_at: i.created_at,
     }

@@ -8,6 +8,7 @@ mod auth;
 mod catalog;
 mod compose;
 mod coupons;
+mod credit_notes;
 mod customers;
 mod errors;
 mod events;

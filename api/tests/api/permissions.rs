@@ -50,6 +50,8 @@ const MISSING_INVOICE: &str = "in_01m80000000000000000000000";
 const MISSING_PAYMENT: &str = "py_01m80000000000000000000000";
 const MISSING_CLOCK: &str = "clock_01m80000000000000000000000";
 const MISSING_INVOICE_ITEM: &str = "ii_01m80000000000000000000000";
+const MISSING_CREDIT_NOTE: &str = "cn_01m80000000000000000000000";
+const MISSING_REFUND: &str = "re_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
 /// check): one that has no effect when allowed where it can (a missing object, a refused
@@ -529,6 +531,54 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "read billing",
             Method::GET,
             "/api/v1/invoice-items".into(),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/credit-notes".into(),
+            Some(json!({"invoice": MISSING_INVOICE, "amount": 100})),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/credit-notes".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/credit-notes/{MISSING_CREDIT_NOTE}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/refunds".into(),
+            Some(json!({"payment": MISSING_PAYMENT})),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/refunds".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/refunds/{MISSING_REFUND}"),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}/balance-transactions"),
+            Some(json!({"amount": 100})),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/customers/{MISSING_CUSTOMER}/balance-transactions"),
             none.clone(),
         ),
         (

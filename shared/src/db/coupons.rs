@@ -258,6 +258,26 @@ pub async fn redeem(
     Ok(())
 }
 
+/// Gives back one redemption (a deleted draft's: it never discounted anything).
+pub async fn unredeem(
+    conn: &mut PgConnection,
+    scope: crate::tenancy::Scope,
+    id: CouponId,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE coupons SET times_redeemed = GREATEST(times_redeemed - 1, 0), updated_at = $4 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl CouponRow {
     /// Its discount and duration, as stored.
     pub fn terms(

@@ -55,6 +55,10 @@ pub struct InvoiceRow {
     pub days_until_due: Option<i32>,
     /// A one-off invoice's coupon, discounting its lines.
     pub coupon_id: Option<CouponId>,
+    /// What its credit notes add up to: never more than `total`.
+    pub amount_credited: i64,
+    /// How many credit notes it has (the next one is numbered after them).
+    pub credit_note_count: i32,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -126,6 +130,7 @@ impl InvoiceRow {
             "description": self.description,
             "sent_at": time(self.sent_at),
             "coupon": self.coupon_id.map(|c| c.to_string()),
+            "amount_credited": self.amount_credited,
             "metadata": self.metadata,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
@@ -138,7 +143,7 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, subscription_id, st
     currency, billing_reason, collection_method, period_start, period_end, subtotal, discount, \
     tax, total, balance_applied, amount_due, amount_paid, amount_remaining, attempt_count, \
     due_date, finalized_at, paid_at, voided_at, metadata, created_at, updated_at, description, \
-    sent_at, days_until_due, coupon_id";
+    sent_at, days_until_due, coupon_id, amount_credited, credit_note_count";
 
 /// Inserts an invoice as the row describes it; `false` when the subscription already has its
 /// invoice for that period (`invoices_subscription_period_key`): nothing is written then.
@@ -203,7 +208,7 @@ pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Resu
          attempt_count = $7, due_date = $8, finalized_at = $9, paid_at = $10, voided_at = $11, \
          metadata = $12, updated_at = $13, subtotal = $15, discount = $16, tax = $17, \
          total = $18, balance_applied = $19, amount_due = $20, description = $21, sent_at = $22, \
-         period_start = $23, period_end = $24 \
+         period_start = $23, period_end = $24, amount_credited = $25, credit_note_count = $26 \
          WHERE tenant_id = $1 AND livemode = $2 AND id = $14",
     )
     .bind(scope.tenant_id())
@@ -230,6 +235,8 @@ pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Resu
     .bind(i.sent_at)
     .bind(i.period_start)
     .bind(i.period_end)
+    .bind(i.amount_credited)
+    .bind(i.credit_note_count)
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -435,6 +442,8 @@ pub struct PaymentRow {
     pub hard_decline: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What its refunds (pending or succeeded) add up to: never more than `amount`.
+    pub amount_refunded: i64,
 }
 
 impl PaymentRow {
@@ -455,6 +464,7 @@ impl PaymentRow {
             "failure_code": self.failure_code,
             "failure_message": self.failure_message,
             "hard_decline": self.hard_decline,
+            "amount_refunded": self.amount_refunded,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -464,7 +474,7 @@ impl PaymentRow {
 
 const PAYMENT_COLUMNS: &str = "id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
     currency, application_fee, status, gateway, gateway_id, idempotency_key, payment_method_id, \
-    failure_code, failure_message, hard_decline, created_at, updated_at";
+    failure_code, failure_message, hard_decline, created_at, updated_at, amount_refunded";
 
 pub async fn insert_payment(
     conn: &mut PgConnection,
@@ -582,6 +592,25 @@ pub async fn list_payments(
     .fetch_all(pool)
     .await?;
     Ok(page.finish(rows))
+}
+
+/// The succeeded payments of an invoice with something left to refund, latest first, locked
+/// until the transaction ends.
+pub async fn refundable_payments(
+    conn: &mut PgConnection,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> Result<Vec<PaymentRow>, DbError> {
+    Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
+         AND invoice_id = $3 AND status = 'succeeded' AND amount_refunded < amount \
+         ORDER BY attempt DESC FOR UPDATE"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(invoice)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// The highest attempt number of an invoice's payments (0 when none).
@@ -862,19 +891,22 @@ pub async fn price_label(
     }))
 }
 
-/// Makes the items of a deleted draft pending again.
+/// Makes the items of a deleted draft pending again (`one_off_only`: only those without a
+/// subscription, the items of a voided invoice).
 pub async fn release_items(
     conn: &mut PgConnection,
     scope: Scope,
     invoice: InvoiceId,
+    one_off_only: bool,
 ) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE invoice_items SET invoice_id = NULL WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3",
+         AND invoice_id = $3 AND (NOT $4 OR subscription_id IS NULL)",
     )
     .bind(scope.tenant_id())
     .bind(scope.livemode())
     .bind(invoice)
+    .bind(one_off_only)
     .execute(conn)
     .await?;
     Ok(())

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod bundles;
 pub mod catalog_sync;
 pub mod coupons;
+pub mod credit_notes;
 pub mod customers;
 pub mod events;
 pub mod idempotency;

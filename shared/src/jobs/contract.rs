@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{NewJob, Queue};
 use crate::{
     db::catalog_sync::Synced,
-    ids::{DeliveryId, InvoiceId, SubscriptionId, TestClockId},
+    ids::{DeliveryId, InvoiceId, RefundId, SubscriptionId, TestClockId},
     tenancy::Scope,
 };
 
@@ -46,6 +46,9 @@ pub enum Job {
         subscription: SubscriptionId,
         trial_end: DateTime<Utc>,
     },
+    /// Send a recorded refund to the gateway: one job per refund (the refund's id is its
+    /// idempotency key at the gateway).
+    RefundPayment { refund: RefundId },
     /// Move a test clock to `to`, running what comes due for its customers on the way: one job
     /// per (clock, target).
     AdvanceTestClock {
@@ -73,6 +76,7 @@ impl Job {
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
     pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
     pub const ADVANCE_TEST_CLOCK: &'static str = "test_clock.advance";
+    pub const REFUND_PAYMENT: &'static str = "payment.refund";
 
     /// The kind stored in the outbox row.
     pub fn kind(&self) -> &'static str {
@@ -92,6 +96,7 @@ impl Job {
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
             Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
             Job::AdvanceTestClock { .. } => Self::ADVANCE_TEST_CLOCK,
+            Job::RefundPayment { .. } => Self::REFUND_PAYMENT,
         }
     }
 
@@ -103,6 +108,7 @@ impl Job {
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
+            | Job::RefundPayment { .. }
             | Job::AdvanceTestClock { .. } => Queue::Renewals,
         }
     }
@@ -128,6 +134,7 @@ impl Job {
             Job::ExpireIncomplete { subscription } => {
                 format!("{}:{}", self.kind(), subscription.as_uuid())
             }
+            Job::RefundPayment { refund } => format!("{}:{}", self.kind(), refund.as_uuid()),
             Job::AdvanceTestClock { clock, to } => {
                 format!("{}:{}:{}", self.kind(), clock.as_uuid(), to.timestamp())
             }
@@ -153,6 +160,7 @@ impl Job {
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
+            | Job::RefundPayment { .. }
             | Job::AdvanceTestClock { .. } => {
                 Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
             }
@@ -177,6 +185,7 @@ impl Job {
             Job::ExpireIncomplete { subscription } => {
                 json!({ "subscription_id": subscription.to_string() })
             }
+            Job::RefundPayment { refund } => json!({ "refund_id": refund.to_string() }),
             Job::AdvanceTestClock { clock, to } => {
                 json!({ "test_clock_id": clock.to_string(), "to": to.to_rfc3339() })
             }
@@ -282,6 +291,11 @@ impl Job {
                 subscription: subscription()?,
                 trial_end: time("trial_end")?,
             }),
+            Self::REFUND_PAYMENT => payload["refund_id"]
+                .as_str()
+                .and_then(|s| RefundId::parse(s).ok())
+                .map(|refund| Job::RefundPayment { refund })
+                .ok_or_else(|| bad("refund_id")),
             Self::ADVANCE_TEST_CLOCK => Ok(Job::AdvanceTestClock {
                 clock: payload["test_clock_id"]
                     .as_str()
@@ -333,6 +347,9 @@ mod tests {
             Job::TrialWillEnd {
                 subscription: SubscriptionId::from_uuid(id),
                 trial_end: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            },
+            Job::RefundPayment {
+                refund: RefundId::from_uuid(id),
             },
         ]
     }

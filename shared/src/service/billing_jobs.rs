@@ -4,7 +4,7 @@
 
 use sqlx::PgPool;
 
-use super::{ServiceError, ServiceResult, invoices, subscriptions};
+use super::{ServiceError, ServiceResult, invoices, refunds, subscriptions};
 use crate::{clock::Clock, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork};
 
 /// Runs one billing job for `scope` at `clock`'s time (a test clock's advance is run by
@@ -35,6 +35,9 @@ pub async fn run(
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             subscriptions::trial_will_end(&mut uow, scope, *subscription, *trial_end).await?;
             uow.commit().await?;
+        }
+        Job::RefundPayment { refund } => {
+            refunds::run_refund(pool, clock, stripe, scope, *refund).await?;
         }
         Job::ExpireIncomplete { subscription } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;

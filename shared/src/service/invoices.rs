@@ -15,7 +15,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{ServiceError, ServiceResult, events};
+use super::{
+    ServiceError, ServiceResult,
+    balance::{self, Why},
+    events,
+};
 use crate::{
     db::{
         self,
@@ -168,7 +172,9 @@ pub async fn invoice_period(
     let mut lines = period_lines(id, items, period)?;
     discount(uow, scope, sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
-    // The customer's one-off items in the currency come along (as at Stripe).
+    // The customer's one-off items in the currency come along (as at Stripe). The customer is
+    // locked before them, as creating a subscription (which invoices its first period) does.
+    db::customers::lock(uow.conn(), scope, sub.customer_id).await?;
     pending.extend(
         db::invoices::pending_of_customer(uow.conn(), scope, sub.customer_id, &sub.currency)
             .await?,
@@ -402,6 +408,8 @@ pub(crate) fn blank(
         sent_at: None,
         days_until_due: None,
         coupon_id: None,
+        amount_credited: 0,
+        credit_note_count: 0,
     }
 }
 
@@ -421,10 +429,25 @@ pub(crate) async fn finalize_row(
         .await
         .map_err(ServiceError::not_found("customer"))?;
     let totals = totals_of(lines, customer.balance)?;
-    let balance_change = totals.credit_to_balance - totals.balance_applied;
-    if balance_change != 0 {
-        db::customers::adjust_balance(uow.conn(), scope, customer.id, balance_change, now).await?;
-    }
+    let id = invoice.id;
+    balance::record(
+        uow,
+        scope,
+        customer.id,
+        -totals.balance_applied,
+        Why::AppliedToInvoice(id),
+        None,
+    )
+    .await?;
+    balance::record(
+        uow,
+        scope,
+        customer.id,
+        totals.credit_to_balance,
+        Why::InvoiceCredit(id),
+        None,
+    )
+    .await?;
     let prefix = prefix_of(uow, scope, &customer).await?;
     invoice.number = Some(next_number(uow, scope, &prefix).await?);
     let settled = totals.amount_due == 0;
@@ -572,17 +595,18 @@ pub(crate) async fn void_locked(
     invoice.voided_at = Some(now);
     invoice.updated_at = now;
     db::invoices::save(uow.conn(), scope, invoice).await?;
+    // One-off items it billed wait for the customer's next invoice again.
+    db::invoices::release_items(uow.conn(), scope, invoice.id, true).await?;
     // Credit that paid part of it goes back to the customer.
-    if invoice.balance_applied > 0 {
-        db::customers::adjust_balance(
-            uow.conn(),
-            scope,
-            invoice.customer_id,
-            invoice.balance_applied,
-            now,
-        )
-        .await?;
-    }
+    balance::record(
+        uow,
+        scope,
+        invoice.customer_id,
+        invoice.balance_applied,
+        Why::UnappliedFromInvoice(invoice.id),
+        None,
+    )
+    .await?;
     let lines = lines_of(uow, scope, invoice.id).await?;
     events::record(uow, scope, "invoice.voided", invoice.to_json(&lines)).await?;
     Ok(())
@@ -635,7 +659,7 @@ pub enum Attempt {
 /// Locks an invoice the way every change that may also touch its subscription does:
 /// subscription first, then invoice (then customer), so that a cancel and a payment's outcome
 /// never wait for each other in a cycle.
-async fn lock_with_subscription(
+pub(crate) async fn lock_with_subscription(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: InvoiceId,
@@ -736,6 +760,7 @@ pub async fn start_attempt(
         failure_code: None,
         failure_message: None,
         hard_decline: false,
+        amount_refunded: 0,
         created_at: now,
         updated_at: now,
     };
@@ -848,8 +873,15 @@ pub async fn record_outcome(
             } else {
                 // Paid meanwhile by another path (or voided): what came in is the customer's
                 // credit, never lost.
-                db::customers::adjust_balance(uow.conn(), scope, p.customer_id, p.amount, now)
-                    .await?;
+                balance::record(
+                    uow,
+                    scope,
+                    p.customer_id,
+                    p.amount,
+                    Why::Overpayment(invoice.id),
+                    None,
+                )
+                .await?;
             }
         }
         ChargeOutcome::RequiresAction { id } => {
@@ -901,7 +933,7 @@ async fn after_failure(
 
 /// Applies `transition` to the subscription when its status allows it (a payment landing on a
 /// canceled subscription changes nothing about it).
-async fn transition_if_allowed(
+pub(crate) async fn transition_if_allowed(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: crate::ids::SubscriptionId,
@@ -948,12 +980,23 @@ pub(crate) async fn queue_attempt(
     invoice: &InvoiceRow,
     attempt: i32,
 ) -> ServiceResult<()> {
-    let now = uow.now();
     let job = crate::jobs::Job::PayInvoice {
         invoice: invoice.id,
         attempt,
     };
-    let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id).await?;
+    queue_for_customer(uow, scope, invoice.customer_id, job).await
+}
+
+/// Queues a billing job about a customer's money, due now (a test clock's customer: at the
+/// clock's time, when its next advance runs). Queuing it again adds nothing.
+pub(crate) async fn queue_for_customer(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+    job: crate::jobs::Job,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    let clock = db::test_clocks::of_customer(uow.conn(), scope, customer).await?;
     let at = clock.as_ref().map_or(now, |c| c.frozen_time);
     let job = job
         .to_new(Some(scope), at)

@@ -486,9 +486,14 @@ pub async fn delete_draft(
         ));
     }
     let lines = db::invoices::lines(uow.conn(), scope, &[id.as_uuid()]).await?;
-    db::invoices::release_items(uow.conn(), scope, id).await?;
+    db::invoices::release_items(uow.conn(), scope, id, false).await?;
     db::invoices::delete_lines(uow.conn(), scope, id).await?;
     db::invoices::delete_draft(uow.conn(), scope, id).await?;
+    if let Some(coupon) = invoice.coupon_id {
+        // It never discounted anything: the redemption is given back.
+        let now = uow.now();
+        db::coupons::unredeem(uow.conn(), scope, coupon, now).await?;
+    }
     events::record(uow, scope, "invoice.deleted", invoice.to_json(&lines)).await?;
     Ok(InvoiceView { invoice, lines })
 }

@@ -9,15 +9,18 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod balance;
 pub mod billing_jobs;
 pub mod bundles;
 pub mod catalog;
 pub mod coupons;
+pub mod credit_notes;
 pub mod customers;
 pub mod events;
 pub mod invoice_documents;
 pub mod invoices;
 pub mod invoicing;
+pub mod refunds;
 pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;

@@ -18,6 +18,7 @@ use stripe_connect::{
     account_link::{CreateAccountLink, CreateAccountLinkType},
 };
 use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_core::refund::CreateRefund;
 use stripe_product::{
     price::{
         CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceTiers,
@@ -166,6 +167,19 @@ pub struct ChargeSpec<'a> {
 struct IntentBody {
     id: String,
     status: String,
+}
+
+#[derive(Debug, miniserde::Deserialize)]
+struct RefundBody {
+    id: String,
+    status: Option<String>,
+}
+
+/// A Refund as Stripe answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeRefund {
+    pub id: String,
+    pub status: String,
 }
 
 /// A PaymentIntent as Stripe answered.
@@ -434,6 +448,28 @@ impl Stripe {
         Ok(PaymentIntent {
             id: pi.id,
             status: pi.status,
+        })
+    }
+
+    /// Refunds `amount` of a PaymentIntent (on the connected `account` that took it). The
+    /// answer's status: `succeeded`, `pending` (accepted, settling), `failed` or `canceled`.
+    pub async fn refund(
+        &self,
+        livemode: bool,
+        account: Option<&str>,
+        idempotency_key: &str,
+        payment_intent: &str,
+        amount: i64,
+    ) -> Result<StripeRefund, Failure> {
+        let req = CreateRefund::new()
+            .payment_intent(payment_intent)
+            .amount(amount);
+        let r: RefundBody = self
+            .send(livemode, account, Some(idempotency_key), req.build())
+            .await?;
+        Ok(StripeRefund {
+            id: r.id,
+            status: r.status.unwrap_or_else(|| "succeeded".into()),
         })
     }
 
