@@ -234,6 +234,11 @@ define_id!(
     "cbtxn"
 );
 define_id!(
+    /// A tax rate of a tenant.
+    TaxRateId,
+    "txr"
+);
+define_id!(
     /// A test clock: a frozen time for test-mode customers, moved forward by hand.
     TestClockId,
     "clock"

@@ -16,7 +16,7 @@ use shared::{
         invoice::invoice_text,
         money::Currency,
     },
-    ids::{BalanceTransactionId, CustomerId, PaymentMethodId, TestClockId},
+    ids::{BalanceTransactionId, CustomerId, PaymentMethodId, TaxRateId, TestClockId},
     payments::Gateway,
     service::{
         balance::{self, BalanceTransactionRow},
@@ -110,6 +110,9 @@ pub struct CustomerIn {
     /// Exempt customers pay no tax; default `false`.
     #[oai(nullable)]
     pub tax_exempt: Option<bool>,
+    /// Tax rates its invoices apply (`txr_…`, at most 10) instead of the tenant's defaults.
+    #[oai(nullable)]
+    pub tax_rates: Option<Vec<String>>,
     /// The prefix of this customer's invoice numbers instead of the tenant's.
     #[oai(nullable)]
     pub invoice_prefix: Option<String>,
@@ -143,6 +146,9 @@ pub struct CustomerPatch {
     pub tax_ids: Option<Vec<CustomerTaxId>>,
     #[oai(nullable)]
     pub tax_exempt: Option<bool>,
+    /// Replaces its tax rates; `[]`: the tenant's defaults again.
+    #[oai(nullable)]
+    pub tax_rates: Option<Vec<String>>,
     #[oai(nullable)]
     pub invoice_prefix: Option<String>,
     #[oai(nullable)]
@@ -168,6 +174,8 @@ pub struct CustomerOut {
     pub address: Option<CustomerAddress>,
     pub tax_ids: Vec<CustomerTaxId>,
     pub tax_exempt: bool,
+    /// The tax rates its invoices apply (`txr_…`); empty: the tenant's default rates.
+    pub tax_rates: Vec<String>,
     #[oai(nullable)]
     pub invoice_prefix: Option<String>,
     pub metadata: serde_json::Value,
@@ -212,6 +220,11 @@ impl From<CustomerRow> for CustomerOut {
                 })
                 .collect(),
             tax_exempt: c.tax_exempt,
+            tax_rates: c
+                .tax_rate_ids
+                .iter()
+                .map(|t| TaxRateId::from_uuid(*t).to_string())
+                .collect(),
             invoice_prefix: c.invoice_prefix,
             metadata: c.metadata,
             balance: c.balance,
@@ -395,6 +408,17 @@ pub enum CreatedBalanceTransaction {
     Created(Json<BalanceTransactionOut>),
 }
 
+/// The tax rates a body names, as ids (`400 tax_rates` for a malformed one).
+fn tax_rate_ids(raw: Option<&[String]>) -> Result<Option<Vec<TaxRateId>>, ApiError> {
+    raw.map(|ids| {
+        ids.iter()
+            .map(|t| TaxRateId::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::validation("tax_rates", e.to_string()))
+    })
+    .transpose()
+}
+
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|_| ApiError::not_found("customer"))
 }
@@ -508,6 +532,7 @@ impl CustomersApi {
             .map(TestClockId::parse)
             .transpose()
             .map_err(|e| ApiError::validation("test_clock", e.to_string()))?;
+        let tax_rates = tax_rate_ids(b.tax_rates.as_deref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
         let row = service::create_customer(
             &mut work,
@@ -524,6 +549,7 @@ impl CustomersApi {
                 invoice_prefix: p.invoice_prefix.as_ref().and_then(Option::as_ref),
                 metadata,
                 test_clock,
+                tax_rates: &tax_rates,
             },
         )
         .await?;
@@ -627,6 +653,7 @@ impl CustomersApi {
         let address = p
             .address
             .map(|a| Some(a).filter(|a| *a != Address::default()));
+        let tax_rates = tax_rate_ids(b.tax_rates.as_deref())?;
         let mut work = Work::begin(req).await?;
         let row = service::update_customer(
             &mut work,
@@ -643,6 +670,7 @@ impl CustomersApi {
                 tax_exempt: b.tax_exempt,
                 invoice_prefix: p.invoice_prefix.as_ref().map(Option::as_ref),
                 metadata: metadata.as_ref(),
+                tax_rates: tax_rates.as_deref(),
             },
         )
         .await?;
@@ -912,6 +940,7 @@ mod tests {
             metadata: json!({"k": "v"}),
             balance: 250,
             test_clock_id: None,
+            tax_rate_ids: vec![],
             created_at: Utc.with_ymd_and_hms(2026, 1, 31, 1, 2, 3).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2026, 2, 1, 1, 2, 3).unwrap(),
         }

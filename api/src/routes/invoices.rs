@@ -63,6 +63,20 @@ pub struct InvoiceLineOut {
     pub period_end: DateTime<Utc>,
 }
 
+/// What one tax rate took of an invoice, as the rate was when the invoice was made.
+#[derive(Debug, Object, Deserialize)]
+pub struct InvoiceTaxAmountOut {
+    /// The rate (`txr_…`).
+    pub tax_rate: String,
+    pub display_name: String,
+    pub percentage: f64,
+    /// `true`: held inside the lines' amounts; `false`: added to the total.
+    pub inclusive: bool,
+    /// What it taxed: the lines after discounts, without inclusive taxes.
+    pub taxable_amount: i64,
+    pub amount: i64,
+}
+
 /// An invoice. Amounts are in minor units of `currency`.
 #[derive(Debug, Object)]
 pub struct InvoiceOut {
@@ -90,8 +104,11 @@ pub struct InvoiceOut {
     /// The sum of the lines.
     pub subtotal: i64,
     pub discount: i64,
+    /// All its tax, inclusive and exclusive.
     pub tax: i64,
-    /// `subtotal − discount + tax`.
+    /// What each tax rate took.
+    pub total_tax_amounts: Vec<InvoiceTaxAmountOut>,
+    /// `subtotal − discount +` the exclusive taxes (inclusive ones are inside the lines).
     pub total: i64,
     /// The customer's credit used.
     pub balance_applied: i64,
@@ -161,6 +178,7 @@ impl From<InvoiceView> for InvoiceOut {
             subtotal: i.subtotal,
             discount: i.discount,
             tax: i.tax,
+            total_tax_amounts: serde_json::from_value(i.tax_amounts).unwrap_or_default(),
             total: i.total,
             balance_applied: i.balance_applied,
             amount_due: i.amount_due,

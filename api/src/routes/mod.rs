@@ -16,6 +16,7 @@ pub mod schema;
 pub mod stripe;
 pub mod stripe_webhooks;
 pub mod subscriptions;
+pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
 pub mod users;
@@ -71,6 +72,7 @@ pub type Apis = (
         invoices::PaymentsApi,
         credit_notes::CreditNotesApi,
         credit_notes::RefundsApi,
+        tax_rates::TaxRatesApi,
         test_clocks::TestClocksApi,
     ),
     stripe::StripeApi,
@@ -100,6 +102,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 invoices::PaymentsApi,
                 credit_notes::CreditNotesApi,
                 credit_notes::RefundsApi,
+                tax_rates::TaxRatesApi,
                 test_clocks::TestClocksApi,
             ),
             stripe::StripeApi,

@@ -277,7 +277,8 @@ async fn a_paid_invoice_is_refunded_credited_or_paid_back_outside_never_beyond_w
     assert_eq!(still["status"], "paid");
     assert_eq!(still["amount_credited"], 3000);
 
-    // Refunds of the payment never exceed it: 8000 is left.
+    // Refunds of the payment never exceed it (8000 is left of it), and with the credit notes
+    // never exceed the invoice (7000 is left to give back of it).
     refused(
         app.post(
             "/api/v1/refunds",
@@ -288,54 +289,43 @@ async fn a_paid_invoice_is_refunded_credited_or_paid_back_outside_never_beyond_w
         "amount",
     )
     .await;
-    let rest = json_of(
+    refused(
         app.post(
             "/api/v1/refunds",
             &key,
-            &json!({"payment": payment, "reason": "requested_by_customer"}),
+            &json!({"payment": payment, "amount": 7001}),
+        )
+        .await,
+        "amount",
+    )
+    .await;
+    let part = json_of(
+        app.post(
+            "/api/v1/refunds",
+            &key,
+            &json!({"payment": payment, "amount": 4000, "reason": "requested_by_customer"}),
         )
         .await,
         StatusCode::ACCEPTED,
     )
     .await;
-    assert_eq!(rest["amount"], 8000);
-    assert_eq!(rest["credit_note"], Value::Null);
-    let again = app
-        .post("/api/v1/refunds", &key, &json!({"payment": payment}))
-        .await;
-    assert_problem(again, StatusCode::CONFLICT, "payment_not_refundable").await;
-    run_due(&app, scope).await;
-    let p = get(&app, &key, &format!("/api/v1/payments/{payment}")).await;
-    assert_eq!(p["amount_refunded"], 10000);
-    let refunds = get(&app, &key, &format!("/api/v1/refunds?payment={payment}")).await;
-    assert_eq!(refunds["data"].as_array().unwrap().len(), 2);
-
-    // Nothing is left to refund; the split must add up.
+    assert_eq!(part["credit_note"], Value::Null);
+    // A note now has 3000 left to give; refunds stop at what the invoice has left.
     refused(
         credit(
             &app,
             &key,
-            json!({"invoice": id, "amount": 100, "refund_amount": 100}),
+            json!({"invoice": id, "amount": 3001, "out_of_band_amount": 3001}),
         )
         .await,
-        "refund_amount",
-    )
-    .await;
-    refused(
-        credit(
-            &app,
-            &key,
-            json!({"invoice": id, "amount": 200, "credit_amount": 100}),
-        )
-        .await,
-        "refund_amount",
+        "lines",
     )
     .await;
     let outside = json_of(
         credit(
             &app,
             &key,
-            json!({"invoice": id, "amount": 7000, "out_of_band_amount": 7000}),
+            json!({"invoice": id, "amount": 1000, "out_of_band_amount": 1000}),
         )
         .await,
         StatusCode::CREATED,
@@ -346,10 +336,41 @@ async fn a_paid_invoice_is_refunded_credited_or_paid_back_outside_never_beyond_w
         json!(format!("{}-CN2", s(&inv["number"])))
     );
     refused(
+        credit(
+            &app,
+            &key,
+            json!({"invoice": id, "amount": 200, "credit_amount": 100}),
+        )
+        .await,
+        "refund_amount",
+    )
+    .await;
+    let rest = json_of(
+        app.post("/api/v1/refunds", &key, &json!({"payment": payment}))
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert_eq!(rest["amount"], 2000);
+    let again = app
+        .post("/api/v1/refunds", &key, &json!({"payment": payment}))
+        .await;
+    assert_problem(again, StatusCode::CONFLICT, "payment_not_refundable").await;
+    refused(
         credit(&app, &key, json!({"invoice": id, "amount": 1})).await,
         "lines",
     )
     .await;
+    assert_eq!(
+        run_due(&app, scope).await,
+        vec!["payment.refund", "payment.refund"]
+    );
+    let p = get(&app, &key, &format!("/api/v1/payments/{payment}")).await;
+    assert_eq!(p["amount_refunded"], 8000);
+    let refunds = get(&app, &key, &format!("/api/v1/refunds?payment={payment}")).await;
+    assert_eq!(refunds["data"].as_array().unwrap().len(), 3);
+    let given_back = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(given_back["amount_credited"], 10000);
 
     // The credit is a ledger row, and the next invoice uses it.
     let ledger = get(

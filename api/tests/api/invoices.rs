@@ -153,6 +153,7 @@ fn invoice_row(s: &shared::db::subscriptions::SubscriptionRow) -> shared::db::in
         coupon_id: None,
         amount_credited: 0,
         credit_note_count: 0,
+        tax_amounts: serde_json::json!([]),
     }
 }
 

@@ -25,6 +25,7 @@ mod rate_limits;
 mod startup;
 mod stripe_events;
 mod subscriptions;
+mod tax_rates;
 mod tenancy;
 mod test_clocks;
 mod users;

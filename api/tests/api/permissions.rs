@@ -52,6 +52,7 @@ const MISSING_CLOCK: &str = "clock_01m80000000000000000000000";
 const MISSING_INVOICE_ITEM: &str = "ii_01m80000000000000000000000";
 const MISSING_CREDIT_NOTE: &str = "cn_01m80000000000000000000000";
 const MISSING_REFUND: &str = "re_01m80000000000000000000000";
+const MISSING_TAX_RATE: &str = "txr_01m80000000000000000000000";
 
 /// Every authenticated operation, with a valid request (bodies are read before the permission
 /// check): one that has no effect when allowed where it can (a missing object, a refused
@@ -531,6 +532,30 @@ fn operations() -> Vec<(&'static str, Method, String, Option<Value>)> {
             "read billing",
             Method::GET,
             "/api/v1/invoice-items".into(),
+            none.clone(),
+        ),
+        (
+            "write billing",
+            Method::POST,
+            "/api/v1/tax-rates".into(),
+            Some(json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false})),
+        ),
+        (
+            "write billing",
+            Method::PATCH,
+            format!("/api/v1/tax-rates/{MISSING_TAX_RATE}"),
+            Some(json!({"active": false})),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            "/api/v1/tax-rates".into(),
+            none.clone(),
+        ),
+        (
+            "read billing",
+            Method::GET,
+            format!("/api/v1/tax-rates/{MISSING_TAX_RATE}"),
             none.clone(),
         ),
         (

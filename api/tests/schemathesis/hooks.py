@@ -68,6 +68,9 @@ def map_body(context, body):
         return body
     if "metadata" in body:
         body["metadata"] = _metadata(body["metadata"])
+    if isinstance(body.get("tax_rates"), list):
+        # A customer's tax rates must exist in the tenant and mode (`400 tax_rates`).
+        body["tax_rates"] = []
     if "billing_interval" in body and "interval_count" in body:
         body["interval_count"] = _count(body["billing_interval"], body["interval_count"])
     if isinstance(body.get("usage"), dict) and not isinstance(body.get("recurring"), dict):

@@ -34,6 +34,8 @@ pub struct CustomerRow {
     pub test_clock_id: Option<TestClockId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tax rates its invoices apply (empty: the tenant's default rates).
+    pub tax_rate_ids: Vec<uuid::Uuid>,
 }
 
 impl CustomerRow {
@@ -50,6 +52,11 @@ impl CustomerRow {
             "address": self.address,
             "tax_ids": self.tax_ids,
             "tax_exempt": self.tax_exempt,
+            "tax_rates": self
+                .tax_rate_ids
+                .iter()
+                .map(|t| crate::ids::TaxRateId::from_uuid(*t).to_string())
+                .collect::<Vec<_>>(),
             "invoice_prefix": self.invoice_prefix,
             "metadata": self.metadata,
             "balance": self.balance,
@@ -63,7 +70,7 @@ impl CustomerRow {
 
 const COLUMNS: &str = "id, tenant_id, livemode, email, name, external_id, currency, timezone, \
     address, tax_ids, tax_exempt, invoice_prefix, metadata, balance, test_clock_id, created_at, \
-    updated_at";
+    updated_at, tax_rate_ids";
 
 /// A customer to create.
 #[derive(Debug)]
@@ -80,6 +87,7 @@ pub struct NewCustomer<'a> {
     pub invoice_prefix: Option<&'a str>,
     pub metadata: &'a serde_json::Value,
     pub test_clock: Option<TestClockId>,
+    pub tax_rates: &'a [uuid::Uuid],
 }
 
 pub async fn create(
@@ -91,8 +99,8 @@ pub async fn create(
     sqlx::query_as::<_, CustomerRow>(sqlf!(
         "INSERT INTO customers (id, tenant_id, livemode, email, name, external_id, currency, \
          timezone, address, tax_ids, tax_exempt, invoice_prefix, metadata, test_clock_id, \
-         created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $14, $14) \
+         created_at, updated_at, tax_rate_ids) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $14, $14, $16) \
          RETURNING {COLUMNS}"
     ))
     .bind(c.id)
@@ -110,6 +118,7 @@ pub async fn create(
     .bind(c.metadata)
     .bind(now)
     .bind(c.test_clock)
+    .bind(c.tax_rates)
     .fetch_one(conn)
     .await
     .map_err(Into::into)
@@ -189,6 +198,7 @@ pub struct CustomerChanges<'a> {
     pub tax_exempt: Option<bool>,
     pub invoice_prefix: Option<Option<&'a str>>,
     pub metadata: Option<&'a serde_json::Value>,
+    pub tax_rates: Option<&'a [uuid::Uuid]>,
 }
 
 pub async fn update(
@@ -211,7 +221,8 @@ pub async fn update(
          tax_exempt = COALESCE($14, tax_exempt), \
          invoice_prefix = CASE WHEN $15 THEN $16 ELSE invoice_prefix END, \
          metadata = COALESCE($17, metadata), \
-         updated_at = $18 \
+         updated_at = $18, \
+         tax_rate_ids = COALESCE($19, tax_rate_ids) \
          WHERE tenant_id = $1 AND livemode = $2 AND id = $3 AND deleted_at IS NULL \
          RETURNING {COLUMNS}"
     ))
@@ -233,6 +244,7 @@ pub async fn update(
     .bind(c.invoice_prefix.flatten())
     .bind(c.metadata)
     .bind(now)
+    .bind(c.tax_rates)
     .fetch_one(conn)
     .await
     .map_err(Into::into)

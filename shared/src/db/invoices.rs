@@ -59,6 +59,9 @@ pub struct InvoiceRow {
     pub amount_credited: i64,
     /// How many credit notes it has (the next one is numbered after them).
     pub credit_note_count: i32,
+    /// What each tax rate took: `[{tax_rate, display_name, percentage, inclusive,
+    /// taxable_amount, amount}]`, as the rates were when the invoice was made.
+    pub tax_amounts: serde_json::Value,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -131,6 +134,7 @@ impl InvoiceRow {
             "sent_at": time(self.sent_at),
             "coupon": self.coupon_id.map(|c| c.to_string()),
             "amount_credited": self.amount_credited,
+            "total_tax_amounts": self.tax_amounts,
             "metadata": self.metadata,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
@@ -143,7 +147,8 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, subscription_id, st
     currency, billing_reason, collection_method, period_start, period_end, subtotal, discount, \
     tax, total, balance_applied, amount_due, amount_paid, amount_remaining, attempt_count, \
     due_date, finalized_at, paid_at, voided_at, metadata, created_at, updated_at, description, \
-    sent_at, days_until_due, coupon_id, amount_credited, credit_note_count";
+    sent_at, days_until_due, coupon_id, amount_credited, credit_note_count, \
+    tax_amounts";
 
 /// Inserts an invoice as the row describes it; `false` when the subscription already has its
 /// invoice for that period (`invoices_subscription_period_key`): nothing is written then.
@@ -157,9 +162,9 @@ pub async fn insert(
          number, currency, billing_reason, collection_method, period_start, period_end, subtotal, \
          discount, tax, total, balance_applied, amount_due, amount_paid, amount_remaining, \
          attempt_count, due_date, finalized_at, paid_at, voided_at, metadata, created_at, \
-         updated_at, description, sent_at, days_until_due, coupon_id) \
+         updated_at, description, sent_at, days_until_due, coupon_id, tax_amounts) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32) \
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33) \
          ON CONFLICT (subscription_id, period_start) \
          WHERE billing_reason IN ('subscription_create', 'subscription_cycle') DO NOTHING",
     )
@@ -195,6 +200,7 @@ pub async fn insert(
     .bind(i.sent_at)
     .bind(i.days_until_due)
     .bind(i.coupon_id)
+    .bind(&i.tax_amounts)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -208,7 +214,8 @@ pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Resu
          attempt_count = $7, due_date = $8, finalized_at = $9, paid_at = $10, voided_at = $11, \
          metadata = $12, updated_at = $13, subtotal = $15, discount = $16, tax = $17, \
          total = $18, balance_applied = $19, amount_due = $20, description = $21, sent_at = $22, \
-         period_start = $23, period_end = $24, amount_credited = $25, credit_note_count = $26 \
+         period_start = $23, period_end = $24, amount_credited = $25, credit_note_count = $26, \
+         tax_amounts = $27 \
          WHERE tenant_id = $1 AND livemode = $2 AND id = $14",
     )
     .bind(scope.tenant_id())
@@ -237,6 +244,7 @@ pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Resu
     .bind(i.period_end)
     .bind(i.amount_credited)
     .bind(i.credit_note_count)
+    .bind(&i.tax_amounts)
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {

@@ -27,6 +27,7 @@ pub mod refresh_tokens;
 pub mod stripe_accounts;
 pub mod stripe_events;
 pub mod subscriptions;
+pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
 pub mod unscoped;

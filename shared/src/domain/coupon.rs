@@ -158,13 +158,25 @@ pub fn redeemable(
 /// `total` is larger, and no part exceeds its amount. A `total` of zero or less gives zeros.
 pub fn allocate(total: i64, amounts: &[i64]) -> Vec<i64> {
     let positive: i128 = amounts.iter().map(|a| i128::from((*a).max(0))).sum();
-    let total = i128::from(total.max(0)).min(positive);
-    if total == 0 {
-        return vec![0; amounts.len()];
+    split(i128::from(total).min(positive), amounts)
+}
+
+/// Splits `total` over `weights` in proportion to each positive weight, the cents left by
+/// rounding down going to the largest remainders (the first of equal ones): the parts add up
+/// to `total` exactly. A `total` of zero or less, or no positive weight, gives zeros.
+pub fn split_by_weight(total: i64, weights: &[i64]) -> Vec<i64> {
+    split(i128::from(total), weights)
+}
+
+fn split(total: i128, weights: &[i64]) -> Vec<i64> {
+    let positive: i128 = weights.iter().map(|a| i128::from((*a).max(0))).sum();
+    let total = total.max(0);
+    if total == 0 || positive == 0 {
+        return vec![0; weights.len()];
     }
-    let mut parts: Vec<i128> = Vec::with_capacity(amounts.len());
+    let mut parts: Vec<i128> = Vec::with_capacity(weights.len());
     let mut remainders: Vec<(i128, usize)> = Vec::new();
-    for (i, a) in amounts.iter().enumerate() {
+    for (i, a) in weights.iter().enumerate() {
         let a = i128::from((*a).max(0));
         let exact = total * a;
         parts.push(exact / positive);

@@ -16,6 +16,7 @@ pub mod person_name;
 pub mod pricing;
 pub mod role;
 pub mod subscription;
+pub mod tax;
 pub mod tenant;
 pub mod webhook;
 

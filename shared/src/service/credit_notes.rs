@@ -96,11 +96,13 @@ pub async fn create_credit_note(
     scope: Scope,
     spec: NoteSpec<'_>,
 ) -> ServiceResult<CreditNoteView> {
-    let now = uow.now();
-    db::invoices::get(uow.conn(), scope, spec.invoice)
+    let unlocked = db::invoices::get(uow.conn(), scope, spec.invoice)
         .await
         .map_err(ServiceError::unknown("invoice", "invoice"))?;
     let mut invoice = invoices::lock_with_subscription(uow, scope, spec.invoice).await?;
+    // A test clock's customer is credited at the clock's time.
+    super::subscriptions::at_clock_time(uow, scope, unlocked.customer_id).await?;
+    let now = uow.now();
     let pre_payment = match invoice.status {
         InvoiceStatus::Open | InvoiceStatus::Uncollectible => true,
         InvoiceStatus::Paid => false,
@@ -183,6 +185,7 @@ pub async fn create_credit_note(
             amount,
         });
     }
+    // Refunds made without a note count here too: together they never exceed the total.
     let creditable = invoice.total.max(0) - invoice.amount_credited;
     if total > creditable {
         return Err(ServiceError::invalid(
@@ -306,7 +309,11 @@ pub async fn create_credit_note(
             scope,
             &payment,
             refund_amount,
-            Some(RefundReason::RequestedByCustomer),
+            Some(match spec.reason {
+                Some(CreditReason::Duplicate) => RefundReason::Duplicate,
+                Some(CreditReason::Fraudulent) => RefundReason::Fraudulent,
+                _ => RefundReason::RequestedByCustomer,
+            }),
             Some(id),
         )
         .await

@@ -20,7 +20,7 @@ use crate::{
         email::Email,
         money::Currency,
     },
-    ids::{CustomerId, PaymentMethodId, TestClockId},
+    ids::{CustomerId, PaymentMethodId, TaxRateId, TestClockId},
     payments::{self, Gateway},
     tenancy::TenantContext,
     uow::UnitOfWork,
@@ -57,6 +57,8 @@ pub struct CustomerSpec<'a> {
     pub metadata: Metadata,
     /// A test clock (test mode only) whose time the customer lives in, for good.
     pub test_clock: Option<TestClockId>,
+    /// Tax rates its invoices apply instead of the tenant's defaults.
+    pub tax_rates: &'a [TaxRateId],
 }
 
 pub async fn create_customer(
@@ -76,6 +78,7 @@ pub async fn create_customer(
             .await
             .map_err(ServiceError::unknown("test_clock", "test clock"))?;
     }
+    let tax_rates = known_tax_rates(uow, ctx, spec.tax_rates).await?;
     let address = spec.address.map(Address::to_json);
     let row = db::customers::create(
         uow.conn(),
@@ -93,6 +96,7 @@ pub async fn create_customer(
             invoice_prefix: spec.invoice_prefix.map(InvoicePrefix::as_str),
             metadata: &spec.metadata.to_json(),
             test_clock: spec.test_clock,
+            tax_rates: &tax_rates,
         },
         now,
     )
@@ -136,6 +140,35 @@ pub struct CustomerUpdate<'a> {
     pub tax_exempt: Option<bool>,
     pub invoice_prefix: Option<Option<&'a InvoicePrefix>>,
     pub metadata: Option<&'a Metadata>,
+    pub tax_rates: Option<&'a [TaxRateId]>,
+}
+
+/// The ids of `rates`, each a tax rate of the mode (`400 tax_rates` otherwise), once each.
+async fn known_tax_rates(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    rates: &[TaxRateId],
+) -> ServiceResult<Vec<uuid::Uuid>> {
+    let mut ids: Vec<uuid::Uuid> = Vec::with_capacity(rates.len());
+    for r in rates {
+        if !ids.contains(&r.as_uuid()) {
+            ids.push(r.as_uuid());
+        }
+    }
+    if ids.len() > 10 {
+        return Err(ServiceError::invalid(
+            "tax_rates",
+            "must hold at most 10 rates",
+        ));
+    }
+    let found = db::tax_rates::get_many(uow.conn(), ctx.scope(), &ids).await?;
+    if let Some(missing) = rates.iter().find(|r| !found.iter().any(|f| f.id == **r)) {
+        return Err(ServiceError::invalid(
+            "tax_rates",
+            format!("names {missing}, which is no tax rate of this mode"),
+        ));
+    }
+    Ok(ids)
 }
 
 /// What a change can touch, to tell a change that changes nothing.
@@ -160,6 +193,10 @@ pub async fn update_customer(
     let address = changes.address.map(|a| a.map(Address::to_json));
     let tax_ids = changes.tax_ids.map(TaxIds::to_json);
     let metadata = changes.metadata.map(Metadata::to_json);
+    let tax_rates = match changes.tax_rates {
+        Some(r) => Some(known_tax_rates(uow, ctx, r).await?),
+        None => None,
+    };
     tentative(uow).await?;
     let after = db::customers::update(
         uow.conn(),
@@ -176,6 +213,7 @@ pub async fn update_customer(
             tax_exempt: changes.tax_exempt,
             invoice_prefix: changes.invoice_prefix.map(|p| p.map(InvoicePrefix::as_str)),
             metadata: metadata.as_ref(),
+            tax_rates: tax_rates.as_deref(),
         },
         now,
     )

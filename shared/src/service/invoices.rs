@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use super::{
     ServiceError, ServiceResult,
     balance::{self, Why},
-    events,
+    events, tax_rates,
 };
 use crate::{
     db::{
@@ -31,7 +31,7 @@ use crate::{
     domain::{
         coupon::{Discount, allocate},
         customer::InvoicePrefix,
-        invoice::{InvoiceStatus, InvoiceTransition, LineAmount, Totals, is_hard_decline},
+        invoice::{InvoiceStatus, InvoiceTransition, is_hard_decline},
         money::Currency,
         period::Period,
         pricing::PriceModel,
@@ -293,18 +293,6 @@ fn pending_line(p: &db::invoices::PendingLine, invoice: InvoiceId, position: i32
     }
 }
 
-/// The totals of `lines` with up to `balance` of the customer's credit applied.
-pub(crate) fn totals_of(lines: &[LineRow], balance: i64) -> ServiceResult<Totals> {
-    let amounts: Vec<LineAmount> = lines
-        .iter()
-        .map(|l| LineAmount {
-            amount: l.amount,
-            discount: l.discount_amount,
-        })
-        .collect();
-    Totals::compute(&amounts, 0, balance).map_err(|e| ServiceError::invalid("items", e.to_string()))
-}
-
 /// An invoice to make: its lines, which include the waiting lines `taken`.
 struct Draft<'a> {
     id: InvoiceId,
@@ -410,6 +398,7 @@ pub(crate) fn blank(
         coupon_id: None,
         amount_credited: 0,
         credit_note_count: 0,
+        tax_amounts: serde_json::json!([]),
     }
 }
 
@@ -428,7 +417,9 @@ pub(crate) async fn finalize_row(
     let customer = db::customers::lock(uow.conn(), scope, invoice.customer_id)
         .await
         .map_err(ServiceError::not_found("customer"))?;
-    let totals = totals_of(lines, customer.balance)?;
+    let taxed = tax_rates::taxed_totals(uow, scope, customer.id, lines, customer.balance).await?;
+    let totals = taxed.totals;
+    invoice.tax_amounts = taxed.tax_amounts;
     let id = invoice.id;
     balance::record(
         uow,

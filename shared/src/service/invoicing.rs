@@ -16,6 +16,7 @@ use super::{
     ServiceError, ServiceResult, events,
     invoices::{self, InvoiceView},
     subscriptions::{at_clock_time, redeem_coupon},
+    tax_rates,
 };
 use crate::{
     db::{
@@ -406,7 +407,9 @@ async fn refresh_draft(
         let currency = Currency::parse(&invoice.currency).map_err(ServiceError::internal)?;
         invoices::split_discount(&mut lines, off, currency);
     }
-    let totals = invoices::totals_of(&lines, 0)?;
+    let taxed = tax_rates::taxed_totals(uow, scope, invoice.customer_id, &lines, 0).await?;
+    let totals = taxed.totals;
+    invoice.tax_amounts = taxed.tax_amounts;
     invoice.period_start = items
         .iter()
         .map(|i| i.period_start)

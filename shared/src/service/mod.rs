@@ -25,6 +25,7 @@ pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;
 pub mod subscriptions;
+pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
 pub mod users;

@@ -1,5 +1,8 @@
 //! Refunds: part or all of a succeeded payment given back through the gateway that took it.
 //!
+//! A refund made without a credit note counts toward its invoice's `amount_credited`, with the
+//! credit notes: together they never give back more than the invoice's total.
+//!
 //! As a charge, a refund is three steps so that a crash anywhere refunds at most once: the
 //! refund is recorded `pending` (and counted in the payment's `amount_refunded`, under the
 //! invoice's lock, so refunds never exceed the payment) with a job; the job calls the gateway
@@ -12,7 +15,8 @@ use sqlx::PgPool;
 use super::{
     ServiceError, ServiceResult,
     balance::{self, Why},
-    events, invoices,
+    events,
+    subscriptions::at_clock_time,
 };
 use crate::{
     clock::Clock,
@@ -83,18 +87,16 @@ pub(crate) async fn start(
     };
     db::credit_notes::insert_refund(uow.conn(), scope, &refund).await?;
     db::credit_notes::add_refunded(uow.conn(), scope, payment.id, amount).await?;
-    invoices::queue_for_customer(
-        uow,
-        scope,
-        payment.customer_id,
-        Job::RefundPayment { refund: id },
-    )
-    .await?;
+    // A refund needs no time to come: it is made now, test clock or not (as at Stripe).
+    let job = Job::RefundPayment { refund: id }.to_new(Some(scope), now);
+    crate::jobs::enqueue(uow.conn(), &[job], now).await?;
     events::record(uow, scope, "refund.created", refund.to_json()).await?;
     Ok(refund)
 }
 
-/// Refunds `amount` (default: all that is left) of a succeeded payment.
+/// Refunds `amount` of a succeeded payment (default: all that is left of it, as far as its
+/// invoice has anything left to give back). A refund without a credit note counts, with the
+/// invoice's credit notes, toward its total: together they never give back more.
 pub async fn create_refund(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -106,7 +108,8 @@ pub async fn create_refund(
         .await
         .map_err(ServiceError::unknown("payment", "payment"))?;
     // The invoice's lock orders every change to its payments' refunds.
-    db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
+    let mut invoice = db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
+    at_clock_time(uow, scope, invoice.customer_id).await?;
     let p = db::invoices::refundable_payments(uow.conn(), scope, unlocked.invoice_id)
         .await?
         .into_iter()
@@ -124,8 +127,28 @@ pub async fn create_refund(
             },
         ));
     };
-    let amount = amount.unwrap_or(p.amount - p.amount_refunded);
-    start(uow, scope, &p, amount, reason, None).await
+    let left = invoice.total.max(0) - invoice.amount_credited;
+    let amount = amount.unwrap_or((p.amount - p.amount_refunded).min(left));
+    if amount == 0 {
+        return Err(ServiceError::conflict(
+            "payment_not_refundable",
+            "Credit notes and refunds gave back the whole invoice already.",
+        ));
+    }
+    if amount > left {
+        return Err(ServiceError::invalid(
+            "amount",
+            format!(
+                "is more than is left to give back on the invoice ({left}): its credit notes \
+                 and refunds never exceed its total"
+            ),
+        ));
+    }
+    let refund = start(uow, scope, &p, amount, reason, None).await?;
+    invoice.amount_credited += amount;
+    invoice.updated_at = uow.now();
+    db::invoices::save(uow.conn(), scope, &invoice).await?;
+    Ok(refund)
 }
 
 pub async fn get_refund(pool: &PgPool, scope: Scope, id: RefundId) -> ServiceResult<RefundRow> {
@@ -197,7 +220,7 @@ async fn record(
     outcome: &RefundOutcome,
 ) -> ServiceResult<RefundRow> {
     let unlocked = db::credit_notes::get_refund(uow.conn(), scope, id, false).await?;
-    db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
+    let mut invoice = db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
     let mut refund = db::credit_notes::get_refund(uow.conn(), scope, id, true).await?;
     if refund.status != RefundStatus::Pending {
         return Ok(refund);
@@ -216,6 +239,12 @@ async fn record(
             db::credit_notes::save_refund(uow.conn(), scope, &refund).await?;
             db::credit_notes::add_refunded(uow.conn(), scope, refund.payment_id, -refund.amount)
                 .await?;
+            if refund.credit_note_id.is_none() {
+                // Nothing was given back: it no longer counts toward the invoice's total.
+                invoice.amount_credited -= refund.amount;
+                invoice.updated_at = refund.updated_at;
+                db::invoices::save(uow.conn(), scope, &invoice).await?;
+            }
             if let Some(note) = refund.credit_note_id {
                 balance::record(
                     uow,

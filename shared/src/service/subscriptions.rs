@@ -1234,7 +1234,9 @@ pub async fn upcoming_invoice(
     );
     invoices::append_pending(&mut lines, &pending, invoice_id)?;
     let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
-    let totals = invoices::totals_of(&lines, customer.balance)?;
+    let taxed =
+        super::tax_rates::taxed_totals(uow, scope, customer.id, &lines, customer.balance).await?;
+    let totals = taxed.totals;
     let at = period.start;
     let mut invoice = invoices::blank(
         scope,
@@ -1247,6 +1249,7 @@ pub async fn upcoming_invoice(
         at,
     );
     invoice.subscription_id = Some(sub.id);
+    invoice.tax_amounts = taxed.tax_amounts;
     invoice.subtotal = totals.subtotal;
     invoice.discount = totals.discount;
     invoice.tax = totals.tax;

@@ -1,0 +1,292 @@
+//! Tax rates through the API: exclusive and inclusive rates on invoices, checked against hand
+//! calculations; tenant defaults, a customer's own rates, exempt customers; archived rates.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Cred, TestApp, assert_problem, s, spawn_app},
+    subscriptions::{customer_and_plan, get, json_of, subscribe},
+};
+
+async fn rate(app: &TestApp, key: &Cred, body: Value) -> String {
+    let r = json_of(
+        app.post("/api/v1/tax-rates", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(r["object"], "tax_rate");
+    assert_eq!(r["percentage"], body["percentage"]);
+    s(&r["id"])
+}
+
+async fn customer(app: &TestApp, key: &Cred, extra: Value) -> String {
+    let mut body = json!({"name": "Pied Piper", "currency": "usd"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let c = json_of(
+        app.post("/api/v1/customers", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    s(&c["id"])
+}
+
+/// A draft of one item of `amount` for `cus`, and the same invoice finalized (sent, not
+/// charged).
+async fn invoice_of(app: &TestApp, key: &Cred, cus: &str, amount: i64) -> (Value, Value) {
+    json_of(
+        app.post(
+            "/api/v1/invoice-items",
+            key,
+            &json!({"customer": cus, "amount": amount, "description": "Service"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let draft = json_of(
+        app.post(
+            "/api/v1/invoices",
+            key,
+            &json!({"customer": cus, "collection_method": "send_invoice"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let open = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{}/finalize", s(&draft["id"])),
+            key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    (draft, open)
+}
+
+fn taxes(invoice: &Value) -> Vec<(String, i64, i64)> {
+    invoice["total_tax_amounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                s(&t["display_name"]),
+                t["taxable_amount"].as_i64().unwrap(),
+                t["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn invoices_take_their_customers_tax_by_hand_calculation_and_exempt_customers_pay_none() {
+    let app = spawn_app().await;
+    let t = app.register("tax@acme.com").await;
+    let key = t.sk_test();
+    let vat = rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true,
+               "jurisdiction": "FR"}),
+    )
+    .await;
+    let city = rate(
+        &app,
+        &key,
+        json!({"display_name": "City tax", "percentage": 8.875, "inclusive": false}),
+    )
+    .await;
+    let gst = rate(
+        &app,
+        &key,
+        json!({"display_name": "GST", "percentage": 10.0, "inclusive": true}),
+    )
+    .await;
+
+    // The tenant's default: 20 % of 1234 = 246.8 → 247, added to the total.
+    let plain = customer(&app, &key, json!({})).await;
+    let (draft, open) = invoice_of(&app, &key, &plain, 1234).await;
+    assert_eq!(draft["tax"], 247);
+    assert_eq!(open["tax"], 247);
+    assert_eq!(open["total"], 1481);
+    assert_eq!(open["amount_due"], 1481);
+    assert_eq!(taxes(&open), vec![("VAT".to_owned(), 1234, 247)]);
+    assert_eq!(open["total_tax_amounts"][0]["tax_rate"], json!(vat));
+
+    // Exempt: none.
+    let exempt = customer(&app, &key, json!({"tax_exempt": true})).await;
+    let (_, open) = invoice_of(&app, &key, &exempt, 1234).await;
+    assert_eq!(open["tax"], 0);
+    assert_eq!(open["total"], 1234);
+    assert!(taxes(&open).is_empty());
+
+    // Its own rates instead of the default: 1100 holds 10 % GST (base round(1100 / 1.1) =
+    // 1000, GST 100); city tax 8.875 % of the base = 88.75 → 89 on top.
+    let own = customer(&app, &key, json!({"tax_rates": [gst, city]})).await;
+    let c = get(&app, &key, &format!("/api/v1/customers/{own}")).await;
+    assert_eq!(c["tax_rates"], json!([gst, city]));
+    let (_, open) = invoice_of(&app, &key, &own, 1100).await;
+    assert_eq!(
+        taxes(&open),
+        vec![
+            ("City tax".to_owned(), 1000, 89),
+            ("GST".to_owned(), 1000, 100)
+        ]
+    );
+    assert_eq!(open["subtotal"], 1100);
+    assert_eq!(open["tax"], 189);
+    assert_eq!(open["total"], 1189);
+
+    // A subscription's invoices are taxed the same way, and the charge is the taxed total:
+    // 2999 + 20 % (599.8 → 600).
+    let (sub_cus, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": sub_cus, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let first = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    assert_eq!(first["tax"], 600);
+    assert_eq!(first["total"], 3599);
+    let preview = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}/upcoming-invoice", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(preview["total"], 3599);
+
+    // Archived, the default applies to no new invoice; those made keep it.
+    let archived = json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/tax-rates/{vat}"),
+            &key,
+            Some(&json!({"active": false})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(archived["active"], false);
+    let (_, open) = invoice_of(&app, &key, &plain, 1234).await;
+    assert_eq!(open["tax"], 0);
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/invoices/{}", s(&first["id"]))).await["tax"],
+        600
+    );
+    // Back to the defaults: `[]`.
+    let cleared = json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/customers/{own}"),
+            &key,
+            Some(&json!({"tax_rates": []})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cleared["tax_rates"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_tax_rates_are_refused_field_by_field_and_other_tenants_see_nothing() {
+    let app = spawn_app().await;
+    let t = app.register("tax-bad@acme.com").await;
+    let other = app.register("tax-other@acme.com").await;
+    let key = t.sk_test();
+    let cases = [
+        (
+            json!({"display_name": "VAT", "percentage": 100.5, "inclusive": false}),
+            "percentage",
+        ),
+        (
+            json!({"display_name": "VAT", "percentage": -1.0, "inclusive": false}),
+            "percentage",
+        ),
+        (
+            json!({"display_name": "VAT", "percentage": 8.12345, "inclusive": false}),
+            "percentage",
+        ),
+        (
+            json!({"display_name": " ", "percentage": 5.0, "inclusive": false}),
+            "display_name",
+        ),
+        (
+            json!({"display_name": "VAT", "percentage": 5.0}),
+            "inclusive",
+        ),
+        (
+            json!({"display_name": "VAT", "percentage": 5.0, "inclusive": true, "rate": 1}),
+            "rate",
+        ),
+    ];
+    for (body, field) in cases {
+        let resp = app.post("/api/v1/tax-rates", &key, &body).await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{body} → {problem}");
+    }
+    let mine = rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false}),
+    )
+    .await;
+    let immutable = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/tax-rates/{mine}"),
+            &key,
+            Some(&json!({"percentage": 5.0})),
+        )
+        .await;
+    let problem = assert_problem(immutable, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "percentage");
+    // A customer names only rates of its tenant and mode.
+    for (cred, field) in [(other.sk_test(), "tax_rates"), (t.sk_live(), "tax_rates")] {
+        let resp = app
+            .post(
+                "/api/v1/customers",
+                &cred,
+                &json!({"name": "X", "tax_rates": [mine]}),
+            )
+            .await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field);
+        let resp = app.get(&format!("/api/v1/tax-rates/{mine}"), &cred).await;
+        assert_problem(resp, StatusCode::NOT_FOUND, "resource_missing").await;
+        let resp = app
+            .send(
+                Method::PATCH,
+                &format!("/api/v1/tax-rates/{mine}"),
+                &cred,
+                Some(&json!({"active": false})),
+            )
+            .await;
+        assert_problem(resp, StatusCode::NOT_FOUND, "resource_missing").await;
+        let listed = get(&app, &cred, "/api/v1/tax-rates").await;
+        assert!(listed["data"].as_array().unwrap().is_empty());
+    }
+    let resp = app
+        .post(
+            "/api/v1/customers",
+            &key,
+            &json!({"name": "X", "tax_rates": ["txr_nope"]}),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "tax_rates");
+}

@@ -1,0 +1,266 @@
+//! Tax on an invoice. A rate is parts per million of the taxed amount (8.875 % = 88,750 ppm),
+//! exclusive (added on top of the amounts) or inclusive (already inside them).
+//!
+//! - The taxed amount is what the lines add up to after discounts; nothing below zero is taxed.
+//! - Inclusive rates: the amounts hold their tax. The base is `round(amount / (1 + Σ inclusive
+//!   rates))`, and the tax they hold (`amount − base`) is split over the inclusive rates in
+//!   proportion to their rates, cents to the largest remainders: the split adds up exactly.
+//! - Exclusive rates: each takes `round(base × rate)` on its own, where the base is the amount
+//!   without the inclusive taxes.
+//! - Rounding is half away from zero, in integer arithmetic.
+
+use super::{coupon::split_by_weight, money::mul_ratio_round_half_up};
+
+/// One million: a rate of 100 %.
+pub const PPM: i64 = 1_000_000;
+
+/// A tax rate as an invoice applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Parts per million, 0 to 1,000,000.
+    pub ppm: u32,
+    pub inclusive: bool,
+}
+
+/// What one rate took: the amount it taxed (without inclusive taxes) and its tax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaxAmount {
+    pub taxable: i64,
+    pub amount: i64,
+}
+
+/// Why tax cannot be computed: amounts past what an `i64` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the tax on the invoice's amounts is too large")]
+pub struct TaxOverflow;
+
+/// The tax of each rate on `amount` (the lines after discounts), in the order of `rates`.
+pub fn compute(amount: i64, rates: &[Rate]) -> Result<Vec<TaxAmount>, TaxOverflow> {
+    let taxed = amount.max(0);
+    let inclusive_ppm: i64 = rates
+        .iter()
+        .filter(|r| r.inclusive)
+        .map(|r| i64::from(r.ppm))
+        .sum();
+    let base = if inclusive_ppm == 0 {
+        taxed
+    } else {
+        mul_ratio_round_half_up(taxed, PPM, PPM + inclusive_ppm).ok_or(TaxOverflow)?
+    };
+    let weights: Vec<i64> = rates
+        .iter()
+        .map(|r| if r.inclusive { i64::from(r.ppm) } else { 0 })
+        .collect();
+    let held = split_by_weight(taxed - base, &weights);
+    rates
+        .iter()
+        .zip(held)
+        .map(|(r, held)| {
+            let amount = if r.inclusive {
+                held
+            } else {
+                mul_ratio_round_half_up(base, i64::from(r.ppm), PPM).ok_or(TaxOverflow)?
+            };
+            Ok(TaxAmount {
+                taxable: base,
+                amount,
+            })
+        })
+        .collect()
+}
+
+/// What the taxes add to an invoice's total: the exclusive ones (inclusive ones are inside the
+/// amounts already).
+pub fn added(rates: &[Rate], taxes: &[TaxAmount]) -> Result<i64, TaxOverflow> {
+    rates
+        .iter()
+        .zip(taxes)
+        .filter(|(r, _)| !r.inclusive)
+        .try_fold(0i64, |sum, (_, t)| {
+            sum.checked_add(t.amount).ok_or(TaxOverflow)
+        })
+}
+
+/// All the tax of an invoice, inclusive and exclusive.
+pub fn total(taxes: &[TaxAmount]) -> Result<i64, TaxOverflow> {
+    taxes
+        .iter()
+        .try_fold(0i64, |sum, t| sum.checked_add(t.amount).ok_or(TaxOverflow))
+}
+
+/// A rate from a percentage with at most four decimals (`8.875` → 88,750 ppm); `None` for a
+/// percentage outside 0 to 100 or with more decimals.
+pub fn ppm_of_percentage(percentage: f64) -> Option<u32> {
+    if !percentage.is_finite() || !(0.0..=100.0).contains(&percentage) {
+        return None;
+    }
+    let scaled = percentage * 10_000.0;
+    let ppm = scaled.round();
+    if (scaled - ppm).abs() > 1e-6 {
+        return None;
+    }
+    // 0 ≤ ppm ≤ 1,000,000: exact as an integer.
+    Some(ppm as u32)
+}
+
+/// The percentage a rate is (88,750 ppm → 8.875).
+pub fn percentage_of_ppm(ppm: u32) -> f64 {
+    f64::from(ppm) / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn excl(ppm: u32) -> Rate {
+        Rate {
+            ppm,
+            inclusive: false,
+        }
+    }
+
+    fn incl(ppm: u32) -> Rate {
+        Rate {
+            ppm,
+            inclusive: true,
+        }
+    }
+
+    #[test]
+    fn an_exclusive_rate_is_added_on_top_rounded_half_away_from_zero() {
+        // 20 % of 1234 = 246.8 → 247.
+        assert_eq!(
+            compute(1234, &[excl(200_000)]).unwrap(),
+            vec![TaxAmount {
+                taxable: 1234,
+                amount: 247
+            }]
+        );
+        // 8.875 % of 1000 = 88.75 → 89; of 200 = 17.75 → 18; 5 % of 10 = 0.5 → 1.
+        assert_eq!(compute(1000, &[excl(88_750)]).unwrap()[0].amount, 89);
+        assert_eq!(compute(200, &[excl(88_750)]).unwrap()[0].amount, 18);
+        assert_eq!(compute(10, &[excl(50_000)]).unwrap()[0].amount, 1);
+        assert_eq!(compute(9, &[excl(50_000)]).unwrap()[0].amount, 0);
+    }
+
+    #[test]
+    fn an_inclusive_rate_is_the_part_of_the_amount_it_holds() {
+        // 1200 with 20 % inside: base 1000, tax 200.
+        assert_eq!(
+            compute(1200, &[incl(200_000)]).unwrap(),
+            vec![TaxAmount {
+                taxable: 1000,
+                amount: 200
+            }]
+        );
+        // 1000 with 19 % inside: base round(840.34) = 840, tax 160.
+        assert_eq!(
+            compute(1000, &[incl(190_000)]).unwrap(),
+            vec![TaxAmount {
+                taxable: 840,
+                amount: 160
+            }]
+        );
+    }
+
+    #[test]
+    fn inclusive_rates_split_what_the_amount_holds_and_exclusive_ones_tax_the_base() {
+        // 1150 holding 10 % and 5 %: base 1000, 150 held, split 100 / 50; then 8 % of the base.
+        let taxes = compute(1150, &[incl(100_000), incl(50_000), excl(80_000)]).unwrap();
+        assert_eq!(
+            taxes,
+            vec![
+                TaxAmount {
+                    taxable: 1000,
+                    amount: 100
+                },
+                TaxAmount {
+                    taxable: 1000,
+                    amount: 50
+                },
+                TaxAmount {
+                    taxable: 1000,
+                    amount: 80
+                },
+            ]
+        );
+        let rates = [incl(100_000), incl(50_000), excl(80_000)];
+        assert_eq!(added(&rates, &taxes), Ok(80));
+        assert_eq!(total(&taxes), Ok(230));
+    }
+
+    #[test]
+    fn nothing_below_zero_is_taxed_and_no_rate_takes_nothing() {
+        assert_eq!(
+            compute(-500, &[excl(200_000), incl(100_000)]).unwrap(),
+            vec![TaxAmount::default(); 2]
+        );
+        assert_eq!(
+            compute(1000, &[excl(0)]).unwrap(),
+            vec![TaxAmount {
+                taxable: 1000,
+                amount: 0
+            }]
+        );
+        assert!(compute(1000, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sums_past_64_bits_are_an_error_not_a_wrap() {
+        let rates = [excl(1_000_000), excl(1_000_000)];
+        let taxes = compute(i64::MAX, &rates).unwrap();
+        assert_eq!(taxes[0].amount, i64::MAX);
+        assert_eq!(added(&rates, &taxes), Err(TaxOverflow));
+        assert_eq!(total(&taxes), Err(TaxOverflow));
+        // An inclusive rate on the largest amount still splits it exactly.
+        let held = compute(i64::MAX, &[incl(1)]).unwrap();
+        assert_eq!(held[0].taxable + held[0].amount, i64::MAX);
+    }
+
+    #[test]
+    fn percentages_read_to_four_decimals() {
+        assert_eq!(ppm_of_percentage(8.875), Some(88_750));
+        assert_eq!(ppm_of_percentage(19.6), Some(196_000));
+        assert_eq!(ppm_of_percentage(0.0001), Some(1));
+        assert_eq!(ppm_of_percentage(100.0), Some(1_000_000));
+        assert_eq!(ppm_of_percentage(0.0), Some(0));
+        assert_eq!(ppm_of_percentage(0.00001), None);
+        assert_eq!(ppm_of_percentage(100.0001), None);
+        assert_eq!(ppm_of_percentage(-1.0), None);
+        assert_eq!(ppm_of_percentage(f64::NAN), None);
+        assert_eq!(percentage_of_ppm(88_750), 8.875);
+    }
+
+    proptest! {
+        #[test]
+        fn inclusive_taxes_and_the_base_add_up_to_the_amount(
+            amount in 0i64..10_000_000_000,
+            ppms in proptest::collection::vec(0u32..=300_000, 1..4),
+        ) {
+            let rates: Vec<Rate> = ppms.iter().map(|p| incl(*p)).collect();
+            let taxes = compute(amount, &rates).unwrap();
+            let base = taxes[0].taxable;
+            prop_assert_eq!(base + total(&taxes).unwrap(), amount);
+            prop_assert_eq!(added(&rates, &taxes), Ok(0));
+            // Each share is within a cent of its exact part.
+            let sum: i64 = ppms.iter().map(|p| i64::from(*p)).sum();
+            for (t, p) in taxes.iter().zip(&ppms) {
+                let exact = (amount - base) as f64 * f64::from(*p) / sum.max(1) as f64;
+                prop_assert!((t.amount as f64 - exact).abs() <= 1.0);
+            }
+        }
+
+        #[test]
+        fn an_exclusive_tax_is_within_half_a_cent_of_the_exact_tax(
+            amount in 0i64..10_000_000_000,
+            ppm in 0u32..=1_000_000,
+        ) {
+            let taxes = compute(amount, &[excl(ppm)]).unwrap();
+            let exact = amount as f64 * f64::from(ppm) / 1e6;
+            prop_assert!((taxes[0].amount as f64 - exact).abs() <= 0.5 + 1e-6);
+            prop_assert_eq!(taxes[0].taxable, amount);
+        }
+    }
+}
