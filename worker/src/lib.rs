@@ -274,11 +274,29 @@ pub async fn run(rt: Arc<Runtime>) -> std::io::Result<()> {
     run_until(rt, shutdown_signal()).await
 }
 
+/// Queues once, across the fleet, the Stripe events stored as ignored before the platform acted
+/// on their types. A failure here is logged; the next start tries again.
+async fn reprocess_newly_handled(rt: &Runtime) {
+    let result = async {
+        let mut uow = shared::uow::UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
+        let n = shared::service::stripe_events::reprocess_newly_handled(&mut uow).await?;
+        uow.commit().await?;
+        Ok::<u64, shared::service::ServiceError>(n)
+    }
+    .await;
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(requeued = n, "stripe events stored as ignored queued again"),
+        Err(e) => tracing::warn!(error = %e, "could not queue ignored stripe events again"),
+    }
+}
+
 /// [`run`] until `shutdown` resolves (tests stop workers this way).
 pub async fn run_until(
     rt: Arc<Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    reprocess_newly_handled(&rt).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let queues = rt.settings.worker.queues.clone();
     let consumers: Vec<_> = queues

@@ -243,6 +243,10 @@ pub struct PaymentOut {
     pub hard_decline: bool,
     /// What its refunds (pending or succeeded) add up to: never more than `amount`.
     pub amount_refunded: i64,
+    /// Stripe's status of a dispute of it (`needs_response`, `under_review`, `won`, `lost`…).
+    #[oai(nullable)]
+    pub dispute_status: Option<String>,
+    pub disputed_amount: i64,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -267,6 +271,8 @@ impl From<PaymentRow> for PaymentOut {
             failure_message: p.failure_message,
             hard_decline: p.hard_decline,
             amount_refunded: p.amount_refunded,
+            dispute_status: p.dispute_status,
+            disputed_amount: p.disputed_amount,
             livemode: p.livemode,
             created_at: p.created_at,
             updated_at: p.updated_at,

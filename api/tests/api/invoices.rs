@@ -180,6 +180,8 @@ fn payment_row(
         failure_message: None,
         hard_decline: false,
         amount_refunded: 0,
+        dispute_status: None,
+        disputed_amount: 0,
         created_at: i.created_at,
         updated_at: i.created_at,
     }

@@ -82,3 +82,294 @@ async fn a_stored_event_is_processed_once_by_its_handler_and_an_ignored_one_can_
     );
     assert!(matches!(run().await, Processed::Now(Status::Ignored, _)));
 }
+
+// ---- events about payments, refunds and disputes ----
+
+/// Sends a signed Stripe event to the API, as Stripe does.
+async fn send_event(
+    app: &crate::helpers::TestApp,
+    id: &str,
+    kind: &str,
+    account: Option<&str>,
+    object: serde_json::Value,
+) {
+    let now = chrono::Utc::now().timestamp();
+    let mut event = json!({"id": id, "object": "event", "type": kind, "created": now,
+                           "livemode": false, "data": {"object": object}});
+    if let Some(a) = account {
+        event["account"] = json!(a);
+    }
+    let body = event.to_string();
+    let resp = app
+        .client
+        .post(app.url("/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            shared::stripe::webhook::sign(SECRET, now, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Runs the processing job of an event as the worker would.
+async fn process(app: &crate::helpers::TestApp, id: &str) -> Processed {
+    let stripe = shared::stripe::Stripe::new(&app.settings.stripe).unwrap();
+    let mut uow = UnitOfWork::begin(&app.pool, &SystemClock).await.unwrap();
+    let done = stripe_events::process(&mut uow, &stripe, id).await.unwrap();
+    uow.commit().await.unwrap();
+    done
+}
+
+async fn connect(app: &crate::helpers::TestApp, tenant: &str, account: &str) {
+    sqlx::query(
+        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
+         VALUES ($1, false, $2, 'connected', now())",
+    )
+    .bind(shared::ids::TenantId::parse(tenant).unwrap())
+    .bind(account)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_payment_awaiting_authentication_is_settled_by_stripe_events_in_any_order_once() {
+    use crate::subscriptions::{customer_and_plan, get, run_due, scope, subscribe};
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    let t = app.register("pi-events@acme.com").await;
+    let other = app.register("pi-other@acme.com").await;
+    connect(&app, &t.id, "acct_pi_events").await;
+    connect(&app, &other.id, "acct_pi_other").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    // A card that needs 3-D Secure: the first charge waits for the customer.
+    let (cus, plan) = customer_and_plan(&app, &key, Some("4000002500003155")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": cus, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = crate::helpers::s(&sub["latest_invoice"]);
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let payment = payments["data"][0].clone();
+    assert_eq!(payment["status"], "requires_action");
+    let intent = crate::helpers::s(&payment["gateway_id"]);
+    let object = json!({"id": intent, "object": "payment_intent",
+                        "metadata": {"payment": payment["id"], "invoice": invoice}});
+
+    // Another account's event about it changes nothing.
+    send_event(
+        &app,
+        "evt_pi_foreign",
+        "payment_intent.succeeded",
+        Some("acct_pi_other"),
+        object.clone(),
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_pi_foreign").await,
+        Processed::Now(Status::Ignored, _)
+    ));
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await["status"],
+        "open"
+    );
+
+    // The customer authenticated: paid, active. Stripe repeats the event: stored once.
+    for _ in 0..2 {
+        send_event(
+            &app,
+            "evt_pi_ok",
+            "payment_intent.succeeded",
+            Some("acct_pi_events"),
+            object.clone(),
+        )
+        .await;
+    }
+    assert!(matches!(
+        process(&app, "evt_pi_ok").await,
+        Processed::Now(Status::Applied, _)
+    ));
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(paid["amount_paid"], 2999);
+    let sub_now = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", crate::helpers::s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub_now["status"], "active");
+
+    // An older failure arriving late changes nothing.
+    let mut failed = object.clone();
+    failed["last_payment_error"] = json!({"code": "card_declined", "decline_code": "generic_decline",
+                                          "message": "Declined"});
+    send_event(
+        &app,
+        "evt_pi_late_fail",
+        "payment_intent.payment_failed",
+        Some("acct_pi_events"),
+        failed,
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_pi_late_fail").await,
+        Processed::Now(Status::Stale, _)
+    ));
+    // Paid through the event: never charged again.
+    let pay = app
+        .post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
+        .await;
+    assert_eq!(pay.status(), StatusCode::CONFLICT);
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let payments = payments["data"].as_array().unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["status"], "succeeded");
+    let events = get(&app, &key, "/api/v1/events?type=invoice.paid").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn refund_and_dispute_events_update_the_platforms_refunds_and_payments() {
+    use crate::subscriptions::{customer_and_plan, get, run_due, scope, subscribe};
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    let t = app.register("refund-events@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (cus, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": cus, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = crate::helpers::s(&sub["latest_invoice"]);
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let payment = payments["data"][0].clone();
+    assert_eq!(payment["status"], "succeeded");
+    let refund = app
+        .post(
+            "/api/v1/refunds",
+            &key,
+            &json!({"payment": payment["id"], "amount": 999}),
+        )
+        .await;
+    assert_eq!(refund.status(), StatusCode::ACCEPTED);
+    let refund: serde_json::Value = refund.json().await.unwrap();
+    run_due(&app, scope).await;
+    let done = get(
+        &app,
+        &key,
+        &format!("/api/v1/refunds/{}", crate::helpers::s(&refund["id"])),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded");
+
+    // Stripe says later the refund failed: it no longer counts.
+    send_event(
+        &app,
+        "evt_refund_failed",
+        "charge.refund.updated",
+        None,
+        json!({"id": done["gateway_id"], "object": "refund", "status": "failed",
+               "failure_reason": "expired_or_canceled_card"}),
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_refund_failed").await,
+        Processed::Now(Status::Applied, _)
+    ));
+    let failed = get(
+        &app,
+        &key,
+        &format!("/api/v1/refunds/{}", crate::helpers::s(&refund["id"])),
+    )
+    .await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["failure_reason"], "expired_or_canceled_card");
+    let p = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments/{}", crate::helpers::s(&payment["id"])),
+    )
+    .await;
+    assert_eq!(p["amount_refunded"], 0);
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await["amount_credited"],
+        0
+    );
+
+    // A dispute opens and closes; an older update arriving late does not reopen it.
+    let intent = crate::helpers::s(&payment["gateway_id"]);
+    for (id, kind, status) in [
+        ("evt_dp_1", "charge.dispute.created", "needs_response"),
+        ("evt_dp_2", "charge.dispute.closed", "lost"),
+        ("evt_dp_3", "charge.dispute.updated", "under_review"),
+    ] {
+        send_event(
+            &app,
+            id,
+            kind,
+            None,
+            json!({"id": "dp_1", "object": "dispute", "payment_intent": intent,
+                   "amount": 2999, "status": status}),
+        )
+        .await;
+        process(&app, id).await;
+    }
+    let p = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments/{}", crate::helpers::s(&payment["id"])),
+    )
+    .await;
+    assert_eq!(p["dispute_status"], "lost");
+    assert_eq!(p["disputed_amount"], 2999);
+    let opened = get(&app, &key, "/api/v1/events?type=payment.dispute.created").await;
+    assert_eq!(opened["data"].as_array().unwrap().len(), 1);
+    let closed = get(&app, &key, "/api/v1/events?type=payment.dispute.closed").await;
+    assert_eq!(closed["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn payment_events_stored_as_ignored_before_are_queued_again_once() {
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    // Stored by an earlier version as ignored.
+    sqlx::query(
+        "INSERT INTO stripe_events (id, type, livemode, created, payload, received_at, \
+         processed_at, status, outcome) VALUES ('evt_old_pi', 'payment_intent.succeeded', false, \
+         now(), '{}'::jsonb, now(), now(), 'ignored', 'ignored: not kept yet')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let requeue = || async {
+        let mut uow = UnitOfWork::begin(&app.pool, &SystemClock).await.unwrap();
+        let n = stripe_events::reprocess_newly_handled(&mut uow)
+            .await
+            .unwrap();
+        uow.commit().await.unwrap();
+        n
+    };
+    assert_eq!(requeue().await, 1);
+    assert_eq!(requeue().await, 0, "once across the fleet");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = 'evt_old_pi'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "received");
+    assert!(matches!(
+        process(&app, "evt_old_pi").await,
+        Processed::Now(Status::Ignored, _)
+    ));
+}

@@ -452,6 +452,9 @@ pub struct PaymentRow {
     pub updated_at: DateTime<Utc>,
     /// What its refunds (pending or succeeded) add up to: never more than `amount`.
     pub amount_refunded: i64,
+    /// Stripe's status of a dispute of it (`needs_response`, `won`, `lost`…), if disputed.
+    pub dispute_status: Option<String>,
+    pub disputed_amount: i64,
 }
 
 impl PaymentRow {
@@ -473,6 +476,8 @@ impl PaymentRow {
             "failure_message": self.failure_message,
             "hard_decline": self.hard_decline,
             "amount_refunded": self.amount_refunded,
+            "dispute_status": self.dispute_status,
+            "disputed_amount": self.disputed_amount,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -482,7 +487,8 @@ impl PaymentRow {
 
 const PAYMENT_COLUMNS: &str = "id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
     currency, application_fee, status, gateway, gateway_id, idempotency_key, payment_method_id, \
-    failure_code, failure_message, hard_decline, created_at, updated_at, amount_refunded";
+    failure_code, failure_message, hard_decline, created_at, updated_at, amount_refunded, \
+    dispute_status, disputed_amount";
 
 pub async fn insert_payment(
     conn: &mut PgConnection,
@@ -600,6 +606,28 @@ pub async fn list_payments(
     .fetch_all(pool)
     .await?;
     Ok(page.finish(rows))
+}
+
+/// Records what Stripe says of a dispute of a payment.
+pub async fn set_dispute(
+    conn: &mut PgConnection,
+    scope: Scope,
+    payment: PaymentId,
+    status: &str,
+    amount: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE payments SET dispute_status = $4, disputed_amount = $5 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(payment)
+    .bind(status)
+    .bind(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The succeeded payments of an invoice with something left to refund, latest first, locked

@@ -130,6 +130,37 @@ pub async fn mark_processed(
     Ok(())
 }
 
+/// Claims the one-time reprocessing of a type prefix's ignored events; `false` when another
+/// worker did (or does) it.
+pub async fn claim_reprocessing(
+    conn: &mut PgConnection,
+    type_prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let claimed: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO stripe_event_reprocessing (type_prefix, requeued, done_at) \
+         VALUES ($1, 0, $2) ON CONFLICT (type_prefix) DO NOTHING RETURNING type_prefix",
+    )
+    .bind(type_prefix)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+pub async fn record_reprocessed(
+    conn: &mut PgConnection,
+    type_prefix: &str,
+    requeued: u64,
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE stripe_event_reprocessing SET requeued = $2 WHERE type_prefix = $1")
+        .bind(type_prefix)
+        .bind(i64::try_from(requeued).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Makes the ignored events whose type starts with `type_prefix` unprocessed again, each with
 /// a new processing job; returns how many.
 pub async fn requeue_ignored(

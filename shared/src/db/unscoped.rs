@@ -64,3 +64,55 @@ pub async fn stripe_account(
     .await
     .map_err(Into::into)
 }
+
+/// The payment a Stripe event is about: the one with this gateway id, or else the one its
+/// metadata names (not yet answered when the event was sent); with its scope.
+pub async fn payment_for_event(
+    conn: &mut PgConnection,
+    livemode: bool,
+    gateway_id: &str,
+    named: Option<crate::ids::PaymentId>,
+) -> Result<Option<(crate::tenancy::Scope, crate::ids::PaymentId)>, DbError> {
+    let row: Option<(crate::ids::TenantId, crate::ids::PaymentId)> = sqlx::query_as(
+        "SELECT tenant_id, id FROM payments WHERE livemode = $1 \
+         AND (gateway_id = $2 OR (id = $3 AND (gateway_id IS NULL OR gateway_id = $2))) \
+         ORDER BY gateway_id = $2 DESC LIMIT 1",
+    )
+    .bind(livemode)
+    .bind(gateway_id)
+    .bind(named)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(tenant_id, id)| {
+        (
+            crate::tenancy::Scope {
+                tenant_id,
+                livemode,
+            },
+            id,
+        )
+    }))
+}
+
+/// The refund with this gateway id, with its scope.
+pub async fn refund_for_event(
+    conn: &mut PgConnection,
+    livemode: bool,
+    gateway_id: &str,
+) -> Result<Option<(crate::tenancy::Scope, crate::ids::RefundId)>, DbError> {
+    let row: Option<(crate::ids::TenantId, crate::ids::RefundId)> =
+        sqlx::query_as("SELECT tenant_id, id FROM refunds WHERE livemode = $1 AND gateway_id = $2")
+            .bind(livemode)
+            .bind(gateway_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(tenant_id, id)| {
+        (
+            crate::tenancy::Scope {
+                tenant_id,
+                livemode,
+            },
+            id,
+        )
+    }))
+}

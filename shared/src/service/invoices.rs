@@ -752,6 +752,8 @@ pub async fn start_attempt(
         failure_message: None,
         hard_decline: false,
         amount_refunded: 0,
+        dispute_status: None,
+        disputed_amount: 0,
         created_at: now,
         updated_at: now,
     };
@@ -826,7 +828,12 @@ pub async fn charge(
 
 /// Step 3: records the gateway's answer on the pending attempt and what follows from it: a
 /// paid invoice (and an active subscription), or a failed attempt (and a past-due
-/// subscription). An attempt already recorded is left as it is.
+/// subscription).
+///
+/// What the gateway says later (a Stripe event) is recorded the same way, in any order: an
+/// attempt in flight (pending, or waiting for the customer to authenticate) takes any final
+/// answer; a failed one can still succeed (money that came in is never lost: it pays the
+/// invoice, or becomes the customer's credit); a succeeded one never changes.
 pub async fn record_outcome(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -836,7 +843,14 @@ pub async fn record_outcome(
     let now = uow.now();
     let mut invoice = lock_with_subscription(uow, scope, payment.invoice_id).await?;
     let mut p = db::invoices::get_payment(uow.conn(), scope, payment.id).await?;
-    if p.status != PaymentStatus::Pending {
+    let applies = match (p.status, outcome) {
+        (PaymentStatus::Pending, _) => true,
+        (PaymentStatus::RequiresAction, ChargeOutcome::RequiresAction { .. }) => false,
+        (PaymentStatus::RequiresAction, _) => true,
+        (PaymentStatus::Failed, ChargeOutcome::Succeeded { .. }) => true,
+        _ => false,
+    };
+    if !applies {
         return Ok(p);
     }
     p.updated_at = now;
@@ -844,6 +858,9 @@ pub async fn record_outcome(
         ChargeOutcome::Succeeded { id } => {
             p.status = PaymentStatus::Succeeded;
             p.gateway_id = Some(id.clone());
+            p.failure_code = None;
+            p.failure_message = None;
+            p.hard_decline = false;
             db::invoices::save_payment(uow.conn(), scope, &p).await?;
             events::record(uow, scope, "payment.succeeded", p.to_json()).await?;
             if invoice.status.is_payable() {

@@ -20,6 +20,7 @@ pub mod events;
 pub mod invoice_documents;
 pub mod invoices;
 pub mod invoicing;
+pub mod payment_events;
 pub mod refunds;
 pub mod sessions;
 pub mod stripe_connect;

@@ -212,8 +212,10 @@ pub async fn run_refund(
     Ok(recorded)
 }
 
-/// Writes the gateway's answer on a pending refund (one already answered is left as it is).
-async fn record(
+/// Writes the gateway's answer on a refund: a pending refund takes it; a succeeded one can
+/// still fail (Stripe settles refunds later, and says so by an event): it then no longer counts,
+/// and a credit note's refund becomes the customer's credit. A failed refund never changes.
+pub(crate) async fn record(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: RefundId,
@@ -222,7 +224,11 @@ async fn record(
     let unlocked = db::credit_notes::get_refund(uow.conn(), scope, id, false).await?;
     let mut invoice = db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
     let mut refund = db::credit_notes::get_refund(uow.conn(), scope, id, true).await?;
-    if refund.status != RefundStatus::Pending {
+    let applies = matches!(
+        (refund.status, outcome),
+        (RefundStatus::Pending, _) | (RefundStatus::Succeeded, RefundOutcome::Failed { .. })
+    );
+    if !applies {
         return Ok(refund);
     }
     refund.updated_at = uow.now();

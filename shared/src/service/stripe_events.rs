@@ -3,7 +3,7 @@
 //! stored as ignored, payload and all, so that they can be processed again once it does.
 
 use super::{
-    ServiceResult,
+    ServiceResult, payment_events,
     stripe_connect::{self, EventOutcome},
 };
 use crate::{
@@ -16,10 +16,9 @@ use crate::{
 pub use crate::db::stripe_events::Received;
 
 /// Types the platform knows and will act on once it keeps their objects.
-const KNOWN_PREFIXES: [&str; 5] = [
+const KNOWN_PREFIXES: [&str; 4] = [
     "customer.subscription.",
     "invoice.payment_",
-    "payment_intent.",
     "payment_method.attached",
     "payment_method.detached",
 ];
@@ -75,6 +74,9 @@ pub async fn process(
                 }
             }
         }
+        t if payment_events::PREFIXES.iter().any(|p| t.starts_with(p)) => {
+            payment_events::apply(uow, &event).await?
+        }
         t if KNOWN_PREFIXES.iter().any(|p| t.starts_with(p)) => (
             Status::Ignored,
             "ignored: the platform does not keep this object yet",
@@ -87,6 +89,22 @@ pub async fn process(
     let now = uow.now();
     db::stripe_events::mark_processed(uow.conn(), &event.id, status, outcome, now).await?;
     Ok(Processed::Now(status, outcome))
+}
+
+/// Queues the events stored as ignored before the platform acted on their types (payment
+/// intents, refunds, disputes) to be processed again, once per type across the fleet however
+/// many workers start; returns how many were queued now.
+pub async fn reprocess_newly_handled(uow: &mut UnitOfWork) -> ServiceResult<u64> {
+    let now = uow.now();
+    let mut queued = 0;
+    for prefix in payment_events::PREFIXES {
+        if db::stripe_events::claim_reprocessing(uow.conn(), prefix, now).await? {
+            let n = db::stripe_events::requeue_ignored(uow.conn(), prefix, now).await?;
+            db::stripe_events::record_reprocessed(uow.conn(), prefix, n).await?;
+            queued += n;
+        }
+    }
+    Ok(queued)
 }
 
 /// Queues every ignored event whose type starts with `type_prefix` to be processed again
