@@ -4,8 +4,8 @@
 --   `customer_balance_transactions` with the balance after it, written in the same transaction.
 -- - A credit note reduces what an open invoice still owes (pre-payment) or, after payment,
 --   returns money by refund, customer credit or outside the platform (post-payment). The credit
---   notes of an invoice and the refunds made without one never add up to more than its total:
---   `invoices.amount_credited` is raised under the invoice's lock and checked by a constraint.
+--   notes of an invoice never add up to more than its total: `invoices.amount_credited` is
+--   raised under the invoice's lock and checked by a constraint.
 -- - A refund returns part or all of a succeeded payment through the gateway that took it.
 --   `payments.amount_refunded` counts refunds pending or succeeded (raised under the invoice's
 --   lock when the refund is created, lowered again if it fails), so refunds never exceed the
@@ -32,14 +32,11 @@ CREATE TABLE customer_balance_transactions (
 CREATE INDEX customer_balance_transactions_customer_idx
     ON customer_balance_transactions (customer_id, id DESC);
 
--- Balances given before the ledger open it, with time-ordered ids (a UUIDv7 of now: its
--- 48-bit millisecond timestamp, the version nibble, random bits), so that they sort before
--- every later row.
+-- Balances given before the ledger open it.
 INSERT INTO customer_balance_transactions
     (id, tenant_id, livemode, customer_id, type, amount, ending_balance, description, created_at)
-SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
-        || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid,
-       tenant_id, livemode, id, 'adjustment', balance, balance, 'Opening balance', now()
+SELECT gen_random_uuid(), tenant_id, livemode, id, 'adjustment', balance, balance,
+       'Opening balance', now()
 FROM customers WHERE balance <> 0;
 
 ALTER TABLE invoices ADD COLUMN amount_credited BIGINT NOT NULL DEFAULT 0

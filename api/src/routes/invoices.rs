@@ -247,6 +247,9 @@ pub struct PaymentOut {
     #[oai(nullable)]
     pub dispute_status: Option<String>,
     pub disputed_amount: i64,
+    /// What of it no invoice needed (it came after the invoice was paid, voided or lowered),
+    /// given to the customer as credit; never refunded as well.
+    pub credited_to_balance: i64,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -273,6 +276,7 @@ impl From<PaymentRow> for PaymentOut {
             amount_refunded: p.amount_refunded,
             dispute_status: p.dispute_status,
             disputed_amount: p.disputed_amount,
+            credited_to_balance: p.credited_to_balance,
             livemode: p.livemode,
             created_at: p.created_at,
             updated_at: p.updated_at,

@@ -406,7 +406,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         (
             "TaxRateIn",
             "percentage",
-            json!({"minimum": 0, "maximum": 100, "multipleOf": 0.0001}),
+            json!({"minimum": 0, "maximum": 100}),
         ),
         ("TaxRateIn", "description", text(500)),
         ("TaxRateIn", "jurisdiction", text(500)),

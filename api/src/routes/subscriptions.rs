@@ -570,7 +570,9 @@ impl SubscriptionsApi {
     /// Cancel a subscription now
     ///
     /// Nothing more is invoiced or charged; an `incomplete` subscription's first invoice is
-    /// voided. To cancel at the end of the period instead, set `cancel_at_period_end`.
+    /// voided. With `prorate=true`, the unused time of the current period is credited by a
+    /// credit note on its invoice (lowering what it owes, or as the customer's credit once
+    /// paid). To cancel at the end of the period instead, set `cancel_at_period_end`.
     #[oai(
         path = "/api/v1/subscriptions/:id/cancel",
         method = "post",
@@ -583,12 +585,16 @@ impl SubscriptionsApi {
         auth: Auth,
         /// Subscription id (`sub_…`).
         id: Path<String>,
+        /// `true`: credit the unused time of the current period. Default `false`.
+        prorate: Query<Option<bool>>,
     ) -> Result<Json<SubscriptionOut>, ApiError> {
         let ctx = auth.require(Permission::WriteBilling)?;
         let id = subscription_id(&id.0)?;
         note(req, |n| n.object_id = Some(id.to_string()));
         let mut work = Work::begin(req).await?;
-        let view = service::cancel_subscription(&mut work, ctx.scope(), id).await?;
+        let view =
+            service::cancel_subscription(&mut work, ctx.scope(), id, prorate.0.unwrap_or(false))
+                .await?;
         Ok(Json(view.into()))
     }
 

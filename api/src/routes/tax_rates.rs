@@ -37,7 +37,7 @@ pub struct TaxRatesApi;
 pub struct TaxRateIn {
     /// How invoices name it, such as `VAT` or `Sales tax`.
     pub display_name: String,
-    /// 0 to 100, at most four decimals (`8.875`).
+    /// 0 to 100, at most four decimals (`8.875`); a fifth is refused.
     pub percentage: f64,
     /// `true`: prices already hold this tax; `false`: it is added on top.
     pub inclusive: bool,

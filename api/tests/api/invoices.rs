@@ -182,6 +182,7 @@ fn payment_row(
         amount_refunded: 0,
         dispute_status: None,
         disputed_amount: 0,
+        credited_to_balance: 0,
         created_at: i.created_at,
         updated_at: i.created_at,
     }

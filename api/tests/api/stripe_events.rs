@@ -373,3 +373,116 @@ async fn payment_events_stored_as_ignored_before_are_queued_again_once() {
         Processed::Now(Status::Ignored, _)
     ));
 }
+
+#[tokio::test]
+async fn a_late_success_after_a_failure_pays_what_is_owed_and_the_rest_is_credit_never_refunded() {
+    use crate::subscriptions::{customer_and_plan, get, run_due, scope, subscribe};
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    let t = app.register("late-success@acme.com").await;
+    connect(&app, &t.id, "acct_late").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (cus, plan) = customer_and_plan(&app, &key, Some("4000002500003155")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": cus, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = crate::helpers::s(&sub["latest_invoice"]);
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    let payment = payments["data"][0].clone();
+    let intent = crate::helpers::s(&payment["gateway_id"]);
+    let object = json!({"id": intent, "object": "payment_intent", "amount": 2999,
+                        "currency": "usd", "metadata": {"payment": payment["id"]}});
+    // The customer did not authenticate: failed.
+    let mut failed = object.clone();
+    failed["last_payment_error"] = json!({"code": "authentication_required"});
+    send_event(
+        &app,
+        "evt_late_1",
+        "payment_intent.payment_failed",
+        Some("acct_late"),
+        failed,
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_late_1").await,
+        Processed::Now(Status::Applied, _)
+    ));
+    let p = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments/{}", crate::helpers::s(&payment["id"])),
+    )
+    .await;
+    assert_eq!(p["status"], "failed");
+    assert_eq!(p["failure_code"], "authentication_required");
+    // The tenant lowers the invoice by 1000.
+    let note = app
+        .post(
+            "/api/v1/credit-notes",
+            &key,
+            &json!({"invoice": invoice, "amount": 1000}),
+        )
+        .await;
+    assert_eq!(note.status(), StatusCode::CREATED);
+    // An intent for another amount is not this payment's.
+    let mut other = object.clone();
+    other["amount"] = json!(100);
+    send_event(
+        &app,
+        "evt_late_other",
+        "payment_intent.succeeded",
+        Some("acct_late"),
+        other,
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_late_other").await,
+        Processed::Now(Status::Ignored, _)
+    ));
+    // Then the customer authenticates after all: 2999 came in for 1999 owed.
+    send_event(
+        &app,
+        "evt_late_2",
+        "payment_intent.succeeded",
+        Some("acct_late"),
+        object,
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_late_2").await,
+        Processed::Now(Status::Applied, _)
+    ));
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(paid["amount_paid"], 1999);
+    assert_eq!(paid["amount_remaining"], 0);
+    let c = get(&app, &key, &format!("/api/v1/customers/{cus}")).await;
+    assert_eq!(c["balance"], 1000);
+    let p = get(
+        &app,
+        &key,
+        &format!("/api/v1/payments/{}", crate::helpers::s(&payment["id"])),
+    )
+    .await;
+    assert_eq!(p["status"], "succeeded");
+    assert_eq!(p["credited_to_balance"], 1000);
+    // The 1000 given as credit is never refunded too: 1999 at most.
+    let too_much = app
+        .post(
+            "/api/v1/refunds",
+            &key,
+            &json!({"payment": payment["id"], "amount": 2000}),
+        )
+        .await;
+    assert_eq!(too_much.status(), StatusCode::BAD_REQUEST);
+    let rest = app
+        .post("/api/v1/refunds", &key, &json!({"payment": payment["id"]}))
+        .await;
+    assert_eq!(rest.status(), StatusCode::ACCEPTED);
+    let rest: serde_json::Value = rest.json().await.unwrap();
+    assert_eq!(rest["amount"], 1999);
+}

@@ -187,6 +187,29 @@ async fn invoices_take_their_customers_tax_by_hand_calculation_and_exempt_custom
         get(&app, &key, &format!("/api/v1/invoices/{}", s(&first["id"]))).await["tax"],
         600
     );
+    // Archiving a rate a customer names keeps it there (as at Stripe); no one new names it.
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/tax-rates/{city}"),
+            &key,
+            Some(&json!({"active": false})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let (_, open) = invoice_of(&app, &key, &own, 1100).await;
+    assert_eq!(open["tax"], 189);
+    let resp = app
+        .post(
+            "/api/v1/customers",
+            &key,
+            &json!({"name": "Late", "tax_rates": [city]}),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "tax_rates");
     // Back to the defaults: `[]`.
     let cleared = json_of(
         app.send(

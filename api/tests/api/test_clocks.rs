@@ -900,3 +900,77 @@ async fn an_open_invoice_whose_lines_a_change_credited_cannot_be_voided() {
     .await;
     assert_eq!(void["status"], "void");
 }
+
+#[tokio::test]
+async fn a_cancel_with_proration_credits_the_unused_days_of_the_paid_period_by_a_credit_note() {
+    let app = spawn_app().await;
+    let t = app.register("cancel-prorate@acme.com").await;
+    let key = t.sk_test();
+    let clk = clock(&app, &key, "2026-01-01T00:00:00Z").await;
+    let plan = monthly_plan(&app, &key, "Studio", None).await;
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let cus = customer_on(&app, &key, &clk, "UTC", Some("4242424242424242"), None).await;
+        subs.push(
+            subscribe(
+                &app,
+                &key,
+                json!({"customer": cus, "items": [{"plan": plan}]}),
+            )
+            .await,
+        );
+    }
+    // Ten days into January, both first invoices paid.
+    advance(&app, &key, &t.sk_test, &clk, "2026-01-11T00:00:00Z").await;
+    let cancel = |sub: &serde_json::Value, query: &str| {
+        format!("/api/v1/subscriptions/{}/cancel{query}", s(&sub["id"]))
+    };
+    let prorated = json_of(
+        app.post(&cancel(&subs[0], "?prorate=true"), &key, &json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(prorated["status"], "canceled");
+    // 21 of January's 31 days unused: round(1500 × 21 / 31) = round(1016.13) = 1016.
+    let invoice = s(&subs[0]["latest_invoice"]);
+    let notes = get(
+        &app,
+        &key,
+        &format!("/api/v1/credit-notes?invoice={invoice}"),
+    )
+    .await;
+    let notes = notes["data"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["amount"], 1016);
+    assert_eq!(notes[0]["type"], "post_payment");
+    assert_eq!(notes[0]["credit_amount"], 1016);
+    assert_eq!(
+        notes[0]["lines"][0]["description"],
+        "Unused time on Studio after 2026-01-11"
+    );
+    let customer = get(
+        &app,
+        &key,
+        &format!("/api/v1/customers/{}", s(&subs[0]["customer"])),
+    )
+    .await;
+    assert_eq!(customer["balance"], 1016);
+    // Without proration: nothing credited.
+    let plain = json_of(
+        app.post(&cancel(&subs[1], ""), &key, &json!({})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(plain["status"], "canceled");
+    let none = get(
+        &app,
+        &key,
+        &format!(
+            "/api/v1/credit-notes?invoice={}",
+            s(&subs[1]["latest_invoice"])
+        ),
+    )
+    .await;
+    assert!(none["data"].as_array().unwrap().is_empty());
+}

@@ -68,6 +68,9 @@ def map_body(context, body):
         return body
     if "metadata" in body:
         body["metadata"] = _metadata(body["metadata"])
+    if isinstance(body.get("percentage"), float):
+        # A tax rate's percentage has at most four decimals (`percentage` of tax rates).
+        body["percentage"] = round(body["percentage"], 4)
     if isinstance(body.get("tax_rates"), list):
         # A customer's tax rates must exist in the tenant and mode (`400 tax_rates`).
         body["tax_rates"] = []

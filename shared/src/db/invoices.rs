@@ -455,6 +455,15 @@ pub struct PaymentRow {
     /// Stripe's status of a dispute of it (`needs_response`, `won`, `lost`…), if disputed.
     pub dispute_status: Option<String>,
     pub disputed_amount: i64,
+    /// What of it no invoice needed, given to the customer as credit: never refunded too.
+    pub credited_to_balance: i64,
+}
+
+impl PaymentRow {
+    /// What can still be refunded of it.
+    pub fn refundable(&self) -> i64 {
+        self.amount - self.amount_refunded - self.credited_to_balance
+    }
 }
 
 impl PaymentRow {
@@ -478,6 +487,7 @@ impl PaymentRow {
             "amount_refunded": self.amount_refunded,
             "dispute_status": self.dispute_status,
             "disputed_amount": self.disputed_amount,
+            "credited_to_balance": self.credited_to_balance,
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -488,7 +498,7 @@ impl PaymentRow {
 const PAYMENT_COLUMNS: &str = "id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
     currency, application_fee, status, gateway, gateway_id, idempotency_key, payment_method_id, \
     failure_code, failure_message, hard_decline, created_at, updated_at, amount_refunded, \
-    dispute_status, disputed_amount";
+    dispute_status, disputed_amount, credited_to_balance";
 
 pub async fn insert_payment(
     conn: &mut PgConnection,
@@ -630,8 +640,28 @@ pub async fn set_dispute(
     Ok(())
 }
 
-/// The succeeded payments of an invoice with something left to refund, latest first, locked
-/// until the transaction ends.
+/// Counts money of a payment given to the customer as credit.
+pub async fn add_credited(
+    conn: &mut PgConnection,
+    scope: Scope,
+    payment: PaymentId,
+    amount: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE payments SET credited_to_balance = credited_to_balance + $4 \
+         WHERE tenant_id = $1 AND livemode = $2 AND id = $3",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(payment)
+    .bind(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The succeeded payments of an invoice with something left to refund (and no dispute open or
+/// lost: the card network holds that money), latest first, locked until the transaction ends.
 pub async fn refundable_payments(
     conn: &mut PgConnection,
     scope: Scope,
@@ -639,7 +669,9 @@ pub async fn refundable_payments(
 ) -> Result<Vec<PaymentRow>, DbError> {
     Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3 AND status = 'succeeded' AND amount_refunded < amount \
+         AND invoice_id = $3 AND status = 'succeeded' \
+         AND amount_refunded + credited_to_balance < amount \
+         AND (dispute_status IS NULL OR dispute_status IN ('won', 'warning_closed')) \
          ORDER BY attempt DESC FOR UPDATE"
     ))
     .bind(scope.tenant_id())

@@ -113,8 +113,9 @@ pub async fn get_many(
     .await?)
 }
 
-/// The rates a customer's invoices apply: none for a tax-exempt customer; else its own active
-/// rates, or the tenant's active default rates when it names none. Oldest first.
+/// The rates a customer's invoices apply: none for a tax-exempt customer; else its own rates
+/// (archived or not: archiving keeps a rate where it is named, as at Stripe), or the tenant's
+/// active default rates when it names none. Oldest first.
 pub async fn for_customer(
     conn: &mut PgConnection,
     scope: Scope,
@@ -122,10 +123,10 @@ pub async fn for_customer(
 ) -> Result<Vec<TaxRateRow>, DbError> {
     Ok(sqlx::query_as::<_, TaxRateRow>(sqlf!(
         "SELECT {COLUMNS} FROM tax_rates r WHERE r.tenant_id = $1 AND r.livemode = $2 \
-         AND r.active AND EXISTS ( \
+         AND EXISTS ( \
            SELECT 1 FROM customers c WHERE c.tenant_id = $1 AND c.livemode = $2 AND c.id = $3 \
-           AND NOT c.tax_exempt AND CASE WHEN cardinality(c.tax_rate_ids) = 0 THEN r.is_default \
-           ELSE r.id = ANY(c.tax_rate_ids) END) \
+           AND NOT c.tax_exempt AND CASE WHEN cardinality(c.tax_rate_ids) = 0 \
+           THEN r.is_default AND r.active ELSE r.id = ANY(c.tax_rate_ids) END) \
          ORDER BY r.id"
     ))
     .bind(scope.tenant_id())

@@ -73,10 +73,11 @@ pub async fn payment_for_event(
     gateway_id: &str,
     named: Option<crate::ids::PaymentId>,
 ) -> Result<Option<(crate::tenancy::Scope, crate::ids::PaymentId)>, DbError> {
+    // The metadata names a payment only while it waits for its answer (no gateway id yet).
     let row: Option<(crate::ids::TenantId, crate::ids::PaymentId)> = sqlx::query_as(
         "SELECT tenant_id, id FROM payments WHERE livemode = $1 \
-         AND (gateway_id = $2 OR (id = $3 AND (gateway_id IS NULL OR gateway_id = $2))) \
-         ORDER BY gateway_id = $2 DESC LIMIT 1",
+         AND (gateway_id = $2 OR (id = $3 AND gateway_id IS NULL AND status = 'pending')) \
+         ORDER BY (gateway_id = $2) IS TRUE DESC LIMIT 1",
     )
     .bind(livemode)
     .bind(gateway_id)

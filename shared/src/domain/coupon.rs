@@ -403,6 +403,17 @@ mod tests {
     }
 
     #[test]
+    fn a_split_by_weight_is_exact_and_without_a_positive_weight_gives_nothing() {
+        // Weights need not cap the total: 1000 over rates of 1 and 3 parts.
+        assert_eq!(split_by_weight(1000, &[1, 3]), vec![250, 750]);
+        assert_eq!(split_by_weight(10, &[1, 1, 1]), vec![4, 3, 3]);
+        assert_eq!(split_by_weight(100, &[0, 0]), vec![0, 0]);
+        assert_eq!(split_by_weight(100, &[-5, 0]), vec![0, 0]);
+        assert_eq!(split_by_weight(0, &[1, 2]), vec![0, 0]);
+        assert_eq!(split_by_weight(-7, &[1, 2]), vec![0, 0]);
+    }
+
+    #[test]
     fn a_discount_splits_over_lines_in_proportion_and_the_cents_left_go_to_the_largest_remainders()
     {
         // 1000 over 3000 / 1000: 750 and 250 exactly.

@@ -82,7 +82,9 @@ pub struct Totals {
     /// The sum of the lines' discounts.
     pub discount: i64,
     pub tax: i64,
-    /// `subtotal − discount + tax`; negative when credits outweigh charges.
+    /// `subtotal − discount + tax` (the tax passed to [`Totals::compute`]: the exclusive taxes;
+    /// an invoice's `tax` also counts the inclusive ones, which are inside the lines already);
+    /// negative when credits outweigh charges.
     pub total: i64,
     /// The customer's credit used to pay it.
     pub balance_applied: i64,

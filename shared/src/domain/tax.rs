@@ -89,7 +89,8 @@ pub fn total(taxes: &[TaxAmount]) -> Result<i64, TaxOverflow> {
 }
 
 /// A rate from a percentage with at most four decimals (`8.875` → 88,750 ppm); `None` for a
-/// percentage outside 0 to 100 or with more decimals.
+/// percentage outside 0 to 100 or with a fifth decimal (what lies within a ten-thousandth of
+/// a basis point of four decimals is the noise of binary floats, and reads as them).
 pub fn ppm_of_percentage(percentage: f64) -> Option<u32> {
     if !percentage.is_finite() || !(0.0..=100.0).contains(&percentage) {
         return None;

@@ -295,7 +295,7 @@ pub async fn create_credit_note(
         let payment = db::invoices::refundable_payments(uow.conn(), scope, invoice.id)
             .await?
             .into_iter()
-            .find(|p| p.amount - p.amount_refunded >= refund_amount)
+            .find(|p| p.refundable() >= refund_amount)
             .ok_or_else(|| {
                 ServiceError::invalid(
                     "refund_amount",

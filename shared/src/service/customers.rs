@@ -162,6 +162,12 @@ async fn known_tax_rates(
         ));
     }
     let found = db::tax_rates::get_many(uow.conn(), ctx.scope(), &ids).await?;
+    if let Some(archived) = found.iter().find(|f| !f.active) {
+        return Err(ServiceError::invalid(
+            "tax_rates",
+            format!("names {}, which is archived", archived.id),
+        ));
+    }
     if let Some(missing) = rates.iter().find(|r| !found.iter().any(|f| f.id == **r)) {
         return Err(ServiceError::invalid(
             "tax_rates",

@@ -73,10 +73,15 @@ impl InvoiceDocument {
         if i.discount != 0 {
             rows.push(("Discount", self.money(-i.discount)?));
         }
-        if i.tax != 0 {
-            rows.push(("Tax", self.money(i.tax)?));
+        // Exclusive taxes add to the total; inclusive ones are inside the prices already.
+        let added = i.total - (i.subtotal - i.discount);
+        if added != 0 {
+            rows.push(("Tax", self.money(added)?));
         }
         rows.push(("Total", self.money(i.total)?));
+        if i.tax != added {
+            rows.push(("Tax included in prices", self.money(i.tax - added)?));
+        }
         if i.balance_applied != 0 {
             rows.push(("Credit applied", self.money(-i.balance_applied)?));
         }

@@ -754,6 +754,7 @@ pub async fn start_attempt(
         amount_refunded: 0,
         dispute_status: None,
         disputed_amount: 0,
+        credited_to_balance: 0,
         created_at: now,
         updated_at: now,
     };
@@ -868,8 +869,24 @@ pub async fn record_outcome(
                     .status
                     .apply(InvoiceTransition::Pay)
                     .map_err(illegal)?;
-                invoice.amount_paid += p.amount;
-                invoice.amount_remaining = (invoice.amount_remaining - p.amount).max(0);
+                // More than it still owes (a credit note lowered it after the attempt began):
+                // the rest is the customer's credit.
+                let applied = p.amount.min(invoice.amount_remaining);
+                let excess = p.amount - applied;
+                if excess > 0 {
+                    balance::record(
+                        uow,
+                        scope,
+                        p.customer_id,
+                        excess,
+                        Why::Overpayment(invoice.id),
+                        None,
+                    )
+                    .await?;
+                    db::invoices::add_credited(uow.conn(), scope, p.id, excess).await?;
+                }
+                invoice.amount_paid += applied;
+                invoice.amount_remaining -= applied;
                 invoice.paid_at = Some(now);
                 invoice.updated_at = now;
                 db::invoices::save(uow.conn(), scope, &invoice).await?;
@@ -890,6 +907,8 @@ pub async fn record_outcome(
                     None,
                 )
                 .await?;
+                // Given as credit: never refunded as well.
+                db::invoices::add_credited(uow.conn(), scope, p.id, p.amount).await?;
             }
         }
         ChargeOutcome::RequiresAction { id } => {

@@ -113,6 +113,19 @@ async fn payment_intent(
         return Ok(NOT_OURS);
     }
     let before = db::invoices::get_payment(uow.conn(), scope, id).await?;
+    // The intent must be for what the payment asked.
+    let amount_differs = object["amount"]
+        .as_i64()
+        .is_some_and(|a| a != before.amount);
+    let currency_differs = object["currency"]
+        .as_str()
+        .is_some_and(|c| !c.eq_ignore_ascii_case(&before.currency));
+    if amount_differs || currency_differs {
+        return Ok((
+            Status::Ignored,
+            "ignored: the intent is not for the payment's amount",
+        ));
+    }
     let after = invoices::record_outcome(uow, scope, &before, &outcome).await?;
     Ok(if after.status == before.status {
         (
@@ -179,7 +192,16 @@ async fn dispute(
     if !same_tenant(uow, event, scope).await? {
         return Ok(NOT_OURS);
     }
+    let unlocked = db::invoices::get_payment(uow.conn(), scope, id).await?;
+    // The invoice's lock orders every change to its payments.
+    db::invoices::lock(uow.conn(), scope, unlocked.invoice_id).await?;
     let payment = db::invoices::get_payment(uow.conn(), scope, id).await?;
+    if payment.dispute_status.as_deref() == Some(status) {
+        return Ok((
+            Status::Stale,
+            "stale: the dispute is in that status already",
+        ));
+    }
     // Over is over: an older event arriving late does not reopen it.
     if payment
         .dispute_status

@@ -59,7 +59,7 @@ pub(crate) async fn start(
     credit_note: Option<CreditNoteId>,
 ) -> ServiceResult<RefundRow> {
     let now = uow.now();
-    let left = payment.amount - payment.amount_refunded;
+    let left = payment.refundable();
     if amount <= 0 || amount > left {
         return Err(ServiceError::invalid(
             "amount",
@@ -128,7 +128,7 @@ pub async fn create_refund(
         ));
     };
     let left = invoice.total.max(0) - invoice.amount_credited;
-    let amount = amount.unwrap_or((p.amount - p.amount_refunded).min(left));
+    let amount = amount.unwrap_or(p.refundable().min(left));
     if amount == 0 {
         return Err(ServiceError::conflict(
             "payment_not_refundable",

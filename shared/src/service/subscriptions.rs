@@ -593,11 +593,13 @@ async fn lock(
 }
 
 /// Cancels now: nothing more is invoiced or charged. An incomplete subscription's first
-/// invoice is voided with it.
+/// invoice is voided with it. With `prorate`, the time of the period left unused is credited
+/// by a credit note on the period's invoice (see [`credit_unused_time`]).
 pub async fn cancel_subscription(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: SubscriptionId,
+    prorate: bool,
 ) -> ServiceResult<SubscriptionView> {
     let mut sub = lock(uow, scope, id).await?;
     let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
@@ -605,8 +607,97 @@ pub async fn cancel_subscription(
         void_first_invoice(uow, scope, &sub).await?;
     }
     final_invoice(uow, scope, &mut sub).await?;
+    if prorate
+        && matches!(
+            sub.status,
+            SubscriptionStatus::Active | SubscriptionStatus::PastDue
+        )
+    {
+        credit_unused_time(uow, scope, &sub).await?;
+    }
     move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
     view(uow, scope, sub).await
+}
+
+/// Credits what was billed for the rest of the current period, item by item, by the same
+/// rule as a change's prorations (each billed line of the period, credited for its unused
+/// seconds, rounded on its own): a credit note on the period's invoice. On an open invoice it
+/// lowers what is owed; on a paid one it is the customer's credit. It never credits more than
+/// the invoice has left to credit (or, open, still owes).
+async fn credit_unused_time(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+) -> ServiceResult<()> {
+    use super::credit_notes::{self, CreditReason, NoteLine, NoteSpec, Split};
+    use crate::domain::{invoice::InvoiceStatus, period::prorated};
+    let at = uow.now();
+    if at >= sub.current_period_end {
+        return Ok(());
+    }
+    let Some(invoice) =
+        db::invoices::of_period(uow.conn(), scope, sub.id, sub.current_period_start).await?
+    else {
+        return Ok(());
+    };
+    let mut left = invoice.total.max(0) - invoice.amount_credited;
+    match invoice.status {
+        InvoiceStatus::Paid => {}
+        InvoiceStatus::Open | InvoiceStatus::Uncollectible => {
+            left = left.min(invoice.amount_remaining);
+        }
+        _ => return Ok(()),
+    }
+    let date = at.format("%Y-%m-%d");
+    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    let mut credits: Vec<(String, i64)> = Vec::new();
+    for item in &items {
+        let billed =
+            db::invoices::billed_for_item(uow.conn(), scope, item.id, sub.current_period_end)
+                .await?;
+        let unused: i64 = billed
+            .iter()
+            .map(|(amount, start, end)| {
+                prorated(
+                    *amount,
+                    (*end - at.max(*start)).num_seconds(),
+                    (*end - *start).num_seconds(),
+                )
+            })
+            .sum();
+        let credit = unused.min(left);
+        if credit > 0 {
+            left -= credit;
+            credits.push((
+                format!("Unused time on {} after {date}", invoices::item_label(item)),
+                credit,
+            ));
+        }
+    }
+    if credits.is_empty() {
+        return Ok(());
+    }
+    let lines = credits
+        .iter()
+        .map(|(description, amount)| NoteLine::Custom {
+            description,
+            amount: *amount,
+        })
+        .collect();
+    credit_notes::create_credit_note(
+        uow,
+        scope,
+        NoteSpec {
+            invoice: invoice.id,
+            lines,
+            reason: Some(CreditReason::OrderChange),
+            memo: Some("Unused time after the subscription was canceled"),
+            split: Split::default(),
+            metadata: &Metadata::default(),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Invoices the lines still waiting for the next invoice of a subscription that ends (a
