@@ -361,6 +361,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("SubscriptionIn", "proration_behavior", proration_behavior()),
         ("SubscriptionIn", "metadata", metadata()),
         ("SubscriptionIn", "coupon", id("coupon")),
+        ("SubscriptionIn", "bundle", id("bundle")),
         ("SubscriptionItemIn", "price", id("price")),
         ("SubscriptionItemIn", "plan", id("plan")),
         (

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payl
 use serde::Deserialize;
 use shared::{
     domain::subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus},
-    ids::{CouponId, CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
+    ids::{BundleId, CouponId, CustomerId, PlanId, PriceId, SubscriptionId, SubscriptionItemId},
     service::subscriptions::{
         self as service, ItemChange, ItemRef, ItemSpec, ItemsChange, SubscriptionChanges,
         SubscriptionSpec, SubscriptionView, Trial,
@@ -51,8 +51,13 @@ pub struct SubscriptionItemIn {
 pub struct SubscriptionIn {
     /// The customer (`cus_…`).
     pub customer: String,
-    /// 1 to 20 items, each price at most once.
-    pub items: Vec<SubscriptionItemIn>,
+    /// 1 to 20 items, each price at most once; or give `bundle`.
+    #[oai(nullable)]
+    pub items: Option<Vec<SubscriptionItemIn>>,
+    /// A bundle (`bundle_…`): its prices and quantities are the items, and its discount (as
+    /// it is now) applies to every period; not with `items`.
+    #[oai(nullable)]
+    pub bundle: Option<String>,
     /// Days of trial (0: none). Without this and `trial_end`, the prices' own trial applies.
     #[oai(nullable)]
     pub trial_period_days: Option<u32>,
@@ -195,6 +200,9 @@ pub struct SubscriptionOut {
     /// The coupon redeemed on it (`coupon_…`).
     #[oai(nullable)]
     pub coupon: Option<String>,
+    /// The bundle it was made from (`bundle_…`).
+    #[oai(nullable)]
+    pub bundle: Option<String>,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -238,6 +246,7 @@ impl From<SubscriptionView> for SubscriptionOut {
             metadata: s.metadata,
             test_clock: s.test_clock_id.map(|c| c.to_string()),
             coupon: s.coupon_id.map(|c| c.to_string()),
+            bundle: s.bundle_id.map(|b| b.to_string()),
             livemode: s.livemode,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -384,7 +393,19 @@ impl SubscriptionsApi {
         let b = body.0;
         let customer = CustomerId::parse(&b.customer)
             .map_err(|e| ApiError::validation("customer", e.to_string()))?;
-        let items = items(&b.items)?;
+        let items = items(b.items.as_deref().unwrap_or_default())?;
+        let bundle = b
+            .bundle
+            .as_deref()
+            .map(BundleId::parse)
+            .transpose()
+            .map_err(|e| ApiError::validation("bundle", e.to_string()))?;
+        if bundle.is_some() && b.items.is_some() {
+            return Err(ApiError::validation(
+                "items",
+                "cannot be given with bundle: the bundle's prices are the items",
+            ));
+        }
         let trial = match (b.trial_period_days, b.trial_end) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::validation(
@@ -421,6 +442,7 @@ impl SubscriptionsApi {
             SubscriptionSpec {
                 customer,
                 items: &items,
+                bundle,
                 trial,
                 collection_method,
                 days_until_due: b.days_until_due,

@@ -112,6 +112,8 @@ fn subscription_row(
         coupon_id: None,
         coupon_redeemed_at: None,
         coupon_invoices: 0,
+        bundle_id: None,
+        bundle_discount_bps: 0,
         created_at: now,
         updated_at: now,
     }

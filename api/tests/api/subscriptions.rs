@@ -871,3 +871,98 @@ async fn an_invoice_renders_as_a_pdf_whose_text_has_its_number_lines_and_total_a
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_subscription_from_a_bundle_bills_its_prices_with_its_discount_then_the_coupons() {
+    let app = spawn_app().await;
+    let t = app.register("bundle-sub@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, studio) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let suite = json_of(
+        app.post(
+            "/api/v1/plans",
+            &key,
+            &json!({"name": "Suite", "price_cents": 2500, "billing_interval": "month"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let studio = get(&app, &key, &format!("/api/v1/plans/{studio}")).await;
+    let bundle = json_of(
+        app.post(
+            "/api/v1/bundles",
+            &key,
+            &json!({"name": "Studio and Suite", "discount_bps": 1500, "items": [
+                {"price_id": studio["price_id"], "quantity": 1},
+                {"price_id": suite["price_id"], "quantity": 2},
+            ]}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let coupon = json_of(
+        app.post(
+            "/api/v1/coupons",
+            &key,
+            &json!({"name": "Welcome", "percent_off_bps": 1000, "duration": "once"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let both = app
+        .post(
+            "/api/v1/subscriptions",
+            &key,
+            &json!({"customer": customer, "bundle": bundle["id"], "items": [{"price": suite["price_id"]}]}),
+        )
+        .await;
+    let problem = assert_problem(both, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "items");
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "bundle": bundle["id"], "coupon": coupon["id"]}),
+    )
+    .await;
+    assert_eq!(sub["bundle"], bundle["id"]);
+    let quantities: Vec<i64> = sub["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["quantity"].as_i64().unwrap())
+        .collect();
+    assert_eq!(quantities, vec![1, 2]);
+    // 2999 + 2 × 2500 = 7999. The bundle's 15 %: 1199.85 → 1200, split 2999 : 5000 →
+    // 449.89 / 750.09 → 450 + 750. Then the coupon's 10 % of the 6799 left: 679.9 → 680,
+    // split 2549 : 4250 → 254.94 / 425.06 → 255 + 425.
+    let first = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    let discounts: Vec<i64> = first["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["discount_amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(first["subtotal"], 7999);
+    assert_eq!(discounts, vec![450 + 255, 750 + 425]);
+    assert_eq!(first["discount"], 1880);
+    assert_eq!(first["total"], 6119);
+    assert_eq!(run_due(&app, scope).await, vec!["invoice.pay"]);
+    // The coupon was once; the bundle's discount stays: 7999 − 1200.
+    let upcoming = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}/upcoming-invoice", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(upcoming["discount"], 1200);
+    assert_eq!(upcoming["total"], 6799);
+}

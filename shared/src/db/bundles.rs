@@ -137,6 +137,30 @@ pub async fn get(
 }
 
 /// The members of bundles, in display order.
+/// A bundle of the mode with its members, for a subscription made from it.
+pub async fn with_items(
+    conn: &mut PgConnection,
+    scope: crate::tenancy::Scope,
+    id: BundleId,
+) -> Result<(BundleRow, Vec<ItemRow>), DbError> {
+    let bundle = sqlx::query_as::<_, BundleRow>(sqlf!(
+        "SELECT {COLUMNS} FROM bundles WHERE tenant_id = $1 AND livemode = $2 AND id = $3"
+    ))
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let items = sqlx::query_as::<_, ItemRow>(
+        "SELECT bundle_id, price_id, quantity FROM bundle_items WHERE bundle_id = $1 \
+         ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    Ok((bundle, items))
+}
+
 pub async fn items(
     conn: &mut PgConnection,
     ctx: &TenantContext,

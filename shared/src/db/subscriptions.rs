@@ -12,8 +12,8 @@ use super::{
 use crate::{
     domain::subscription::SubscriptionStatus,
     ids::{
-        CouponId, CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId, TenantId,
-        TestClockId,
+        BundleId, CouponId, CustomerId, InvoiceId, PriceId, SubscriptionId, SubscriptionItemId,
+        TenantId, TestClockId,
     },
     tenancy::Scope,
 };
@@ -50,6 +50,9 @@ pub struct SubscriptionRow {
     pub coupon_id: Option<CouponId>,
     pub coupon_redeemed_at: Option<DateTime<Utc>>,
     pub coupon_invoices: i32,
+    /// The bundle it was made from, and the bundle's discount then (basis points).
+    pub bundle_id: Option<BundleId>,
+    pub bundle_discount_bps: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -117,6 +120,7 @@ impl SubscriptionRow {
             "metadata": self.metadata,
             "test_clock": self.test_clock_id.map(|c| c.to_string()),
             "coupon": self.coupon_id.map(|c| c.to_string()),
+            "bundle": self.bundle_id.map(|b| b.to_string()),
             "livemode": self.livemode,
             "created_at": super::api_time(self.created_at),
             "updated_at": super::api_time(self.updated_at),
@@ -129,7 +133,7 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, status, currency, i
     current_period_end, trial_start, trial_end, collection_method, days_until_due, \
     proration_behavior, cancel_at_period_end, canceled_at, ended_at, latest_invoice_id, \
     metadata, test_clock_id, coupon_id, coupon_redeemed_at, coupon_invoices, created_at, \
-    updated_at";
+    updated_at, bundle_id, bundle_discount_bps";
 
 /// Inserts a subscription as the row describes it (its id, times and all).
 pub async fn insert(
@@ -143,9 +147,9 @@ pub async fn insert(
          current_period_start, current_period_end, trial_start, trial_end, collection_method, \
          days_until_due, proration_behavior, cancel_at_period_end, canceled_at, ended_at, \
          latest_invoice_id, metadata, created_at, updated_at, test_clock_id, coupon_id, \
-         coupon_redeemed_at, coupon_invoices) \
+         coupon_redeemed_at, coupon_invoices, bundle_id, bundle_discount_bps) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
     )
     .bind(s.id)
     .bind(scope.tenant_id())
@@ -176,6 +180,8 @@ pub async fn insert(
     .bind(s.coupon_id)
     .bind(s.coupon_redeemed_at)
     .bind(s.coupon_invoices)
+    .bind(s.bundle_id)
+    .bind(s.bundle_discount_bps)
     .execute(conn)
     .await?;
     Ok(())

@@ -195,15 +195,20 @@ pub async fn invoice_period(
     Ok((invoice, true))
 }
 
-/// Applies the subscription's coupon to a period's lines while its duration lasts: the
-/// discount of their sum, split over them in proportion ([`allocate`]).
-async fn discount(
+/// Applies the subscription's discounts to a period's lines: its bundle's, then its coupon's
+/// (on what the bundle left) while the coupon's duration lasts; each the discount of the
+/// lines' sum, split over them in proportion ([`allocate`]).
+pub(crate) async fn discount(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
     lines: &mut [LineRow],
     period: Period,
 ) -> ServiceResult<()> {
+    let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
+    if let Ok(bps @ 1..) = u32::try_from(sub.bundle_discount_bps) {
+        split_discount(lines, Discount::Percent(bps), currency);
+    }
     let (Some(coupon), Some(redeemed_at)) = (sub.coupon_id, sub.coupon_redeemed_at) else {
         return Ok(());
     };
@@ -215,21 +220,21 @@ async fn discount(
     if !duration.applies(redeemed_at, nth, period.start) {
         return Ok(());
     }
-    let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
     split_discount(lines, off, currency);
     Ok(())
 }
 
-/// Sets the lines' discounts: `off` of what their charges add up to (credits are not
-/// discounted), split over the charges in proportion ([`allocate`]).
+/// Adds to the lines' discounts `off` of what their charges add up to after the discounts
+/// they have (credits are not discounted), split over the charges in proportion
+/// ([`allocate`]).
 pub(crate) fn split_discount(lines: &mut [LineRow], off: Discount, currency: Currency) {
-    let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
+    let amounts: Vec<i64> = lines.iter().map(|l| l.amount - l.discount_amount).collect();
     let charged = amounts
         .iter()
         .try_fold(0i64, |a, b| a.checked_add((*b).max(0)));
     let total = off.off(charged.unwrap_or(0), currency);
     for (line, part) in lines.iter_mut().zip(allocate(total, &amounts)) {
-        line.discount_amount = part;
+        line.discount_amount += part;
     }
 }
 

@@ -28,7 +28,8 @@ use crate::{
         subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
     },
     ids::{
-        CouponId, CustomerId, InvoiceItemId, PlanId, PriceId, SubscriptionId, SubscriptionItemId,
+        BundleId, CouponId, CustomerId, InvoiceItemId, PlanId, PriceId, SubscriptionId,
+        SubscriptionItemId,
     },
     jobs::{self, Job},
     tenancy::Scope,
@@ -73,7 +74,10 @@ pub enum Trial {
 #[derive(Debug)]
 pub struct SubscriptionSpec<'a> {
     pub customer: CustomerId,
+    /// Empty with a bundle (its prices are the items).
     pub items: &'a [ItemSpec],
+    /// A bundle to subscribe to: its prices and quantities, its discount on every period.
+    pub bundle: Option<BundleId>,
     pub trial: Trial,
     pub collection_method: CollectionMethod,
     /// For `send_invoice`: days from finalization until an invoice is due (default 30).
@@ -355,7 +359,38 @@ pub async fn create_subscription(
         Some(t) => t.trunc_subsecs(0),
         None => now,
     };
-    let (items, terms) = resolve_items(uow, scope, spec.items).await?;
+    // From a bundle: its prices and quantities, and its discount.
+    let (bundle, bundle_items) = match spec.bundle {
+        None => (None, Vec::new()),
+        Some(_) if !spec.items.is_empty() => {
+            return Err(ServiceError::invalid(
+                "items",
+                "cannot be given with bundle: the bundle's prices are the items",
+            ));
+        }
+        Some(id) => {
+            let (row, members) = db::bundles::with_items(uow.conn(), scope, id)
+                .await
+                .map_err(ServiceError::unknown("bundle", "bundle"))?;
+            if !row.active {
+                return Err(ServiceError::invalid("bundle", "is archived"));
+            }
+            let specs = members
+                .iter()
+                .map(|m| ItemSpec {
+                    what: ItemRef::Price(m.price_id),
+                    quantity: u32::try_from(m.quantity).unwrap_or(1),
+                })
+                .collect();
+            (Some(row), specs)
+        }
+    };
+    let item_specs = if bundle.is_some() {
+        &bundle_items[..]
+    } else {
+        spec.items
+    };
+    let (items, terms) = resolve_items(uow, scope, item_specs).await?;
     if let Some(c) = customer.currency.as_deref()
         && c != terms.currency
     {
@@ -443,6 +478,8 @@ pub async fn create_subscription(
         coupon_id: spec.coupon,
         coupon_redeemed_at: spec.coupon.map(|_| now),
         coupon_invoices: 0,
+        bundle_id: bundle.as_ref().map(|b| b.id),
+        bundle_discount_bps: bundle.as_ref().map_or(0, |b| b.discount_bps),
         created_at: now,
         updated_at: now,
     };
@@ -1318,6 +1355,7 @@ pub async fn upcoming_invoice(
     let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
+    invoices::discount(uow, scope, &sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     pending.extend(
         db::invoices::pending_of_customer(uow.conn(), scope, sub.customer_id, &sub.currency)
