@@ -176,6 +176,11 @@ pub struct CustomerOut {
     pub tax_exempt: bool,
     /// The tax rates its invoices apply (`txr_…`); empty: the tenant's default rates.
     pub tax_rates: Vec<String>,
+    /// Its mirror on the tenant's connected Stripe account (`cus_…` of Stripe).
+    #[oai(nullable)]
+    pub stripe_customer_id: Option<String>,
+    /// `pending`, `synced`, `failed` or `not_synced` (no Stripe account connected).
+    pub sync_status: String,
     #[oai(nullable)]
     pub invoice_prefix: Option<String>,
     pub metadata: serde_json::Value,
@@ -220,6 +225,8 @@ impl From<CustomerRow> for CustomerOut {
                 })
                 .collect(),
             tax_exempt: c.tax_exempt,
+            stripe_customer_id: c.stripe_customer_id,
+            sync_status: c.sync_status.as_str().into(),
             tax_rates: c
                 .tax_rate_ids
                 .iter()
@@ -508,6 +515,7 @@ impl CustomersApi {
     )]
     async fn create(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         body: JsonBody<CustomerIn>,
@@ -537,6 +545,7 @@ impl CustomersApi {
         let row = service::create_customer(
             &mut work,
             ctx,
+            &state.settings.stripe,
             CustomerSpec {
                 email: p.email.as_ref().and_then(Option::as_ref),
                 name,
@@ -624,6 +633,7 @@ impl CustomersApi {
     )]
     async fn update(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Customer id (`cus_…`).
@@ -658,6 +668,7 @@ impl CustomersApi {
         let row = service::update_customer(
             &mut work,
             ctx,
+            &state.settings.stripe,
             id,
             CustomerUpdate {
                 email: p.email.as_ref().map(Option::as_ref),
@@ -819,9 +830,16 @@ impl PaymentMethodsApi {
         )
         .map_err(|(field, e)| ApiError::validation(field, e.0))?;
         let gateway = Gateway::for_mode(&state.stripe, ctx.livemode());
-        let row =
-            service::attach_payment_method(&mut work, ctx, &gateway, customer, &b.token, expiry)
-                .await?;
+        let row = service::attach_payment_method(
+            &mut work,
+            ctx,
+            &state.settings.stripe,
+            &gateway,
+            customer,
+            &b.token,
+            expiry,
+        )
+        .await?;
         let out = PaymentMethodOut::from(row);
         note(req, |n| n.object_id = Some(out.id.clone()));
         Ok(AttachedPaymentMethod::Created(Json(out)))
@@ -941,6 +959,8 @@ mod tests {
             balance: 250,
             test_clock_id: None,
             tax_rate_ids: vec![],
+            stripe_customer_id: None,
+            sync_status: shared::db::catalog_sync::SyncStatus::NotSynced,
             created_at: Utc.with_ymd_and_hms(2026, 1, 31, 1, 2, 3).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2026, 2, 1, 1, 2, 3).unwrap(),
         }

@@ -759,6 +759,127 @@ async fn a_product_syncs_to_localstripe_and_an_update_reaches_it() {
 }
 
 #[tokio::test]
+async fn a_customer_and_its_card_sync_to_localstripe_and_an_update_reaches_it() {
+    let ls = localstripe().await;
+    let env = Env::new(&[
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_localstripe"),
+        ("STRIPE_API_BASE", &ls.url),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+    ])
+    .await;
+    let api = env.api().await;
+    let tenant = api.register("customers-localstripe@example.com").await;
+    sqlx::query(
+        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
+         VALUES ($1, false, 'acct_localstripe', 'connected', now())",
+    )
+    .bind(shared::ids::TenantId::parse(&tenant.id).unwrap())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let worker = env.worker().await;
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Globex", "email": "ap@globex.com", "metadata": {"tier": "gold"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let uuid = shared::ids::CustomerId::parse(&id).unwrap().as_uuid();
+    let stripe_id = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT stripe_customer_id FROM customers WHERE id = $1 AND sync_status = 'synced'",
+        )
+        .bind(uuid)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+        .flatten()
+    };
+    wait_for("the customer to sync", LIMIT, || async {
+        stripe_id().await.is_some()
+    })
+    .await;
+    let cus = stripe_id().await.unwrap();
+    let read = |path: String| {
+        let url = format!("{}v1/{path}", ls.url);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth("sk_test_localstripe")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let at_stripe = read(format!("customers/{cus}")).await;
+    assert_eq!(at_stripe["name"], "Globex");
+    assert_eq!(at_stripe["email"], "ap@globex.com");
+    assert_eq!(at_stripe["metadata"]["platform_customer_id"], id.as_str());
+    assert_eq!(at_stripe["metadata"]["tier"], "gold");
+
+    let (status, _) = api
+        .send(
+            Method::PATCH,
+            Some(&tenant.sk_test),
+            &format!("/api/v1/customers/{id}"),
+            Some(&json!({"name": "Globex Corporation"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for("the rename to reach localstripe", LIMIT, || async {
+        read(format!("customers/{cus}")).await["name"] == "Globex Corporation"
+    })
+    .await;
+
+    // A test card, attached to the Stripe customer by its sync.
+    let (status, pm) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/customers/{id}/payment-methods"),
+            &json!({"token": "4242424242424242", "exp_month": 12, "exp_year": 2040}),
+        )
+        .await;
+    assert_eq!(status, 201, "{pm}");
+    let pm_uuid = shared::ids::PaymentMethodId::parse(pm["id"].as_str().unwrap())
+        .unwrap()
+        .as_uuid();
+    let attached = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT stripe_payment_method_id FROM payment_methods WHERE id = $1 \
+             AND sync_status = 'synced'",
+        )
+        .bind(pm_uuid)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+        .flatten()
+    };
+    wait_for("the card to attach", LIMIT, || async {
+        attached().await.is_some()
+    })
+    .await;
+    let stripe_pm = attached().await.unwrap();
+    let at_stripe = read(format!("payment_methods/{stripe_pm}")).await;
+    assert_eq!(at_stripe["customer"], cus.as_str(), "{at_stripe}");
+    // One Stripe customer however often the jobs ran.
+    let all = read("customers".into()).await;
+    let named: Vec<&Value> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["metadata"]["platform_customer_id"] == id.as_str())
+        .collect();
+    assert_eq!(named.len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn a_charge_on_a_connected_account_carries_the_platform_fee_and_a_decline_is_an_outcome() {
     let fake = StripeFake::start().await;
     let env = stripe_env(&fake, &[]).await;

@@ -1,6 +1,7 @@
-//! The Stripe sync state of catalog objects (products and prices; a plan is both): `pending` while a
-//! `stripe_sync` job owes Stripe the latest version, `synced`, `failed` (retrying), or
-//! `not_synced` when the tenant has no Stripe for the mode.
+//! The Stripe sync state of the objects Stripe mirrors (products and prices, a plan being both;
+//! customers and their payment methods): `pending` while a `stripe_sync` job owes Stripe the
+//! latest version, `synced`, `failed` (retrying), or `not_synced` when the tenant has no Stripe
+//! for the mode.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -25,18 +26,39 @@ crate::text_enum! {
     }
 }
 
-/// A kind of catalog object Stripe mirrors.
+/// A kind of object Stripe mirrors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
     Product,
     Price,
+    Customer,
+    PaymentMethod,
 }
 
 impl Synced {
+    pub const ALL: [Synced; 4] = [
+        Synced::Product,
+        Synced::Price,
+        Synced::Customer,
+        Synced::PaymentMethod,
+    ];
+
     fn table(self) -> &'static str {
         match self {
             Synced::Product => "products",
             Synced::Price => "prices",
+            Synced::Customer => "customers",
+            Synced::PaymentMethod => "payment_methods",
+        }
+    }
+
+    /// The column of its Stripe id.
+    fn stripe_id(self) -> &'static str {
+        match self {
+            Synced::Product => "stripe_product_id",
+            Synced::Price => "stripe_price_id",
+            Synced::Customer => "stripe_customer_id",
+            Synced::PaymentMethod => "stripe_payment_method_id",
         }
     }
 }
@@ -72,7 +94,7 @@ pub async fn schedule_all_unsynced(
     now: DateTime<Utc>,
 ) -> Result<usize, DbError> {
     let mut n = 0;
-    for what in [Synced::Product, Synced::Price] {
+    for what in Synced::ALL {
         let ids: Vec<(Uuid,)> = sqlx::query_as(sqlf!(
             "UPDATE {} SET sync_status = 'pending', sync_error = NULL \
              WHERE tenant_id = $1 AND livemode = $2 AND synced_version < sync_version \
@@ -129,41 +151,20 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// The Stripe id columns of a kind, each with the value to keep when given.
-fn stripe_ids<'a>(
-    what: Synced,
-    product: Option<&'a str>,
-    price: Option<&'a str>,
-) -> Vec<(&'static str, Option<&'a str>)> {
-    match what {
-        Synced::Product => vec![("stripe_product_id", product)],
-        Synced::Price => vec![("stripe_price_id", price)],
-    }
-}
-
-/// `col = COALESCE($n, col), …` for the id columns, numbered from `first`.
-fn set_ids(cols: &[(&'static str, Option<&str>)], first: usize) -> String {
-    cols.iter()
-        .enumerate()
-        .map(|(i, (c, _))| format!("{c} = COALESCE(${}, {c}), ", first + i))
-        .collect()
-}
-
-/// Stripe has `version`: records the Stripe ids, and `synced` unless a newer version came in
-/// meanwhile (its own job then runs).
+/// Stripe has `version`: records the Stripe id (when given), and `synced` unless a newer
+/// version came in meanwhile (its own job then runs).
 pub async fn mark_synced(
     pool: &PgPool,
     what: Synced,
     id: Uuid,
     version: i32,
-    stripe_product_id: Option<&str>,
-    stripe_price_id: Option<&str>,
+    stripe_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    let cols = stripe_ids(what, stripe_product_id, stripe_price_id);
-    let set = set_ids(&cols, 4);
-    let mut q = sqlx::query(sqlf!(
-        "UPDATE {} SET {set}synced_version = GREATEST(synced_version, $2), synced_at = $3, \
+    let col = what.stripe_id();
+    sqlx::query(sqlf!(
+        "UPDATE {} SET {col} = COALESCE($4, {col}), \
+         synced_version = GREATEST(synced_version, $2), synced_at = $3, \
          sync_status = CASE WHEN sync_version <= GREATEST(synced_version, $2) THEN 'synced' \
                        ELSE sync_status END, \
          sync_error = CASE WHEN sync_version <= GREATEST(synced_version, $2) THEN NULL \
@@ -173,31 +174,42 @@ pub async fn mark_synced(
     ))
     .bind(id)
     .bind(version)
-    .bind(now);
-    for (_, v) in &cols {
-        q = q.bind(*v);
-    }
-    q.execute(pool).await?;
+    .bind(now)
+    .bind(stripe_id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Records a Stripe id as soon as it exists (before the rest of the sync finishes), so a crash
 /// between creating it and recording the outcome cannot lead to a second object.
-pub async fn record_stripe_ids(
+pub async fn record_stripe_id(
     pool: &PgPool,
     what: Synced,
     id: Uuid,
-    stripe_product_id: Option<&str>,
-    stripe_price_id: Option<&str>,
+    stripe_id: &str,
 ) -> Result<(), DbError> {
-    let cols = stripe_ids(what, stripe_product_id, stripe_price_id);
-    let set = set_ids(&cols, 2);
-    let set = set.trim_end_matches(", ");
-    let mut q = sqlx::query(sqlf!("UPDATE {} SET {set} WHERE id = $1", what.table())).bind(id);
-    for (_, v) in &cols {
-        q = q.bind(*v);
-    }
-    q.execute(pool).await?;
+    sqlx::query(sqlf!(
+        "UPDATE {} SET {} = $2 WHERE id = $1",
+        what.table(),
+        what.stripe_id()
+    ))
+    .bind(id)
+    .bind(stripe_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A new version of an object that Stripe mirrors (a customer changed): bumps its version.
+pub async fn bump(conn: &mut PgConnection, what: Synced, id: Uuid) -> Result<(), DbError> {
+    sqlx::query(sqlf!(
+        "UPDATE {} SET sync_version = sync_version + 1 WHERE id = $1",
+        what.table()
+    ))
+    .bind(id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -221,6 +233,8 @@ pub async fn forget_stripe_ids(conn: &mut PgConnection, scope: Scope) -> Result<
     for (table, ids) in [
         ("products", "stripe_product_id = NULL"),
         ("prices", "stripe_price_id = NULL"),
+        ("customers", "stripe_customer_id = NULL"),
+        ("payment_methods", "stripe_payment_method_id = NULL"),
     ] {
         sqlx::query(sqlf!(
             "UPDATE {table} SET {ids}, synced_version = 0, sync_status = 'not_synced', \

@@ -36,6 +36,9 @@ pub struct CustomerRow {
     pub updated_at: DateTime<Utc>,
     /// The tax rates its invoices apply (empty: the tenant's default rates).
     pub tax_rate_ids: Vec<uuid::Uuid>,
+    /// Its mirror on the tenant's connected Stripe account, and where its sync stands.
+    pub stripe_customer_id: Option<String>,
+    pub sync_status: crate::db::catalog_sync::SyncStatus,
 }
 
 impl CustomerRow {
@@ -52,6 +55,8 @@ impl CustomerRow {
             "address": self.address,
             "tax_ids": self.tax_ids,
             "tax_exempt": self.tax_exempt,
+            "stripe_customer_id": self.stripe_customer_id,
+            "sync_status": self.sync_status.as_str(),
             "tax_rates": self
                 .tax_rate_ids
                 .iter()
@@ -70,7 +75,7 @@ impl CustomerRow {
 
 const COLUMNS: &str = "id, tenant_id, livemode, email, name, external_id, currency, timezone, \
     address, tax_ids, tax_exempt, invoice_prefix, metadata, balance, test_clock_id, created_at, \
-    updated_at, tax_rate_ids";
+    updated_at, tax_rate_ids, stripe_customer_id, sync_status";
 
 /// A customer to create.
 #[derive(Debug)]

@@ -117,3 +117,76 @@ pub async fn refund_for_event(
         )
     }))
 }
+
+/// What a `stripe_sync` job of a customer reads of it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncedCustomer {
+    pub id: crate::ids::CustomerId,
+    pub tenant_id: crate::ids::TenantId,
+    pub livemode: bool,
+    pub name: String,
+    pub email: Option<String>,
+    pub metadata: serde_json::Value,
+    pub stripe_customer_id: Option<String>,
+    pub sync_version: i32,
+    pub synced_version: i32,
+    pub deleted: bool,
+}
+
+impl SyncedCustomer {
+    pub fn scope(&self) -> crate::tenancy::Scope {
+        crate::tenancy::Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+}
+
+/// The customer a `stripe_sync` job names.
+pub async fn customer(pool: &PgPool, id: Uuid) -> Result<SyncedCustomer, DbError> {
+    sqlx::query_as::<_, SyncedCustomer>(
+        "SELECT id, tenant_id, livemode, name, email, metadata, stripe_customer_id, \
+         sync_version, synced_version, deleted_at IS NOT NULL AS deleted \
+         FROM customers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}
+
+/// What a `stripe_sync` job of a payment method reads of it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncedPaymentMethod {
+    pub id: crate::ids::PaymentMethodId,
+    pub tenant_id: crate::ids::TenantId,
+    pub livemode: bool,
+    pub customer_id: crate::ids::CustomerId,
+    pub gateway_token: String,
+    pub stripe_payment_method_id: Option<String>,
+    pub sync_version: i32,
+    pub synced_version: i32,
+    pub detached: bool,
+}
+
+impl SyncedPaymentMethod {
+    pub fn scope(&self) -> crate::tenancy::Scope {
+        crate::tenancy::Scope {
+            tenant_id: self.tenant_id,
+            livemode: self.livemode,
+        }
+    }
+}
+
+/// The payment method a `stripe_sync` job names.
+pub async fn payment_method(pool: &PgPool, id: Uuid) -> Result<SyncedPaymentMethod, DbError> {
+    sqlx::query_as::<_, SyncedPaymentMethod>(
+        "SELECT id, tenant_id, livemode, customer_id, gateway_token, stripe_payment_method_id, \
+         sync_version, synced_version, detached_at IS NOT NULL AS detached \
+         FROM payment_methods WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(Into::into)
+}

@@ -70,6 +70,8 @@ impl Job {
     pub const DELIVER_WEBHOOK: &'static str = "webhook.deliver";
     pub const SYNC_PRODUCT: &'static str = "stripe.sync_product";
     pub const SYNC_PRICE: &'static str = "stripe.sync_price";
+    pub const SYNC_CUSTOMER: &'static str = "stripe.sync_customer";
+    pub const SYNC_PAYMENT_METHOD: &'static str = "stripe.sync_payment_method";
     pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
     pub const PAY_INVOICE: &'static str = "invoice.pay";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
@@ -90,6 +92,14 @@ impl Job {
                 what: Synced::Price,
                 ..
             } => Self::SYNC_PRICE,
+            Job::SyncCatalog {
+                what: Synced::Customer,
+                ..
+            } => Self::SYNC_CUSTOMER,
+            Job::SyncCatalog {
+                what: Synced::PaymentMethod,
+                ..
+            } => Self::SYNC_PAYMENT_METHOD,
             Job::ProcessStripeEvent { .. } => Self::PROCESS_STRIPE_EVENT,
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
@@ -257,6 +267,8 @@ impl Job {
                 .ok_or_else(|| bad("delivery_id")),
             Self::SYNC_PRODUCT => sync(Synced::Product),
             Self::SYNC_PRICE => sync(Synced::Price),
+            Self::SYNC_CUSTOMER => sync(Synced::Customer),
+            Self::SYNC_PAYMENT_METHOD => sync(Synced::PaymentMethod),
             Self::PROCESS_STRIPE_EVENT => payload["event_id"]
                 .as_str()
                 .filter(|s| !s.is_empty())
@@ -324,6 +336,14 @@ mod tests {
             },
             Job::SyncCatalog {
                 what: Synced::Price,
+                id,
+            },
+            Job::SyncCatalog {
+                what: Synced::Customer,
+                id,
+            },
+            Job::SyncCatalog {
+                what: Synced::PaymentMethod,
                 id,
             },
             Job::ProcessStripeEvent {

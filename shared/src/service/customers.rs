@@ -7,8 +7,10 @@ use sqlx::PgPool;
 
 use super::{ServiceError, ServiceResult, events, settle, tentative};
 use crate::{
+    config::StripeSettings,
     db::{
         self, DbError,
+        catalog_sync::{self, Synced},
         customers::{CustomerChanges, NewCustomer, NewPaymentMethod},
         pagination::{Page, PageRequest},
     },
@@ -64,6 +66,7 @@ pub struct CustomerSpec<'a> {
 pub async fn create_customer(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
+    stripe: &StripeSettings,
     spec: CustomerSpec<'_>,
 ) -> ServiceResult<CustomerRow> {
     let now = uow.now();
@@ -102,6 +105,16 @@ pub async fn create_customer(
     )
     .await
     .map_err(customer_error)?;
+    // Mirrored on the tenant's connected Stripe account, when it has one.
+    catalog_sync::changed(
+        uow.conn(),
+        stripe,
+        Synced::Customer,
+        ctx.scope(),
+        row.id.as_uuid(),
+        now,
+    )
+    .await?;
     events::record(uow, ctx.scope(), "customer.created", row.to_json()).await?;
     Ok(row)
 }
@@ -189,6 +202,7 @@ fn content(c: &CustomerRow) -> Value {
 pub async fn update_customer(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
+    stripe: &StripeSettings,
     id: CustomerId,
     changes: CustomerUpdate<'_>,
 ) -> ServiceResult<CustomerRow> {
@@ -229,6 +243,12 @@ pub async fn update_customer(
     settle(uow, !same).await?;
     if same {
         return Ok(before);
+    }
+    if after.name != before.name || after.email != before.email || after.metadata != before.metadata
+    {
+        let id = after.id.as_uuid();
+        catalog_sync::bump(uow.conn(), Synced::Customer, id).await?;
+        catalog_sync::changed(uow.conn(), stripe, Synced::Customer, ctx.scope(), id, now).await?;
     }
     events::record(uow, ctx.scope(), "customer.updated", after.to_json()).await?;
     Ok(after)
@@ -273,6 +293,7 @@ const PAYMENT_METHOD: &str = "payment method";
 pub async fn attach_payment_method(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
+    stripe: &StripeSettings,
     gateway: &Gateway,
     customer: CustomerId,
     token: &str,
@@ -285,11 +306,22 @@ pub async fn attach_payment_method(
                 "must be one of Stripe's test cards (such as 4242 4242 4242 4242) in the sandbox",
             )
         })?,
+        // Stripe's test payment methods, in test mode (attached to the Stripe customer by the
+        // customer's sync).
+        Gateway::Stripe(_) if !ctx.livemode() => {
+            payments::test_card(token.trim()).ok_or_else(|| {
+                ServiceError::invalid(
+                    "token",
+                    "must be one of Stripe's test cards (such as 4242 4242 4242 4242) in test \
+                     mode",
+                )
+            })?
+        }
         Gateway::Stripe(_) => {
             return Err(ServiceError::conflict(
                 "stripe_payment_methods_unsupported",
-                "Attaching payment methods of a connected Stripe account is not supported yet; \
-                 the sandbox takes Stripe's test cards.",
+                "Attaching live payment methods of a connected Stripe account is not supported \
+                 yet.",
             ));
         }
     };
@@ -309,6 +341,15 @@ pub async fn attach_payment_method(
             exp_month: expiry.month,
             exp_year: expiry.year,
         },
+        now,
+    )
+    .await?;
+    catalog_sync::changed(
+        uow.conn(),
+        stripe,
+        Synced::PaymentMethod,
+        ctx.scope(),
+        row.id.as_uuid(),
         now,
     )
     .await?;

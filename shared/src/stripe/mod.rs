@@ -190,6 +190,20 @@ pub struct PaymentIntent {
     pub status: String,
 }
 
+#[derive(serde::Serialize)]
+struct Attach<'a> {
+    customer: &'a str,
+}
+
+/// A Stripe Customer to create or update (form-encoded as Stripe takes it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CustomerSpec<'a> {
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<&'a str>,
+    pub metadata: HashMap<String, String>,
+}
+
 /// A Stripe Product to create or update.
 #[derive(Debug, Clone)]
 pub struct ProductSpec<'a> {
@@ -324,6 +338,63 @@ impl Stripe {
             .send(livemode, Some(account), Some(idempotency_key), req.build())
             .await?;
         Ok(())
+    }
+
+    /// Creates a customer on the connected account; returns its id.
+    pub async fn create_customer(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        c: &CustomerSpec<'_>,
+    ) -> Result<String, Failure> {
+        let req = RequestBuilder::new(stripe_client_core::StripeMethod::Post, "/customers").form(c);
+        let created: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req)
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Brings a customer of the connected account up to date.
+    pub async fn update_customer(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        id: &str,
+        c: &CustomerSpec<'_>,
+    ) -> Result<(), Failure> {
+        let req = RequestBuilder::new(
+            stripe_client_core::StripeMethod::Post,
+            format!("/customers/{id}"),
+        )
+        .form(c);
+        let _: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req)
+            .await?;
+        Ok(())
+    }
+
+    /// Attaches a payment method (or one of Stripe's test payment methods, such as
+    /// `pm_card_visa`, which makes a new one) to a customer of the connected account; returns
+    /// the attached payment method's id.
+    pub async fn attach_payment_method(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        payment_method: &str,
+        customer: &str,
+    ) -> Result<String, Failure> {
+        let req = RequestBuilder::new(
+            stripe_client_core::StripeMethod::Post,
+            format!("/payment_methods/{payment_method}/attach"),
+        )
+        .form(&Attach { customer });
+        let attached: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req)
+            .await?;
+        Ok(attached.id)
     }
 
     pub async fn create_price(

@@ -20,7 +20,7 @@ use shared::{
     },
     ids::{PlanId, ProductId},
     jobs::{Claimed, Finished, Outcome},
-    stripe::{Failure, PriceSpec, ProductSpec, Scheme},
+    stripe::{CustomerSpec, Failure, PriceSpec, ProductSpec, Scheme},
     tenancy::Scope,
 };
 use uuid::Uuid;
@@ -92,6 +92,8 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: Synced) -> Finished {
     let result = match what {
         Synced::Product => sync_product(rt, id, PlanPrice::Along).await.map(|_| ()),
         Synced::Price => sync_price(rt, id).await,
+        Synced::Customer => sync_customer(rt, id).await.map(|_| ()),
+        Synced::PaymentMethod => sync_payment_method(rt, id).await,
     };
     let now = rt.clock.now();
     let outcome = match result {
@@ -146,6 +148,12 @@ async fn current_version(rt: &Runtime, what: Synced, id: Uuid) -> i32 {
             .await
             .map(|p| p.sync_version),
         Synced::Price => unscoped::price(&rt.pool, id).await.map(|p| p.sync_version),
+        Synced::Customer => unscoped::customer(&rt.pool, id)
+            .await
+            .map(|c| c.sync_version),
+        Synced::PaymentMethod => unscoped::payment_method(&rt.pool, id)
+            .await
+            .map(|p| p.sync_version),
     }
     .unwrap_or(0)
 }
@@ -213,14 +221,7 @@ impl<'a> Run<'a> {
             let created = self
                 .call(stripe.create_product(lm, acct, &key, spec))
                 .await?;
-            catalog_sync::record_stripe_ids(
-                &self.rt.pool,
-                self.what,
-                self.id,
-                Some(&created),
-                None,
-            )
-            .await?;
+            catalog_sync::record_stripe_id(&self.rt.pool, self.what, self.id, &created).await?;
             return Ok(created);
         };
         if self.changed() {
@@ -246,14 +247,7 @@ impl<'a> Run<'a> {
             let created = self
                 .call(stripe.create_price(lm, acct, &key, &spec()?))
                 .await?;
-            catalog_sync::record_stripe_ids(
-                &self.rt.pool,
-                self.what,
-                self.id,
-                None,
-                Some(&created),
-            )
-            .await?;
+            catalog_sync::record_stripe_id(&self.rt.pool, self.what, self.id, &created).await?;
             if !active {
                 self.call(stripe.set_price_active(lm, acct, &active_key, &created, false))
                     .await?;
@@ -267,14 +261,13 @@ impl<'a> Run<'a> {
         Ok(existing.clone())
     }
 
-    async fn synced(&self, product: Option<&str>, price: Option<&str>) -> Result<(), Stop> {
+    async fn synced(&self, stripe_id: Option<&str>) -> Result<(), Stop> {
         catalog_sync::mark_synced(
             &self.rt.pool,
             self.what,
             self.id,
             self.version,
-            product,
-            price,
+            stripe_id,
             self.rt.clock.now(),
         )
         .await?;
@@ -324,7 +317,7 @@ async fn sync_product(rt: &Runtime, id: Uuid, plan_price: PlanPrice) -> Result<S
             },
         )
         .await?;
-    run.synced(Some(&stripe_id), None).await?;
+    run.synced(Some(&stripe_id)).await?;
     if p.plan && plan_price == PlanPrice::Along {
         let price = unscoped::plan_price(&rt.pool, id).await?;
         if let Some(price) = price.filter(|pr| pr.synced_version < pr.sync_version) {
@@ -415,5 +408,72 @@ async fn sync_price(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
             p.active,
         )
         .await?;
-    run.synced(None, Some(&stripe_id)).await
+    run.synced(Some(&stripe_id)).await
+}
+
+/// Creates the customer on the connected account once (its id recorded at once), or brings it
+/// up to date; returns its Stripe id. A deleted customer is left as Stripe has it.
+async fn sync_customer(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
+    let c = unscoped::customer(&rt.pool, id).await?;
+    let scope = c.scope();
+    let key = c.id.to_string();
+    let versions = (c.sync_version, c.synced_version);
+    let run = Run::new(rt, Synced::Customer, id, key.clone(), scope, versions).await?;
+    let (stripe, lm, acct) = (&rt.stripe, scope.livemode(), &run.account);
+    let spec = CustomerSpec {
+        name: &c.name,
+        email: c.email.as_deref(),
+        metadata: metadata("customer", &key, scope, &c.metadata),
+    };
+    let stripe_id = match &c.stripe_customer_id {
+        None => {
+            let created = run
+                .call(stripe.create_customer(lm, acct, &format!("{key}-customer"), &spec))
+                .await?;
+            catalog_sync::record_stripe_id(&rt.pool, Synced::Customer, id, &created).await?;
+            created
+        }
+        Some(existing) => {
+            if run.changed() && !c.deleted {
+                let k = format!("{key}-customer-v{}", run.version);
+                run.call(stripe.update_customer(lm, acct, &k, existing, &spec))
+                    .await?;
+            }
+            existing.clone()
+        }
+    };
+    run.synced(Some(&stripe_id)).await?;
+    Ok(stripe_id)
+}
+
+/// Attaches a payment method to its customer on the connected account once (the customer
+/// synced first); its Stripe id is recorded at once.
+async fn sync_payment_method(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
+    let pm = unscoped::payment_method(&rt.pool, id).await?;
+    let scope = pm.scope();
+    let key = pm.id.to_string();
+    if pm.stripe_payment_method_id.is_some() || pm.detached {
+        let versions = (pm.sync_version, pm.synced_version);
+        let run = Run::new(rt, Synced::PaymentMethod, id, key, scope, versions).await?;
+        return run.synced(None).await;
+    }
+    let versions = (pm.sync_version, pm.synced_version);
+    let run = Run::new(rt, Synced::PaymentMethod, id, key.clone(), scope, versions).await?;
+    let customer = match unscoped::customer(&rt.pool, pm.customer_id.as_uuid()).await? {
+        c if c.stripe_customer_id.is_some() && c.synced_version >= c.sync_version => {
+            c.stripe_customer_id.unwrap_or_default()
+        }
+        _ => sync_customer(rt, pm.customer_id.as_uuid()).await?,
+    };
+    let attached = run
+        .call(rt.stripe.attach_payment_method(
+            scope.livemode(),
+            &run.account,
+            &format!("{key}-attach"),
+            &pm.gateway_token,
+            &customer,
+        ))
+        .await?;
+    catalog_sync::record_stripe_id(&rt.pool, Synced::PaymentMethod, id, &attached).await?;
+    run.synced(Some(&attached)).await
 }
