@@ -22,7 +22,7 @@ use shared::{
 
 use super::{
     ApiTags,
-    dto::{metadata, page_request},
+    dto::{metadata, optional_id, page_request},
     invoice_items::MAX_ITEM_AMOUNT,
 };
 use crate::{
@@ -260,16 +260,6 @@ pub enum CreatedRefund {
     Accepted(Json<RefundOut>),
 }
 
-fn field_id<T, E: std::fmt::Display>(
-    field: &str,
-    raw: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, E>,
-) -> Result<Option<T>, ApiError> {
-    raw.map(parse)
-        .transpose()
-        .map_err(|e| ApiError::validation(field, e.to_string()))
-}
-
 fn amount_in(field: &str, v: Option<i64>) -> Result<Option<i64>, ApiError> {
     match v {
         Some(a) if !(1..=MAX_ITEM_AMOUNT).contains(&a) => Err(ApiError::validation(
@@ -335,7 +325,7 @@ impl CreditNotesApi {
         let mut lines = Vec::new();
         for (i, l) in lines_in.iter().enumerate() {
             let amount = amount_in(&format!("lines[{i}].amount"), l.amount)?;
-            let line = field_id(
+            let line = optional_id(
                 &format!("lines[{i}].invoice_line"),
                 l.invoice_line.as_deref(),
                 InvoiceLineId::parse,
@@ -445,8 +435,8 @@ impl CreditNotesApi {
         ending_before: Query<Option<String>>,
     ) -> Result<Json<CreditNoteList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let invoice = field_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?;
-        let customer = field_id("customer", customer.0.as_deref(), CustomerId::parse)?;
+        let invoice = optional_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?;
+        let customer = optional_id("customer", customer.0.as_deref(), CustomerId::parse)?;
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             CreditNoteId::parse(s).map(|id| id.as_uuid())
         })?;
@@ -548,7 +538,7 @@ impl RefundsApi {
         ending_before: Query<Option<String>>,
     ) -> Result<Json<RefundList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let payment = field_id("payment", payment.0.as_deref(), PaymentId::parse)?;
+        let payment = optional_id("payment", payment.0.as_deref(), PaymentId::parse)?;
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             RefundId::parse(s).map(|id| id.as_uuid())
         })?;

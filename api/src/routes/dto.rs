@@ -200,6 +200,17 @@ pub fn metadata(
         .map_err(crate::error::ApiError::invalid("metadata"))
 }
 
+/// An optional id given in a body or a query (`400 field` when malformed).
+pub fn optional_id<T, E: std::fmt::Display>(
+    field: &str,
+    raw: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Option<T>, crate::error::ApiError> {
+    raw.map(parse)
+        .transpose()
+        .map_err(|e| crate::error::ApiError::validation(field, e.to_string()))
+}
+
 /// The problem for a field that cannot change after creation.
 pub fn immutable(field: &str, what: &str) -> crate::error::ApiError {
     crate::error::ApiError {

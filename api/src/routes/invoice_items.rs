@@ -22,7 +22,7 @@ use shared::{
 
 use super::{
     ApiTags,
-    dto::{metadata, page_request},
+    dto::{metadata, optional_id, page_request},
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -153,16 +153,6 @@ fn item_id(raw: &str) -> Result<InvoiceItemId, ApiError> {
     InvoiceItemId::parse(raw).map_err(|_| ApiError::not_found("invoice item"))
 }
 
-fn field_id<T, E: std::fmt::Display>(
-    field: &'static str,
-    raw: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, E>,
-) -> Result<Option<T>, ApiError> {
-    raw.map(parse)
-        .transpose()
-        .map_err(|e| ApiError::validation(field, e.to_string()))
-}
-
 /// The largest amount (and unit amount) of an item, either way: 999,999,999,999 minor units.
 pub const MAX_ITEM_AMOUNT: i64 = 999_999_999_999;
 
@@ -181,7 +171,7 @@ fn amount_of(b: &InvoiceItemIn) -> Result<ItemAmount, ApiError> {
         Some(q @ 1..=1_000_000) => i64::from(q),
         Some(_) => return Err(ApiError::validation("quantity", "must be 1 to 1000000")),
     };
-    let price = field_id("price", b.price.as_deref(), PriceId::parse)?;
+    let price = optional_id("price", b.price.as_deref(), PriceId::parse)?;
     match (b.amount, b.unit_amount, price) {
         (Some(amount), None, None) => {
             if b.quantity.is_some() {
@@ -266,7 +256,7 @@ impl InvoiceItemsApi {
                 ));
             }
         };
-        let invoice = field_id("invoice", b.invoice.as_deref(), InvoiceId::parse)?;
+        let invoice = optional_id("invoice", b.invoice.as_deref(), InvoiceId::parse)?;
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
         let row = service::create_item(
@@ -317,8 +307,8 @@ impl InvoiceItemsApi {
     ) -> Result<Json<InvoiceItemList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
         let filter = InvoiceItemFilter {
-            customer: field_id("customer", customer.0.as_deref(), CustomerId::parse)?,
-            invoice: field_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?,
+            customer: optional_id("customer", customer.0.as_deref(), CustomerId::parse)?,
+            invoice: optional_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?,
             pending: pending.0,
         };
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {

@@ -27,7 +27,7 @@ use shared::{
 
 use super::{
     ApiTags,
-    dto::{metadata, page_request},
+    dto::{metadata, optional_id, page_request},
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -355,16 +355,6 @@ fn invoice_id(raw: &str) -> Result<InvoiceId, ApiError> {
     InvoiceId::parse(raw).map_err(|_| ApiError::not_found("invoice"))
 }
 
-fn filter_id<T, E: std::fmt::Display>(
-    field: &'static str,
-    raw: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, E>,
-) -> Result<Option<T>, ApiError> {
-    raw.map(parse)
-        .transpose()
-        .map_err(|e| ApiError::validation(field, e.to_string()))
-}
-
 #[OpenApi]
 impl InvoicesApi {
     /// Create a one-off invoice
@@ -558,8 +548,8 @@ impl InvoicesApi {
     ) -> Result<Json<InvoiceList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
         let filter = InvoiceFilter {
-            customer: filter_id("customer", customer.0.as_deref(), CustomerId::parse)?,
-            subscription: filter_id(
+            customer: optional_id("customer", customer.0.as_deref(), CustomerId::parse)?,
+            subscription: optional_id(
                 "subscription",
                 subscription.0.as_deref(),
                 SubscriptionId::parse,
@@ -751,7 +741,7 @@ impl PaymentsApi {
         ending_before: Query<Option<String>>,
     ) -> Result<Json<PaymentList>, ApiError> {
         let ctx = auth.require(Permission::ReadBilling)?;
-        let invoice = filter_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?;
+        let invoice = optional_id("invoice", invoice.0.as_deref(), InvoiceId::parse)?;
         let page = page_request(limit.0, starting_after.0, ending_before.0, |s| {
             PaymentId::parse(s).map(|id| id.as_uuid())
         })?;

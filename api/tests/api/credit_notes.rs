@@ -7,35 +7,9 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
+    one_off_invoices::customer,
     subscriptions::{get, json_of, run_due, scope},
 };
-
-async fn customer(app: &TestApp, key: &Cred, card: Option<&str>) -> String {
-    let c = json_of(
-        app.post(
-            "/api/v1/customers",
-            key,
-            &json!({"name": "Hooli", "currency": "usd"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = s(&c["id"]);
-    if let Some(card) = card {
-        json_of(
-            app.post(
-                &format!("/api/v1/customers/{id}/payment-methods"),
-                key,
-                &json!({"token": card, "exp_month": 12, "exp_year": 2040}),
-            )
-            .await,
-            StatusCode::CREATED,
-        )
-        .await;
-    }
-    id
-}
 
 /// A finalized one-off invoice of these (description, amount) lines.
 async fn invoice(app: &TestApp, key: &Cred, cus: &str, lines: &[(&str, i64)], send: bool) -> Value {

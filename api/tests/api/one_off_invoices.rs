@@ -12,7 +12,8 @@ use crate::{
     test_clocks::{advance, clock, customer_on, monthly_plan},
 };
 
-async fn customer(app: &TestApp, key: &Cred, card: Option<&str>) -> String {
+/// A customer paying in dollars, optionally with a card.
+pub async fn customer(app: &TestApp, key: &Cred, card: Option<&str>) -> String {
     let c = json_of(
         app.post(
             "/api/v1/customers",
