@@ -263,7 +263,18 @@ pub async fn delete_item(
         .map_err(ServiceError::not_found(ITEM))?;
     // Invoice first, then item: the order in which a draft's changes lock them.
     let draft = match unlocked.invoice_id {
-        Some(invoice) => Some(db::invoices::lock(uow.conn(), scope, invoice).await?),
+        Some(invoice) => Some(
+            db::invoices::lock(uow.conn(), scope, invoice)
+                .await
+                .map_err(|e| match e {
+                    // The draft was deleted meanwhile: the item is pending again.
+                    db::DbError::NotFound => ServiceError::conflict(
+                        "invoice_item_changed",
+                        "The item's draft was deleted meanwhile; read the item again.",
+                    ),
+                    other => other.into(),
+                })?,
+        ),
         None => None,
     };
     let item = db::invoices::get_item(uow.conn(), scope, id, true)
