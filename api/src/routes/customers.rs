@@ -960,7 +960,7 @@ mod tests {
             test_clock_id: None,
             tax_rate_ids: vec![],
             stripe_customer_id: None,
-            sync_status: shared::db::catalog_sync::SyncStatus::NotSynced,
+            sync_status: shared::service::customers::SyncStatus::NotSynced,
             created_at: Utc.with_ymd_and_hms(2026, 1, 31, 1, 2, 3).unwrap(),
             updated_at: Utc.with_ymd_and_hms(2026, 2, 1, 1, 2, 3).unwrap(),
         }

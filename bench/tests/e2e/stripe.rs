@@ -681,6 +681,18 @@ async fn localstripe() -> LocalStripe {
     ls
 }
 
+/// localstripe has no Connect: the tenant's account is recorded as onboarded directly.
+async fn connect_localstripe(env: &Env, tenant: &str) {
+    sqlx::query(
+        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
+         VALUES ($1, false, 'acct_localstripe', 'connected', now())",
+    )
+    .bind(shared::ids::TenantId::parse(tenant).unwrap())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_product_syncs_to_localstripe_and_an_update_reaches_it() {
     let ls = localstripe().await;
@@ -692,15 +704,7 @@ async fn a_product_syncs_to_localstripe_and_an_update_reaches_it() {
     .await;
     let api = env.api().await;
     let tenant = api.register("localstripe@example.com").await;
-    // localstripe has no Connect: the account is recorded as onboarded directly.
-    sqlx::query(
-        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
-         VALUES ($1, false, 'acct_localstripe', 'connected', now())",
-    )
-    .bind(shared::ids::TenantId::parse(&tenant.id).unwrap())
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    connect_localstripe(&env, &tenant.id).await;
     let worker = env.worker().await;
     let (status, product) = api
         .post(
@@ -769,14 +773,7 @@ async fn a_customer_and_its_card_sync_to_localstripe_and_an_update_reaches_it() 
     .await;
     let api = env.api().await;
     let tenant = api.register("customers-localstripe@example.com").await;
-    sqlx::query(
-        "INSERT INTO stripe_accounts (tenant_id, livemode, account_id, status, updated_at) \
-         VALUES ($1, false, 'acct_localstripe', 'connected', now())",
-    )
-    .bind(shared::ids::TenantId::parse(&tenant.id).unwrap())
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    connect_localstripe(&env, &tenant.id).await;
     let worker = env.worker().await;
     let (status, customer) = api
         .post(

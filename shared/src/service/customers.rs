@@ -29,7 +29,10 @@ use crate::{
 };
 
 /// What the operations of this module return.
-pub use crate::db::customers::{CustomerRow, PaymentMethodRow};
+pub use crate::db::{
+    catalog_sync::SyncStatus,
+    customers::{CustomerRow, PaymentMethodRow},
+};
 
 const WHAT: &str = "customer";
 

@@ -656,6 +656,29 @@ pub async fn cancel_subscription(
     view(uow, scope, sub).await
 }
 
+/// What was billed for an item over the period that ends at `period_end` and is unused from
+/// `at` on: each billed line (after discount) for its unused seconds, rounded on its own.
+async fn unused_billed(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    item: SubscriptionItemId,
+    period_end: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> ServiceResult<i64> {
+    use crate::domain::period::prorated;
+    let billed = db::invoices::billed_for_item(uow.conn(), scope, item, period_end).await?;
+    Ok(billed
+        .iter()
+        .map(|(amount, start, end)| {
+            prorated(
+                *amount,
+                (*end - at.max(*start)).num_seconds(),
+                (*end - *start).num_seconds(),
+            )
+        })
+        .sum())
+}
+
 /// Credits what was billed for the rest of the current period, item by item, by the same
 /// rule as a change's prorations (each billed line of the period, credited for its unused
 /// seconds, rounded on its own): a credit note on the period's invoice. On an open invoice it
@@ -667,7 +690,7 @@ async fn credit_unused_time(
     sub: &SubscriptionRow,
 ) -> ServiceResult<()> {
     use super::credit_notes::{self, CreditReason, NoteLine, NoteSpec, Split};
-    use crate::domain::{invoice::InvoiceStatus, period::prorated};
+    use crate::domain::invoice::InvoiceStatus;
     let at = uow.now();
     if at >= sub.current_period_end {
         return Ok(());
@@ -689,19 +712,7 @@ async fn credit_unused_time(
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
     let mut credits: Vec<(String, i64)> = Vec::new();
     for item in &items {
-        let billed =
-            db::invoices::billed_for_item(uow.conn(), scope, item.id, sub.current_period_end)
-                .await?;
-        let unused: i64 = billed
-            .iter()
-            .map(|(amount, start, end)| {
-                prorated(
-                    *amount,
-                    (*end - at.max(*start)).num_seconds(),
-                    (*end - *start).num_seconds(),
-                )
-            })
-            .sum();
+        let unused = unused_billed(uow, scope, item.id, sub.current_period_end, at).await?;
         let credit = unused.min(left);
         if credit > 0 {
             left -= credit;
@@ -1261,16 +1272,7 @@ async fn proration_lines(
         // Created one after the other, so that they come out in this order.
         let created = now + Duration::microseconds(i64::try_from(n * 2).unwrap_or(0));
         if let Some(old) = old {
-            let billed =
-                db::invoices::billed_for_item(uow.conn(), scope, old.id, period.end).await?;
-            let credit: i64 = billed
-                .iter()
-                .map(|(amount, start, end)| {
-                    let covered = (*end - *start).num_seconds();
-                    let unused = (*end - at.max(*start)).num_seconds();
-                    prorated(*amount, unused, covered)
-                })
-                .sum();
+            let credit = unused_billed(uow, scope, old.id, period.end, at).await?;
             if credit != 0 {
                 lines.push(db::invoices::PendingLine {
                     id: InvoiceItemId::new(),
