@@ -88,63 +88,12 @@ async fn main() -> anyhow::Result<()> {
     let tenant = scope.tenant_id().as_uuid();
 
     // N customers with a card and an active subscription whose period has just ended, in
-    // bulk (the subscriptions' own creation is not what is measured).
-    // Whole seconds, as periods are.
-    let now = Utc::now().trunc_subsecs(0);
-    let ended = now - chrono::Duration::seconds(1);
-    let started_at = ended - chrono::Duration::days(30);
-    let mut conn = pool.acquire().await?;
-    sqlx::query(
-        "INSERT INTO customers (id, tenant_id, livemode, name, currency, created_at, updated_at) \
-         SELECT gen_random_uuid(), $1, FALSE, 'Customer ' || g, 'usd', $2, $2 \
-         FROM generate_series(1, $3) g",
-    )
-    .bind(tenant)
-    .bind(now)
-    .bind(n as i64)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO payment_methods (id, tenant_id, livemode, customer_id, gateway_token, \
-         brand, last4, exp_month, exp_year, is_default, created_at) \
-         SELECT gen_random_uuid(), $1, FALSE, id, 'pm_card_visa', 'visa', '4242', 12, 2040, \
-         TRUE, $2 FROM customers WHERE tenant_id = $1",
-    )
-    .bind(tenant)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    let subs: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO subscriptions (id, tenant_id, livemode, customer_id, status, currency, \
-         interval, interval_count, timezone, billing_cycle_anchor, current_period_index, \
-         current_period_start, current_period_end, collection_method, proration_behavior, \
-         created_at, updated_at) \
-         SELECT gen_random_uuid(), $1, FALSE, id, 'active', 'usd', 'day', 30, 'UTC', $2, 0, $2, \
-         $3, 'charge_automatically', 'create_prorations', $2, $2 \
-         FROM customers WHERE tenant_id = $1 RETURNING id",
-    )
-    .bind(tenant)
-    .bind(started_at)
-    .bind(ended)
-    .fetch_all(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO subscription_items (id, tenant_id, livemode, subscription_id, price_id, \
-         quantity, created_at) \
-         SELECT gen_random_uuid(), $1, FALSE, id, $2, 1, $3 FROM subscriptions \
-         WHERE tenant_id = $1",
-    )
-    .bind(tenant)
-    .bind(price)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    // A 30-day price, so that the stored interval matches the subscriptions'.
-    sqlx::query("UPDATE prices SET interval = 'day', interval_count = 30 WHERE id = $1")
-        .bind(price)
-        .execute(&mut *conn)
-        .await?;
-    drop(conn);
+    // bulk (the subscriptions' own creation is not what is measured). Whole seconds, as
+    // periods are.
+    let ended = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(1);
+    let subs =
+        bench::due_subscriptions(&pool, tenant, price.as_uuid(), n, ended, |_| "pm_card_visa")
+            .await?;
 
     let mut worker = Command::new(&worker_bin)
         .envs(&vars)

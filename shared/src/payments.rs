@@ -42,6 +42,11 @@ pub enum ChargeOutcome {
     RequiresAction {
         id: String,
     },
+    /// Accepted and on its way (a bank debit takes days): not paid yet, and not to be charged
+    /// again meanwhile; the gateway's later answer (a Stripe event) settles it.
+    Processing {
+        id: String,
+    },
     /// Declined: `code` such as `card_declined` or `insufficient_funds`.
     Declined {
         code: String,
@@ -102,16 +107,7 @@ impl Gateway {
                     .charge(livemode, c.account, c.idempotency_key, &spec)
                     .await
                 {
-                    Ok(pi) if pi.status == "succeeded" || pi.status == "processing" => {
-                        Ok(ChargeOutcome::Succeeded { id: pi.id })
-                    }
-                    Ok(pi) if pi.status == "requires_action" => {
-                        Ok(ChargeOutcome::RequiresAction { id: pi.id })
-                    }
-                    Ok(pi) => Ok(ChargeOutcome::Declined {
-                        code: pi.status,
-                        message: "The payment did not go through.".into(),
-                    }),
+                    Ok(pi) => Ok(intent_outcome(pi.status, pi.id)),
                     Err(Failure::Declined { code, message }) => {
                         Ok(ChargeOutcome::Declined { code, message })
                     }
@@ -119,6 +115,19 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// What a payment intent's status says of a charge: only `succeeded` is money taken.
+pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
+    match status.as_str() {
+        "succeeded" => ChargeOutcome::Succeeded { id },
+        "processing" => ChargeOutcome::Processing { id },
+        "requires_action" => ChargeOutcome::RequiresAction { id },
+        _ => ChargeOutcome::Declined {
+            code: status,
+            message: "The payment did not go through.".into(),
+        },
     }
 }
 
@@ -345,6 +354,30 @@ mod tests {
         assert_eq!(test_card_tokens().count(), 2 * TEST_CARDS.len());
         assert!(test_card_tokens().all(|t| test_card(t).is_some()));
         assert_eq!(test_card("pm_card_unknown"), None);
+    }
+
+    #[test]
+    fn only_a_succeeded_intent_is_money_taken_and_a_processing_one_is_still_in_flight() {
+        let of = |status: &str| intent_outcome(status.into(), "pi_1".into());
+        assert_eq!(
+            of("succeeded"),
+            ChargeOutcome::Succeeded { id: "pi_1".into() }
+        );
+        assert_eq!(
+            of("processing"),
+            ChargeOutcome::Processing { id: "pi_1".into() }
+        );
+        assert_eq!(
+            of("requires_action"),
+            ChargeOutcome::RequiresAction { id: "pi_1".into() }
+        );
+        assert_eq!(
+            of("requires_payment_method"),
+            ChargeOutcome::Declined {
+                code: "requires_payment_method".into(),
+                message: "The payment did not go through.".into()
+            }
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::{clock::Clock, db::DbError};
+use crate::{
+    clock::Clock,
+    db::{DbError, invoice_numbers::Deferred},
+    domain::customer::InvoicePrefix,
+    ids::{EventId, InvoiceId},
+    tenancy::Scope,
+};
 
 /// Something to do once the work has committed.
 type AfterCommit = Box<dyn FnOnce() + Send>;
@@ -16,6 +22,8 @@ pub struct UnitOfWork {
     tx: Transaction<'static, Postgres>,
     now: DateTime<Utc>,
     after_commit: Vec<AfterCommit>,
+    /// Invoices finalized without their number yet, when numbering is deferred.
+    numbering: Option<Deferred>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -32,7 +40,43 @@ impl UnitOfWork {
             tx: pool.begin().await?,
             now: clock.now(),
             after_commit: Vec::new(),
+            numbering: None,
         })
+    }
+
+    /// Numbers the invoices this work finalizes as its last statements before committing, not
+    /// as it finalizes them: the counter row of a prefix is then locked for the commit only,
+    /// not for the rest of the work, and many invoices finalized in one unit of work take
+    /// their numbers in one statement. The invoices and the events recorded about them in this
+    /// unit of work get the number; nothing reads it before the commit.
+    pub(crate) fn defer_numbering(&mut self) {
+        self.numbering.get_or_insert_with(Deferred::default);
+    }
+
+    /// Whether finalized invoices are numbered at the commit ([`UnitOfWork::defer_numbering`]).
+    pub(crate) fn numbering_deferred(&self) -> bool {
+        self.numbering.is_some()
+    }
+
+    /// Records that `invoice` takes the next number of `prefix` at the commit (numbering
+    /// deferred); in finalization order.
+    pub(crate) fn number_at_commit(
+        &mut self,
+        scope: Scope,
+        prefix: InvoicePrefix,
+        invoice: InvoiceId,
+    ) {
+        self.numbering
+            .get_or_insert_with(Deferred::default)
+            .invoice(scope, prefix, invoice);
+    }
+
+    /// Records that an event about an object was recorded in this unit of work (so that an
+    /// invoice numbered at the commit is numbered in it too).
+    pub(crate) fn recorded_event(&mut self, event: EventId) {
+        if let Some(n) = self.numbering.as_mut() {
+            n.event(event);
+        }
     }
 
     /// The connection of the transaction.
@@ -56,7 +100,10 @@ impl UnitOfWork {
         self.after_commit.push(Box::new(f));
     }
 
-    pub async fn commit(self) -> Result<(), DbError> {
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        if let Some(numbering) = self.numbering.take() {
+            numbering.assign(&mut self.tx, self.now).await?;
+        }
         self.tx.commit().await.map_err(DbError::from)?;
         for f in self.after_commit {
             f();

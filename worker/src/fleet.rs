@@ -48,6 +48,109 @@ fn acker(rt: &Arc<Runtime>, queue: Queue, worker: &str) -> Acker {
     })
 }
 
+/// Runs billing jobs of one kind many per transaction: each job's run end and whether its
+/// outcome was recorded.
+type Together = Batcher<jobs::Claimed, (RunEnd, Result<bool, Arc<String>>)>;
+
+/// The billing jobs a consumer runs in batches: renewals (which share a commit and take
+/// their invoice numbers together at its end) and charges (whose attempts start, and whose
+/// answers are recorded, in one transaction each).
+#[derive(Clone)]
+struct Billing {
+    renewals: Together,
+    charges: Together,
+    /// Bounds the other jobs of the renewals queue (clock advances, refunds, expiries), each
+    /// on its own connections: many in flight would starve the pool.
+    others: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most of the renewals queue's jobs that do not run in batches running at once.
+const OTHER_BILLING_JOBS: usize = 16;
+
+/// Most jobs in one batch, and how many batches of a kind run at once.
+const BILLING_BATCH: usize = 32;
+const BILLING_PARALLEL: usize = 4;
+
+impl Billing {
+    fn new(rt: &Arc<Runtime>) -> Self {
+        let together = |kind: &'static str| {
+            let rt = rt.clone();
+            Batcher::spawn_parallel(
+                BILLING_BATCH,
+                BILLING_PARALLEL,
+                move |batch: Vec<jobs::Claimed>| {
+                    let rt = rt.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(run_together(&rt, kind, batch).await)
+                    }
+                },
+            )
+        };
+        Self {
+            renewals: together(jobs::Job::RENEW_SUBSCRIPTION),
+            charges: together(jobs::Job::PAY_INVOICE),
+            others: Arc::new(tokio::sync::Semaphore::new(OTHER_BILLING_JOBS)),
+        }
+    }
+
+    /// The batcher for jobs of `kind`, when they run in batches.
+    fn of(&self, kind: &str) -> Option<&Together> {
+        match kind {
+            jobs::Job::RENEW_SUBSCRIPTION => Some(&self.renewals),
+            jobs::Job::PAY_INVOICE => Some(&self.charges),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a batch of jobs of `kind` together; when that fails (one job's error undoes the
+/// transaction), one by one, each with its own outcome.
+async fn run_together(
+    rt: &Runtime,
+    kind: &str,
+    batch: Vec<jobs::Claimed>,
+) -> Vec<(RunEnd, Result<bool, Arc<String>>)> {
+    if batch.len() > 1 {
+        let started = Instant::now();
+        let together = match kind {
+            jobs::Job::RENEW_SUBSCRIPTION => crate::jobs::billing::renew_together(rt, &batch).await,
+            jobs::Job::PAY_INVOICE => crate::jobs::billing::pay_together(rt, &batch).await,
+            _ => None,
+        };
+        match together {
+            Some(Ok(done)) => {
+                rt.metrics
+                    .batched
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    kind,
+                    batch = batch.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "billing batch done"
+                );
+                return done
+                    .into_iter()
+                    .map(|(f, recorded)| (end_of(&f.outcome), Ok(recorded)))
+                    .collect();
+            }
+            Some(Err(e)) => {
+                rt.metrics.batch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(error = %e, kind, batch = batch.len(), "batch failed; one by one");
+            }
+            None => {}
+        }
+    }
+    futures_util::future::join_all(batch.iter().map(|job| async move {
+        let finished = crate::jobs::run_generic(rt, job).await;
+        let end = end_of(&finished.outcome);
+        let recorded = finish_one(rt, finished)
+            .await
+            .map_err(|e| Arc::new(e.to_string()));
+        (end, recorded)
+    }))
+    .await
+}
+
 /// How often an idle consumer looks for work.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -96,6 +199,7 @@ fn start(
         .data(rt.clone())
         .data(QueueTag(queue))
         .data(acker(rt, queue, name))
+        .data(Billing::new(rt))
         .concurrency(*rt.settings.worker.concurrency.get(queue))
         .parallelize(tokio::spawn)
         .build(handle);
@@ -114,6 +218,7 @@ async fn handle(
     rt: Data<Arc<Runtime>>,
     tag: Data<QueueTag>,
     acker: Data<Acker>,
+    billing: Data<Billing>,
 ) -> Result<(), BoxDynError> {
     let QueueTag(queue) = *tag;
     let span = tracing::info_span!(
@@ -123,7 +228,9 @@ async fn handle(
         tenant_id = tracing::field::Empty,
         attempt = tracing::field::Empty,
     );
-    process(&rt, queue, msg).instrument(span.clone()).await;
+    process(&rt, queue, msg, &billing)
+        .instrument(span.clone())
+        .await;
     if let Err(e) = acker.call(task_id.to_string()).await {
         span.in_scope(|| tracing::warn!(error = %e, "task not acknowledged in Redis"));
         rt.metrics.ack_failures.fetch_add(1, Ordering::Relaxed);
@@ -141,11 +248,11 @@ fn end_of(outcome: &Outcome) -> RunEnd {
 }
 
 /// Claims and runs one message, then records its outcome.
-pub async fn process(rt: &Runtime, queue: Queue, msg: JobMessage) -> RunEnd {
+async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing) -> RunEnd {
     let started = Instant::now();
     let end = match queue {
         Queue::Webhooks => process_webhook(rt, msg).await,
-        _ => process_generic(rt, queue, msg).await,
+        _ => process_generic(rt, queue, msg, billing).await,
     };
     rt.metrics.ended(queue, end, started.elapsed());
     end
@@ -190,7 +297,7 @@ async fn process_webhook(rt: &Runtime, msg: JobMessage) -> RunEnd {
     record_result(end, recorded)
 }
 
-async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage) -> RunEnd {
+async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing) -> RunEnd {
     let job = match rt.claims.call(msg).await {
         Ok(Some(job)) => job,
         Ok(None) => return RunEnd::Stale,
@@ -200,10 +307,29 @@ async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage) -> RunEnd 
         }
     };
     note_claim(rt, queue, &job);
-    let finished = crate::jobs::run_generic(rt, &job).await;
-    let end = end_of(&finished.outcome);
-    let recorded = finish_one(rt, finished).await;
-    rt.unhold(job.id);
+    let (end, recorded) = if let Some(together) = billing.of(&job.kind) {
+        let id = job.id;
+        let result = match together.call(job).await {
+            Ok((end, recorded)) => (
+                end,
+                recorded.map_err(|e| crate::batch::BatchError::Failed(e).into()),
+            ),
+            Err(e) => (RunEnd::Stale, Err(e.into())),
+        };
+        rt.unhold(id);
+        result
+    } else {
+        let _permit = if queue == Queue::Renewals {
+            billing.others.acquire().await.ok()
+        } else {
+            None
+        };
+        let finished = crate::jobs::run_generic(rt, &job).await;
+        let end = end_of(&finished.outcome);
+        let recorded = finish_one(rt, finished).await;
+        rt.unhold(job.id);
+        (end, recorded)
+    };
     record_result(end, recorded)
 }
 

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub restarts: AtomicU64,
     /// Finished tasks whose acknowledgement in Redis failed.
     pub ack_failures: AtomicU64,
+    /// Billing jobs run in a batch that succeeded together (renewals, charges).
+    pub batched: AtomicU64,
+    /// Batches of billing jobs that failed together and ran one by one.
+    pub batch_failures: AtomicU64,
     /// Memory Redis uses, in bytes.
     pub redis_memory: AtomicI64,
 }
@@ -230,6 +234,16 @@ impl Metrics {
                 "worker_redis_ack_failures_total",
                 "Finished tasks whose removal from Redis failed (they return and are dropped).",
                 &self.ack_failures,
+            ),
+            (
+                "worker_billing_jobs_batched_total",
+                "Renewals and charges run in a batch that succeeded together.",
+                &self.batched,
+            ),
+            (
+                "worker_billing_batch_failures_total",
+                "Batches of renewals or charges that failed together and ran one by one.",
+                &self.batch_failures,
             ),
         ];
         for (name, help, v) in singles {

@@ -104,7 +104,8 @@ pub struct InvoiceOut {
     /// The sum of the lines.
     pub subtotal: i64,
     pub discount: i64,
-    /// All its tax, inclusive and exclusive.
+    /// All its tax, inclusive and exclusive; negative on an invoice that credits more than
+    /// it charges (the tax of what it credits, given back).
     pub tax: i64,
     /// What each tax rate took.
     pub total_tax_amounts: Vec<InvoiceTaxAmountOut>,

@@ -181,6 +181,50 @@ async fn a_payment_awaiting_authentication_is_settled_by_stripe_events_in_any_or
         "open"
     );
 
+    // The customer authenticated and the payment is processing: in flight, not paid; the
+    // invoice stays open and nothing charges it again meanwhile.
+    send_event(
+        &app,
+        "evt_pi_processing",
+        "payment_intent.processing",
+        Some("acct_pi_events"),
+        object.clone(),
+    )
+    .await;
+    assert!(matches!(
+        process(&app, "evt_pi_processing").await,
+        Processed::Now(Status::Applied, _)
+    ));
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    assert_eq!(payments["data"].as_array().unwrap().len(), 1, "{payments}");
+    assert_eq!(payments["data"][0]["status"], "pending");
+    assert_eq!(payments["data"][0]["gateway_id"], json!(intent));
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await["status"],
+        "open"
+    );
+    assert_eq!(
+        get(
+            &app,
+            &key,
+            &format!("/api/v1/subscriptions/{}", crate::helpers::s(&sub["id"])),
+        )
+        .await["status"],
+        "incomplete"
+    );
+    let again = app
+        .post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
+        .await
+        .status();
+    run_due(&app, scope).await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    assert_eq!(
+        payments["data"].as_array().unwrap().len(),
+        1,
+        "asking to pay resumes the attempt in flight, never a second charge: {again} {payments}"
+    );
+    assert_eq!(payments["data"][0]["status"], "pending");
+
     // The customer authenticated: paid, active. Stripe repeats the event: stored once.
     for _ in 0..2 {
         send_event(

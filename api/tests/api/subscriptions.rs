@@ -966,3 +966,189 @@ async fn a_subscription_from_a_bundle_bills_its_prices_with_its_discount_then_th
     assert_eq!(upcoming["discount"], 1200);
     assert_eq!(upcoming["total"], 6799);
 }
+
+/// The renewals due at the app's time, as their jobs name them.
+async fn due_renewals(
+    app: &TestApp,
+    scope: Scope,
+) -> Vec<(Scope, shared::ids::SubscriptionId, DateTime<Utc>)> {
+    let due: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT kind, payload FROM jobs WHERE state = 'pending' AND kind = 'subscription.renew' \
+         AND tenant_id = $1 AND run_at <= $2 ORDER BY id",
+    )
+    .bind(scope.tenant_id().as_uuid())
+    .bind(app.clock.now())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    due.into_iter()
+        .map(
+            |(kind, payload)| match Job::parse(&kind, &payload).unwrap() {
+                Job::RenewSubscription {
+                    subscription,
+                    period_start,
+                } => (scope, subscription, period_start),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect()
+}
+
+#[tokio::test]
+async fn renewals_made_together_number_their_invoices_at_the_commit_and_one_failure_undoes_all() {
+    let app = spawn_app().await;
+    let t = app.register("together@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    // Three customers on the tenant's prefix and one with its own.
+    let mut subs = Vec::new();
+    for i in 0..4 {
+        let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+        if i == 3 {
+            json_of(
+                app.send(
+                    reqwest::Method::PATCH,
+                    &format!("/api/v1/customers/{customer}"),
+                    &key,
+                    Some(&json!({"invoice_prefix": "GLOBEX"})),
+                )
+                .await,
+                StatusCode::OK,
+            )
+            .await;
+        }
+        let sub = subscribe(
+            &app,
+            &key,
+            json!({"customer": customer, "items": [{"plan": plan}]}),
+        )
+        .await;
+        subs.push((s(&sub["id"]), plan));
+    }
+    run_due(&app, scope).await;
+    let first: Vec<String> = {
+        let mut v = Vec::new();
+        for (sub, _) in &subs {
+            v.push(s(&invoices_of(&app, &key, sub).await[0]["number"]));
+        }
+        v
+    };
+    let prefix = first[0].trim_end_matches("-000001").to_owned();
+    assert_eq!(first[1], format!("{prefix}-000002"));
+    assert_eq!(first[3], "GLOBEX-000001");
+
+    app.clock.advance(DAY * 31);
+    let mut due = due_renewals(&app, scope).await;
+    assert_eq!(due.len(), 4, "{due:?}");
+    // A subscription started now is not due for a month: its renewal fails, and with it the
+    // whole unit of work; nothing is invoiced and no number is taken.
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let late = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    assert_eq!(
+        s(&invoices_of(&app, &key, &s(&late["id"])).await[0]["number"]),
+        format!("{prefix}-000004")
+    );
+    let mut with_late = due.clone();
+    with_late.insert(
+        2,
+        (
+            scope,
+            shared::ids::SubscriptionId::parse(&s(&late["id"])).unwrap(),
+            time(&late["current_period_end"]),
+        ),
+    );
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    match billing_jobs::renew_many(&mut uow, &with_late).await {
+        Err(shared::service::ServiceError::Conflict { code, .. }) => assert_eq!(code, "not_due"),
+        other => panic!("a batch with an early renewal must fail: {other:?}"),
+    }
+    uow.rollback().await;
+    let cycles: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(cycles, 0);
+
+    // Together, in this order: the tenant's numbers follow on in it, the customer with its
+    // own prefix takes that prefix's next.
+    due.swap(0, 2);
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    billing_jobs::renew_many(&mut uow, &due).await.unwrap();
+    uow.commit().await.unwrap();
+    let mut numbers = std::collections::HashMap::new();
+    for (sub, _) in &subs {
+        let all = invoices_of(&app, &key, sub).await;
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[1]["billing_reason"], "subscription_cycle");
+        assert_eq!(all[1]["status"], "open");
+        numbers.insert(s(&all[1]["id"]), s(&all[1]["number"]));
+    }
+    let order: Vec<String> = due.iter().map(|(_, id, _)| id.to_string()).collect();
+    let expected = [
+        format!("{prefix}-000005"),
+        format!("{prefix}-000006"),
+        format!("{prefix}-000007"),
+    ];
+    let mut tenant_numbers = Vec::new();
+    for id in &order {
+        let inv = &invoices_of(&app, &key, id).await[1];
+        let n = s(&inv["number"]);
+        if n.starts_with("GLOBEX") {
+            assert_eq!(n, "GLOBEX-000002");
+        } else {
+            tenant_numbers.push(n);
+        }
+    }
+    assert_eq!(tenant_numbers, expected);
+    // The events recorded before the numbers were taken carry them.
+    for kind in ["invoice.created", "invoice.finalized"] {
+        let events = get(&app, &key, &format!("/api/v1/events?type={kind}&limit=100")).await;
+        let mut seen = 0;
+        for e in events["data"].as_array().unwrap() {
+            let object = &e["data"]["object"];
+            if let Some(n) = numbers.get(&s(&object["id"])) {
+                assert_eq!(&s(&object["number"]), n, "{kind}: {e}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 4, "{kind}");
+    }
+    // Run again (a job delivered twice), they change nothing; then they are charged.
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    billing_jobs::renew_many(&mut uow, &due).await.unwrap();
+    uow.commit().await.unwrap();
+    let counters: std::collections::HashMap<String, i64> =
+        sqlx::query_as("SELECT prefix, last_number FROM invoice_number_counters")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let expected: std::collections::HashMap<String, i64> =
+        [("GLOBEX".to_owned(), 2), (prefix.clone(), 7)].into();
+    assert_eq!(counters, expected);
+    sqlx::query(
+        "UPDATE jobs SET state = 'succeeded' WHERE kind = 'subscription.renew' AND run_at <= $1",
+    )
+    .bind(app.clock.now())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    run_due(&app, scope).await;
+    for id in &order {
+        assert_eq!(invoices_of(&app, &key, id).await[1]["status"], "paid");
+    }
+}

@@ -142,6 +142,23 @@ async fn invoices_take_their_customers_tax_by_hand_calculation_and_exempt_custom
     assert_eq!(open["subtotal"], 1100);
     assert_eq!(open["tax"], 189);
     assert_eq!(open["total"], 1189);
+    // A credit of the same 1100 gives all of it back, tax included, as the customer's credit.
+    let (_, credit) = invoice_of(&app, &key, &own, -1100).await;
+    assert_eq!(
+        taxes(&credit),
+        vec![
+            ("City tax".to_owned(), -1000, -89),
+            ("GST".to_owned(), -1000, -100)
+        ]
+    );
+    assert_eq!(credit["tax"], -189);
+    assert_eq!(credit["total"], -1189);
+    assert_eq!(credit["amount_due"], 0);
+    assert_eq!(credit["status"], "paid");
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/customers/{own}")).await["balance"],
+        1189
+    );
 
     // A subscription's invoices are taxed the same way, and the charge is the taxed total:
     // 2999 + 20 % (599.8 → 600).

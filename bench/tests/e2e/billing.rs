@@ -121,3 +121,165 @@ async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_o
     assert_eq!(status(subs[1].clone()).await, "active");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in_number_order() {
+    let env = Env::new(&[]).await;
+    let api = env.api().await;
+    let tenant = api.register("batches-e2e@example.com").await;
+    let key = tenant.sk_test.as_str();
+    let (_, plan) = api
+        .post(
+            key,
+            "/api/v1/plans",
+            &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
+        )
+        .await;
+    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
+    let scope = env.scope(&tenant).await;
+    // 120 due renewals; every tenth card is declined.
+    let n = 120;
+    let ended =
+        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) - chrono::Duration::seconds(1);
+    let subs = bench::due_subscriptions(
+        &env.pool,
+        scope.tenant_id().as_uuid(),
+        price.as_uuid(),
+        n,
+        ended,
+        |i| {
+            if i % 10 == 9 {
+                "pm_card_chargeDeclined"
+            } else {
+                "pm_card_visa"
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let mut jobs: Vec<shared::jobs::NewJob> = subs
+        .iter()
+        .map(|s| {
+            shared::jobs::Job::RenewSubscription {
+                subscription: shared::ids::SubscriptionId::from_uuid(*s),
+                period_start: ended,
+            }
+            .to_new(Some(scope), ended)
+        })
+        .collect();
+    // Among them, one that runs before its time (another host's clock behind): it fails and
+    // comes back, without holding back the renewals batched with it.
+    let early = bench::due_subscriptions(
+        &env.pool,
+        scope.tenant_id().as_uuid(),
+        price.as_uuid(),
+        1,
+        ended + chrono::Duration::days(30),
+        |_| "pm_card_visa",
+    )
+    .await
+    .unwrap();
+    jobs.insert(
+        n / 2,
+        shared::jobs::Job::RenewSubscription {
+            subscription: shared::ids::SubscriptionId::from_uuid(early[0]),
+            period_start: ended + chrono::Duration::days(30),
+        }
+        .to_new(Some(scope), ended),
+    );
+    let mut tx = env.pool.begin().await.unwrap();
+    shared::jobs::enqueue(&mut tx, &jobs, chrono::Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let worker = env.worker().await;
+    wait_for("every renewal invoiced and charged", LIMIT, || async {
+        env.scalar(
+            "SELECT count(*) FROM payments p JOIN invoices i ON i.id = p.invoice_id \
+             WHERE i.billing_reason = 'subscription_cycle' AND p.status <> 'pending'",
+        )
+        .await
+            == n as i64
+    })
+    .await;
+    // Most ran in batches that succeeded together; the batch with the early renewal did not.
+    let batched = worker
+        .rt
+        .metrics
+        .batched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let failed = worker
+        .rt
+        .metrics
+        .batch_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    worker.stop().await;
+    assert!(batched > 0, "no batch succeeded");
+    assert!(failed >= 1, "the batch with the early renewal failed");
+
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'")
+            .await,
+        n as i64
+    );
+    // One charge per invoice: the declined ones failed once, the others were paid.
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM (SELECT invoice_id FROM payments GROUP BY invoice_id \
+             HAVING count(*) > 1) x"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM invoices WHERE status = 'paid'")
+            .await,
+        n as i64 - 12
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM subscriptions WHERE status = 'past_due'")
+            .await,
+        12
+    );
+    // Numbers 1..=n, with no gap and none twice, and the events say the same.
+    let numbers: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, number FROM invoices ORDER BY number")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let in_events: std::collections::HashMap<String, String> = sqlx::query_as(
+        "SELECT data->'object'->>'id', data->'object'->>'number' FROM events \
+         WHERE type = 'invoice.finalized'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(numbers.len(), n);
+    assert_eq!(in_events.len(), n, "one finalized event per invoice");
+    for (i, (id, number)) in numbers.iter().enumerate() {
+        assert!(number.ends_with(&format!("-{:06}", i + 1)), "{number}");
+        let id = shared::ids::InvoiceId::from_uuid(*id).to_string();
+        assert_eq!(Some(number), in_events.get(&id), "{id}");
+    }
+    // The early renewal made nothing and is waiting to run again.
+    let (state, attempts): (String, i32) = sqlx::query_as(
+        "SELECT state, attempts FROM jobs WHERE kind = 'subscription.renew' \
+         AND payload->>'subscription_id' = $1",
+    )
+    .bind(shared::ids::SubscriptionId::from_uuid(early[0]).to_string())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "pending");
+    assert!(attempts >= 1, "{attempts}");
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM invoices WHERE subscription_id = '{}'",
+            early[0]
+        ))
+        .await,
+        0
+    );
+}

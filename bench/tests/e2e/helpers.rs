@@ -188,15 +188,19 @@ impl Env {
             .expect("scalar")
     }
 
-    /// Records `n` events of one type for a tenant (test mode), fanned out to its endpoints.
-    pub async fn record_events(&self, tenant: &Tenant, n: usize, event_type: &str) {
-        // The tenant's test-mode scope, as authenticating its secret key gives it.
+    /// A tenant's test-mode scope, as authenticating its secret key gives it.
+    pub async fn scope(&self, tenant: &Tenant) -> shared::tenancy::Scope {
         let presented = PresentedKey::parse(&tenant.sk_test).expect("a secret key");
-        let scope = shared::db::api_keys::find_active_by_hash(&self.pool, &presented.hash)
+        shared::db::api_keys::find_active_by_hash(&self.pool, &presented.hash)
             .await
             .expect("the tenant's key")
             .context()
-            .scope();
+            .scope()
+    }
+
+    /// Records `n` events of one type for a tenant (test mode), fanned out to its endpoints.
+    pub async fn record_events(&self, tenant: &Tenant, n: usize, event_type: &str) {
+        let scope = self.scope(tenant).await;
         let events: Vec<NewEvent> = (0..n)
             .map(|i| NewEvent::new(event_type, json!({ "object": "thing", "n": i })))
             .collect();

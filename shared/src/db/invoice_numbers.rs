@@ -1,9 +1,17 @@
 //! Gap-free invoice numbers: a counter row per (tenant, mode, prefix).
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::DbError;
-use crate::tenancy::Scope;
+use crate::{
+    domain::customer::InvoicePrefix,
+    ids::{EventId, InvoiceId},
+    tenancy::Scope,
+};
 
 /// Takes the next number of `prefix` in this transaction (the first is 1). The counter row
 /// stays locked until the transaction ends: another finalization waits, and a rollback gives
@@ -22,4 +30,118 @@ pub async fn next(conn: &mut PgConnection, scope: Scope, prefix: &str) -> Result
     .fetch_one(conn)
     .await
     .map_err(Into::into)
+}
+
+/// Invoices finalized in a unit of work whose numbers are taken at its commit, and the events
+/// recorded in it (which carry the number of the invoice they show).
+#[derive(Debug, Default)]
+pub struct Deferred {
+    invoices: Vec<(Scope, InvoicePrefix, InvoiceId)>,
+    events: Vec<Uuid>,
+}
+
+impl Deferred {
+    pub fn invoice(&mut self, scope: Scope, prefix: InvoicePrefix, invoice: InvoiceId) {
+        self.invoices.push((scope, prefix, invoice));
+    }
+
+    pub fn event(&mut self, event: EventId) {
+        self.events.push(event.as_uuid());
+    }
+
+    /// Numbers the invoices, in the order they were finalized within each (tenant, mode,
+    /// prefix), one counter update per prefix taken in a fixed order (so that two units of
+    /// work never wait for each other's counters in a cycle), and writes the number into the
+    /// invoices and into the events about them.
+    pub async fn assign(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), DbError> {
+        if self.invoices.is_empty() {
+            return Ok(());
+        }
+        let mut groups: BTreeMap<(Uuid, bool, String), Vec<InvoiceId>> = BTreeMap::new();
+        for (scope, prefix, invoice) in &self.invoices {
+            groups
+                .entry((
+                    scope.tenant_id.as_uuid(),
+                    scope.livemode,
+                    prefix.as_str().to_owned(),
+                ))
+                .or_default()
+                .push(*invoice);
+        }
+        let mut ids: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
+        let mut tenants: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
+        let mut modes: Vec<bool> = Vec::with_capacity(self.invoices.len());
+        let mut numbers: Vec<String> = Vec::with_capacity(self.invoices.len());
+        for ((tenant, livemode, prefix), invoices) in groups {
+            let k = i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?;
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id, livemode, prefix) \
+                 DO UPDATE SET last_number = invoice_number_counters.last_number + $4 \
+                 RETURNING last_number",
+            )
+            .bind(tenant)
+            .bind(livemode)
+            .bind(&prefix)
+            .bind(k)
+            .fetch_one(&mut *conn)
+            .await?;
+            let prefix = InvoicePrefix::parse(&prefix).map_err(|e| broken(e.to_string()))?;
+            for (i, invoice) in (0..).zip(invoices) {
+                ids.push(invoice.as_uuid());
+                tenants.push(tenant);
+                modes.push(livemode);
+                numbers.push(prefix.number(last - k + 1 + i));
+            }
+        }
+        let numbered = sqlx::query(
+            "UPDATE invoices SET number = u.number, updated_at = $5 \
+             FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
+                 AS u(id, tenant_id, livemode, number) \
+             WHERE invoices.id = u.id AND invoices.tenant_id = u.tenant_id \
+             AND invoices.livemode = u.livemode AND invoices.number IS NULL",
+        )
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&modes)
+        .bind(&numbers)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        // Every number taken is on an invoice: otherwise committing would leave a gap.
+        if numbered != ids.len() as u64 {
+            return Err(broken(format!(
+                "{numbered} of {} invoices finalized in the unit of work took their number",
+                ids.len()
+            )));
+        }
+        if !self.events.is_empty() {
+            let public: Vec<String> = ids
+                .iter()
+                .map(|id| InvoiceId::from_uuid(*id).to_string())
+                .collect();
+            sqlx::query(
+                "UPDATE events SET data = jsonb_set(data, '{object,number}', to_jsonb(u.number)) \
+                 FROM unnest($2::text[], $3::uuid[], $4::bool[], $5::text[]) \
+                     AS u(invoice, tenant_id, livemode, number) \
+                 WHERE events.id = ANY($1) AND events.tenant_id = u.tenant_id \
+                 AND events.livemode = u.livemode AND events.data->'object'->>'id' = u.invoice",
+            )
+            .bind(&self.events)
+            .bind(&public)
+            .bind(&tenants)
+            .bind(&modes)
+            .bind(&numbers)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A broken expectation of the numbering: the unit of work is not to commit.
+fn broken(what: String) -> DbError {
+    DbError::Other(sqlx::Error::Protocol(what))
 }

@@ -88,6 +88,11 @@ impl InvoicePrefix {
         &self.0
     }
 
+    /// Invoice `n` of this prefix: `ACME-000123`, at least six digits.
+    pub fn number(&self, n: i64) -> String {
+        format!("{}-{n:06}", self.0)
+    }
+
     /// A tenant's default prefix, from its slug: its letters and digits in upper case, at most
     /// 12, padded with `X` to 3 (`acme-corp` → `ACMECORP`, `a-1` → `A1X`).
     pub fn from_slug(slug: &str) -> Self {

@@ -1,7 +1,9 @@
 //! Tax on an invoice. A rate is parts per million of the taxed amount (8.875 % = 88,750 ppm),
 //! exclusive (added on top of the amounts) or inclusive (already inside them).
 //!
-//! - The taxed amount is what the lines add up to after discounts; nothing below zero is taxed.
+//! - The taxed amount is what the lines add up to after discounts. Below zero (an invoice that
+//!   credits more than it charges) the tax is the opposite of that amount's tax: a credit gives
+//!   back the tax its charge took.
 //! - Inclusive rates: the amounts hold their tax. The base is `round(amount / (1 + Σ inclusive
 //!   rates))`, and the tax they hold (`amount − base`) is split over the inclusive rates in
 //!   proportion to their rates, cents to the largest remainders: the split adds up exactly.
@@ -36,7 +38,17 @@ pub struct TaxOverflow;
 
 /// The tax of each rate on `amount` (the lines after discounts), in the order of `rates`.
 pub fn compute(amount: i64, rates: &[Rate]) -> Result<Vec<TaxAmount>, TaxOverflow> {
-    let taxed = amount.max(0);
+    if amount < 0 {
+        let opposite = compute(amount.checked_neg().ok_or(TaxOverflow)?, rates)?;
+        return Ok(opposite
+            .into_iter()
+            .map(|t| TaxAmount {
+                taxable: -t.taxable,
+                amount: -t.amount,
+            })
+            .collect());
+    }
+    let taxed = amount;
     let inclusive_ppm: i64 = rates
         .iter()
         .filter(|r| r.inclusive)
@@ -193,10 +205,46 @@ mod tests {
     }
 
     #[test]
-    fn nothing_below_zero_is_taxed_and_no_rate_takes_nothing() {
+    fn a_credit_gives_back_the_tax_of_the_same_charge_and_no_rate_takes_nothing() {
+        let rates = [excl(200_000), incl(100_000)];
+        // 500 holds 45 of inclusive tax (base 455), which takes 91 of exclusive tax.
+        let charge = compute(500, &rates).unwrap();
         assert_eq!(
-            compute(-500, &[excl(200_000), incl(100_000)]).unwrap(),
-            vec![TaxAmount::default(); 2]
+            charge,
+            vec![
+                TaxAmount {
+                    taxable: 455,
+                    amount: 91
+                },
+                TaxAmount {
+                    taxable: 455,
+                    amount: 45
+                }
+            ]
+        );
+        assert_eq!(
+            compute(-500, &rates).unwrap(),
+            vec![
+                TaxAmount {
+                    taxable: -455,
+                    amount: -91
+                },
+                TaxAmount {
+                    taxable: -455,
+                    amount: -45
+                }
+            ]
+        );
+        assert_eq!(added(&rates, &compute(-500, &rates).unwrap()), Ok(-91));
+        assert_eq!(total(&compute(-500, &rates).unwrap()), Ok(-136));
+        assert_eq!(compute(i64::MIN, &rates), Err(TaxOverflow));
+        assert_eq!(
+            compute(-1, &[excl(500_000)]).unwrap(),
+            vec![TaxAmount {
+                taxable: -1,
+                amount: -1
+            }],
+            "half a cent of credit rounds away from zero, as half a cent of charge does"
         );
         assert_eq!(
             compute(1000, &[excl(0)]).unwrap(),
@@ -251,6 +299,26 @@ mod tests {
                 let exact = (amount - base) as f64 * f64::from(*p) / sum.max(1) as f64;
                 prop_assert!((t.amount as f64 - exact).abs() <= 1.0);
             }
+        }
+
+        #[test]
+        fn a_credit_s_tax_is_the_opposite_of_the_same_charge_s(
+            amount in 1i64..10_000_000_000,
+            ppms in proptest::collection::vec(0u32..=300_000, 1..4),
+            inclusive in proptest::collection::vec(any::<bool>(), 4),
+        ) {
+            let rates: Vec<Rate> = ppms
+                .iter()
+                .zip(&inclusive)
+                .map(|(p, i)| Rate { ppm: *p, inclusive: *i })
+                .collect();
+            let charge = compute(amount, &rates).unwrap();
+            let credit = compute(-amount, &rates).unwrap();
+            for (c, d) in charge.iter().zip(&credit) {
+                prop_assert_eq!(d.amount, -c.amount);
+                prop_assert_eq!(d.taxable, -c.taxable);
+            }
+            prop_assert_eq!(added(&rates, &credit).unwrap(), -added(&rates, &charge).unwrap());
         }
 
         #[test]

@@ -91,12 +91,14 @@ impl Queue {
         }
     }
 
-    /// Webhook deliveries mostly wait on the network; the rest mostly on PostgreSQL.
+    /// Webhook deliveries mostly wait on the network; the rest mostly on PostgreSQL. Renewals
+    /// and charges run in batches of up to 32 per transaction, four at once: many of them in
+    /// flight make full batches.
     pub fn default_concurrency(self) -> usize {
         match self {
             Queue::Webhooks => 256,
             Queue::StripeSync => 8,
-            Queue::Renewals => 16,
+            Queue::Renewals => 128,
             Queue::Dunning => 8,
             Queue::Analytics => 2,
         }

@@ -2,10 +2,13 @@
 //! (the clock's time): each is a service call that re-reads what it acts on under a lock and
 //! does nothing when the job is stale.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{ServiceError, ServiceResult, invoices, refunds, subscriptions};
-use crate::{clock::Clock, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork};
+use crate::{
+    clock::Clock, ids::SubscriptionId, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork,
+};
 
 /// Runs one billing job for `scope` at `clock`'s time (a test clock's advance is run by
 /// [`super::test_clocks::advance`], which runs the others through here).
@@ -25,7 +28,7 @@ pub async fn run(
             period_start,
         } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
-            subscriptions::renew(&mut uow, scope, *subscription, *period_start).await?;
+            renew_many(&mut uow, &[(scope, *subscription, *period_start)]).await?;
             uow.commit().await?;
         }
         Job::TrialWillEnd {
@@ -50,6 +53,22 @@ pub async fn run(
                 other.kind()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Renews due periods (`subscription.renew` jobs: the subscription and the end of its current
+/// period) in one unit of work, numbering their invoices at its commit
+/// ([`UnitOfWork::defer_numbering`]): a worker makes a batch of renewals with one commit, and
+/// one counter update per invoice prefix, however many there are. The first failure is the
+/// answer, and the unit of work is then to be rolled back (the caller runs them one by one).
+pub async fn renew_many(
+    uow: &mut UnitOfWork,
+    renewals: &[(Scope, SubscriptionId, DateTime<Utc>)],
+) -> ServiceResult<()> {
+    uow.defer_numbering();
+    for (scope, subscription, period_end) in renewals {
+        subscriptions::renew(uow, *scope, *subscription, *period_end).await?;
     }
     Ok(())
 }

@@ -28,7 +28,9 @@ pub async fn record(
     object: serde_json::Value,
 ) -> ServiceResult<EventId> {
     let now = uow.now();
-    Ok(db::events::record(uow.conn(), scope, NewEvent::new(event_type, object), now).await?)
+    let id = db::events::record(uow.conn(), scope, NewEvent::new(event_type, object), now).await?;
+    uow.recorded_event(id);
+    Ok(id)
 }
 
 pub async fn list(

@@ -52,7 +52,7 @@ const PAYMENT: &str = "payment";
 
 /// `ACME-000123`: the prefix and the number, at least six digits.
 pub fn format_number(prefix: &InvoicePrefix, number: i64) -> String {
-    format!("{}-{number:06}", prefix.as_str())
+    prefix.number(number)
 }
 
 /// The next invoice number of `prefix` (the customer's, or the tenant's), taken in the unit of
@@ -445,7 +445,12 @@ pub(crate) async fn finalize_row(
     )
     .await?;
     let prefix = prefix_of(uow, scope, &customer).await?;
-    invoice.number = Some(next_number(uow, scope, &prefix).await?);
+    if uow.numbering_deferred() {
+        // Numbered at the commit, with the events recorded about it meanwhile.
+        uow.number_at_commit(scope, prefix, invoice.id);
+    } else {
+        invoice.number = Some(next_number(uow, scope, &prefix).await?);
+    }
     let settled = totals.amount_due == 0;
     invoice.status = if settled {
         InvoiceStatus::Paid
@@ -701,8 +706,10 @@ pub async fn start_attempt(
     let mut invoice = lock_with_subscription(uow, scope, id).await?;
     let in_flight = db::invoices::in_flight_payment(uow.conn(), scope, id).await?;
     let resumed = match in_flight {
-        Some(p) if p.status == PaymentStatus::Pending => Some(p),
-        // The customer may still confirm that one: a second charge could take the money twice.
+        // Interrupted before the gateway answered: charged again with its key, never twice.
+        Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => Some(p),
+        // The customer may still confirm that one, or the gateway is processing it: a second
+        // charge could take the money twice; its outcome comes as a gateway event.
         Some(_) => return Ok(Attempt::Nothing(None)),
         None => None,
     };
@@ -850,6 +857,10 @@ pub async fn record_outcome(
     let mut invoice = lock_with_subscription(uow, scope, payment.invoice_id).await?;
     let mut p = db::invoices::get_payment(uow.conn(), scope, payment.id).await?;
     let applies = match (p.status, outcome) {
+        // Still processing: only the gateway's id is new.
+        (PaymentStatus::Pending, ChargeOutcome::Processing { id }) => {
+            p.gateway_id.as_ref() != Some(id)
+        }
         (PaymentStatus::Pending, _) => true,
         (PaymentStatus::RequiresAction, ChargeOutcome::RequiresAction { .. }) => false,
         (PaymentStatus::RequiresAction, _) => true,
@@ -928,6 +939,13 @@ pub async fn record_outcome(
                 invoice.to_json(&lines),
             )
             .await?;
+        }
+        ChargeOutcome::Processing { id } => {
+            // In flight until the gateway says how it ended: the invoice stays open and is
+            // not charged again meanwhile (a pending attempt is resumed, never doubled).
+            p.status = PaymentStatus::Pending;
+            p.gateway_id = Some(id.clone());
+            db::invoices::save_payment(uow.conn(), scope, &p).await?;
         }
         ChargeOutcome::Declined { code, message } => {
             p.status = PaymentStatus::Failed;
@@ -1037,8 +1055,9 @@ pub(crate) async fn queue_for_customer(
     Ok(())
 }
 
-/// Runs one attempt of a charge job: the three steps. A gateway failure that is worth trying
-/// again is returned as an error (the job runs again and resumes the pending attempt).
+/// Runs one attempt of a charge job: the three steps ([`run_attempts`] of one). A gateway
+/// failure that is worth trying again is returned as an error (the job runs again and resumes
+/// the pending attempt).
 pub async fn run_attempt(
     pool: &PgPool,
     clock: &dyn crate::clock::Clock,
@@ -1047,23 +1066,55 @@ pub async fn run_attempt(
     id: InvoiceId,
     number: i32,
 ) -> ServiceResult<Option<PaymentRow>> {
-    let gateway = Gateway::for_mode(stripe, scope.livemode());
+    run_attempts(pool, clock, stripe, &[(scope, id, number)])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(ServiceError::internal("an attempt without a result")))
+}
+
+/// Runs attempts of charge jobs (scope, invoice, attempt number) in three steps for all:
+/// their attempts start in one transaction ([`start_attempt`]), the gateway is called for each
+/// (all at once), and the answers are recorded in a second ([`record_outcome`]). Returns each
+/// attempt's recorded payment (`None` when there was nothing to charge), or its gateway failure
+/// worth trying again (its pending attempt is resumed, with its key, by the next run). An error
+/// of either transaction is the whole answer: running them again (one by one) resumes the
+/// attempts that started, never charging twice.
+pub async fn run_attempts(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    stripe: &Stripe,
+    charges: &[(Scope, InvoiceId, i32)],
+) -> ServiceResult<Vec<ServiceResult<Option<PaymentRow>>>> {
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let attempt = start_attempt(&mut uow, scope, &gateway, id, number).await?;
+    let mut attempts = Vec::with_capacity(charges.len());
+    for (scope, id, number) in charges {
+        let gateway = Gateway::for_mode(stripe, scope.livemode());
+        attempts.push(start_attempt(&mut uow, *scope, &gateway, *id, *number).await?);
+    }
     uow.commit().await?;
-    let Some(outcome) = charge(&gateway, scope, &attempt).await? else {
-        let Attempt::Nothing(recorded) = attempt else {
-            unreachable!("a charge always has an outcome")
-        };
-        return Ok(recorded);
-    };
-    let Attempt::Charge { payment, .. } = &attempt else {
-        unreachable!("only a charge has an outcome")
-    };
+    let answers = futures_util::future::join_all(charges.iter().zip(&attempts).map(
+        |((scope, _, _), attempt)| async move {
+            let gateway = Gateway::for_mode(stripe, scope.livemode());
+            charge(&gateway, *scope, attempt).await
+        },
+    ))
+    .await;
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let recorded = record_outcome(&mut uow, scope, payment, &outcome).await?;
+    let mut results = Vec::with_capacity(charges.len());
+    for (((scope, _, _), attempt), answer) in charges.iter().zip(attempts).zip(answers) {
+        results.push(match (attempt, answer) {
+            (Attempt::Charge { payment, .. }, Ok(Some(outcome))) => Ok(Some(
+                record_outcome(&mut uow, *scope, &payment, &outcome).await?,
+            )),
+            (Attempt::Nothing(recorded), Ok(_)) => Ok(recorded),
+            (Attempt::Charge { .. }, Ok(None)) => {
+                Err(ServiceError::internal("a charge always has an outcome"))
+            }
+            (_, Err(e)) => Err(e.into()),
+        });
+    }
     uow.commit().await?;
-    Ok(Some(recorded))
+    Ok(results)
 }
 
 #[cfg(test)]

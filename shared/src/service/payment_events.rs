@@ -95,6 +95,9 @@ async fn payment_intent(
                     .to_owned(),
             }
         }
+        "payment_intent.processing" => ChargeOutcome::Processing {
+            id: intent.to_owned(),
+        },
         "payment_intent.canceled" => ChargeOutcome::Declined {
             code: "canceled".into(),
             message: "The payment was canceled.".into(),

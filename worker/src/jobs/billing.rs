@@ -4,10 +4,14 @@
 //! it acts on under a lock and does nothing when the job is stale, so a job that runs twice,
 //! late or on two workers changes nothing more.
 
+use std::collections::HashSet;
+
 use shared::{
-    jobs::{Claimed, Finished, Job, Outcome, Queue},
-    service::{ServiceError, billing_jobs, test_clocks},
+    jobs::{self, Claimed, Finished, Job, Outcome, Queue},
+    service::{ServiceError, ServiceResult, billing_jobs, invoices, test_clocks},
+    uow::UnitOfWork,
 };
+use uuid::Uuid;
 
 use crate::Runtime;
 
@@ -22,7 +26,16 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
             other => billing_jobs::run(&rt.pool, rt.clock.as_ref(), &rt.stripe, scope, other).await,
         },
     };
-    let outcome = match result {
+    Finished {
+        id: job.id,
+        token: job.token,
+        outcome: outcome_of(rt, job, result),
+    }
+}
+
+/// What a billing job's result makes of it.
+fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome {
+    match result {
         Ok(()) => Outcome::Succeeded,
         // A fault no retry can fix: dead at once, for an operator.
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
@@ -36,10 +49,117 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
             rt.clock.now(),
             e.to_string(),
         ),
-    };
-    Finished {
-        id: job.id,
-        token: job.token,
-        outcome,
     }
+}
+
+/// Renews the periods of several `subscription.renew` jobs in one transaction, which also
+/// records them as succeeded; returns each job's outcome and whether it was recorded (a job
+/// another run owns now is not, its renewal being made once all the same). `None` when a job
+/// is not a renewal. On an error nothing is written, and the caller runs the jobs one by one:
+/// the error is then one job's.
+pub async fn renew_together(
+    rt: &Runtime,
+    batch: &[Claimed],
+) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
+    let mut renewals = Vec::with_capacity(batch.len());
+    for job in batch {
+        match (job.scope(), Job::parse(&job.kind, &job.payload)) {
+            (
+                Some(scope),
+                Ok(Job::RenewSubscription {
+                    subscription,
+                    period_start,
+                }),
+            ) => renewals.push((scope, subscription, period_start)),
+            _ => return None,
+        }
+    }
+    // Subscriptions locked in one order by every batch, so that two never wait in a cycle.
+    renewals.sort_by_key(|(_, subscription, _)| subscription.as_uuid());
+    Some(
+        async {
+            let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
+            billing_jobs::renew_many(&mut uow, &renewals).await?;
+            let finished: Vec<Finished> = batch
+                .iter()
+                .map(|job| Finished {
+                    id: job.id,
+                    token: job.token,
+                    outcome: Outcome::Succeeded,
+                })
+                .collect();
+            let now = uow.now();
+            let done: HashSet<Uuid> = jobs::finish(uow.conn(), &finished, now)
+                .await?
+                .into_iter()
+                .collect();
+            uow.commit().await?;
+            Ok(recorded(finished, &done))
+        }
+        .await,
+    )
+}
+
+fn recorded(finished: Vec<Finished>, done: &HashSet<Uuid>) -> Vec<(Finished, bool)> {
+    finished
+        .into_iter()
+        .map(|f| {
+            let recorded = done.contains(&f.id);
+            (f, recorded)
+        })
+        .collect()
+}
+
+/// Charges the invoices of several `invoice.pay` jobs together
+/// ([`invoices::run_attempts`]: two transactions for all), then records the jobs' outcomes in
+/// one statement (a gateway failure worth trying again is a retry of that job alone). Returns
+/// each job's outcome and whether it was recorded; `None` when a job is not a charge. On an
+/// error the caller runs the jobs one by one: an attempt that started is then resumed, with
+/// its idempotency key.
+pub async fn pay_together(
+    rt: &Runtime,
+    batch: &[Claimed],
+) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
+    let mut charges = Vec::with_capacity(batch.len());
+    for job in batch {
+        match (job.scope(), Job::parse(&job.kind, &job.payload)) {
+            (Some(scope), Ok(Job::PayInvoice { invoice, attempt })) => {
+                charges.push((scope, invoice, attempt))
+            }
+            _ => return None,
+        }
+    }
+    // Invoices locked in one order by every batch, so that two never wait in a cycle.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|i| charges[*i].1.as_uuid());
+    let charges: Vec<_> = order.iter().map(|i| charges[*i]).collect();
+    Some(
+        async {
+            let results =
+                invoices::run_attempts(&rt.pool, rt.clock.as_ref(), &rt.stripe, &charges).await?;
+            // Back in the batch's order, which the answers follow.
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+            for (i, result) in order.iter().zip(results) {
+                outcomes[*i] = Some(outcome_of(rt, &batch[*i], result.map(|_| ())));
+            }
+            let finished: Vec<Finished> = batch
+                .iter()
+                .zip(outcomes)
+                .map(|(job, outcome)| Finished {
+                    id: job.id,
+                    token: job.token,
+                    outcome: outcome.unwrap_or_else(|| Outcome::Dead {
+                        error: "a charge without a result".into(),
+                    }),
+                })
+                .collect();
+            let mut conn = rt.pool.acquire().await.map_err(shared::db::DbError::from)?;
+            let done: HashSet<Uuid> = jobs::finish(&mut conn, &finished, rt.clock.now())
+                .await?
+                .into_iter()
+                .collect();
+            Ok(recorded(finished, &done))
+        }
+        .await,
+    )
 }
