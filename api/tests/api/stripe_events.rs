@@ -224,6 +224,25 @@ async fn a_payment_awaiting_authentication_is_settled_by_stripe_events_in_any_or
         "asking to pay resumes the attempt in flight, never a second charge: {again} {payments}"
     );
     assert_eq!(payments["data"][0]["status"], "pending");
+    // The gateway's first answer (authentication needed) replayed late changes nothing.
+    let pending = shared::db::invoices::get_payment(
+        &mut app.pool.acquire().await.unwrap(),
+        scope,
+        shared::ids::PaymentId::parse(&crate::helpers::s(&payment["id"])).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut uow = UnitOfWork::begin(&app.pool, &SystemClock).await.unwrap();
+    let after = shared::service::invoices::record_outcome(
+        &mut uow,
+        scope,
+        &pending,
+        &shared::payments::ChargeOutcome::RequiresAction { id: intent.clone() },
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(after.status, shared::db::invoices::PaymentStatus::Pending);
 
     // The customer authenticated: paid, active. Stripe repeats the event: stored once.
     for _ in 0..2 {

@@ -861,6 +861,9 @@ pub async fn record_outcome(
         (PaymentStatus::Pending, ChargeOutcome::Processing { id }) => {
             p.gateway_id.as_ref() != Some(id)
         }
+        // Processing already (it has the gateway's id): asking the customer to act is behind
+        // it (a replayed first answer); only a final answer settles it.
+        (PaymentStatus::Pending, ChargeOutcome::RequiresAction { .. }) => p.gateway_id.is_none(),
         (PaymentStatus::Pending, _) => true,
         (PaymentStatus::RequiresAction, ChargeOutcome::RequiresAction { .. }) => false,
         (PaymentStatus::RequiresAction, _) => true,
