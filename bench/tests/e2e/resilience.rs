@@ -159,9 +159,17 @@ async fn a_backlog_of_50000_due_deliveries_drains_with_every_worker_alive() {
     let started = Instant::now();
     let mut deepest = 0;
     loop {
-        let depth = worker::redis_queue::depth(&mut redis, &config)
-            .await
-            .unwrap();
+        // The probe's own connection may time out while both cores drain the backlog: that
+        // is the observer's problem, not the worker's; look again.
+        let depth = match worker::redis_queue::depth(&mut redis, &config).await {
+            Ok(depth) => depth,
+            Err(e) if e.is_timeout() => {
+                assert!(started.elapsed() < Duration::from_secs(600), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
         deepest = deepest.max(depth);
         assert!(depth <= ceiling, "Redis held {depth} jobs");
         if succeeded(&env).await == N {
