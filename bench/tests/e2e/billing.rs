@@ -283,3 +283,92 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
         0
     );
 }
+
+#[tokio::test]
+async fn an_incomplete_subscription_whose_payment_is_in_flight_is_not_expired_and_its_check_waits()
+{
+    let env = Env::new(&[]).await;
+    let api = env.api().await;
+    let tenant = api.register("in-flight-e2e@example.com").await;
+    let key = tenant.sk_test.as_str();
+    let (_, plan) = api
+        .post(
+            key,
+            "/api/v1/plans",
+            &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
+        )
+        .await;
+    let (_, customer) = api
+        .post(key, "/api/v1/customers", &json!({"name": "3-D Secure"}))
+        .await;
+    let customer = customer["id"].as_str().unwrap().to_owned();
+    // A card that needs the customer to authenticate: the first charge waits for them.
+    let (status, _) = api
+        .post(
+            key,
+            &format!("/api/v1/customers/{customer}/payment-methods"),
+            &json!({"token": "4000002500003155", "exp_month": 12, "exp_year": 2040}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    let (status, sub) = api
+        .post(
+            key,
+            "/api/v1/subscriptions",
+            &json!({"customer": customer, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{sub}");
+    let sub = sub["id"].as_str().unwrap().to_owned();
+    let worker = env.worker().await;
+    wait_for(
+        "the first charge to wait for the customer",
+        LIMIT,
+        || async {
+            env.scalar("SELECT count(*) FROM payments WHERE status = 'requires_action'")
+                .await
+                == 1
+        },
+    )
+    .await;
+    // 23 hours pass with the customer still to act: the expiry check comes due.
+    sqlx::query("UPDATE subscriptions SET created_at = created_at - interval '1 day'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET run_at = now() WHERE kind = 'subscription.expire_incomplete' \
+         AND state = 'pending'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    wait_for("the expiry check to run and wait", LIMIT, || async {
+        env.scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'subscription.expire_incomplete' \
+             AND state = 'pending' AND run_at > now() + interval '50 minutes'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    worker.stop().await;
+    // Not a failure: no attempt used, nothing dead; the subscription and its invoice wait for
+    // the payment's outcome.
+    assert_eq!(
+        env.scalar(
+            "SELECT attempts::bigint FROM jobs WHERE kind = 'subscription.expire_incomplete'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        api.get(key, &format!("/api/v1/subscriptions/{sub}")).await["status"],
+        "incomplete"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM invoices WHERE status = 'open'")
+            .await,
+        1
+    );
+}

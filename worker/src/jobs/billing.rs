@@ -33,10 +33,22 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
     }
 }
 
+/// How soon a job held back by a payment in flight looks again.
+const PAYMENT_IN_PROGRESS_RECHECK: chrono::Duration = chrono::Duration::hours(1);
+
 /// What a billing job's result makes of it.
 fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome {
     match result {
         Ok(()) => Outcome::Succeeded,
+        // A payment of the invoice is on its way (waiting for the customer, or a bank debit
+        // processing for days): not a failure; looked at again later, without using up the
+        // job's attempts, until the payment has an outcome.
+        Err(ServiceError::Conflict {
+            code: "payment_in_progress",
+            ..
+        }) => Outcome::Defer {
+            at: rt.clock.now() + PAYMENT_IN_PROGRESS_RECHECK,
+        },
         // A fault no retry can fix: dead at once, for an operator.
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
             error: e.to_string(),
