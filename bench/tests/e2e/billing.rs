@@ -6,9 +6,43 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Env, wait_for};
+use crate::helpers::{Api, Env, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// A monthly plan at 49.00.
+async fn team_plan(api: &Api, key: &str) -> Value {
+    api.post(
+        key,
+        "/api/v1/plans",
+        &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
+    )
+    .await
+    .1
+}
+
+/// A customer (`customer`: its body) with `card`, subscribed to `plan`; the subscription's id.
+async fn subscribed(api: &Api, key: &str, customer: &Value, card: &str, plan: &Value) -> String {
+    let (_, customer) = api.post(key, "/api/v1/customers", customer).await;
+    let customer = customer["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .post(
+            key,
+            &format!("/api/v1/customers/{customer}/payment-methods"),
+            &json!({"token": card, "exp_month": 12, "exp_year": 2040}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    let (status, sub) = api
+        .post(
+            key,
+            "/api/v1/subscriptions",
+            &json!({"customer": customer, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{sub}");
+    sub["id"].as_str().unwrap().to_owned()
+}
 
 #[tokio::test]
 async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_once_each() {
@@ -24,13 +58,7 @@ async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_o
         )
         .await;
     let clock = clock["id"].as_str().unwrap().to_owned();
-    let (_, plan) = api
-        .post(
-            key,
-            "/api/v1/plans",
-            &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
-        )
-        .await;
+    let plan = team_plan(&api, key).await;
     let mut subs = Vec::new();
     for on_clock in [false, true] {
         let body = if on_clock {
@@ -38,25 +66,7 @@ async fn the_worker_charges_a_new_subscription_and_runs_a_test_clocks_renewals_o
         } else {
             json!({"name": "Real time"})
         };
-        let (_, customer) = api.post(key, "/api/v1/customers", &body).await;
-        let customer = customer["id"].as_str().unwrap().to_owned();
-        let (status, _) = api
-            .post(
-                key,
-                &format!("/api/v1/customers/{customer}/payment-methods"),
-                &json!({"token": "4242424242424242", "exp_month": 12, "exp_year": 2040}),
-            )
-            .await;
-        assert_eq!(status.as_u16(), 201);
-        let (status, sub) = api
-            .post(
-                key,
-                "/api/v1/subscriptions",
-                &json!({"customer": customer, "items": [{"plan": plan["id"]}]}),
-            )
-            .await;
-        assert_eq!(status.as_u16(), 201, "{sub}");
-        subs.push(sub["id"].as_str().unwrap().to_owned());
+        subs.push(subscribed(&api, key, &body, "4242424242424242", &plan).await);
     }
     let worker = env.worker().await;
     let status = |id: String| {
@@ -128,13 +138,7 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
     let api = env.api().await;
     let tenant = api.register("batches-e2e@example.com").await;
     let key = tenant.sk_test.as_str();
-    let (_, plan) = api
-        .post(
-            key,
-            "/api/v1/plans",
-            &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
-        )
-        .await;
+    let plan = team_plan(&api, key).await;
     let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
     let scope = env.scope(&tenant).await;
     // 120 due renewals; every tenth card is declined.
@@ -291,35 +295,16 @@ async fn an_incomplete_subscription_whose_payment_is_in_flight_is_not_expired_an
     let api = env.api().await;
     let tenant = api.register("in-flight-e2e@example.com").await;
     let key = tenant.sk_test.as_str();
-    let (_, plan) = api
-        .post(
-            key,
-            "/api/v1/plans",
-            &json!({"name": "Team", "price_cents": 4900, "billing_interval": "month"}),
-        )
-        .await;
-    let (_, customer) = api
-        .post(key, "/api/v1/customers", &json!({"name": "3-D Secure"}))
-        .await;
-    let customer = customer["id"].as_str().unwrap().to_owned();
+    let plan = team_plan(&api, key).await;
     // A card that needs the customer to authenticate: the first charge waits for them.
-    let (status, _) = api
-        .post(
-            key,
-            &format!("/api/v1/customers/{customer}/payment-methods"),
-            &json!({"token": "4000002500003155", "exp_month": 12, "exp_year": 2040}),
-        )
-        .await;
-    assert_eq!(status.as_u16(), 201);
-    let (status, sub) = api
-        .post(
-            key,
-            "/api/v1/subscriptions",
-            &json!({"customer": customer, "items": [{"plan": plan["id"]}]}),
-        )
-        .await;
-    assert_eq!(status.as_u16(), 201, "{sub}");
-    let sub = sub["id"].as_str().unwrap().to_owned();
+    let sub = subscribed(
+        &api,
+        key,
+        &json!({"name": "3-D Secure"}),
+        "4000002500003155",
+        &plan,
+    )
+    .await;
     let worker = env.worker().await;
     wait_for(
         "the first charge to wait for the customer",

@@ -1079,18 +1079,22 @@ pub async fn run_attempt(
 /// their attempts start in one transaction ([`start_attempt`]), the gateway is called for each
 /// (all at once), and the answers are recorded in a second ([`record_outcome`]). Returns each
 /// attempt's recorded payment (`None` when there was nothing to charge), or its gateway failure
-/// worth trying again (its pending attempt is resumed, with its key, by the next run). An error
-/// of either transaction is the whole answer: running them again (one by one) resumes the
-/// attempts that started, never charging twice.
+/// worth trying again (its pending attempt is resumed, with its key, by the next run), in the
+/// order given. An error of either transaction is the whole answer: running them again (one by
+/// one) resumes the attempts that started, never charging twice.
 pub async fn run_attempts(
     pool: &PgPool,
     clock: &dyn crate::clock::Clock,
     stripe: &Stripe,
-    charges: &[(Scope, InvoiceId, i32)],
+    given: &[(Scope, InvoiceId, i32)],
 ) -> ServiceResult<Vec<ServiceResult<Option<PaymentRow>>>> {
+    // Invoices locked in one order by every call, so that two never wait in a cycle.
+    let mut order: Vec<usize> = (0..given.len()).collect();
+    order.sort_by_key(|i| given[*i].1.as_uuid());
+    let charges: Vec<(Scope, InvoiceId, i32)> = order.iter().map(|i| given[*i]).collect();
     let mut uow = UnitOfWork::begin(pool, clock).await?;
     let mut attempts = Vec::with_capacity(charges.len());
-    for (scope, id, number) in charges {
+    for (scope, id, number) in &charges {
         let gateway = Gateway::for_mode(stripe, scope.livemode());
         attempts.push(start_attempt(&mut uow, *scope, &gateway, *id, *number).await?);
     }
@@ -1103,9 +1107,12 @@ pub async fn run_attempts(
     ))
     .await;
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let mut results = Vec::with_capacity(charges.len());
-    for (((scope, _, _), attempt), answer) in charges.iter().zip(attempts).zip(answers) {
-        results.push(match (attempt, answer) {
+    let mut results: Vec<Option<ServiceResult<Option<PaymentRow>>>> =
+        (0..given.len()).map(|_| None).collect();
+    for ((((scope, _, _), attempt), answer), i) in
+        charges.iter().zip(attempts).zip(answers).zip(&order)
+    {
+        results[*i] = Some(match (attempt, answer) {
             (Attempt::Charge { payment, .. }, Ok(Some(outcome))) => Ok(Some(
                 record_outcome(&mut uow, *scope, &payment, &outcome).await?,
             )),
@@ -1117,7 +1124,8 @@ pub async fn run_attempts(
         });
     }
     uow.commit().await?;
-    Ok(results)
+    // Back in the order given.
+    Ok(results.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

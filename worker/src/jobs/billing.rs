@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use shared::{
     jobs::{self, Claimed, Finished, Job, Outcome, Queue},
     service::{ServiceError, ServiceResult, billing_jobs, invoices, test_clocks},
+    tenancy::Scope,
     uow::UnitOfWork,
 };
 use uuid::Uuid;
@@ -64,6 +65,34 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome
     }
 }
 
+/// The jobs of a batch, each read with `read` (`None` when one is not of the batch's kind).
+fn read_all<T>(batch: &[Claimed], read: impl Fn(Scope, Job) -> Option<T>) -> Option<Vec<T>> {
+    batch
+        .iter()
+        .map(|job| read(job.scope()?, Job::parse(&job.kind, &job.payload).ok()?))
+        .collect()
+}
+
+/// Records the outcomes of a batch's jobs in one statement; each with whether it was
+/// recorded (a job another run owns now is not).
+async fn finish_all(
+    conn: &mut sqlx::PgConnection,
+    finished: Vec<Finished>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ServiceResult<Vec<(Finished, bool)>> {
+    let done: HashSet<Uuid> = jobs::finish(conn, &finished, now)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(finished
+        .into_iter()
+        .map(|f| {
+            let recorded = done.contains(&f.id);
+            (f, recorded)
+        })
+        .collect())
+}
+
 /// Renews the periods of several `subscription.renew` jobs in one transaction, which also
 /// records them as succeeded; returns each job's outcome and whether it was recorded (a job
 /// another run owns now is not, its renewal being made once all the same). `None` when a job
@@ -73,26 +102,20 @@ pub async fn renew_together(
     rt: &Runtime,
     batch: &[Claimed],
 ) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
-    let mut renewals = Vec::with_capacity(batch.len());
-    for job in batch {
-        match (job.scope(), Job::parse(&job.kind, &job.payload)) {
-            (
-                Some(scope),
-                Ok(Job::RenewSubscription {
-                    subscription,
-                    period_start,
-                }),
-            ) => renewals.push((scope, subscription, period_start)),
-            _ => return None,
-        }
-    }
+    let mut renewals = read_all(batch, |scope, job| match job {
+        Job::RenewSubscription {
+            subscription,
+            period_start,
+        } => Some((scope, subscription, period_start)),
+        _ => None,
+    })?;
     // Subscriptions locked in one order by every batch, so that two never wait in a cycle.
     renewals.sort_by_key(|(_, subscription, _)| subscription.as_uuid());
     Some(
         async {
             let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
             billing_jobs::renew_many(&mut uow, &renewals).await?;
-            let finished: Vec<Finished> = batch
+            let finished = batch
                 .iter()
                 .map(|job| Finished {
                     id: job.id,
@@ -101,25 +124,12 @@ pub async fn renew_together(
                 })
                 .collect();
             let now = uow.now();
-            let done: HashSet<Uuid> = jobs::finish(uow.conn(), &finished, now)
-                .await?
-                .into_iter()
-                .collect();
+            let done = finish_all(uow.conn(), finished, now).await?;
             uow.commit().await?;
-            Ok(recorded(finished, &done))
+            Ok(done)
         }
         .await,
     )
-}
-
-fn recorded(finished: Vec<Finished>, done: &HashSet<Uuid>) -> Vec<(Finished, bool)> {
-    finished
-        .into_iter()
-        .map(|f| {
-            let recorded = done.contains(&f.id);
-            (f, recorded)
-        })
-        .collect()
 }
 
 /// Charges the invoices of several `invoice.pay` jobs together
@@ -132,45 +142,25 @@ pub async fn pay_together(
     rt: &Runtime,
     batch: &[Claimed],
 ) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
-    let mut charges = Vec::with_capacity(batch.len());
-    for job in batch {
-        match (job.scope(), Job::parse(&job.kind, &job.payload)) {
-            (Some(scope), Ok(Job::PayInvoice { invoice, attempt })) => {
-                charges.push((scope, invoice, attempt))
-            }
-            _ => return None,
-        }
-    }
-    // Invoices locked in one order by every batch, so that two never wait in a cycle.
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_by_key(|i| charges[*i].1.as_uuid());
-    let charges: Vec<_> = order.iter().map(|i| charges[*i]).collect();
+    let charges = read_all(batch, |scope, job| match job {
+        Job::PayInvoice { invoice, attempt } => Some((scope, invoice, attempt)),
+        _ => None,
+    })?;
     Some(
         async {
             let results =
                 invoices::run_attempts(&rt.pool, rt.clock.as_ref(), &rt.stripe, &charges).await?;
-            // Back in the batch's order, which the answers follow.
-            let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-            for (i, result) in order.iter().zip(results) {
-                outcomes[*i] = Some(outcome_of(rt, &batch[*i], result.map(|_| ())));
-            }
-            let finished: Vec<Finished> = batch
+            let finished = batch
                 .iter()
-                .zip(outcomes)
-                .map(|(job, outcome)| Finished {
+                .zip(results)
+                .map(|(job, result)| Finished {
                     id: job.id,
                     token: job.token,
-                    outcome: outcome.unwrap_or_else(|| Outcome::Dead {
-                        error: "a charge without a result".into(),
-                    }),
+                    outcome: outcome_of(rt, job, result.map(|_| ())),
                 })
                 .collect();
             let mut conn = rt.pool.acquire().await.map_err(shared::db::DbError::from)?;
-            let done: HashSet<Uuid> = jobs::finish(&mut conn, &finished, rt.clock.now())
-                .await?
-                .into_iter()
-                .collect();
-            Ok(recorded(finished, &done))
+            finish_all(&mut conn, finished, rt.clock.now()).await
         }
         .await,
     )
