@@ -56,7 +56,7 @@ pub enum Permission {
 
 /// A tenant and a mode: where tenant-owned rows live. Every query for tenant data filters by
 /// both; a [`TenantContext`] gives one, and so does a job for the tenant that queued it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub(crate) tenant_id: TenantId,
     pub(crate) livemode: bool,

@@ -530,14 +530,14 @@ async fn a_charge_interrupted_after_its_attempt_was_recorded_resumes_with_the_sa
     .await;
     let invoice = shared::ids::InvoiceId::parse(&s(&sub["latest_invoice"])).unwrap();
     let stripe = Stripe::new(&app.settings.stripe).unwrap();
-    let gateway = shared::payments::Gateway::for_mode(&stripe, false);
     // Step 1 commits, then the run dies before the gateway answers.
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
         .await
         .unwrap();
-    let started = invoices::start_attempt(&mut uow, scope, &gateway, invoice, 1)
+    let started = invoices::start_attempts(&mut uow, &stripe, &[(scope, invoice, 1)])
         .await
-        .unwrap();
+        .unwrap()
+        .remove(0);
     uow.commit().await.unwrap();
     let invoices::Attempt::Charge { payment, .. } = started else {
         panic!("a charge to make: {started:?}")
@@ -548,9 +548,10 @@ async fn a_charge_interrupted_after_its_attempt_was_recorded_resumes_with_the_sa
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
         .await
         .unwrap();
-    let resumed = invoices::start_attempt(&mut uow, scope, &gateway, invoice, 2)
+    let resumed = invoices::start_attempts(&mut uow, &stripe, &[(scope, invoice, 2)])
         .await
-        .unwrap();
+        .unwrap()
+        .remove(0);
     uow.rollback().await;
     let invoices::Attempt::Charge { payment: same, .. } = resumed else {
         panic!("the pending attempt: {resumed:?}")

@@ -189,6 +189,27 @@ pub async fn lock(
     .map_err(Into::into)
 }
 
+/// Customers of any tenants (each key its tenant, mode and id), locked until the transaction
+/// ends, in id order (see [`lock`]); those not found (or deleted) are left out.
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    keys: &[(Scope, CustomerId)],
+) -> Result<Vec<CustomerRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<uuid::Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    Ok(sqlx::query_as::<_, CustomerRow>(sqlf!(
+        "SELECT {COLUMNS} FROM customers WHERE id = ANY($3) \
+         AND (tenant_id, livemode, id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
+         AND deleted_at IS NULL ORDER BY id FOR UPDATE"
+    ))
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Changes to a customer; `None` leaves a field as it is. The optional fields are cleared with
 /// `Some(None)`.
 #[derive(Debug, Default)]
@@ -483,14 +504,30 @@ pub async fn default_payment_token(
     scope: Scope,
     customer: CustomerId,
 ) -> Result<Option<(PaymentMethodId, String)>, DbError> {
+    Ok(default_payment_tokens(conn, &[(scope, customer)])
+        .await?
+        .pop()
+        .map(|(_, pm, token)| (pm, token)))
+}
+
+/// The default payment methods of customers of any tenants (each key its tenant, mode and
+/// customer), with their customers; a customer without one is left out.
+pub async fn default_payment_tokens(
+    conn: &mut PgConnection,
+    keys: &[(Scope, CustomerId)],
+) -> Result<Vec<(CustomerId, PaymentMethodId, String)>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<uuid::Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     sqlx::query_as(
-        "SELECT id, gateway_token FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
-         AND customer_id = $3 AND is_default AND detached_at IS NULL",
+        "SELECT customer_id, id, gateway_token FROM payment_methods \
+         WHERE customer_id = ANY($3) AND (tenant_id, livemode, customer_id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
+         AND is_default AND detached_at IS NULL",
     )
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
-    .bind(customer)
-    .fetch_optional(conn)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
     .await
     .map_err(Into::into)
 }

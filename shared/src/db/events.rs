@@ -128,55 +128,74 @@ pub async fn record_many(
     events: &[NewEvent],
     now: DateTime<Utc>,
 ) -> Result<Vec<EventId>, DbError> {
+    let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (scope, e)).collect();
+    record_scoped(conn, &scoped, now).await
+}
+
+/// Records events of any tenants and modes (each with its own) as [`record_many`] does, in
+/// two statements however many tenants they are about; their ids, in order.
+pub async fn record_scoped(
+    conn: &mut PgConnection,
+    events: &[(Scope, &NewEvent)],
+    now: DateTime<Utc>,
+) -> Result<Vec<EventId>, DbError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
     let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let (tenants, modes) = super::scope_columns(events.iter().map(|e| &e.0));
+    let types: Vec<&str> = events.iter().map(|e| e.1.event_type.as_str()).collect();
     let data: Vec<serde_json::Value> = events
         .iter()
-        .map(|e| serde_json::json!({ "object": e.object }))
+        .map(|e| serde_json::json!({ "object": e.1.object }))
         .collect();
     // The events, and the endpoints they may go to, in one round trip.
-    let endpoints: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+    let endpoints: Vec<(Uuid, TenantId, bool, Vec<String>)> = sqlx::query_as(
         "WITH e AS (INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
-             SELECT u.id, $4, $5, u.type, u.data, $6 \
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, type, data)) \
-         SELECT id, event_types FROM webhook_endpoints \
-         WHERE tenant_id = $4 AND livemode = $5 AND enabled",
+             SELECT u.id, u.tenant_id, u.livemode, u.type, u.data, $6 \
+             FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::jsonb[]) \
+             AS u(id, tenant_id, livemode, type, data)) \
+         SELECT id, tenant_id, livemode, event_types FROM webhook_endpoints \
+         WHERE (tenant_id, livemode) IN (SELECT * FROM unnest($2::uuid[], $3::bool[])) \
+         AND enabled",
     )
     .bind(&uuids)
+    .bind(&tenants)
+    .bind(&modes)
     .bind(&types)
     .bind(&data)
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    let endpoints: Vec<(Uuid, EventFilter)> = endpoints
+    let endpoints: Vec<(Uuid, Scope, EventFilter)> = endpoints
         .into_iter()
-        .map(|(id, types)| (id, EventFilter::from_stored(types)))
+        .map(|(id, tenant_id, livemode, types)| {
+            let scope = Scope {
+                tenant_id,
+                livemode,
+            };
+            (id, scope, EventFilter::from_stored(types))
+        })
         .collect();
-    let mut pairs: Vec<(Uuid, Uuid)> = Vec::new();
-    for (event_id, event) in uuids.iter().zip(events) {
-        for (endpoint_id, filter) in &endpoints {
-            if event.goes_to(*endpoint_id, filter) {
-                pairs.push((*event_id, *endpoint_id));
+    let mut pairs: Vec<(Scope, Uuid, Uuid)> = Vec::new();
+    for (event_id, (scope, event)) in uuids.iter().zip(events) {
+        for (endpoint_id, endpoint_scope, filter) in &endpoints {
+            if endpoint_scope == scope && event.goes_to(*endpoint_id, filter) {
+                pairs.push((*scope, *event_id, *endpoint_id));
             }
         }
     }
-    fan_out_new(conn, scope, &pairs, now).await?;
+    fan_out_new(conn, &pairs, now).await?;
     Ok(ids)
 }
 
-/// Creates the deliveries of events recorded in this transaction, with their jobs, in one
-/// statement: the pairs are new, so nothing can conflict, and the jobs are built from the
-/// deliveries in the database rather than sent again.
+/// Creates the deliveries of events recorded in this transaction (each pair with its tenant
+/// and mode), with their jobs, in one statement: the pairs are new, so nothing can conflict,
+/// and the jobs are built from the deliveries in the database rather than sent again.
 async fn fan_out_new(
     conn: &mut PgConnection,
-    scope: Scope,
-    pairs: &[(Uuid, Uuid)],
+    pairs: &[(Scope, Uuid, Uuid)],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     if pairs.is_empty() {
@@ -185,25 +204,27 @@ async fn fan_out_new(
     let ids: Vec<DeliveryId> = pairs.iter().map(|_| DeliveryId::new()).collect();
     let delivery_ids: Vec<Uuid> = ids.iter().map(DeliveryId::as_uuid).collect();
     let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let event_ids: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
-    let endpoint_ids: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    let (tenants, modes) = super::scope_columns(pairs.iter().map(|p| &p.0));
+    let event_ids: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    let endpoint_ids: Vec<Uuid> = pairs.iter().map(|p| p.2).collect();
     sqlx::query(
-        "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[]) \
-             AS u(id, name, event_id, endpoint_id)), \
+        "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], \
+             $5::uuid[], $6::bool[]) AS u(id, name, event_id, endpoint_id, tenant_id, livemode)), \
          d AS (INSERT INTO webhook_deliveries (id, tenant_id, livemode, event_id, endpoint_id, \
              next_attempt_at, created_at, updated_at) \
-             SELECT id, $5, $6, event_id, endpoint_id, $7, $7, $7 FROM u) \
+             SELECT id, tenant_id, livemode, event_id, endpoint_id, $7, $7, $7 FROM u) \
          INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
              created_at, updated_at) \
-         SELECT id, $8, $9, $5, $6, jsonb_build_object('delivery_id', name), $10, $7, $7, $7 \
+         SELECT id, $8, $9, tenant_id, livemode, jsonb_build_object('delivery_id', name), $10, \
+             $7, $7, $7 \
          FROM u",
     )
     .bind(&delivery_ids)
     .bind(&names)
     .bind(&event_ids)
     .bind(&endpoint_ids)
-    .bind(scope.tenant_id)
-    .bind(scope.livemode)
+    .bind(&tenants)
+    .bind(&modes)
     .bind(now)
     // The rows `Job::DeliverWebhook { .. }.to_new(..)` makes, in bulk.
     .bind(Queue::Webhooks.as_str())

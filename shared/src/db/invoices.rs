@@ -157,97 +157,164 @@ pub async fn insert(
     scope: Scope,
     i: &InvoiceRow,
 ) -> Result<bool, DbError> {
+    if i.tenant_id != scope.tenant_id() || i.livemode != scope.livemode() {
+        return Err(DbError::NotFound);
+    }
+    Ok(insert_many(conn, &[i]).await? == 1)
+}
+
+/// Inserts invoices of any tenants (each in its row's tenant and mode) in one statement;
+/// returns how many were written: a subscription's period that already has its invoice
+/// (`invoices_subscription_period_key`) gets nothing.
+pub async fn insert_many(conn: &mut PgConnection, rows: &[&InvoiceRow]) -> Result<u64, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let uuid = |f: fn(&InvoiceRow) -> Option<Uuid>| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let int = |f: fn(&InvoiceRow) -> i64| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let time =
+        |f: fn(&InvoiceRow) -> Option<DateTime<Utc>>| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let text = |f: for<'a> fn(&'a InvoiceRow) -> Option<&'a str>| {
+        rows.iter().map(|i| f(i)).collect::<Vec<_>>()
+    };
+    let modes: Vec<bool> = rows.iter().map(|i| i.livemode).collect();
+    let attempts: Vec<i32> = rows.iter().map(|i| i.attempt_count).collect();
+    let days: Vec<Option<i32>> = rows.iter().map(|i| i.days_until_due).collect();
+    let metadata: Vec<&serde_json::Value> = rows.iter().map(|i| &i.metadata).collect();
+    let taxes: Vec<&serde_json::Value> = rows.iter().map(|i| &i.tax_amounts).collect();
     let done = sqlx::query(
         "INSERT INTO invoices (id, tenant_id, livemode, customer_id, subscription_id, status, \
          number, currency, billing_reason, collection_method, period_start, period_end, subtotal, \
          discount, tax, total, balance_applied, amount_due, amount_paid, amount_remaining, \
          attempt_count, due_date, finalized_at, paid_at, voided_at, metadata, created_at, \
          updated_at, description, sent_at, days_until_due, coupon_id, tax_amounts) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::uuid[], $5::uuid[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], \
+         $12::timestamptz[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
+         $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::int[], \
+         $22::timestamptz[], $23::timestamptz[], $24::timestamptz[], $25::timestamptz[], \
+         $26::jsonb[], $27::timestamptz[], $28::timestamptz[], $29::text[], $30::timestamptz[], \
+         $31::int[], $32::uuid[], $33::jsonb[]) \
          ON CONFLICT (subscription_id, period_start) \
          WHERE billing_reason IN ('subscription_create', 'subscription_cycle') DO NOTHING",
     )
-    .bind(i.id)
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(i.customer_id)
-    .bind(i.subscription_id)
-    .bind(i.status)
-    .bind(&i.number)
-    .bind(&i.currency)
-    .bind(&i.billing_reason)
-    .bind(&i.collection_method)
-    .bind(i.period_start)
-    .bind(i.period_end)
-    .bind(i.subtotal)
-    .bind(i.discount)
-    .bind(i.tax)
-    .bind(i.total)
-    .bind(i.balance_applied)
-    .bind(i.amount_due)
-    .bind(i.amount_paid)
-    .bind(i.amount_remaining)
-    .bind(i.attempt_count)
-    .bind(i.due_date)
-    .bind(i.finalized_at)
-    .bind(i.paid_at)
-    .bind(i.voided_at)
-    .bind(&i.metadata)
-    .bind(i.created_at)
-    .bind(i.updated_at)
-    .bind(&i.description)
-    .bind(i.sent_at)
-    .bind(i.days_until_due)
-    .bind(i.coupon_id)
-    .bind(&i.tax_amounts)
+    .bind(uuid(|i| Some(i.id.as_uuid())))
+    .bind(uuid(|i| Some(i.tenant_id.as_uuid())))
+    .bind(&modes)
+    .bind(uuid(|i| Some(i.customer_id.as_uuid())))
+    .bind(uuid(|i| i.subscription_id.map(|s| s.as_uuid())))
+    .bind(text(|i| Some(i.status.as_str())))
+    .bind(text(|i| i.number.as_deref()))
+    .bind(text(|i| Some(&i.currency)))
+    .bind(text(|i| Some(&i.billing_reason)))
+    .bind(text(|i| Some(&i.collection_method)))
+    .bind(time(|i| Some(i.period_start)))
+    .bind(time(|i| Some(i.period_end)))
+    .bind(int(|i| i.subtotal))
+    .bind(int(|i| i.discount))
+    .bind(int(|i| i.tax))
+    .bind(int(|i| i.total))
+    .bind(int(|i| i.balance_applied))
+    .bind(int(|i| i.amount_due))
+    .bind(int(|i| i.amount_paid))
+    .bind(int(|i| i.amount_remaining))
+    .bind(&attempts)
+    .bind(time(|i| i.due_date))
+    .bind(time(|i| i.finalized_at))
+    .bind(time(|i| i.paid_at))
+    .bind(time(|i| i.voided_at))
+    .bind(&metadata)
+    .bind(time(|i| Some(i.created_at)))
+    .bind(time(|i| Some(i.updated_at)))
+    .bind(text(|i| i.description.as_deref()))
+    .bind(time(|i| i.sent_at))
+    .bind(&days)
+    .bind(uuid(|i| i.coupon_id.map(|c| c.as_uuid())))
+    .bind(&taxes)
     .execute(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.rows_affected())
 }
 
 /// Writes what changes over an invoice's life (a draft's totals too); the row must be locked
 /// ([`lock`]).
 pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Result<(), DbError> {
+    if i.tenant_id != scope.tenant_id() || i.livemode != scope.livemode() {
+        return Err(DbError::NotFound);
+    }
+    save_many(conn, &[i]).await
+}
+
+/// Writes what changes over the life of invoices of any tenants (each in its row's tenant and
+/// mode), in one statement; the rows must be locked ([`lock_many`]).
+pub async fn save_many(conn: &mut PgConnection, rows: &[&InvoiceRow]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let uuid = |f: fn(&InvoiceRow) -> Uuid| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let int = |f: fn(&InvoiceRow) -> i64| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let int32 = |f: fn(&InvoiceRow) -> i32| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let time =
+        |f: fn(&InvoiceRow) -> Option<DateTime<Utc>>| rows.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let text = |f: for<'a> fn(&'a InvoiceRow) -> Option<&'a str>| {
+        rows.iter().map(|i| f(i)).collect::<Vec<_>>()
+    };
+    let json = |f: for<'a> fn(&'a InvoiceRow) -> &'a serde_json::Value| {
+        rows.iter().map(|i| f(i)).collect::<Vec<_>>()
+    };
+    let modes: Vec<bool> = rows.iter().map(|i| i.livemode).collect();
     let done = sqlx::query(
-        "UPDATE invoices SET status = $3, number = $4, amount_paid = $5, amount_remaining = $6, \
-         attempt_count = $7, due_date = $8, finalized_at = $9, paid_at = $10, voided_at = $11, \
-         metadata = $12, updated_at = $13, subtotal = $15, discount = $16, tax = $17, \
-         total = $18, balance_applied = $19, amount_due = $20, description = $21, sent_at = $22, \
-         period_start = $23, period_end = $24, amount_credited = $25, credit_note_count = $26, \
-         tax_amounts = $27 \
-         WHERE tenant_id = $1 AND livemode = $2 AND id = $14",
+        "UPDATE invoices i SET status = u.status, number = u.number, \
+         amount_paid = u.amount_paid, amount_remaining = u.amount_remaining, \
+         attempt_count = u.attempt_count, due_date = u.due_date, finalized_at = u.finalized_at, \
+         paid_at = u.paid_at, voided_at = u.voided_at, metadata = u.metadata, \
+         updated_at = u.updated_at, subtotal = u.subtotal, discount = u.discount, tax = u.tax, \
+         total = u.total, balance_applied = u.balance_applied, amount_due = u.amount_due, \
+         description = u.description, sent_at = u.sent_at, period_start = u.period_start, \
+         period_end = u.period_end, amount_credited = u.amount_credited, \
+         credit_note_count = u.credit_note_count, tax_amounts = u.tax_amounts \
+         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::text[], $6::bigint[], \
+         $7::bigint[], $8::int[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], \
+         $12::timestamptz[], $13::jsonb[], $14::timestamptz[], $15::bigint[], $16::bigint[], \
+         $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], \
+         $22::timestamptz[], $23::timestamptz[], $24::timestamptz[], $25::bigint[], $26::int[], \
+         $27::jsonb[]) \
+         AS u(id, tenant_id, livemode, status, number, amount_paid, amount_remaining, \
+         attempt_count, due_date, finalized_at, paid_at, voided_at, metadata, updated_at, \
+         subtotal, discount, tax, total, balance_applied, amount_due, description, sent_at, \
+         period_start, period_end, amount_credited, credit_note_count, tax_amounts) \
+         WHERE i.tenant_id = u.tenant_id AND i.livemode = u.livemode AND i.id = u.id",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(i.status)
-    .bind(&i.number)
-    .bind(i.amount_paid)
-    .bind(i.amount_remaining)
-    .bind(i.attempt_count)
-    .bind(i.due_date)
-    .bind(i.finalized_at)
-    .bind(i.paid_at)
-    .bind(i.voided_at)
-    .bind(&i.metadata)
-    .bind(i.updated_at)
-    .bind(i.id)
-    .bind(i.subtotal)
-    .bind(i.discount)
-    .bind(i.tax)
-    .bind(i.total)
-    .bind(i.balance_applied)
-    .bind(i.amount_due)
-    .bind(&i.description)
-    .bind(i.sent_at)
-    .bind(i.period_start)
-    .bind(i.period_end)
-    .bind(i.amount_credited)
-    .bind(i.credit_note_count)
-    .bind(&i.tax_amounts)
+    .bind(uuid(|i| i.id.as_uuid()))
+    .bind(uuid(|i| i.tenant_id.as_uuid()))
+    .bind(&modes)
+    .bind(text(|i| Some(i.status.as_str())))
+    .bind(text(|i| i.number.as_deref()))
+    .bind(int(|i| i.amount_paid))
+    .bind(int(|i| i.amount_remaining))
+    .bind(int32(|i| i.attempt_count))
+    .bind(time(|i| i.due_date))
+    .bind(time(|i| i.finalized_at))
+    .bind(time(|i| i.paid_at))
+    .bind(time(|i| i.voided_at))
+    .bind(json(|i| &i.metadata))
+    .bind(time(|i| Some(i.updated_at)))
+    .bind(int(|i| i.subtotal))
+    .bind(int(|i| i.discount))
+    .bind(int(|i| i.tax))
+    .bind(int(|i| i.total))
+    .bind(int(|i| i.balance_applied))
+    .bind(int(|i| i.amount_due))
+    .bind(text(|i| i.description.as_deref()))
+    .bind(time(|i| i.sent_at))
+    .bind(time(|i| Some(i.period_start)))
+    .bind(time(|i| Some(i.period_end)))
+    .bind(int(|i| i.amount_credited))
+    .bind(int32(|i| i.credit_note_count))
+    .bind(json(|i| &i.tax_amounts))
     .execute(conn)
     .await?;
-    if done.rows_affected() == 0 {
+    if done.rows_affected() != rows.len() as u64 {
         return Err(DbError::NotFound);
     }
     Ok(())
@@ -289,6 +356,29 @@ async fn one(
     .ok_or(DbError::NotFound)
 }
 
+/// Invoices of any tenants (each key its tenant, mode and id), in id order; locked until the
+/// transaction ends when `for_update` (in that order, as every statement locking many does).
+/// Those not found are left out.
+pub async fn get_many(
+    conn: &mut PgConnection,
+    keys: &[(Scope, InvoiceId)],
+    for_update: bool,
+) -> Result<Vec<InvoiceRow>, DbError> {
+    let lock = if for_update { "FOR UPDATE" } else { "" };
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    Ok(sqlx::query_as::<_, InvoiceRow>(sqlf!(
+        "SELECT {COLUMNS} FROM invoices WHERE id = ANY($3) \
+         AND (tenant_id, livemode, id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) ORDER BY id {lock}"
+    ))
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The invoice of a subscription's period, if it was made.
 pub async fn of_period(
     conn: &mut PgConnection,
@@ -296,16 +386,31 @@ pub async fn of_period(
     subscription: SubscriptionId,
     period_start: DateTime<Utc>,
 ) -> Result<Option<InvoiceRow>, DbError> {
+    Ok(of_periods(conn, &[(scope, subscription, period_start)])
+        .await?
+        .pop())
+}
+
+/// The invoices made of periods of subscriptions of any tenants (each key its tenant and mode,
+/// the subscription and the period's start); a period not invoiced has none.
+pub async fn of_periods(
+    conn: &mut PgConnection,
+    keys: &[(Scope, SubscriptionId, DateTime<Utc>)],
+) -> Result<Vec<InvoiceRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let subs: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    let starts: Vec<DateTime<Utc>> = keys.iter().map(|k| k.2).collect();
     Ok(sqlx::query_as::<_, InvoiceRow>(sqlf!(
-        "SELECT {COLUMNS} FROM invoices WHERE tenant_id = $1 AND livemode = $2 \
-         AND subscription_id = $3 AND period_start = $4 \
+        "SELECT {COLUMNS} FROM invoices WHERE subscription_id = ANY($3) \
+         AND (tenant_id, livemode, subscription_id, period_start) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[], $4::timestamptz[])) \
          AND billing_reason IN ('subscription_create', 'subscription_cycle')"
     ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(subscription)
-    .bind(period_start)
-    .fetch_optional(conn)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&subs)
+    .bind(&starts)
+    .fetch_all(conn)
     .await?)
 }
 
@@ -347,48 +452,52 @@ pub async fn insert_lines(
     scope: Scope,
     lines: &[LineRow],
 ) -> Result<(), DbError> {
+    let scoped: Vec<(Scope, &LineRow)> = lines.iter().map(|l| (scope, l)).collect();
+    insert_lines_many(conn, &scoped).await
+}
+
+/// Inserts lines of invoices of any tenants (each with its invoice's tenant and mode) in one
+/// statement.
+pub async fn insert_lines_many(
+    conn: &mut PgConnection,
+    lines: &[(Scope, &LineRow)],
+) -> Result<(), DbError> {
     if lines.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&LineRow) -> Option<Uuid>| lines.iter().map(f).collect::<Vec<_>>();
+    let (tenants, modes) = super::scope_columns(lines.iter().map(|l| &l.0));
+    let col = |f: fn(&LineRow) -> Option<Uuid>| lines.iter().map(|l| f(l.1)).collect::<Vec<_>>();
+    let int = |f: fn(&LineRow) -> i64| lines.iter().map(|l| f(l.1)).collect::<Vec<_>>();
     let ids = col(|l| Some(l.id.as_uuid()));
     let invoices = col(|l| Some(l.invoice_id.as_uuid()));
     let prices = col(|l| l.price_id.map(|p| p.as_uuid()));
     let items = col(|l| l.subscription_item_id.map(|p| p.as_uuid()));
-    let positions: Vec<i32> = lines.iter().map(|l| l.position).collect();
-    let descriptions: Vec<&str> = lines.iter().map(|l| l.description.as_str()).collect();
-    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    let units: Vec<Option<i64>> = lines.iter().map(|l| l.unit_amount).collect();
-    let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
-    let discounts: Vec<i64> = lines.iter().map(|l| l.discount_amount).collect();
-    let prorations: Vec<bool> = lines.iter().map(|l| l.proration).collect();
-    let starts: Vec<DateTime<Utc>> = lines.iter().map(|l| l.period_start).collect();
-    let ends: Vec<DateTime<Utc>> = lines.iter().map(|l| l.period_end).collect();
+    let positions: Vec<i32> = lines.iter().map(|l| l.1.position).collect();
+    let descriptions: Vec<&str> = lines.iter().map(|l| l.1.description.as_str()).collect();
+    let units: Vec<Option<i64>> = lines.iter().map(|l| l.1.unit_amount).collect();
+    let prorations: Vec<bool> = lines.iter().map(|l| l.1.proration).collect();
+    let starts: Vec<DateTime<Utc>> = lines.iter().map(|l| l.1.period_start).collect();
+    let ends: Vec<DateTime<Utc>> = lines.iter().map(|l| l.1.period_end).collect();
     sqlx::query(
         "INSERT INTO invoice_lines (id, tenant_id, livemode, invoice_id, position, description, \
          price_id, subscription_item_id, quantity, unit_amount, amount, discount_amount, \
          proration, period_start, period_end) \
-         SELECT u.id, $1, $2, u.invoice_id, u.position, u.description, u.price_id, u.item_id, \
-         u.quantity, u.unit_amount, u.amount, u.discount, u.proration, u.period_start, \
-         u.period_end \
-         FROM unnest($3::uuid[], $4::uuid[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], \
-         $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bool[], \
-         $14::timestamptz[], $15::timestamptz[]) \
-         AS u(id, invoice_id, position, description, price_id, item_id, quantity, unit_amount, \
-         amount, discount, proration, period_start, period_end)",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::uuid[], $5::int[], \
+         $6::text[], $7::uuid[], $8::uuid[], $9::bigint[], $10::bigint[], $11::bigint[], \
+         $12::bigint[], $13::bool[], $14::timestamptz[], $15::timestamptz[])",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
     .bind(&ids)
+    .bind(&tenants)
+    .bind(&modes)
     .bind(&invoices)
     .bind(&positions)
     .bind(&descriptions)
     .bind(&prices)
     .bind(&items)
-    .bind(&quantities)
+    .bind(int(|l| l.quantity))
     .bind(&units)
-    .bind(&amounts)
-    .bind(&discounts)
+    .bind(int(|l| l.amount))
+    .bind(int(|l| l.discount_amount))
     .bind(&prorations)
     .bind(&starts)
     .bind(&ends)
@@ -402,15 +511,34 @@ pub async fn lines<'c, E>(conn: E, scope: Scope, invoices: &[Uuid]) -> Result<Ve
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
+    let keys: Vec<(Scope, InvoiceId)> = invoices
+        .iter()
+        .map(|i| (scope, InvoiceId::from_uuid(*i)))
+        .collect();
+    lines_many(conn, &keys).await
+}
+
+/// The lines of invoices of any tenants (each key its tenant, mode and invoice), in order.
+pub async fn lines_many<'c, E>(
+    conn: E,
+    keys: &[(Scope, InvoiceId)],
+) -> Result<Vec<LineRow>, DbError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     Ok(sqlx::query_as::<_, LineRow>(
         "SELECT id, invoice_id, position, description, price_id, subscription_item_id, quantity, \
          unit_amount, amount, discount_amount, proration, period_start, period_end \
-         FROM invoice_lines WHERE tenant_id = $1 AND livemode = $2 AND invoice_id = ANY($3) \
+         FROM invoice_lines WHERE invoice_id = ANY($3) \
+         AND (tenant_id, livemode, invoice_id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
          ORDER BY invoice_id, position",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(invoices)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
     .fetch_all(conn)
     .await?)
 }
@@ -505,32 +633,54 @@ pub async fn insert_payment(
     scope: Scope,
     p: &PaymentRow,
 ) -> Result<(), DbError> {
+    if p.tenant_id != scope.tenant_id() || p.livemode != scope.livemode() {
+        return Err(DbError::NotFound);
+    }
+    insert_payments(conn, &[p]).await
+}
+
+/// Inserts attempts of any tenants (each in its row's tenant and mode) in one statement.
+pub async fn insert_payments(conn: &mut PgConnection, rows: &[&PaymentRow]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let uuid = |f: fn(&PaymentRow) -> Option<Uuid>| rows.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let int = |f: fn(&PaymentRow) -> i64| rows.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let text = |f: for<'a> fn(&'a PaymentRow) -> Option<&'a str>| {
+        rows.iter().map(|p| f(p)).collect::<Vec<_>>()
+    };
+    let time = |f: fn(&PaymentRow) -> DateTime<Utc>| rows.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let modes: Vec<bool> = rows.iter().map(|p| p.livemode).collect();
+    let attempts: Vec<i32> = rows.iter().map(|p| p.attempt).collect();
+    let hard: Vec<bool> = rows.iter().map(|p| p.hard_decline).collect();
     sqlx::query(
         "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, amount, \
          currency, application_fee, status, gateway, gateway_id, idempotency_key, \
          payment_method_id, failure_code, failure_message, hard_decline, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19)",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::uuid[], $5::uuid[], \
+         $6::int[], $7::bigint[], $8::text[], $9::bigint[], $10::text[], $11::text[], \
+         $12::text[], $13::text[], $14::uuid[], $15::text[], $16::text[], $17::bool[], \
+         $18::timestamptz[], $19::timestamptz[])",
     )
-    .bind(p.id)
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(p.invoice_id)
-    .bind(p.customer_id)
-    .bind(p.attempt)
-    .bind(p.amount)
-    .bind(&p.currency)
-    .bind(p.application_fee)
-    .bind(p.status)
-    .bind(&p.gateway)
-    .bind(&p.gateway_id)
-    .bind(&p.idempotency_key)
-    .bind(p.payment_method_id)
-    .bind(&p.failure_code)
-    .bind(&p.failure_message)
-    .bind(p.hard_decline)
-    .bind(p.created_at)
-    .bind(p.updated_at)
+    .bind(uuid(|p| Some(p.id.as_uuid())))
+    .bind(uuid(|p| Some(p.tenant_id.as_uuid())))
+    .bind(&modes)
+    .bind(uuid(|p| Some(p.invoice_id.as_uuid())))
+    .bind(uuid(|p| Some(p.customer_id.as_uuid())))
+    .bind(&attempts)
+    .bind(int(|p| p.amount))
+    .bind(text(|p| Some(&p.currency)))
+    .bind(int(|p| p.application_fee))
+    .bind(text(|p| Some(p.status.as_str())))
+    .bind(text(|p| Some(&p.gateway)))
+    .bind(text(|p| p.gateway_id.as_deref()))
+    .bind(text(|p| Some(&p.idempotency_key)))
+    .bind(uuid(|p| p.payment_method_id.map(|m| m.as_uuid())))
+    .bind(text(|p| p.failure_code.as_deref()))
+    .bind(text(|p| p.failure_message.as_deref()))
+    .bind(&hard)
+    .bind(time(|p| p.created_at))
+    .bind(time(|p| p.updated_at))
     .execute(conn)
     .await?;
     Ok(())
@@ -542,20 +692,45 @@ pub async fn save_payment(
     scope: Scope,
     p: &PaymentRow,
 ) -> Result<(), DbError> {
+    if p.tenant_id != scope.tenant_id() || p.livemode != scope.livemode() {
+        return Err(DbError::NotFound);
+    }
+    save_payments(conn, &[p]).await
+}
+
+/// Records gateways' answers on attempts of any tenants (each in its row's tenant and mode),
+/// in one statement.
+pub async fn save_payments(conn: &mut PgConnection, rows: &[&PaymentRow]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let text = |f: for<'a> fn(&'a PaymentRow) -> Option<&'a str>| {
+        rows.iter().map(|p| f(p)).collect::<Vec<_>>()
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|p| p.id.as_uuid()).collect();
+    let tenants: Vec<Uuid> = rows.iter().map(|p| p.tenant_id.as_uuid()).collect();
+    let modes: Vec<bool> = rows.iter().map(|p| p.livemode).collect();
+    let hard: Vec<bool> = rows.iter().map(|p| p.hard_decline).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|p| p.updated_at).collect();
     sqlx::query(
-        "UPDATE payments SET status = $3, gateway_id = $4, failure_code = $5, \
-         failure_message = $6, hard_decline = $7, updated_at = $8 \
-         WHERE tenant_id = $1 AND livemode = $2 AND id = $9",
+        "UPDATE payments p SET status = u.status, gateway_id = u.gateway_id, \
+         failure_code = u.failure_code, failure_message = u.failure_message, \
+         hard_decline = u.hard_decline, updated_at = u.updated_at \
+         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::bool[], $9::timestamptz[]) \
+         AS u(id, tenant_id, livemode, status, gateway_id, failure_code, failure_message, \
+         hard_decline, updated_at) \
+         WHERE p.tenant_id = u.tenant_id AND p.livemode = u.livemode AND p.id = u.id",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(p.status)
-    .bind(&p.gateway_id)
-    .bind(&p.failure_code)
-    .bind(&p.failure_message)
-    .bind(p.hard_decline)
-    .bind(p.updated_at)
-    .bind(p.id)
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(text(|p| Some(p.status.as_str())))
+    .bind(text(|p| p.gateway_id.as_deref()))
+    .bind(text(|p| p.failure_code.as_deref()))
+    .bind(text(|p| p.failure_message.as_deref()))
+    .bind(&hard)
+    .bind(&times)
     .execute(conn)
     .await?;
     Ok(())
@@ -568,15 +743,47 @@ pub async fn in_flight_payment(
     scope: Scope,
     invoice: InvoiceId,
 ) -> Result<Option<PaymentRow>, DbError> {
+    Ok(in_flight_payments(conn, &[(scope, invoice)]).await?.pop())
+}
+
+/// The attempts in flight of invoices of any tenants (each key its tenant, mode and invoice),
+/// at most one per invoice, as [`in_flight_payment`] finds it.
+pub async fn in_flight_payments(
+    conn: &mut PgConnection,
+    keys: &[(Scope, InvoiceId)],
+) -> Result<Vec<PaymentRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3 AND status IN ('pending', 'requires_action') \
-         ORDER BY status = 'pending' DESC, attempt DESC LIMIT 1"
+        "SELECT DISTINCT ON (p.invoice_id) {PAYMENT_COLUMNS} \
+         FROM unnest($1::uuid[], $2::bool[], $3::uuid[]) AS u(t, l, inv) \
+         JOIN payments p ON p.tenant_id = u.t AND p.livemode = u.l AND p.invoice_id = u.inv \
+         WHERE p.status IN ('pending', 'requires_action') \
+         ORDER BY p.invoice_id, p.status = 'pending' DESC, p.attempt DESC"
     ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(invoice)
-    .fetch_optional(conn)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Attempts of any tenants (each key its tenant, mode and id); those not found are left out.
+pub async fn get_payments(
+    conn: &mut PgConnection,
+    keys: &[(Scope, PaymentId)],
+) -> Result<Vec<PaymentRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    Ok(sqlx::query_as::<_, PaymentRow>(sqlf!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($3) \
+         AND (tenant_id, livemode, id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[]))"
+    ))
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
     .await?)
 }
 
@@ -687,14 +894,30 @@ pub async fn last_attempt(
     scope: Scope,
     invoice: InvoiceId,
 ) -> Result<i32, DbError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(max(attempt), 0) FROM payments WHERE tenant_id = $1 AND livemode = $2 \
-         AND invoice_id = $3",
+    Ok(last_attempts(conn, &[(scope, invoice)])
+        .await?
+        .pop()
+        .map_or(0, |(_, n)| n))
+}
+
+/// The latest attempt number of each invoice of any tenants (each key its tenant, mode and
+/// invoice) that has attempts.
+pub async fn last_attempts(
+    conn: &mut PgConnection,
+    keys: &[(Scope, InvoiceId)],
+) -> Result<Vec<(InvoiceId, i32)>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    Ok(sqlx::query_as(
+        "SELECT p.invoice_id, max(p.attempt) \
+         FROM unnest($1::uuid[], $2::bool[], $3::uuid[]) AS u(t, l, inv) \
+         JOIN payments p ON p.tenant_id = u.t AND p.livemode = u.l AND p.invoice_id = u.inv \
+         GROUP BY p.invoice_id",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(invoice)
-    .fetch_one(conn)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
     .await?)
 }
 
@@ -796,13 +1019,26 @@ pub async fn pending_of(
     scope: Scope,
     subscription: SubscriptionId,
 ) -> Result<Vec<PendingLine>, DbError> {
+    pending_of_many(conn, &[(scope, subscription)]).await
+}
+
+/// The lines waiting for the next invoices of subscriptions of any tenants (each key its
+/// tenant, mode and subscription), locked, oldest first.
+pub async fn pending_of_many(
+    conn: &mut PgConnection,
+    keys: &[(Scope, SubscriptionId)],
+) -> Result<Vec<PendingLine>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let subs: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     Ok(sqlx::query_as::<_, PendingLine>(sqlf!(
-        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
-         AND subscription_id = $3 AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE subscription_id = ANY($3) \
+         AND (tenant_id, livemode, subscription_id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
+         AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
     ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(subscription)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&subs)
     .fetch_all(conn)
     .await?)
 }
@@ -815,15 +1051,28 @@ pub async fn pending_of_customer(
     customer: CustomerId,
     currency: &str,
 ) -> Result<Vec<PendingLine>, DbError> {
+    pending_of_customers(conn, &[(scope, customer, currency)]).await
+}
+
+/// The pending one-off items of customers of any tenants, each key its tenant, mode,
+/// customer and currency (see [`pending_of_customer`]); locked, oldest first.
+pub async fn pending_of_customers(
+    conn: &mut PgConnection,
+    keys: &[(Scope, CustomerId, &str)],
+) -> Result<Vec<PendingLine>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let customers: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    let currencies: Vec<&str> = keys.iter().map(|k| k.2).collect();
     Ok(sqlx::query_as::<_, PendingLine>(sqlf!(
-        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE tenant_id = $1 AND livemode = $2 \
-         AND customer_id = $3 AND currency = $4 AND subscription_id IS NULL \
-         AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
+        "SELECT {PENDING_COLUMNS} FROM invoice_items WHERE customer_id = ANY($3) \
+         AND (tenant_id, livemode, customer_id, currency) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[], $4::text[])) \
+         AND subscription_id IS NULL AND invoice_id IS NULL ORDER BY created_at, id FOR UPDATE"
     ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(customer)
-    .bind(currency)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&customers)
+    .bind(&currencies)
     .fetch_all(conn)
     .await?)
 }
@@ -921,14 +1170,34 @@ pub async fn mark_invoiced(
     ids: &[InvoiceItemId],
     invoice: InvoiceId,
 ) -> Result<(), DbError> {
+    let taken: Vec<(Scope, InvoiceItemId, InvoiceId)> =
+        ids.iter().map(|i| (scope, *i, invoice)).collect();
+    mark_invoiced_many(conn, &taken).await
+}
+
+/// Records which invoice bills each pending line (of any tenants: each its tenant and mode,
+/// the item and the invoice), in one statement.
+pub async fn mark_invoiced_many(
+    conn: &mut PgConnection,
+    taken: &[(Scope, InvoiceItemId, InvoiceId)],
+) -> Result<(), DbError> {
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let (tenants, modes) = super::scope_columns(taken.iter().map(|t| &t.0));
+    let items: Vec<Uuid> = taken.iter().map(|t| t.1.as_uuid()).collect();
+    let invoices: Vec<Uuid> = taken.iter().map(|t| t.2.as_uuid()).collect();
     sqlx::query(
-        "UPDATE invoice_items SET invoice_id = $4 WHERE tenant_id = $1 AND livemode = $2 \
-         AND id = ANY($3) AND invoice_id IS NULL",
+        "UPDATE invoice_items i SET invoice_id = u.invoice_id \
+         FROM unnest($1::uuid[], $2::bool[], $3::uuid[], $4::uuid[]) \
+         AS u(tenant_id, livemode, id, invoice_id) \
+         WHERE i.tenant_id = u.tenant_id AND i.livemode = u.livemode AND i.id = u.id \
+         AND i.invoice_id IS NULL",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(ids.iter().map(|i| i.as_uuid()).collect::<Vec<_>>())
-    .bind(invoice)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&items)
+    .bind(&invoices)
     .execute(conn)
     .await?;
     Ok(())

@@ -52,6 +52,18 @@ pub(crate) fn contains_pattern(s: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// The tenants and modes of rows of many scopes, as the two arrays a statement joins them on
+/// (`unnest($1::uuid[], $2::bool[], ...)`): a statement about many tenants' rows still names
+/// each row's tenant and mode.
+pub(crate) fn scope_columns<'a>(
+    scopes: impl IntoIterator<Item = &'a crate::tenancy::Scope>,
+) -> (Vec<uuid::Uuid>, Vec<bool>) {
+    scopes
+        .into_iter()
+        .map(|s| (s.tenant_id().as_uuid(), s.livemode()))
+        .unzip()
+}
+
 /// A time as the API renders it in objects (RFC 3339 with `+00:00`), for objects that events
 /// carry as the API shows them.
 pub(crate) fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {

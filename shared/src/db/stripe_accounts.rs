@@ -69,6 +69,23 @@ pub async fn get(conn: &mut PgConnection, scope: Scope) -> Result<Option<Account
     .map_err(Into::into)
 }
 
+/// The account rows of some scopes (those connected or on their way).
+pub async fn get_many(
+    conn: &mut PgConnection,
+    scopes: &[Scope],
+) -> Result<Vec<AccountRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(scopes);
+    sqlx::query_as::<_, AccountRow>(sqlf!(
+        "SELECT {COLUMNS} FROM stripe_accounts WHERE tenant_id = ANY($1) \
+         AND (tenant_id, livemode) IN (SELECT * FROM unnest($1::uuid[], $2::bool[]))"
+    ))
+    .bind(&tenants)
+    .bind(&modes)
+    .fetch_all(conn)
+    .await
+    .map_err(Into::into)
+}
+
 /// The account row, locked until the transaction ends.
 pub async fn lock(conn: &mut PgConnection, scope: Scope) -> Result<Option<AccountRow>, DbError> {
     sqlx::query_as::<_, AccountRow>(sqlf!(

@@ -193,34 +193,70 @@ pub async fn save(
     scope: Scope,
     s: &SubscriptionRow,
 ) -> Result<(), DbError> {
+    if s.tenant_id != scope.tenant_id() || s.livemode != scope.livemode() {
+        return Err(DbError::NotFound);
+    }
+    save_many(conn, &[s]).await
+}
+
+/// Writes what changes over the life of subscriptions of any tenants (each in its row's tenant
+/// and mode), in one statement; the rows must be locked ([`lock_many`]).
+pub async fn save_many(conn: &mut PgConnection, subs: &[&SubscriptionRow]) -> Result<(), DbError> {
+    if subs.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&SubscriptionRow) -> Option<DateTime<Utc>>| {
+        subs.iter().map(|s| f(s)).collect::<Vec<_>>()
+    };
+    let ids: Vec<Uuid> = subs.iter().map(|s| s.id.as_uuid()).collect();
+    let tenants: Vec<Uuid> = subs.iter().map(|s| s.tenant_id.as_uuid()).collect();
+    let modes: Vec<bool> = subs.iter().map(|s| s.livemode).collect();
+    let statuses: Vec<&str> = subs.iter().map(|s| s.status.as_str()).collect();
+    let indexes: Vec<i32> = subs.iter().map(|s| s.current_period_index).collect();
+    let cancels: Vec<bool> = subs.iter().map(|s| s.cancel_at_period_end).collect();
+    let latest: Vec<Option<Uuid>> = subs
+        .iter()
+        .map(|s| s.latest_invoice_id.map(|i| i.as_uuid()))
+        .collect();
+    let metadata: Vec<&serde_json::Value> = subs.iter().map(|s| &s.metadata).collect();
+    let prorations: Vec<&str> = subs.iter().map(|s| s.proration_behavior.as_str()).collect();
+    let coupon_invoices: Vec<i32> = subs.iter().map(|s| s.coupon_invoices).collect();
     let done = sqlx::query(
-        "UPDATE subscriptions SET status = $3, billing_cycle_anchor = $4, \
-         current_period_index = $5, current_period_start = $6, current_period_end = $7, \
-         trial_end = $8, cancel_at_period_end = $9, canceled_at = $10, ended_at = $11, \
-         latest_invoice_id = $12, metadata = $13, proration_behavior = $14, updated_at = $15, \
-         coupon_invoices = $17 \
-         WHERE tenant_id = $1 AND livemode = $2 AND id = $16",
+        "UPDATE subscriptions s SET status = u.status, \
+         billing_cycle_anchor = u.anchor, current_period_index = u.idx, \
+         current_period_start = u.period_start, current_period_end = u.period_end, \
+         trial_end = u.trial_end, cancel_at_period_end = u.cancel, canceled_at = u.canceled_at, \
+         ended_at = u.ended_at, latest_invoice_id = u.latest, metadata = u.metadata, \
+         proration_behavior = u.proration, updated_at = u.updated_at, \
+         coupon_invoices = u.coupon_invoices \
+         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::timestamptz[], \
+         $6::int[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bool[], \
+         $11::timestamptz[], $12::timestamptz[], $13::uuid[], $14::jsonb[], $15::text[], \
+         $16::timestamptz[], $17::int[]) \
+         AS u(id, tenant_id, livemode, status, anchor, idx, period_start, period_end, trial_end, \
+         cancel, canceled_at, ended_at, latest, metadata, proration, updated_at, coupon_invoices) \
+         WHERE s.tenant_id = u.tenant_id AND s.livemode = u.livemode AND s.id = u.id",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(s.status)
-    .bind(s.billing_cycle_anchor)
-    .bind(s.current_period_index)
-    .bind(s.current_period_start)
-    .bind(s.current_period_end)
-    .bind(s.trial_end)
-    .bind(s.cancel_at_period_end)
-    .bind(s.canceled_at)
-    .bind(s.ended_at)
-    .bind(s.latest_invoice_id)
-    .bind(&s.metadata)
-    .bind(&s.proration_behavior)
-    .bind(s.updated_at)
-    .bind(s.id)
-    .bind(s.coupon_invoices)
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&statuses)
+    .bind(col(|s| Some(s.billing_cycle_anchor)))
+    .bind(&indexes)
+    .bind(col(|s| Some(s.current_period_start)))
+    .bind(col(|s| Some(s.current_period_end)))
+    .bind(col(|s| s.trial_end))
+    .bind(&cancels)
+    .bind(col(|s| s.canceled_at))
+    .bind(col(|s| s.ended_at))
+    .bind(&latest)
+    .bind(&metadata)
+    .bind(&prorations)
+    .bind(col(|s| Some(s.updated_at)))
+    .bind(&coupon_invoices)
     .execute(conn)
     .await?;
-    if done.rows_affected() == 0 {
+    if done.rows_affected() != subs.len() as u64 {
         return Err(DbError::NotFound);
     }
     Ok(())
@@ -260,6 +296,28 @@ async fn one(
     .fetch_optional(conn)
     .await?
     .ok_or(DbError::NotFound)
+}
+
+/// Reads and locks subscriptions of any tenants (each key its tenant, mode and id) until the
+/// transaction ends, in id order (the order every statement locking many takes, so that two
+/// never wait for each other in a cycle). Those not found are left out.
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    keys: &[(Scope, SubscriptionId)],
+) -> Result<Vec<SubscriptionRow>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    Ok(sqlx::query_as::<_, SubscriptionRow>(sqlf!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($3) \
+         AND (tenant_id, livemode, id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
+         ORDER BY id FOR UPDATE"
+    ))
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// Subscriptions of the mode, newest first, optionally of one customer and in one status.
@@ -350,17 +408,37 @@ pub async fn items<'c, E>(
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
+    let keys: Vec<(Scope, SubscriptionId)> = subscriptions
+        .iter()
+        .map(|s| (scope, SubscriptionId::from_uuid(*s)))
+        .collect();
+    items_many(conn, &keys).await
+}
+
+/// The current items of subscriptions of any tenants (each key its tenant, mode and id), with
+/// their prices, in the order they were added.
+pub async fn items_many<'c, E>(
+    conn: E,
+    keys: &[(Scope, SubscriptionId)],
+) -> Result<Vec<ItemRow>, DbError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     Ok(sqlx::query_as::<_, ItemRow>(
         "SELECT i.id, i.subscription_id, i.price_id, i.quantity, i.created_at, p.model, \
          pr.name AS product_name, p.nickname \
          FROM subscription_items i JOIN prices p ON p.id = i.price_id \
          JOIN products pr ON pr.id = p.product_id \
-         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.subscription_id = ANY($3) \
+         WHERE i.subscription_id = ANY($3) \
+         AND (i.tenant_id, i.livemode, i.subscription_id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
          AND i.deleted_at IS NULL ORDER BY i.subscription_id, i.id",
     )
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(subscriptions)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
     .fetch_all(conn)
     .await?)
 }

@@ -8,7 +8,10 @@ use super::{
     DbError,
     pagination::{Page, PageRequest},
 };
-use crate::{ids::TaxRateId, tenancy::Scope};
+use crate::{
+    ids::{CustomerId, TaxRateId},
+    tenancy::Scope,
+};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct TaxRateRow {
@@ -119,21 +122,48 @@ pub async fn get_many(
 pub async fn for_customer(
     conn: &mut PgConnection,
     scope: Scope,
-    customer: crate::ids::CustomerId,
+    customer: CustomerId,
 ) -> Result<Vec<TaxRateRow>, DbError> {
-    Ok(sqlx::query_as::<_, TaxRateRow>(sqlf!(
-        "SELECT {COLUMNS} FROM tax_rates r WHERE r.tenant_id = $1 AND r.livemode = $2 \
-         AND EXISTS ( \
-           SELECT 1 FROM customers c WHERE c.tenant_id = $1 AND c.livemode = $2 AND c.id = $3 \
-           AND NOT c.tax_exempt AND CASE WHEN cardinality(c.tax_rate_ids) = 0 \
-           THEN r.is_default AND r.active ELSE r.id = ANY(c.tax_rate_ids) END) \
-         ORDER BY r.id"
-    ))
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .bind(customer)
+    Ok(for_customers(conn, &[(scope, customer)])
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// The rates the invoices of customers of any tenants apply (see [`for_customer`]), each with
+/// its customer; by customer, oldest first.
+pub async fn for_customers(
+    conn: &mut PgConnection,
+    keys: &[(Scope, CustomerId)],
+) -> Result<Vec<(CustomerId, TaxRateRow)>, DbError> {
+    #[derive(FromRow)]
+    struct Row {
+        customer_id: CustomerId,
+        #[sqlx(flatten)]
+        rate: TaxRateRow,
+    }
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.id AS customer_id, r.id, r.display_name, r.description, r.jurisdiction, \
+         r.rate_ppm, r.inclusive, r.is_default, r.active, r.metadata, r.livemode, r.created_at, \
+         r.updated_at \
+         FROM customers c JOIN tax_rates r ON r.tenant_id = c.tenant_id \
+         AND r.livemode = c.livemode \
+         AND CASE WHEN cardinality(c.tax_rate_ids) = 0 THEN r.is_default AND r.active \
+         ELSE r.id = ANY(c.tax_rate_ids) END \
+         WHERE c.id = ANY($3) \
+         AND (c.tenant_id, c.livemode, c.id) IN \
+         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
+         AND NOT c.tax_exempt ORDER BY c.id, r.id",
+    )
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&ids)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.customer_id, r.rate)).collect())
 }
 
 /// Tax rates of the mode, newest first.

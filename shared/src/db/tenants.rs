@@ -164,3 +164,24 @@ pub async fn billing_profile(
     .await
     .map_err(Into::into)
 }
+
+/// The billing profiles of some tenants, with their ids.
+pub async fn billing_profiles(
+    conn: &mut sqlx::PgConnection,
+    tenants: &[TenantId],
+) -> Result<Vec<(TenantId, BillingProfile)>, DbError> {
+    #[derive(FromRow)]
+    struct Row {
+        id: TenantId,
+        #[sqlx(flatten)]
+        profile: BillingProfile,
+    }
+    let ids: Vec<uuid::Uuid> = tenants.iter().map(TenantId::as_uuid).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, slug, company_name, platform_fee_bps FROM tenants WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.profile)).collect())
+}

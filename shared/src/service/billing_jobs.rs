@@ -58,17 +58,14 @@ pub async fn run(
 }
 
 /// Renews due periods (`subscription.renew` jobs: the subscription and the end of its current
-/// period) in one unit of work, numbering their invoices at its commit
-/// ([`UnitOfWork::defer_numbering`]): a worker makes a batch of renewals with one commit, and
-/// one counter update per invoice prefix, however many there are. The first failure is the
-/// answer, and the unit of work is then to be rolled back (the caller runs them one by one).
+/// period) in one unit of work ([`super::renewals::renew_many`]), numbering their invoices at
+/// its commit: a worker makes a batch of renewals with a few statements and one commit. The
+/// first failure is the answer, and the unit of work is then to be rolled back (the caller runs
+/// them one by one).
 pub async fn renew_many(
     uow: &mut UnitOfWork,
     renewals: &[(Scope, SubscriptionId, DateTime<Utc>)],
 ) -> ServiceResult<()> {
-    uow.defer_numbering();
-    for (scope, subscription, period_end) in renewals {
-        subscriptions::renew(uow, *scope, *subscription, *period_end).await?;
-    }
+    super::renewals::renew_many(uow, renewals).await?;
     Ok(())
 }

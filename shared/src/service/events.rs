@@ -33,6 +33,21 @@ pub async fn record(
     Ok(id)
 }
 
+/// Records events of any tenants and modes (each with its own) in the unit of work, as
+/// [`record`] does one, in two statements however many there are.
+pub async fn record_all(
+    uow: &mut UnitOfWork,
+    events: &[(Scope, NewEvent)],
+) -> ServiceResult<Vec<EventId>> {
+    let now = uow.now();
+    let events: Vec<(Scope, &NewEvent)> = events.iter().map(|(s, e)| (*s, e)).collect();
+    let ids = db::events::record_scoped(uow.conn(), &events, now).await?;
+    for id in &ids {
+        uow.recorded_event(*id);
+    }
+    Ok(ids)
+}
+
 pub async fn list(
     pool: &PgPool,
     ctx: &TenantContext,

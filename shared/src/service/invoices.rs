@@ -5,12 +5,12 @@
 //! - A subscription's period is invoiced once ([`invoice_period`]: the subscription is locked
 //!   and the period's invoice looked up first; a unique index backs it).
 //! - A charge is three steps, so that a crash anywhere charges at most once:
-//!   [`start_attempt`] re-reads the invoice under its lock (a paid or void invoice is never
+//!   [`start_attempts`] re-reads the invoice under its lock (a paid or void invoice is never
 //!   charged) and records a pending attempt with its idempotency key; [`charge`] calls the
 //!   gateway with that key outside any transaction; [`record_outcome`] writes the answer. A run
 //!   that dies after the first step finds the pending attempt and sends the same key again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -24,6 +24,7 @@ use crate::{
     db::{
         self,
         customers::CustomerRow,
+        events::NewEvent,
         invoices::{LineRow, PaymentStatus},
         pagination::{Page, PageRequest},
         subscriptions::{ItemRow, SubscriptionRow},
@@ -31,13 +32,16 @@ use crate::{
     domain::{
         coupon::{Discount, allocate},
         customer::InvoicePrefix,
-        invoice::{InvoiceStatus, InvoiceTransition, is_hard_decline},
+        invoice::{InvoiceStatus, InvoiceTransition, Totals, is_hard_decline},
         money::Currency,
         period::Period,
         pricing::PriceModel,
         subscription::{CollectionMethod, Transition},
     },
-    ids::{CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId},
+    ids::{
+        CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, PaymentMethodId,
+        SubscriptionId, TenantId,
+    },
     payments::{ChargeOutcome, Gateway, application_fee},
     stripe::{Failure, Stripe},
     tenancy::{Scope, TenantContext},
@@ -80,15 +84,19 @@ async fn prefix_of(
     scope: Scope,
     customer: &CustomerRow,
 ) -> ServiceResult<InvoicePrefix> {
-    if let Some(p) = customer
-        .invoice_prefix
-        .as_deref()
-        .and_then(|p| InvoicePrefix::parse(p).ok())
-    {
+    if let Some(p) = own_prefix(customer) {
         return Ok(p);
     }
     let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
     Ok(InvoicePrefix::from_slug(&profile.slug))
+}
+
+/// The customer's own prefix, when it has one (else the tenant's is used).
+pub(crate) fn own_prefix(customer: &CustomerRow) -> Option<InvoicePrefix> {
+    customer
+        .invoice_prefix
+        .as_deref()
+        .and_then(|p| InvoicePrefix::parse(p).ok())
 }
 
 /// What an item bills for a whole period at its quantity, and the price of one unit when the
@@ -205,14 +213,38 @@ pub(crate) async fn discount(
     lines: &mut [LineRow],
     period: Period,
 ) -> ServiceResult<()> {
+    if !apply_bundle(sub, lines)? {
+        return Ok(());
+    }
+    let Some(coupon) = sub.coupon_id else {
+        return Ok(());
+    };
+    let coupon = db::coupons::get_any(uow.conn(), scope, coupon).await?;
+    apply_coupon(sub, &coupon, lines, period)
+}
+
+/// Applies the subscription's bundle discount to a period's lines (see [`discount`]), and
+/// says whether it has a coupon to apply after it ([`apply_coupon`]).
+pub(crate) fn apply_bundle(sub: &SubscriptionRow, lines: &mut [LineRow]) -> ServiceResult<bool> {
     let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
     if let Ok(bps @ 1..) = u32::try_from(sub.bundle_discount_bps) {
         split_discount(lines, Discount::Percent(bps), currency);
     }
-    let (Some(coupon), Some(redeemed_at)) = (sub.coupon_id, sub.coupon_redeemed_at) else {
+    Ok(sub.coupon_id.is_some() && sub.coupon_redeemed_at.is_some())
+}
+
+/// Applies the subscription's coupon (its row) to a period's lines, on what the bundle left,
+/// while the coupon's duration lasts (see [`discount`]).
+pub(crate) fn apply_coupon(
+    sub: &SubscriptionRow,
+    coupon: &db::coupons::CouponRow,
+    lines: &mut [LineRow],
+    period: Period,
+) -> ServiceResult<()> {
+    let currency = Currency::parse(&sub.currency).map_err(ServiceError::internal)?;
+    let Some(redeemed_at) = sub.coupon_redeemed_at else {
         return Ok(());
     };
-    let coupon = db::coupons::get_any(uow.conn(), scope, coupon).await?;
     let (off, duration) = coupon
         .terms()
         .ok_or_else(|| ServiceError::internal("stored coupon terms"))?;
@@ -425,25 +457,7 @@ pub(crate) async fn finalize_row(
     let taxed = tax_rates::taxed_totals(uow, scope, customer.id, lines, customer.balance).await?;
     let totals = taxed.totals;
     invoice.tax_amounts = taxed.tax_amounts;
-    let id = invoice.id;
-    balance::record(
-        uow,
-        scope,
-        customer.id,
-        -totals.balance_applied,
-        Why::AppliedToInvoice(id),
-        None,
-    )
-    .await?;
-    balance::record(
-        uow,
-        scope,
-        customer.id,
-        totals.credit_to_balance,
-        Why::InvoiceCredit(id),
-        None,
-    )
-    .await?;
+    use_balance(uow, scope, customer.id, invoice.id, &totals).await?;
     let prefix = prefix_of(uow, scope, &customer).await?;
     if uow.numbering_deferred() {
         // Numbered at the commit, with the events recorded about it meanwhile.
@@ -451,6 +465,48 @@ pub(crate) async fn finalize_row(
     } else {
         invoice.number = Some(next_number(uow, scope, &prefix).await?);
     }
+    settle(invoice, &totals, now, days_until_due);
+    Ok(())
+}
+
+/// Records in the customer's balance what finalizing an invoice of `totals` takes from it
+/// (credit applied) or gives it (a negative total).
+pub(crate) async fn use_balance(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+    invoice: InvoiceId,
+    totals: &Totals,
+) -> ServiceResult<()> {
+    balance::record(
+        uow,
+        scope,
+        customer,
+        -totals.balance_applied,
+        Why::AppliedToInvoice(invoice),
+        None,
+    )
+    .await?;
+    balance::record(
+        uow,
+        scope,
+        customer,
+        totals.credit_to_balance,
+        Why::InvoiceCredit(invoice),
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets what finalizing gives an invoice of `totals` at `now`: its status (paid when nothing
+/// is due), totals and due date (`send_invoice`: `days_until_due`, default 30, from now).
+pub(crate) fn settle(
+    invoice: &mut InvoiceRow,
+    totals: &Totals,
+    now: DateTime<Utc>,
+    days_until_due: Option<i32>,
+) {
     let settled = totals.amount_due == 0;
     invoice.status = if settled {
         InvoiceStatus::Paid
@@ -471,7 +527,6 @@ pub(crate) async fn finalize_row(
     invoice.finalized_at = Some(now);
     invoice.paid_at = settled.then_some(now);
     invoice.updated_at = now;
-    Ok(())
 }
 
 // ---- reading ----
@@ -642,7 +697,7 @@ pub async fn mark_uncollectible(
 
 // ---- payments ----
 
-/// What [`start_attempt`] found to do.
+/// What [`start_attempts`] found to do.
 #[derive(Debug, Clone)]
 pub enum Attempt {
     /// Charge this pending attempt with this gateway token.
@@ -693,101 +748,194 @@ pub(crate) async fn refuse_while_in_flight(
     Ok(())
 }
 
-/// Step 1 of a charge: under the invoice's lock, decides whether to make attempt `number`
-/// and records it as pending (or finds the attempt a crashed run left in flight).
-pub async fn start_attempt(
+/// Locks invoices of any tenants the way [`lock_with_subscription`] locks one: their
+/// subscriptions first (in id order), then the invoices (in id order). Returns the locked
+/// invoices and subscriptions by id.
+async fn lock_many_with_subscriptions(
     uow: &mut UnitOfWork,
-    scope: Scope,
-    gateway: &Gateway,
-    id: InvoiceId,
-    number: i32,
-) -> ServiceResult<Attempt> {
+    keys: &[(Scope, InvoiceId)],
+) -> ServiceResult<(
+    HashMap<InvoiceId, InvoiceRow>,
+    HashMap<SubscriptionId, SubscriptionRow>,
+)> {
+    let unlocked = db::invoices::get_many(uow.conn(), keys, false).await?;
+    let subs: Vec<(Scope, SubscriptionId)> = unlocked
+        .iter()
+        .filter_map(|i| i.subscription_id.map(|s| (scope_of(i), s)))
+        .collect();
+    let subs = db::subscriptions::lock_many(uow.conn(), &subs)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s))
+        .collect();
+    let invoices = db::invoices::get_many(uow.conn(), keys, true)
+        .await?
+        .into_iter()
+        .map(|i| (i.id, i))
+        .collect();
+    Ok((invoices, subs))
+}
+
+/// The tenant and mode an invoice is in.
+fn scope_of(invoice: &InvoiceRow) -> Scope {
+    Scope {
+        tenant_id: invoice.tenant_id,
+        livemode: invoice.livemode,
+    }
+}
+
+/// Step 1 of charges (scope, invoice, attempt number): under the invoices' locks, decides for
+/// each whether to make attempt `number` and records it as pending (or finds the attempt a
+/// crashed run left in flight). What all of them read, and the attempts they record, take one
+/// statement each; the answers are in the order given.
+pub async fn start_attempts(
+    uow: &mut UnitOfWork,
+    stripe: &Stripe,
+    charges: &[(Scope, InvoiceId, i32)],
+) -> ServiceResult<Vec<Attempt>> {
     let now = uow.now();
-    let mut invoice = lock_with_subscription(uow, scope, id).await?;
-    let in_flight = db::invoices::in_flight_payment(uow.conn(), scope, id).await?;
-    let resumed = match in_flight {
-        // Interrupted before the gateway answered: charged again with its key, never twice.
-        Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => Some(p),
-        // The customer may still confirm that one, or the gateway is processing it: a second
-        // charge could take the money twice; its outcome comes as a gateway event.
-        Some(_) => return Ok(Attempt::Nothing(None)),
-        None => None,
-    };
-    if resumed.is_none()
-        && (!invoice.status.is_payable()
+    let keys: Vec<(Scope, InvoiceId)> = charges.iter().map(|c| (c.0, c.1)).collect();
+    let (mut invoices, _) = lock_many_with_subscriptions(uow, &keys).await?;
+    let mut in_flight: HashMap<InvoiceId, PaymentRow> =
+        db::invoices::in_flight_payments(uow.conn(), &keys)
+            .await?
+            .into_iter()
+            .map(|p| (p.invoice_id, p))
+            .collect();
+    let mut last: HashMap<InvoiceId, i32> = db::invoices::last_attempts(uow.conn(), &keys)
+        .await?
+        .into_iter()
+        .collect();
+    let mut tenants: Vec<TenantId> = charges.iter().map(|c| c.0.tenant_id()).collect();
+    tenants.sort_by_key(TenantId::as_uuid);
+    tenants.dedup();
+    let fees: HashMap<TenantId, u32> = db::tenants::billing_profiles(uow.conn(), &tenants)
+        .await?
+        .into_iter()
+        .map(|(t, p)| (t, u32::try_from(p.platform_fee_bps).unwrap_or(0)))
+        .collect();
+    let mut scopes: Vec<Scope> = charges.iter().map(|c| c.0).collect();
+    scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
+    scopes.dedup();
+    let accounts: HashMap<Scope, String> = db::stripe_accounts::get_many(uow.conn(), &scopes)
+        .await?
+        .into_iter()
+        .filter_map(|a| a.usable_id().map(|id| (a.scope(), id.to_owned())))
+        .collect();
+    let owners: Vec<(Scope, CustomerId)> = invoices
+        .values()
+        .map(|i| (scope_of(i), i.customer_id))
+        .collect();
+    let methods: HashMap<CustomerId, (PaymentMethodId, String)> =
+        db::customers::default_payment_tokens(uow.conn(), &owners)
+            .await?
+            .into_iter()
+            .map(|(c, pm, token)| (c, (pm, token)))
+            .collect();
+
+    let mut attempts = Vec::with_capacity(charges.len());
+    let mut started: Vec<PaymentRow> = Vec::new();
+    let mut changed: Vec<InvoiceId> = Vec::new();
+    for &(scope, id, number) in charges {
+        let invoice = invoices.get_mut(&id).ok_or(ServiceError::NotFound(WHAT))?;
+        let account = accounts.get(&scope).cloned();
+        let platform_fee_bps = fees.get(&scope.tenant_id()).copied().unwrap_or(0);
+        let resumed = match in_flight.get(&id) {
+            // Interrupted before the gateway answered: charged again with its key, never twice.
+            Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => {
+                Some(p.clone())
+            }
+            // The customer may still confirm that one, or the gateway is processing it: a
+            // second charge could take the money twice; its outcome comes as a gateway event.
+            Some(_) => {
+                attempts.push(Attempt::Nothing(None));
+                continue;
+            }
+            None => None,
+        };
+        if let Some(payment) = resumed {
+            let token = match payment.payment_method_id {
+                Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
+                None => return Err(ServiceError::internal("a pending payment without a method")),
+            };
+            attempts.push(Attempt::Charge {
+                payment,
+                token,
+                account,
+                platform_fee_bps,
+            });
+            continue;
+        }
+        if !invoice.status.is_payable()
             || invoice.amount_remaining == 0
             // Each attempt number is made once.
-            || number <= db::invoices::last_attempt(uow.conn(), scope, id).await?)
-    {
-        return Ok(Attempt::Nothing(None));
-    }
-    let profile = db::tenants::billing_profile(uow.conn(), scope.tenant_id()).await?;
-    let account = db::stripe_accounts::get(uow.conn(), scope)
-        .await?
-        .and_then(|a| a.usable_id().map(str::to_owned));
-    let fee_bps = u32::try_from(profile.platform_fee_bps).unwrap_or(0);
-    if let Some(payment) = resumed {
-        let token = match payment.payment_method_id {
-            Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
-            None => return Err(ServiceError::internal("a pending payment without a method")),
+            || number <= last.get(&id).copied().unwrap_or(0)
+        {
+            attempts.push(Attempt::Nothing(None));
+            continue;
+        }
+        let method = methods.get(&invoice.customer_id).cloned();
+        let gateway = Gateway::for_mode(stripe, scope.livemode());
+        let mut payment = PaymentRow {
+            id: PaymentId::new(),
+            tenant_id: scope.tenant_id(),
+            livemode: scope.livemode(),
+            invoice_id: id,
+            customer_id: invoice.customer_id,
+            attempt: number,
+            amount: invoice.amount_remaining,
+            currency: invoice.currency.clone(),
+            application_fee: if account.is_some() {
+                application_fee(invoice.amount_remaining, platform_fee_bps)
+            } else {
+                0
+            },
+            status: PaymentStatus::Pending,
+            gateway: gateway.name().into(),
+            gateway_id: None,
+            idempotency_key: format!("{id}-attempt-{number}"),
+            payment_method_id: method.as_ref().map(|m| m.0),
+            failure_code: None,
+            failure_message: None,
+            hard_decline: false,
+            amount_refunded: 0,
+            dispute_status: None,
+            disputed_amount: 0,
+            credited_to_balance: 0,
+            created_at: now,
+            updated_at: now,
         };
-        return Ok(Attempt::Charge {
+        invoice.attempt_count = number;
+        invoice.updated_at = now;
+        changed.push(id);
+        last.insert(id, number);
+        let Some((_, token)) = method else {
+            payment.status = PaymentStatus::Failed;
+            payment.failure_code = Some("payment_method_missing".into());
+            payment.failure_message = Some("The customer has no default payment method.".into());
+            db::invoices::insert_payment(uow.conn(), scope, &payment).await?;
+            let invoice = invoice.clone();
+            after_failure(uow, scope, &invoice, &payment).await?;
+            attempts.push(Attempt::Nothing(Some(payment)));
+            continue;
+        };
+        // In flight now: the same invoice later in the batch is not charged again.
+        in_flight.insert(id, payment.clone());
+        started.push(payment.clone());
+        attempts.push(Attempt::Charge {
             payment,
             token,
             account,
-            platform_fee_bps: fee_bps,
+            platform_fee_bps,
         });
     }
-    let attempt = number;
-    let method =
-        db::customers::default_payment_token(uow.conn(), scope, invoice.customer_id).await?;
-    let mut payment = PaymentRow {
-        id: PaymentId::new(),
-        tenant_id: scope.tenant_id(),
-        livemode: scope.livemode(),
-        invoice_id: id,
-        customer_id: invoice.customer_id,
-        attempt,
-        amount: invoice.amount_remaining,
-        currency: invoice.currency.clone(),
-        application_fee: if account.is_some() {
-            application_fee(invoice.amount_remaining, fee_bps)
-        } else {
-            0
-        },
-        status: PaymentStatus::Pending,
-        gateway: gateway.name().into(),
-        gateway_id: None,
-        idempotency_key: format!("{id}-attempt-{attempt}"),
-        payment_method_id: method.as_ref().map(|m| m.0),
-        failure_code: None,
-        failure_message: None,
-        hard_decline: false,
-        amount_refunded: 0,
-        dispute_status: None,
-        disputed_amount: 0,
-        credited_to_balance: 0,
-        created_at: now,
-        updated_at: now,
-    };
-    invoice.attempt_count = attempt;
-    invoice.updated_at = now;
-    db::invoices::save(uow.conn(), scope, &invoice).await?;
-    let Some((_, token)) = method else {
-        payment.status = PaymentStatus::Failed;
-        payment.failure_code = Some("payment_method_missing".into());
-        payment.failure_message = Some("The customer has no default payment method.".into());
-        db::invoices::insert_payment(uow.conn(), scope, &payment).await?;
-        after_failure(uow, scope, &invoice, &payment).await?;
-        return Ok(Attempt::Nothing(Some(payment)));
-    };
-    db::invoices::insert_payment(uow.conn(), scope, &payment).await?;
-    Ok(Attempt::Charge {
-        payment,
-        token,
-        account,
-        platform_fee_bps: fee_bps,
-    })
+    changed.sort_by_key(InvoiceId::as_uuid);
+    changed.dedup();
+    let rows: Vec<&InvoiceRow> = changed.iter().filter_map(|id| invoices.get(id)).collect();
+    db::invoices::save_many(uow.conn(), &rows).await?;
+    let rows: Vec<&PaymentRow> = started.iter().collect();
+    db::invoices::insert_payments(uow.conn(), &rows).await?;
+    Ok(attempts)
 }
 
 /// Step 2: asks the gateway, with the attempt's idempotency key (a repeat of the same attempt
@@ -962,6 +1110,108 @@ pub async fn record_outcome(
     Ok(p)
 }
 
+/// Step 3 for many answers (each its scope, the pending attempt and the gateway's answer), in
+/// the order given. The common answer, a first success on an invoice that owes all of it, is
+/// recorded for all in a few statements, as [`record_outcome`] records one: the payment
+/// succeeded, the invoice paid, `payment.succeeded` and `invoice.paid`, then its subscription
+/// active. Any other answer is recorded by [`record_outcome`] after them.
+pub async fn record_outcomes(
+    uow: &mut UnitOfWork,
+    answers: &[(Scope, &PaymentRow, &ChargeOutcome)],
+) -> ServiceResult<Vec<PaymentRow>> {
+    let now = uow.now();
+    let keys: Vec<(Scope, InvoiceId)> = answers.iter().map(|a| (a.0, a.1.invoice_id)).collect();
+    let (mut invoices, mut subs) = lock_many_with_subscriptions(uow, &keys).await?;
+    let ids: Vec<(Scope, PaymentId)> = answers.iter().map(|a| (a.0, a.1.id)).collect();
+    let mut payments: HashMap<PaymentId, PaymentRow> = db::invoices::get_payments(uow.conn(), &ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    let mut paid: Vec<(usize, Scope, PaymentId, InvoiceId)> = Vec::new();
+    let mut others = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, (scope, payment, outcome)) in answers.iter().enumerate() {
+        let (ChargeOutcome::Succeeded { id: gateway_id }, Some(p), Some(invoice)) = (
+            outcome,
+            payments.get_mut(&payment.id),
+            invoices.get_mut(&payment.invoice_id),
+        ) else {
+            others.push(i);
+            continue;
+        };
+        if p.status != PaymentStatus::Pending
+            || !invoice.status.is_payable()
+            || p.amount > invoice.amount_remaining
+            || !seen.insert(invoice.id)
+        {
+            others.push(i);
+            continue;
+        }
+        p.status = PaymentStatus::Succeeded;
+        p.gateway_id = Some(gateway_id.clone());
+        p.failure_code = None;
+        p.failure_message = None;
+        p.hard_decline = false;
+        p.updated_at = now;
+        invoice.status = invoice
+            .status
+            .apply(InvoiceTransition::Pay)
+            .map_err(illegal)?;
+        invoice.amount_paid += p.amount;
+        invoice.amount_remaining -= p.amount;
+        invoice.paid_at = Some(now);
+        invoice.updated_at = now;
+        paid.push((i, *scope, p.id, invoice.id));
+    }
+    let rows: Vec<&PaymentRow> = paid.iter().filter_map(|t| payments.get(&t.2)).collect();
+    db::invoices::save_payments(uow.conn(), &rows).await?;
+    let rows: Vec<&InvoiceRow> = paid.iter().filter_map(|t| invoices.get(&t.3)).collect();
+    db::invoices::save_many(uow.conn(), &rows).await?;
+    let keys: Vec<(Scope, InvoiceId)> = paid.iter().map(|t| (t.1, t.3)).collect();
+    let mut lines: HashMap<InvoiceId, Vec<LineRow>> = HashMap::new();
+    for line in db::invoices::lines_many(uow.conn(), &keys).await? {
+        lines.entry(line.invoice_id).or_default().push(line);
+    }
+    let mut recorded = Vec::with_capacity(paid.len() * 2);
+    for (_, scope, payment, invoice) in &paid {
+        if let (Some(p), Some(i)) = (payments.get(payment), invoices.get(invoice)) {
+            let json = i.to_json(lines.get(invoice).map_or(&[][..], Vec::as_slice));
+            recorded.push((*scope, NewEvent::new("payment.succeeded", p.to_json())));
+            recorded.push((*scope, NewEvent::new("invoice.paid", json)));
+        }
+    }
+    events::record_all(uow, &recorded).await?;
+    // Then their subscriptions (an active one's paid renewal changes nothing about it).
+    for (_, scope, _, invoice) in &paid {
+        let Some(sub) = invoices
+            .get(invoice)
+            .and_then(|i| i.subscription_id)
+            .and_then(|s| subs.get_mut(&s))
+        else {
+            continue;
+        };
+        if let Ok(next) = sub.status.apply(Transition::InvoicePaid)
+            && next != sub.status
+        {
+            super::subscriptions::move_to(uow, *scope, sub, next, Transition::InvoicePaid).await?;
+        }
+    }
+    let mut results: Vec<Option<PaymentRow>> = vec![None; answers.len()];
+    for (i, _, payment, _) in paid {
+        results[i] = payments.remove(&payment);
+    }
+    // The others one by one, after: they see what these wrote.
+    for i in others {
+        let (scope, payment, outcome) = answers[i];
+        results[i] = Some(record_outcome(uow, scope, payment, outcome).await?);
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| ServiceError::internal("an answer not recorded")))
+        .collect()
+}
+
 /// A failed attempt: `payment.failed`, `invoice.payment_failed`, and the subscription past due.
 async fn after_failure(
     uow: &mut UnitOfWork,
@@ -1076,8 +1326,8 @@ pub async fn run_attempt(
 }
 
 /// Runs attempts of charge jobs (scope, invoice, attempt number) in three steps for all:
-/// their attempts start in one transaction ([`start_attempt`]), the gateway is called for each
-/// (all at once), and the answers are recorded in a second ([`record_outcome`]). Returns each
+/// their attempts start in one transaction ([`start_attempts`]), the gateway is called for each
+/// (all at once), and the answers are recorded in a second ([`record_outcomes`]). Returns each
 /// attempt's recorded payment (`None` when there was nothing to charge), or its gateway failure
 /// worth trying again (its pending attempt is resumed, with its key, by the next run), in the
 /// order given. An error of either transaction is the whole answer: running them again (one by
@@ -1088,43 +1338,43 @@ pub async fn run_attempts(
     stripe: &Stripe,
     given: &[(Scope, InvoiceId, i32)],
 ) -> ServiceResult<Vec<ServiceResult<Option<PaymentRow>>>> {
-    // Invoices locked in one order by every call, so that two never wait in a cycle.
-    let mut order: Vec<usize> = (0..given.len()).collect();
-    order.sort_by_key(|i| given[*i].1.as_uuid());
-    let charges: Vec<(Scope, InvoiceId, i32)> = order.iter().map(|i| given[*i]).collect();
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let mut attempts = Vec::with_capacity(charges.len());
-    for (scope, id, number) in &charges {
-        let gateway = Gateway::for_mode(stripe, scope.livemode());
-        attempts.push(start_attempt(&mut uow, *scope, &gateway, *id, *number).await?);
-    }
+    let attempts = start_attempts(&mut uow, stripe, given).await?;
     uow.commit().await?;
-    let answers = futures_util::future::join_all(charges.iter().zip(&attempts).map(
+    let answers = futures_util::future::join_all(given.iter().zip(&attempts).map(
         |((scope, _, _), attempt)| async move {
             let gateway = Gateway::for_mode(stripe, scope.livemode());
             charge(&gateway, *scope, attempt).await
         },
     ))
     .await;
-    let mut uow = UnitOfWork::begin(pool, clock).await?;
     let mut results: Vec<Option<ServiceResult<Option<PaymentRow>>>> =
         (0..given.len()).map(|_| None).collect();
-    for ((((scope, _, _), attempt), answer), i) in
-        charges.iter().zip(attempts).zip(answers).zip(&order)
+    let mut to_record: Vec<(usize, Scope, &PaymentRow, ChargeOutcome)> = Vec::new();
+    for (i, (((scope, _, _), attempt), answer)) in
+        given.iter().zip(&attempts).zip(answers).enumerate()
     {
-        results[*i] = Some(match (attempt, answer) {
-            (Attempt::Charge { payment, .. }, Ok(Some(outcome))) => Ok(Some(
-                record_outcome(&mut uow, *scope, &payment, &outcome).await?,
-            )),
-            (Attempt::Nothing(recorded), Ok(_)) => Ok(recorded),
-            (Attempt::Charge { .. }, Ok(None)) => {
-                Err(ServiceError::internal("a charge always has an outcome"))
+        match (attempt, answer) {
+            (Attempt::Charge { payment, .. }, Ok(Some(outcome))) => {
+                to_record.push((i, *scope, payment, outcome));
             }
-            (_, Err(e)) => Err(e.into()),
-        });
+            (Attempt::Nothing(recorded), Ok(_)) => results[i] = Some(Ok(recorded.clone())),
+            (Attempt::Charge { .. }, Ok(None)) => {
+                results[i] = Some(Err(ServiceError::internal(
+                    "a charge always has an outcome",
+                )));
+            }
+            (_, Err(e)) => results[i] = Some(Err(e.into())),
+        }
     }
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let answered: Vec<(Scope, &PaymentRow, &ChargeOutcome)> =
+        to_record.iter().map(|(_, s, p, o)| (*s, *p, o)).collect();
+    let recorded = record_outcomes(&mut uow, &answered).await?;
     uow.commit().await?;
-    // Back in the order given.
+    for ((i, ..), payment) in to_record.iter().zip(recorded) {
+        results[*i] = Some(Ok(Some(payment)));
+    }
     Ok(results.into_iter().flatten().collect())
 }
 

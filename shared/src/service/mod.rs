@@ -22,6 +22,7 @@ pub mod invoices;
 pub mod invoicing;
 pub mod payment_events;
 pub mod refunds;
+pub mod renewals;
 pub mod sessions;
 pub mod stripe_connect;
 pub mod stripe_events;

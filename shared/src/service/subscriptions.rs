@@ -270,7 +270,7 @@ pub(crate) async fn redeem_coupon(
 }
 
 /// The renewal of the period that ends now, due at its end.
-fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
+pub(crate) fn renewal(scope: Scope, sub: &SubscriptionRow) -> jobs::NewJob {
     let job = Job::RenewSubscription {
         subscription: sub.id,
         period_start: sub.current_period_end,
@@ -287,19 +287,31 @@ async fn queue_charge(
     sub: &SubscriptionRow,
     invoice: &db::invoices::InvoiceRow,
 ) -> ServiceResult<()> {
+    let now = uow.now();
+    if let Some(job) = first_charge(scope, sub, invoice, now) {
+        jobs::enqueue(uow.conn(), &[job], now).await?;
+    }
+    Ok(())
+}
+
+/// The first charge of a new invoice of `sub`, due at `now`, when there is something to
+/// charge automatically.
+pub(crate) fn first_charge(
+    scope: Scope,
+    sub: &SubscriptionRow,
+    invoice: &db::invoices::InvoiceRow,
+    now: DateTime<Utc>,
+) -> Option<jobs::NewJob> {
     if !invoice.status.is_payable()
         || sub.collection_method != CollectionMethod::ChargeAutomatically.as_str()
     {
-        return Ok(());
+        return None;
     }
-    let now = uow.now();
     let job = Job::PayInvoice {
         invoice: invoice.id,
         attempt: 1,
     };
-    let job = on_clock(job.to_new(Some(scope), now), sub);
-    jobs::enqueue(uow.conn(), &[job], now).await?;
-    Ok(())
+    Some(on_clock(job.to_new(Some(scope), now), sub))
 }
 
 /// A job about `sub` waits for its test clock's time, when it has a clock.
@@ -881,21 +893,43 @@ pub enum Renewal {
 /// Closes the period of `sub` that ends at `period_end` (a `subscription.renew` job): cancels
 /// at the period's end when scheduled, ends the trial, or starts the next period, invoicing it
 /// and queueing its charge. Does nothing when that period is no longer the current one, so a
-/// job that runs twice, late or after a cancel changes nothing.
+/// job that runs twice, late or after a cancel changes nothing. A renewal of many at once is
+/// [`super::renewals::renew_many`]; this is that of one.
 pub async fn renew(
     uow: &mut UnitOfWork,
     scope: Scope,
     id: SubscriptionId,
     period_end: DateTime<Utc>,
 ) -> ServiceResult<Renewal> {
+    super::renewals::renew_many(uow, &[(scope, id, period_end)])
+        .await?
+        .pop()
+        .ok_or_else(|| ServiceError::internal("a renewal without an answer"))
+}
+
+/// What closing a period leaves to do.
+#[derive(Debug)]
+pub(crate) enum Closing {
+    /// Nothing more: this is the renewal's answer.
+    Done(Renewal),
+    /// The next period is current (in the row, not saved yet): it is to be invoiced, the
+    /// subscription saved and its next renewal queued
+    /// ([`super::renewals::renew_many`] does it for many at once).
+    Invoice,
+}
+
+/// The first step of a renewal of `sub` (locked) whose period ends at `period_end`: decides
+/// whether it is due, and cancels, ends the trial (or pauses) as it must; a period to invoice
+/// is left to the caller.
+pub(crate) async fn close_period(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &mut SubscriptionRow,
+    period_end: DateTime<Utc>,
+) -> ServiceResult<Closing> {
     let now = uow.now();
-    let mut sub = match db::subscriptions::lock(uow.conn(), scope, id).await {
-        Ok(sub) => sub,
-        Err(db::DbError::NotFound) => return Ok(Renewal::Stale),
-        Err(e) => return Err(e.into()),
-    };
     if !sub.status.is_live() || sub.current_period_end != period_end {
-        return Ok(Renewal::Stale);
+        return Ok(Closing::Done(Renewal::Stale));
     }
     if now < period_end {
         // Run early (another host's clock): not done, so that it runs again when due.
@@ -903,15 +937,15 @@ pub async fn renew(
     }
     if sub.status == SubscriptionStatus::Incomplete {
         // Its first invoice is unpaid: it expires rather than renews.
-        return Ok(Renewal::Stale);
+        return Ok(Closing::Done(Renewal::Stale));
     }
     if sub.cancel_at_period_end {
         let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
-        final_invoice(uow, scope, &mut sub).await?;
-        move_to(uow, scope, &mut sub, next, Transition::Cancel).await?;
+        final_invoice(uow, scope, sub).await?;
+        move_to(uow, scope, sub, next, Transition::Cancel).await?;
         sub.ended_at = Some(period_end);
-        db::subscriptions::save(uow.conn(), scope, &sub).await?;
-        return Ok(Renewal::Canceled);
+        db::subscriptions::save(uow.conn(), scope, sub).await?;
+        return Ok(Closing::Done(Renewal::Canceled));
     }
     let charge = sub.collection_method == CollectionMethod::ChargeAutomatically.as_str();
     if sub.status == SubscriptionStatus::Trialing {
@@ -924,38 +958,21 @@ pub async fn renew(
             Transition::TrialEnded
         };
         let next = sub.status.apply(transition).map_err(illegal)?;
-        move_to(uow, scope, &mut sub, next, transition).await?;
+        move_to(uow, scope, sub, next, transition).await?;
         if next == SubscriptionStatus::Paused {
             // The first period starts anyway; it is invoiced once collection resumes.
-            advance(&mut sub, 0)?;
-            save_and_queue(uow, scope, &sub).await?;
-            return Ok(Renewal::Paused);
+            advance(sub, 0)?;
+            save_and_queue(uow, scope, sub).await?;
+            return Ok(Closing::Done(Renewal::Paused));
         }
     }
     let index = sub.current_period_index + 1;
-    advance(&mut sub, index)?;
+    advance(sub, index)?;
     if sub.status == SubscriptionStatus::Paused {
-        save_and_queue(uow, scope, &sub).await?;
-        return Ok(Renewal::Renewed { invoice: None });
+        save_and_queue(uow, scope, sub).await?;
+        return Ok(Closing::Done(Renewal::Renewed { invoice: None }));
     }
-    let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
-    let period = Period {
-        start: sub.current_period_start,
-        end: sub.current_period_end,
-    };
-    let (invoice, made) =
-        invoices::invoice_period(uow, scope, &mut sub, &items, period, "subscription_cycle")
-            .await?;
-    sub.latest_invoice_id = Some(invoice.id);
-    save_and_queue(uow, scope, &sub).await?;
-    if made {
-        queue_charge(uow, scope, &sub, &invoice).await?;
-    }
-    let v = view(uow, scope, sub).await?;
-    events::record(uow, scope, "customer.subscription.updated", v.to_json()).await?;
-    Ok(Renewal::Renewed {
-        invoice: Some(invoice.id),
-    })
+    Ok(Closing::Invoice)
 }
 
 /// A job that ran before its time: an error, so that it runs again rather than being done.

@@ -164,8 +164,14 @@ pub async fn taxed_totals(
     lines: &[LineRow],
     balance: i64,
 ) -> ServiceResult<Taxed> {
-    let too_large = || ServiceError::invalid("items", "make the invoice's amounts too large");
     let rows = db::tax_rates::for_customer(uow.conn(), scope, customer).await?;
+    taxed(&rows, lines, balance)
+}
+
+/// The totals of `lines` with the tax `rows` (a customer's, [`db::tax_rates::for_customer`])
+/// and up to `balance` of credit applied (see [`taxed_totals`]).
+pub(crate) fn taxed(rows: &[TaxRateRow], lines: &[LineRow], balance: i64) -> ServiceResult<Taxed> {
+    let too_large = || ServiceError::invalid("items", "make the invoice's amounts too large");
     let rates: Vec<Rate> = rows
         .iter()
         .map(|r| Rate {

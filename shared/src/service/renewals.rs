@@ -1,0 +1,361 @@
+//! Renewals of many subscriptions in one unit of work, in a few statements however many there
+//! are: the worker renews a batch of due periods at once, and a renewal of one
+//! ([`super::subscriptions::renew`]) is a batch of one, so both take the same path.
+//!
+//! Each subscription's period is first closed on its own
+//! ([`super::subscriptions::close_period`]: stale jobs, scheduled cancels, trial ends and
+//! pauses, which are rare); the periods left to invoice are then invoiced together: what they
+//! read (items, the periods' invoices, waiting lines, customers, tax rates, prefixes, coupons)
+//! is read in one statement each, their invoices and lines are written in one statement each,
+//! and so are the subscriptions, their jobs and their events. What an invoice comes to is
+//! computed by the same functions as for one ([`invoices::period_lines`], [`invoices::settle`],
+//! [`tax_rates::taxed`]...). Numbers are taken at the commit ([`UnitOfWork::defer_numbering`]).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    ServiceError, ServiceResult, events, invoices,
+    subscriptions::{self, Closing, Renewal, SubscriptionView},
+    tax_rates,
+};
+use crate::{
+    db::{
+        self,
+        coupons::CouponRow,
+        customers::CustomerRow,
+        events::NewEvent,
+        invoices::{InvoiceRow, LineRow, PendingLine},
+        subscriptions::{ItemRow, SubscriptionRow},
+        tax_rates::TaxRateRow,
+    },
+    domain::{customer::InvoicePrefix, invoice::InvoiceStatus, period::Period},
+    ids::{CouponId, CustomerId, InvoiceId, InvoiceItemId, SubscriptionId, TenantId},
+    jobs,
+    tenancy::Scope,
+    uow::UnitOfWork,
+};
+
+/// Renews due periods (`subscription.renew` jobs: the subscription and the end of its current
+/// period) in the unit of work; the invoices are numbered, and the answers given, in the order
+/// given (a customer's second renewal in a batch after the others). Subscriptions are locked in
+/// id order, then their customers in id order, before anything else, so that two batches never
+/// wait for each other in a cycle. The first failure is the answer, and the unit of work is
+/// then to be rolled back (the worker runs the jobs again one by one).
+pub async fn renew_many(
+    uow: &mut UnitOfWork,
+    renewals: &[(Scope, SubscriptionId, DateTime<Utc>)],
+) -> ServiceResult<Vec<Renewal>> {
+    uow.defer_numbering();
+    let keys: Vec<(Scope, SubscriptionId)> = renewals.iter().map(|r| (r.0, r.1)).collect();
+    let mut locked: HashMap<SubscriptionId, SubscriptionRow> =
+        db::subscriptions::lock_many(uow.conn(), &keys)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+    let mut owners: Vec<(Scope, CustomerId)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (scope, id) in &keys {
+        if let Some(sub) = locked.get(id)
+            && seen.insert(sub.customer_id)
+        {
+            owners.push((*scope, sub.customer_id));
+        }
+    }
+    db::customers::lock_many(uow.conn(), &owners).await?;
+
+    let mut answers: Vec<Option<Renewal>> = vec![None; renewals.len()];
+    let mut due = Vec::new();
+    // In the order given (all locks are held): invoices are numbered in it.
+    for (i, &(scope, id, period_end)) in renewals.iter().enumerate() {
+        // A job given twice is renewed once: the second finds the period closed.
+        let Some(mut sub) = locked.remove(&id) else {
+            answers[i] = Some(Renewal::Stale);
+            continue;
+        };
+        match subscriptions::close_period(uow, scope, &mut sub, period_end).await? {
+            Closing::Done(renewal) => answers[i] = Some(renewal),
+            Closing::Invoice => due.push(Due { at: i, scope, sub }),
+        }
+    }
+    // A customer's invoices are made one after the other (each takes its credit and its
+    // waiting items from what the one before left): one per customer in each round.
+    while !due.is_empty() {
+        let mut customers = HashSet::new();
+        let (round, later): (Vec<Due>, Vec<Due>) = due
+            .into_iter()
+            .partition(|d| customers.insert(d.sub.customer_id));
+        for (at, renewal) in invoice_periods(uow, round).await? {
+            answers[at] = Some(renewal);
+        }
+        due = later;
+    }
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| ServiceError::internal("a renewal without an answer")))
+        .collect()
+}
+
+/// A subscription whose new period is to be invoiced, and where its answer goes.
+struct Due {
+    at: usize,
+    scope: Scope,
+    sub: SubscriptionRow,
+}
+
+/// What invoicing a round of periods reads, in one statement each.
+struct Reads {
+    items: HashMap<SubscriptionId, Vec<ItemRow>>,
+    invoiced: HashMap<SubscriptionId, InvoiceRow>,
+    waiting: HashMap<SubscriptionId, Vec<PendingLine>>,
+    customers: HashMap<CustomerId, CustomerRow>,
+    one_offs: HashMap<CustomerId, Vec<PendingLine>>,
+    rates: HashMap<CustomerId, Vec<TaxRateRow>>,
+    slugs: HashMap<TenantId, String>,
+    coupons: HashMap<CouponId, CouponRow>,
+}
+
+/// Reads what invoicing the periods of `due` (one per customer) needs, locking the lines
+/// waiting for them, then their customers, as invoicing one period does.
+async fn read(uow: &mut UnitOfWork, due: &[Due]) -> ServiceResult<Reads> {
+    let subs: Vec<(Scope, SubscriptionId)> = due.iter().map(|d| (d.scope, d.sub.id)).collect();
+    let mut items: HashMap<SubscriptionId, Vec<ItemRow>> = HashMap::new();
+    for item in db::subscriptions::items_many(uow.conn(), &subs).await? {
+        items.entry(item.subscription_id).or_default().push(item);
+    }
+    let periods: Vec<(Scope, SubscriptionId, DateTime<Utc>)> = due
+        .iter()
+        .map(|d| (d.scope, d.sub.id, d.sub.current_period_start))
+        .collect();
+    let invoiced: HashMap<SubscriptionId, InvoiceRow> =
+        db::invoices::of_periods(uow.conn(), &periods)
+            .await?
+            .into_iter()
+            .filter_map(|i| i.subscription_id.map(|s| (s, i)))
+            .collect();
+    let new: Vec<&Due> = due
+        .iter()
+        .filter(|d| !invoiced.contains_key(&d.sub.id))
+        .collect();
+    let new_subs: Vec<(Scope, SubscriptionId)> = new.iter().map(|d| (d.scope, d.sub.id)).collect();
+    let mut waiting: HashMap<SubscriptionId, Vec<PendingLine>> = HashMap::new();
+    for line in db::invoices::pending_of_many(uow.conn(), &new_subs).await? {
+        if let Some(sub) = line.subscription_id {
+            waiting.entry(sub).or_default().push(line);
+        }
+    }
+    let owners: Vec<(Scope, CustomerId)> =
+        new.iter().map(|d| (d.scope, d.sub.customer_id)).collect();
+    let customers: HashMap<CustomerId, CustomerRow> = db::customers::lock_many(uow.conn(), &owners)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let currencies: Vec<(Scope, CustomerId, &str)> = new
+        .iter()
+        .map(|d| (d.scope, d.sub.customer_id, d.sub.currency.as_str()))
+        .collect();
+    let mut one_offs: HashMap<CustomerId, Vec<PendingLine>> = HashMap::new();
+    for line in db::invoices::pending_of_customers(uow.conn(), &currencies).await? {
+        one_offs.entry(line.customer_id).or_default().push(line);
+    }
+    let mut rates: HashMap<CustomerId, Vec<TaxRateRow>> = HashMap::new();
+    for (customer, rate) in db::tax_rates::for_customers(uow.conn(), &owners).await? {
+        rates.entry(customer).or_default().push(rate);
+    }
+    let mut tenants: Vec<TenantId> = customers
+        .values()
+        .filter(|c| invoices::own_prefix(c).is_none())
+        .map(|c| c.tenant_id)
+        .collect();
+    tenants.sort_by_key(TenantId::as_uuid);
+    tenants.dedup();
+    let slugs = db::tenants::billing_profiles(uow.conn(), &tenants)
+        .await?
+        .into_iter()
+        .map(|(t, p)| (t, p.slug))
+        .collect();
+    let mut coupons = HashMap::new();
+    for d in &new {
+        if let Some(coupon) = d.sub.coupon_id
+            && !coupons.contains_key(&coupon)
+        {
+            coupons.insert(
+                coupon,
+                db::coupons::get_any(uow.conn(), d.scope, coupon).await?,
+            );
+        }
+    }
+    Ok(Reads {
+        items,
+        invoiced,
+        waiting,
+        customers,
+        one_offs,
+        rates,
+        slugs,
+        coupons,
+    })
+}
+
+/// An invoice made in a round, with its lines and the waiting lines it took.
+struct Made {
+    scope: Scope,
+    invoice: InvoiceRow,
+    lines: Vec<LineRow>,
+    taken: Vec<InvoiceItemId>,
+}
+
+/// Invoices the new periods of `due` (at most one per customer), saves the subscriptions and
+/// queues their next renewals and first charges, and records the events invoicing one period
+/// records, in this order for each: `invoice.created`, `invoice.finalized` (`invoice.paid` when
+/// nothing is due), `customer.subscription.updated`. A period already invoiced gets nothing new.
+async fn invoice_periods(
+    uow: &mut UnitOfWork,
+    due: Vec<Due>,
+) -> ServiceResult<Vec<(usize, Renewal)>> {
+    let now = uow.now();
+    let mut reads = read(uow, &due).await?;
+    let mut made: Vec<Made> = Vec::new();
+    let mut done: Vec<(Due, InvoiceId, bool)> = Vec::with_capacity(due.len());
+    for mut d in due {
+        if let Some(existing) = reads.invoiced.remove(&d.sub.id) {
+            done.push((d, existing.id, false));
+            continue;
+        }
+        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, now).await?;
+        done.push((d, m.invoice.id, true));
+        made.push(m);
+    }
+    let rows: Vec<&InvoiceRow> = made.iter().map(|m| &m.invoice).collect();
+    if db::invoices::insert_many(uow.conn(), &rows).await? != rows.len() as u64 {
+        return Err(ServiceError::conflict(
+            "period_already_invoiced",
+            "This period of the subscription is already invoiced.",
+        ));
+    }
+    let lines: Vec<(Scope, &LineRow)> = made
+        .iter()
+        .flat_map(|m| m.lines.iter().map(move |l| (m.scope, l)))
+        .collect();
+    db::invoices::insert_lines_many(uow.conn(), &lines).await?;
+    let taken: Vec<(Scope, InvoiceItemId, InvoiceId)> = made
+        .iter()
+        .flat_map(|m| m.taken.iter().map(move |t| (m.scope, *t, m.invoice.id)))
+        .collect();
+    db::invoices::mark_invoiced_many(uow.conn(), &taken).await?;
+
+    let invoices_by_id: HashMap<InvoiceId, &Made> =
+        made.iter().map(|m| (m.invoice.id, m)).collect();
+    let mut jobs = Vec::new();
+    let mut recorded: Vec<(Scope, NewEvent)> = Vec::new();
+    for (d, invoice, fresh) in &mut done {
+        d.sub.latest_invoice_id = Some(*invoice);
+        d.sub.updated_at = now;
+        jobs.push(subscriptions::renewal(d.scope, &d.sub));
+        if let Some(m) = invoices_by_id.get(invoice).filter(|_| *fresh) {
+            let json = m.invoice.to_json(&m.lines);
+            recorded.push((d.scope, NewEvent::new("invoice.created", json.clone())));
+            recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
+            if m.invoice.status == InvoiceStatus::Paid {
+                recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
+            }
+            jobs.extend(subscriptions::first_charge(
+                d.scope, &d.sub, &m.invoice, now,
+            ));
+        }
+        let view = SubscriptionView {
+            subscription: d.sub.clone(),
+            items: reads.items.remove(&d.sub.id).unwrap_or_default(),
+        };
+        recorded.push((
+            d.scope,
+            NewEvent::new("customer.subscription.updated", view.to_json()),
+        ));
+    }
+    let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
+    db::subscriptions::save_many(uow.conn(), &subs).await?;
+    jobs::enqueue(uow.conn(), &jobs, now).await?;
+    events::record_all(uow, &recorded).await?;
+    Ok(done
+        .into_iter()
+        .map(|(d, invoice, _)| {
+            let renewal = Renewal::Renewed {
+                invoice: Some(invoice),
+            };
+            (d.at, renewal)
+        })
+        .collect())
+}
+
+/// Makes the invoice of `sub`'s current period from what was read (as
+/// [`invoices::invoice_period`] does for one): the items' lines less the subscription's
+/// discounts, then the lines waiting for it and its customer's one-off items, taxed, with the
+/// customer's credit applied (recorded in its balance now), numbered at the commit.
+async fn invoice_period(
+    uow: &mut UnitOfWork,
+    reads: &mut Reads,
+    sub: &mut SubscriptionRow,
+    scope: Scope,
+    now: DateTime<Utc>,
+) -> ServiceResult<Made> {
+    let period = Period {
+        start: sub.current_period_start,
+        end: sub.current_period_end,
+    };
+    let id = InvoiceId::new();
+    let items = reads.items.get(&sub.id).map_or(&[][..], Vec::as_slice);
+    let mut lines = invoices::period_lines(id, items, period)?;
+    if invoices::apply_bundle(sub, &mut lines)?
+        && let Some(coupon) = sub.coupon_id.and_then(|c| reads.coupons.get(&c))
+    {
+        invoices::apply_coupon(sub, coupon, &mut lines, period)?;
+    }
+    let mut pending = reads.waiting.remove(&sub.id).unwrap_or_default();
+    // The customer's one-off items in the subscription's currency come along (as at Stripe).
+    pending.extend(reads.one_offs.remove(&sub.customer_id).unwrap_or_default());
+    invoices::append_pending(&mut lines, &pending, id)?;
+    let customer = reads
+        .customers
+        .get(&sub.customer_id)
+        .ok_or(ServiceError::NotFound("customer"))?;
+    let rates = reads.rates.get(&customer.id).map_or(&[][..], Vec::as_slice);
+    let taxed = tax_rates::taxed(rates, &lines, customer.balance)?;
+    let prefix = match invoices::own_prefix(customer) {
+        Some(p) => p,
+        None => {
+            let slug = reads
+                .slugs
+                .get(&customer.tenant_id)
+                .ok_or_else(|| ServiceError::internal("a customer's tenant without a profile"))?;
+            InvoicePrefix::from_slug(slug)
+        }
+    };
+    let mut invoice = invoices::blank(
+        scope,
+        id,
+        sub.customer_id,
+        &sub.currency,
+        &sub.collection_method,
+        "subscription_cycle",
+        period,
+        now,
+    );
+    invoice.subscription_id = Some(sub.id);
+    invoice.tax_amounts = taxed.tax_amounts;
+    invoices::use_balance(uow, scope, customer.id, id, &taxed.totals).await?;
+    uow.number_at_commit(scope, prefix, id);
+    invoices::settle(&mut invoice, &taxed.totals, now, sub.days_until_due);
+    if sub.coupon_id.is_some() {
+        // One more period invoice since the redemption (saved with the subscription).
+        sub.coupon_invoices = sub.coupon_invoices.saturating_add(1);
+    }
+    Ok(Made {
+        scope,
+        invoice,
+        lines,
+        taken: pending.iter().map(|p| p.id).collect(),
+    })
+}
