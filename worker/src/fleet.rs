@@ -68,8 +68,8 @@ struct Billing {
 const OTHER_BILLING_JOBS: usize = 16;
 
 /// Most jobs in one batch, and how many batches of a kind run at once.
-const BILLING_BATCH: usize = 32;
-const BILLING_PARALLEL: usize = 4;
+const BILLING_BATCH: usize = 64;
+const BILLING_PARALLEL: usize = 8;
 
 impl Billing {
     fn new(rt: &Arc<Runtime>) -> Self {

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use shared::{
     clock::Clock,
     jobs::Job,
+    payments::ChargeOutcome,
     service::{billing_jobs, invoices, test_clocks},
     stripe::Stripe,
     tenancy::Scope,
@@ -1152,4 +1153,296 @@ async fn renewals_made_together_number_their_invoices_at_the_commit_and_one_fail
     for id in &order {
         assert_eq!(invoices_of(&app, &key, id).await[1]["status"], "paid");
     }
+}
+
+#[tokio::test]
+async fn a_customers_renewals_made_together_take_its_credit_and_waiting_items_one_after_the_other()
+{
+    let app = spawn_app().await;
+    let t = app.register("one-customer@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let body = json!({"customer": customer, "items": [{"plan": plan}]});
+    let first = subscribe(&app, &key, body.clone()).await;
+    let second = subscribe(&app, &key, body).await;
+    run_due(&app, scope).await;
+    for sub in [&first, &second] {
+        assert_eq!(
+            invoices_of(&app, &key, &s(&sub["id"])).await[0]["status"],
+            "paid"
+        );
+    }
+    // 4,000 of credit and a 500 one-off item wait for the next invoices.
+    json_of(
+        app.post(
+            &format!("/api/v1/customers/{customer}/balance-transactions"),
+            &key,
+            &json!({"amount": 4000}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let item = json_of(
+        app.post(
+            "/api/v1/invoice-items",
+            &key,
+            &json!({"customer": customer, "amount": 500, "description": "Setup"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    app.clock.advance(DAY * 31);
+    let mut due = due_renewals(&app, scope).await;
+    assert_eq!(due.len(), 2, "{due:?}");
+    // The second subscription first: the order given is the order they are made in.
+    let second_id = shared::ids::SubscriptionId::parse(&s(&second["id"])).unwrap();
+    due.sort_by_key(|(_, id, _)| *id != second_id);
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    billing_jobs::renew_many(&mut uow, &due).await.unwrap();
+    uow.commit().await.unwrap();
+
+    // The first made takes the item and 3,499 of the credit; the next takes the 501 left.
+    let made = invoices_of(&app, &key, &s(&second["id"])).await[1].clone();
+    let next = invoices_of(&app, &key, &s(&first["id"])).await[1].clone();
+    assert_eq!(made["total"], 3499, "{made}");
+    assert_eq!(made["balance_applied"], 3499);
+    assert_eq!(made["amount_due"], 0);
+    assert_eq!(made["status"], "paid");
+    let lines: Vec<&str> = made["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{made}");
+    assert_eq!(lines[1], "Setup");
+    assert_eq!(next["total"], 2999, "{next}");
+    assert_eq!(next["balance_applied"], 501);
+    assert_eq!(next["amount_due"], 2498);
+    assert_eq!(next["status"], "open");
+    let item = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoice-items/{}", s(&item["id"])),
+    )
+    .await;
+    assert_eq!(item["invoice"], made["id"]);
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/customers/{customer}")).await["balance"],
+        0
+    );
+    // Numbered in that order, and only the one with something due is charged.
+    let n = |inv: &Value| s(&inv["number"])[s(&inv["number"]).len() - 6..].to_owned();
+    assert_eq!(n(&made), "000003");
+    assert_eq!(n(&next), "000004");
+    let charges: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'invoice_id' FROM jobs WHERE kind = 'invoice.pay' \
+         AND state = 'pending'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(charges, vec![s(&next["id"])]);
+}
+
+#[tokio::test]
+async fn attempts_of_one_invoice_given_together_charge_it_once() {
+    let app = spawn_app().await;
+    let t = app.register("twice@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = shared::ids::InvoiceId::parse(&s(&sub["latest_invoice"])).unwrap();
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    // The first job twice, and a second attempt, in one batch.
+    let results = invoices::run_attempts(
+        &app.pool,
+        app.clock.as_ref(),
+        &stripe,
+        &[
+            (scope, invoice, 1),
+            (scope, invoice, 1),
+            (scope, invoice, 2),
+        ],
+    )
+    .await
+    .unwrap();
+    let recorded: Vec<Option<String>> = results
+        .into_iter()
+        .map(|r| r.unwrap().map(|p| p.status.as_str().to_owned()))
+        .collect();
+    assert_eq!(recorded, vec![Some("succeeded".to_owned()), None, None]);
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    assert_eq!(payments["data"].as_array().unwrap().len(), 1, "{payments}");
+    let inv = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(inv["status"], "paid");
+    assert_eq!(inv["amount_paid"], 2999);
+    assert_eq!(inv["attempt_count"], 1);
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub["status"], "active");
+}
+
+#[tokio::test]
+async fn a_stale_renewal_given_with_the_due_one_in_a_batch_does_not_hold_it_back() {
+    let app = spawn_app().await;
+    let t = app.register("stale-twin@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    run_due(&app, scope).await;
+    app.clock.advance(DAY * 31);
+    let due = due_renewals(&app, scope).await;
+    assert_eq!(due.len(), 1, "{due:?}");
+    let (_, id, end) = due[0];
+    // A job for an older period (delivered again after its lease was lost) comes first.
+    let batch = [(scope, id, end - chrono::Duration::days(30)), due[0]];
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let answers = shared::service::renewals::renew_many(&mut uow, &batch)
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(answers[0], shared::service::subscriptions::Renewal::Stale);
+    assert!(
+        matches!(
+            answers[1],
+            shared::service::subscriptions::Renewal::Renewed { invoice: Some(_) }
+        ),
+        "{answers:?}"
+    );
+    let all = invoices_of(&app, &key, &s(&sub["id"])).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(time(&sub["current_period_start"]), end);
+}
+
+#[tokio::test]
+async fn answers_about_one_subscription_recorded_together_leave_it_where_the_last_one_does() {
+    let app = spawn_app().await;
+    let t = app.register("last-word@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    run_due(&app, scope).await;
+    // Two periods renewed, their charges not made yet: two open invoices.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        app.clock.advance(DAY * 31);
+        let due = due_renewals(&app, scope).await;
+        let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+            .await
+            .unwrap();
+        let answers = shared::service::renewals::renew_many(&mut uow, &due)
+            .await
+            .unwrap();
+        uow.commit().await.unwrap();
+        // (The job renewed before is still there: it is stale now.)
+        let made = answers.iter().find_map(|a| match a {
+            shared::service::subscriptions::Renewal::Renewed { invoice } => *invoice,
+            _ => None,
+        });
+        open.push(made.unwrap_or_else(|| panic!("{answers:?}")));
+    }
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let attempts = invoices::start_attempts(
+        &mut uow,
+        &stripe,
+        &[(scope, open[0], 1), (scope, open[1], 1)],
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    let payments: Vec<_> = attempts
+        .into_iter()
+        .map(|a| match a {
+            invoices::Attempt::Charge { payment, .. } => payment,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // The older invoice's charge is declined, then the newer one's succeeds: the subscription
+    // is past due, then active again.
+    let declined = ChargeOutcome::Declined {
+        code: "card_declined".into(),
+        message: "Your card was declined.".into(),
+    };
+    let paid = ChargeOutcome::Succeeded { id: "ch_1".into() };
+    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
+        .await
+        .unwrap();
+    let recorded = invoices::record_outcomes(
+        &mut uow,
+        &[
+            (scope, &payments[0], &declined),
+            (scope, &payments[1], &paid),
+        ],
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    let statuses: Vec<&str> = recorded.iter().map(|p| p.status.as_str()).collect();
+    assert_eq!(statuses, vec!["failed", "succeeded"]);
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub["status"], "active");
+    let kinds: Vec<String> = get(&app, &key, "/api/v1/events?limit=100").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| s(&e["type"]))
+        .filter(|k| k.starts_with("invoice.pa") || k.starts_with("customer.subscription.updated"))
+        .collect();
+    let tail = &kinds[kinds.len() - 4..];
+    assert_eq!(
+        tail,
+        [
+            "invoice.payment_failed",
+            "customer.subscription.updated",
+            "invoice.paid",
+            "customer.subscription.updated"
+        ],
+        "{kinds:?}"
+    );
 }

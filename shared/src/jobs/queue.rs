@@ -98,7 +98,7 @@ impl Queue {
         match self {
             Queue::Webhooks => 256,
             Queue::StripeSync => 8,
-            Queue::Renewals => 128,
+            Queue::Renewals => 512,
             Queue::Dunning => 8,
             Queue::Analytics => 2,
         }

@@ -796,7 +796,7 @@ pub async fn start_attempts(
     let now = uow.now();
     let keys: Vec<(Scope, InvoiceId)> = charges.iter().map(|c| (c.0, c.1)).collect();
     let (mut invoices, _) = lock_many_with_subscriptions(uow, &keys).await?;
-    let mut in_flight: HashMap<InvoiceId, PaymentRow> =
+    let in_flight: HashMap<InvoiceId, PaymentRow> =
         db::invoices::in_flight_payments(uow.conn(), &keys)
             .await?
             .into_iter()
@@ -809,10 +809,10 @@ pub async fn start_attempts(
     let mut tenants: Vec<TenantId> = charges.iter().map(|c| c.0.tenant_id()).collect();
     tenants.sort_by_key(TenantId::as_uuid);
     tenants.dedup();
-    let fees: HashMap<TenantId, u32> = db::tenants::billing_profiles(uow.conn(), &tenants)
+    let fees: HashMap<TenantId, i32> = db::tenants::billing_profiles(uow.conn(), &tenants)
         .await?
         .into_iter()
-        .map(|(t, p)| (t, u32::try_from(p.platform_fee_bps).unwrap_or(0)))
+        .map(|(t, p)| (t, p.platform_fee_bps))
         .collect();
     let mut scopes: Vec<Scope> = charges.iter().map(|c| c.0).collect();
     scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
@@ -836,10 +836,19 @@ pub async fn start_attempts(
     let mut attempts = Vec::with_capacity(charges.len());
     let mut started: Vec<PaymentRow> = Vec::new();
     let mut changed: Vec<InvoiceId> = Vec::new();
+    let mut charging = HashSet::new();
     for &(scope, id, number) in charges {
         let invoice = invoices.get_mut(&id).ok_or(ServiceError::NotFound(WHAT))?;
         let account = accounts.get(&scope).cloned();
-        let platform_fee_bps = fees.get(&scope.tenant_id()).copied().unwrap_or(0);
+        let fee = fees
+            .get(&scope.tenant_id())
+            .ok_or_else(|| ServiceError::internal("an invoice's tenant without a profile"))?;
+        let platform_fee_bps = u32::try_from(*fee).unwrap_or(0);
+        if charging.contains(&id) {
+            // Charged earlier in this batch: once is enough.
+            attempts.push(Attempt::Nothing(None));
+            continue;
+        }
         let resumed = match in_flight.get(&id) {
             // Interrupted before the gateway answered: charged again with its key, never twice.
             Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => {
@@ -854,6 +863,7 @@ pub async fn start_attempts(
             None => None,
         };
         if let Some(payment) = resumed {
+            charging.insert(id);
             let token = match payment.payment_method_id {
                 Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
                 None => return Err(ServiceError::internal("a pending payment without a method")),
@@ -919,8 +929,7 @@ pub async fn start_attempts(
             attempts.push(Attempt::Nothing(Some(payment)));
             continue;
         };
-        // In flight now: the same invoice later in the batch is not charged again.
-        in_flight.insert(id, payment.clone());
+        charging.insert(id);
         started.push(payment.clone());
         attempts.push(Attempt::Charge {
             payment,
@@ -1114,7 +1123,9 @@ pub async fn record_outcome(
 /// the order given. The common answer, a first success on an invoice that owes all of it, is
 /// recorded for all in a few statements, as [`record_outcome`] records one: the payment
 /// succeeded, the invoice paid, `payment.succeeded` and `invoice.paid`, then its subscription
-/// active. Any other answer is recorded by [`record_outcome`] after them.
+/// active. Any other answer, and every answer about an invoice or a subscription that another
+/// answer of the batch is about too, is recorded by [`record_outcome`] after them, in the
+/// order given (so that a subscription ends where the last answer about it leaves it).
 pub async fn record_outcomes(
     uow: &mut UnitOfWork,
     answers: &[(Scope, &PaymentRow, &ChargeOutcome)],
@@ -1128,26 +1139,48 @@ pub async fn record_outcomes(
         .into_iter()
         .map(|p| (p.id, p))
         .collect();
-    let mut paid: Vec<(usize, Scope, PaymentId, InvoiceId)> = Vec::new();
-    let mut others = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, (scope, payment, outcome)) in answers.iter().enumerate() {
+    // A first success on an invoice that owes all of it, and whose invoice and subscription
+    // no other answer of the batch is about (those are recorded one by one, in the order given).
+    let first_success = |(_, payment, outcome): &(Scope, &PaymentRow, &ChargeOutcome)| {
+        let (Some(p), Some(invoice)) =
+            (payments.get(&payment.id), invoices.get(&payment.invoice_id))
+        else {
+            return false;
+        };
+        matches!(outcome, ChargeOutcome::Succeeded { .. })
+            && p.status == PaymentStatus::Pending
+            && invoice.status.is_payable()
+            && p.amount <= invoice.amount_remaining
+    };
+    let mut answered: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for (_, payment, _) in answers {
+        let invoice = invoices.get(&payment.invoice_id);
+        let sub = invoice.and_then(|i| i.subscription_id).map(|s| s.as_uuid());
+        for key in std::iter::once(payment.invoice_id.as_uuid()).chain(sub) {
+            *answered.entry(key).or_default() += 1;
+        }
+    }
+    let alone = |payment: &PaymentRow| {
+        let sub = invoices
+            .get(&payment.invoice_id)
+            .and_then(|i| i.subscription_id)
+            .map(|s| s.as_uuid());
+        std::iter::once(payment.invoice_id.as_uuid())
+            .chain(sub)
+            .all(|key| answered.get(&key) == Some(&1))
+    };
+    let (fast, others): (Vec<usize>, Vec<usize>) =
+        (0..answers.len()).partition(|i| first_success(&answers[*i]) && alone(answers[*i].1));
+    let mut paid: Vec<(usize, Scope, PaymentId, InvoiceId)> = Vec::with_capacity(fast.len());
+    for i in fast {
+        let (scope, payment, outcome) = answers[i];
         let (ChargeOutcome::Succeeded { id: gateway_id }, Some(p), Some(invoice)) = (
             outcome,
             payments.get_mut(&payment.id),
             invoices.get_mut(&payment.invoice_id),
         ) else {
-            others.push(i);
-            continue;
+            return Err(ServiceError::internal("a first success without its rows"));
         };
-        if p.status != PaymentStatus::Pending
-            || !invoice.status.is_payable()
-            || p.amount > invoice.amount_remaining
-            || !seen.insert(invoice.id)
-        {
-            others.push(i);
-            continue;
-        }
         p.status = PaymentStatus::Succeeded;
         p.gateway_id = Some(gateway_id.clone());
         p.failure_code = None;
@@ -1162,7 +1195,7 @@ pub async fn record_outcomes(
         invoice.amount_remaining -= p.amount;
         invoice.paid_at = Some(now);
         invoice.updated_at = now;
-        paid.push((i, *scope, p.id, invoice.id));
+        paid.push((i, scope, p.id, invoice.id));
     }
     let rows: Vec<&PaymentRow> = paid.iter().filter_map(|t| payments.get(&t.2)).collect();
     db::invoices::save_payments(uow.conn(), &rows).await?;

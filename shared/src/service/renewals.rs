@@ -70,8 +70,14 @@ pub async fn renew_many(
     let mut due = Vec::new();
     // In the order given (all locks are held): invoices are numbered in it.
     for (i, &(scope, id, period_end)) in renewals.iter().enumerate() {
-        // A job given twice is renewed once: the second finds the period closed.
-        let Some(mut sub) = locked.remove(&id) else {
+        // A job for a period that is not the current one (given twice, or late) is stale, as
+        // is one naming another tenant's subscription; the row stays for the job that is not.
+        let current = locked.get(&id).is_some_and(|sub| {
+            sub.current_period_end == period_end
+                && sub.tenant_id == scope.tenant_id()
+                && sub.livemode == scope.livemode()
+        });
+        let Some(mut sub) = current.then(|| locked.remove(&id)).flatten() else {
             answers[i] = Some(Renewal::Stale);
             continue;
         };
@@ -179,7 +185,7 @@ async fn read(uow: &mut UnitOfWork, due: &[Due]) -> ServiceResult<Reads> {
         .collect();
     let mut coupons = HashMap::new();
     for d in &new {
-        if let Some(coupon) = d.sub.coupon_id
+        if let (Some(coupon), Some(_)) = (d.sub.coupon_id, d.sub.coupon_redeemed_at)
             && !coupons.contains_key(&coupon)
         {
             coupons.insert(
