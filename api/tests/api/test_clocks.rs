@@ -974,3 +974,46 @@ async fn a_cancel_with_proration_credits_the_unused_days_of_the_paid_period_by_a
     .await;
     assert!(none["data"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_expiry_held_back_by_a_payment_in_flight_waits_past_the_advance_without_failing() {
+    let app = spawn_app().await;
+    let t = app.register("clock-3ds@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, "2026-03-01T00:00:00Z").await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    // A card that asks the customer to authenticate: the first payment stays in flight.
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4000002500003155"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    assert_eq!(sub["status"], "incomplete");
+    // Past the 23 hours an unpaid first invoice has: the charge waits for the customer, and
+    // the expiry, finding it in flight, waits too, past the advance, which completes.
+    advance(&app, &key, &t.sk_test, &clock, "2026-03-02T12:00:00Z").await;
+    let sub = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+    )
+    .await;
+    assert_eq!(sub["status"], "incomplete", "{sub}");
+    let invoice = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    assert_eq!(invoice["status"], "open");
+    let (state, attempts, run_at): (String, i32, DateTime<Utc>) = sqlx::query_as(
+        "SELECT state, attempts, run_at FROM jobs WHERE kind = 'subscription.expire_incomplete'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), attempts), ("pending", 0));
+    assert_eq!(run_at, parse("2026-03-02T13:00:00Z"));
+}

@@ -215,6 +215,23 @@ pub async fn finish_job(
     Ok(())
 }
 
+/// Puts a clock's job off until `run_at` (clock time), its attempts untouched: it waits for
+/// something else to happen first (a payment in flight to be settled).
+pub async fn defer_job(
+    conn: &mut PgConnection,
+    id: Uuid,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE jobs SET run_at = $2, updated_at = $3 WHERE id = $1 AND state = 'pending'")
+        .bind(id)
+        .bind(run_at)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Records that a clock's job failed; returns its failed runs so far. It stays pending (for
 /// the next run of the advance) until it has failed
 /// [`crate::service::test_clocks::MAX_JOB_ATTEMPTS`] times; then it is dead.

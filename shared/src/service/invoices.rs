@@ -729,6 +729,10 @@ pub(crate) async fn lock_with_subscription(
     Ok(db::invoices::lock(uow.conn(), scope, id).await?)
 }
 
+/// How long a job held back by a payment in flight (`payment_in_progress`) waits before it
+/// looks again (a test clock's: past the advance that found it so).
+pub const PAYMENT_IN_PROGRESS_RECHECK: chrono::Duration = chrono::Duration::hours(1);
+
 /// Refuses a change that would leave an attempt in flight charging an invoice that no longer
 /// owes it.
 pub(crate) async fn refuse_while_in_flight(

@@ -201,6 +201,16 @@ pub async fn advance(
         };
         match result {
             Ok(()) => db::test_clocks::finish_job(&mut conn, next.id, real.now()).await?,
+            // Held back by a payment in flight (the customer must still authenticate, or the
+            // gateway is processing it): it waits, attempts untouched, past this advance; the
+            // next advance after the payment is settled runs it (as the worker defers it).
+            Err(ServiceError::Conflict {
+                code: "payment_in_progress",
+                ..
+            }) => {
+                let later = to.max(at) + super::invoices::PAYMENT_IN_PROGRESS_RECHECK;
+                db::test_clocks::defer_job(&mut conn, next.id, later, real.now()).await?;
+            }
             Err(e) => {
                 let attempts =
                     db::test_clocks::fail_job(&mut conn, next.id, &e.to_string(), real.now())

@@ -34,9 +34,6 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
     }
 }
 
-/// How soon a job held back by a payment in flight looks again.
-const PAYMENT_IN_PROGRESS_RECHECK: chrono::Duration = chrono::Duration::hours(1);
-
 /// What a billing job's result makes of it.
 fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome {
     match result {
@@ -48,7 +45,7 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome
             code: "payment_in_progress",
             ..
         }) => Outcome::Defer {
-            at: rt.clock.now() + PAYMENT_IN_PROGRESS_RECHECK,
+            at: rt.clock.now() + invoices::PAYMENT_IN_PROGRESS_RECHECK,
         },
         // A fault no retry can fix: dead at once, for an operator.
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
