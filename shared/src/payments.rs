@@ -234,6 +234,18 @@ const TEST_CARDS: [(&str, &str, &str); 10] = [
     ),
 ];
 
+/// What a card token looks like: a payment method id (`pm_…`, Stripe's own or one of its test
+/// payment methods) or a card number (spaces allowed).
+pub const CARD_TOKEN_PATTERN: &str = "^(pm_[A-Za-z0-9_]+|[0-9 ]{12,23})$";
+
+/// Whether `token` is a Stripe payment method id (`pm_` then letters, digits and `_`).
+pub fn is_payment_method_id(token: &str) -> bool {
+    token.len() <= 255
+        && token.strip_prefix("pm_").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 /// Every token [`test_card`] knows: the test card numbers and their test payment methods.
 pub fn test_card_tokens() -> impl Iterator<Item = &'static str> {
     TEST_CARDS.iter().flat_map(|(number, pm, _)| [*number, *pm])

@@ -272,12 +272,15 @@ pub enum CreatedCustomer {
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethodIn {
     /// In the sandbox: one of Stripe's test card numbers (`4242 4242 4242 4242`) or test
-    /// payment methods (`pm_card_visa`). The number is never stored.
+    /// payment methods (`pm_card_visa`); the number is never stored. With the tenant's Stripe
+    /// account connected: a card payment method of that account (`pm_…`, made by Stripe.js),
+    /// whose brand, last 4 and expiry are read from Stripe (in test mode, Stripe's test cards
+    /// too).
     pub token: String,
-    /// 1 to 12; default 12.
+    /// 1 to 12; default 12 (a Stripe payment method's own expiry wins).
     #[oai(nullable)]
     pub exp_month: Option<u32>,
-    /// Not in the past; default three years ahead.
+    /// Not in the past; default three years ahead (a Stripe payment method's own expiry wins).
     #[oai(nullable)]
     pub exp_year: Option<u32>,
 }
@@ -820,6 +823,12 @@ impl PaymentMethodsApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let customer = customer_id(&id.0)?;
         let b = body.0;
+        let gateway = Gateway::for_mode(&state.stripe, ctx.livemode());
+        // Read before the work begins: it may ask Stripe.
+        let today = state.clock.now().date_naive();
+        let card =
+            service::card_for_token(&state.pool, &state.stripe, &gateway, ctx, &b.token, today)
+                .await?;
         let mut work = Work::begin(req).await?;
         let today = work.now().date_naive();
         let expiry = CardExpiry::parse(
@@ -829,14 +838,12 @@ impl PaymentMethodsApi {
             today,
         )
         .map_err(|(field, e)| ApiError::validation(field, e.0))?;
-        let gateway = Gateway::for_mode(&state.stripe, ctx.livemode());
         let row = service::attach_payment_method(
             &mut work,
             ctx,
             &state.settings.stripe,
-            &gateway,
             customer,
-            &b.token,
+            card,
             expiry,
         )
         .await?;
@@ -915,6 +922,7 @@ impl PaymentMethodsApi {
     )]
     async fn detach(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Customer id (`cus_…`).
@@ -927,7 +935,9 @@ impl PaymentMethodsApi {
         let pm = parse_payment_method_id(&payment_method_id.0)?;
         note(req, |n| n.object_id = Some(pm.to_string()));
         let mut work = Work::begin(req).await?;
-        let row = service::detach_payment_method(&mut work, ctx, customer, pm).await?;
+        let row =
+            service::detach_payment_method(&mut work, ctx, &state.settings.stripe, customer, pm)
+                .await?;
         Ok(Json(row.into()))
     }
 }

@@ -663,22 +663,42 @@ impl Drop for LocalStripe {
     }
 }
 
+/// A localstripe of the test's own: on a free port, and started again on another when the
+/// port was taken meanwhile (its process exits), so that two tests never share one.
 async fn localstripe() -> LocalStripe {
     let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let port = crate::helpers::free_port();
-    let child = std::process::Command::new(&python)
-        .args(["-m", "localstripe", "--port", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start localstripe with {python}: {e}"));
-    let url = format!("http://127.0.0.1:{port}/");
-    let ls = LocalStripe { child, url };
-    wait_for("localstripe to listen", Duration::from_secs(20), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    ls
+    for _ in 0..5 {
+        let port = crate::helpers::free_port();
+        // From scratch: instances otherwise start from what earlier ones left in a shared file.
+        let child = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "localstripe",
+                "--from-scratch",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start localstripe with {python}: {e}"));
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut ls = LocalStripe { child, url };
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if ls.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            // Listening, and it is ours: the process is still up once it answers.
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && ls.child.try_wait().ok().flatten().is_none()
+            {
+                return ls;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("localstripe did not start on any of five free ports");
 }
 
 /// localstripe has no Connect: the tenant's account is recorded as onboarded directly.
@@ -872,7 +892,7 @@ async fn a_customer_and_its_card_sync_to_localstripe_and_an_update_reaches_it() 
         .iter()
         .filter(|c| c["metadata"]["platform_customer_id"] == id.as_str())
         .collect();
-    assert_eq!(named.len(), 1);
+    assert_eq!(named.len(), 1, "{all}");
     worker.stop().await;
 }
 
@@ -1145,4 +1165,236 @@ async fn the_onboarding_return_and_an_account_updated_event_give_the_same_state_
     );
     assert_eq!(events, account_events(&env, &by_event).await);
     worker.stop().await;
+}
+
+/// A card payment method made at localstripe (as Stripe.js makes one on the connected account).
+async fn localstripe_card(ls: &LocalStripe, number: &str) -> String {
+    let pm: Value = reqwest::Client::new()
+        .post(format!("{}v1/payment_methods", ls.url))
+        .bearer_auth("sk_test_localstripe")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("type", "card"),
+                    ("card[number]", number),
+                    ("card[exp_month]", "7"),
+                    ("card[exp_year]", "2031"),
+                    ("card[cvc]", "123"),
+                ])
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    pm["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_stripe_payment_method_attaches_with_its_card_read_from_stripe_and_syncs_to_its_customer()
+{
+    let ls = localstripe().await;
+    let env = Env::new(&[
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_localstripe"),
+        ("STRIPE_API_BASE", &ls.url),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+    ])
+    .await;
+    let api = env.api().await;
+    let tenant = api.register("pm-localstripe@example.com").await;
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Globex", "email": "ap@globex.com"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let pm = localstripe_card(&ls, "4242424242424242").await;
+    let path = format!("/api/v1/customers/{id}/payment-methods");
+    // Not before the tenant's Stripe account is connected.
+    let (status, refused) = api
+        .post(&tenant.sk_test, &path, &json!({"token": pm}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], "stripe_account_not_connected");
+    connect_localstripe(&env, &tenant.id).await;
+    // An id the account does not have is refused, naming the field.
+    let (status, refused) = api
+        .post(&tenant.sk_test, &path, &json!({"token": "pm_missing"}))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["field"], "token", "{refused}");
+
+    let worker = env.worker().await;
+    let (status, attached) = api
+        .post(&tenant.sk_test, &path, &json!({"token": pm}))
+        .await;
+    assert_eq!(status, 201, "{attached}");
+    // What Stripe says of the card, not the defaults of a request that gave no expiry.
+    assert_eq!(attached["card"]["brand"], "visa");
+    assert_eq!(attached["card"]["last4"], "4242");
+    assert_eq!(attached["card"]["exp_month"], 7);
+    assert_eq!(attached["card"]["exp_year"], 2031);
+    let uuid = shared::ids::CustomerId::parse(&id).unwrap().as_uuid();
+    let synced = || async {
+        sqlx::query_as::<_, (Option<String>, Option<String>)>(
+            "SELECT c.stripe_customer_id, m.stripe_payment_method_id FROM customers c \
+             JOIN payment_methods m ON m.customer_id = c.id \
+             WHERE c.id = $1 AND m.sync_status = 'synced'",
+        )
+        .bind(uuid)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+    };
+    wait_for("the customer and its card to sync", LIMIT, || async {
+        synced().await.is_some()
+    })
+    .await;
+    let (cus, attached_pm) = synced().await.unwrap();
+    assert_eq!(attached_pm.as_deref(), Some(pm.as_str()));
+    let at_stripe: Value = reqwest::Client::new()
+        .get(format!("{}v1/payment_methods/{pm}", ls.url))
+        .bearer_auth("sk_test_localstripe")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(at_stripe["customer"], json!(cus), "{at_stripe}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_customer() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("pm-charge@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Globex"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let (status, attached) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/customers/{id}/payment-methods"),
+            &json!({"token": "pm_fake_card_1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{attached}");
+    assert_eq!(attached["card"]["brand"], "mastercard");
+    assert_eq!(attached["card"]["last4"], "4444");
+    let (status, plan) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/plans",
+            &json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let (status, sub) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/subscriptions",
+            &json!({"customer": id, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let invoice = sub["latest_invoice"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    while api
+        .get(&tenant.sk_test, &format!("/api/v1/invoices/{invoice}"))
+        .await["status"]
+        != "paid"
+    {
+        if started.elapsed() > LIMIT {
+            let jobs: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT kind, state, attempts, last_error FROM jobs WHERE kind <> 'webhook.deliver'",
+            )
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+            panic!("the first invoice is not paid: {jobs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Charged once, with the payment method and the customer it is attached to at Stripe
+    // (Stripe charges an attached method only with its customer).
+    let stripe_customer: String = sqlx::query_scalar(
+        "SELECT stripe_customer_id FROM customers WHERE id = $1 AND stripe_customer_id IS NOT NULL",
+    )
+    .bind(shared::ids::CustomerId::parse(&id).unwrap().as_uuid())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let attaches: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/payment_methods/pm_fake_card_1/attach" && r.status == 200)
+        .collect();
+    assert_eq!(attaches.len(), 1, "{attaches:?}");
+    assert_eq!(attaches[0].form["customer"], stripe_customer);
+    assert_eq!(attaches[0].account.as_deref(), Some(account.as_str()));
+    // The card was read from the connected account.
+    let read: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/v1/payment_methods/pm_fake_card_1")
+        .collect();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0].account.as_deref(), Some(account.as_str()));
+    let intents: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/payment_intents" && r.status == 200 && !r.replayed)
+        .collect();
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    let r = &intents[0];
+    assert_eq!(r.account.as_deref(), Some(account.as_str()));
+    assert_eq!(r.form["payment_method"], "pm_fake_card_1");
+    assert_eq!(r.form["customer"], stripe_customer);
+    // Never before the card is attached to that customer (Stripe would not attach it after).
+    assert!(attaches[0].at_ms <= r.at_ms, "{attaches:?} {r:?}");
+
+    // Detached here, it is detached from the Stripe customer too, once.
+    let pm = attached["id"].as_str().unwrap();
+    let (status, detached) = api
+        .send(
+            Method::DELETE,
+            Some(&tenant.sk_test),
+            &format!("/api/v1/customers/{id}/payment-methods/{pm}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detached}");
+    let detaches = || {
+        fake.requests()
+            .into_iter()
+            .filter(|r| {
+                r.path == "/v1/payment_methods/pm_fake_card_1/detach"
+                    && r.status == 200
+                    && !r.replayed
+            })
+            .count()
+    };
+    wait_for("the detach to reach Stripe", LIMIT, || async {
+        detaches() >= 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(detaches(), 1);
 }

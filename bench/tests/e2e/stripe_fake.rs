@@ -135,6 +135,32 @@ fn handle(
             }
             (200, obj.clone())
         }
+        ("POST", ["customers"]) => {
+            let id = new_id("cus");
+            let obj = json!({ "id": id, "object": "customer", "name": form.get("name") });
+            state.objects.insert(id, obj.clone());
+            (200, obj)
+        }
+        // Payment methods made by Stripe.js on the account: `pm_fake_card…` are Mastercards.
+        ("GET", ["payment_methods", id]) if id.starts_with("pm_fake_card") => (
+            200,
+            json!({ "id": id, "object": "payment_method", "type": "card",
+                    "card": { "brand": "mastercard", "last4": "4444",
+                              "exp_month": 7, "exp_year": 2031 } }),
+        ),
+        ("GET", ["payment_methods", _]) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "No such PaymentMethod",
+        ),
+        ("POST", ["payment_methods", id, "attach"]) => (
+            200,
+            json!({ "id": id, "object": "payment_method", "customer": form.get("customer") }),
+        ),
+        ("POST", ["payment_methods", id, "detach"]) => (
+            200,
+            json!({ "id": id, "object": "payment_method", "customer": null }),
+        ),
         ("POST", ["payment_intents"]) => {
             if form.get("payment_method").map(String::as_str) == Some("pm_card_chargeDeclined") {
                 return (

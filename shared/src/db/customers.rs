@@ -498,6 +498,17 @@ pub async fn adjust_balance(
     .map_err(Into::into)
 }
 
+/// A payment method as a charge uses it: what the gateway charges, and, once synced to the
+/// connected Stripe account, its id there and its customer's.
+#[derive(Debug, Clone, FromRow)]
+pub struct ChargeMethod {
+    pub customer_id: CustomerId,
+    pub id: PaymentMethodId,
+    pub gateway_token: String,
+    pub stripe_payment_method_id: Option<String>,
+    pub stripe_customer_id: Option<String>,
+}
+
 /// The customer's default payment method and what the gateway charges for it, if it has one.
 pub async fn default_payment_token(
     conn: &mut PgConnection,
@@ -507,22 +518,25 @@ pub async fn default_payment_token(
     Ok(default_payment_tokens(conn, &[(scope, customer)])
         .await?
         .pop()
-        .map(|(_, pm, token)| (pm, token)))
+        .map(|m| (m.id, m.gateway_token)))
 }
 
 /// The default payment methods of customers of any tenants (each key its tenant, mode and
-/// customer), with their customers; a customer without one is left out.
+/// customer); a customer without one is left out.
 pub async fn default_payment_tokens(
     conn: &mut PgConnection,
     keys: &[(Scope, CustomerId)],
-) -> Result<Vec<(CustomerId, PaymentMethodId, String)>, DbError> {
+) -> Result<Vec<ChargeMethod>, DbError> {
     let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
     let ids: Vec<uuid::Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     sqlx::query_as(
-        "SELECT customer_id, id, gateway_token FROM payment_methods \
-         WHERE customer_id = ANY($3) AND (tenant_id, livemode, customer_id) IN \
+        "SELECT m.customer_id, m.id, m.gateway_token, m.stripe_payment_method_id, \
+         c.stripe_customer_id \
+         FROM payment_methods m JOIN customers c ON c.tenant_id = m.tenant_id \
+         AND c.livemode = m.livemode AND c.id = m.customer_id \
+         WHERE m.customer_id = ANY($3) AND (m.tenant_id, m.livemode, m.customer_id) IN \
          (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[])) \
-         AND is_default AND detached_at IS NULL",
+         AND m.is_default AND m.detached_at IS NULL",
     )
     .bind(&tenants)
     .bind(&modes)
@@ -538,10 +552,13 @@ pub async fn payment_token(
     conn: &mut PgConnection,
     scope: Scope,
     id: PaymentMethodId,
-) -> Result<String, DbError> {
-    sqlx::query_scalar(
-        "SELECT gateway_token FROM payment_methods WHERE tenant_id = $1 AND livemode = $2 \
-         AND id = $3",
+) -> Result<ChargeMethod, DbError> {
+    sqlx::query_as(
+        "SELECT m.customer_id, m.id, m.gateway_token, m.stripe_payment_method_id, \
+         c.stripe_customer_id \
+         FROM payment_methods m JOIN customers c ON c.tenant_id = m.tenant_id \
+         AND c.livemode = m.livemode AND c.id = m.customer_id \
+         WHERE m.tenant_id = $1 AND m.livemode = $2 AND m.id = $3",
     )
     .bind(scope.tenant_id)
     .bind(scope.livemode)

@@ -24,6 +24,7 @@ use crate::{
     },
     ids::{CustomerId, PaymentMethodId, TaxRateId, TestClockId},
     payments::{self, Gateway},
+    stripe::Stripe,
     tenancy::TenantContext,
     uow::UnitOfWork,
 };
@@ -290,44 +291,106 @@ pub async fn delete_customer(
 
 const PAYMENT_METHOD: &str = "payment method";
 
-/// Attaches a card to a customer: in the sandbox one of Stripe's test cards (by number or test
-/// payment method); only its brand, last 4 and expiry are kept. The customer's first card
-/// becomes its default.
+/// A card to attach: what the gateway charges, and what is shown of it.
+#[derive(Debug, Clone)]
+pub struct CardToAttach {
+    token: String,
+    brand: String,
+    last4: String,
+    /// The expiry the gateway knows (a Stripe payment method's), which wins over the one given.
+    expiry: Option<CardExpiry>,
+}
+
+/// The card a token names, read before any transaction (it may ask Stripe):
+/// - in the sandbox, one of Stripe's test cards (by number or test payment method);
+/// - with Stripe, in test mode, one of those too (attached to the Stripe customer by the
+///   customer's sync);
+/// - with Stripe and the tenant's account connected, a payment method of that account
+///   (`pm_…`, as Stripe.js makes them), whose brand, last 4 and expiry are read from Stripe.
+pub async fn card_for_token(
+    pool: &PgPool,
+    stripe: &Stripe,
+    gateway: &Gateway,
+    ctx: &TenantContext,
+    token: &str,
+    today: chrono::NaiveDate,
+) -> ServiceResult<CardToAttach> {
+    let token = token.trim();
+    let test = |mode: &str| {
+        payments::test_card(token)
+            .map(|c| CardToAttach {
+                token: c.token.to_owned(),
+                brand: c.brand.to_owned(),
+                last4: c.last4.to_owned(),
+                expiry: None,
+            })
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "token",
+                    format!(
+                        "must be one of Stripe's test cards (such as 4242 4242 4242 4242){mode}"
+                    ),
+                )
+            })
+    };
+    if matches!(gateway, Gateway::Sandbox) {
+        return test(" in the sandbox");
+    }
+    if !ctx.livemode() && payments::test_card(token).is_some() {
+        return test("");
+    }
+    if !payments::is_payment_method_id(token) {
+        let what = if ctx.livemode() {
+            "must be a payment method (pm_…) of the connected Stripe account"
+        } else {
+            "must be a payment method (pm_…) of the connected Stripe account or one of \
+             Stripe's test cards"
+        };
+        return Err(ServiceError::invalid("token", what));
+    }
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    let account = db::stripe_accounts::get(&mut conn, ctx.scope())
+        .await?
+        .and_then(|a| a.usable_id().map(str::to_owned));
+    drop(conn);
+    let Some(account) = account else {
+        return Err(ServiceError::conflict(
+            "stripe_account_not_connected",
+            "Connect a Stripe account before attaching its payment methods.",
+        ));
+    };
+    let not_ours = || {
+        ServiceError::invalid(
+            "token",
+            "is not a card payment method of the connected Stripe account",
+        )
+    };
+    let Some(card) = stripe.card_of(ctx.livemode(), &account, token).await? else {
+        return Err(not_ours());
+    };
+    let month = u32::try_from(card.exp_month).unwrap_or(0);
+    let year = u32::try_from(card.exp_year).unwrap_or(0);
+    let expiry = CardExpiry::parse(month, year, today)
+        .map_err(|_| ServiceError::invalid("token", "is a card that has expired"))?;
+    Ok(CardToAttach {
+        token: token.to_owned(),
+        brand: card.brand,
+        last4: card.last4,
+        expiry: Some(expiry),
+    })
+}
+
+/// Attaches a card ([`card_for_token`]) to a customer; only its brand, last 4 and expiry are
+/// kept (and what the gateway charges). The customer's first card becomes its default.
 pub async fn attach_payment_method(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
     stripe: &StripeSettings,
-    gateway: &Gateway,
     customer: CustomerId,
-    token: &str,
+    card: CardToAttach,
     expiry: CardExpiry,
 ) -> ServiceResult<PaymentMethodRow> {
-    let card = match gateway {
-        Gateway::Sandbox => payments::test_card(token.trim()).ok_or_else(|| {
-            ServiceError::invalid(
-                "token",
-                "must be one of Stripe's test cards (such as 4242 4242 4242 4242) in the sandbox",
-            )
-        })?,
-        // Stripe's test payment methods, in test mode (attached to the Stripe customer by the
-        // customer's sync).
-        Gateway::Stripe(_) if !ctx.livemode() => {
-            payments::test_card(token.trim()).ok_or_else(|| {
-                ServiceError::invalid(
-                    "token",
-                    "must be one of Stripe's test cards (such as 4242 4242 4242 4242) in test \
-                     mode",
-                )
-            })?
-        }
-        Gateway::Stripe(_) => {
-            return Err(ServiceError::conflict(
-                "stripe_payment_methods_unsupported",
-                "Attaching live payment methods of a connected Stripe account is not supported \
-                 yet.",
-            ));
-        }
-    };
+    let expiry = card.expiry.unwrap_or(expiry);
     let now = uow.now();
     db::customers::lock(uow.conn(), ctx.scope(), customer)
         .await
@@ -338,9 +401,9 @@ pub async fn attach_payment_method(
         NewPaymentMethod {
             id: PaymentMethodId::new(),
             customer_id: customer,
-            gateway_token: card.token,
-            brand: card.brand,
-            last4: card.last4,
+            gateway_token: &card.token,
+            brand: &card.brand,
+            last4: &card.last4,
             exp_month: expiry.month,
             exp_year: expiry.year,
         },
@@ -398,6 +461,7 @@ pub async fn set_default_payment_method(
 pub async fn detach_payment_method(
     uow: &mut UnitOfWork,
     ctx: &TenantContext,
+    stripe: &StripeSettings,
     customer: CustomerId,
     id: PaymentMethodId,
 ) -> ServiceResult<PaymentMethodRow> {
@@ -408,6 +472,16 @@ pub async fn detach_payment_method(
     let row = db::customers::detach_payment_method(uow.conn(), ctx.scope(), customer, id, now)
         .await
         .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
+    // Detached from its Stripe customer too, when it was attached there.
+    catalog_sync::changed(
+        uow.conn(),
+        stripe,
+        Synced::PaymentMethod,
+        ctx.scope(),
+        row.id.as_uuid(),
+        now,
+    )
+    .await?;
     events::record(uow, ctx.scope(), "payment_method.detached", row.to_json()).await?;
     Ok(row)
 }

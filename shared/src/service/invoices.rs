@@ -39,8 +39,7 @@ use crate::{
         subscription::{CollectionMethod, Transition},
     },
     ids::{
-        CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, PaymentMethodId,
-        SubscriptionId, TenantId,
+        CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, SubscriptionId, TenantId,
     },
     payments::{ChargeOutcome, Gateway, application_fee},
     stripe::{Failure, Stripe},
@@ -704,12 +703,51 @@ pub enum Attempt {
     Charge {
         payment: PaymentRow,
         token: String,
+        customer: ChargeCustomer,
         account: Option<String>,
         platform_fee_bps: u32,
     },
     /// Nothing to charge: the attempt was recorded already (failed at once: no payment
     /// method), or the invoice owes nothing, or the attempt number was used.
     Nothing(Option<PaymentRow>),
+    /// Not yet: the payment method is not attached to its customer on the connected Stripe
+    /// account yet; nothing was recorded, and the job looks again shortly.
+    Waiting,
+}
+
+/// The Stripe customer a charge names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeCustomer {
+    /// None: a test card (or the sandbox), charged on its own.
+    None,
+    /// The customer a payment method of the connected account is attached to (Stripe charges
+    /// such a method only with its customer).
+    Stripe(String),
+}
+
+/// What a charge of `method` sends, on `account` (the connected one, if any): the payment
+/// method and the customer. `None`: a payment method of the connected account not attached
+/// to its customer there yet (its sync has not run), which must not be charged before (Stripe
+/// would not let it be attached after).
+fn charge_with(
+    method: db::customers::ChargeMethod,
+    account: Option<&str>,
+) -> Option<(String, ChargeCustomer)> {
+    if account.is_none() || crate::payments::test_card(&method.gateway_token).is_some() {
+        return Some((method.gateway_token, ChargeCustomer::None));
+    }
+    match (method.stripe_payment_method_id, method.stripe_customer_id) {
+        (Some(pm), Some(customer)) => Some((pm, ChargeCustomer::Stripe(customer))),
+        _ => None,
+    }
+}
+
+/// The answer to a charge that waits for its payment method's sync.
+fn not_synced_yet() -> ServiceError {
+    ServiceError::conflict(
+        "payment_method_not_synced",
+        "The payment method is not attached to its customer on the connected Stripe account yet.",
+    )
 }
 
 /// Locks an invoice the way every change that may also touch its subscription does:
@@ -830,11 +868,11 @@ pub async fn start_attempts(
         .values()
         .map(|i| (scope_of(i), i.customer_id))
         .collect();
-    let methods: HashMap<CustomerId, (PaymentMethodId, String)> =
+    let methods: HashMap<CustomerId, db::customers::ChargeMethod> =
         db::customers::default_payment_tokens(uow.conn(), &owners)
             .await?
             .into_iter()
-            .map(|(c, pm, token)| (c, (pm, token)))
+            .map(|m| (m.customer_id, m))
             .collect();
 
     let mut attempts = Vec::with_capacity(charges.len());
@@ -868,13 +906,18 @@ pub async fn start_attempts(
         };
         if let Some(payment) = resumed {
             charging.insert(id);
-            let token = match payment.payment_method_id {
+            let method = match payment.payment_method_id {
                 Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
                 None => return Err(ServiceError::internal("a pending payment without a method")),
+            };
+            let Some((token, customer)) = charge_with(method, account.as_deref()) else {
+                attempts.push(Attempt::Waiting);
+                continue;
             };
             attempts.push(Attempt::Charge {
                 payment,
                 token,
+                customer,
                 account,
                 platform_fee_bps,
             });
@@ -889,6 +932,16 @@ pub async fn start_attempts(
             continue;
         }
         let method = methods.get(&invoice.customer_id).cloned();
+        let charged = match method.clone() {
+            Some(m) => match charge_with(m, account.as_deref()) {
+                Some(c) => Some(c),
+                None => {
+                    attempts.push(Attempt::Waiting);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let gateway = Gateway::for_mode(stripe, scope.livemode());
         let mut payment = PaymentRow {
             id: PaymentId::new(),
@@ -908,7 +961,7 @@ pub async fn start_attempts(
             gateway: gateway.name().into(),
             gateway_id: None,
             idempotency_key: format!("{id}-attempt-{number}"),
-            payment_method_id: method.as_ref().map(|m| m.0),
+            payment_method_id: method.as_ref().map(|m| m.id),
             failure_code: None,
             failure_message: None,
             hard_decline: false,
@@ -923,7 +976,7 @@ pub async fn start_attempts(
         invoice.updated_at = now;
         changed.push(id);
         last.insert(id, number);
-        let Some((_, token)) = method else {
+        let Some((token, customer)) = charged else {
             payment.status = PaymentStatus::Failed;
             payment.failure_code = Some("payment_method_missing".into());
             payment.failure_message = Some("The customer has no default payment method.".into());
@@ -938,6 +991,7 @@ pub async fn start_attempts(
         attempts.push(Attempt::Charge {
             payment,
             token,
+            customer,
             account,
             platform_fee_bps,
         });
@@ -962,11 +1016,16 @@ pub async fn charge(
     let Attempt::Charge {
         payment,
         token,
+        customer,
         account,
         platform_fee_bps,
     } = attempt
     else {
         return Ok(None);
+    };
+    let customer = match customer {
+        ChargeCustomer::None => None,
+        ChargeCustomer::Stripe(c) => Some(c.as_str()),
     };
     let description = format!("Invoice {}", payment.invoice_id);
     let metadata = HashMap::from([
@@ -980,7 +1039,7 @@ pub async fn charge(
                 amount: payment.amount,
                 currency: &payment.currency,
                 payment_method: token,
-                customer: None,
+                customer,
                 description: &description,
                 idempotency_key: &payment.idempotency_key,
                 platform_fee_bps: *platform_fee_bps,
@@ -1396,6 +1455,7 @@ pub async fn run_attempts(
                 to_record.push((i, *scope, payment, outcome));
             }
             (Attempt::Nothing(recorded), Ok(_)) => results[i] = Some(Ok(recorded.clone())),
+            (Attempt::Waiting, _) => results[i] = Some(Err(not_synced_yet())),
             (Attempt::Charge { .. }, Ok(None)) => {
                 results[i] = Some(Err(ServiceError::internal(
                     "a charge always has an outcome",

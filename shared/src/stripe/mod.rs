@@ -190,6 +190,28 @@ pub struct PaymentIntent {
     pub status: String,
 }
 
+#[derive(Debug, miniserde::Deserialize)]
+struct PaymentMethodBody {
+    card: Option<CardBody>,
+}
+
+#[derive(Debug, miniserde::Deserialize)]
+struct CardBody {
+    brand: String,
+    last4: String,
+    exp_month: i64,
+    exp_year: i64,
+}
+
+/// What is kept of a card payment method: its brand, last 4 digits and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardDetails {
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: i32,
+    pub exp_year: i32,
+}
+
 #[derive(serde::Serialize)]
 struct Attach<'a> {
     customer: &'a str,
@@ -395,6 +417,53 @@ impl Stripe {
             .send(livemode, Some(account), Some(idempotency_key), req)
             .await?;
         Ok(attached.id)
+    }
+
+    /// Detaches a payment method from its customer on the connected account (it can no longer
+    /// be charged there).
+    pub async fn detach_payment_method(
+        &self,
+        livemode: bool,
+        account: &str,
+        idempotency_key: &str,
+        payment_method: &str,
+    ) -> Result<(), Failure> {
+        let req = RequestBuilder::new(
+            stripe_client_core::StripeMethod::Post,
+            format!("/payment_methods/{payment_method}/detach"),
+        );
+        let _: Created = self
+            .send(livemode, Some(account), Some(idempotency_key), req)
+            .await?;
+        Ok(())
+    }
+
+    /// The card of a payment method of the connected account (`None`: the account has no such
+    /// payment method, or it is not a card).
+    pub async fn card_of(
+        &self,
+        livemode: bool,
+        account: &str,
+        payment_method: &str,
+    ) -> Result<Option<CardDetails>, Failure> {
+        let client = self.client(livemode)?;
+        let req = RequestBuilder::new(
+            stripe_client_core::StripeMethod::Get,
+            format!("/payment_methods/{payment_method}"),
+        )
+        .customize::<PaymentMethodBody>()
+        .account_id(AccountId::from(account));
+        let pm = match req.send(client).await {
+            Ok(pm) => pm,
+            Err(StripeError::Stripe(_, 404)) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
+        Ok(pm.card.map(|c| CardDetails {
+            brand: c.brand,
+            last4: c.last4,
+            exp_month: i32::try_from(c.exp_month).unwrap_or(0),
+            exp_year: i32::try_from(c.exp_year).unwrap_or(0),
+        }))
     }
 
     pub async fn create_price(

@@ -51,7 +51,9 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
             error: e.to_string(),
         },
-        // The database or the gateway could not be reached, or a lock conflicted: again later.
+        // The database or the gateway could not be reached, a lock conflicted, or the payment
+        // method is not attached to its Stripe customer yet (`payment_method_not_synced`:
+        // nothing was sent or recorded): again later.
         Err(e) => Outcome::after_failure(
             crate::retry_policy(&rt.settings, Queue::Renewals),
             job.attempts,

@@ -447,12 +447,27 @@ async fn sync_customer(rt: &Runtime, id: Uuid) -> Result<String, Stop> {
 }
 
 /// Attaches a payment method to its customer on the connected account once (the customer
-/// synced first); its Stripe id is recorded at once.
+/// synced first); its Stripe id is recorded at once. A detached one is detached there too (once
+/// it was attached; one detached before that is never attached).
 async fn sync_payment_method(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
     let pm = unscoped::payment_method(&rt.pool, id).await?;
     let scope = pm.scope();
     let key = pm.id.to_string();
-    if pm.stripe_payment_method_id.is_some() || pm.detached {
+    if pm.detached {
+        let versions = (pm.sync_version, pm.synced_version);
+        let run = Run::new(rt, Synced::PaymentMethod, id, key.clone(), scope, versions).await?;
+        if let Some(stripe_id) = &pm.stripe_payment_method_id {
+            run.call(rt.stripe.detach_payment_method(
+                scope.livemode(),
+                &run.account,
+                &format!("{key}-detach"),
+                stripe_id,
+            ))
+            .await?;
+        }
+        return run.synced(None).await;
+    }
+    if pm.stripe_payment_method_id.is_some() {
         let versions = (pm.sync_version, pm.synced_version);
         let run = Run::new(rt, Synced::PaymentMethod, id, key, scope, versions).await?;
         return run.synced(None).await;
