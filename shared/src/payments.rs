@@ -25,8 +25,11 @@ pub struct Charge<'a> {
     /// Derived from what is being paid and the attempt (`in_…-attempt-2`): a retried request
     /// never charges twice.
     pub idempotency_key: &'a str,
-    /// The tenant's platform fee in basis points (1500 = 15 %).
-    pub platform_fee_bps: u32,
+    /// The platform's fee on this charge, in minor units ([`application_fee`] of the amount
+    /// at the tenant's rate), taken on a connected account only. An attempt records it when it
+    /// starts, and a resumed attempt sends the recorded one: the same request under the same
+    /// idempotency key, whatever the tenant's rate is by then.
+    pub application_fee: i64,
     /// The tenant's connected account (`acct_…`); the sandbox ignores it.
     pub account: Option<&'a str>,
     pub metadata: HashMap<String, String>,
@@ -89,7 +92,7 @@ impl Gateway {
             Gateway::Stripe(stripe) => {
                 // The fee applies to charges on a connected account.
                 let fee = if c.account.is_some() {
-                    application_fee(c.amount, c.platform_fee_bps)
+                    c.application_fee
                 } else {
                     0
                 };
@@ -317,7 +320,7 @@ mod tests {
             customer: None,
             description: "",
             idempotency_key: "in_1-attempt-1",
-            platform_fee_bps: 1500,
+            application_fee: 150,
             account: None,
             metadata: HashMap::new(),
         }

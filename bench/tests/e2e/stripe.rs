@@ -910,7 +910,7 @@ async fn a_charge_on_a_connected_account_carries_the_platform_fee_and_a_decline_
         customer: Some("cus_1"),
         description: "Pro, November",
         idempotency_key: key,
-        platform_fee_bps: 1500,
+        application_fee: shared::payments::application_fee(2999, 1500),
         account: Some("acct_tenant"),
         metadata: HashMap::new(),
     };
@@ -997,7 +997,7 @@ async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands
                 customer: None,
                 description: "",
                 idempotency_key: "in_ls-attempt-1",
-                platform_fee_bps: 1500,
+                application_fee: 150,
                 account: None,
                 metadata: HashMap::new(),
             },
@@ -1397,4 +1397,90 @@ async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_cu
     .await;
     worker.stop().await;
     assert_eq!(detaches(), 1);
+}
+
+#[tokio::test]
+async fn a_resumed_charge_sends_the_fee_its_attempt_recorded_whatever_the_rate_is_by_then() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("resumed-fee@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let scope = env.scope(&tenant).await;
+    // No worker: the charge is made here, step by step.
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Globex"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/customers/{id}/payment-methods"),
+            &json!({"token": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, plan) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/plans",
+            &json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let (status, sub) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/subscriptions",
+            &json!({"customer": id, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let invoice = shared::ids::InvoiceId::parse(sub["latest_invoice"].as_str().unwrap()).unwrap();
+    let settings = env.settings();
+    let stripe = shared::stripe::Stripe::new(&settings.stripe).unwrap();
+    let clock = shared::clock::SystemClock;
+    // The attempt starts at the tenant's 15 %, and the run dies before asking Stripe.
+    let mut uow = shared::uow::UnitOfWork::begin(&env.pool, &clock)
+        .await
+        .unwrap();
+    let started =
+        shared::service::invoices::start_attempts(&mut uow, &stripe, &[(scope, invoice, 1)])
+            .await
+            .unwrap();
+    uow.commit().await.unwrap();
+    let shared::service::invoices::Attempt::Charge { payment, .. } = &started[0] else {
+        panic!("{started:?}");
+    };
+    assert_eq!(payment.application_fee, 450);
+    // The rate changes; the attempt is resumed with its key and the fee it recorded.
+    sqlx::query("UPDATE tenants SET platform_fee_bps = 1000 WHERE id = $1")
+        .bind(scope.tenant_id())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let results =
+        shared::service::invoices::run_attempts(&env.pool, &clock, &stripe, &[(scope, invoice, 2)])
+            .await
+            .unwrap();
+    let paid = results[0].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(paid.id, payment.id);
+    assert_eq!(paid.status.as_str(), "succeeded");
+    let intents: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/payment_intents")
+        .collect();
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0].account.as_deref(), Some(account.as_str()));
+    assert_eq!(
+        intents[0].idempotency_key.as_deref(),
+        Some(payment.idempotency_key.as_str())
+    );
+    assert_eq!(intents[0].form["application_fee_amount"], "450");
 }

@@ -705,7 +705,6 @@ pub enum Attempt {
         token: String,
         customer: ChargeCustomer,
         account: Option<String>,
-        platform_fee_bps: u32,
     },
     /// Nothing to charge: the attempt was recorded already (failed at once: no payment
     /// method), or the invoice owes nothing, or the attempt number was used.
@@ -919,7 +918,6 @@ pub async fn start_attempts(
                 token,
                 customer,
                 account,
-                platform_fee_bps,
             });
             continue;
         }
@@ -993,7 +991,6 @@ pub async fn start_attempts(
             token,
             customer,
             account,
-            platform_fee_bps,
         });
     }
     changed.sort_by_key(InvoiceId::as_uuid);
@@ -1018,7 +1015,6 @@ pub async fn charge(
         token,
         customer,
         account,
-        platform_fee_bps,
     } = attempt
     else {
         return Ok(None);
@@ -1042,7 +1038,8 @@ pub async fn charge(
                 customer,
                 description: &description,
                 idempotency_key: &payment.idempotency_key,
-                platform_fee_bps: *platform_fee_bps,
+                // As recorded when the attempt started (a resumed one sends the same).
+                application_fee: payment.application_fee,
                 account: account.as_deref(),
                 metadata,
             },
