@@ -157,9 +157,7 @@ pub async fn insert(
     scope: Scope,
     i: &InvoiceRow,
 ) -> Result<bool, DbError> {
-    if i.tenant_id != scope.tenant_id() || i.livemode != scope.livemode() {
-        return Err(DbError::NotFound);
-    }
+    super::owned_by(scope, i.tenant_id, i.livemode)?;
     Ok(insert_many(conn, &[i]).await? == 1)
 }
 
@@ -239,9 +237,7 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[&InvoiceRow]) -> Resul
 /// Writes what changes over an invoice's life (a draft's totals too); the row must be locked
 /// ([`lock`]).
 pub async fn save(conn: &mut PgConnection, scope: Scope, i: &InvoiceRow) -> Result<(), DbError> {
-    if i.tenant_id != scope.tenant_id() || i.livemode != scope.livemode() {
-        return Err(DbError::NotFound);
-    }
+    super::owned_by(scope, i.tenant_id, i.livemode)?;
     save_many(conn, &[i]).await
 }
 
@@ -633,9 +629,7 @@ pub async fn insert_payment(
     scope: Scope,
     p: &PaymentRow,
 ) -> Result<(), DbError> {
-    if p.tenant_id != scope.tenant_id() || p.livemode != scope.livemode() {
-        return Err(DbError::NotFound);
-    }
+    super::owned_by(scope, p.tenant_id, p.livemode)?;
     insert_payments(conn, &[p]).await
 }
 
@@ -692,9 +686,7 @@ pub async fn save_payment(
     scope: Scope,
     p: &PaymentRow,
 ) -> Result<(), DbError> {
-    if p.tenant_id != scope.tenant_id() || p.livemode != scope.livemode() {
-        return Err(DbError::NotFound);
-    }
+    super::owned_by(scope, p.tenant_id, p.livemode)?;
     save_payments(conn, &[p]).await
 }
 

@@ -64,6 +64,20 @@ pub(crate) fn scope_columns<'a>(
         .unzip()
 }
 
+/// Refuses a row another tenant or mode owns (a single-row write given its scope, which then
+/// writes through the many-row statement keyed by the row's own tenant and mode).
+pub(crate) fn owned_by(
+    scope: crate::tenancy::Scope,
+    tenant_id: crate::ids::TenantId,
+    livemode: bool,
+) -> Result<(), DbError> {
+    if tenant_id == scope.tenant_id() && livemode == scope.livemode() {
+        Ok(())
+    } else {
+        Err(DbError::NotFound)
+    }
+}
+
 /// A time as the API renders it in objects (RFC 3339 with `+00:00`), for objects that events
 /// carry as the API shows them.
 pub(crate) fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {

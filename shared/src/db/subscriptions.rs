@@ -193,9 +193,7 @@ pub async fn save(
     scope: Scope,
     s: &SubscriptionRow,
 ) -> Result<(), DbError> {
-    if s.tenant_id != scope.tenant_id() || s.livemode != scope.livemode() {
-        return Err(DbError::NotFound);
-    }
+    super::owned_by(scope, s.tenant_id, s.livemode)?;
     save_many(conn, &[s]).await
 }
 

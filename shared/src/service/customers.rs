@@ -410,17 +410,32 @@ pub async fn attach_payment_method(
         now,
     )
     .await?;
+    payment_method_changed(uow, ctx, stripe, &row, "payment_method.attached").await?;
+    Ok(row)
+}
+
+/// After a payment method changed: its sync to the connected Stripe account is queued (attached
+/// to, or detached from, its Stripe customer there) and `event_type` recorded.
+async fn payment_method_changed(
+    uow: &mut UnitOfWork,
+    ctx: &TenantContext,
+    stripe: &StripeSettings,
+    row: &PaymentMethodRow,
+    event_type: &str,
+) -> ServiceResult<()> {
+    let now = uow.now();
+    let id = row.id.as_uuid();
     catalog_sync::changed(
         uow.conn(),
         stripe,
         Synced::PaymentMethod,
         ctx.scope(),
-        row.id.as_uuid(),
+        id,
         now,
     )
     .await?;
-    events::record(uow, ctx.scope(), "payment_method.attached", row.to_json()).await?;
-    Ok(row)
+    events::record(uow, ctx.scope(), event_type, row.to_json()).await?;
+    Ok(())
 }
 
 pub async fn list_payment_methods(
@@ -473,15 +488,6 @@ pub async fn detach_payment_method(
         .await
         .map_err(ServiceError::not_found(PAYMENT_METHOD))?;
     // Detached from its Stripe customer too, when it was attached there.
-    catalog_sync::changed(
-        uow.conn(),
-        stripe,
-        Synced::PaymentMethod,
-        ctx.scope(),
-        row.id.as_uuid(),
-        now,
-    )
-    .await?;
-    events::record(uow, ctx.scope(), "payment_method.detached", row.to_json()).await?;
+    payment_method_changed(uow, ctx, stripe, &row, "payment_method.detached").await?;
     Ok(row)
 }

@@ -356,17 +356,7 @@ async fn issue(
         billing_reason,
     } = draft;
     let now = uow.now();
-    let mut invoice = blank(
-        scope,
-        id,
-        sub.customer_id,
-        &sub.currency,
-        &sub.collection_method,
-        billing_reason,
-        period,
-        now,
-    );
-    invoice.subscription_id = Some(sub.id);
+    let mut invoice = blank_of(scope, id, sub, billing_reason, period, now);
     finalize_row(uow, scope, &mut invoice, &lines, sub.days_until_due).await?;
     let settled = invoice.status == InvoiceStatus::Paid;
     if !db::invoices::insert(uow.conn(), scope, &invoice).await? {
@@ -385,6 +375,29 @@ async fn issue(
         events::record(uow, scope, "invoice.paid", json).await?;
     }
     Ok(invoice)
+}
+
+/// A draft invoice of a subscription's `period` with nothing on it yet.
+pub(crate) fn blank_of(
+    scope: Scope,
+    id: InvoiceId,
+    sub: &SubscriptionRow,
+    billing_reason: &str,
+    period: Period,
+    now: DateTime<Utc>,
+) -> InvoiceRow {
+    let mut invoice = blank(
+        scope,
+        id,
+        sub.customer_id,
+        &sub.currency,
+        &sub.collection_method,
+        billing_reason,
+        period,
+        now,
+    );
+    invoice.subscription_id = Some(sub.id);
+    invoice
 }
 
 /// A draft invoice with nothing on it yet.
@@ -930,16 +943,12 @@ pub async fn start_attempts(
             continue;
         }
         let method = methods.get(&invoice.customer_id).cloned();
-        let charged = match method.clone() {
-            Some(m) => match charge_with(m, account.as_deref()) {
-                Some(c) => Some(c),
-                None => {
-                    attempts.push(Attempt::Waiting);
-                    continue;
-                }
-            },
-            None => None,
-        };
+        let method_id = method.as_ref().map(|m| m.id);
+        let charged = method.and_then(|m| charge_with(m, account.as_deref()));
+        if method_id.is_some() && charged.is_none() {
+            attempts.push(Attempt::Waiting);
+            continue;
+        }
         let gateway = Gateway::for_mode(stripe, scope.livemode());
         let mut payment = PaymentRow {
             id: PaymentId::new(),
@@ -959,7 +968,7 @@ pub async fn start_attempts(
             gateway: gateway.name().into(),
             gateway_id: None,
             idempotency_key: format!("{id}-attempt-{number}"),
-            payment_method_id: method.as_ref().map(|m| m.id),
+            payment_method_id: method_id,
             failure_code: None,
             failure_message: None,
             hard_decline: false,

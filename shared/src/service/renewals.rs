@@ -339,17 +339,7 @@ async fn invoice_period(
             InvoicePrefix::from_slug(slug)
         }
     };
-    let mut invoice = invoices::blank(
-        scope,
-        id,
-        sub.customer_id,
-        &sub.currency,
-        &sub.collection_method,
-        "subscription_cycle",
-        period,
-        now,
-    );
-    invoice.subscription_id = Some(sub.id);
+    let mut invoice = invoices::blank_of(scope, id, sub, "subscription_cycle", period, now);
     invoice.tax_amounts = taxed.tax_amounts;
     invoices::use_balance(uow, scope, customer.id, id, &taxed.totals).await?;
     uow.number_at_commit(scope, prefix, id);

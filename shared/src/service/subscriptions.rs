@@ -1386,17 +1386,7 @@ pub async fn upcoming_invoice(
         super::tax_rates::taxed_totals(uow, scope, customer.id, &lines, customer.balance).await?;
     let totals = taxed.totals;
     let at = period.start;
-    let mut invoice = invoices::blank(
-        scope,
-        invoice_id,
-        sub.customer_id,
-        &sub.currency,
-        &sub.collection_method,
-        "subscription_cycle",
-        period,
-        at,
-    );
-    invoice.subscription_id = Some(sub.id);
+    let mut invoice = invoices::blank_of(scope, invoice_id, &sub, "subscription_cycle", period, at);
     invoice.tax_amounts = taxed.tax_amounts;
     invoice.subtotal = totals.subtotal;
     invoice.discount = totals.discount;
