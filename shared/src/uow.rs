@@ -11,6 +11,7 @@ use crate::{
     db::{DbError, invoice_numbers::Deferred},
     domain::customer::InvoicePrefix,
     ids::{EventId, InvoiceId},
+    jobs::Claimed,
     tenancy::Scope,
 };
 
@@ -24,6 +25,9 @@ pub struct UnitOfWork {
     after_commit: Vec<AfterCommit>,
     /// Invoices finalized without their number yet, when numbering is deferred.
     numbering: Option<Deferred>,
+    /// Until when jobs this work queues for its caller to run are leased to it, and those
+    /// queued so far ([`UnitOfWork::hold_jobs`]).
+    holding: Option<(DateTime<Utc>, Vec<Claimed>)>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -41,7 +45,37 @@ impl UnitOfWork {
             now: clock.now(),
             after_commit: Vec::new(),
             numbering: None,
+            holding: None,
         })
+    }
+
+    /// The caller runs the charges this work queues itself once it commits (a worker that
+    /// renews subscriptions charges their new invoices at once): they are queued leased to it
+    /// until `until`, and [`UnitOfWork::take_held`] gives them. Jobs on a test clock wait for
+    /// its advance as always.
+    pub fn hold_jobs(&mut self, until: DateTime<Utc>) {
+        self.holding.get_or_insert_with(|| (until, Vec::new()));
+    }
+
+    /// Until when the jobs queued for the caller are leased to it, when it runs them itself.
+    pub(crate) fn holding(&self) -> Option<DateTime<Utc>> {
+        self.holding.as_ref().map(|(until, _)| *until)
+    }
+
+    /// Records jobs queued leased to the caller.
+    pub(crate) fn held(&mut self, jobs: Vec<Claimed>) {
+        if let Some((_, held)) = self.holding.as_mut() {
+            held.extend(jobs);
+        }
+    }
+
+    /// The jobs queued leased to the caller ([`UnitOfWork::hold_jobs`]): to run once the work
+    /// has committed, and not at all if it does not.
+    pub fn take_held(&mut self) -> Vec<Claimed> {
+        self.holding
+            .as_mut()
+            .map(|(_, held)| std::mem::take(held))
+            .unwrap_or_default()
     }
 
     /// Numbers the invoices this work finalizes as its last statements before committing, not

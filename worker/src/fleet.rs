@@ -48,9 +48,12 @@ fn acker(rt: &Arc<Runtime>, queue: Queue, worker: &str) -> Acker {
     })
 }
 
-/// Runs billing jobs of one kind many per transaction: each job's run end and whether its
-/// outcome was recorded.
-type Together = Batcher<jobs::Claimed, (RunEnd, Result<bool, Arc<String>>)>;
+/// How a job run with others ended, whether its outcome was recorded, and the job it leaves
+/// this process to run next (the charge of the invoice a renewal made).
+type Ran = (RunEnd, Result<bool, Arc<String>>, Option<jobs::Claimed>);
+
+/// Runs billing jobs of one kind many per transaction.
+type Together = Batcher<jobs::Claimed, Ran>;
 
 /// The billing jobs a consumer runs in batches: renewals (which share a commit and take
 /// their invoice numbers together at its end) and charges (whose attempts start, and whose
@@ -105,16 +108,14 @@ impl Billing {
 
 /// Runs a batch of jobs of `kind` together; when that fails (one job's error undoes the
 /// transaction), one by one, each with its own outcome.
-async fn run_together(
-    rt: &Runtime,
-    kind: &str,
-    batch: Vec<jobs::Claimed>,
-) -> Vec<(RunEnd, Result<bool, Arc<String>>)> {
+async fn run_together(rt: &Runtime, kind: &str, batch: Vec<jobs::Claimed>) -> Vec<Ran> {
     if batch.len() > 1 {
         let started = Instant::now();
         let together = match kind {
             jobs::Job::RENEW_SUBSCRIPTION => crate::jobs::billing::renew_together(rt, &batch).await,
-            jobs::Job::PAY_INVOICE => crate::jobs::billing::pay_together(rt, &batch).await,
+            jobs::Job::PAY_INVOICE => crate::jobs::billing::pay_together(rt, &batch)
+                .await
+                .map(|done| done.map(|d| d.into_iter().map(|(f, r)| (f, r, None)).collect())),
             _ => None,
         };
         match together {
@@ -130,7 +131,7 @@ async fn run_together(
                 );
                 return done
                     .into_iter()
-                    .map(|(f, recorded)| (end_of(&f.outcome), Ok(recorded)))
+                    .map(|(f, recorded, next)| (end_of(&f.outcome), Ok(recorded), next))
                     .collect();
             }
             Some(Err(e)) => {
@@ -146,7 +147,7 @@ async fn run_together(
         let recorded = finish_one(rt, finished)
             .await
             .map_err(|e| Arc::new(e.to_string()));
-        (end, recorded)
+        (end, recorded, None)
     }))
     .await
 }
@@ -247,15 +248,32 @@ fn end_of(outcome: &Outcome) -> RunEnd {
     }
 }
 
-/// Claims and runs one message, then records its outcome.
-async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing) -> RunEnd {
+/// Claims and runs one message, then records its outcome; then runs the job it leaves this
+/// process to run next, if any (the charge of the invoice a renewal made).
+async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing) {
     let started = Instant::now();
-    let end = match queue {
-        Queue::Webhooks => process_webhook(rt, msg).await,
-        _ => process_generic(rt, queue, msg, billing).await,
+    let (end, next) = match queue {
+        Queue::Webhooks => (process_webhook(rt, msg).await, None),
+        _ => match claim(rt, msg).await {
+            Some(job) => run_claimed(rt, queue, job, billing).await,
+            None => (RunEnd::Stale, None),
+        },
     };
     rt.metrics.ended(queue, end, started.elapsed());
-    end
+    if let Some(job) = next {
+        rt.metrics.run_at_once.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "job",
+            queue = %queue,
+            job_id = %job.id,
+            tenant_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        // A charge leaves nothing next.
+        let (end, _) = run_claimed(rt, queue, job, billing).instrument(span).await;
+        rt.metrics.ended(queue, end, started.elapsed());
+    }
 }
 
 fn note_claim(rt: &Runtime, queue: Queue, job: &jobs::Claimed) {
@@ -297,24 +315,35 @@ async fn process_webhook(rt: &Runtime, msg: JobMessage) -> RunEnd {
     record_result(end, recorded)
 }
 
-async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing) -> RunEnd {
-    let job = match rt.claims.call(msg).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return RunEnd::Stale,
+/// Claims a message of a queue other than webhooks (`None`: stale, or not claimed now).
+async fn claim(rt: &Runtime, msg: JobMessage) -> Option<jobs::Claimed> {
+    match rt.claims.call(msg).await {
+        Ok(job) => job,
         Err(e) => {
             tracing::warn!(error = %e, "could not claim; the job will come back");
-            return RunEnd::Stale;
+            None
         }
-    };
+    }
+}
+
+/// Runs a claimed job and records its outcome; returns how it ended and the job it leaves
+/// this process to run next.
+async fn run_claimed(
+    rt: &Runtime,
+    queue: Queue,
+    job: jobs::Claimed,
+    billing: &Billing,
+) -> (RunEnd, Option<jobs::Claimed>) {
     note_claim(rt, queue, &job);
-    let (end, recorded) = if let Some(together) = billing.of(&job.kind) {
+    let (end, recorded, next) = if let Some(together) = billing.of(&job.kind) {
         let id = job.id;
         let result = match together.call(job).await {
-            Ok((end, recorded)) => (
+            Ok((end, recorded, next)) => (
                 end,
                 recorded.map_err(|e| crate::batch::BatchError::Failed(e).into()),
+                next,
             ),
-            Err(e) => (RunEnd::Stale, Err(e.into())),
+            Err(e) => (RunEnd::Stale, Err(e.into()), None),
         };
         rt.unhold(id);
         result
@@ -328,9 +357,9 @@ async fn process_generic(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &
         let end = end_of(&finished.outcome);
         let recorded = finish_one(rt, finished).await;
         rt.unhold(job.id);
-        (end, recorded)
+        (end, recorded, None)
     };
-    record_result(end, recorded)
+    (record_result(end, recorded), next)
 }
 
 fn record_result(end: RunEnd, recorded: Result<bool, WorkerError>) -> RunEnd {

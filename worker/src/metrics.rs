@@ -62,6 +62,9 @@ pub struct Metrics {
     pub batched: AtomicU64,
     /// Batches of billing jobs that failed together and ran one by one.
     pub batch_failures: AtomicU64,
+    /// Jobs run at once by the process that queued them, without the relay (the charges of
+    /// the invoices its renewals made).
+    pub run_at_once: AtomicU64,
     /// Memory Redis uses, in bytes.
     pub redis_memory: AtomicI64,
 }
@@ -244,6 +247,12 @@ impl Metrics {
                 "worker_billing_batch_failures_total",
                 "Batches of renewals or charges that failed together and ran one by one.",
                 &self.batch_failures,
+            ),
+            (
+                "worker_jobs_run_at_once_total",
+                "Jobs run at once by the process that queued them (the charges of the invoices \
+                 its renewals made), without a trip through the relay and Redis.",
+                &self.run_at_once,
             ),
         ];
         for (name, help, v) in singles {

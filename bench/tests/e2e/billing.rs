@@ -217,9 +217,33 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
         .metrics
         .batch_failures
         .load(std::sync::atomic::Ordering::Relaxed);
+    let at_once = worker
+        .rt
+        .metrics
+        .run_at_once
+        .load(std::sync::atomic::Ordering::Relaxed);
     worker.stop().await;
     assert!(batched > 0, "no batch succeeded");
     assert!(failed >= 1, "the batch with the early renewal failed");
+    // The renewals batched together had their charges run at once by the worker, the others
+    // through the relay; either way each charge job ran once, and succeeded.
+    assert!(at_once > 0, "no charge was run at once");
+    assert!(
+        at_once < n as u64,
+        "the failed batch's charges went through the relay"
+    );
+    let charge_runs: Vec<(String, i32)> =
+        sqlx::query_as("SELECT state, attempts FROM jobs WHERE kind = 'invoice.pay'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(charge_runs.len(), n);
+    assert!(
+        charge_runs
+            .iter()
+            .all(|r| r == &("succeeded".to_owned(), 1)),
+        "{charge_runs:?}"
+    );
 
     assert_eq!(
         env.scalar("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'")

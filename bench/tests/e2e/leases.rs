@@ -70,3 +70,117 @@ async fn a_claim_keeps_a_fresh_lease_and_renews_one_running_out() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_job_queued_held_runs_by_its_caller_and_reaches_the_relay_only_when_its_lease_runs_out() {
+    let env = Env::new(&[]).await;
+    let relaxed = shared::db::relaxed_pool(&env.settings().database, 1).unwrap();
+    let lease = Duration::from_secs(60);
+    let now = Utc::now();
+    let until = now + chrono::Duration::seconds(60);
+    let job = NewJob {
+        id: Uuid::new_v4(),
+        queue: Queue::Analytics,
+        kind: "test",
+        tenant: None,
+        payload: serde_json::json!({"n": 1}),
+        run_at: now,
+        max_attempts: 3,
+        test_clock: None,
+    };
+    let mut tx = env.pool.begin().await.unwrap();
+    let held = jobs::enqueue_held(&mut tx, std::slice::from_ref(&job), now, until)
+        .await
+        .unwrap();
+    // Queued again (the same key) in the same work: not added, not handed out twice.
+    let again = jobs::enqueue_held(&mut tx, std::slice::from_ref(&job), now, until)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(again.is_empty());
+    assert_eq!(
+        (held[0].id, held[0].kind.as_str(), held[0].attempts),
+        (job.id, "test", 0)
+    );
+    assert_eq!(held[0].payload, serde_json::json!({"n": 1}));
+    assert_eq!(
+        run_at(&env, job.id).await.timestamp_micros(),
+        until.timestamp_micros()
+    );
+    // Not due to the relay while its caller holds it.
+    let leased = jobs::lease_due(&relaxed, Queue::Analytics, now, lease, 10)
+        .await
+        .unwrap();
+    assert!(leased.is_empty(), "{leased:?}");
+    // The caller died: once the lease is out, the relay hands it to the fleet, and the dead
+    // caller's token no longer finishes it.
+    let later = until + chrono::Duration::seconds(1);
+    let leased = jobs::lease_due(&relaxed, Queue::Analytics, later, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        leased.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![job.id]
+    );
+    let mut conn = env.pool.acquire().await.unwrap();
+    let finished = jobs::Finished {
+        id: job.id,
+        token: held[0].token,
+        outcome: jobs::Outcome::Succeeded,
+    };
+    assert!(
+        jobs::finish(&mut conn, &[finished], later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = jobs::claim(&relaxed, &leased, later, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+}
+
+#[tokio::test]
+async fn a_job_queued_held_and_finished_by_its_caller_never_reaches_the_relay() {
+    let env = Env::new(&[]).await;
+    let relaxed = shared::db::relaxed_pool(&env.settings().database, 1).unwrap();
+    let now = Utc::now();
+    let until = now + chrono::Duration::seconds(60);
+    let job = NewJob {
+        id: Uuid::new_v4(),
+        queue: Queue::Analytics,
+        kind: "test",
+        tenant: None,
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 3,
+        test_clock: None,
+    };
+    let mut tx = env.pool.begin().await.unwrap();
+    let held = jobs::enqueue_held(&mut tx, &[job], now, until)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let finished = jobs::Finished {
+        id: held[0].id,
+        token: held[0].token,
+        outcome: jobs::Outcome::Succeeded,
+    };
+    assert_eq!(
+        jobs::finish(&mut conn, &[finished], now).await.unwrap(),
+        vec![held[0].id]
+    );
+    let later = until + chrono::Duration::seconds(1);
+    assert!(
+        jobs::lease_due(
+            &relaxed,
+            Queue::Analytics,
+            later,
+            Duration::from_secs(60),
+            10
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}

@@ -73,17 +73,42 @@ pub async fn enqueue(
     jobs: &[NewJob],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    insert(conn, jobs, now, false).await
+    insert(conn, jobs, now, Adding::New).await.map(drop)
+}
+
+/// Adds jobs leased until `until` to the caller, which runs them itself once the transaction
+/// commits, without a trip through the relay and Redis; returns the ones added, claimed as
+/// [`claim`] would. A job queued already (same id) is not added, and not returned: its own
+/// run does it. Should the caller not finish a job before its lease runs out (it crashed), the
+/// job is due then and the relay hands it to the fleet.
+pub async fn enqueue_held(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<Claimed>, DbError> {
+    insert(conn, jobs, now, Adding::Held { until }).await
+}
+
+/// How [`insert`] treats the jobs it adds.
+#[derive(Debug, Clone, Copy)]
+enum Adding {
+    /// Added as given; a job queued already stays as it is.
+    New,
+    /// Added, or made due again from scratch when queued already.
+    Reset,
+    /// Added leased to the caller until then.
+    Held { until: DateTime<Utc> },
 }
 
 async fn insert(
     conn: &mut PgConnection,
     jobs: &[NewJob],
     now: DateTime<Utc>,
-    reset_existing: bool,
-) -> Result<(), DbError> {
+    adding: Adding,
+) -> Result<Vec<Claimed>, DbError> {
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut ids = Vec::with_capacity(jobs.len());
     let mut queues = Vec::with_capacity(jobs.len());
@@ -105,19 +130,27 @@ async fn insert(
         maxes.push(j.max_attempts);
         clocks.push(j.test_clock);
     }
-    let on_conflict = if reset_existing {
-        "ON CONFLICT (id) DO UPDATE SET state = 'pending', attempts = 0, run_at = EXCLUDED.run_at, \
-         lease_token = NULL, last_error = NULL, finished_at = NULL, payload = EXCLUDED.payload, \
-         updated_at = EXCLUDED.updated_at"
-    } else {
+    let (on_conflict, lease) = match adding {
+        Adding::Reset => (
+            "ON CONFLICT (id) DO UPDATE SET state = 'pending', attempts = 0, \
+             run_at = EXCLUDED.run_at, lease_token = NULL, last_error = NULL, \
+             finished_at = NULL, payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
+            None,
+        ),
         // The same key is the same job: queued once.
-        "ON CONFLICT (id) DO NOTHING"
+        Adding::New => ("ON CONFLICT (id) DO NOTHING", None),
+        Adding::Held { until } => (
+            "ON CONFLICT (id) DO NOTHING RETURNING id, lease_token AS token, queue, kind, \
+             tenant_id, livemode, payload, attempts, max_attempts",
+            Some(until),
+        ),
     };
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    let held = sqlx::query_as::<_, Claimed>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
-         test_clock_id, created_at, updated_at) \
+         test_clock_id, created_at, updated_at, lease_token) \
          SELECT u.id, u.queue, u.kind, u.tenant_id, u.livemode, u.payload, u.max_attempts, \
-         u.run_at, u.test_clock_id, $9, $9 \
+         COALESCE($11, u.run_at), u.test_clock_id, $9, $9, \
+         CASE WHEN $11::timestamptz IS NOT NULL THEN gen_random_uuid() END \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bool[], $6::jsonb[], \
          $7::int[], $8::timestamptz[], $10::uuid[]) AS u(id, queue, kind, tenant_id, livemode, \
          payload, max_attempts, run_at, test_clock_id) {on_conflict}"
@@ -132,8 +165,13 @@ async fn insert(
     .bind(&run_ats)
     .bind(now)
     .bind(&clocks)
-    .execute(&mut *conn)
+    .bind(lease)
+    .fetch_all(&mut *conn)
     .await?;
+    if lease.is_some() {
+        // Nothing is due to the relays: the caller runs these.
+        return Ok(held);
+    }
     let mut due: Vec<&str> = jobs
         .iter()
         .filter(|j| j.run_at <= now && j.test_clock.is_none())
@@ -148,7 +186,7 @@ async fn insert(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Adds jobs, or makes existing ones (same id) due again from scratch: for work about one
@@ -159,7 +197,7 @@ pub async fn enqueue_or_reset(
     jobs: &[NewJob],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    insert(conn, jobs, now, true).await
+    insert(conn, jobs, now, Adding::Reset).await.map(drop)
 }
 
 /// Makes jobs due again from scratch (redeliveries); returns the ids found. Locks them in id

@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{ServiceError, ServiceResult, invoices, refunds, subscriptions};
+use super::{
+    ServiceError, ServiceResult, invoices, refunds,
+    subscriptions::{self, Renewal},
+};
 use crate::{
     clock::Clock, ids::SubscriptionId, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork,
 };
@@ -61,11 +64,10 @@ pub async fn run(
 /// period) in one unit of work ([`super::renewals::renew_many`]), numbering their invoices at
 /// its commit: a worker makes a batch of renewals with a few statements and one commit. The
 /// first failure is the answer, and the unit of work is then to be rolled back (the caller runs
-/// them one by one).
+/// them one by one). Returns what became of each renewal, in the order given.
 pub async fn renew_many(
     uow: &mut UnitOfWork,
     renewals: &[(Scope, SubscriptionId, DateTime<Utc>)],
-) -> ServiceResult<()> {
-    super::renewals::renew_many(uow, renewals).await?;
-    Ok(())
+) -> ServiceResult<Vec<Renewal>> {
+    super::renewals::renew_many(uow, renewals).await
 }

@@ -256,6 +256,9 @@ async fn invoice_periods(
     let invoices_by_id: HashMap<InvoiceId, &Made> =
         made.iter().map(|m| (m.invoice.id, m)).collect();
     let mut jobs = Vec::new();
+    // First charges the caller runs itself, when it does (off test clocks).
+    let held_until = uow.holding();
+    let mut charges = Vec::new();
     let mut recorded: Vec<(Scope, NewEvent)> = Vec::new();
     for (d, invoice, fresh) in &mut done {
         d.sub.latest_invoice_id = Some(*invoice);
@@ -268,9 +271,13 @@ async fn invoice_periods(
             if m.invoice.status == InvoiceStatus::Paid {
                 recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
             }
-            jobs.extend(subscriptions::first_charge(
-                d.scope, &d.sub, &m.invoice, now,
-            ));
+            if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now) {
+                if held_until.is_some() && charge.test_clock.is_none() {
+                    charges.push(charge);
+                } else {
+                    jobs.push(charge);
+                }
+            }
         }
         let view = SubscriptionView {
             subscription: d.sub.clone(),
@@ -284,6 +291,10 @@ async fn invoice_periods(
     let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
     db::subscriptions::save_many(uow.conn(), &subs).await?;
     jobs::enqueue(uow.conn(), &jobs, now).await?;
+    if let Some(until) = held_until {
+        let held = jobs::enqueue_held(uow.conn(), &charges, now, until).await?;
+        uow.held(held);
+    }
     events::record_all(uow, &recorded).await?;
     Ok(done
         .into_iter()

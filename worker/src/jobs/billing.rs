@@ -4,11 +4,15 @@
 //! it acts on under a lock and does nothing when the job is stale, so a job that runs twice,
 //! late or on two workers changes nothing more.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use shared::{
+    ids::{InvoiceId, SubscriptionId},
     jobs::{self, Claimed, Finished, Job, Outcome, Queue},
-    service::{ServiceError, ServiceResult, billing_jobs, invoices, test_clocks},
+    service::{
+        ServiceError, ServiceResult, billing_jobs, invoices, subscriptions::Renewal, test_clocks,
+    },
     tenancy::Scope,
     uow::UnitOfWork,
 };
@@ -92,28 +96,58 @@ async fn finish_all(
         .collect())
 }
 
+/// A due period: the subscription and the end of its current period.
+type Due = (Scope, SubscriptionId, DateTime<Utc>);
+
 /// Renews the periods of several `subscription.renew` jobs in one transaction, which also
-/// records them as succeeded; returns each job's outcome and whether it was recorded (a job
-/// another run owns now is not, its renewal being made once all the same). `None` when a job
-/// is not a renewal. On an error nothing is written, and the caller runs the jobs one by one:
-/// the error is then one job's.
+/// records them as succeeded; returns each job's outcome, whether it was recorded (a job
+/// another run owns now is not, its renewal being made once all the same), and the charge of
+/// the invoice it made, when there is one to run now: queued leased to this process, which
+/// runs it at once instead of waiting for the relay to hand it to the fleet (should it not,
+/// the lease runs out and the relay does). `None` when a job is not a renewal. On an error
+/// nothing is written, and the caller runs the jobs one by one: the error is then one job's.
 pub async fn renew_together(
     rt: &Runtime,
     batch: &[Claimed],
-) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
-    let mut renewals = read_all(batch, |scope, job| match job {
+) -> Option<ServiceResult<Vec<(Finished, bool, Option<Claimed>)>>> {
+    // Each job's place in the batch, and the period it renews.
+    let mut renewals: Vec<(usize, Due)> = read_all(batch, |scope, job| match job {
         Job::RenewSubscription {
             subscription,
             period_start,
         } => Some((scope, subscription, period_start)),
         _ => None,
-    })?;
+    })?
+    .into_iter()
+    .enumerate()
+    .collect();
     // Subscriptions locked in one order by every batch, so that two never wait in a cycle.
-    renewals.sort_by_key(|(_, subscription, _)| subscription.as_uuid());
+    renewals.sort_by_key(|(_, (_, subscription, _))| subscription.as_uuid());
     Some(
         async {
             let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
-            billing_jobs::renew_many(&mut uow, &renewals).await?;
+            let lease = chrono::Duration::from_std(rt.settings.jobs.lease)
+                .map_err(|e| ServiceError::internal(e.to_string()))?;
+            uow.hold_jobs(uow.now() + lease);
+            let keys: Vec<_> = renewals.iter().map(|(_, r)| *r).collect();
+            let answers = billing_jobs::renew_many(&mut uow, &keys).await?;
+            let mut held: HashMap<InvoiceId, Claimed> = uow
+                .take_held()
+                .into_iter()
+                .filter_map(|c| match Job::parse(&c.kind, &c.payload) {
+                    Ok(Job::PayInvoice { invoice, .. }) => Some((invoice, c)),
+                    _ => None,
+                })
+                .collect();
+            let mut charges: Vec<Option<Claimed>> = vec![None; batch.len()];
+            for ((at, _), answer) in renewals.iter().zip(answers) {
+                if let Renewal::Renewed {
+                    invoice: Some(invoice),
+                } = answer
+                {
+                    charges[*at] = held.remove(&invoice);
+                }
+            }
             let finished = batch
                 .iter()
                 .map(|job| Finished {
@@ -125,7 +159,11 @@ pub async fn renew_together(
             let now = uow.now();
             let done = finish_all(uow.conn(), finished, now).await?;
             uow.commit().await?;
-            Ok(done)
+            Ok(done
+                .into_iter()
+                .zip(charges)
+                .map(|((f, recorded), charge)| (f, recorded, charge))
+                .collect())
         }
         .await,
     )
