@@ -57,11 +57,44 @@ impl Deferred {
         if self.invoices.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<(Scope, &InvoicePrefix)> =
-            self.invoices.iter().map(|(s, p, _)| (*s, p)).collect();
-        let numbers = take_many(conn, &wanted).await?;
-        let ids: Vec<Uuid> = self.invoices.iter().map(|i| i.2.as_uuid()).collect();
-        let (tenants, modes) = super::scope_columns(self.invoices.iter().map(|i| &i.0));
+        let mut groups: BTreeMap<(Uuid, bool, String), Vec<InvoiceId>> = BTreeMap::new();
+        for (scope, prefix, invoice) in &self.invoices {
+            groups
+                .entry((
+                    scope.tenant_id.as_uuid(),
+                    scope.livemode,
+                    prefix.as_str().to_owned(),
+                ))
+                .or_default()
+                .push(*invoice);
+        }
+        let mut ids: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
+        let mut tenants: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
+        let mut modes: Vec<bool> = Vec::with_capacity(self.invoices.len());
+        let mut numbers: Vec<String> = Vec::with_capacity(self.invoices.len());
+        for ((tenant, livemode, prefix), invoices) in groups {
+            let k = i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?;
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id, livemode, prefix) \
+                 DO UPDATE SET last_number = invoice_number_counters.last_number + $4 \
+                 RETURNING last_number",
+            )
+            .bind(tenant)
+            .bind(livemode)
+            .bind(&prefix)
+            .bind(k)
+            .fetch_one(&mut *conn)
+            .await?;
+            let prefix = InvoicePrefix::parse(&prefix).map_err(|e| broken(e.to_string()))?;
+            for (i, invoice) in (0..).zip(invoices) {
+                ids.push(invoice.as_uuid());
+                tenants.push(tenant);
+                modes.push(livemode);
+                numbers.push(prefix.number(last - k + 1 + i));
+            }
+        }
         let numbered = sqlx::query(
             "UPDATE invoices SET number = u.number, updated_at = $5 \
              FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
@@ -106,45 +139,6 @@ impl Deferred {
         }
         Ok(())
     }
-}
-
-/// Takes the next numbers of prefixes, one for each of `wanted` (a scope and a prefix): in the
-/// order given within each (tenant, mode, prefix), with one counter update per prefix, taken
-/// in a fixed order (so that two transactions taking several never wait for each other in a
-/// cycle). The counter rows stay locked until the transaction ends: a rollback gives the
-/// numbers back.
-pub async fn take_many(
-    conn: &mut PgConnection,
-    wanted: &[(Scope, &InvoicePrefix)],
-) -> Result<Vec<String>, DbError> {
-    let mut groups: BTreeMap<(Uuid, bool, &str), Vec<usize>> = BTreeMap::new();
-    for (i, (scope, prefix)) in wanted.iter().enumerate() {
-        groups
-            .entry((scope.tenant_id.as_uuid(), scope.livemode, prefix.as_str()))
-            .or_default()
-            .push(i);
-    }
-    let mut numbers = vec![String::new(); wanted.len()];
-    for ((tenant, livemode, prefix), at) in groups {
-        let k = i64::try_from(at.len()).map_err(|e| broken(e.to_string()))?;
-        let last: i64 = sqlx::query_scalar(
-            "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, livemode, prefix) \
-             DO UPDATE SET last_number = invoice_number_counters.last_number + $4 \
-             RETURNING last_number",
-        )
-        .bind(tenant)
-        .bind(livemode)
-        .bind(prefix)
-        .bind(k)
-        .fetch_one(&mut *conn)
-        .await?;
-        for (n, i) in (last - k + 1..).zip(at) {
-            numbers[i] = wanted[i].1.number(n);
-        }
-    }
-    Ok(numbers)
 }
 
 /// A broken expectation of the numbering: the unit of work is not to commit.

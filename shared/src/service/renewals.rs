@@ -9,8 +9,7 @@
 //! is read in one statement each, their invoices and lines are written in one statement each,
 //! and so are the subscriptions, their jobs and their events. What an invoice comes to is
 //! computed by the same functions as for one ([`invoices::period_lines`], [`invoices::settle`],
-//! [`tax_rates::taxed`]...). Their numbers are taken just before they are written, and those of
-//! invoices made while closing a period at the commit ([`UnitOfWork::defer_numbering`]).
+//! [`tax_rates::taxed`]...). Numbers are taken at the commit ([`UnitOfWork::defer_numbering`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -207,25 +206,18 @@ async fn read(uow: &mut UnitOfWork, due: &[Due]) -> ServiceResult<Reads> {
     })
 }
 
-/// An invoice made in a round, with its lines, the waiting lines it took and the prefix of
-/// its number (taken when it is written).
+/// An invoice made in a round, with its lines and the waiting lines it took.
 struct Made {
     scope: Scope,
     invoice: InvoiceRow,
     lines: Vec<LineRow>,
     taken: Vec<InvoiceItemId>,
-    prefix: InvoicePrefix,
 }
 
 /// Invoices the new periods of `due` (at most one per customer), saves the subscriptions and
 /// queues their next renewals and first charges, and records the events invoicing one period
 /// records, in this order for each: `invoice.created`, `invoice.finalized` (`invoice.paid` when
 /// nothing is due), `customer.subscription.updated`. A period already invoiced gets nothing new.
-///
-/// The invoices take their numbers last, just before they and their events are written with
-/// them: the counter rows stay locked from then until the commit, which is the least time
-/// they can. (A batch of several rounds takes counters in each; should two batches then wait
-/// for each other's counters, PostgreSQL fails one, and its jobs run one by one.)
 async fn invoice_periods(
     uow: &mut UnitOfWork,
     due: Vec<Due>,
@@ -243,45 +235,6 @@ async fn invoice_periods(
         done.push((d, m.invoice.id, true));
         made.push(m);
     }
-    let lines: Vec<(Scope, &LineRow)> = made
-        .iter()
-        .flat_map(|m| m.lines.iter().map(move |l| (m.scope, l)))
-        .collect();
-    db::invoices::insert_lines_many(uow.conn(), &lines).await?;
-
-    let mut jobs = Vec::new();
-    // First charges the caller runs itself, when it does (off test clocks).
-    let held_until = uow.holding();
-    let mut charges = Vec::new();
-    let fresh: HashMap<InvoiceId, &Made> = made.iter().map(|m| (m.invoice.id, m)).collect();
-    for (d, invoice, is_new) in &mut done {
-        d.sub.latest_invoice_id = Some(*invoice);
-        d.sub.updated_at = now;
-        jobs.push(subscriptions::renewal(d.scope, &d.sub));
-        let Some(m) = fresh.get(invoice).filter(|_| *is_new) else {
-            continue;
-        };
-        if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now) {
-            if held_until.is_some() && charge.test_clock.is_none() {
-                charges.push(charge);
-            } else {
-                jobs.push(charge);
-            }
-        }
-    }
-    let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
-    db::subscriptions::save_many(uow.conn(), &subs).await?;
-    jobs::enqueue(uow.conn(), &jobs, now).await?;
-    if let Some(until) = held_until {
-        let held = jobs::enqueue_held(uow.conn(), &charges, now, until).await?;
-        uow.held(held);
-    }
-
-    let wanted: Vec<(Scope, &InvoicePrefix)> = made.iter().map(|m| (m.scope, &m.prefix)).collect();
-    let numbers = db::invoice_numbers::take_many(uow.conn(), &wanted).await?;
-    for (m, number) in made.iter_mut().zip(numbers) {
-        m.invoice.number = Some(number);
-    }
     let rows: Vec<&InvoiceRow> = made.iter().map(|m| &m.invoice).collect();
     if db::invoices::insert_many(uow.conn(), &rows).await? != rows.len() as u64 {
         return Err(ServiceError::conflict(
@@ -289,21 +242,41 @@ async fn invoice_periods(
             "This period of the subscription is already invoiced.",
         ));
     }
-    // The waiting items taken point at their invoice (which must exist by then).
+    let lines: Vec<(Scope, &LineRow)> = made
+        .iter()
+        .flat_map(|m| m.lines.iter().map(move |l| (m.scope, l)))
+        .collect();
+    db::invoices::insert_lines_many(uow.conn(), &lines).await?;
     let taken: Vec<(Scope, InvoiceItemId, InvoiceId)> = made
         .iter()
         .flat_map(|m| m.taken.iter().map(move |t| (m.scope, *t, m.invoice.id)))
         .collect();
     db::invoices::mark_invoiced_many(uow.conn(), &taken).await?;
-    let fresh: HashMap<InvoiceId, &Made> = made.iter().map(|m| (m.invoice.id, m)).collect();
+
+    let invoices_by_id: HashMap<InvoiceId, &Made> =
+        made.iter().map(|m| (m.invoice.id, m)).collect();
+    let mut jobs = Vec::new();
+    // First charges the caller runs itself, when it does (off test clocks).
+    let held_until = uow.holding();
+    let mut charges = Vec::new();
     let mut recorded: Vec<(Scope, NewEvent)> = Vec::new();
-    for (d, invoice, is_new) in &done {
-        if let Some(m) = fresh.get(invoice).filter(|_| *is_new) {
+    for (d, invoice, fresh) in &mut done {
+        d.sub.latest_invoice_id = Some(*invoice);
+        d.sub.updated_at = now;
+        jobs.push(subscriptions::renewal(d.scope, &d.sub));
+        if let Some(m) = invoices_by_id.get(invoice).filter(|_| *fresh) {
             let json = m.invoice.to_json(&m.lines);
             recorded.push((d.scope, NewEvent::new("invoice.created", json.clone())));
             recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
             if m.invoice.status == InvoiceStatus::Paid {
                 recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
+            }
+            if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now) {
+                if held_until.is_some() && charge.test_clock.is_none() {
+                    charges.push(charge);
+                } else {
+                    jobs.push(charge);
+                }
             }
         }
         let view = SubscriptionView {
@@ -314,6 +287,13 @@ async fn invoice_periods(
             d.scope,
             NewEvent::new("customer.subscription.updated", view.to_json()),
         ));
+    }
+    let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
+    db::subscriptions::save_many(uow.conn(), &subs).await?;
+    jobs::enqueue(uow.conn(), &jobs, now).await?;
+    if let Some(until) = held_until {
+        let held = jobs::enqueue_held(uow.conn(), &charges, now, until).await?;
+        uow.held(held);
     }
     events::record_all(uow, &recorded).await?;
     Ok(done
@@ -373,6 +353,7 @@ async fn invoice_period(
     let mut invoice = invoices::blank_of(scope, id, sub, "subscription_cycle", period, now);
     invoice.tax_amounts = taxed.tax_amounts;
     invoices::use_balance(uow, scope, customer.id, id, &taxed.totals).await?;
+    uow.number_at_commit(scope, prefix, id);
     invoices::settle(&mut invoice, &taxed.totals, now, sub.days_until_due);
     if sub.coupon_id.is_some() {
         // One more period invoice since the redemption (saved with the subscription).
@@ -383,6 +364,5 @@ async fn invoice_period(
         invoice,
         lines,
         taken: pending.iter().map(|p| p.id).collect(),
-        prefix,
     })
 }
