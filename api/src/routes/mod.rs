@@ -13,6 +13,7 @@ pub mod invoices;
 pub mod plans;
 pub mod products;
 pub mod schema;
+pub mod settings;
 pub mod stripe;
 pub mod stripe_webhooks;
 pub mod subscriptions;
@@ -74,6 +75,7 @@ pub type Apis = (
         credit_notes::RefundsApi,
         tax_rates::TaxRatesApi,
         test_clocks::TestClocksApi,
+        settings::SettingsApi,
     ),
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
@@ -104,6 +106,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 credit_notes::RefundsApi,
                 tax_rates::TaxRatesApi,
                 test_clocks::TestClocksApi,
+                settings::SettingsApi,
             ),
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,

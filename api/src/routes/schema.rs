@@ -373,6 +373,11 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("SubscriptionPatch", "metadata", metadata()),
         ("SubscriptionPatch", "items", json!({"minItems": 1, "maxItems": 20})),
         (
+            "DunningIn",
+            "retry_waits_days",
+            json!({"maxItems": 10, "items": {"minimum": 1, "maximum": 60}}),
+        ),
+        (
             "SubscriptionPreviewIn",
             "items",
             json!({"minItems": 1, "maxItems": 20}),

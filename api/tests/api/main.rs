@@ -10,6 +10,7 @@ mod compose;
 mod coupons;
 mod credit_notes;
 mod customers;
+mod dunning;
 mod errors;
 mod events;
 mod health;

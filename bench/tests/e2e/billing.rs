@@ -232,11 +232,13 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
         at_once < n as u64,
         "the failed batch's charges went through the relay"
     );
-    let charge_runs: Vec<(String, i32)> =
-        sqlx::query_as("SELECT state, attempts FROM jobs WHERE kind = 'invoice.pay'")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+    let charge_runs: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT state, attempts FROM jobs WHERE kind = 'invoice.pay' \
+         AND payload->>'attempt' = '1'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(charge_runs.len(), n);
     assert!(
         charge_runs
@@ -244,6 +246,23 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
             .all(|r| r == &("succeeded".to_owned(), 1)),
         "{charge_runs:?}"
     );
+    // The declined ones are retried by the default dunning policy, 3 days later.
+    let retries: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT state, run_at FROM jobs WHERE kind = 'invoice.pay' \
+         AND payload->>'attempt' = '2'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(retries.len(), 12);
+    let soon = chrono::Utc::now() + chrono::Duration::days(3);
+    for (state, run_at) in &retries {
+        assert_eq!(state, "pending");
+        assert!(
+            (*run_at - soon).num_minutes().abs() < 10,
+            "{run_at} is not 3 days after the decline"
+        );
+    }
 
     assert_eq!(
         env.scalar("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'")

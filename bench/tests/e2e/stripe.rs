@@ -1272,6 +1272,40 @@ async fn a_stripe_payment_method_attaches_with_its_card_read_from_stripe_and_syn
 }
 
 #[tokio::test]
+async fn a_stripe_payment_method_attached_to_another_stripe_customer_is_refused() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("pm-taken@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Globex"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/customers/{id}/payment-methods");
+    let (status, refused) = api
+        .post(
+            &tenant.sk_test,
+            &path,
+            &json!({"token": "pm_fake_card_taken_1"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], "payment_method_attached_elsewhere");
+    // Nothing kept; one that is free attaches.
+    assert_eq!(api.get(&tenant.sk_test, &path).await["data"], json!([]));
+    let (status, attached) = api
+        .post(&tenant.sk_test, &path, &json!({"token": "pm_fake_card_1"}))
+        .await;
+    assert_eq!(status, 201, "{attached}");
+}
+
+#[tokio::test]
 async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_customer() {
     let fake = StripeFake::start().await;
     let env = stripe_env(&fake, &[]).await;

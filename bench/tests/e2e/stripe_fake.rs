@@ -141,10 +141,12 @@ fn handle(
             state.objects.insert(id, obj.clone());
             (200, obj)
         }
-        // Payment methods made by Stripe.js on the account: `pm_fake_card…` are Mastercards.
+        // Payment methods made by Stripe.js on the account: `pm_fake_card…` are Mastercards;
+        // `pm_fake_card_taken…` are attached to another Stripe customer already.
         ("GET", ["payment_methods", id]) if id.starts_with("pm_fake_card") => (
             200,
             json!({ "id": id, "object": "payment_method", "type": "card",
+                    "customer": id.starts_with("pm_fake_card_taken").then_some("cus_someone_else"),
                     "card": { "brand": "mastercard", "last4": "4444",
                               "exp_month": 7, "exp_year": 2031 } }),
         ),

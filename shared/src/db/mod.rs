@@ -16,6 +16,7 @@ pub mod catalog_sync;
 pub mod coupons;
 pub mod credit_notes;
 pub mod customers;
+pub mod dunning;
 pub mod events;
 pub mod idempotency;
 pub mod invoice_numbers;

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod coupon;
 pub mod customer;
+pub mod dunning;
 pub mod email;
 pub mod interval;
 pub mod invoice;

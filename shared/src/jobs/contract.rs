@@ -32,6 +32,9 @@ pub enum Job {
     ProcessStripeEvent { event_id: String },
     /// Charge an invoice: one job per (invoice, attempt number), so an attempt runs once.
     PayInvoice { invoice: InvoiceId, attempt: i32 },
+    /// End the dunning of an invoice whose attempt `attempt` was declined (the policy's final
+    /// action), unless a later attempt was made or it was paid: one job per (invoice, attempt).
+    EndDunning { invoice: InvoiceId, attempt: i32 },
     /// Close a subscription's period that starts at `period_start`: one job per (subscription,
     /// period), so a period is renewed once.
     RenewSubscription {
@@ -74,6 +77,7 @@ impl Job {
     pub const SYNC_PAYMENT_METHOD: &'static str = "stripe.sync_payment_method";
     pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
     pub const PAY_INVOICE: &'static str = "invoice.pay";
+    pub const END_DUNNING: &'static str = "invoice.end_dunning";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
     pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
@@ -102,6 +106,7 @@ impl Job {
             } => Self::SYNC_PAYMENT_METHOD,
             Job::ProcessStripeEvent { .. } => Self::PROCESS_STRIPE_EVENT,
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
+            Job::EndDunning { .. } => Self::END_DUNNING,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
             Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
@@ -115,6 +120,7 @@ impl Job {
             Job::DeliverWebhook { .. } => Queue::Webhooks,
             Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => Queue::StripeSync,
             Job::PayInvoice { .. }
+            | Job::EndDunning { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -129,7 +135,7 @@ impl Job {
             Job::DeliverWebhook { delivery } => format!("{}:{}", self.kind(), delivery.as_uuid()),
             Job::SyncCatalog { id, .. } => format!("{}:{id}", self.kind()),
             Job::ProcessStripeEvent { event_id } => format!("{}:{event_id}", self.kind()),
-            Job::PayInvoice { invoice, attempt } => {
+            Job::PayInvoice { invoice, attempt } | Job::EndDunning { invoice, attempt } => {
                 format!("{}:{}:{attempt}", self.kind(), invoice.as_uuid())
             }
             Job::RenewSubscription {
@@ -167,6 +173,7 @@ impl Job {
             Job::SyncCatalog { id, .. } => *id,
             Job::ProcessStripeEvent { .. }
             | Job::PayInvoice { .. }
+            | Job::EndDunning { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -182,7 +189,7 @@ impl Job {
             Job::DeliverWebhook { delivery } => json!({ "delivery_id": delivery.to_string() }),
             Job::SyncCatalog { id, .. } => json!({ "id": id }),
             Job::ProcessStripeEvent { event_id } => json!({ "event_id": event_id }),
-            Job::PayInvoice { invoice, attempt } => {
+            Job::PayInvoice { invoice, attempt } | Job::EndDunning { invoice, attempt } => {
                 json!({ "invoice_id": invoice.to_string(), "attempt": attempt })
             }
             Job::RenewSubscription {
@@ -276,7 +283,7 @@ impl Job {
                     event_id: e.to_owned(),
                 })
                 .ok_or_else(|| bad("event_id")),
-            Self::PAY_INVOICE => {
+            Self::PAY_INVOICE | Self::END_DUNNING => {
                 let invoice = payload["invoice_id"]
                     .as_str()
                     .and_then(|s| InvoiceId::parse(s).ok())
@@ -286,7 +293,11 @@ impl Job {
                     .and_then(|a| i32::try_from(a).ok())
                     .filter(|a| *a >= 1)
                     .ok_or_else(|| bad("attempt"))?;
-                Ok(Job::PayInvoice { invoice, attempt })
+                Ok(if kind == Self::PAY_INVOICE {
+                    Job::PayInvoice { invoice, attempt }
+                } else {
+                    Job::EndDunning { invoice, attempt }
+                })
             }
             Self::RENEW_SUBSCRIPTION => {
                 let subscription = subscription()?;
@@ -350,6 +361,10 @@ mod tests {
                 event_id: "evt_123".into(),
             },
             Job::PayInvoice {
+                invoice: InvoiceId::from_uuid(id),
+                attempt: 2,
+            },
+            Job::EndDunning {
                 invoice: InvoiceId::from_uuid(id),
                 attempt: 2,
             },

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{
-    ServiceError, ServiceResult, invoices, refunds,
+    ServiceError, ServiceResult, dunning, invoices, refunds,
     subscriptions::{self, Renewal},
 };
 use crate::{
@@ -44,6 +44,11 @@ pub async fn run(
         }
         Job::RefundPayment { refund } => {
             refunds::run_refund(pool, clock, stripe, scope, *refund).await?;
+        }
+        Job::EndDunning { invoice, attempt } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            dunning::end_dunning(&mut uow, scope, *invoice, *attempt).await?;
+            uow.commit().await?;
         }
         Job::ExpireIncomplete { subscription } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;

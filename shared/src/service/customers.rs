@@ -299,6 +299,8 @@ pub struct CardToAttach {
     last4: String,
     /// The expiry the gateway knows (a Stripe payment method's), which wins over the one given.
     expiry: Option<CardExpiry>,
+    /// The Stripe customer the payment method is attached to already, if any.
+    stripe_customer: Option<String>,
 }
 
 /// The card a token names, read before any transaction (it may ask Stripe):
@@ -323,6 +325,7 @@ pub async fn card_for_token(
                 brand: c.brand.to_owned(),
                 last4: c.last4.to_owned(),
                 expiry: None,
+                stripe_customer: None,
             })
             .ok_or_else(|| {
                 ServiceError::invalid(
@@ -377,6 +380,7 @@ pub async fn card_for_token(
         brand: card.brand,
         last4: card.last4,
         expiry: Some(expiry),
+        stripe_customer: card.customer,
     })
 }
 
@@ -392,9 +396,20 @@ pub async fn attach_payment_method(
 ) -> ServiceResult<PaymentMethodRow> {
     let expiry = card.expiry.unwrap_or(expiry);
     let now = uow.now();
-    db::customers::lock(uow.conn(), ctx.scope(), customer)
+    let owner = db::customers::lock(uow.conn(), ctx.scope(), customer)
         .await
         .map_err(ServiceError::not_found(WHAT))?;
+    // A payment method belongs to one Stripe customer: one attached to another cannot be
+    // charged for this one (Stripe would refuse to attach it to this one's).
+    if let Some(other) = card.stripe_customer.as_deref()
+        && owner.stripe_customer_id.as_deref() != Some(other)
+    {
+        return Err(ServiceError::conflict(
+            "payment_method_attached_elsewhere",
+            "This payment method is attached to another Stripe customer of the account; \
+             detach it there first.",
+        ));
+    }
     let row = db::customers::attach_payment_method(
         uow.conn(),
         ctx.scope(),
@@ -411,6 +426,10 @@ pub async fn attach_payment_method(
     )
     .await?;
     payment_method_changed(uow, ctx, stripe, &row, "payment_method.attached").await?;
+    if row.is_default {
+        // A customer's first card: what dunning waited for.
+        super::dunning::retry_now(uow, ctx.scope(), customer).await?;
+    }
     Ok(row)
 }
 
@@ -468,6 +487,8 @@ pub async fn set_default_payment_method(
     settle(uow, changed).await?;
     if changed {
         events::record(uow, ctx.scope(), "payment_method.updated", row.to_json()).await?;
+        // What dunning waited for: the customer's invoices in dunning are charged again now.
+        super::dunning::retry_now(uow, ctx.scope(), customer).await?;
     }
     Ok(row)
 }

@@ -1333,7 +1333,7 @@ async fn after_failure(
     if let Some(sub) = invoice.subscription_id {
         transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }
-    Ok(())
+    super::dunning::after_decline(uow, scope, invoice, payment).await
 }
 
 /// Applies `transition` to the subscription when its status allows it (a payment landing on a
@@ -1400,13 +1400,31 @@ pub(crate) async fn queue_for_customer(
     customer: CustomerId,
     job: crate::jobs::Job,
 ) -> ServiceResult<()> {
+    queue_for_customer_after(uow, scope, customer, job, chrono::Duration::zero(), false).await
+}
+
+/// Queues a billing job about a customer's money, due after `wait` (on the customer's test
+/// clock, when it has one). With `bring_forward`, the same job queued already for later (or
+/// for earlier) is due then instead; without, queuing it again adds nothing.
+pub(crate) async fn queue_for_customer_after(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+    job: crate::jobs::Job,
+    wait: chrono::Duration,
+    bring_forward: bool,
+) -> ServiceResult<()> {
     let now = uow.now();
     let clock = db::test_clocks::of_customer(uow.conn(), scope, customer).await?;
-    let at = clock.as_ref().map_or(now, |c| c.frozen_time);
+    let at = clock.as_ref().map_or(now, |c| c.frozen_time) + wait;
     let job = job
         .to_new(Some(scope), at)
         .on_clock(clock.map(|c| c.id.as_uuid()));
-    crate::jobs::enqueue(uow.conn(), &[job], now).await?;
+    if bring_forward {
+        crate::jobs::enqueue_or_reset(uow.conn(), &[job], now).await?;
+    } else {
+        crate::jobs::enqueue(uow.conn(), &[job], now).await?;
+    }
     Ok(())
 }
 

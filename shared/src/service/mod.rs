@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod credit_notes;
 pub mod customers;
+pub mod dunning;
 pub mod events;
 pub mod invoice_documents;
 pub mod invoices;

@@ -193,6 +193,7 @@ pub struct PaymentIntent {
 #[derive(Debug, miniserde::Deserialize)]
 struct PaymentMethodBody {
     card: Option<CardBody>,
+    customer: Option<String>,
 }
 
 #[derive(Debug, miniserde::Deserialize)]
@@ -203,13 +204,15 @@ struct CardBody {
     exp_year: i64,
 }
 
-/// What is kept of a card payment method: its brand, last 4 digits and expiry.
+/// What is kept of a card payment method: its brand, last 4 digits and expiry; and the
+/// Stripe customer it is attached to, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardDetails {
     pub brand: String,
     pub last4: String,
     pub exp_month: i32,
     pub exp_year: i32,
+    pub customer: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -458,11 +461,13 @@ impl Stripe {
             Err(StripeError::Stripe(_, 404)) => return Ok(None),
             Err(e) => return Err(classify(e)),
         };
+        let customer = pm.customer;
         Ok(pm.card.map(|c| CardDetails {
             brand: c.brand,
             last4: c.last4,
             exp_month: i32::try_from(c.exp_month).unwrap_or(0),
             exp_year: i32::try_from(c.exp_year).unwrap_or(0),
+            customer,
         }))
     }
 

@@ -1,0 +1,394 @@
+//! Dunning on test clocks: a declined renewal is retried at the policy's times, then the final
+//! action; a card fixed before the last attempt pays and stops the retries; a hard decline
+//! goes to the final action at once. And the policy's own resource.
+
+use chrono::{DateTime, Duration, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Cred, TestApp, assert_problem, s, spawn_app},
+    subscriptions::{get, invoices_of, json_of, subscribe, time},
+    test_clocks::{advance, clock, customer_on, monthly_plan},
+};
+
+const START: &str = "2026-03-01T00:00:00Z";
+
+fn at(offset: Duration) -> String {
+    (DateTime::parse_from_rfc3339(START)
+        .unwrap()
+        .with_timezone(&Utc)
+        + offset)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn set_policy(app: &TestApp, key: &Cred, body: Value) -> Value {
+    json_of(
+        app.send(Method::PUT, "/api/v1/settings/dunning", key, Some(&body))
+            .await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// A customer on a clock at [`START`] paying a monthly plan with a good card (its first
+/// invoice paid), whose card is then replaced by `card`: (clock, customer, subscription).
+async fn subscribed_then_card(
+    app: &TestApp,
+    key: &Cred,
+    t: &str,
+    card: &str,
+) -> (String, String, String) {
+    let clock = clock(app, key, START).await;
+    let customer = customer_on(app, key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let plan = monthly_plan(app, key, "Seat", None).await;
+    let sub = subscribe(
+        app,
+        key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let sub = s(&sub["id"]);
+    advance(app, key, t, &clock, &at(Duration::minutes(1))).await;
+    let view = get(app, key, &format!("/api/v1/subscriptions/{sub}")).await;
+    assert_eq!(view["status"], "active", "{view}");
+    use_card(app, key, &customer, card).await;
+    (clock, customer, sub)
+}
+
+/// Attaches `card` to the customer and makes it the default.
+async fn use_card(app: &TestApp, key: &Cred, customer: &str, card: &str) {
+    let pm = json_of(
+        app.post(
+            &format!("/api/v1/customers/{customer}/payment-methods"),
+            key,
+            &json!({"token": card, "exp_month": 12, "exp_year": 2040}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = s(&pm["id"]);
+    json_of(
+        app.post(
+            &format!("/api/v1/customers/{customer}/payment-methods/{id}/default"),
+            key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
+/// The attempts at charging an invoice, oldest first: (attempt, status, when).
+async fn attempts(app: &TestApp, key: &Cred, invoice: &str) -> Vec<(i64, String, DateTime<Utc>)> {
+    let list = get(
+        app,
+        key,
+        &format!("/api/v1/payments?invoice={invoice}&limit=100"),
+    )
+    .await;
+    let mut out: Vec<(i64, String, DateTime<Utc>)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["attempt"].as_i64().unwrap(),
+                s(&p["status"]),
+                time(&p["created_at"]),
+            )
+        })
+        .collect();
+    out.sort_by_key(|a| a.0);
+    out
+}
+
+async fn status_of(app: &TestApp, key: &Cred, sub: &str) -> String {
+    s(&get(app, key, &format!("/api/v1/subscriptions/{sub}")).await["status"])
+}
+
+/// The renewal invoice (the second of the subscription).
+async fn renewal_invoice(app: &TestApp, key: &Cred, sub: &str) -> Value {
+    let invoices = invoices_of(app, key, sub).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    invoices[1].clone()
+}
+
+fn start_plus(offset: Duration) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&at(offset))
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn a_declined_renewal_is_retried_after_3_5_and_7_days_then_the_subscription_is_canceled() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-default@acme.com").await;
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    // The renewal at 1 April is declined: past due, the next attempt 3 days later.
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let invoice = renewal_invoice(&app, &key, &sub).await;
+    let id = s(&invoice["id"]);
+    assert_eq!(invoice["status"], "open");
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    // Just before each retry nothing more happened; just after, one more attempt.
+    for (day, n) in [(3, 2), (8, 3), (15, 4)] {
+        let before = renewal + Duration::days(day) - Duration::minutes(1);
+        advance(&app, &key, &t.sk_test, &clock, &at(before)).await;
+        assert_eq!(attempts(&app, &key, &id).await.len(), n - 1, "day {day}");
+        assert_eq!(status_of(&app, &key, &sub).await, "past_due", "day {day}");
+        advance(
+            &app,
+            &key,
+            &t.sk_test,
+            &clock,
+            &at(before + Duration::minutes(2)),
+        )
+        .await;
+        let made = attempts(&app, &key, &id).await;
+        assert_eq!(made.len(), n, "day {day}: {made:?}");
+        assert_eq!(made[n - 1].1, "failed");
+        assert_eq!(made[n - 1].2, start_plus(renewal + Duration::days(day)));
+    }
+    // The fourth attempt was the last: the default final action cancels the subscription;
+    // the invoice stays open (not marked uncollectible by default).
+    assert_eq!(status_of(&app, &key, &sub).await, "canceled");
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "open");
+    // Nothing after that.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(25)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_card_fixed_before_the_last_attempt_is_charged_at_once_and_stops_the_retries() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-fixed@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub) =
+        subscribed_then_card(&app, &key, &t.sk_test, "4000000000009995").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(4)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    assert_eq!(attempts(&app, &key, &id).await.len(), 2);
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    // A new default card on day 4: charged at once, not on day 8.
+    use_card(&app, &key, &customer, "4242424242424242").await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(4) + Duration::minutes(1)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 3, "{made:?}");
+    assert_eq!(made[2].1, "succeeded");
+    assert_eq!(made[2].2, start_plus(renewal + Duration::days(4)));
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "paid");
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    // Day 8 and day 15 pass without another attempt, and the subscription stays.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(20)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 3);
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+}
+
+#[tokio::test]
+async fn a_hard_decline_takes_the_final_action_at_once() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-hard@acme.com").await;
+    let key = t.sk_test();
+    let policy = set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [2, 2], "final_action": "mark_unpaid",
+               "mark_uncollectible": true}),
+    )
+    .await;
+    assert_eq!(policy["final_action"], "mark_unpaid");
+    // 4000 0000 0000 9987: lost_card.
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000009987").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::minutes(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(status_of(&app, &key, &sub).await, "unpaid");
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "uncollectible");
+    // No retry on the policy's days.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(6)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_card_is_not_retried_and_the_final_action_comes_when_the_schedule_ends() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-expired@acme.com").await;
+    let key = t.sk_test();
+    set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [1, 2], "final_action": "leave_past_due",
+               "mark_uncollectible": true}),
+    )
+    .await;
+    // 4000 0000 0000 0069: expired_card.
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000069").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(3) - Duration::minutes(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "open");
+    // Day 3, when the schedule would have ended: the invoice is given up on; the
+    // subscription is left past due.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(3) + Duration::minutes(1)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "uncollectible");
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+}
+
+#[tokio::test]
+async fn the_dunning_policy_is_per_mode_defaults_to_3_5_7_and_refuses_bad_input() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-settings@acme.com").await;
+    let key = t.sk_test();
+    let default = get(&app, &key, "/api/v1/settings/dunning").await;
+    assert_eq!(default["retry_waits_days"], json!([3, 5, 7]));
+    assert_eq!(default["final_action"], "cancel");
+    assert_eq!(default["mark_uncollectible"], false);
+    assert_eq!(default["updated_at"], Value::Null);
+    assert_eq!(default["livemode"], false);
+    let set = set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [7, 7], "final_action": "leave_past_due"}),
+    )
+    .await;
+    assert_eq!(set["retry_waits_days"], json!([7, 7]));
+    assert_eq!(set["final_action"], "leave_past_due");
+    assert_eq!(set["mark_uncollectible"], false);
+    assert!(set["updated_at"].is_string());
+    assert_eq!(get(&app, &key, "/api/v1/settings/dunning").await, set);
+    // Live mode keeps its own (the default).
+    let live = get(&app, &t.sk_live(), "/api/v1/settings/dunning").await;
+    assert_eq!(live["retry_waits_days"], json!([3, 5, 7]));
+    assert_eq!(live["livemode"], true);
+    // An empty list: no retry.
+    let none = set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [], "final_action": "cancel"}),
+    )
+    .await;
+    assert_eq!(none["retry_waits_days"], json!([]));
+    let cases = [
+        (
+            json!({"retry_waits_days": [0], "final_action": "cancel"}),
+            "retry_waits_days",
+        ),
+        (
+            json!({"retry_waits_days": [61], "final_action": "cancel"}),
+            "retry_waits_days",
+        ),
+        (
+            json!({"retry_waits_days": vec![1; 11], "final_action": "cancel"}),
+            "retry_waits_days",
+        ),
+        (
+            json!({"retry_waits_days": [-1], "final_action": "cancel"}),
+            "retry_waits_days[0]",
+        ),
+        (
+            json!({"retry_waits_days": [1], "final_action": "delete"}),
+            "final_action",
+        ),
+        (json!({"final_action": "cancel"}), "retry_waits_days"),
+        (
+            json!({"retry_waits_days": [1], "final_action": "cancel", "grace": 7}),
+            "grace",
+        ),
+    ];
+    for (body, field) in cases {
+        let resp = app
+            .send(Method::PUT, "/api/v1/settings/dunning", &key, Some(&body))
+            .await;
+        let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(problem["field"], field, "{body} → {problem}");
+    }
+    // Unchanged by the refused ones.
+    assert_eq!(
+        get(&app, &key, "/api/v1/settings/dunning").await["retry_waits_days"],
+        json!([])
+    );
+    // A publishable key cannot read it.
+    let resp = app
+        .get("/api/v1/settings/dunning", &Cred::Bearer(t.pk_test.clone()))
+        .await;
+    assert!(resp.status() == StatusCode::FORBIDDEN || resp.status() == StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,148 @@
+//! Dunning: after a declined charge of an invoice collected automatically, the retries and
+//! the final action of the tenant's policy (`/api/v1/settings/dunning`).
+//!
+//! A decline queues what comes next, by [`DunningPolicy::after_decline`]: the next attempt
+//! after its wait (a `invoice.pay` job, one per (invoice, attempt)), or the end of dunning (an
+//! `invoice.end_dunning` job, one per (invoice, attempt)) at once for a hard decline or when
+//! the waits are used up, and when the schedule would have ended for a decline that only a new
+//! payment method fixes. A new default payment method retries the customer's invoices in
+//! dunning at once. An attempt that succeeds pays the invoice: the jobs queued for it then find
+//! nothing to do. Test clocks run all of it at their own time.
+
+use chrono::Duration;
+use sqlx::PgPool;
+
+use super::{ServiceError, ServiceResult, invoices, subscriptions};
+use crate::{
+    db::{
+        self,
+        dunning::StoredPolicy,
+        invoices::{InvoiceRow, PaymentRow},
+    },
+    domain::{
+        dunning::{AfterDecline, DunningPolicy, FinalAction},
+        invoice::InvoiceStatus,
+        subscription::{SubscriptionStatus, Transition},
+    },
+    ids::{CustomerId, InvoiceId},
+    jobs::Job,
+    tenancy::Scope,
+    uow::UnitOfWork,
+};
+
+/// The dunning policy of a tenant's mode (the default until one is set).
+pub async fn get_policy(pool: &PgPool, scope: Scope) -> ServiceResult<StoredPolicy> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    Ok(db::dunning::get(&mut conn, scope).await?)
+}
+
+/// Sets the dunning policy of a tenant's mode; it applies to declines from now on.
+pub async fn set_policy(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    policy: &DunningPolicy,
+) -> ServiceResult<StoredPolicy> {
+    let now = uow.now();
+    db::dunning::set(uow.conn(), scope, policy, now).await?;
+    Ok(db::dunning::get(uow.conn(), scope).await?)
+}
+
+/// What follows a declined attempt (`payment`, failed) of `invoice`: queued by the policy.
+/// Nothing for an invoice sent to the customer to pay, nor for the first invoice of a
+/// subscription that is still incomplete (it expires instead).
+pub(crate) async fn after_decline(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    payment: &PaymentRow,
+) -> ServiceResult<()> {
+    if invoice.collection_method != "charge_automatically" {
+        return Ok(());
+    }
+    if let Some(sub) = invoice.subscription_id {
+        let sub = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        if sub.status == SubscriptionStatus::Incomplete {
+            return Ok(());
+        }
+    }
+    let policy = db::dunning::get(uow.conn(), scope).await?.policy;
+    let code = payment.failure_code.as_deref().unwrap_or("card_declined");
+    let end = Job::EndDunning {
+        invoice: invoice.id,
+        attempt: payment.attempt,
+    };
+    let (job, wait) = match policy.after_decline(payment.attempt, code) {
+        AfterDecline::RetryAfter(wait) => (
+            Job::PayInvoice {
+                invoice: invoice.id,
+                attempt: payment.attempt + 1,
+            },
+            wait,
+        ),
+        AfterDecline::AwaitPaymentMethod(wait) => (end, wait),
+        AfterDecline::GiveUp => (end, std::time::Duration::ZERO),
+    };
+    let wait = Duration::from_std(wait).map_err(|e| ServiceError::internal(e.to_string()))?;
+    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, job, wait, false).await
+}
+
+/// Ends the dunning of `invoice` after attempt `attempt` (an `invoice.end_dunning` job): the
+/// policy's final action on its subscription, and the invoice marked uncollectible when the
+/// policy says so. Nothing when the invoice no longer owes, when a later attempt was made (its
+/// own outcome decides), or when dunning already ended.
+pub async fn end_dunning(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+    attempt: i32,
+) -> ServiceResult<()> {
+    let invoice = invoices::lock_with_subscription(uow, scope, id).await?;
+    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
+        return Ok(());
+    }
+    if db::invoices::last_attempt(uow.conn(), scope, id).await? != attempt {
+        return Ok(());
+    }
+    let now = uow.now();
+    if !db::dunning::end(uow.conn(), scope, id, attempt, now).await? {
+        return Ok(());
+    }
+    let policy = db::dunning::get(uow.conn(), scope).await?.policy;
+    if let Some(sub) = invoice.subscription_id {
+        let row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        match policy.final_action {
+            FinalAction::Cancel => {
+                if row.status.apply(Transition::Cancel).is_ok() {
+                    subscriptions::cancel_subscription(uow, scope, sub, false).await?;
+                }
+            }
+            FinalAction::MarkUnpaid => {
+                invoices::transition_if_allowed(uow, scope, sub, Transition::RetriesExhausted)
+                    .await?;
+            }
+            FinalAction::LeavePastDue => {}
+        }
+    }
+    if policy.mark_uncollectible && invoice.status == InvoiceStatus::Open {
+        invoices::mark_uncollectible(uow, scope, id).await?;
+    }
+    Ok(())
+}
+
+/// A customer has a new default payment method: its invoices in dunning are charged again at
+/// once (the next attempt of each, brought forward if it was scheduled).
+pub(crate) async fn retry_now(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+) -> ServiceResult<()> {
+    for (invoice, last) in db::dunning::in_dunning(uow.conn(), scope, customer).await? {
+        let job = Job::PayInvoice {
+            invoice,
+            attempt: last + 1,
+        };
+        invoices::queue_for_customer_after(uow, scope, customer, job, Duration::zero(), true)
+            .await?;
+    }
+    Ok(())
+}
