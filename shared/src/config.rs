@@ -81,6 +81,9 @@ pub struct WorkerSettings {
     /// How often a worker tells Redis it is alive; a worker silent for three of these is
     /// presumed dead and its jobs go to another worker.
     pub heartbeat: Duration,
+    /// When the fleet makes billing runs: a cron expression with seconds
+    /// (`sec min hour day month weekday`), every minute by default.
+    pub billing_schedule: String,
 }
 
 /// How the outbox relay feeds the Redis queues.
@@ -252,6 +255,8 @@ impl Settings {
                     "WORKER_HEARTBEAT_SECONDS",
                     parse(&get, "WORKER_HEARTBEAT_SECONDS", 5)?,
                 )?),
+                billing_schedule: get("BILLING_RUN_SCHEDULE")
+                    .unwrap_or_else(|| "0 * * * * *".to_owned()),
             },
             jobs: JobSettings {
                 lease: Duration::from_secs(positive(

@@ -243,6 +243,11 @@ define_id!(
     TestClockId,
     "clock"
 );
+define_id!(
+    /// A billing run: one tick of the fleet's schedule (or an operator's request).
+    BillingRunId,
+    "brun"
+);
 
 /// Formats an id for log lines without the type.
 pub struct Short<'a>(pub &'a str);

@@ -4,6 +4,7 @@
 //! Any number of these run side by side; they share nothing but PostgreSQL and Redis.
 
 pub mod batch;
+pub mod billing_runs;
 pub mod fleet;
 pub mod housekeeping;
 pub mod http;
@@ -305,6 +306,17 @@ pub async fn run_until(
         .collect();
     let relay = tokio::spawn(relay::run(rt.clone(), queues.clone(), stop_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping::run(rt.clone(), stop_rx.clone()));
+    let schedule = if queues.contains(&shared::jobs::SCHEDULED_QUEUE) {
+        let schedule = billing_runs::schedule(&rt.settings.worker.billing_schedule)
+            .map_err(std::io::Error::other)?;
+        Some(tokio::spawn(billing_runs::run(
+            rt.clone(),
+            schedule,
+            stop_rx.clone(),
+        )))
+    } else {
+        None
+    };
 
     let app = Route::new()
         .at("/healthz", get(healthz))
@@ -357,6 +369,9 @@ pub async fn run_until(
     }
     relay.abort();
     housekeeping.abort();
+    if let Some(s) = schedule {
+        s.abort();
+    }
     tracing::info!("billing-worker stopped");
     Ok(())
 }

@@ -12,6 +12,8 @@ const USAGE: &str = "usage:
   billing-worker [serve] [--queues q1,q2] [--concurrency q=n,...]
   billing-worker dead-jobs [--queue q] [--limit n]
   billing-worker retry-job (<job id> | --all [--queue q])
+  billing-worker runs [--limit n]
+  billing-worker run-now [--tenant <tenant id>]
 queues: webhooks, stripe_sync, renewals, dunning, analytics";
 
 fn usage_error(msg: &str) -> ! {
@@ -50,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{USAGE}");
             return Ok(());
         }
-        Some(c @ ("serve" | "dead-jobs" | "retry-job")) => (c.to_owned(), &args[1..]),
+        Some(c @ ("serve" | "dead-jobs" | "retry-job" | "runs" | "run-now")) => {
+            (c.to_owned(), &args[1..])
+        }
         Some(c) if !c.starts_with("--") => usage_error(&format!("unknown command `{c}`")),
         _ => ("serve".to_owned(), &args[..]),
     };
@@ -111,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
     match command.as_str() {
         "dead-jobs" => return dead_jobs(&pool, &flags).await,
         "retry-job" => return retry_job(&pool, &flags).await,
+        "runs" => return runs(&pool, &flags).await,
+        "run-now" => return run_now(&pool, &flags).await,
         _ => {}
     }
     let client = shared::ratelimit::client(settings.redis.url.expose())?;
@@ -162,6 +168,79 @@ async fn dead_jobs(pool: &sqlx::PgPool, flags: &[(String, Option<String>)]) -> a
         println!("{v}");
     }
     eprintln!("{} dead job(s)", rows.len());
+    Ok(())
+}
+
+/// Lists billing runs, newest first, one JSON object per line.
+async fn runs(pool: &sqlx::PgPool, flags: &[(String, Option<String>)]) -> anyhow::Result<()> {
+    let mut limit = 50i64;
+    for (name, value) in flags {
+        match (name.as_str(), value.as_deref()) {
+            ("limit", Some(v)) => {
+                limit = v
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--limit takes a number"));
+            }
+            _ => usage_error(&format!("unexpected argument `{name}`")),
+        }
+    }
+    let rows = shared::db::billing_runs::list_all(pool, limit).await?;
+    for (run, due, enqueued) in &rows {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": run.id.to_string(),
+                "scope": run.scope,
+                "scheduled_for": run.scheduled_for,
+                "trigger": run.trigger.as_str(),
+                "status": run.status.as_str(),
+                "missed_ticks": run.missed_ticks,
+                "owner": run.owner,
+                "due": due,
+                "enqueued": enqueued,
+                "started_at": run.started_at,
+                "enqueued_at": run.enqueued_at,
+                "completed_at": run.completed_at,
+            })
+        );
+    }
+    eprintln!("{} run(s)", rows.len());
+    Ok(())
+}
+
+/// Makes a billing run now, for every tenant or one, and queues what is due.
+async fn run_now(pool: &sqlx::PgPool, flags: &[(String, Option<String>)]) -> anyhow::Result<()> {
+    let mut scope = shared::db::billing_runs::RunScope::Fleet;
+    for (name, value) in flags {
+        match (name.as_str(), value.as_deref()) {
+            ("tenant", Some(v)) => {
+                let tenant = shared::ids::TenantId::parse(v)
+                    .unwrap_or_else(|e| usage_error(&format!("`{v}`: {e}")));
+                scope = shared::db::billing_runs::RunScope::Tenant(tenant.as_uuid());
+            }
+            _ => usage_error(&format!("unexpected argument `{name}`")),
+        }
+    }
+    let clock = shared::clock::SystemClock;
+    let now = chrono::SubsecRound::trunc_subsecs(shared::clock::Clock::now(&clock), 3);
+    let owner = format!("run-now-{}", std::process::id());
+    match shared::service::billing_runs::run(
+        pool,
+        &clock,
+        scope,
+        now,
+        shared::db::billing_runs::RunTrigger::Manual,
+        0,
+        &owner,
+    )
+    .await?
+    {
+        Some((run, queued)) => println!("{} queued {queued} job(s)", run.id),
+        None => {
+            eprintln!("a run of this scope at this time exists already");
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
 

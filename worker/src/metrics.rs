@@ -65,6 +65,12 @@ pub struct Metrics {
     /// Jobs run at once by the process that queued them, without the relay (the charges of
     /// the invoices its renewals made).
     pub run_at_once: AtomicU64,
+    /// Billing runs this process made (or took over).
+    pub billing_runs: AtomicU64,
+    /// Jobs those runs moved to the queue.
+    pub billing_run_queued: AtomicU64,
+    /// How late the last run this process made started after its tick, in milliseconds.
+    pub billing_run_lag_ms: AtomicI64,
     /// Memory Redis uses, in bytes.
     pub redis_memory: AtomicI64,
 }
@@ -254,6 +260,17 @@ impl Metrics {
                  its renewals made), without a trip through the relay and Redis.",
                 &self.run_at_once,
             ),
+            (
+                "worker_billing_runs_total",
+                "Billing runs this process made (one per tick of the schedule across the fleet) \
+                 or took over.",
+                &self.billing_runs,
+            ),
+            (
+                "worker_billing_run_jobs_queued_total",
+                "Billing jobs due by their run's time that those runs moved to the queue.",
+                &self.billing_run_queued,
+            ),
         ];
         for (name, help, v) in singles {
             let _ = writeln!(
@@ -267,6 +284,13 @@ impl Metrics {
             "# HELP worker_redis_memory_bytes Memory Redis uses (INFO used_memory).\n\
              # TYPE worker_redis_memory_bytes gauge\nworker_redis_memory_bytes {}",
             self.redis_memory.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP worker_billing_run_lag_seconds How late the last billing run this process \
+             made started after its tick.\n\
+             # TYPE worker_billing_run_lag_seconds gauge\nworker_billing_run_lag_seconds {}",
+            self.billing_run_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
         out
     }

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit_log;
+pub mod billing_runs;
 pub mod bundles;
 pub mod coupons;
 pub mod credit_notes;
@@ -76,6 +77,7 @@ pub type Apis = (
         tax_rates::TaxRatesApi,
         test_clocks::TestClocksApi,
         settings::SettingsApi,
+        billing_runs::BillingRunsApi,
     ),
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
@@ -107,6 +109,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 tax_rates::TaxRatesApi,
                 test_clocks::TestClocksApi,
                 settings::SettingsApi,
+                billing_runs::BillingRunsApi,
             ),
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,

@@ -578,6 +578,8 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/invoices", "ending_before", id("in")),
         ("/api/v1/tax-rates", "starting_after", id("txr")),
         ("/api/v1/tax-rates", "ending_before", id("txr")),
+        ("/api/v1/billing-runs", "starting_after", id("brun")),
+        ("/api/v1/billing-runs", "ending_before", id("brun")),
         ("/api/v1/credit-notes", "invoice", id("in")),
         ("/api/v1/credit-notes", "customer", id("cus")),
         ("/api/v1/credit-notes", "starting_after", id("cn")),

@@ -392,3 +392,107 @@ async fn the_dunning_policy_is_per_mode_defaults_to_3_5_7_and_refuses_bad_input(
         .await;
     assert!(resp.status() == StatusCode::FORBIDDEN || resp.status() == StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn paying_now_during_dunning_brings_the_next_attempt_forward_and_the_schedule_goes_on() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-pay-now@acme.com").await;
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    // Day 1: the tenant asks for a charge now, not on day 3.
+    json_of(
+        app.post(&format!("/api/v1/invoices/{id}/pay"), &key, &json!({}))
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(1) + Duration::minutes(1)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert_eq!(made[1].2, start_plus(renewal + Duration::days(1)));
+    // Declined again: the next one 5 days after it (the policy's second wait), not on day 3.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(5)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 2);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(6) + Duration::minutes(1)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 3, "{made:?}");
+    assert_eq!(made[2].2, start_plus(renewal + Duration::days(6)));
+}
+
+#[tokio::test]
+async fn a_subscription_paused_during_dunning_is_not_canceled_when_it_gives_up() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-paused@acme.com").await;
+    let key = t.sk_test();
+    set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [1], "final_action": "cancel"}),
+    )
+    .await;
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{sub}/pause"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // The retry on day 1 fails and dunning gives up: the paused subscription stays paused.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(2)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    assert_eq!(attempts(&app, &key, &id).await.len(), 2);
+    assert_eq!(status_of(&app, &key, &sub).await, "paused");
+}

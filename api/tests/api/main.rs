@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod auth;
+mod billing_runs;
 mod catalog;
 mod compose;
 mod coupons;

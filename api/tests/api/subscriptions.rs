@@ -19,6 +19,7 @@ use shared::{
 use uuid::Uuid;
 
 use crate::helpers::{Cred, TestApp, assert_problem, s, spawn_app};
+use shared::db::billing_runs::{RunScope, RunTrigger};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -35,6 +36,23 @@ pub async fn run_due(app: &TestApp, scope: Scope) -> Vec<String> {
     let mut ran = Vec::new();
     loop {
         let now = app.clock.now();
+        // The billing run a tick of the schedule makes: what is due by now is queued.
+        let mut tick = now;
+        while shared::service::billing_runs::run(
+            &app.pool,
+            app.clock.as_ref(),
+            RunScope::Tenant(scope.tenant_id().as_uuid()),
+            tick,
+            RunTrigger::Manual,
+            0,
+            "tests",
+        )
+        .await
+        .unwrap()
+        .is_none()
+        {
+            tick += chrono::Duration::microseconds(1);
+        }
         let next: Option<(Uuid, String, Value)> = sqlx::query_as(
             "SELECT id, kind, payload FROM jobs WHERE state = 'pending' AND queue = 'renewals' \
              AND tenant_id = $1 AND livemode = $2 AND run_at <= $3 AND test_clock_id IS NULL \
@@ -975,8 +993,8 @@ async fn due_renewals(
     scope: Scope,
 ) -> Vec<(Scope, shared::ids::SubscriptionId, DateTime<Utc>)> {
     let due: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT kind, payload FROM jobs WHERE state = 'pending' AND kind = 'subscription.renew' \
-         AND tenant_id = $1 AND run_at <= $2 ORDER BY id",
+        "SELECT kind, payload FROM jobs WHERE state IN ('scheduled', 'pending') \
+         AND kind = 'subscription.renew' AND tenant_id = $1 AND run_at <= $2 ORDER BY id",
     )
     .bind(scope.tenant_id().as_uuid())
     .bind(app.clock.now())

@@ -257,7 +257,8 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
     assert_eq!(retries.len(), 12);
     let soon = chrono::Utc::now() + chrono::Duration::days(3);
     for (state, run_at) in &retries {
-        assert_eq!(state, "pending");
+        // Waiting for the billing run of their time.
+        assert_eq!(state, "scheduled");
         assert!(
             (*run_at - soon).num_minutes().abs() < 10,
             "{run_at} is not 3 days after the decline"
@@ -366,7 +367,7 @@ async fn an_incomplete_subscription_whose_payment_is_in_flight_is_not_expired_an
         .unwrap();
     sqlx::query(
         "UPDATE jobs SET run_at = now() WHERE kind = 'subscription.expire_incomplete' \
-         AND state = 'pending'",
+         AND state = 'scheduled'",
     )
     .execute(&env.pool)
     .await
@@ -399,4 +400,115 @@ async fn an_incomplete_subscription_whose_payment_is_in_flight_is_not_expired_an
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn three_workers_make_one_billing_run_per_tick_and_renew_each_due_subscription_once() {
+    let env = Env::new(&[]).await;
+    let api = env.api().await;
+    let tenant = api.register("runs-e2e@example.com").await;
+    let key = tenant.sk_test.as_str();
+    let plan = team_plan(&api, key).await;
+    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
+    let scope = env.scope(&tenant).await;
+    // 90 periods that end 3 seconds from now: their renewals wait, scheduled.
+    let n = 90;
+    let due_at =
+        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) + chrono::Duration::seconds(3);
+    let subs = bench::due_subscriptions(
+        &env.pool,
+        scope.tenant_id().as_uuid(),
+        price.as_uuid(),
+        n,
+        due_at,
+        |_| "pm_card_visa",
+    )
+    .await
+    .unwrap();
+    let jobs: Vec<shared::jobs::NewJob> = subs
+        .iter()
+        .map(|s| {
+            shared::jobs::Job::RenewSubscription {
+                subscription: shared::ids::SubscriptionId::from_uuid(*s),
+                period_start: due_at,
+            }
+            .to_new(Some(scope), due_at)
+        })
+        .collect();
+    let mut tx = env.pool.begin().await.unwrap();
+    shared::jobs::enqueue(&mut tx, &jobs, chrono::Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM jobs WHERE state = 'scheduled'")
+            .await,
+        n as i64
+    );
+    // Three workers, each running the schedule (a tick every second).
+    let workers = [env.worker().await, env.worker().await, env.worker().await];
+    wait_for("every due renewal invoiced and paid", LIMIT, || async {
+        env.scalar(
+            "SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle' \
+             AND status = 'paid'",
+        )
+        .await
+            == n as i64
+    })
+    .await;
+    let rts: Vec<_> = workers.iter().map(|w| w.rt.clone()).collect();
+    for w in workers {
+        w.stop().await;
+    }
+    let made: u64 = rts
+        .iter()
+        .map(|rt| {
+            rt.metrics
+                .billing_runs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    // One renewal and one charge per subscription.
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'")
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM payments WHERE status = 'succeeded'")
+            .await,
+        n as i64
+    );
+    // One run queued them all: the tick's, made by one of the three.
+    assert_eq!(
+        env.scalar(
+            "SELECT count(DISTINCT billing_run_id) FROM jobs WHERE kind = 'subscription.renew' \
+             AND billing_run_id IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    // Every tick made one run, by one process: the runs the workers made (each counted by the
+    // one that made it) are the rows there are, each tick once.
+    let runs = env
+        .scalar("SELECT count(*) FROM billing_runs WHERE status <> 'running'")
+        .await;
+    assert!(runs >= 1, "no run in a few seconds of ticks");
+    assert_eq!(made as i64, runs, "{made} runs made for {runs} ticks");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM (SELECT scheduled_for FROM billing_runs GROUP BY 1 HAVING count(*) > 1) x")
+            .await,
+        0
+    );
+    // The tenant sees the run that found its renewals due.
+    let list = api.get(key, "/api/v1/billing-runs").await;
+    let found: Vec<&Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["due"] == json!(n))
+        .collect();
+    assert_eq!(found.len(), 1, "{list}");
+    assert_eq!(found[0]["enqueued"], json!(n));
+    assert_eq!(found[0]["trigger"], "schedule");
 }

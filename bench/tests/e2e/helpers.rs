@@ -91,6 +91,8 @@ impl Env {
         vars.insert("REGISTRATIONS_PER_IP".into(), "100000".into());
         vars.insert("WEBHOOK_ALLOW_PRIVATE_TARGETS".into(), "true".into());
         vars.insert("RELAY_INTERVAL_MS".into(), "100".into());
+        // A billing run every second: what comes due is queued within one.
+        vars.insert("BILLING_RUN_SCHEDULE".into(), "* * * * * *".into());
         vars.insert("SHUTDOWN_GRACE_SECONDS".into(), "10".into());
         vars.insert("WORKER_HEARTBEAT_SECONDS".into(), "2".into());
         for (k, v) in overrides {

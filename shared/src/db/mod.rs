@@ -11,6 +11,7 @@ macro_rules! sqlf {
 
 pub mod api_keys;
 pub mod audit;
+pub mod billing_runs;
 pub mod bundles;
 pub mod catalog_sync;
 pub mod coupons;

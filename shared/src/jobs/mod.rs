@@ -66,8 +66,14 @@ pub async fn notify(conn: &mut PgConnection, queue: Queue) -> Result<(), DbError
     Ok(())
 }
 
+/// The queue whose jobs due later wait for a billing run ([`JobState::Scheduled`]) rather than
+/// for the relay: billing work, made due by the fleet's schedule.
+pub const SCHEDULED_QUEUE: Queue = Queue::Renewals;
+
 /// Adds jobs; one whose id (its deduplication key) is queued already, pending or done, is not
-/// added again. Relays are woken when the transaction commits.
+/// added again. Relays are woken when the transaction commits. A billing job due later (of
+/// [`SCHEDULED_QUEUE`], off test clocks) is scheduled: a billing run makes it pending when
+/// its time has come.
 pub async fn enqueue(
     conn: &mut PgConnection,
     jobs: &[NewJob],
@@ -132,7 +138,7 @@ async fn insert(
     }
     let (on_conflict, lease) = match adding {
         Adding::Reset => (
-            "ON CONFLICT (id) DO UPDATE SET state = 'pending', attempts = 0, \
+            "ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = 0, \
              run_at = EXCLUDED.run_at, lease_token = NULL, last_error = NULL, \
              finished_at = NULL, payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
             None,
@@ -147,10 +153,12 @@ async fn insert(
     };
     let held = sqlx::query_as::<_, Claimed>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
-         test_clock_id, created_at, updated_at, lease_token) \
+         test_clock_id, created_at, updated_at, lease_token, state) \
          SELECT u.id, u.queue, u.kind, u.tenant_id, u.livemode, u.payload, u.max_attempts, \
          COALESCE($11, u.run_at), u.test_clock_id, $9, $9, \
-         CASE WHEN $11::timestamptz IS NOT NULL THEN gen_random_uuid() END \
+         CASE WHEN $11::timestamptz IS NOT NULL THEN gen_random_uuid() END, \
+         CASE WHEN $11::timestamptz IS NULL AND u.queue = $12 AND u.run_at > $9 \
+             AND u.test_clock_id IS NULL THEN 'scheduled' ELSE 'pending' END \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bool[], $6::jsonb[], \
          $7::int[], $8::timestamptz[], $10::uuid[]) AS u(id, queue, kind, tenant_id, livemode, \
          payload, max_attempts, run_at, test_clock_id) {on_conflict}"
@@ -166,6 +174,7 @@ async fn insert(
     .bind(now)
     .bind(&clocks)
     .bind(lease)
+    .bind(SCHEDULED_QUEUE.as_str())
     .fetch_all(&mut *conn)
     .await?;
     if lease.is_some() {
@@ -198,6 +207,48 @@ pub async fn enqueue_or_reset(
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     insert(conn, jobs, now, Adding::Reset).await.map(drop)
+}
+
+/// Makes waiting jobs due at `at` instead of later: scheduled ones, and pending ones that no
+/// run holds (a job running, or ended, is left as it is: its own outcome stands). Locks them
+/// in id order, as every statement on jobs does; returns how many it changed.
+pub async fn bring_forward(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'pending', run_at = $2, updated_at = $3 \
+         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         AND state IN ('scheduled', 'pending') AND lease_token IS NULL AND run_at > $2 \
+         RETURNING queue, test_clock_id IS NULL",
+    )
+    .bind(&ids)
+    .bind(at)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut queues: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.1 && at <= now)
+        .map(|r| r.0.as_str())
+        .collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// Makes jobs due again from scratch (redeliveries); returns the ids found. Locks them in id
@@ -504,6 +555,8 @@ pub async fn release(
 crate::text_enum! {
     /// Where a job stands in the outbox.
     pub enum JobState {
+        /// Billing work due later: a billing run makes it pending when its time has come.
+        Scheduled = "scheduled",
         /// Due at `run_at` (or leased to a run until then).
         Pending = "pending",
         Succeeded = "succeeded",
@@ -590,10 +643,10 @@ pub async fn counts(
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'pending' AND run_at <= $2 \
                     AND test_clock_id IS NULL), \
-                count(*) FILTER (WHERE state = 'pending' AND (run_at > $2 \
-                    OR test_clock_id IS NOT NULL)), \
+                count(*) FILTER (WHERE state = 'scheduled' OR (state = 'pending' \
+                    AND (run_at > $2 OR test_clock_id IS NOT NULL))), \
                 count(*) FILTER (WHERE state = 'dead') \
-         FROM jobs WHERE queue = $1 AND state IN ('pending', 'dead')",
+         FROM jobs WHERE queue = $1 AND state IN ('scheduled', 'pending', 'dead')",
     )
     .bind(queue.as_str())
     .bind(now)
@@ -609,8 +662,10 @@ pub async fn purge_succeeded(
     limit: i64,
 ) -> Result<u64, DbError> {
     let done = sqlx::query(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'succeeded' \
-         AND finished_at < $1 LIMIT $2)",
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs j WHERE state = 'succeeded' \
+         AND finished_at < $1 AND (billing_run_id IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM billing_runs r WHERE r.id = j.billing_run_id \
+              AND r.status <> 'completed')) LIMIT $2)",
     )
     .bind(before)
     .bind(limit)

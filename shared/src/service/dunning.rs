@@ -65,6 +65,20 @@ pub(crate) async fn after_decline(
             return Ok(());
         }
     }
+    // The customer has another default payment method by now (set while this attempt was
+    // in flight): it is charged at once, whatever the decline of the one before.
+    let default =
+        db::customers::default_payment_method(uow.conn(), scope, invoice.customer_id).await?;
+    if default.is_some() && default != payment.payment_method_id {
+        let next = Job::PayInvoice {
+            invoice: invoice.id,
+            attempt: payment.attempt + 1,
+        };
+        let customer = invoice.customer_id;
+        let now = Duration::zero();
+        return invoices::queue_for_customer_after(uow, scope, customer, vec![next], now, true)
+            .await;
+    }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
     let code = payment.failure_code.as_deref().unwrap_or("card_declined");
     let end = Job::EndDunning {
@@ -83,13 +97,16 @@ pub(crate) async fn after_decline(
         AfterDecline::GiveUp => (end, std::time::Duration::ZERO),
     };
     let wait = Duration::from_std(wait).map_err(|e| ServiceError::internal(e.to_string()))?;
-    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, job, wait, false).await
+    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, false)
+        .await
 }
 
 /// Ends the dunning of `invoice` after attempt `attempt` (an `invoice.end_dunning` job): the
 /// policy's final action on its subscription, and the invoice marked uncollectible when the
 /// policy says so. Nothing when the invoice no longer owes, when a later attempt was made (its
-/// own outcome decides), or when dunning already ended.
+/// own outcome decides), or when dunning already ended. The final action applies only to a
+/// subscription still past due (or unpaid, for a cancel): one paused, or active again because
+/// a later invoice was paid, stays as it is.
 pub async fn end_dunning(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -110,16 +127,18 @@ pub async fn end_dunning(
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
     if let Some(sub) = invoice.subscription_id {
         let row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        let past_due = row.status == SubscriptionStatus::PastDue;
         match policy.final_action {
             FinalAction::Cancel => {
-                if row.status.apply(Transition::Cancel).is_ok() {
+                if past_due || row.status == SubscriptionStatus::Unpaid {
                     subscriptions::cancel_subscription(uow, scope, sub, false).await?;
                 }
             }
-            FinalAction::MarkUnpaid => {
+            FinalAction::MarkUnpaid if past_due => {
                 invoices::transition_if_allowed(uow, scope, sub, Transition::RetriesExhausted)
                     .await?;
             }
+            FinalAction::MarkUnpaid => {}
             FinalAction::LeavePastDue => {}
         }
     }
@@ -136,13 +155,16 @@ pub(crate) async fn retry_now(
     scope: Scope,
     customer: CustomerId,
 ) -> ServiceResult<()> {
-    for (invoice, last) in db::dunning::in_dunning(uow.conn(), scope, customer).await? {
-        let job = Job::PayInvoice {
+    let jobs: Vec<Job> = db::dunning::in_dunning(uow.conn(), scope, customer)
+        .await?
+        .into_iter()
+        .map(|(invoice, last)| Job::PayInvoice {
             invoice,
             attempt: last + 1,
-        };
-        invoices::queue_for_customer_after(uow, scope, customer, job, Duration::zero(), true)
-            .await?;
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    invoices::queue_for_customer_after(uow, scope, customer, jobs, Duration::zero(), true).await
 }

@@ -1378,7 +1378,8 @@ pub async fn request_payment(
 }
 
 /// Queues attempt `attempt` to charge `invoice`, now (a test clock's customer: at the clock's
-/// time, when its next advance runs). Queuing it again adds nothing.
+/// time, when its next advance runs): the attempt dunning scheduled for later is brought
+/// forward; one running or made already is left as it is.
 pub(crate) async fn queue_attempt(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -1389,41 +1390,33 @@ pub(crate) async fn queue_attempt(
         invoice: invoice.id,
         attempt,
     };
-    queue_for_customer(uow, scope, invoice.customer_id, job).await
+    let now = chrono::Duration::zero();
+    queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], now, true).await
 }
 
-/// Queues a billing job about a customer's money, due now (a test clock's customer: at the
-/// clock's time, when its next advance runs). Queuing it again adds nothing.
-pub(crate) async fn queue_for_customer(
-    uow: &mut UnitOfWork,
-    scope: Scope,
-    customer: CustomerId,
-    job: crate::jobs::Job,
-) -> ServiceResult<()> {
-    queue_for_customer_after(uow, scope, customer, job, chrono::Duration::zero(), false).await
-}
-
-/// Queues a billing job about a customer's money, due after `wait` (on the customer's test
-/// clock, when it has one). With `bring_forward`, the same job queued already for later (or
-/// for earlier) is due then instead; without, queuing it again adds nothing.
+/// Queues billing jobs about a customer's money, due after `wait` (on the customer's test
+/// clock, when it has one). With `bring_forward`, one queued already for later is due then
+/// instead, unless a run holds it or it ended; without, queuing it again adds nothing.
 pub(crate) async fn queue_for_customer_after(
     uow: &mut UnitOfWork,
     scope: Scope,
     customer: CustomerId,
-    job: crate::jobs::Job,
+    jobs: Vec<crate::jobs::Job>,
     wait: chrono::Duration,
     bring_forward: bool,
 ) -> ServiceResult<()> {
     let now = uow.now();
     let clock = db::test_clocks::of_customer(uow.conn(), scope, customer).await?;
     let at = clock.as_ref().map_or(now, |c| c.frozen_time) + wait;
-    let job = job
-        .to_new(Some(scope), at)
-        .on_clock(clock.map(|c| c.id.as_uuid()));
+    let clock = clock.map(|c| c.id.as_uuid());
+    let jobs: Vec<crate::jobs::NewJob> = jobs
+        .iter()
+        .map(|j| j.to_new(Some(scope), at).on_clock(clock))
+        .collect();
+    crate::jobs::enqueue(uow.conn(), &jobs, now).await?;
     if bring_forward {
-        crate::jobs::enqueue_or_reset(uow.conn(), &[job], now).await?;
-    } else {
-        crate::jobs::enqueue(uow.conn(), &[job], now).await?;
+        let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id).collect();
+        crate::jobs::bring_forward(uow.conn(), &ids, at, now).await?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod balance;
 pub mod billing_jobs;
+pub mod billing_runs;
 pub mod bundles;
 pub mod catalog;
 pub mod coupons;

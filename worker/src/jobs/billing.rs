@@ -159,6 +159,10 @@ pub async fn renew_together(
             let now = uow.now();
             let done = finish_all(uow.conn(), finished, now).await?;
             uow.commit().await?;
+            // Held by this process from now on: handed back should it stop before running them.
+            for charge in charges.iter().flatten() {
+                rt.hold(charge.id, charge.token);
+            }
             Ok(done
                 .into_iter()
                 .zip(charges)
