@@ -297,26 +297,26 @@ pub async fn run_until(
     rt: Arc<Runtime>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let queues = rt.settings.worker.queues.clone();
+    // A schedule that does not parse stops the start, before anything runs.
+    let billing_schedule = if queues.contains(&shared::jobs::SCHEDULED_QUEUE) {
+        Some(
+            billing_runs::schedule(&rt.settings.worker.billing_schedule)
+                .map_err(std::io::Error::other)?,
+        )
+    } else {
+        None
+    };
     reprocess_newly_handled(&rt).await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let queues = rt.settings.worker.queues.clone();
     let consumers: Vec<_> = queues
         .iter()
         .map(|q| tokio::spawn(fleet::consume(rt.clone(), *q, stop_rx.clone())))
         .collect();
     let relay = tokio::spawn(relay::run(rt.clone(), queues.clone(), stop_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping::run(rt.clone(), stop_rx.clone()));
-    let schedule = if queues.contains(&shared::jobs::SCHEDULED_QUEUE) {
-        let schedule = billing_runs::schedule(&rt.settings.worker.billing_schedule)
-            .map_err(std::io::Error::other)?;
-        Some(tokio::spawn(billing_runs::run(
-            rt.clone(),
-            schedule,
-            stop_rx.clone(),
-        )))
-    } else {
-        None
-    };
+    let schedule = billing_schedule
+        .map(|schedule| tokio::spawn(billing_runs::run(rt.clone(), schedule, stop_rx.clone())));
 
     let app = Route::new()
         .at("/healthz", get(healthz))

@@ -184,3 +184,130 @@ async fn a_job_queued_held_and_finished_by_its_caller_never_reaches_the_relay() 
         .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_billing_runs_job_retried_later_leaves_the_run_which_then_completes() {
+    use shared::db::billing_runs::{RunScope, RunTrigger};
+    let env = Env::new(&[]).await;
+    let relaxed = shared::db::relaxed_pool(&env.settings().database, 1).unwrap();
+    let clock = shared::clock::SystemClock;
+    let now = Utc::now();
+    let tenant = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO tenants (id, company_name, slug, email, webhook_secret_enc, \
+         webhook_secret_last4) VALUES ($1, 'Runs', 'runs', 'runs@example.com', '\\x00', '0000')",
+    )
+    .bind(tenant)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Two billing jobs due a minute from now: scheduled.
+    let ids = [Uuid::new_v4(), Uuid::new_v4()];
+    let new: Vec<NewJob> = ids
+        .iter()
+        .map(|id| NewJob {
+            id: *id,
+            queue: Queue::Renewals,
+            kind: "test",
+            tenant: Some((tenant, false)),
+            payload: serde_json::json!({}),
+            run_at: now + chrono::Duration::minutes(1),
+            max_attempts: 3,
+            test_clock: None,
+        })
+        .collect();
+    let mut tx = env.pool.begin().await.unwrap();
+    jobs::enqueue(&mut tx, &new, now).await.unwrap();
+    tx.commit().await.unwrap();
+    let state = |id: Uuid| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(state(ids[0]).await, "scheduled");
+    // Not the relay's until a run's time reaches them.
+    let lease = Duration::from_secs(60);
+    let later = now + chrono::Duration::minutes(2);
+    assert!(
+        jobs::lease_due(&relaxed, Queue::Renewals, later, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (run, queued) = shared::service::billing_runs::run(
+        &env.pool,
+        &clock,
+        RunScope::Fleet,
+        later,
+        RunTrigger::Schedule,
+        0,
+        "test",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(queued, 2);
+    // The same tick again makes no second run.
+    assert!(
+        shared::service::billing_runs::run(
+            &env.pool,
+            &clock,
+            RunScope::Fleet,
+            later,
+            RunTrigger::Schedule,
+            0,
+            "other"
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+    let msgs = jobs::lease_due(&relaxed, Queue::Renewals, later, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(msgs.len(), 2);
+    let claimed = jobs::claim(&relaxed, &msgs, later, lease).await.unwrap();
+    // One succeeds; the other is to be tried again in an hour.
+    let outcomes: Vec<jobs::Finished> = claimed
+        .iter()
+        .map(|c| jobs::Finished {
+            id: c.id,
+            token: c.token,
+            outcome: if c.id == ids[0] {
+                jobs::Outcome::Succeeded
+            } else {
+                jobs::Outcome::Retry {
+                    at: later + chrono::Duration::hours(1),
+                    error: "later".into(),
+                }
+            },
+        })
+        .collect();
+    let mut conn = env.pool.acquire().await.unwrap();
+    jobs::finish(&mut conn, &outcomes, later).await.unwrap();
+    assert_eq!(
+        shared::db::billing_runs::complete_finished(&env.pool, later)
+            .await
+            .unwrap(),
+        1
+    );
+    let (status, succeeded, failed): (String, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT r.status, b.succeeded, b.failed FROM billing_runs r \
+         JOIN billing_run_tenants b ON b.run_id = r.id WHERE r.id = $1",
+    )
+    .bind(run.id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), succeeded, failed),
+        ("completed", Some(1), Some(0))
+    );
+    // The retried job waits for the relay, outside the run.
+    assert_eq!(state(ids[1]).await, "pending");
+}

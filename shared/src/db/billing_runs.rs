@@ -164,7 +164,7 @@ pub async fn count_due(pool: &PgPool, run: &BillingRunRow) -> Result<i64, DbErro
          SELECT $1, tenant_id, livemode, count(*) FROM jobs \
          WHERE state = 'scheduled' AND run_at <= $2 AND test_clock_id IS NULL \
          AND tenant_id IS NOT NULL AND ($3::uuid IS NULL OR tenant_id = $3) \
-         GROUP BY tenant_id, livemode \
+         GROUP BY tenant_id, livemode ORDER BY tenant_id, livemode \
          ON CONFLICT (run_id, tenant_id, livemode) \
          DO UPDATE SET due = billing_run_tenants.enqueued + EXCLUDED.due",
     )
@@ -179,7 +179,8 @@ pub async fn count_due(pool: &PgPool, run: &BillingRunRow) -> Result<i64, DbErro
 /// Moves up to `limit` of the billing jobs due by the run's time to the queue (earliest due
 /// first; ones another statement holds are left for the next batch or run), counts them per
 /// tenant and mode, renews the run's lease and wakes the relays, in one transaction; returns
-/// how many it moved.
+/// how many it moved. `NotFound` when the run is no longer this process's (another took it
+/// over): nothing is moved then.
 pub async fn enqueue_batch(
     pool: &PgPool,
     run: &BillingRunRow,
@@ -188,14 +189,27 @@ pub async fn enqueue_batch(
     lease_until: DateTime<Utc>,
 ) -> Result<u64, DbError> {
     let mut tx = pool.begin().await?;
-    let moved: Vec<(Uuid, bool, i64)> = sqlx::query_as(
+    // Still this process's run (another may have taken it over): else nothing is moved.
+    let owned = sqlx::query(
+        "UPDATE billing_runs SET lease_until = $2 WHERE id = $1 AND owner = $3 \
+         AND status = 'running'",
+    )
+    .bind(run.id)
+    .bind(lease_until)
+    .bind(&run.owner)
+    .execute(&mut *tx)
+    .await?;
+    if owned.rows_affected() == 0 {
+        return Err(DbError::NotFound);
+    }
+    let moved: Vec<(Option<Uuid>, Option<bool>, i64)> = sqlx::query_as(
         "WITH moved AS (UPDATE jobs SET state = 'pending', billing_run_id = $1, updated_at = $4 \
              WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $2 \
                  AND test_clock_id IS NULL AND ($3::uuid IS NULL OR tenant_id = $3) \
                  ORDER BY run_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
              RETURNING tenant_id, livemode) \
-         SELECT tenant_id, livemode, count(*) FROM moved WHERE tenant_id IS NOT NULL \
-         GROUP BY tenant_id, livemode",
+         SELECT tenant_id, livemode, count(*) FROM moved \
+         GROUP BY tenant_id, livemode ORDER BY tenant_id, livemode",
     )
     .bind(run.id)
     .bind(run.scheduled_for)
@@ -205,8 +219,12 @@ pub async fn enqueue_batch(
     .fetch_all(&mut *tx)
     .await?;
     let n: i64 = moved.iter().map(|m| m.2).sum();
-    if !moved.is_empty() {
-        let (tenants, modes, counts): (Vec<Uuid>, Vec<bool>, Vec<i64>) = moved.into_iter().fold(
+    let counted: Vec<(Uuid, bool, i64)> = moved
+        .into_iter()
+        .filter_map(|(t, l, c)| Some((t?, l?, c)))
+        .collect();
+    if n > 0 {
+        let (tenants, modes, counts): (Vec<Uuid>, Vec<bool>, Vec<i64>) = counted.into_iter().fold(
             (Vec::new(), Vec::new(), Vec::new()),
             |(mut t, mut l, mut c), (tenant, livemode, count)| {
                 t.push(tenant);
@@ -232,27 +250,24 @@ pub async fn enqueue_batch(
         .await?;
         jobs::notify(&mut tx, jobs::SCHEDULED_QUEUE).await?;
     }
-    sqlx::query("UPDATE billing_runs SET lease_until = $2 WHERE id = $1")
-        .bind(run.id)
-        .bind(lease_until)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Everything due by the run's time is queued.
+/// Everything due by the run's time is queued (by its owner: one that lost the run to another
+/// process changes nothing).
 pub async fn mark_enqueued(
     pool: &PgPool,
-    run: BillingRunId,
+    run: &BillingRunRow,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE billing_runs SET status = 'enqueued', enqueued_at = $2 \
-         WHERE id = $1 AND status = 'running'",
+         WHERE id = $1 AND status = 'running' AND owner = $3",
     )
-    .bind(run)
+    .bind(run.id)
     .bind(now)
+    .bind(&run.owner)
     .execute(pool)
     .await?;
     Ok(())

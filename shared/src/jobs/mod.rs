@@ -224,9 +224,10 @@ pub async fn bring_forward(
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     let rows: Vec<(String, bool)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'pending', run_at = $2, updated_at = $3 \
+        "UPDATE jobs SET state = 'pending', run_at = LEAST(run_at, $2), updated_at = $3 \
          WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
-         AND state IN ('scheduled', 'pending') AND lease_token IS NULL AND run_at > $2 \
+         AND lease_token IS NULL \
+         AND (state = 'scheduled' OR (state = 'pending' AND run_at > $2)) \
          RETURNING queue, test_clock_id IS NULL",
     )
     .bind(&ids)
@@ -481,7 +482,9 @@ pub struct Finished {
 }
 
 /// Records outcomes of runs whose token still holds; returns the ids recorded (a run whose
-/// lease was lost records nothing: a newer run owns the job).
+/// lease was lost records nothing: a newer run owns the job). A job to run again (retried or
+/// put off) leaves the billing run that queued it: that run's part in it is over, so the run
+/// completes without waiting for it (and counts it neither succeeded nor failed).
 pub async fn finish(
     conn: &mut PgConnection,
     runs: &[Finished],
@@ -511,6 +514,7 @@ pub async fn finish(
     let done: Vec<(Uuid,)> = sqlx::query_as(
         "WITH locked AS (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          UPDATE jobs SET state = u.state, run_at = u.run_at, attempts = jobs.attempts + u.counts, \
+         billing_run_id = CASE WHEN u.state = 'pending' THEN NULL ELSE jobs.billing_run_id END, \
          lease_token = NULL, last_error = COALESCE(u.error, CASE WHEN u.counts = 0 \
          THEN jobs.last_error END), updated_at = $6, \
          finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE $6 END \

@@ -74,13 +74,18 @@ async fn carry_out(pool: &PgPool, clock: &dyn Clock, run: &BillingRunRow) -> Ser
     let mut queued = 0;
     loop {
         let now = clock.now();
-        let n = db::billing_runs::enqueue_batch(pool, run, BATCH, now, now + LEASE).await?;
+        let n = match db::billing_runs::enqueue_batch(pool, run, BATCH, now, now + LEASE).await {
+            Ok(n) => n,
+            // Taken over by another process (this one was too slow): it carries the run on.
+            Err(db::DbError::NotFound) => return Ok(queued),
+            Err(e) => return Err(e.into()),
+        };
         queued += n;
         if n < u64::try_from(BATCH).unwrap_or(0) {
             break;
         }
     }
-    db::billing_runs::mark_enqueued(pool, run.id, clock.now()).await?;
+    db::billing_runs::mark_enqueued(pool, run, clock.now()).await?;
     Ok(queued)
 }
 
