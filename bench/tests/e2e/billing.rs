@@ -512,3 +512,186 @@ async fn three_workers_make_one_billing_run_per_tick_and_renew_each_due_subscrip
     assert_eq!(found[0]["enqueued"], json!(n));
     assert_eq!(found[0]["trigger"], "schedule");
 }
+
+/// Renewals in the chaos test (`CHAOS_RENEWALS`; 10,000 makes the long run).
+fn chaos_renewals() -> usize {
+    std::env::var("CHAOS_RENEWALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// `n` due renewals of a new tenant, waiting for the next billing run as the schedule leaves
+/// them.
+async fn due_renewals(env: &Env, api: &Api, email: &str, n: usize) {
+    let tenant = api.register(email).await;
+    let key = tenant.sk_test.as_str();
+    let plan = team_plan(api, key).await;
+    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
+    let scope = env.scope(&tenant).await;
+    let ended =
+        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) - chrono::Duration::seconds(1);
+    let subs = bench::due_subscriptions(
+        &env.pool,
+        scope.tenant_id().as_uuid(),
+        price.as_uuid(),
+        n,
+        ended,
+        |_| "pm_card_visa",
+    )
+    .await
+    .unwrap();
+    let jobs: Vec<shared::jobs::NewJob> = subs
+        .iter()
+        .map(|s| {
+            shared::jobs::Job::RenewSubscription {
+                subscription: shared::ids::SubscriptionId::from_uuid(*s),
+                period_start: ended,
+            }
+            .to_new(Some(scope), ended)
+        })
+        .collect();
+    let mut tx = env.pool.begin().await.unwrap();
+    for chunk in jobs.chunks(5_000) {
+        shared::jobs::enqueue(&mut tx, chunk, chrono::Utc::now())
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE jobs SET state = 'scheduled' WHERE kind = 'subscription.renew'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn renewals_paid(env: &Env) -> usize {
+    env.scalar(
+        "SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle' \
+         AND status = 'paid'",
+    )
+    .await as usize
+}
+
+/// Exactly once: one invoice per subscription and period, one successful charge per invoice
+/// with its own idempotency key and no attempt beyond it, numbers 1..=n (none lost to a
+/// crash, none taken twice), nothing dead.
+async fn assert_billed_once(env: &Env, n: usize) {
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle'")
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(DISTINCT subscription_id) FROM invoices \
+             WHERE billing_reason = 'subscription_cycle'"
+        )
+        .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM payments p JOIN invoices i ON i.id = p.invoice_id \
+             WHERE i.billing_reason = 'subscription_cycle'"
+        )
+        .await,
+        n as i64,
+        "one attempt per invoice"
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(DISTINCT idempotency_key) FROM payments WHERE status = 'succeeded'"
+        )
+        .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT number) FROM invoices")
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar("SELECT max(substring(number from '[0-9]+$')::bigint) FROM invoices")
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM jobs WHERE state = 'dead'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn due_renewals_are_invoiced_and_charged_exactly_once_while_a_worker_is_killed_every_2_seconds()
+ {
+    let env = Env::new(&[("JOB_LEASE_SECONDS", "3")]).await;
+    let api = env.api().await;
+    let n = chaos_renewals();
+    due_renewals(&env, &api, "chaos-e2e@example.com", n).await;
+    // Three worker processes; every 2 seconds one of them is killed (SIGKILL) and started
+    // again, until every renewal is paid.
+    let mut workers: Vec<std::process::Child> = (0..3)
+        .map(|_| env.worker_process(crate::helpers::free_port()))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    while renewals_paid(&env).await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {} of {n} paid after 10 minutes",
+            renewals_paid(&env).await
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = kills % workers.len();
+        let pid = workers[victim].id();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        workers[victim].wait().unwrap();
+        workers[victim] = env.worker_process(crate::helpers::free_port());
+        kills += 1;
+    }
+    for w in &mut workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        w.wait().unwrap();
+    }
+    assert!(kills >= 1, "no worker was killed while the renewals ran");
+    assert_billed_once(&env, n).await;
+}
+
+#[tokio::test]
+async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
+    let env = Env::new(&[("JOB_LEASE_SECONDS", "3")]).await;
+    let api = env.api().await;
+    let n = 3_000;
+    due_renewals(&env, &api, "flush-e2e@example.com", n).await;
+    let mut workers: Vec<std::process::Child> = (0..2)
+        .map(|_| env.worker_process(crate::helpers::free_port()))
+        .collect();
+    wait_for("the run to get going", LIMIT, || async {
+        renewals_paid(&env).await >= 200
+    })
+    .await;
+    let flushed = env.flush_redis().await;
+    let at_flush = renewals_paid(&env).await;
+    assert!(at_flush < n, "the flush came too late to test anything");
+    assert!(flushed > 0, "Redis held nothing to flush");
+    wait_for(
+        "every renewal paid after the flush",
+        Duration::from_secs(300),
+        || async { renewals_paid(&env).await == n },
+    )
+    .await;
+    for w in &mut workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        w.wait().unwrap();
+    }
+    assert_billed_once(&env, n).await;
+}
