@@ -135,6 +135,20 @@ fn handle(
             }
             (200, obj.clone())
         }
+        // A customer's update (its sync again, when it changed after being created).
+        ("POST", ["customers", id]) => {
+            let Some(obj) = state.objects.get_mut(*id) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "No such customer",
+                );
+            };
+            if let Some(name) = form.get("name") {
+                obj["name"] = json!(name);
+            }
+            (200, obj.clone())
+        }
         ("POST", ["customers"]) => {
             let id = new_id("cus");
             let obj = json!({ "id": id, "object": "customer", "name": form.get("name") });
