@@ -8,7 +8,8 @@ use poem_openapi::{
     payload::Json,
 };
 use shared::{
-    db::billing_runs::TenantRunRow, ids::BillingRunId, service::billing_runs as service,
+    ids::BillingRunId,
+    service::billing_runs::{self as service, TenantRunRow},
     tenancy::Permission,
 };
 

@@ -78,7 +78,7 @@ pub struct DunningOut {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-fn out(stored: shared::db::dunning::StoredPolicy, livemode: bool) -> DunningOut {
+fn out(stored: service::StoredPolicy, livemode: bool) -> DunningOut {
     DunningOut {
         object: "dunning_settings".into(),
         retry_waits_days: stored.policy.retry_waits_days().to_vec(),

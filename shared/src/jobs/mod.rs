@@ -70,6 +70,25 @@ pub async fn notify(conn: &mut PgConnection, queue: Queue) -> Result<(), DbError
 /// for the relay: billing work, made due by the fleet's schedule.
 pub const SCHEDULED_QUEUE: Queue = Queue::Renewals;
 
+/// Wakes the relays of each of `queues` (named any number of times) when the transaction
+/// commits.
+async fn notify_queues<'a>(
+    conn: &mut PgConnection,
+    queues: impl Iterator<Item = &'a str>,
+) -> Result<(), DbError> {
+    let mut queues: Vec<&str> = queues.collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Adds jobs; one whose id (its deduplication key) is queued already, pending or done, is not
 /// added again. Relays are woken when the transaction commits. A billing job due later (of
 /// [`SCHEDULED_QUEUE`], off test clocks) is scheduled: a billing run makes it pending when
@@ -181,20 +200,11 @@ async fn insert(
         // Nothing is due to the relays: the caller runs these.
         return Ok(held);
     }
-    let mut due: Vec<&str> = jobs
+    let due = jobs
         .iter()
         .filter(|j| j.run_at <= now && j.test_clock.is_none())
-        .map(|j| j.queue.as_str())
-        .collect();
-    due.sort_unstable();
-    due.dedup();
-    for q in due {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *conn)
-            .await?;
-    }
+        .map(|j| j.queue.as_str());
+    notify_queues(conn, due).await?;
     Ok(held)
 }
 
@@ -235,20 +245,11 @@ pub async fn bring_forward(
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    let mut queues: Vec<&str> = rows
+    let due = rows
         .iter()
         .filter(|r| r.1 && at <= now)
-        .map(|r| r.0.as_str())
-        .collect();
-    queues.sort_unstable();
-    queues.dedup();
-    for q in queues {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *conn)
-            .await?;
-    }
+        .map(|r| r.0.as_str());
+    notify_queues(conn, due).await?;
     Ok(rows.len() as u64)
 }
 
@@ -272,16 +273,7 @@ pub async fn reset_many(
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    let mut queues: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    queues.sort_unstable();
-    queues.dedup();
-    for q in queues {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *conn)
-            .await?;
-    }
+    notify_queues(conn, rows.iter().map(|r| r.1.as_str())).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 

@@ -12,12 +12,15 @@ use crate::{
     clock::Clock,
     db::{
         self,
-        billing_runs::{BillingRunRow, RunScope, RunTrigger, TenantRunRow},
+        billing_runs::{BillingRunRow, RunScope, RunTrigger},
         pagination::{Page, PageRequest},
     },
     ids::BillingRunId,
     tenancy::Scope,
 };
+
+/// A run as one tenant and mode see it.
+pub use crate::db::billing_runs::TenantRunRow;
 
 /// Jobs moved to the queue per statement.
 pub const BATCH: i64 = 1_000;

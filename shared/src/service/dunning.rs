@@ -16,7 +16,6 @@ use super::{ServiceError, ServiceResult, invoices, subscriptions};
 use crate::{
     db::{
         self,
-        dunning::StoredPolicy,
         invoices::{InvoiceRow, PaymentRow},
     },
     domain::{
@@ -29,6 +28,9 @@ use crate::{
     tenancy::Scope,
     uow::UnitOfWork,
 };
+
+/// A tenant's policy, and when it was last set.
+pub use crate::db::dunning::StoredPolicy;
 
 /// The dunning policy of a tenant's mode (the default until one is set).
 pub async fn get_policy(pool: &PgPool, scope: Scope) -> ServiceResult<StoredPolicy> {
