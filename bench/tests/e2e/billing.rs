@@ -10,6 +10,11 @@ use crate::helpers::{Api, Env, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The tests that run several workers take turns, and give each a small pool: together they
+/// would hold more connections than a default PostgreSQL allows (100).
+static SEVERAL_WORKERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const SMALL_POOL: (&str, &str) = ("DATABASE_MAX_CONNECTIONS", "6");
+
 /// A monthly plan at 49.00.
 async fn team_plan(api: &Api, key: &str) -> Value {
     api.post(
@@ -404,7 +409,8 @@ async fn an_incomplete_subscription_whose_payment_is_in_flight_is_not_expired_an
 
 #[tokio::test]
 async fn three_workers_make_one_billing_run_per_tick_and_renew_each_due_subscription_once() {
-    let env = Env::new(&[]).await;
+    let _turn = SEVERAL_WORKERS.lock().await;
+    let env = Env::new(&[SMALL_POOL]).await;
     let api = env.api().await;
     let tenant = api.register("runs-e2e@example.com").await;
     let key = tenant.sk_test.as_str();
@@ -625,7 +631,8 @@ async fn assert_billed_once(env: &Env, n: usize) {
 #[tokio::test]
 async fn due_renewals_are_invoiced_and_charged_exactly_once_while_a_worker_is_killed_every_2_seconds()
  {
-    let env = Env::new(&[("JOB_LEASE_SECONDS", "3")]).await;
+    let _turn = SEVERAL_WORKERS.lock().await;
+    let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
     let api = env.api().await;
     let n = chaos_renewals();
     due_renewals(&env, &api, "chaos-e2e@example.com", n).await;
@@ -666,7 +673,8 @@ async fn due_renewals_are_invoiced_and_charged_exactly_once_while_a_worker_is_ki
 
 #[tokio::test]
 async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
-    let env = Env::new(&[("JOB_LEASE_SECONDS", "3")]).await;
+    let _turn = SEVERAL_WORKERS.lock().await;
+    let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
     let api = env.api().await;
     let n = 3_000;
     due_renewals(&env, &api, "flush-e2e@example.com", n).await;
