@@ -496,3 +496,72 @@ async fn a_subscription_paused_during_dunning_is_not_canceled_when_it_gives_up()
     assert_eq!(attempts(&app, &key, &id).await.len(), 2);
     assert_eq!(status_of(&app, &key, &sub).await, "paused");
 }
+
+#[tokio::test]
+async fn dunning_does_not_end_while_the_next_attempt_is_queued_but_not_made() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-queued@acme.com").await;
+    let key = t.sk_test();
+    set_policy(
+        &app,
+        &key,
+        json!({"retry_waits_days": [1], "final_action": "cancel"}),
+    )
+    .await;
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    // A third attempt queued for later (as one brought forward for a new card waits while
+    // the card reaches the connected Stripe account).
+    let scope = crate::subscriptions::scope(&app, &t.sk_test).await;
+    let third = shared::jobs::Job::PayInvoice {
+        invoice: shared::ids::InvoiceId::parse(&id).unwrap(),
+        attempt: 3,
+    };
+    let clock_id = shared::ids::TestClockId::parse(&clock).unwrap().as_uuid();
+    let mut tx = app.pool.begin().await.unwrap();
+    shared::jobs::enqueue(
+        &mut tx,
+        &[third
+            .to_new(Some(scope), start_plus(renewal + Duration::days(90)))
+            .on_clock(Some(clock_id))],
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Day 1: the retry fails and the waits are used up, but dunning waits for the third.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(1) + Duration::minutes(1)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 2);
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    // That attempt gives up for good: dunning ends at its next look.
+    sqlx::query("UPDATE jobs SET state = 'dead' WHERE id = $1")
+        .bind(third.id())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(1) + Duration::hours(3)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "canceled");
+}

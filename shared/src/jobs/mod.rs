@@ -219,6 +219,16 @@ pub async fn enqueue_or_reset(
     insert(conn, jobs, now, Adding::Reset).await.map(drop)
 }
 
+/// Whether a job is queued and has not ended (scheduled, due, or running).
+pub async fn is_waiting(conn: &mut PgConnection, id: Uuid) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND state IN ('scheduled', 'pending'))",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Makes waiting jobs due at `at` instead of later: scheduled ones, and pending ones that no
 /// run holds (a job running, or ended, is left as it is: its own outcome stands). Locks them
 /// in id order, as every statement on jobs does; returns how many it changed.

@@ -106,7 +106,8 @@ pub(crate) async fn after_decline(
 /// Ends the dunning of `invoice` after attempt `attempt` (an `invoice.end_dunning` job): the
 /// policy's final action on its subscription, and the invoice marked uncollectible when the
 /// policy says so. Nothing when the invoice no longer owes, when a later attempt was made (its
-/// own outcome decides), or when dunning already ended. The final action applies only to a
+/// own outcome decides), or when dunning already ended; put off (`payment_in_progress`) while
+/// the next attempt is queued but not made. The final action applies only to a
 /// subscription still past due (or unpaid, for a cancel): one paused, or active again because
 /// a later invoice was paid, stays as it is.
 pub async fn end_dunning(
@@ -121,6 +122,18 @@ pub async fn end_dunning(
     }
     if db::invoices::last_attempt(uow.conn(), scope, id).await? != attempt {
         return Ok(());
+    }
+    // The next attempt is queued (brought forward for a new card, and waiting, say, for that
+    // card to reach the connected Stripe account): dunning ends only after it, if at all.
+    let next = Job::PayInvoice {
+        invoice: id,
+        attempt: attempt + 1,
+    };
+    if crate::jobs::is_waiting(uow.conn(), next.id()).await? {
+        return Err(ServiceError::conflict(
+            "payment_in_progress",
+            "The next attempt of this invoice is queued; dunning ends after it, if at all.",
+        ));
     }
     let now = uow.now();
     if !db::dunning::end(uow.conn(), scope, id, attempt, now).await? {
