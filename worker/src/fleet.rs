@@ -260,6 +260,8 @@ async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing)
         },
     };
     rt.metrics.ended(queue, end, started.elapsed());
+    // Stopping: the charge stays held, and is handed back with the others.
+    let next = next.filter(|_| !rt.stopping.load(Ordering::SeqCst));
     if let Some(job) = next {
         rt.metrics.run_at_once.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();

@@ -97,6 +97,9 @@ pub struct Runtime {
     pub claims: Batcher<JobMessage, Option<Claimed>>,
     /// Jobs this process is running: id → token, handed back when it stops.
     pub held: Mutex<HashMap<Uuid, Uuid>>,
+    /// The process is stopping: it starts no job it holds but has not begun (they are handed
+    /// back with the others).
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -195,6 +198,7 @@ impl Runtime {
                 &Uuid::new_v4().simple().to_string()[..8]
             ),
             held: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             webhook_claims,
             webhook_done,
             claims,
@@ -347,6 +351,7 @@ pub async fn run_until(
         res = &mut server => tracing::error!(?res, "the health listener stopped"),
     }
     tracing::info!("stopping: taking no new jobs");
+    rt.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let grace = rt.settings.worker.shutdown_grace;
     let finished = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await;
