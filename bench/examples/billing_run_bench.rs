@@ -18,8 +18,7 @@ use std::{
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
-use serde_json::json;
-use shared::{config::Settings, domain::api_key::PresentedKey, ids::SubscriptionId, jobs::Job};
+use shared::{config::Settings, jobs::Job};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -62,32 +61,14 @@ async fn main() -> anyhow::Result<()> {
     let ended = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(1);
     let mut jobs: Vec<shared::jobs::NewJob> = Vec::with_capacity(n);
     for t in 0..tenants {
-        let reg: serde_json::Value = http
-            .post(format!("http://{api_addr}/api/v1/auth/tenants/register"))
-            .json(&json!({"company_name": format!("Bench {t}"),
-                          "email": format!("bench{t}@example.com"), "password": "BenchPass1234!"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let key = reg["api_keys"]["test_secret"]["key"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no key: {reg}"))
-            .to_owned();
-        let plan: serde_json::Value = http
-            .post(format!("http://{api_addr}/api/v1/plans"))
-            .bearer_auth(&key)
-            .json(&json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap())?;
-        let presented = PresentedKey::parse(&key).expect("a secret key");
-        let scope = shared::db::api_keys::find_active_by_hash(&pool, &presented.hash)
-            .await?
-            .context()
-            .scope();
+        let (scope, price) = common::tenant_with_plan(
+            &http,
+            api_addr,
+            &pool,
+            &format!("Bench {t}"),
+            &format!("bench{t}@example.com"),
+        )
+        .await?;
         let share = n / tenants + usize::from(t < n % tenants);
         let subs = bench::due_subscriptions(
             &pool,
@@ -98,13 +79,7 @@ async fn main() -> anyhow::Result<()> {
             |_| "pm_card_visa",
         )
         .await?;
-        jobs.extend(subs.iter().map(|s| {
-            Job::RenewSubscription {
-                subscription: SubscriptionId::from_uuid(*s),
-                period_start: ended,
-            }
-            .to_new(Some(scope), ended)
-        }));
+        jobs.extend(bench::renewal_jobs(scope, &subs, ended));
     }
     // The renewals wait as the schedule leaves them: scheduled, for the next billing run.
     let mut tx = pool.begin().await?;

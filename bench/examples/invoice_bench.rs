@@ -18,8 +18,7 @@ use std::{
 };
 
 use chrono::{SubsecRound, Utc};
-use serde_json::json;
-use shared::{config::Settings, domain::api_key::PresentedKey, ids::SubscriptionId, jobs::Job};
+use shared::config::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -60,31 +59,8 @@ async fn main() -> anyhow::Result<()> {
     let api_addr = app.addr;
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
-    let reg: serde_json::Value = http
-        .post(format!("http://{api_addr}/api/v1/auth/tenants/register"))
-        .json(&json!({"company_name": "Bench", "email": "bench@example.com", "password": "BenchPass1234!"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = reg["api_keys"]["test_secret"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let plan: serde_json::Value = http
-        .post(format!("http://{api_addr}/api/v1/plans"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap())?;
-    let presented = PresentedKey::parse(&key).expect("a secret key");
-    let scope = shared::db::api_keys::find_active_by_hash(&pool, &presented.hash)
-        .await?
-        .context()
-        .scope();
+    let (scope, price) =
+        common::tenant_with_plan(&http, api_addr, &pool, "Bench", "bench@example.com").await?;
     let tenant = scope.tenant_id().as_uuid();
 
     // N customers with a card and an active subscription whose period has just ended, in
@@ -114,16 +90,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let jobs: Vec<shared::jobs::NewJob> = subs
-        .iter()
-        .map(|s| {
-            Job::RenewSubscription {
-                subscription: SubscriptionId::from_uuid(*s),
-                period_start: ended,
-            }
-            .to_new(Some(scope), ended)
-        })
-        .collect();
+    let jobs = bench::renewal_jobs(scope, &subs, ended);
     // A PostgreSQL without autovacuum (CI servers often run so) never gathers statistics on
     // the tables the run fills, and plans made without them scan a tenant's rows where one
     // index probe does. Production runs autovacuum: where it is off, the benchmark analyzes

@@ -69,3 +69,21 @@ pub async fn due_subscriptions(
     tx.commit().await?;
     Ok(subs)
 }
+
+/// The `subscription.renew` jobs of subscriptions (of `scope`) whose period ends at
+/// `period_end`, due then.
+pub fn renewal_jobs(
+    scope: shared::tenancy::Scope,
+    subs: &[Uuid],
+    period_end: DateTime<Utc>,
+) -> Vec<shared::jobs::NewJob> {
+    subs.iter()
+        .map(|s| {
+            shared::jobs::Job::RenewSubscription {
+                subscription: shared::ids::SubscriptionId::from_uuid(*s),
+                period_start: period_end,
+            }
+            .to_new(Some(scope), period_end)
+        })
+        .collect()
+}

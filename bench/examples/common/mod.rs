@@ -92,3 +92,48 @@ pub async fn clear_prefix(url: &str, prefix: &str) {
         }
     }
 }
+
+/// A tenant registered through the API at `api`, with a monthly plan at 29.99: its test mode's
+/// scope and the plan's price.
+#[allow(dead_code)]
+pub async fn tenant_with_plan(
+    http: &reqwest::Client,
+    api: std::net::SocketAddr,
+    pool: &sqlx::PgPool,
+    company: &str,
+    email: &str,
+) -> anyhow::Result<(shared::tenancy::Scope, shared::ids::PriceId)> {
+    let reg: serde_json::Value = http
+        .post(format!("http://{api}/api/v1/auth/tenants/register"))
+        .json(&serde_json::json!({"company_name": company, "email": email,
+                                  "password": "BenchPass1234!"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = reg["api_keys"]["test_secret"]["key"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no key: {reg}"))?
+        .to_owned();
+    let plan: serde_json::Value = http
+        .post(format!("http://{api}/api/v1/plans"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "Pro", "price_cents": 2999,
+                                  "billing_interval": "month"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let price = shared::ids::PriceId::parse(
+        plan["price_id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no price: {plan}"))?,
+    )?;
+    let presented = shared::domain::api_key::PresentedKey::parse(&key)
+        .ok_or_else(|| anyhow::anyhow!("not a secret key"))?;
+    let scope = shared::db::api_keys::find_active_by_hash(pool, &presented.hash)
+        .await?
+        .context()
+        .scope();
+    Ok((scope, price))
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, Env, wait_for};
+use crate::helpers::{Api, Env, Tenant, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -166,16 +166,7 @@ async fn the_worker_renews_and_charges_due_subscriptions_in_batches_each_once_in
     )
     .await
     .unwrap();
-    let mut jobs: Vec<shared::jobs::NewJob> = subs
-        .iter()
-        .map(|s| {
-            shared::jobs::Job::RenewSubscription {
-                subscription: shared::ids::SubscriptionId::from_uuid(*s),
-                period_start: ended,
-            }
-            .to_new(Some(scope), ended)
-        })
-        .collect();
+    let mut jobs = bench::renewal_jobs(scope, &subs, ended);
     // Among them, one that runs before its time (another host's clock behind): it fails and
     // comes back, without holding back the renewals batched with it.
     let early = bench::due_subscriptions(
@@ -412,40 +403,12 @@ async fn three_workers_make_one_billing_run_per_tick_and_renew_each_due_subscrip
     let _turn = SEVERAL_WORKERS.lock().await;
     let env = Env::new(&[SMALL_POOL]).await;
     let api = env.api().await;
-    let tenant = api.register("runs-e2e@example.com").await;
-    let key = tenant.sk_test.as_str();
-    let plan = team_plan(&api, key).await;
-    let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
-    let scope = env.scope(&tenant).await;
     // 90 periods that end 3 seconds from now: their renewals wait, scheduled.
     let n = 90;
     let due_at =
         chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) + chrono::Duration::seconds(3);
-    let subs = bench::due_subscriptions(
-        &env.pool,
-        scope.tenant_id().as_uuid(),
-        price.as_uuid(),
-        n,
-        due_at,
-        |_| "pm_card_visa",
-    )
-    .await
-    .unwrap();
-    let jobs: Vec<shared::jobs::NewJob> = subs
-        .iter()
-        .map(|s| {
-            shared::jobs::Job::RenewSubscription {
-                subscription: shared::ids::SubscriptionId::from_uuid(*s),
-                period_start: due_at,
-            }
-            .to_new(Some(scope), due_at)
-        })
-        .collect();
-    let mut tx = env.pool.begin().await.unwrap();
-    shared::jobs::enqueue(&mut tx, &jobs, chrono::Utc::now())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let tenant = due_renewals(&env, &api, "runs-e2e@example.com", n, due_at).await;
+    let key = tenant.sk_test.as_str();
     assert_eq!(
         env.scalar("SELECT count(*) FROM jobs WHERE state = 'scheduled'")
             .await,
@@ -454,12 +417,7 @@ async fn three_workers_make_one_billing_run_per_tick_and_renew_each_due_subscrip
     // Three workers, each running the schedule (a tick every second).
     let workers = [env.worker().await, env.worker().await, env.worker().await];
     wait_for("every due renewal invoiced and paid", LIMIT, || async {
-        env.scalar(
-            "SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_cycle' \
-             AND status = 'paid'",
-        )
-        .await
-            == n as i64
+        renewals_paid(&env).await == n
     })
     .await;
     let rts: Vec<_> = workers.iter().map(|w| w.rt.clone()).collect();
@@ -527,16 +485,20 @@ fn chaos_renewals() -> usize {
         .unwrap_or(10_000)
 }
 
-/// `n` due renewals of a new tenant, waiting for the next billing run as the schedule leaves
-/// them.
-async fn due_renewals(env: &Env, api: &Api, email: &str, n: usize) {
+/// `n` subscriptions of a new tenant whose periods end at `ended`, their renewals waiting for
+/// the billing run of a tick at or after it, as the schedule leaves them. Returns the tenant.
+async fn due_renewals(
+    env: &Env,
+    api: &Api,
+    email: &str,
+    n: usize,
+    ended: chrono::DateTime<chrono::Utc>,
+) -> Tenant {
     let tenant = api.register(email).await;
     let key = tenant.sk_test.as_str();
     let plan = team_plan(api, key).await;
     let price = shared::ids::PriceId::parse(plan["price_id"].as_str().unwrap()).unwrap();
     let scope = env.scope(&tenant).await;
-    let ended =
-        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) - chrono::Duration::seconds(1);
     let subs = bench::due_subscriptions(
         &env.pool,
         scope.tenant_id().as_uuid(),
@@ -547,27 +509,27 @@ async fn due_renewals(env: &Env, api: &Api, email: &str, n: usize) {
     )
     .await
     .unwrap();
-    let jobs: Vec<shared::jobs::NewJob> = subs
-        .iter()
-        .map(|s| {
-            shared::jobs::Job::RenewSubscription {
-                subscription: shared::ids::SubscriptionId::from_uuid(*s),
-                period_start: ended,
-            }
-            .to_new(Some(scope), ended)
-        })
-        .collect();
+    let jobs = bench::renewal_jobs(scope, &subs, ended);
     let mut tx = env.pool.begin().await.unwrap();
     for chunk in jobs.chunks(5_000) {
         shared::jobs::enqueue(&mut tx, chunk, chrono::Utc::now())
             .await
             .unwrap();
     }
-    sqlx::query("UPDATE jobs SET state = 'scheduled' WHERE kind = 'subscription.renew'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    // Due already, they wait too (queued when due later, they are scheduled as they are).
+    if ended <= chrono::Utc::now() {
+        sqlx::query("UPDATE jobs SET state = 'scheduled' WHERE kind = 'subscription.renew'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
     tx.commit().await.unwrap();
+    tenant
+}
+
+/// A period end that has just passed, in whole seconds as periods are.
+fn just_ended() -> chrono::DateTime<chrono::Utc> {
+    chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0) - chrono::Duration::seconds(1)
 }
 
 async fn renewals_paid(env: &Env) -> usize {
@@ -635,7 +597,7 @@ async fn due_renewals_are_invoiced_and_charged_exactly_once_while_a_worker_is_ki
     let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
     let api = env.api().await;
     let n = chaos_renewals();
-    due_renewals(&env, &api, "chaos-e2e@example.com", n).await;
+    due_renewals(&env, &api, "chaos-e2e@example.com", n, just_ended()).await;
     // Three worker processes; every 2 seconds one of them is killed (SIGKILL) and started
     // again, until every renewal is paid.
     let mut workers: Vec<std::process::Child> = (0..3)
@@ -677,7 +639,7 @@ async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
     let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
     let api = env.api().await;
     let n = 3_000;
-    due_renewals(&env, &api, "flush-e2e@example.com", n).await;
+    due_renewals(&env, &api, "flush-e2e@example.com", n, just_ended()).await;
     let mut workers: Vec<std::process::Child> = (0..2)
         .map(|_| env.worker_process(crate::helpers::free_port()))
         .collect();

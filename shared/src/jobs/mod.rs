@@ -58,12 +58,7 @@ pub const NOTIFY_CHANNEL: &str = "jobs_due";
 
 /// Wakes the relays of a queue when the transaction commits (jobs were added due now).
 pub async fn notify(conn: &mut PgConnection, queue: Queue) -> Result<(), DbError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(queue.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    notify_queues(conn, std::iter::once(queue.as_str())).await
 }
 
 /// The queue whose jobs due later wait for a billing run ([`JobState::Scheduled`]) rather than
