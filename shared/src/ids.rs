@@ -244,6 +244,16 @@ define_id!(
     "clock"
 );
 define_id!(
+    /// A billable metric: what a metered price measures.
+    BillableMetricId,
+    "bm"
+);
+define_id!(
+    /// A usage event reported for a subscription.
+    UsageEventId,
+    "uevt"
+);
+define_id!(
     /// A billing run: one tick of the fleet's schedule (or an operator's request).
     BillingRunId,
     "brun"

@@ -21,6 +21,7 @@ pub mod subscriptions;
 pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
+pub mod usage;
 pub mod users;
 pub mod webhook_endpoints;
 
@@ -78,6 +79,8 @@ pub type Apis = (
         test_clocks::TestClocksApi,
         settings::SettingsApi,
         billing_runs::BillingRunsApi,
+        usage::BillableMetricsApi,
+        usage::UsageEventsApi,
     ),
     stripe::StripeApi,
     stripe_webhooks::StripeWebhooksApi,
@@ -110,6 +113,8 @@ pub fn service() -> OpenApiService<Apis, ()> {
                 test_clocks::TestClocksApi,
                 settings::SettingsApi,
                 billing_runs::BillingRunsApi,
+                usage::BillableMetricsApi,
+                usage::UsageEventsApi,
             ),
             stripe::StripeApi,
             stripe_webhooks::StripeWebhooksApi,

@@ -15,7 +15,8 @@ use shared::{
         catalog::{Code, Description, Features, Name},
         interval::{Interval, IntervalUnit},
         money::{Currency, Money},
-        pricing::{self, Aggregation, PriceModel, PriceModelIn, Usage},
+        pricing::{self, Aggregation, PriceModel, PriceModelIn},
+        usage::metric_code,
     },
     ids::{PriceId, ProductId},
     service::catalog::{
@@ -239,32 +240,39 @@ impl From<&PricingIn> for PriceModelIn {
 #[oai(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum AggregationIn {
+    Count,
     Sum,
     Max,
+    UniqueCount,
+    Latest,
+    /// The older name of `latest`.
     Last,
-    Count,
+    WeightedSum,
 }
 
 impl From<AggregationIn> for Aggregation {
     fn from(a: AggregationIn) -> Self {
         match a {
+            AggregationIn::Count => Aggregation::Count,
             AggregationIn::Sum => Aggregation::Sum,
             AggregationIn::Max => Aggregation::Max,
-            AggregationIn::Last => Aggregation::Last,
-            AggregationIn::Count => Aggregation::Count,
+            AggregationIn::UniqueCount => Aggregation::UniqueCount,
+            AggregationIn::Latest | AggregationIn::Last => Aggregation::Latest,
+            AggregationIn::WeightedSum => Aggregation::WeightedSum,
         }
     }
 }
 
-/// A metered price charges the period's usage of a metric.
+/// A metered price charges the period's usage of a billable metric.
 #[derive(Debug, Clone, Object, Deserialize)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UsageIn {
-    /// The metric usage is reported under, e.g. `api_calls` (a-z, 0-9, _, . and -).
+    /// The code of an active billable metric of the tenant, e.g. `api_calls`.
     pub metric: String,
-    /// How the period's reports combine into a quantity.
-    pub aggregation: AggregationIn,
+    /// The metric's aggregation (another is refused); absent: the metric's.
+    #[oai(nullable)]
+    pub aggregation: Option<AggregationIn>,
 }
 
 #[derive(Debug, Clone, Object, Deserialize)]
@@ -340,7 +348,7 @@ pub struct PriceOut {
     pub interval_count: Option<i32>,
     /// The pricing terms, as given (`type` and its fields).
     pub pricing: serde_json::Value,
-    /// `{metric, aggregation}` for a metered price.
+    /// `{metric, aggregation}` for a metered price: its billable metric's code and aggregation.
     #[oai(nullable)]
     pub usage: Option<serde_json::Value>,
     /// e.g. `$29.99/month` for a flat price; `null` for tiered or metered ones.
@@ -649,9 +657,12 @@ impl ProductsApi {
         let usage = b
             .usage
             .as_ref()
-            .map(|u| Usage::parse(&u.metric, u.aggregation.into()))
-            .transpose()
-            .map_err(ApiError::invalid("usage"))?;
+            .map(|u| {
+                metric_code(&u.metric)
+                    .map(|code| (code, u.aggregation.map(Aggregation::from)))
+                    .map_err(ApiError::invalid("usage.metric"))
+            })
+            .transpose()?;
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
         let mut work = Work::begin(req).await?;
         let row = service::create_price(
@@ -664,7 +675,7 @@ impl ProductsApi {
                 currency,
                 recurring,
                 model: &model,
-                usage: usage.as_ref(),
+                usage: usage.as_ref().map(|(c, a)| (c.as_str(), *a)),
                 metadata: &metadata,
             },
         )

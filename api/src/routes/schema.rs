@@ -32,6 +32,10 @@ const PASSWORD: &str = "[^\\s]";
 
 /// A product's code.
 const CODE: &str = "^[a-z0-9_-]{1,64}$";
+/// A billable metric's code.
+const METRIC_CODE: &str = "^[a-z0-9_.-]{1,100}$";
+/// An event property a billable metric reads.
+const PROPERTY: &str = "^[A-Za-z0-9_.-]{1,100}$";
 
 fn text(max: usize) -> Value {
     json!({"maxLength": max, "pattern": TEXT})
@@ -325,11 +329,32 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
             "tiers",
             json!({"minItems": 1, "maxItems": 50}),
         ),
+        ("UsageIn", "metric", json!({"pattern": METRIC_CODE})),
+        ("MetricIn", "code", json!({"pattern": METRIC_CODE})),
+        ("MetricIn", "name", non_blank(250)),
+        ("MetricIn", "description", multiline(5000)),
+        ("MetricIn", "field_name", json!({"pattern": PROPERTY})),
         (
-            "UsageIn",
-            "metric",
-            json!({"pattern": "^[a-z0-9_.-]{1,100}$"}),
+            "MetricIn",
+            "filters",
+            json!({"maxProperties": 20, "additionalProperties": {
+                "type": "array", "minItems": 1, "maxItems": 100,
+                "items": {"type": "string", "maxLength": 200}}}),
         ),
+        ("MetricPatch", "name", non_blank(250)),
+        ("MetricPatch", "description", multiline(5000)),
+        ("MetricPatch", "code", immutable()),
+        ("MetricPatch", "aggregation", immutable()),
+        ("MetricPatch", "field_name", immutable()),
+        ("MetricPatch", "filters", immutable()),
+        (
+            "UsageEventIn",
+            "transaction_id",
+            json!({"minLength": 1, "maxLength": 255, "pattern": TEXT}),
+        ),
+        ("UsageEventIn", "code", json!({"pattern": METRIC_CODE})),
+        ("UsageEventIn", "subscription", id("sub")),
+        ("UsageEventIn", "customer", id("cus")),
         ("BundleIn", "name", non_blank(250)),
         ("BundleIn", "description", multiline(5000)),
         ("BundleIn", "discount_bps", json!({"maximum": 10000})),
@@ -576,6 +601,8 @@ fn query() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/invoices", "status", invoice_status()),
         ("/api/v1/invoices", "starting_after", id("in")),
         ("/api/v1/invoices", "ending_before", id("in")),
+        ("/api/v1/billable-metrics", "starting_after", id("bm")),
+        ("/api/v1/billable-metrics", "ending_before", id("bm")),
         ("/api/v1/tax-rates", "starting_after", id("txr")),
         ("/api/v1/tax-rates", "ending_before", id("txr")),
         ("/api/v1/billing-runs", "starting_after", id("brun")),

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{Cred, Tenant, TestApp, assert_problem, s, spawn_app},
+    usage::metric,
     webhooks::{body, event_objects, ids},
 };
 
@@ -531,6 +532,8 @@ async fn a_metered_price_records_its_usage_and_must_be_recurring() {
     let t = app.register("metered@acme.com").await;
     let sk = t.sk_test();
     let product = product_id(&app, &sk, "API").await;
+    metric(&app, &sk, "api_calls", "sum", Some("calls")).await;
+    metric(&app, &sk, "emails.sent", "count", None).await;
     let p = create_price(
         &app,
         &sk,
@@ -568,7 +571,19 @@ async fn a_metered_price_records_its_usage_and_must_be_recurring() {
             json!({"currency": "usd", "recurring": {"interval": "month"},
                    "pricing": {"type": "per_unit", "unit_amount": 2},
                    "usage": {"metric": "API Calls", "aggregation": "sum"}}),
-            "usage",
+            "usage.metric",
+        ),
+        (
+            json!({"currency": "usd", "recurring": {"interval": "month"},
+                   "pricing": {"type": "per_unit", "unit_amount": 2},
+                   "usage": {"metric": "no_such_metric"}}),
+            "usage.metric",
+        ),
+        (
+            json!({"currency": "usd", "recurring": {"interval": "month"},
+                   "pricing": {"type": "per_unit", "unit_amount": 2},
+                   "usage": {"metric": "api_calls", "aggregation": "max"}}),
+            "usage.aggregation",
         ),
     ] {
         let resp = app.post(&prices_path(&product), &sk, &input).await;
@@ -1062,6 +1077,7 @@ async fn bundle_members_must_be_known_distinct_active_unmetered_and_share_curren
         json!({"currency": "usd", "pricing": {"type": "flat", "amount": 1000}}),
     )
     .await;
+    metric(&app, &sk, "api_calls", "sum", Some("calls")).await;
     let metered = price_id(
         &app,
         &sk,

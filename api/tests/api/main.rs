@@ -30,5 +30,6 @@ mod subscriptions;
 mod tax_rates;
 mod tenancy;
 mod test_clocks;
+mod usage;
 mod users;
 mod webhooks;

@@ -319,6 +319,15 @@ async fn a_tiered_price_syncs_with_its_tiers_and_a_metered_one_is_left_to_the_pl
         )
         .await;
     assert_eq!(status, 201, "{tiered}");
+    let (status, metric) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/billable-metrics",
+            &json!({"code": "api_calls", "name": "API calls", "aggregation": "sum",
+                    "field_name": "calls"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{metric}");
     let (status, metered) = api
         .post(
             &tenant.sk_test,

@@ -69,6 +69,8 @@ pub struct ItemRow {
     pub model: serde_json::Value,
     pub product_name: String,
     pub nickname: String,
+    /// What a metered price measures (`domain::pricing::Usage`); `None` for a licensed one.
+    pub usage: Option<serde_json::Value>,
 }
 
 impl ItemRow {
@@ -426,7 +428,7 @@ where
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     Ok(sqlx::query_as::<_, ItemRow>(
         "SELECT i.id, i.subscription_id, i.price_id, i.quantity, i.created_at, p.model, \
-         pr.name AS product_name, p.nickname \
+         pr.name AS product_name, p.nickname, p.usage \
          FROM subscription_items i JOIN prices p ON p.id = i.price_id \
          JOIN products pr ON pr.id = p.product_id \
          WHERE i.subscription_id = ANY($3) \

@@ -19,6 +19,7 @@ pub mod role;
 pub mod subscription;
 pub mod tax;
 pub mod tenant;
+pub mod usage;
 pub mod webhook;
 
 /// A value that failed to parse, with the reason a client can act on.

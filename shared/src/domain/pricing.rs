@@ -14,9 +14,6 @@ use super::ValidationError;
 /// The most tiers a graduated or volume price may have.
 pub const MAX_TIERS: usize = 50;
 
-/// The longest metric name a metered price may use.
-pub const MAX_METRIC_LEN: usize = 100;
-
 /// One row of a tiered price, as submitted and as returned.
 ///
 /// A row on its own is unchecked data: whether it is valid depends on its neighbours, so rows
@@ -86,9 +83,6 @@ pub enum PricingError {
     /// The amount, or an intermediate sum, does not fit in an `i64`.
     #[error("the amount is too large to represent")]
     Overflow,
-    /// Usage values were given for a price that is not metered.
-    #[error("the price is not metered")]
-    NotMetered,
 }
 
 impl TryFrom<PriceModelIn> for PriceModel {
@@ -260,31 +254,7 @@ fn volume(tiers: &[Tier], quantity: u64) -> Result<i128, PricingError> {
     }
 }
 
-/// How reported usage values are combined into a quantity for the period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    /// The total of all values.
-    Sum,
-    /// The largest value (0 when nothing was reported).
-    Max,
-    /// The most recently reported value (0 when nothing was reported).
-    Last,
-    /// The number of reports, whatever their values.
-    Count,
-}
-
-/// Combines `values`, in report order, into one quantity; `None` when a sum overflows.
-pub fn aggregate(aggregation: Aggregation, values: &[u64]) -> Option<u64> {
-    match aggregation {
-        Aggregation::Sum => values
-            .iter()
-            .try_fold(0u64, |total, &value| total.checked_add(value)),
-        Aggregation::Max => Some(values.iter().copied().max().unwrap_or(0)),
-        Aggregation::Last => Some(values.last().copied().unwrap_or(0)),
-        Aggregation::Count => u64::try_from(values.len()).ok(),
-    }
-}
+pub use super::usage::Aggregation;
 
 /// What a metered price measures: the metric name reported with usage (1 to 100 characters of
 /// `a-z`, `0-9`, `_`, `.` and `-`) and how the period's reports are combined.
@@ -311,17 +281,12 @@ impl TryFrom<UsageIn> for Usage {
 }
 
 impl Usage {
-    /// Checks the metric name; names are case-sensitive and must already be lower case.
+    /// Checks the metric code; codes are case-sensitive and must already be lower case.
     pub fn parse(metric: &str, aggregation: Aggregation) -> Result<Self, ValidationError> {
-        let valid_char =
-            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-');
-        if metric.is_empty() || metric.len() > MAX_METRIC_LEN || !metric.bytes().all(valid_char) {
-            return Err(ValidationError(format!(
-                "metric must be 1 to {MAX_METRIC_LEN} characters of a-z, 0-9, _, . or -"
-            )));
-        }
+        let metric = super::usage::metric_code(metric)
+            .map_err(|e| ValidationError(format!("metric {}", e.0)))?;
         Ok(Self {
-            metric: metric.to_owned(),
+            metric,
             aggregation,
         })
     }
@@ -334,50 +299,6 @@ impl Usage {
     /// How the period's reports are combined.
     pub fn aggregation(&self) -> Aggregation {
         self.aggregation
-    }
-}
-
-/// A price: a model and, for metered prices, what usage to measure. A licensed price (no
-/// usage) is charged for a quantity the customer chooses, such as seats; a metered price is
-/// charged for the period's aggregated usage.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Price {
-    model: PriceModel,
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-impl Price {
-    /// Both parts are already validated, so every combination is a valid price.
-    pub fn new(model: PriceModel, usage: Option<Usage>) -> Self {
-        Self { model, usage }
-    }
-
-    /// How quantities are priced.
-    pub fn model(&self) -> &PriceModel {
-        &self.model
-    }
-
-    /// What is measured, for a metered price.
-    pub fn usage(&self) -> Option<&Usage> {
-        self.usage.as_ref()
-    }
-
-    /// Whether the quantity comes from reported usage.
-    pub fn is_metered(&self) -> bool {
-        self.usage.is_some()
-    }
-
-    /// The amount for a known quantity (seats, or usage already aggregated).
-    pub fn amount_for(&self, quantity: u64) -> Result<i64, PricingError> {
-        self.model.amount_for(quantity)
-    }
-
-    /// The amount for a period of a metered price, from the usage values reported in it.
-    pub fn amount_for_usage(&self, values: &[u64]) -> Result<i64, PricingError> {
-        let usage = self.usage.as_ref().ok_or(PricingError::NotMetered)?;
-        let quantity = aggregate(usage.aggregation, values).ok_or(PricingError::Overflow)?;
-        self.model.amount_for(quantity)
     }
 }
 
@@ -721,33 +642,6 @@ mod tests {
     }
 
     #[test]
-    fn aggregate_combines_values_by_rule() {
-        let values = [3, 9, 4];
-        assert_eq!(aggregate(Aggregation::Sum, &values), Some(16));
-        assert_eq!(aggregate(Aggregation::Max, &values), Some(9));
-        assert_eq!(aggregate(Aggregation::Last, &values), Some(4));
-        assert_eq!(aggregate(Aggregation::Count, &values), Some(3));
-    }
-
-    #[test]
-    fn aggregate_of_nothing_is_zero() {
-        for aggregation in [
-            Aggregation::Sum,
-            Aggregation::Max,
-            Aggregation::Last,
-            Aggregation::Count,
-        ] {
-            assert_eq!(aggregate(aggregation, &[]), Some(0), "{aggregation:?}");
-        }
-    }
-
-    #[test]
-    fn aggregate_sum_overflow_is_none() {
-        assert_eq!(aggregate(Aggregation::Sum, &[u64::MAX, 1]), None);
-        assert_eq!(aggregate(Aggregation::Max, &[u64::MAX, 1]), Some(u64::MAX));
-    }
-
-    #[test]
     fn usage_metric_names_are_checked() {
         for good in ["api_calls", "storage.gb-hours", "a", &"x".repeat(100)] {
             let usage = Usage::parse(good, Aggregation::Sum).unwrap();
@@ -793,49 +687,6 @@ mod tests {
             }))
             .is_err()
         );
-    }
-
-    #[test]
-    fn metered_price_charges_aggregated_usage() {
-        let usage = Usage::parse("api_calls", Aggregation::Sum).unwrap();
-        let price = Price::new(package(100, 1000), Some(usage.clone()));
-        assert!(price.is_metered());
-        assert_eq!(price.usage(), Some(&usage));
-        assert_eq!(price.model(), &package(100, 1000));
-        assert_eq!(price.amount_for_usage(&[600, 600]), Ok(200));
-        assert_eq!(price.amount_for_usage(&[]), Ok(0));
-        assert_eq!(
-            price.amount_for_usage(&[u64::MAX, 1]),
-            Err(PricingError::Overflow)
-        );
-        assert_eq!(price.amount_for(1500), Ok(200));
-    }
-
-    #[test]
-    fn licensed_price_charges_the_quantity_and_refuses_usage() {
-        let price = Price::new(per_unit(1500), None);
-        assert!(!price.is_metered());
-        assert_eq!(price.usage(), None);
-        assert_eq!(price.amount_for(4), Ok(6000));
-        assert_eq!(
-            price.amount_for_usage(&[1, 2]),
-            Err(PricingError::NotMetered)
-        );
-    }
-
-    #[test]
-    fn price_json_round_trips_and_usage_is_optional() {
-        let licensed: Price = serde_json::from_value(serde_json::json!({
-            "model": { "type": "flat", "amount": 2999 }
-        }))
-        .unwrap();
-        assert_eq!(licensed, Price::new(flat(2999), None));
-        let metered = Price::new(
-            volume(seat_tiers()),
-            Some(Usage::parse("seats", Aggregation::Last).unwrap()),
-        );
-        let json = serde_json::to_string(&metered).unwrap();
-        assert_eq!(serde_json::from_str::<Price>(&json).unwrap(), metered);
     }
 
     /// Valid tiers: between 1 and 6 rows with strictly ascending bounds, the last unbounded.

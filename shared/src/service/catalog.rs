@@ -24,7 +24,8 @@ use crate::{
         catalog::{Code, Description, Features, Metadata, Name},
         interval::{Interval, IntervalUnit},
         money::Currency,
-        pricing::{PriceModel, Usage},
+        pricing::PriceModel,
+        usage::Aggregation,
     },
     ids::{PlanId, PriceId, ProductId},
     tenancy::TenantContext,
@@ -318,8 +319,9 @@ pub struct PriceSpec<'a> {
     /// `None` for a one-time price.
     pub recurring: Option<Interval>,
     pub model: &'a PriceModel,
-    /// Present for a metered price (which must recur).
-    pub usage: Option<&'a Usage>,
+    /// Present for a metered price (which must recur): the code of its billable metric, and
+    /// the aggregation the caller expects (the metric's when absent).
+    pub usage: Option<(&'a str, Option<Aggregation>)>,
     pub metadata: &'a Metadata,
 }
 
@@ -337,11 +339,15 @@ pub async fn create_price(
         ));
     }
     let model = serde_json::to_value(spec.model).map_err(ServiceError::internal)?;
-    let usage = spec
-        .usage
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(ServiceError::internal)?;
+    let usage = match spec.usage {
+        Some((code, aggregation)) => Some(
+            serde_json::to_value(
+                super::usage::metered_usage(uow, ctx.scope(), code, aggregation).await?,
+            )
+            .map_err(ServiceError::internal)?,
+        ),
+        None => None,
+    };
     let now = uow.now();
     // Not found for another tenant's (or a missing) product.
     let owner = db::products::get(uow.conn(), ctx, product)

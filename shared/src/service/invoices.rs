@@ -129,7 +129,8 @@ pub fn item_label(item: &ItemRow) -> String {
     }
 }
 
-/// The lines a period of `items` bills: one per item, each its price for the quantity.
+/// The lines a period of `items` bills in advance: one per licensed item, each its price for
+/// the quantity (metered items bill their usage in arrears: [`super::usage`]).
 pub fn period_lines(
     invoice: InvoiceId,
     items: &[ItemRow],
@@ -137,6 +138,7 @@ pub fn period_lines(
 ) -> ServiceResult<Vec<LineRow>> {
     items
         .iter()
+        .filter(|item| item.usage.is_none())
         .enumerate()
         .map(|(i, item)| {
             let (amount, unit_amount) = item_amount(item)?;
@@ -177,6 +179,15 @@ pub async fn invoice_period(
     }
     let id = InvoiceId::new();
     let mut lines = period_lines(id, items, period)?;
+    let usage = super::usage::Billable {
+        scope,
+        sub,
+        items,
+        until: period.start,
+        invoice: id,
+        position: lines.len(),
+    };
+    lines.extend(super::usage::bill(uow, &[usage]).await?.concat());
     discount(uow, scope, sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     // The customer's one-off items in the currency come along (as at Stripe). The customer is

@@ -32,6 +32,7 @@ pub mod subscriptions;
 pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
+pub mod usage;
 pub mod users;
 pub mod webhook_endpoints;
 

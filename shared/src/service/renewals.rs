@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use super::{
     ServiceError, ServiceResult, events, invoices,
     subscriptions::{self, Closing, Renewal, SubscriptionView},
-    tax_rates,
+    tax_rates, usage,
 };
 use crate::{
     db::{
@@ -224,6 +224,7 @@ async fn invoice_periods(
 ) -> ServiceResult<Vec<(usize, Renewal)>> {
     let now = uow.now();
     let mut reads = read(uow, &due).await?;
+    let mut usage = bill_usage(uow, &reads, &due).await?;
     let mut made: Vec<Made> = Vec::new();
     let mut done: Vec<(Due, InvoiceId, bool)> = Vec::with_capacity(due.len());
     for mut d in due {
@@ -231,7 +232,10 @@ async fn invoice_periods(
             done.push((d, existing.id, false));
             continue;
         }
-        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, now).await?;
+        let (id, used) = usage
+            .remove(&d.sub.id)
+            .unwrap_or_else(|| (InvoiceId::new(), Vec::new()));
+        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, now, id, used).await?;
         done.push((d, m.invoice.id, true));
         made.push(m);
     }
@@ -307,6 +311,36 @@ async fn invoice_periods(
         .collect())
 }
 
+/// The invoice ids of the new periods of `due` with metered items, and the lines billing
+/// their usage up to the periods' starts (for all in one statement; see [`usage::bill`]).
+async fn bill_usage(
+    uow: &mut UnitOfWork,
+    reads: &Reads,
+    due: &[Due],
+) -> ServiceResult<HashMap<SubscriptionId, (InvoiceId, Vec<LineRow>)>> {
+    let mut billable = Vec::new();
+    for d in due {
+        let items = reads.items.get(&d.sub.id).map_or(&[][..], Vec::as_slice);
+        if reads.invoiced.contains_key(&d.sub.id) || items.iter().all(|i| i.usage.is_none()) {
+            continue;
+        }
+        billable.push(usage::Billable {
+            scope: d.scope,
+            sub: &d.sub,
+            items,
+            until: d.sub.current_period_start,
+            invoice: InvoiceId::new(),
+            position: items.iter().filter(|i| i.usage.is_none()).count(),
+        });
+    }
+    let lines = usage::bill(uow, &billable).await?;
+    Ok(billable
+        .iter()
+        .zip(lines)
+        .map(|(b, l)| (b.sub.id, (b.invoice, l)))
+        .collect())
+}
+
 /// Makes the invoice of `sub`'s current period from what was read (as
 /// [`invoices::invoice_period`] does for one): the items' lines less the subscription's
 /// discounts, then the lines waiting for it and its customer's one-off items, taxed, with the
@@ -317,14 +351,16 @@ async fn invoice_period(
     sub: &mut SubscriptionRow,
     scope: Scope,
     now: DateTime<Utc>,
+    id: InvoiceId,
+    usage: Vec<LineRow>,
 ) -> ServiceResult<Made> {
     let period = Period {
         start: sub.current_period_start,
         end: sub.current_period_end,
     };
-    let id = InvoiceId::new();
     let items = reads.items.get(&sub.id).map_or(&[][..], Vec::as_slice);
     let mut lines = invoices::period_lines(id, items, period)?;
+    lines.extend(usage);
     if invoices::apply_bundle(sub, &mut lines)?
         && let Some(coupon) = sub.coupon_id.and_then(|c| reads.coupons.get(&c))
     {

@@ -174,10 +174,10 @@ async fn resolve_items(
         if !t.active {
             return Err(ServiceError::invalid(&field, "is archived"));
         }
-        if t.metered {
+        if t.metered && spec.quantity != 1 {
             return Err(ServiceError::invalid(
-                &field,
-                "is metered: usage-based prices cannot be subscribed to yet",
+                format!("items[{i}].quantity"),
+                "must be 1 for a metered price: its usage sets what is billed",
             ));
         }
         let interval = match (t.interval.as_deref(), t.interval_count) {
@@ -1284,8 +1284,9 @@ async fn proration_lines(
     let date = at.format("%Y-%m-%d");
     let mut lines = Vec::new();
     for (n, id) in changed.iter().enumerate() {
-        let old = before.iter().find(|i| i.id == *id);
-        let new = after.iter().find(|i| i.id == *id);
+        // A metered item bills its usage, in arrears: nothing to prorate.
+        let old = before.iter().find(|i| i.id == *id && i.usage.is_none());
+        let new = after.iter().find(|i| i.id == *id && i.usage.is_none());
         // Created one after the other, so that they come out in this order.
         let created = now + Duration::microseconds(i64::try_from(n * 2).unwrap_or(0));
         if let Some(old) = old {
@@ -1374,6 +1375,17 @@ pub async fn upcoming_invoice(
     let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
+    let usage = super::usage::preview(
+        uow,
+        scope,
+        &sub,
+        &items,
+        period.start,
+        invoice_id,
+        lines.len(),
+    )
+    .await?;
+    lines.extend(usage);
     invoices::discount(uow, scope, &sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     pending.extend(

@@ -1,0 +1,883 @@
+//! Usage-based billing: billable metrics, usage events (deduplicated by transaction id,
+//! refused in the future or in an invoiced period), the usage summary, and the renewal invoice
+//! billing the period's usage of each aggregation.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Cred, TestApp, assert_problem, s, spawn_app},
+    subscriptions::{get, invoices_of, json_of, subscribe},
+    test_clocks::{advance, clock, customer_on, monthly_plan},
+};
+
+const START: &str = "2026-03-01T00:00:00Z";
+
+fn start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(START)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn at(offset: Duration) -> String {
+    (start() + offset).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Creates a billable metric.
+pub async fn metric(
+    app: &TestApp,
+    key: &Cred,
+    code: &str,
+    aggregation: &str,
+    field: Option<&str>,
+) -> Value {
+    metric_with(app, key, code, aggregation, field, None).await
+}
+
+async fn metric_with(
+    app: &TestApp,
+    key: &Cred,
+    code: &str,
+    aggregation: &str,
+    field: Option<&str>,
+    filters: Option<Value>,
+) -> Value {
+    let mut body = json!({"code": code, "name": code, "aggregation": aggregation});
+    if let Some(f) = field {
+        body["field_name"] = json!(f);
+    }
+    if let Some(f) = filters {
+        body["filters"] = f;
+    }
+    json_of(
+        app.post("/api/v1/billable-metrics", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// A monthly metered USD price on `metric` with these pricing terms.
+async fn metered_price(app: &TestApp, key: &Cred, metric: &str, pricing: Value) -> String {
+    let product = json_of(
+        app.post(
+            "/api/v1/products",
+            key,
+            &json!({"name": format!("Usage of {metric}")}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let price = json_of(
+        app.post(
+            &format!("/api/v1/products/{}/prices", s(&product["id"])),
+            key,
+            &json!({"currency": "usd", "recurring": {"interval": "month"},
+                    "pricing": pricing, "usage": {"metric": metric}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    s(&price["id"])
+}
+
+async fn event(app: &TestApp, key: &Cred, body: Value) -> reqwest::Response {
+    app.post("/api/v1/usage-events", key, &body).await
+}
+
+async fn batch(app: &TestApp, key: &Cred, events: Vec<Value>) -> reqwest::Response {
+    app.post(
+        "/api/v1/usage-events/batch",
+        key,
+        &json!({ "events": events }),
+    )
+    .await
+}
+
+/// The renewal invoice's lines by price id: (quantity, amount).
+fn lines_by_price(invoice: &Value) -> HashMap<String, (i64, i64)> {
+    invoice["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                s(&l["price"]),
+                (
+                    l["quantity"].as_i64().unwrap(),
+                    l["amount"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn billable_metrics_are_created_read_renamed_archived_and_validated() {
+    let app = spawn_app().await;
+    let t = app.register("metrics@acme.com").await;
+    let key = t.sk_test();
+    let m = metric_with(
+        &app,
+        &key,
+        "storage.gb",
+        "max",
+        Some("gb"),
+        Some(json!({"region": ["eu", "us"]})),
+    )
+    .await;
+    assert_eq!(m["object"], "billable_metric");
+    assert!(s(&m["id"]).starts_with("bm_"));
+    assert_eq!(m["aggregation"], "max");
+    assert_eq!(m["field_name"], "gb");
+    assert_eq!(m["filters"], json!({"region": ["eu", "us"]}));
+    assert_eq!(m["active"], true);
+    let id = s(&m["id"]);
+    let count = metric(&app, &key, "calls", "count", None).await;
+    assert!(count["field_name"].is_null());
+
+    // The code is unique in the mode; the live mode has its own.
+    let resp = app
+        .post(
+            "/api/v1/billable-metrics",
+            &key,
+            &json!({"code": "calls", "name": "Again", "aggregation": "count"}),
+        )
+        .await;
+    let p = assert_problem(resp, StatusCode::CONFLICT, "metric_code_taken").await;
+    assert_eq!(p["field"], "code");
+    metric(&app, &t.sk_live(), "calls", "count", None).await;
+
+    for (body, field) in [
+        (
+            json!({"code": "Calls", "name": "x", "aggregation": "count"}),
+            "code",
+        ),
+        (
+            json!({"code": "c1", "name": "x", "aggregation": "sum"}),
+            "field_name",
+        ),
+        (
+            json!({"code": "c2", "name": "x", "aggregation": "count", "field_name": "n"}),
+            "field_name",
+        ),
+        (
+            json!({"code": "c3", "name": "x", "aggregation": "count", "filters": {"r": []}}),
+            "filters",
+        ),
+        (
+            json!({"code": "c4", "name": "", "aggregation": "count"}),
+            "name",
+        ),
+    ] {
+        let resp = app.post("/api/v1/billable-metrics", &key, &body).await;
+        let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(p["field"], field, "{body}");
+    }
+    let resp = app
+        .post(
+            "/api/v1/billable-metrics",
+            &key,
+            &json!({"code": "c5", "name": "x", "aggregation": "median"}),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+
+    let got = get(&app, &key, &format!("/api/v1/billable-metrics/{id}")).await;
+    assert_eq!(got, m);
+    let list = get(&app, &key, "/api/v1/billable-metrics").await;
+    let codes: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| s(&m["code"]))
+        .collect();
+    assert_eq!(codes, vec!["calls", "storage.gb"]);
+    // Another tenant's metric is not found.
+    let other = app.register("metrics-other@acme.com").await;
+    let resp = app
+        .get(&format!("/api/v1/billable-metrics/{id}"), &other.sk_test())
+        .await;
+    assert_problem(resp, StatusCode::NOT_FOUND, "resource_missing").await;
+
+    // Renamed and archived; how it counts cannot change.
+    let patched = json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/billable-metrics/{id}"),
+            &key,
+            Some(&json!({"name": "Peak storage", "active": false})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(patched["name"], "Peak storage");
+    assert_eq!(patched["active"], false);
+    assert_eq!(patched["aggregation"], "max");
+    let resp = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/billable-metrics/{id}"),
+            &key,
+            Some(&json!({"aggregation": "sum"})),
+        )
+        .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "immutable_field").await;
+    assert_eq!(p["field"], "aggregation");
+    let archived = get(&app, &key, "/api/v1/billable-metrics?active=false").await;
+    assert_eq!(archived["data"].as_array().unwrap().len(), 1);
+    // An archived metric takes no new metered price.
+    let product = json_of(
+        app.post("/api/v1/products", &key, &json!({"name": "Storage"}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let resp = app
+        .post(
+            &format!("/api/v1/products/{}/prices", s(&product["id"])),
+            &key,
+            &json!({"currency": "usd", "recurring": {"interval": "month"},
+                    "pricing": {"type": "per_unit", "unit_amount": 1},
+                    "usage": {"metric": "storage.gb"}}),
+        )
+        .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(p["field"], "usage.metric");
+}
+
+/// A customer on a clock at [`START`] with a card, subscribed to a metered price on a `sum`
+/// metric `api_calls` (3 cents a call): (clock, customer, subscription, price).
+async fn metered_subscription(app: &TestApp, key: &Cred) -> (String, String, String, String) {
+    let clock = clock(app, key, START).await;
+    let customer = customer_on(app, key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric(app, key, "api_calls", "sum", Some("calls")).await;
+    let price = metered_price(
+        app,
+        key,
+        "api_calls",
+        json!({"type": "per_unit", "unit_amount": 3}),
+    )
+    .await;
+    let sub = subscribe(
+        app,
+        key,
+        json!({"customer": customer, "items": [{"price": price}]}),
+    )
+    .await;
+    assert_eq!(sub["status"], "active", "{sub}");
+    (clock, customer, s(&sub["id"]), price)
+}
+
+#[tokio::test]
+async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an_invoiced_period() {
+    let app = spawn_app().await;
+    let t = app.register("usage-events@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub, price) = metered_subscription(&app, &key).await;
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
+
+    // Recorded at the clock's time; a repeat is a duplicate, whatever it says.
+    let first = json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "t-1", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 5}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(first["status"], "recorded");
+    assert_eq!(first["subscription"], json!(sub));
+    assert_eq!(
+        first["timestamp"],
+        json!(at(Duration::days(10)).replace('Z', "+00:00"))
+    );
+    let again = json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "t-1", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 500}}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(again["status"], "duplicate");
+    // By customer: its one live subscription metering the metric; 4 minutes ahead is fine.
+    let by_customer = json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "t-2", "code": "api_calls", "customer": customer,
+                   "timestamp": at(Duration::days(10) + Duration::minutes(4)),
+                   "properties": {"calls": "7"}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(by_customer["subscription"], json!(sub));
+
+    let rows_before = app.count("usage_events").await;
+    for (body, field) in [
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(10) + Duration::minutes(6)),
+                   "properties": {"calls": 1}}),
+            "timestamp",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(-Duration::days(1)), "properties": {"calls": 1}}),
+            "timestamp",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "nope", "subscription": sub,
+                   "properties": {"calls": 1}}),
+            "code",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": -1}}),
+            "properties",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 1.5}}),
+            "properties",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "properties": {"calls": 1}}),
+            "subscription",
+        ),
+        (
+            json!({"transaction_id": "", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 1}}),
+            "transaction_id",
+        ),
+    ] {
+        let p = assert_problem(
+            event(&app, &key, body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(p["field"], field, "{body}");
+    }
+    // A batch: duplicates (recorded before, or earlier in the batch) are answered as such.
+    let resp = batch(
+        &app,
+        &key,
+        vec![
+            json!({"transaction_id": "t-1", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 100}}),
+            json!({"transaction_id": "t-4", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(3)), "properties": {"calls": 11}}),
+            json!({"transaction_id": "t-4", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 100}}),
+        ],
+    )
+    .await;
+    let out = json_of(resp, StatusCode::OK).await;
+    let statuses: Vec<String> = out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| s(&e["status"]))
+        .collect();
+    assert_eq!(statuses, ["duplicate", "recorded", "duplicate"]);
+    assert_eq!(
+        (out["recorded"].as_i64(), out["duplicates"].as_i64()),
+        (Some(1), Some(2))
+    );
+    // One bad event refuses the whole batch, naming it; nothing is recorded.
+    let resp = batch(
+        &app,
+        &key,
+        vec![
+            json!({"transaction_id": "t-5", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 1}}),
+            json!({"transaction_id": "t-6", "code": "api_calls", "subscription": sub,
+                   "properties": {}}),
+        ],
+    )
+    .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(p["field"], "events[1].properties");
+    assert_eq!(app.count("usage_events").await, rows_before + 1);
+
+    // So far: 5 + 7 + 11 calls at 3 cents.
+    let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
+    assert_eq!(summary["items"][0]["quantity"], 23, "{summary}");
+    assert_eq!(summary["items"][0]["amount"], 69);
+    assert_eq!(summary["amount"], 69);
+    assert_eq!(summary["items"][0]["price"], json!(price));
+
+    // The renewal on 1 April bills March's usage, in arrears.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(1)),
+    )
+    .await;
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices.len(), 2);
+    let renewal = &invoices[1];
+    assert_eq!(lines_by_price(renewal)[&price], (23, 69), "{renewal}");
+    let line = &renewal["lines"][0];
+    assert_eq!(line["period_start"], json!(START.replace('Z', "+00:00")));
+    assert_eq!(
+        line["period_end"],
+        json!(at(Duration::days(31)).replace('Z', "+00:00"))
+    );
+    assert_eq!(renewal["total"], 69);
+    assert_eq!(renewal["status"], "paid");
+
+    // March is closed: a late event for it is refused, naming where invoiced usage ends; a
+    // repeat of one already counted is still just a duplicate; April's usage is taken.
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "late", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(20)), "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "usage_period_closed",
+    )
+    .await;
+    assert!(s(&p["detail"]).contains("2026-04-01T00:00:00"), "{p}");
+    assert_eq!(p["field"], "timestamp");
+    let dup = json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "t-4", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(3)), "properties": {"calls": 11}}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(dup["status"], "duplicate");
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "april", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 2}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
+    assert_eq!(summary["items"][0]["quantity"], 2, "{summary}");
+    assert_eq!(
+        summary["items"][0]["period_start"],
+        json!(at(Duration::days(31)).replace('Z', "+00:00"))
+    );
+}
+
+#[tokio::test]
+async fn the_renewal_bills_each_aggregation_through_its_price_model() {
+    let app = spawn_app().await;
+    let t = app.register("aggregations@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric_with(
+        &app,
+        &key,
+        "requests",
+        "count",
+        None,
+        Some(json!({"region": ["eu"]})),
+    )
+    .await;
+    metric(&app, &key, "bytes", "sum", Some("n")).await;
+    metric(&app, &key, "peak", "max", Some("n")).await;
+    metric(&app, &key, "users", "unique_count", Some("user")).await;
+    metric(&app, &key, "level", "latest", Some("n")).await;
+    metric(&app, &key, "seats", "weighted_sum", Some("delta")).await;
+    let p_requests = metered_price(
+        &app,
+        &key,
+        "requests",
+        json!({"type": "per_unit", "unit_amount": 2}),
+    )
+    .await;
+    let p_bytes = metered_price(
+        &app,
+        &key,
+        "bytes",
+        json!({"type": "graduated", "tiers": [
+            {"up_to": 10, "unit_amount": 5},
+            {"up_to": null, "unit_amount": 1, "flat_amount": 100}]}),
+    )
+    .await;
+    let p_peak = metered_price(
+        &app,
+        &key,
+        "peak",
+        json!({"type": "volume", "tiers": [
+            {"up_to": 5, "unit_amount": 10},
+            {"up_to": null, "unit_amount": 8}]}),
+    )
+    .await;
+    let p_users = metered_price(
+        &app,
+        &key,
+        "users",
+        json!({"type": "package", "amount": 1000, "package_size": 3}),
+    )
+    .await;
+    let p_level = metered_price(
+        &app,
+        &key,
+        "level",
+        json!({"type": "per_unit", "unit_amount": 7}),
+    )
+    .await;
+    let p_seats = metered_price(
+        &app,
+        &key,
+        "seats",
+        json!({"type": "per_unit", "unit_amount": 100}),
+    )
+    .await;
+    let plan = monthly_plan(&app, &key, "Base", None).await;
+    let items: Vec<Value> = [&p_requests, &p_bytes, &p_peak, &p_users, &p_level, &p_seats]
+        .iter()
+        .map(|p| json!({"price": p}))
+        .chain([json!({"plan": plan})])
+        .collect();
+    let sub = subscribe(&app, &key, json!({"customer": customer, "items": items})).await;
+    let sub = s(&sub["id"]);
+    // The first invoice bills the plan only: no usage yet.
+    let first = &invoices_of(&app, &key, &sub).await[0];
+    assert_eq!(first["lines"].as_array().unwrap().len(), 1, "{first}");
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(30))).await;
+
+    let h = Duration::hours;
+    let mut n = 0;
+    let mut ev = |code: &str, when: Duration, props: Value| {
+        n += 1;
+        json!({"transaction_id": format!("e{n}"), "code": code, "subscription": sub,
+               "timestamp": at(when), "properties": props})
+    };
+    let events = vec![
+        // 3 requests in the EU count; the US one and the one without a region do not.
+        ev("requests", h(1), json!({"region": "eu"})),
+        ev("requests", h(2), json!({"region": "eu"})),
+        ev("requests", h(3), json!({"region": "us"})),
+        ev("requests", h(4), json!({})),
+        ev("requests", h(5), json!({"region": "eu"})),
+        // 4 + 9 + 12 = 25 bytes: 10 × 5 + 15 × 1 + 100 = 165.
+        ev("bytes", h(1), json!({"n": 4})),
+        ev("bytes", h(2), json!({"n": 9})),
+        ev("bytes", h(3), json!({"n": 12})),
+        // Max 7: all 7 at the volume tier's 8 = 56.
+        ev("peak", h(1), json!({"n": 3})),
+        ev("peak", h(2), json!({"n": 7})),
+        ev("peak", h(3), json!({"n": 6})),
+        // 4 distinct users: 2 packages of 3 = 2000.
+        ev("users", h(1), json!({"user": "a"})),
+        ev("users", h(2), json!({"user": "b"})),
+        ev("users", h(3), json!({"user": "a"})),
+        ev("users", h(4), json!({"user": 7})),
+        ev("users", h(5), json!({"user": "c"})),
+        // The latest by timestamp (sent out of order) is 4: 28.
+        ev("level", h(10), json!({"n": 4})),
+        ev("level", h(1), json!({"n": 9})),
+        // 10 seats from 01:00 on 1 March, 10 more from 12:00 on 16 March, over 744 hours:
+        // (10 × 743 + 10 × 372) / 744 = 14.99 seats, billed as 15: 1500.
+        ev("seats", h(1), json!({"delta": 10})),
+        ev("seats", Duration::days(15) + h(12), json!({"delta": 10})),
+    ];
+    json_of(batch(&app, &key, events).await, StatusCode::OK).await;
+    let expected: HashMap<String, (i64, i64)> = [
+        (p_requests.clone(), (3, 6)),
+        (p_bytes.clone(), (25, 165)),
+        (p_peak.clone(), (7, 56)),
+        (p_users.clone(), (4, 2000)),
+        (p_level.clone(), (4, 28)),
+        (p_seats.clone(), (15, 1500)),
+    ]
+    .into();
+    let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
+    let so_far: HashMap<String, (i64, i64)> = summary["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                s(&i["price"]),
+                (
+                    i["quantity"].as_i64().unwrap(),
+                    i["amount"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(so_far, expected, "{summary}");
+    assert_eq!(summary["amount"], 6 + 165 + 56 + 2000 + 28 + 1500);
+
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + h(1)),
+    )
+    .await;
+    let renewal = invoices_of(&app, &key, &sub).await[1].clone();
+    let mut billed = lines_by_price(&renewal);
+    let plan_line = billed
+        .iter()
+        .find(|(p, _)| !expected.contains_key(*p))
+        .map(|(p, v)| (p.clone(), *v))
+        .unwrap();
+    billed.remove(&plan_line.0);
+    assert_eq!(billed, expected, "{renewal}");
+    assert_eq!(plan_line.1, (1, 1500));
+    assert_eq!(renewal["total"], 1500 + 6 + 165 + 56 + 2000 + 28 + 1500);
+
+    // April: the seats carry over (20 held all month) and nothing else is used yet.
+    let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
+    let seats = summary["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["price"] == json!(p_seats))
+        .unwrap()
+        .clone();
+    assert_eq!(seats["quantity"], 20, "{summary}");
+    assert_eq!(summary["amount"], 2000);
+}
+
+#[tokio::test]
+async fn an_event_for_a_customer_with_two_metering_subscriptions_must_name_one() {
+    let app = spawn_app().await;
+    let t = app.register("usage-two-subs@acme.com").await;
+    let key = t.sk_test();
+    let (_, customer, sub, price) = metered_subscription(&app, &key).await;
+    let other = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"price": price}]}),
+    )
+    .await;
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "x", "code": "api_calls", "customer": customer,
+                   "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(p["field"], "subscription");
+    for target in [sub, s(&other["id"])] {
+        json_of(
+            event(
+                &app,
+                &key,
+                json!({"transaction_id": format!("x-{target}"), "code": "api_calls",
+                       "subscription": target, "customer": customer,
+                       "properties": {"calls": 1}}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    // Another tenant cannot report usage on this subscription.
+    let them = app.register("usage-intruder@acme.com").await;
+    let resp = event(
+        &app,
+        &them.sk_test(),
+        json!({"transaction_id": "y", "code": "api_calls", "subscription": s(&other["id"]),
+               "properties": {"calls": 1}}),
+    )
+    .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+}
+
+/// A deterministic stream of numbers (xorshift), so that the events are the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// What a graduated price of 2 cents for the first 1,000 units and 1 cent after asks,
+/// computed here.
+fn graduated(quantity: i64) -> i64 {
+    quantity.min(1000) * 2 + (quantity - 1000).max(0)
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_events_with_duplicates_and_late_ones_bill_what_is_computed_here() {
+    let app = spawn_app().await;
+    let t = app.register("usage-100k@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric_with(
+        &app,
+        &key,
+        "req",
+        "count",
+        None,
+        Some(json!({"region": ["eu", "us"]})),
+    )
+    .await;
+    metric(&app, &key, "bytes", "sum", Some("n")).await;
+    metric(&app, &key, "users", "unique_count", Some("user")).await;
+    metric(&app, &key, "peak", "max", Some("n")).await;
+    let p_req = metered_price(
+        &app,
+        &key,
+        "req",
+        json!({"type": "graduated", "tiers": [
+            {"up_to": 1000, "unit_amount": 2}, {"up_to": null, "unit_amount": 1}]}),
+    )
+    .await;
+    let p_bytes = metered_price(
+        &app,
+        &key,
+        "bytes",
+        json!({"type": "per_unit", "unit_amount": 1}),
+    )
+    .await;
+    let p_users = metered_price(
+        &app,
+        &key,
+        "users",
+        json!({"type": "per_unit", "unit_amount": 5}),
+    )
+    .await;
+    let p_peak = metered_price(
+        &app,
+        &key,
+        "peak",
+        json!({"type": "per_unit", "unit_amount": 3}),
+    )
+    .await;
+    let items: Vec<Value> = [&p_req, &p_bytes, &p_users, &p_peak]
+        .iter()
+        .map(|p| json!({"price": p}))
+        .collect();
+    let sub = s(&subscribe(&app, &key, json!({"customer": customer, "items": items})).await["id"]);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(30))).await;
+
+    // 100,000 events over March, out of time order, 1% of them repeats of an earlier
+    // transaction id (with other values, which must not count).
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let codes = ["req", "bytes", "users", "peak"];
+    let regions = ["eu", "us", "ap"];
+    let mut sent: Vec<Value> = Vec::with_capacity(100_000);
+    let mut firsts: Vec<Value> = Vec::new();
+    for i in 0..100_000u64 {
+        if i % 100 == 99 {
+            let earlier = &firsts[rng.next(firsts.len() as u64) as usize];
+            let mut repeat: Value = earlier.clone();
+            repeat["properties"] = json!({"n": 999_999, "user": "dup", "region": "eu"});
+            sent.push(repeat);
+            continue;
+        }
+        let code = codes[rng.next(4) as usize];
+        let when = Duration::seconds(rng.next(30 * 86_400) as i64);
+        let props = match code {
+            "req" => json!({"region": regions[rng.next(3) as usize]}),
+            "users" => json!({"user": format!("u{}", rng.next(5000))}),
+            _ => json!({"n": rng.next(1000)}),
+        };
+        let e = json!({"transaction_id": format!("txn-{i}"), "code": code,
+                       "subscription": sub, "timestamp": at(when), "properties": props});
+        firsts.push(e.clone());
+        sent.push(e);
+    }
+    let mut recorded = 0;
+    let mut duplicates = 0;
+    for chunk in sent.chunks(1000) {
+        let out = json_of(batch(&app, &key, chunk.to_vec()).await, StatusCode::OK).await;
+        recorded += out["recorded"].as_i64().unwrap();
+        duplicates += out["duplicates"].as_i64().unwrap();
+    }
+    assert_eq!((recorded, duplicates), (99_000, 1_000));
+
+    // Computed here from the first report of each transaction id.
+    let mut requests = 0i64;
+    let mut bytes = 0i64;
+    let mut users = HashSet::new();
+    let mut peak = 0i64;
+    for e in &firsts {
+        let p = &e["properties"];
+        match s(&e["code"]).as_str() {
+            "req" if p["region"] != "ap" => requests += 1,
+            "bytes" => bytes += p["n"].as_i64().unwrap(),
+            "users" => {
+                users.insert(s(&p["user"]));
+            }
+            "peak" => peak = peak.max(p["n"].as_i64().unwrap()),
+            _ => {}
+        }
+    }
+    let expected: HashMap<String, (i64, i64)> = [
+        (p_req.clone(), (requests, graduated(requests))),
+        (p_bytes.clone(), (bytes, bytes)),
+        (
+            p_users.clone(),
+            (users.len() as i64, users.len() as i64 * 5),
+        ),
+        (p_peak.clone(), (peak, peak * 3)),
+    ]
+    .into();
+
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(1)),
+    )
+    .await;
+    // Late events for March, after it is invoiced: refused, and not billed anywhere.
+    for i in 0..10 {
+        let resp = event(
+            &app,
+            &key,
+            json!({"transaction_id": format!("late-{i}"), "code": "bytes", "subscription": sub,
+                   "timestamp": at(Duration::days(29)), "properties": {"n": 1000}}),
+        )
+        .await;
+        assert_problem(resp, StatusCode::BAD_REQUEST, "usage_period_closed").await;
+    }
+    let renewal = invoices_of(&app, &key, &sub).await[1].clone();
+    assert_eq!(lines_by_price(&renewal), expected);
+    let total: i64 = expected.values().map(|v| v.1).sum();
+    assert_eq!(renewal["total"], total);
+    assert_eq!(app.count("usage_events").await, 99_000);
+}
