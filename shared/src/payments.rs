@@ -50,10 +50,12 @@ pub enum ChargeOutcome {
     Processing {
         id: String,
     },
-    /// Declined: `code` such as `card_declined` or `insufficient_funds`.
+    /// Declined: `code` such as `card_declined` or `insufficient_funds`; `do_not_retry` when
+    /// the issuer advises never to try again (a hard decline whatever its code).
     Declined {
         code: String,
         message: String,
+        do_not_retry: bool,
     },
 }
 
@@ -111,9 +113,15 @@ impl Gateway {
                     .await
                 {
                     Ok(pi) => Ok(intent_outcome(pi.status, pi.id)),
-                    Err(Failure::Declined { code, message }) => {
-                        Ok(ChargeOutcome::Declined { code, message })
-                    }
+                    Err(Failure::Declined {
+                        code,
+                        message,
+                        do_not_retry,
+                    }) => Ok(ChargeOutcome::Declined {
+                        code,
+                        message,
+                        do_not_retry,
+                    }),
                     Err(e) => Err(e),
                 }
             }
@@ -130,6 +138,7 @@ pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
         _ => ChargeOutcome::Declined {
             code: status,
             message: "The payment did not go through.".into(),
+            do_not_retry: false,
         },
     }
 }
@@ -275,6 +284,7 @@ fn sandbox(c: &Charge<'_>) -> ChargeOutcome {
         &hex::encode(crate::crypto::sha256(c.idempotency_key.as_bytes()))[..24]
     );
     let declined = |code: &str, message: &str| ChargeOutcome::Declined {
+        do_not_retry: false,
         code: code.into(),
         message: message.into(),
     };
@@ -343,7 +353,8 @@ mod tests {
             g.charge(false, &charge("4000000000009995")).await.unwrap(),
             ChargeOutcome::Declined {
                 code: "insufficient_funds".into(),
-                message: "Your card has insufficient funds.".into()
+                message: "Your card has insufficient funds.".into(),
+                do_not_retry: false,
             }
         );
     }
@@ -390,7 +401,8 @@ mod tests {
             of("requires_payment_method"),
             ChargeOutcome::Declined {
                 code: "requires_payment_method".into(),
-                message: "The payment did not go through.".into()
+                message: "The payment did not go through.".into(),
+                do_not_retry: false,
             }
         );
     }

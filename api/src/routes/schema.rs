@@ -355,6 +355,11 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("UsageEventIn", "code", json!({"pattern": METRIC_CODE})),
         ("UsageEventIn", "subscription", id("sub")),
         ("UsageEventIn", "customer", id("cus")),
+        (
+            "UsageEventIn",
+            "properties",
+            json!({"type": "object", "maxProperties": 50}),
+        ),
         ("BundleIn", "name", non_blank(250)),
         ("BundleIn", "description", multiline(5000)),
         ("BundleIn", "discount_bps", json!({"maximum": 10000})),

@@ -1,7 +1,7 @@
 //! Usage-based billing: billable metrics (`/api/v1/billable-metrics`), usage events
 //! (`/api/v1/usage-events`) and a subscription's usage so far.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use poem::Request;
@@ -157,9 +157,9 @@ pub struct UsageEventIn {
     /// minutes ahead, and not in a period already invoiced.
     #[oai(nullable)]
     pub timestamp: Option<DateTime<Utc>>,
-    /// What the metric reads and filters on.
+    /// What the metric reads and filters on: an object of at most 50 properties.
     #[oai(nullable)]
-    pub properties: Option<HashMap<String, serde_json::Value>>,
+    pub properties: Option<serde_json::Value>,
 }
 
 /// Up to 1,000 usage events, recorded all or none.
@@ -312,6 +312,16 @@ fn event_spec(e: UsageEventIn, at: Option<usize>) -> Result<EventSpec, ApiError>
         Some(i) => format!("events[{i}].{f}"),
         None => f.to_owned(),
     };
+    let properties = match e.properties {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(map)) => map,
+        Some(_) => {
+            return Err(ApiError::validation(
+                field("properties"),
+                "must be an object",
+            ));
+        }
+    };
     Ok(EventSpec {
         subscription: optional_id(&field("subscription"), e.subscription.as_deref(), |s| {
             SubscriptionId::parse(s)
@@ -320,7 +330,7 @@ fn event_spec(e: UsageEventIn, at: Option<usize>) -> Result<EventSpec, ApiError>
         transaction_id: e.transaction_id,
         code: e.code,
         timestamp: e.timestamp,
-        properties: e.properties.unwrap_or_default().into_iter().collect(),
+        properties,
     })
 }
 

@@ -114,6 +114,7 @@ fn subscription_row(
         coupon_invoices: 0,
         bundle_id: None,
         bundle_discount_bps: 0,
+        usage_billed_until: None,
         created_at: now,
         updated_at: now,
     }

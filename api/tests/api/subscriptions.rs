@@ -1420,6 +1420,7 @@ async fn answers_about_one_subscription_recorded_together_leave_it_where_the_las
     let declined = ChargeOutcome::Declined {
         code: "card_declined".into(),
         message: "Your card was declined.".into(),
+        do_not_retry: false,
     };
     let paid = ChargeOutcome::Succeeded { id: "ch_1".into() };
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())

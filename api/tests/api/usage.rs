@@ -881,3 +881,294 @@ async fn a_hundred_thousand_events_with_duplicates_and_late_ones_bill_what_is_co
     assert_eq!(renewal["total"], total);
     assert_eq!(app.count("usage_events").await, 99_000);
 }
+
+#[tokio::test]
+async fn a_subscription_that_ends_bills_its_usage_up_to_its_end_on_a_final_invoice() {
+    let app = spawn_app().await;
+    let t = app.register("usage-final@acme.com").await;
+    let key = t.sk_test();
+    // Canceled now, on 10 March at noon: the usage before noon is billed, none after.
+    let (clock, customer, now_sub, price) = metered_subscription(&app, &key).await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(9) + Duration::hours(12)),
+    )
+    .await;
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "before-noon", "code": "api_calls", "subscription": now_sub,
+                   "timestamp": at(Duration::days(9) + Duration::hours(11)),
+                   "properties": {"calls": 40}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let canceled = json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{now_sub}/cancel"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(canceled["status"], "canceled");
+    let invoices = invoices_of(&app, &key, &now_sub).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    let last = &invoices[1];
+    assert_eq!(lines_by_price(last)[&price], (40, 120), "{last}");
+    assert_eq!(
+        last["lines"][0]["period_end"],
+        json!(at(Duration::days(9) + Duration::hours(12)).replace('Z', "+00:00"))
+    );
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "after", "code": "api_calls", "subscription": now_sub,
+                   "timestamp": at(Duration::days(9) + Duration::hours(12)),
+                   "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(p["field"], "timestamp");
+
+    // Canceled at the period's end: the renewal bills March's usage on a last invoice and
+    // starts no new period.
+    let later = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"price": price}]}),
+    )
+    .await;
+    let later = s(&later["id"]);
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{later}"),
+            &key,
+            Some(&json!({"cancel_at_period_end": true})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(30) + Duration::hours(1)),
+    )
+    .await;
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "late-march", "code": "api_calls", "subscription": later,
+                   "timestamp": at(Duration::days(30)), "properties": {"calls": 9}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    // Its period runs from 10 March at noon to 10 April at noon; 5 minutes past its end is
+    // after it ends, even though the clock allows 5 minutes ahead.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(40) + Duration::hours(11) + Duration::minutes(58)),
+    )
+    .await;
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "too-late", "code": "api_calls", "subscription": later,
+                   "timestamp": at(Duration::days(40) + Duration::hours(12)),
+                   "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert!(s(&p["detail"]).contains("ends"), "{p}");
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(40) + Duration::hours(13)),
+    )
+    .await;
+    let view = get(&app, &key, &format!("/api/v1/subscriptions/{later}")).await;
+    assert_eq!(view["status"], "canceled", "{view}");
+    let invoices = invoices_of(&app, &key, &later).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    assert_eq!(lines_by_price(&invoices[1])[&price], (9, 27));
+}
+
+#[tokio::test]
+async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_item_per_metric() {
+    let app = spawn_app().await;
+    let t = app.register("usage-swap@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub, price) = metered_subscription(&app, &key).await;
+    let dearer = metered_price(
+        &app,
+        &key,
+        "api_calls",
+        json!({"type": "per_unit", "unit_amount": 10}),
+    )
+    .await;
+    // A second item on the same metric would count every event twice: refused, both when
+    // subscribing and when adding it.
+    let resp = app
+        .post(
+            "/api/v1/subscriptions",
+            &key,
+            &json!({"customer": customer, "items": [{"price": price}, {"price": dearer}]}),
+        )
+        .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(p["field"], "items");
+    let view = get(&app, &key, &format!("/api/v1/subscriptions/{sub}")).await;
+    let item = s(&view["items"][0]["id"]);
+    let resp = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"price": dearer}]})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    // A metered item's quantity stays 1.
+    let resp = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"id": item, "quantity": 3}]})),
+        )
+        .await;
+    assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    // A value beyond 10^12 is refused.
+    let resp = event(
+        &app,
+        &key,
+        json!({"transaction_id": "huge", "code": "api_calls", "subscription": sub,
+               "properties": {"calls": 1_000_000_000_001i64}}),
+    )
+    .await;
+    let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(p["field"], "properties");
+
+    // 5 calls on the cheap price, then on 11 March the price is swapped, then 7 calls.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "cheap", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(2)), "properties": {"calls": 5}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"id": item, "deleted": true}, {"price": dearer}]})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // A late event from before the swap counts for the item removed (at its price).
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "backdated", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(5)), "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    json_of(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "dear", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 7}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(1)),
+    )
+    .await;
+    let renewal = invoices_of(&app, &key, &sub).await[1].clone();
+    let billed = lines_by_price(&renewal);
+    assert_eq!(billed[&price], (6, 18), "{renewal}");
+    assert_eq!(billed[&dearer], (7, 70), "{renewal}");
+    assert_eq!(renewal["total"], 88);
+    // An item added later meters from when it was added: usage stamped before is refused.
+    let storage = metric(&app, &key, "storage", "max", Some("gb")).await;
+    let storage_price = metered_price(
+        &app,
+        &key,
+        &s(&storage["code"]),
+        json!({"type": "per_unit", "unit_amount": 1}),
+    )
+    .await;
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"price": storage_price}]})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "before-item", "code": "storage", "subscription": sub,
+                   "timestamp": at(Duration::days(31) + Duration::minutes(30)),
+                   "properties": {"gb": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert!(s(&p["detail"]).contains("no item"), "{p}");
+}

@@ -939,7 +939,21 @@ async fn a_charge_on_a_connected_account_carries_the_platform_fee_and_a_decline_
         declined,
         shared::payments::ChargeOutcome::Declined {
             code: "insufficient_funds".into(),
-            message: "Your card has insufficient funds.".into()
+            message: "Your card has insufficient funds.".into(),
+            do_not_retry: false,
+        }
+    );
+    // The issuer's advice never to try again makes any decline final.
+    let final_decline = gateway
+        .charge(false, &charge("pm_card_doNotTryAgain", "in_3-attempt-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        final_decline,
+        shared::payments::ChargeOutcome::Declined {
+            code: "insufficient_funds".into(),
+            message: "Your card was declined.".into(),
+            do_not_retry: true,
         }
     );
     let intents: Vec<_> = fake
@@ -947,7 +961,7 @@ async fn a_charge_on_a_connected_account_carries_the_platform_fee_and_a_decline_
         .into_iter()
         .filter(|r| r.path == "/v1/payment_intents")
         .collect();
-    assert_eq!(intents.len(), 2);
+    assert_eq!(intents.len(), 3);
     let r = &intents[0];
     assert_eq!(r.account.as_deref(), Some("acct_tenant"));
     assert_eq!(r.idempotency_key.as_deref(), Some("in_1-attempt-1"));

@@ -178,6 +178,16 @@ fn handle(
             json!({ "id": id, "object": "payment_method", "customer": null }),
         ),
         ("POST", ["payment_intents"]) => {
+            // A soft decline code, but the issuer advises never to try again.
+            if form.get("payment_method").map(String::as_str) == Some("pm_card_doNotTryAgain") {
+                return (
+                    402,
+                    json!({ "error": { "type": "card_error", "code": "card_declined",
+                                       "decline_code": "insufficient_funds",
+                                       "advice_code": "do_not_try_again",
+                                       "message": "Your card was declined." } }),
+                );
+            }
             if form.get("payment_method").map(String::as_str) == Some("pm_card_chargeDeclined") {
                 return (
                     402,

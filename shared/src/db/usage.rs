@@ -9,6 +9,7 @@ use super::{
     pagination::{Page, PageRequest},
 };
 use crate::{
+    db::subscriptions::ItemRow,
     ids::{BillableMetricId, CustomerId, SubscriptionId},
     tenancy::Scope,
 };
@@ -149,12 +150,19 @@ pub struct MeteredSubscription {
     pub customer_id: CustomerId,
     pub created_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Set: it ends at `current_period_end`.
+    pub cancel_at_period_end: bool,
+    pub current_period_end: DateTime<Utc>,
     /// Usage before this is invoiced.
     pub usage_billed_until: Option<DateTime<Utc>>,
     /// Its test clock's time.
     pub clock_time: Option<DateTime<Utc>>,
-    /// The codes of the metrics its current items meter.
-    pub metrics: Vec<String>,
+    /// Its metered items whose usage is not all invoiced (current ones, and those removed
+    /// after its invoiced usage ends), as three columns: each one's metric code, when it was
+    /// added and when it was removed.
+    pub item_metrics: Vec<String>,
+    pub item_added: Vec<DateTime<Utc>>,
+    pub item_removed: Vec<Option<DateTime<Utc>>>,
 }
 
 /// The subscriptions of the mode among `ids`, and those of the customers among `customers`,
@@ -166,13 +174,20 @@ pub async fn lock_metered(
     customers: &[Uuid],
 ) -> Result<Vec<MeteredSubscription>, DbError> {
     Ok(sqlx::query_as::<_, MeteredSubscription>(
-        "SELECT s.id, s.customer_id, s.created_at, s.ended_at, s.usage_billed_until, \
+        "SELECT s.id, s.customer_id, s.created_at, s.ended_at, s.cancel_at_period_end, \
+         s.current_period_end, s.usage_billed_until, \
          (SELECT c.frozen_time FROM test_clocks c WHERE c.id = s.test_clock_id) AS clock_time, \
-         ARRAY(SELECT DISTINCT p.usage->>'metric' FROM subscription_items i \
-               JOIN prices p ON p.id = i.price_id \
-               WHERE i.subscription_id = s.id AND i.deleted_at IS NULL \
-               AND p.usage IS NOT NULL) AS metrics \
-         FROM subscriptions s WHERE s.tenant_id = $1 AND s.livemode = $2 \
+         COALESCE(m.codes, '{}') AS item_metrics, COALESCE(m.added, '{}') AS item_added, \
+         COALESCE(m.removed, '{}') AS item_removed \
+         FROM subscriptions s LEFT JOIN LATERAL ( \
+             SELECT array_agg(p.usage->>'metric' ORDER BY i.id) AS codes, \
+                    array_agg(i.created_at ORDER BY i.id) AS added, \
+                    array_agg(i.deleted_at ORDER BY i.id) AS removed \
+             FROM subscription_items i JOIN prices p ON p.id = i.price_id \
+             WHERE i.subscription_id = s.id AND p.usage IS NOT NULL \
+             AND (i.deleted_at IS NULL \
+                  OR i.deleted_at > COALESCE(s.usage_billed_until, s.created_at))) m ON TRUE \
+         WHERE s.tenant_id = $1 AND s.livemode = $2 \
          AND (s.id = ANY($3) OR s.customer_id = ANY($4)) ORDER BY s.id FOR SHARE OF s",
     )
     .bind(scope.tenant_id())
@@ -202,26 +217,55 @@ pub async fn recorded(
 
 /// A usage event to record, read against its metric.
 #[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub transaction_id: String,
+pub struct NewEvent<'a> {
+    pub transaction_id: &'a str,
     pub id: Uuid,
     pub subscription_id: SubscriptionId,
     pub customer_id: CustomerId,
     pub metric_id: BillableMetricId,
     pub occurred_at: DateTime<Utc>,
-    pub properties: serde_json::Value,
+    pub properties: &'a serde_json::Map<String, serde_json::Value>,
     pub matched: bool,
     pub value: Option<i64>,
     pub unique_key: Option<String>,
 }
 
-/// Records events in one statement; returns the transaction ids written (one already
-/// recorded, or twice in `events`, is written once).
+/// Records events (their transaction ids distinct); returns the transaction ids written, which
+/// leaves out those recorded before. New events, the common case, are written by a plain
+/// insert under a savepoint; only when one was recorded before is the insert made again,
+/// skipping those (a conflict check on every row costs a fifth more).
 pub async fn insert_events(
     conn: &mut PgConnection,
     scope: Scope,
-    events: &[NewEvent],
+    events: &[NewEvent<'_>],
     now: DateTime<Utc>,
+) -> Result<Vec<String>, DbError> {
+    sqlx::query("SAVEPOINT usage_events_insert")
+        .execute(&mut *conn)
+        .await?;
+    match write_events(conn, scope, events, now, "").await {
+        Err(DbError::UniqueViolation(_)) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT usage_events_insert")
+                .execute(&mut *conn)
+                .await?;
+            let skip = "ON CONFLICT (tenant_id, livemode, transaction_id) DO NOTHING";
+            write_events(conn, scope, events, now, skip).await
+        }
+        written => {
+            sqlx::query("RELEASE SAVEPOINT usage_events_insert")
+                .execute(&mut *conn)
+                .await?;
+            written
+        }
+    }
+}
+
+async fn write_events(
+    conn: &mut PgConnection,
+    scope: Scope,
+    events: &[NewEvent<'_>],
+    now: DateTime<Utc>,
+    on_conflict: &str,
 ) -> Result<Vec<String>, DbError> {
     let n = events.len();
     let mut txn = Vec::with_capacity(n);
@@ -235,26 +279,26 @@ pub async fn insert_events(
     let mut values = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     for e in events {
-        txn.push(e.transaction_id.as_str());
+        txn.push(e.transaction_id);
         ids.push(e.id);
         subs.push(e.subscription_id.as_uuid());
         customers.push(e.customer_id.as_uuid());
         metrics.push(e.metric_id.as_uuid());
         at.push(e.occurred_at);
-        props.push(&e.properties);
+        props.push(sqlx::types::Json(e.properties));
         matched.push(e.matched);
         values.push(e.value);
         keys.push(e.unique_key.as_deref());
     }
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar(sqlf!(
         "INSERT INTO usage_events (tenant_id, livemode, transaction_id, id, subscription_id, \
          customer_id, metric_id, occurred_at, properties, matched, value, unique_key, \
          received_at) \
          SELECT $1, $2, t, i, s, c, m, o, p, mt, v, k, $13 FROM unnest($3::text[], $4::uuid[], \
          $5::uuid[], $6::uuid[], $7::uuid[], $8::timestamptz[], $9::jsonb[], $10::bool[], \
          $11::int8[], $12::text[]) AS e(t, i, s, c, m, o, p, mt, v, k) \
-         ON CONFLICT (tenant_id, livemode, transaction_id) DO NOTHING RETURNING transaction_id",
-    )
+         {on_conflict} RETURNING transaction_id"
+    ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
     .bind(&txn)
@@ -380,48 +424,39 @@ pub async fn changes(
     .await?)
 }
 
-/// Where each subscription's usage window starts: where its invoiced usage ends, or else its
-/// start.
-pub async fn billed_until(
-    conn: &mut PgConnection,
-    keys: &[(Scope, SubscriptionId)],
-) -> Result<Vec<(SubscriptionId, DateTime<Utc>)>, DbError> {
-    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
-    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
-    Ok(sqlx::query_as(
-        "SELECT s.id, COALESCE(s.usage_billed_until, s.created_at) FROM subscriptions s \
-         WHERE s.id = ANY($3) AND (s.tenant_id, s.livemode, s.id) IN \
-         (SELECT * FROM unnest($1::uuid[], $2::bool[], $3::uuid[]))",
-    )
-    .bind(&tenants)
-    .bind(&modes)
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?)
+/// A metered item, current or removed.
+#[derive(Debug, Clone, FromRow)]
+pub struct MeteredItem {
+    #[sqlx(flatten)]
+    pub item: ItemRow,
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
-/// Records that each subscription's usage is invoiced up to its instant.
-pub async fn set_billed_until(
+/// The metered items of subscriptions of any tenants (each key its scope, id, and the instant
+/// its usage window opens) that were not removed before the window opened, by subscription in
+/// the order they were added.
+pub async fn metered_items(
     conn: &mut PgConnection,
-    rows: &[(Scope, SubscriptionId, DateTime<Utc>)],
-) -> Result<(), DbError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let (tenants, modes) = super::scope_columns(rows.iter().map(|k| &k.0));
-    let ids: Vec<Uuid> = rows.iter().map(|k| k.1.as_uuid()).collect();
-    let until: Vec<DateTime<Utc>> = rows.iter().map(|k| k.2).collect();
-    sqlx::query(
-        "UPDATE subscriptions s SET usage_billed_until = k.until \
+    keys: &[(Scope, SubscriptionId, DateTime<Utc>)],
+) -> Result<Vec<MeteredItem>, DbError> {
+    let (tenants, modes) = super::scope_columns(keys.iter().map(|k| &k.0));
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
+    let since: Vec<DateTime<Utc>> = keys.iter().map(|k| k.2).collect();
+    Ok(sqlx::query_as::<_, MeteredItem>(
+        "SELECT i.id, i.subscription_id, i.price_id, i.quantity, i.created_at, p.model, \
+         pr.name AS product_name, p.nickname, p.usage, i.deleted_at \
          FROM unnest($1::uuid[], $2::bool[], $3::uuid[], $4::timestamptz[]) \
-              AS k(tenant, mode, id, until) \
-         WHERE s.id = k.id AND s.tenant_id = k.tenant AND s.livemode = k.mode",
+              AS k(tenant, mode, sub, since) \
+         JOIN subscription_items i ON i.subscription_id = k.sub AND i.tenant_id = k.tenant \
+              AND i.livemode = k.mode AND (i.deleted_at IS NULL OR i.deleted_at > k.since) \
+         JOIN prices p ON p.id = i.price_id AND p.usage IS NOT NULL \
+         JOIN products pr ON pr.id = p.product_id \
+         ORDER BY i.subscription_id, i.id",
     )
     .bind(&tenants)
     .bind(&modes)
     .bind(&ids)
-    .bind(&until)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(&since)
+    .fetch_all(conn)
+    .await?)
 }

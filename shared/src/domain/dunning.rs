@@ -92,14 +92,14 @@ impl DunningPolicy {
         &self.retry_waits_days
     }
 
-    /// What follows the decline of attempt `attempt` (the first is 1) with `code`: a hard
-    /// decline gives up at once; one that needs a new payment method waits for one until the
-    /// schedule would have ended; any other is retried after the next wait, while there is
-    /// one.
-    pub fn after_decline(&self, attempt: i32, code: &str) -> AfterDecline {
+    /// What follows the decline of attempt `attempt` (the first is 1) with `code` (`hard`:
+    /// the issuer advised never to try again): a hard decline gives up at once; one that needs
+    /// a new payment method waits for one until the schedule would have ended; any other is
+    /// retried after the next wait, while there is one.
+    pub fn after_decline(&self, attempt: i32, code: &str, hard: bool) -> AfterDecline {
         let used = usize::try_from(attempt.max(1) - 1).unwrap_or(0);
         let left = self.retry_waits_days.get(used..).unwrap_or(&[]);
-        if super::invoice::is_hard_decline(code) || left.is_empty() {
+        if hard || super::invoice::is_hard_decline(code) || left.is_empty() {
             return AfterDecline::GiveUp;
         }
         if NEEDS_NEW_PAYMENT_METHOD.contains(&code) {
@@ -130,21 +130,50 @@ mod tests {
         assert_eq!(p.final_action, FinalAction::Cancel);
         assert!(!p.mark_uncollectible);
         let soft = "card_declined";
-        assert_eq!(p.after_decline(1, soft), AfterDecline::RetryAfter(days(3)));
-        assert_eq!(p.after_decline(2, soft), AfterDecline::RetryAfter(days(5)));
-        assert_eq!(p.after_decline(3, soft), AfterDecline::RetryAfter(days(7)));
-        assert_eq!(p.after_decline(4, soft), AfterDecline::GiveUp);
-        assert_eq!(p.after_decline(9, soft), AfterDecline::GiveUp);
+        assert_eq!(
+            p.after_decline(1, soft, false),
+            AfterDecline::RetryAfter(days(3))
+        );
+        assert_eq!(
+            p.after_decline(2, soft, false),
+            AfterDecline::RetryAfter(days(5))
+        );
+        assert_eq!(
+            p.after_decline(3, soft, false),
+            AfterDecline::RetryAfter(days(7))
+        );
+        assert_eq!(p.after_decline(4, soft, false), AfterDecline::GiveUp);
+        assert_eq!(p.after_decline(9, soft, false), AfterDecline::GiveUp);
+    }
+
+    #[test]
+    fn an_issuer_advising_never_to_try_again_gives_up_at_once_whatever_the_code() {
+        let p = policy(&[3, 5, 7]);
+        for code in ["insufficient_funds", "card_declined", "expired_card"] {
+            assert_eq!(
+                p.after_decline(1, code, true),
+                AfterDecline::GiveUp,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            p.after_decline(1, "insufficient_funds", false),
+            AfterDecline::RetryAfter(days(3))
+        );
     }
 
     #[test]
     fn hard_declines_give_up_at_once_whatever_is_left() {
         let p = DunningPolicy::default();
         for code in super::super::invoice::HARD_DECLINES {
-            assert_eq!(p.after_decline(1, code), AfterDecline::GiveUp, "{code}");
+            assert_eq!(
+                p.after_decline(1, code, false),
+                AfterDecline::GiveUp,
+                "{code}"
+            );
         }
         assert_eq!(
-            p.after_decline(1, "insufficient_funds"),
+            p.after_decline(1, "insufficient_funds", false),
             AfterDecline::RetryAfter(days(3))
         );
     }
@@ -154,35 +183,35 @@ mod tests {
         let p = policy(&[3, 5, 7]);
         for code in NEEDS_NEW_PAYMENT_METHOD {
             assert_eq!(
-                p.after_decline(1, code),
+                p.after_decline(1, code, false),
                 AfterDecline::AwaitPaymentMethod(days(15)),
                 "{code}"
             );
             assert_eq!(
-                p.after_decline(3, code),
+                p.after_decline(3, code, false),
                 AfterDecline::AwaitPaymentMethod(days(7))
             );
-            assert_eq!(p.after_decline(4, code), AfterDecline::GiveUp);
+            assert_eq!(p.after_decline(4, code, false), AfterDecline::GiveUp);
         }
     }
 
     #[test]
     fn no_waits_means_no_retry_and_attempt_numbers_below_one_count_as_the_first() {
         assert_eq!(
-            policy(&[]).after_decline(1, "card_declined"),
+            policy(&[]).after_decline(1, "card_declined", false),
             AfterDecline::GiveUp
         );
         let p = policy(&[2, 4]);
         assert_eq!(
-            p.after_decline(0, "card_declined"),
+            p.after_decline(0, "card_declined", false),
             AfterDecline::RetryAfter(days(2))
         );
         assert_eq!(
-            p.after_decline(-3, "card_declined"),
+            p.after_decline(-3, "card_declined", false),
             AfterDecline::RetryAfter(days(2))
         );
         assert_eq!(
-            p.after_decline(2, "card_declined"),
+            p.after_decline(2, "card_declined", false),
             AfterDecline::RetryAfter(days(4))
         );
     }

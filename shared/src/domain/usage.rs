@@ -28,6 +28,8 @@ pub const MAX_FILTERS: usize = 20;
 pub const MAX_FILTER_VALUES: usize = 100;
 /// The longest value a filter allows.
 pub const MAX_FILTER_VALUE_LEN: usize = 200;
+/// The largest value (or, for a weighted sum, change) one event may report: 10^12.
+pub const MAX_VALUE: i64 = 1_000_000_000_000;
 
 /// How a period's events combine into a quantity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -243,6 +245,11 @@ impl Metric {
         let value = integer(raw).ok_or_else(|| format!("properties.{field} must be an integer"))?;
         if value < 0 && self.aggregation != Aggregation::WeightedSum {
             return Err(format!("properties.{field} must not be negative"));
+        }
+        if value.abs() > MAX_VALUE {
+            return Err(format!(
+                "properties.{field} must be at most {MAX_VALUE} in size"
+            ));
         }
         reading.value = Some(value);
         Ok(reading)
@@ -481,11 +488,24 @@ mod tests {
         ] {
             assert!(sum.read(&props(bad.clone())).is_err(), "{bad}");
         }
+        assert_eq!(
+            sum.read(&props(json!({ "n": MAX_VALUE }))).unwrap().value,
+            Some(MAX_VALUE)
+        );
+        assert!(sum.read(&props(json!({ "n": MAX_VALUE + 1 }))).is_err());
         let seats = Metric::new(Aggregation::WeightedSum, Some("n"), BTreeMap::new()).unwrap();
         assert_eq!(
             seats.read(&props(json!({"n": -3}))).unwrap().value,
             Some(-3)
         );
+        assert_eq!(
+            seats
+                .read(&props(json!({ "n": -MAX_VALUE })))
+                .unwrap()
+                .value,
+            Some(-MAX_VALUE)
+        );
+        assert!(seats.read(&props(json!({ "n": -MAX_VALUE - 1 }))).is_err());
         let count = Metric::new(Aggregation::Count, None, BTreeMap::new()).unwrap();
         assert_eq!(
             count.read(&props(json!({}))).unwrap(),

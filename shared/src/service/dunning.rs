@@ -87,7 +87,7 @@ pub(crate) async fn after_decline(
         invoice: invoice.id,
         attempt: payment.attempt,
     };
-    let (job, wait) = match policy.after_decline(payment.attempt, code) {
+    let (job, wait) = match policy.after_decline(payment.attempt, code, payment.hard_decline) {
         AfterDecline::RetryAfter(wait) => (
             Job::PayInvoice {
                 invoice: invoice.id,

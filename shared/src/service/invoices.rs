@@ -182,12 +182,13 @@ pub async fn invoice_period(
     let usage = super::usage::Billable {
         scope,
         sub,
-        items,
         until: period.start,
         invoice: id,
         position: lines.len(),
     };
     lines.extend(super::usage::bill(uow, &[usage]).await?.concat());
+    // Usage before the period is on this invoice (or was free): events for it are refused.
+    sub.usage_billed_until = sub.usage_billed_until.max(Some(period.start));
     discount(uow, scope, sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     // The customer's one-off items in the currency come along (as at Stripe). The customer is
@@ -281,21 +282,48 @@ pub(crate) fn split_discount(lines: &mut [LineRow], off: Discount, currency: Cur
 }
 
 /// Invoices the lines waiting for the subscription's next invoice now (a change made with
-/// `always_invoice`); `None` when none wait.
+/// `always_invoice`), and with `usage_until` (a subscription ending) the usage of its metered
+/// items not invoiced yet up to then; `None` when there is nothing to invoice.
 pub async fn invoice_pending(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
+    usage_until: Option<DateTime<Utc>>,
 ) -> ServiceResult<Option<InvoiceRow>> {
+    let id = InvoiceId::new();
+    let mut lines = Vec::new();
+    if let Some(until) = usage_until {
+        let usage = super::usage::Billable {
+            scope,
+            sub,
+            until,
+            invoice: id,
+            position: 0,
+        };
+        lines.extend(super::usage::bill(uow, &[usage]).await?.concat());
+        // As on a period invoice: the subscription's bundle and coupon apply to its usage.
+        if let (Some(start), Some(end)) = (
+            lines.iter().map(|l| l.period_start).min(),
+            lines.iter().map(|l| l.period_end).max(),
+        ) {
+            discount(uow, scope, sub, &mut lines, Period { start, end }).await?;
+        }
+    }
     let pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;
     let (Some(start), Some(end)) = (
-        pending.iter().map(|l| l.period_start).min(),
-        pending.iter().map(|l| l.period_end).max(),
+        pending
+            .iter()
+            .map(|l| l.period_start)
+            .chain(lines.iter().map(|l| l.period_start))
+            .min(),
+        pending
+            .iter()
+            .map(|l| l.period_end)
+            .chain(lines.iter().map(|l| l.period_end))
+            .max(),
     ) else {
         return Ok(None);
     };
-    let id = InvoiceId::new();
-    let mut lines = Vec::new();
     append_pending(&mut lines, &pending, id)?;
     let period = Period { start, end };
     let draft = Draft {
@@ -1071,6 +1099,7 @@ pub async fn charge(
         Err(Failure::Rejected(message)) => Ok(Some(ChargeOutcome::Declined {
             code: "processing_error".into(),
             message,
+            do_not_retry: false,
         })),
         Err(e) => Err(e),
     }
@@ -1187,11 +1216,15 @@ pub async fn record_outcome(
             p.gateway_id = Some(id.clone());
             db::invoices::save_payment(uow.conn(), scope, &p).await?;
         }
-        ChargeOutcome::Declined { code, message } => {
+        ChargeOutcome::Declined {
+            code,
+            message,
+            do_not_retry,
+        } => {
             p.status = PaymentStatus::Failed;
             p.failure_code = Some(code.clone());
             p.failure_message = Some(message.clone());
-            p.hard_decline = is_hard_decline(code);
+            p.hard_decline = is_hard_decline(code) || *do_not_retry;
             db::invoices::save_payment(uow.conn(), scope, &p).await?;
             after_failure(uow, scope, &invoice, &p).await?;
         }

@@ -93,6 +93,7 @@ async fn payment_intent(
                     .as_str()
                     .unwrap_or("The payment failed.")
                     .to_owned(),
+                do_not_retry: error["advice_code"].as_str() == Some("do_not_try_again"),
             }
         }
         "payment_intent.processing" => ChargeOutcome::Processing {
@@ -101,6 +102,7 @@ async fn payment_intent(
         "payment_intent.canceled" => ChargeOutcome::Declined {
             code: "canceled".into(),
             message: "The payment was canceled.".into(),
+            do_not_retry: false,
         },
         _ => return Ok((Status::Stale, "stale: nothing final to record")),
     };

@@ -320,14 +320,13 @@ async fn bill_usage(
 ) -> ServiceResult<HashMap<SubscriptionId, (InvoiceId, Vec<LineRow>)>> {
     let mut billable = Vec::new();
     for d in due {
-        let items = reads.items.get(&d.sub.id).map_or(&[][..], Vec::as_slice);
-        if reads.invoiced.contains_key(&d.sub.id) || items.iter().all(|i| i.usage.is_none()) {
+        if reads.invoiced.contains_key(&d.sub.id) {
             continue;
         }
+        let items = reads.items.get(&d.sub.id).map_or(&[][..], Vec::as_slice);
         billable.push(usage::Billable {
             scope: d.scope,
             sub: &d.sub,
-            items,
             until: d.sub.current_period_start,
             invoice: InvoiceId::new(),
             position: items.iter().filter(|i| i.usage.is_none()).count(),
@@ -361,6 +360,8 @@ async fn invoice_period(
     let items = reads.items.get(&sub.id).map_or(&[][..], Vec::as_slice);
     let mut lines = invoices::period_lines(id, items, period)?;
     lines.extend(usage);
+    // Usage before the period is on this invoice (or was free): events for it are refused.
+    sub.usage_billed_until = sub.usage_billed_until.max(Some(period.start));
     if invoices::apply_bundle(sub, &mut lines)?
         && let Some(coupon) = sub.coupon_id.and_then(|c| reads.coupons.get(&c))
     {

@@ -492,12 +492,14 @@ pub async fn create_subscription(
         coupon_invoices: 0,
         bundle_id: bundle.as_ref().map(|b| b.id),
         bundle_discount_bps: bundle.as_ref().map_or(0, |b| b.discount_bps),
+        usage_billed_until: None,
         created_at: now,
         updated_at: now,
     };
     db::subscriptions::insert(uow.conn(), scope, &sub).await?;
     db::subscriptions::insert_items(uow.conn(), scope, sub.id, &items, now).await?;
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    super::usage::one_item_per_metric(&items)?;
     let mut due = vec![renewal(scope, &sub)];
     if let Some(end) = trial_end {
         // Three days ahead, or now for a shorter trial.
@@ -655,7 +657,9 @@ pub async fn cancel_subscription(
     if sub.status == SubscriptionStatus::Incomplete {
         void_first_invoice(uow, scope, &sub).await?;
     }
-    final_invoice(uow, scope, &mut sub).await?;
+    // An incomplete subscription never started: its usage is not billed.
+    let ends = (sub.status != SubscriptionStatus::Incomplete).then(|| uow.now());
+    final_invoice(uow, scope, &mut sub, ends).await?;
     if prorate
         && matches!(
             sub.status,
@@ -760,16 +764,22 @@ async fn credit_unused_time(
     Ok(())
 }
 
-/// Invoices the lines still waiting for the next invoice of a subscription that ends (a
-/// change's prorations): a last invoice, charged like the others.
+/// Invoices what a subscription that ends at `ends` still owes: the lines waiting for its next
+/// invoice (a change's prorations) and the usage of its metered items up to its end. A last
+/// invoice, charged like the others.
 async fn final_invoice(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &mut SubscriptionRow,
+    ends: Option<DateTime<Utc>>,
 ) -> ServiceResult<()> {
-    if let Some(invoice) = invoices::invoice_pending(uow, scope, sub).await? {
+    if let Some(invoice) = invoices::invoice_pending(uow, scope, sub, ends).await? {
         sub.latest_invoice_id = Some(invoice.id);
         queue_charge(uow, scope, sub, &invoice).await?;
+    }
+    // Its usage up to its end is on that invoice: events for it are refused (the caller saves).
+    if ends.is_some() {
+        sub.usage_billed_until = sub.usage_billed_until.max(ends);
     }
     Ok(())
 }
@@ -941,7 +951,7 @@ pub(crate) async fn close_period(
     }
     if sub.cancel_at_period_end {
         let next = sub.status.apply(Transition::Cancel).map_err(illegal)?;
-        final_invoice(uow, scope, sub).await?;
+        final_invoice(uow, scope, sub, Some(period_end)).await?;
         move_to(uow, scope, sub, next, Transition::Cancel).await?;
         sub.ended_at = Some(period_end);
         db::subscriptions::save(uow.conn(), scope, sub).await?;
@@ -1160,7 +1170,14 @@ pub async fn change_items(
         if touched.contains(&id) || removed.contains(&id) {
             return Err(ServiceError::invalid(field, "is changed twice"));
         }
+        let metered = current.iter().any(|it| it.id == id && it.usage.is_some());
         match quantity {
+            Some(q) if metered && q != 1 => {
+                return Err(ServiceError::invalid(
+                    format!("items[{i}].quantity"),
+                    "must be 1 for a metered price: its usage sets what is billed",
+                ));
+            }
             Some(q) if !(1..=MAX_QUANTITY).contains(&q) => {
                 return Err(ServiceError::invalid(
                     format!("items[{i}].quantity"),
@@ -1229,6 +1246,7 @@ pub async fn change_items(
     db::subscriptions::insert_items(uow.conn(), scope, sub.id, &new_items, now).await?;
     changed.extend(new_items.iter().map(|n| n.id));
     let after = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    super::usage::one_item_per_metric(&after)?;
 
     // Only a period that was billed is prorated (not a trial, even a paused one).
     let bills_now = behavior != ProrationBehavior::None
@@ -1242,7 +1260,7 @@ pub async fn change_items(
         let lines = proration_lines(uow, scope, &sub, &current, &after, &changed, at).await?;
         db::invoices::insert_pending(uow.conn(), scope, &lines).await?;
         if behavior == ProrationBehavior::AlwaysInvoice
-            && let Some(inv) = invoices::invoice_pending(uow, scope, &sub).await?
+            && let Some(inv) = invoices::invoice_pending(uow, scope, &sub, None).await?
         {
             sub.latest_invoice_id = Some(inv.id);
             queue_charge(uow, scope, &sub, &inv).await?;
@@ -1375,16 +1393,8 @@ pub async fn upcoming_invoice(
     let period = period_of(anchor_of(&sub)?, interval_of(&sub)?, next)?;
     let invoice_id = InvoiceId::new();
     let mut lines = invoices::period_lines(invoice_id, &items, period)?;
-    let usage = super::usage::preview(
-        uow,
-        scope,
-        &sub,
-        &items,
-        period.start,
-        invoice_id,
-        lines.len(),
-    )
-    .await?;
+    let usage =
+        super::usage::preview(uow, scope, &sub, period.start, invoice_id, lines.len()).await?;
     lines.extend(usage);
     invoices::discount(uow, scope, &sub, &mut lines, period).await?;
     let mut pending = db::invoices::pending_of(uow.conn(), scope, sub.id).await?;

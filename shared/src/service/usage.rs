@@ -51,6 +51,9 @@ pub const MAX_BATCH: usize = 1000;
 /// The longest transaction id.
 pub const MAX_TRANSACTION_ID_LEN: usize = 255;
 
+/// The most properties an event holds.
+pub const MAX_PROPERTIES: usize = 50;
+
 // ---- metrics ----
 
 /// The metric as the API shows it (and as its events carry it).
@@ -276,132 +279,38 @@ pub async fn record_events(
             ));
         }
     }
-    let ids: Vec<String> = specs.iter().map(|e| e.transaction_id.clone()).collect();
-    let mut seen: HashSet<&str> = db::usage::recorded(uow.conn(), scope, &ids)
-        .await?
-        .iter()
-        .filter_map(|t| specs.iter().find(|e| &e.transaction_id == t))
-        .map(|e| e.transaction_id.as_str())
+    // The first report of each transaction id in the request; later ones are duplicates.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let firsts: Vec<usize> = (0..specs.len())
+        .filter(|&i| seen.insert(specs[i].transaction_id.as_str()))
         .collect();
-    // The first report of each transaction id not recorded yet.
-    let fresh: Vec<(usize, &EventSpec)> = specs
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| seen.insert(e.transaction_id.as_str()))
-        .collect();
-
-    let mut codes: Vec<String> = fresh.iter().map(|(_, e)| e.code.clone()).collect();
-    codes.sort();
-    codes.dedup();
-    let mut metrics: HashMap<String, (MetricRow, Metric)> = HashMap::new();
-    for m in db::usage::metrics_by_code(uow.conn(), scope, &codes).await? {
-        let metric = metric_of(&m)?;
-        metrics.insert(m.code.clone(), (m, metric));
-    }
-    let mut sub_ids: Vec<uuid::Uuid> = fresh
-        .iter()
-        .filter_map(|(_, e)| e.subscription.map(|s| s.as_uuid()))
-        .collect();
-    sub_ids.sort();
-    sub_ids.dedup();
-    let mut customer_ids: Vec<uuid::Uuid> = fresh
-        .iter()
-        .filter(|(_, e)| e.subscription.is_none())
-        .filter_map(|(_, e)| e.customer.map(|c| c.as_uuid()))
-        .collect();
-    customer_ids.sort();
-    customer_ids.dedup();
-    let subs = if fresh.is_empty() {
-        Vec::new()
-    } else {
-        db::usage::lock_metered(uow.conn(), scope, &sub_ids, &customer_ids).await?
-    };
-    let by_id: HashMap<SubscriptionId, &MeteredSubscription> =
-        subs.iter().map(|s| (s.id, s)).collect();
-
+    let context = read_context(uow, scope, specs, &firsts).await?;
     let now = uow.now();
-    let mut rows = Vec::with_capacity(fresh.len());
-    let mut outcomes: HashMap<usize, EventOutcome> = HashMap::new();
-    for &(i, e) in &fresh {
-        let (metric_row, metric) = metrics.get(&e.code).ok_or_else(|| {
-            ServiceError::invalid(field(batch, i, "code"), "no billable metric has this code")
-        })?;
-        if !metric_row.active {
-            return Err(ServiceError::invalid(
-                field(batch, i, "code"),
-                "the billable metric is archived",
-            ));
+    let (rows, mut outcomes) = match check(&context, specs, &firsts, batch, now) {
+        Ok(checked) => checked,
+        Err(refused) => {
+            // An event refused may repeat one recorded before (whose period has closed since,
+            // say): that is a duplicate, not an error. Only then is the request's ids looked
+            // up, so that new events cost no lookup.
+            let ids: Vec<String> = firsts
+                .iter()
+                .map(|&i| specs[i].transaction_id.clone())
+                .collect();
+            let recorded: HashSet<String> = db::usage::recorded(uow.conn(), scope, &ids)
+                .await?
+                .into_iter()
+                .collect();
+            if recorded.is_empty() {
+                return Err(refused);
+            }
+            let fresh: Vec<usize> = firsts
+                .into_iter()
+                .filter(|&i| !recorded.contains(&specs[i].transaction_id))
+                .collect();
+            check(&context, specs, &fresh, batch, now)?
         }
-        let sub = resolve(e, &by_id, &subs, batch, i)?;
-        let at_now = sub.clock_time.unwrap_or(now);
-        let at = e.timestamp.unwrap_or(at_now);
-        if at > at_now + FUTURE_LEEWAY {
-            return Err(ServiceError::invalid(
-                field(batch, i, "timestamp"),
-                format!(
-                    "is more than 5 minutes after the subscription's time ({})",
-                    db::api_time(at_now)
-                ),
-            ));
-        }
-        if let Some(until) = sub.usage_billed_until.filter(|u| at < *u) {
-            return Err(ServiceError::Invalid {
-                field: field(batch, i, "timestamp"),
-                code: "usage_period_closed",
-                message: format!(
-                    "falls in a period of subscription {} that is already invoiced: its usage \
-                     up to {} is billed, and usage for it can no longer be recorded",
-                    sub.id,
-                    db::api_time(until)
-                ),
-            });
-        }
-        if at < sub.created_at {
-            return Err(ServiceError::invalid(
-                field(batch, i, "timestamp"),
-                format!(
-                    "is before subscription {} started ({})",
-                    sub.id,
-                    db::api_time(sub.created_at)
-                ),
-            ));
-        }
-        if let Some(ended) = sub.ended_at.filter(|end| at >= *end) {
-            return Err(ServiceError::invalid(
-                field(batch, i, "timestamp"),
-                format!(
-                    "is after subscription {} ended ({})",
-                    sub.id,
-                    db::api_time(ended)
-                ),
-            ));
-        }
-        let reading = metric
-            .read(&e.properties)
-            .map_err(|m| ServiceError::invalid(field(batch, i, "properties"), m))?;
-        rows.push(NewEvent {
-            transaction_id: e.transaction_id.clone(),
-            id: UsageEventId::new().as_uuid(),
-            subscription_id: sub.id,
-            customer_id: sub.customer_id,
-            metric_id: metric_row.id,
-            occurred_at: at,
-            properties: serde_json::Value::Object(e.properties.clone()),
-            matched: reading.matched,
-            value: reading.value,
-            unique_key: reading.unique_key,
-        });
-        outcomes.insert(
-            i,
-            EventOutcome {
-                transaction_id: e.transaction_id.clone(),
-                recorded: true,
-                subscription: Some(sub.id),
-                timestamp: Some(at),
-            },
-        );
-    }
-    // Another request may record one of these first: then it is a duplicate here.
+    };
+    // Recorded before, or by another request meanwhile: then it is a duplicate here.
     let written: HashSet<String> = if rows.is_empty() {
         HashSet::new()
     } else {
@@ -425,6 +334,196 @@ pub async fn record_events(
         .collect())
 }
 
+/// What checking events reads: their metrics by code, and the subscriptions they name (or
+/// their customers'), share-locked.
+struct Context {
+    metrics: HashMap<String, (MetricRow, Metric)>,
+    subs: Vec<MeteredSubscription>,
+}
+
+async fn read_context(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    specs: &[EventSpec],
+    which: &[usize],
+) -> ServiceResult<Context> {
+    let mut codes: Vec<String> = which.iter().map(|&i| specs[i].code.clone()).collect();
+    codes.sort();
+    codes.dedup();
+    let mut metrics: HashMap<String, (MetricRow, Metric)> = HashMap::new();
+    for m in db::usage::metrics_by_code(uow.conn(), scope, &codes).await? {
+        let metric = metric_of(&m)?;
+        metrics.insert(m.code.clone(), (m, metric));
+    }
+    let mut sub_ids: Vec<uuid::Uuid> = which
+        .iter()
+        .filter_map(|&i| specs[i].subscription.map(|s| s.as_uuid()))
+        .collect();
+    sub_ids.sort();
+    sub_ids.dedup();
+    let mut customer_ids: Vec<uuid::Uuid> = which
+        .iter()
+        .filter(|&&i| specs[i].subscription.is_none())
+        .filter_map(|&i| specs[i].customer.map(|c| c.as_uuid()))
+        .collect();
+    customer_ids.sort();
+    customer_ids.dedup();
+    let subs = if which.is_empty() {
+        Vec::new()
+    } else {
+        db::usage::lock_metered(uow.conn(), scope, &sub_ids, &customer_ids).await?
+    };
+    Ok(Context { metrics, subs })
+}
+
+/// Checks the events at `which` against what was read, and reads each: the rows to record,
+/// and their outcomes by position. The first event that cannot be recorded is the answer.
+fn check<'a>(
+    context: &Context,
+    specs: &'a [EventSpec],
+    which: &[usize],
+    batch: bool,
+    now: DateTime<Utc>,
+) -> ServiceResult<(Vec<NewEvent<'a>>, HashMap<usize, EventOutcome>)> {
+    let by_id: HashMap<SubscriptionId, &MeteredSubscription> =
+        context.subs.iter().map(|s| (s.id, s)).collect();
+    let mut rows = Vec::with_capacity(which.len());
+    let mut outcomes: HashMap<usize, EventOutcome> = HashMap::with_capacity(which.len());
+    for &i in which {
+        let e = &specs[i];
+        let (metric_row, metric) = context.metrics.get(&e.code).ok_or_else(|| {
+            ServiceError::invalid(field(batch, i, "code"), "no billable metric has this code")
+        })?;
+        if !metric_row.active {
+            return Err(ServiceError::invalid(
+                field(batch, i, "code"),
+                "the billable metric is archived",
+            ));
+        }
+        if e.properties.len() > MAX_PROPERTIES {
+            return Err(ServiceError::invalid(
+                field(batch, i, "properties"),
+                format!("must hold at most {MAX_PROPERTIES} properties"),
+            ));
+        }
+        let sub = resolve(e, &by_id, &context.subs, batch, i)?;
+        let at_now = sub.clock_time.unwrap_or(now);
+        // As stored: to the microsecond.
+        let at = e.timestamp.unwrap_or(at_now).trunc_subsecs(6);
+        when_allowed(sub, &e.code, at, at_now)
+            .map_err(|refused| refused.at(field(batch, i, "timestamp")))?;
+        let reading = metric
+            .read(&e.properties)
+            .map_err(|m| ServiceError::invalid(field(batch, i, "properties"), m))?;
+        rows.push(NewEvent {
+            transaction_id: &e.transaction_id,
+            id: UsageEventId::new().as_uuid(),
+            subscription_id: sub.id,
+            customer_id: sub.customer_id,
+            metric_id: metric_row.id,
+            occurred_at: at,
+            properties: &e.properties,
+            matched: reading.matched,
+            value: reading.value,
+            unique_key: reading.unique_key,
+        });
+        outcomes.insert(
+            i,
+            EventOutcome {
+                transaction_id: e.transaction_id.clone(),
+                recorded: true,
+                subscription: Some(sub.id),
+                timestamp: Some(at),
+            },
+        );
+    }
+    Ok((rows, outcomes))
+}
+
+/// Why an event's time is refused: a stable code and the reason.
+struct Refused {
+    code: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn new(message: String) -> Self {
+        Self {
+            code: "validation_failed",
+            message,
+        }
+    }
+
+    fn at(self, field: String) -> ServiceError {
+        ServiceError::Invalid {
+            field,
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+/// Whether usage of `code` at `at` may be recorded for `sub`, whose time is `now`: not more
+/// than [`FUTURE_LEEWAY`] ahead, not before it started, not in its invoiced usage, not once it
+/// ends, and while an item of it metered `code`.
+fn when_allowed(
+    sub: &MeteredSubscription,
+    code: &str,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), Refused> {
+    if at > now + FUTURE_LEEWAY {
+        return Err(Refused::new(format!(
+            "is more than 5 minutes after the subscription's time ({})",
+            db::api_time(now)
+        )));
+    }
+    if at < sub.created_at {
+        return Err(Refused::new(format!(
+            "is before subscription {} started ({})",
+            sub.id,
+            db::api_time(sub.created_at)
+        )));
+    }
+    if let Some(until) = sub.usage_billed_until.filter(|u| at < *u) {
+        return Err(Refused {
+            code: "usage_period_closed",
+            message: format!(
+                "falls in a period of subscription {} that is already invoiced: its usage up \
+                 to {} is billed, and usage for it can no longer be recorded",
+                sub.id,
+                db::api_time(until)
+            ),
+        });
+    }
+    let ends = sub
+        .ended_at
+        .or(sub.cancel_at_period_end.then_some(sub.current_period_end));
+    if let Some(end) = ends.filter(|end| at >= *end) {
+        return Err(Refused::new(format!(
+            "is not before subscription {} ends ({})",
+            sub.id,
+            db::api_time(end)
+        )));
+    }
+    // An item on the metric was on the subscription then (and bills it).
+    let covered = (0..sub.item_metrics.len()).any(|k| {
+        sub.item_metrics[k] == code
+            && sub.item_added.get(k).is_some_and(|added| *added <= at)
+            && sub
+                .item_removed
+                .get(k)
+                .is_some_and(|removed| removed.is_none_or(|r| at < r))
+    });
+    if !covered {
+        return Err(Refused::new(format!(
+            "is a time when no item of subscription {} metered {code}",
+            sub.id
+        )));
+    }
+    Ok(())
+}
+
 /// The subscription an event counts for: the one it names (which must meter its metric and
 /// belong to the customer it names, if any), or its customer's one live subscription that
 /// meters it.
@@ -435,7 +534,7 @@ fn resolve<'a>(
     batch: bool,
     i: usize,
 ) -> ServiceResult<&'a MeteredSubscription> {
-    let meters = |s: &MeteredSubscription| s.metrics.iter().any(|m| m == &e.code);
+    let meters = |s: &MeteredSubscription| s.item_metrics.iter().any(|m| m == &e.code);
     if let Some(id) = e.subscription {
         let sub = by_id.get(&id).ok_or_else(|| {
             ServiceError::invalid(field(batch, i, "subscription"), "no such subscription")
@@ -486,7 +585,6 @@ fn resolve<'a>(
 pub(crate) struct Billable<'a> {
     pub scope: Scope,
     pub sub: &'a SubscriptionRow,
-    pub items: &'a [ItemRow],
     pub until: DateTime<Utc>,
     pub invoice: InvoiceId,
     pub position: usize,
@@ -504,49 +602,54 @@ pub struct ItemUsage {
     pub unit_amount: Option<i64>,
 }
 
-/// The usage of each subscription's metered items since its invoiced usage ended (not before
-/// its trial's end) up to its `until`, in one statement for all (two with weighted sums).
+/// Where a subscription's usage not yet invoiced starts: where its invoiced usage ends (or
+/// its start), and not before its trial's end (usage during a trial is free).
+fn window_start(sub: &SubscriptionRow) -> DateTime<Utc> {
+    let since = sub.usage_billed_until.unwrap_or(sub.created_at);
+    sub.trial_end.map_or(since, |end| since.max(end))
+}
+
+/// The usage of each subscription's metered items from [`window_start`] up to its `until`,
+/// each item over the part of that window it was on the subscription (an item removed, or
+/// added, in the middle bills its own part): in a few statements for all.
 async fn measure(
     conn: &mut PgConnection,
-    subs: &[(Scope, &SubscriptionRow, &[ItemRow], DateTime<Utc>)],
+    subs: &[(Scope, &SubscriptionRow, DateTime<Utc>)],
 ) -> ServiceResult<Vec<Vec<ItemUsage>>> {
-    let metered: Vec<usize> = (0..subs.len())
-        .filter(|&i| subs[i].2.iter().any(|it| it.usage.is_some()))
-        .collect();
     let mut out: Vec<Vec<ItemUsage>> = vec![Vec::new(); subs.len()];
-    if metered.is_empty() {
+    let open: Vec<usize> = (0..subs.len())
+        .filter(|&i| window_start(subs[i].1) < subs[i].2)
+        .collect();
+    if open.is_empty() {
         return Ok(out);
     }
-    let keys: Vec<(Scope, SubscriptionId)> =
-        metered.iter().map(|&i| (subs[i].0, subs[i].1.id)).collect();
-    let starts: HashMap<SubscriptionId, DateTime<Utc>> = db::usage::billed_until(conn, &keys)
-        .await?
-        .into_iter()
+    let keys: Vec<(Scope, SubscriptionId, DateTime<Utc>)> = open
+        .iter()
+        .map(|&i| (subs[i].0, subs[i].1.id, window_start(subs[i].1)))
         .collect();
+    let at: HashMap<SubscriptionId, usize> = open.iter().map(|&i| (subs[i].1.id, i)).collect();
     let mut windows: Vec<Window> = Vec::new();
-    let mut owners: Vec<(usize, &ItemRow, Usage)> = Vec::new();
-    for &i in &metered {
-        let (scope, sub, items, until) = subs[i];
-        let mut since = starts.get(&sub.id).copied().unwrap_or(sub.created_at);
-        if let Some(trial_end) = sub.trial_end {
-            since = since.max(trial_end);
-        }
+    let mut owners: Vec<(usize, ItemRow, Usage)> = Vec::new();
+    for m in db::usage::metered_items(conn, &keys).await? {
+        let Some(&i) = at.get(&m.item.subscription_id) else {
+            continue;
+        };
+        let (scope, sub, until) = subs[i];
+        let since = window_start(sub).max(m.item.created_at);
+        let until = m.deleted_at.map_or(until, |d| d.min(until));
         if since >= until {
             continue;
         }
-        for item in items {
-            let Some(raw) = &item.usage else { continue };
-            let usage: Usage =
-                serde_json::from_value(raw.clone()).map_err(ServiceError::internal)?;
-            windows.push(Window {
-                scope,
-                subscription: sub.id,
-                metric: usage.metric().to_owned(),
-                since,
-                until,
-            });
-            owners.push((i, item, usage));
-        }
+        let raw = m.item.usage.clone().unwrap_or_default();
+        let usage: Usage = serde_json::from_value(raw).map_err(ServiceError::internal)?;
+        windows.push(Window {
+            scope,
+            subscription: sub.id,
+            metric: usage.metric().to_owned(),
+            since,
+            until,
+        });
+        owners.push((i, m.item, usage));
     }
     if windows.is_empty() {
         return Ok(out);
@@ -605,7 +708,7 @@ async fn measure(
             .amount_for(quantity)
             .map_err(|_| usage_too_large(item))?;
         out[*i].push(ItemUsage {
-            item: (*item).clone(),
+            item: item.clone(),
             metric: usage.metric().to_owned(),
             aggregation,
             window,
@@ -617,36 +720,33 @@ async fn measure(
     Ok(out)
 }
 
+/// Usage whose amount cannot be represented: a conflict to settle (by crediting, or voiding
+/// events' effect by hand), never an internal error.
 fn usage_too_large(item: &ItemRow) -> ServiceError {
-    ServiceError::internal(format!(
-        "the usage of {} makes an amount too large to bill",
-        item.description()
-    ))
+    ServiceError::conflict(
+        "usage_too_large",
+        format!(
+            "The usage of {} (item {}) makes an amount too large to bill.",
+            item.description(),
+            item.id
+        ),
+    )
 }
 
-/// The lines billing each subscription's usage up to its `until` (one per metered item, at
-/// the price of the window's quantity), and records that its usage is invoiced up to there.
+/// The lines billing each subscription's usage up to its `until` (one per metered item and
+/// window, at the price of the window's quantity). The caller records that the
+/// subscription's usage is invoiced up to `until` (`usage_billed_until`) and saves it.
 pub(crate) async fn bill(
     uow: &mut UnitOfWork,
     subs: &[Billable<'_>],
 ) -> ServiceResult<Vec<Vec<LineRow>>> {
-    let inputs: Vec<(Scope, &SubscriptionRow, &[ItemRow], DateTime<Utc>)> = subs
-        .iter()
-        .map(|b| (b.scope, b.sub, b.items, b.until))
-        .collect();
+    let inputs: Vec<(Scope, &SubscriptionRow, DateTime<Utc>)> =
+        subs.iter().map(|b| (b.scope, b.sub, b.until)).collect();
     let measured = measure(uow.conn(), &inputs).await?;
-    let mut billed = Vec::new();
-    let mut lines = Vec::with_capacity(subs.len());
-    for (b, usages) in subs.iter().zip(measured) {
-        // Only a window that was measured closes (none before the first period's start, or
-        // while a trial lasts).
-        if !usages.is_empty() {
-            billed.push((b.scope, b.sub.id, b.until));
-        }
-        lines.push(lines_of(b.invoice, b.position, &usages)?);
-    }
-    db::usage::set_billed_until(uow.conn(), &billed).await?;
-    Ok(lines)
+    subs.iter()
+        .zip(measured)
+        .map(|(b, usages)| lines_of(b.invoice, b.position, &usages))
+        .collect()
 }
 
 /// The lines of measured usage on `invoice`, from line `position`.
@@ -683,8 +783,28 @@ pub(crate) fn lines_of(
         .collect()
 }
 
+/// Refuses a second current item metering a metric another current item meters: each event
+/// counts once, on one item.
+pub(crate) fn one_item_per_metric(items: &[ItemRow]) -> ServiceResult<()> {
+    let mut seen = HashSet::new();
+    for item in items {
+        let Some(raw) = &item.usage else { continue };
+        let usage: Usage = serde_json::from_value(raw.clone()).map_err(ServiceError::internal)?;
+        if !seen.insert(usage.metric().to_owned()) {
+            return Err(ServiceError::invalid(
+                "items",
+                format!(
+                    "two items would meter {}: a subscription has one item per metric",
+                    usage.metric()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a subscription's usage not yet invoiced comes to: from where its invoiced usage ends
-/// to the end of its current period.
+/// to the end of its current period (or its end).
 #[derive(Debug, Clone)]
 pub struct UsageSummary {
     pub subscription: SubscriptionRow,
@@ -706,9 +826,8 @@ pub async fn summary(
     let sub = db::subscriptions::get(&mut conn, scope, id)
         .await
         .map_err(ServiceError::not_found("subscription"))?;
-    let items = db::subscriptions::items(&mut *conn, scope, &[id.as_uuid()]).await?;
     let until = sub.ended_at.unwrap_or(sub.current_period_end);
-    let items = measure(&mut conn, &[(scope, &sub, &items, until)])
+    let items = measure(&mut conn, &[(scope, &sub, until)])
         .await?
         .pop()
         .unwrap_or_default();
@@ -723,12 +842,11 @@ pub(crate) async fn preview(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
-    items: &[ItemRow],
     until: DateTime<Utc>,
     invoice: InvoiceId,
     position: usize,
 ) -> ServiceResult<Vec<LineRow>> {
-    let measured = measure(uow.conn(), &[(scope, sub, items, until)]).await?;
+    let measured = measure(uow.conn(), &[(scope, sub, until)]).await?;
     lines_of(
         invoice,
         position,

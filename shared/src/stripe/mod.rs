@@ -46,15 +46,22 @@ pub enum Failure {
     /// Stripe refused the request as it stands (4xx): retrying it unchanged will not help.
     #[error("{0}")]
     Rejected(String),
-    /// The card was declined (402): `code` is the decline code, such as `insufficient_funds`.
+    /// The card was declined (402): `code` is the decline code, such as `insufficient_funds`;
+    /// `do_not_retry` when the issuer advises never to try the card again (Stripe's
+    /// `advice_code` `do_not_try_again`).
     #[error("card declined ({code}): {message}")]
-    Declined { code: String, message: String },
+    Declined {
+        code: String,
+        message: String,
+        do_not_retry: bool,
+    },
 }
 
 fn classify(e: StripeError) -> Failure {
     match e {
         StripeError::Stripe(_, 429) => Failure::RateLimited,
         StripeError::Stripe(err, 402) => Failure::Declined {
+            do_not_retry: err.advice_code.as_deref() == Some("do_not_try_again"),
             code: err
                 .decline_code
                 .clone()
