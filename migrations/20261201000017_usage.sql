@@ -24,24 +24,17 @@ CREATE TABLE billable_metrics (
 CREATE INDEX billable_metrics_list_idx ON billable_metrics (tenant_id, livemode, id);
 
 -- The metrics metered prices already named, so that every metered price names a metric.
--- (Ids keep the first price's time in their first 48 bits, so that they sort by creation.)
 INSERT INTO billable_metrics (id, tenant_id, livemode, code, name, aggregation, field_name,
         created_at, updated_at)
 SELECT DISTINCT ON (tenant_id, livemode, usage->>'metric')
-       (lpad(to_hex((extract(epoch FROM created_at) * 1000)::bigint), 12, '0')
-        || substr(replace(gen_random_uuid()::text, '-', ''), 13))::uuid,
-       tenant_id, livemode, usage->>'metric', usage->>'metric',
+       gen_random_uuid(), tenant_id, livemode, usage->>'metric', usage->>'metric',
        CASE usage->>'aggregation' WHEN 'last' THEN 'latest' ELSE usage->>'aggregation' END,
        CASE usage->>'aggregation' WHEN 'count' THEN NULL ELSE 'value' END,
        created_at, created_at
   FROM prices WHERE usage IS NOT NULL
  ORDER BY tenant_id, livemode, usage->>'metric', created_at;
--- Every metered price stores its metric's aggregation (the first price's, for a metric two
--- prices named with different ones).
-UPDATE prices p SET usage = jsonb_build_object('metric', m.code, 'aggregation', m.aggregation)
-  FROM billable_metrics m
- WHERE p.usage IS NOT NULL AND m.tenant_id = p.tenant_id AND m.livemode = p.livemode
-   AND m.code = p.usage->>'metric';
+UPDATE prices SET usage = jsonb_set(usage, '{aggregation}', '"latest"')
+ WHERE usage->>'aggregation' = 'last';
 
 -- One row per (tenant, mode, transaction id), forever: a repeat is a duplicate, never counted
 -- twice. What the event counts for was read off its properties when it came in (its metric

@@ -10,6 +10,7 @@ use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
     subscriptions::{get, invoices_of, json_of, subscribe, time},
     test_clocks::{advance, clock, customer_on, monthly_plan},
+    webhooks::event_objects,
 };
 
 const START: &str = "2026-03-01T00:00:00Z";
@@ -564,4 +565,70 @@ async fn dunning_does_not_end_while_the_next_attempt_is_queued_but_not_made() {
     )
     .await;
     assert_eq!(status_of(&app, &key, &sub).await, "canceled");
+}
+
+#[tokio::test]
+async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_dunning_ends() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-overdue@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let sent = |customer: &str| {
+        json!({"customer": customer, "items": [{"plan": plan}],
+               "collection_method": "send_invoice", "days_until_due": 7})
+    };
+    let late = customer_on(&app, &key, &clock, "UTC", None, None).await;
+    let late_sub = s(&subscribe(&app, &key, sent(&late)).await["id"]);
+    let prompt = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let prompt_sub = subscribe(&app, &key, sent(&prompt)).await;
+    // The prompt customer pays on day 2.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(2))).await;
+    let invoice = s(&prompt_sub["latest_invoice"]);
+    json_of(
+        app.post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(3))).await;
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(paid["status"], "paid", "{paid}");
+
+    // Day 6: nothing is overdue yet.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(6))).await;
+    assert!(
+        event_objects(&app, &t, false, "invoice.overdue")
+            .await
+            .is_empty()
+    );
+    assert_eq!(status_of(&app, &key, &late_sub).await, "active");
+    // Day 8: the unpaid one is overdue and its subscription past due; the paid one is not.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(8))).await;
+    let overdue = event_objects(&app, &t, false, "invoice.overdue").await;
+    assert_eq!(overdue.len(), 1, "{overdue:?}");
+    let late_invoice = invoices_of(&app, &key, &late_sub).await[0].clone();
+    assert_eq!(overdue[0]["id"], late_invoice["id"]);
+    assert_eq!(status_of(&app, &key, &late_sub).await, "past_due");
+    assert_eq!(status_of(&app, &key, &s(&prompt_sub["id"])).await, "active");
+    // No charge is ever attempted for it.
+    assert!(
+        attempts(&app, &key, &s(&late_invoice["id"]))
+            .await
+            .is_empty()
+    );
+    // The default policy's waits (3 + 5 + 7 days) after the due date: still past due on day
+    // 21, canceled by day 23.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(21))).await;
+    assert_eq!(status_of(&app, &key, &late_sub).await, "past_due");
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(23))).await;
+    assert_eq!(status_of(&app, &key, &late_sub).await, "canceled");
+    assert_eq!(status_of(&app, &key, &s(&prompt_sub["id"])).await, "active");
+    // Overdue once only.
+    assert_eq!(
+        event_objects(&app, &t, false, "invoice.overdue")
+            .await
+            .len(),
+        1
+    );
 }

@@ -326,6 +326,11 @@ async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an
     )
     .await;
     assert_eq!(by_customer["subscription"], json!(sub));
+    // A time a little ahead counts as now, so that whatever cuts the usage later covers it.
+    assert_eq!(
+        by_customer["timestamp"],
+        json!(at(Duration::days(10)).replace('Z', "+00:00"))
+    );
 
     let rows_before = app.count("usage_events").await;
     for (body, field) in [
@@ -363,6 +368,16 @@ async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an
             json!({"transaction_id": "", "code": "api_calls", "subscription": sub,
                    "properties": {"calls": 1}}),
             "transaction_id",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "properties": {"calls": 1, "note": "a\u{0}b"}}),
+            "properties",
+        ),
+        (
+            json!({"transaction_id": "t-3", "code": "api_calls", "subscription": sub,
+                   "properties": [1]}),
+            "properties",
         ),
     ] {
         let p = assert_problem(
@@ -1171,4 +1186,44 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
     )
     .await;
     assert!(s(&p["detail"]).contains("no item"), "{p}");
+}
+
+#[tokio::test]
+async fn an_incomplete_subscription_takes_no_usage() {
+    let app = spawn_app().await;
+    let t = app.register("usage-incomplete@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    // No card: the first invoice (the plan's fee) is unpaid and the subscription incomplete.
+    let customer = customer_on(&app, &key, &clock, "UTC", None, None).await;
+    metric(&app, &key, "api_calls", "sum", Some("calls")).await;
+    let price = metered_price(
+        &app,
+        &key,
+        "api_calls",
+        json!({"type": "per_unit", "unit_amount": 3}),
+    )
+    .await;
+    let plan = monthly_plan(&app, &key, "Base", None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}, {"price": price}]}),
+    )
+    .await;
+    assert_eq!(sub["status"], "incomplete", "{sub}");
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "early", "code": "api_calls", "subscription": sub["id"],
+                   "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert!(s(&p["detail"]).contains("incomplete"), "{p}");
+    assert_eq!(app.count("usage_events").await, 0);
 }

@@ -31,6 +31,9 @@ pub const PASSWORD: &str = "SecurePass123!";
 pub struct Env {
     pub vars: HashMap<String, String>,
     pub pool: PgPool,
+    /// The test's own connection for what it checks ([`Env::scalar`]): an in-process worker
+    /// sharing `pool` may hold all of its connections for a while on a loaded machine.
+    probe: PgPool,
 }
 
 fn url_with_database(url: &str, name: &str) -> String {
@@ -102,7 +105,11 @@ impl Env {
         drop_stale_redis_keys(&settings).await;
         let pool = shared::db::pool(&settings.database).expect("pool");
         shared::db::migrate(&pool).await.expect("migrate");
-        Env { vars, pool }
+        let mut one = settings.database.clone();
+        one.max_connections = 1;
+        one.acquire_timeout = std::time::Duration::from_secs(60);
+        let probe = shared::db::pool(&one).expect("probe pool");
+        Env { vars, pool, probe }
     }
 
     pub fn settings(&self) -> Settings {
@@ -185,7 +192,7 @@ impl Env {
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.probe)
             .await
             .expect("scalar")
     }

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::{
     db::subscriptions::ItemRow,
+    domain::subscription::SubscriptionStatus,
     ids::{BillableMetricId, CustomerId, SubscriptionId},
     tenancy::Scope,
 };
@@ -148,6 +149,7 @@ pub async fn list_metrics(
 pub struct MeteredSubscription {
     pub id: SubscriptionId,
     pub customer_id: CustomerId,
+    pub status: SubscriptionStatus,
     pub created_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     /// Set: it ends at `current_period_end`.
@@ -173,8 +175,20 @@ pub async fn lock_metered(
     ids: &[Uuid],
     customers: &[Uuid],
 ) -> Result<Vec<MeteredSubscription>, DbError> {
+    // Locked first, then read: a read that waited for a lock would see the subscription as
+    // it is now but its items as they were before the wait.
+    let locked: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM subscriptions WHERE tenant_id = $1 AND livemode = $2 \
+         AND (id = ANY($3) OR customer_id = ANY($4)) ORDER BY id FOR SHARE",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(ids)
+    .bind(customers)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(sqlx::query_as::<_, MeteredSubscription>(
-        "SELECT s.id, s.customer_id, s.created_at, s.ended_at, s.cancel_at_period_end, \
+        "SELECT s.id, s.customer_id, s.status, s.created_at, s.ended_at, s.cancel_at_period_end, \
          s.current_period_end, s.usage_billed_until, \
          (SELECT c.frozen_time FROM test_clocks c WHERE c.id = s.test_clock_id) AS clock_time, \
          COALESCE(m.codes, '{}') AS item_metrics, COALESCE(m.added, '{}') AS item_added, \
@@ -187,13 +201,11 @@ pub async fn lock_metered(
              WHERE i.subscription_id = s.id AND p.usage IS NOT NULL \
              AND (i.deleted_at IS NULL \
                   OR i.deleted_at > COALESCE(s.usage_billed_until, s.created_at))) m ON TRUE \
-         WHERE s.tenant_id = $1 AND s.livemode = $2 \
-         AND (s.id = ANY($3) OR s.customer_id = ANY($4)) ORDER BY s.id FOR SHARE OF s",
+         WHERE s.tenant_id = $1 AND s.livemode = $2 AND s.id = ANY($3) ORDER BY s.id",
     )
     .bind(scope.tenant_id())
     .bind(scope.livemode())
-    .bind(ids)
-    .bind(customers)
+    .bind(&locked)
     .fetch_all(conn)
     .await?)
 }
@@ -230,7 +242,8 @@ pub struct NewEvent<'a> {
     pub unique_key: Option<String>,
 }
 
-/// Records events (their transaction ids distinct); returns the transaction ids written, which
+/// Records events (their transaction ids distinct, in transaction id order so that two
+/// requests never wait for each other in a cycle); returns the transaction ids written, which
 /// leaves out those recorded before. New events, the common case, are written by a plain
 /// insert under a savepoint; only when one was recorded before is the insert made again,
 /// skipping those (a conflict check on every row costs a fifth more).
@@ -251,11 +264,14 @@ pub async fn insert_events(
             let skip = "ON CONFLICT (tenant_id, livemode, transaction_id) DO NOTHING";
             write_events(conn, scope, events, now, skip).await
         }
-        written => {
+        // Any other failure leaves the transaction failed: returned as it is (a deadlock or a
+        // serialization failure is then retried whole by the caller).
+        Err(e) => Err(e),
+        Ok(written) => {
             sqlx::query("RELEASE SAVEPOINT usage_events_insert")
                 .execute(&mut *conn)
                 .await?;
-            written
+            Ok(written)
         }
     }
 }

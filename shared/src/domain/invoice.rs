@@ -137,7 +137,7 @@ pub fn invoice_text(raw: &str, required: bool) -> Result<String, super::Validati
 
 /// Declines that trying the same card again cannot fix (Stripe's list, plus any decline that
 /// says "do not try again"): no retry, straight to the final action.
-pub const HARD_DECLINES: [&str; 9] = [
+pub const HARD_DECLINES: [&str; 10] = [
     "incorrect_number",
     "lost_card",
     "pickup_card",
@@ -147,6 +147,7 @@ pub const HARD_DECLINES: [&str; 9] = [
     "authentication_required",
     "highest_risk_level",
     "transaction_not_allowed",
+    "do_not_try_again",
 ];
 
 /// Whether a decline code is final.

@@ -34,7 +34,12 @@ pub enum Job {
     PayInvoice { invoice: InvoiceId, attempt: i32 },
     /// End the dunning of an invoice whose attempt `attempt` was declined (the policy's final
     /// action), unless a later attempt was made or it was paid: one job per (invoice, attempt).
+    /// Attempt 0: an invoice sent for payment, overdue, that was never charged.
     EndDunning { invoice: InvoiceId, attempt: i32 },
+    /// At the due date of an invoice sent for payment: if still unpaid it is overdue (its
+    /// subscription past due, dunning's final action after the policy's waits). One per
+    /// invoice.
+    InvoiceOverdue { invoice: InvoiceId },
     /// Close a subscription's period that starts at `period_start`: one job per (subscription,
     /// period), so a period is renewed once.
     RenewSubscription {
@@ -78,6 +83,7 @@ impl Job {
     pub const PROCESS_STRIPE_EVENT: &'static str = "stripe.process_event";
     pub const PAY_INVOICE: &'static str = "invoice.pay";
     pub const END_DUNNING: &'static str = "invoice.end_dunning";
+    pub const INVOICE_OVERDUE: &'static str = "invoice.overdue";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
     pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
@@ -107,6 +113,7 @@ impl Job {
             Job::ProcessStripeEvent { .. } => Self::PROCESS_STRIPE_EVENT,
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
             Job::EndDunning { .. } => Self::END_DUNNING,
+            Job::InvoiceOverdue { .. } => Self::INVOICE_OVERDUE,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
             Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
@@ -121,6 +128,7 @@ impl Job {
             Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => Queue::StripeSync,
             Job::PayInvoice { .. }
             | Job::EndDunning { .. }
+            | Job::InvoiceOverdue { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -151,6 +159,7 @@ impl Job {
                 format!("{}:{}", self.kind(), subscription.as_uuid())
             }
             Job::RefundPayment { refund } => format!("{}:{}", self.kind(), refund.as_uuid()),
+            Job::InvoiceOverdue { invoice } => format!("{}:{}", self.kind(), invoice.as_uuid()),
             Job::AdvanceTestClock { clock, to } => {
                 format!("{}:{}:{}", self.kind(), clock.as_uuid(), to.timestamp())
             }
@@ -174,6 +183,7 @@ impl Job {
             Job::ProcessStripeEvent { .. }
             | Job::PayInvoice { .. }
             | Job::EndDunning { .. }
+            | Job::InvoiceOverdue { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -203,6 +213,7 @@ impl Job {
                 json!({ "subscription_id": subscription.to_string() })
             }
             Job::RefundPayment { refund } => json!({ "refund_id": refund.to_string() }),
+            Job::InvoiceOverdue { invoice } => json!({ "invoice_id": invoice.to_string() }),
             Job::AdvanceTestClock { clock, to } => {
                 json!({ "test_clock_id": clock.to_string(), "to": to.to_rfc3339() })
             }
@@ -288,10 +299,12 @@ impl Job {
                     .as_str()
                     .and_then(|s| InvoiceId::parse(s).ok())
                     .ok_or_else(|| bad("invoice_id"))?;
+                // Attempt 0 ends the dunning of an overdue invoice never charged.
+                let first = if kind == Self::PAY_INVOICE { 1 } else { 0 };
                 let attempt = payload["attempt"]
                     .as_i64()
                     .and_then(|a| i32::try_from(a).ok())
-                    .filter(|a| *a >= 1)
+                    .filter(|a| *a >= first)
                     .ok_or_else(|| bad("attempt"))?;
                 Ok(if kind == Self::PAY_INVOICE {
                     Job::PayInvoice { invoice, attempt }
@@ -307,6 +320,11 @@ impl Job {
                     period_start,
                 })
             }
+            Self::INVOICE_OVERDUE => payload["invoice_id"]
+                .as_str()
+                .and_then(|s| InvoiceId::parse(s).ok())
+                .map(|invoice| Job::InvoiceOverdue { invoice })
+                .ok_or_else(|| bad("invoice_id")),
             Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
                 subscription: subscription()?,
             }),
@@ -367,6 +385,13 @@ mod tests {
             Job::EndDunning {
                 invoice: InvoiceId::from_uuid(id),
                 attempt: 2,
+            },
+            Job::EndDunning {
+                invoice: InvoiceId::from_uuid(id),
+                attempt: 0,
+            },
+            Job::InvoiceOverdue {
+                invoice: InvoiceId::from_uuid(id),
             },
             Job::RenewSubscription {
                 subscription: SubscriptionId::from_uuid(id),

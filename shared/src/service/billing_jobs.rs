@@ -50,6 +50,11 @@ pub async fn run(
             dunning::end_dunning(&mut uow, scope, *invoice, *attempt).await?;
             uow.commit().await?;
         }
+        Job::InvoiceOverdue { invoice } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            dunning::overdue(&mut uow, scope, *invoice).await?;
+            uow.commit().await?;
+        }
         Job::ExpireIncomplete { subscription } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             subscriptions::expire_incomplete(&mut uow, scope, *subscription).await?;

@@ -12,7 +12,7 @@
 use chrono::Duration;
 use sqlx::PgPool;
 
-use super::{ServiceError, ServiceResult, invoices, subscriptions};
+use super::{ServiceError, ServiceResult, events, invoices, subscriptions};
 use crate::{
     db::{
         self,
@@ -101,6 +101,54 @@ pub(crate) async fn after_decline(
     let wait = Duration::from_std(wait).map_err(|e| ServiceError::internal(e.to_string()))?;
     invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, false)
         .await
+}
+
+/// At the due date of an invoice sent for payment (an `invoice.overdue` job): when it still
+/// owes, `invoice.overdue`, its subscription past due, and dunning's end (the policy's final
+/// action) after all of the policy's waits, unless it is paid first. Put off (`not_due`) when
+/// run before its due date; nothing when paid, void or not owing by then.
+pub async fn overdue(uow: &mut UnitOfWork, scope: Scope, id: InvoiceId) -> ServiceResult<()> {
+    let invoice = invoices::lock_with_subscription(uow, scope, id).await?;
+    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
+        return Ok(());
+    }
+    let Some(due) = invoice.due_date else {
+        return Ok(());
+    };
+    let now = match db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id).await? {
+        Some(clock) => clock.frozen_time,
+        None => uow.now(),
+    };
+    if now < due {
+        return Err(ServiceError::conflict(
+            "not_due",
+            format!("not overdue before {}", due.to_rfc3339()),
+        ));
+    }
+    let lines = db::invoices::lines(uow.conn(), scope, &[id.as_uuid()]).await?;
+    events::record(uow, scope, "invoice.overdue", invoice.to_json(&lines)).await?;
+    if let Some(sub) = invoice.subscription_id {
+        invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
+    }
+    let policy = db::dunning::get(uow.conn(), scope).await?.policy;
+    let days: i64 = policy
+        .retry_waits_days()
+        .iter()
+        .map(|d| i64::from(*d))
+        .sum();
+    let end = Job::EndDunning {
+        invoice: id,
+        attempt: 0,
+    };
+    invoices::queue_for_customer_after(
+        uow,
+        scope,
+        invoice.customer_id,
+        vec![end],
+        Duration::days(days),
+        false,
+    )
+    .await
 }
 
 /// Ends the dunning of `invoice` after attempt `attempt` (an `invoice.end_dunning` job): the

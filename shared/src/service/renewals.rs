@@ -276,7 +276,8 @@ async fn invoice_periods(
                 recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
             }
             if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now) {
-                if held_until.is_some() && charge.test_clock.is_none() {
+                // (An overdue check, due later, is not held.)
+                if held_until.is_some() && charge.test_clock.is_none() && charge.run_at <= now {
                     charges.push(charge);
                 } else {
                     jobs.push(charge);

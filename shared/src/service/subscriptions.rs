@@ -294,18 +294,23 @@ async fn queue_charge(
     Ok(())
 }
 
-/// The first charge of a new invoice of `sub`, due at `now`, when there is something to
-/// charge automatically.
+/// What follows a new invoice of `sub` that is owed: its first charge, due at `now`, when it
+/// is charged automatically; its overdue check at its due date when it is sent for payment.
 pub(crate) fn first_charge(
     scope: Scope,
     sub: &SubscriptionRow,
     invoice: &db::invoices::InvoiceRow,
     now: DateTime<Utc>,
 ) -> Option<jobs::NewJob> {
-    if !invoice.status.is_payable()
-        || sub.collection_method != CollectionMethod::ChargeAutomatically.as_str()
-    {
+    if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
         return None;
+    }
+    if sub.collection_method != CollectionMethod::ChargeAutomatically.as_str() {
+        let due = invoice.due_date?;
+        let job = Job::InvoiceOverdue {
+            invoice: invoice.id,
+        };
+        return Some(on_clock(job.to_new(Some(scope), due), sub));
     }
     let job = Job::PayInvoice {
         invoice: invoice.id,
@@ -517,6 +522,8 @@ pub async fn create_subscription(
         let charge = spec.collection_method == CollectionMethod::ChargeAutomatically;
         if invoice.status == InvoiceStatus::Paid || !charge {
             sub.status = SubscriptionStatus::Active;
+            // Sent for payment: its overdue check at its due date.
+            due.extend(first_charge(scope, &sub, &invoice, now));
         } else {
             due.push(
                 Job::PayInvoice {

@@ -31,6 +31,7 @@ use crate::{
     domain::{
         period::Period,
         pricing::{PriceModel, Usage},
+        subscription::SubscriptionStatus,
         usage::{Aggregation, Figures, Metric, weighted_quantity},
     },
     ids::{BillableMetricId, CustomerId, InvoiceId, InvoiceLineId, SubscriptionId, UsageEventId},
@@ -310,6 +311,9 @@ pub async fn record_events(
             check(&context, specs, &fresh, batch, now)?
         }
     };
+    // In transaction id order, so that two requests never wait for each other in a cycle.
+    let mut rows = rows;
+    rows.sort_unstable_by(|a, b| a.transaction_id.cmp(b.transaction_id));
     // Recorded before, or by another request meanwhile: then it is a duplicate here.
     let written: HashSet<String> = if rows.is_empty() {
         HashSet::new()
@@ -406,12 +410,20 @@ fn check<'a>(
                 format!("must hold at most {MAX_PROPERTIES} properties"),
             ));
         }
-        let sub = resolve(e, &by_id, &context.subs, batch, i)?;
+        if has_nul(&e.properties) {
+            return Err(ServiceError::invalid(
+                field(batch, i, "properties"),
+                "must not contain the NUL character",
+            ));
+        }
+        let sub = resolve(e, &by_id, &context.subs, batch, i, now)?;
         let at_now = sub.clock_time.unwrap_or(now);
-        // As stored: to the microsecond.
-        let at = e.timestamp.unwrap_or(at_now).trunc_subsecs(6);
+        let at = time_of(e, sub, now);
         when_allowed(sub, &e.code, at, at_now)
             .map_err(|refused| refused.at(field(batch, i, "timestamp")))?;
+        // A time a little ahead counts as now: whatever cuts the usage later (a cancel, an
+        // item removed) covers it.
+        let at = at.min(at_now);
         let reading = metric
             .read(&e.properties)
             .map_err(|m| ServiceError::invalid(field(batch, i, "properties"), m))?;
@@ -438,6 +450,40 @@ fn check<'a>(
         );
     }
     Ok((rows, outcomes))
+}
+
+/// When an event happened: its timestamp, or its subscription's time; to the microsecond, as
+/// stored.
+fn time_of(e: &EventSpec, sub: &MeteredSubscription, now: DateTime<Utc>) -> DateTime<Utc> {
+    e.timestamp
+        .unwrap_or(sub.clock_time.unwrap_or(now))
+        .trunc_subsecs(6)
+}
+
+/// Whether a JSON object holds the NUL character, which PostgreSQL cannot store, in a key or
+/// a string at any depth.
+fn has_nul(properties: &serde_json::Map<String, serde_json::Value>) -> bool {
+    fn value(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(value),
+            serde_json::Value::Object(o) => has_nul(o),
+            _ => false,
+        }
+    }
+    properties.iter().any(|(k, v)| k.contains('\0') || value(v))
+}
+
+/// Whether an item of `sub` metering `code` was on it at `at` (and bills it).
+fn covered(sub: &MeteredSubscription, code: &str, at: DateTime<Utc>) -> bool {
+    (0..sub.item_metrics.len()).any(|k| {
+        sub.item_metrics[k] == code
+            && sub.item_added.get(k).is_some_and(|added| *added <= at)
+            && sub
+                .item_removed
+                .get(k)
+                .is_some_and(|removed| removed.is_none_or(|r| at < r))
+    })
 }
 
 /// Why an event's time is refused: a stable code and the reason.
@@ -478,6 +524,12 @@ fn when_allowed(
             db::api_time(now)
         )));
     }
+    if sub.status == SubscriptionStatus::Incomplete {
+        return Err(Refused::new(format!(
+            "is for subscription {}, which is incomplete (its first invoice is unpaid)",
+            sub.id
+        )));
+    }
     if at < sub.created_at {
         return Err(Refused::new(format!(
             "is before subscription {} started ({})",
@@ -506,16 +558,7 @@ fn when_allowed(
             db::api_time(end)
         )));
     }
-    // An item on the metric was on the subscription then (and bills it).
-    let covered = (0..sub.item_metrics.len()).any(|k| {
-        sub.item_metrics[k] == code
-            && sub.item_added.get(k).is_some_and(|added| *added <= at)
-            && sub
-                .item_removed
-                .get(k)
-                .is_some_and(|removed| removed.is_none_or(|r| at < r))
-    });
-    if !covered {
+    if !covered(sub, code, at) {
         return Err(Refused::new(format!(
             "is a time when no item of subscription {} metered {code}",
             sub.id
@@ -533,6 +576,7 @@ fn resolve<'a>(
     subs: &'a [MeteredSubscription],
     batch: bool,
     i: usize,
+    now: DateTime<Utc>,
 ) -> ServiceResult<&'a MeteredSubscription> {
     let meters = |s: &MeteredSubscription| s.item_metrics.iter().any(|m| m == &e.code);
     if let Some(id) = e.subscription {
@@ -556,9 +600,13 @@ fn resolve<'a>(
     let customer = e
         .customer
         .ok_or_else(|| ServiceError::internal("checked above"))?;
-    let mut live = subs
-        .iter()
-        .filter(|s| s.customer_id == customer && s.ended_at.is_none() && meters(s));
+    // Its live subscription with an item metering the metric at the event's time.
+    let mut live = subs.iter().filter(|s| {
+        s.customer_id == customer
+            && s.ended_at.is_none()
+            && meters(s)
+            && covered(s, &e.code, time_of(e, s, now))
+    });
     match (live.next(), live.next()) {
         (Some(sub), None) => Ok(sub),
         (None, _) => Err(ServiceError::invalid(

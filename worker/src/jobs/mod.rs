@@ -24,6 +24,7 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
         Ok(
             what @ (Job::PayInvoice { .. }
             | Job::EndDunning { .. }
+            | Job::InvoiceOverdue { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
