@@ -89,6 +89,11 @@ async fn event(app: &TestApp, key: &Cred, body: Value) -> reqwest::Response {
     app.post("/api/v1/usage-events", key, &body).await
 }
 
+/// Reports one event, which must be recorded.
+async fn record(app: &TestApp, key: &Cred, body: Value) -> Value {
+    json_of(event(app, key, body).await, StatusCode::CREATED).await
+}
+
 async fn batch(app: &TestApp, key: &Cred, events: Vec<Value>) -> reqwest::Response {
     app.post(
         "/api/v1/usage-events/batch",
@@ -283,15 +288,11 @@ async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
 
     // Recorded at the clock's time; a repeat is a duplicate, whatever it says.
-    let first = json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "t-1", "code": "api_calls", "subscription": sub,
+    let first = record(
+        &app,
+        &key,
+        json!({"transaction_id": "t-1", "code": "api_calls", "subscription": sub,
                    "properties": {"calls": 5}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     assert_eq!(first["status"], "recorded");
@@ -313,16 +314,12 @@ async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an
     .await;
     assert_eq!(again["status"], "duplicate");
     // By customer: its one live subscription metering the metric; 4 minutes ahead is fine.
-    let by_customer = json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "t-2", "code": "api_calls", "customer": customer,
+    let by_customer = record(
+        &app,
+        &key,
+        json!({"transaction_id": "t-2", "code": "api_calls", "customer": customer,
                    "timestamp": at(Duration::days(10) + Duration::minutes(4)),
                    "properties": {"calls": "7"}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     assert_eq!(by_customer["subscription"], json!(sub));
@@ -487,15 +484,11 @@ async fn events_count_once_by_transaction_id_and_are_refused_in_the_future_or_an
     )
     .await;
     assert_eq!(dup["status"], "duplicate");
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "april", "code": "api_calls", "subscription": sub,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "april", "code": "api_calls", "subscription": sub,
                    "properties": {"calls": 2}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
@@ -709,16 +702,12 @@ async fn an_event_for_a_customer_with_two_metering_subscriptions_must_name_one()
     .await;
     assert_eq!(p["field"], "subscription");
     for target in [sub, s(&other["id"])] {
-        json_of(
-            event(
-                &app,
-                &key,
-                json!({"transaction_id": format!("x-{target}"), "code": "api_calls",
+        record(
+            &app,
+            &key,
+            json!({"transaction_id": format!("x-{target}"), "code": "api_calls",
                        "subscription": target, "customer": customer,
                        "properties": {"calls": 1}}),
-            )
-            .await,
-            StatusCode::CREATED,
         )
         .await;
     }
@@ -912,16 +901,12 @@ async fn a_subscription_that_ends_bills_its_usage_up_to_its_end_on_a_final_invoi
         &at(Duration::days(9) + Duration::hours(12)),
     )
     .await;
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "before-noon", "code": "api_calls", "subscription": now_sub,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "before-noon", "code": "api_calls", "subscription": now_sub,
                    "timestamp": at(Duration::days(9) + Duration::hours(11)),
                    "properties": {"calls": 40}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     let canceled = json_of(
@@ -986,15 +971,11 @@ async fn a_subscription_that_ends_bills_its_usage_up_to_its_end_on_a_final_invoi
         &at(Duration::days(30) + Duration::hours(1)),
     )
     .await;
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "late-march", "code": "api_calls", "subscription": later,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "late-march", "code": "api_calls", "subscription": later,
                    "timestamp": at(Duration::days(30)), "properties": {"calls": 9}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     // Its period runs from 10 March at noon to 10 April at noon; 5 minutes past its end is
@@ -1094,15 +1075,11 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
 
     // 5 calls on the cheap price, then on 11 March the price is swapped, then 7 calls.
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "cheap", "code": "api_calls", "subscription": sub,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "cheap", "code": "api_calls", "subscription": sub,
                    "timestamp": at(Duration::days(2)), "properties": {"calls": 5}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     json_of(
@@ -1117,26 +1094,18 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
     )
     .await;
     // A late event from before the swap counts for the item removed (at its price).
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "backdated", "code": "api_calls", "subscription": sub,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "backdated", "code": "api_calls", "subscription": sub,
                    "timestamp": at(Duration::days(5)), "properties": {"calls": 1}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
-    json_of(
-        event(
-            &app,
-            &key,
-            json!({"transaction_id": "dear", "code": "api_calls", "subscription": sub,
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "dear", "code": "api_calls", "subscription": sub,
                    "properties": {"calls": 7}}),
-        )
-        .await,
-        StatusCode::CREATED,
     )
     .await;
     advance(
