@@ -308,10 +308,7 @@ fn description(raw: &str) -> Result<String, ApiError> {
 
 /// The event as the service takes it; `at` names it in a batch.
 fn event_spec(e: UsageEventIn, at: Option<usize>) -> Result<EventSpec, ApiError> {
-    let field = |f: &str| match at {
-        Some(i) => format!("events[{i}].{f}"),
-        None => f.to_owned(),
-    };
+    let field = |f: &str| service::field(at.is_some(), at.unwrap_or(0), f);
     let properties = match e.properties {
         None | Some(serde_json::Value::Null) => serde_json::Map::new(),
         Some(serde_json::Value::Object(map)) => map,

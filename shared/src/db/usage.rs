@@ -342,6 +342,28 @@ pub struct Window {
     pub until: DateTime<Utc>,
 }
 
+/// Windows as the array columns the statements unnest.
+struct Columns<'a> {
+    tenants: Vec<Uuid>,
+    modes: Vec<bool>,
+    subs: Vec<Uuid>,
+    codes: Vec<&'a str>,
+    since: Vec<DateTime<Utc>>,
+    until: Vec<DateTime<Utc>>,
+}
+
+fn columns<'a>(windows: impl Iterator<Item = &'a Window> + Clone) -> Columns<'a> {
+    let (tenants, modes) = super::scope_columns(windows.clone().map(|w| &w.scope));
+    Columns {
+        tenants,
+        modes,
+        subs: windows.clone().map(|w| w.subscription.as_uuid()).collect(),
+        codes: windows.clone().map(|w| w.metric.as_str()).collect(),
+        since: windows.clone().map(|w| w.since).collect(),
+        until: windows.map(|w| w.until).collect(),
+    }
+}
+
 /// What a window's matching events add up to, each way a metric can combine them; the
 /// metric's aggregation picks one. Without events every figure is 0.
 #[derive(Debug, Clone, FromRow)]
@@ -365,11 +387,14 @@ pub async fn aggregate(
     conn: &mut PgConnection,
     windows: &[Window],
 ) -> Result<Vec<Aggregates>, DbError> {
-    let (tenants, modes) = super::scope_columns(windows.iter().map(|w| &w.scope));
-    let subs: Vec<Uuid> = windows.iter().map(|w| w.subscription.as_uuid()).collect();
-    let codes: Vec<&str> = windows.iter().map(|w| w.metric.as_str()).collect();
-    let since: Vec<DateTime<Utc>> = windows.iter().map(|w| w.since).collect();
-    let until: Vec<DateTime<Utc>> = windows.iter().map(|w| w.until).collect();
+    let Columns {
+        tenants,
+        modes,
+        subs,
+        codes,
+        since,
+        until,
+    } = columns(windows.iter());
     Ok(sqlx::query_as::<_, Aggregates>(
         "SELECT k.at, m.aggregation, \
          COALESCE(a.events, 0) AS events, COALESCE(a.sum, 0) AS sum, COALESCE(a.max, 0) AS max, \
@@ -412,12 +437,16 @@ pub async fn changes(
     conn: &mut PgConnection,
     windows: &[(i64, &Window)],
 ) -> Result<Vec<(i64, DateTime<Utc>, i64)>, DbError> {
-    let (tenants, modes) = super::scope_columns(windows.iter().map(|w| &w.1.scope));
+    let Columns {
+        tenants,
+        modes,
+        subs,
+        codes,
+        since,
+        until,
+    } = columns(windows.iter().map(|w| w.1));
     let at: Vec<i64> = windows.iter().map(|w| w.0).collect();
-    let subs: Vec<Uuid> = windows.iter().map(|w| w.1.subscription.as_uuid()).collect();
-    let codes: Vec<&str> = windows.iter().map(|w| w.1.metric.as_str()).collect();
-    let since: Vec<DateTime<Utc>> = windows.iter().map(|w| w.1.since).collect();
-    let until: Vec<DateTime<Utc>> = windows.iter().map(|w| w.1.until).collect();
+
     Ok(sqlx::query_as(
         "SELECT k.at, e.occurred_at, e.value \
          FROM unnest($1::uuid[], $2::bool[], $3::int8[], $4::uuid[], $5::text[], \

@@ -238,7 +238,7 @@ pub struct EventOutcome {
 }
 
 /// Where a problem with the `i`-th event points.
-fn field(batch: bool, i: usize, name: &str) -> String {
+pub fn field(batch: bool, i: usize, name: &str) -> String {
     if batch {
         format!("events[{i}].{name}")
     } else {
