@@ -120,9 +120,15 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let client = shared::ratelimit::client(settings.redis.url.expose())?;
+    // Redis answers within a heartbeat, not within the client's default half second: a
+    // consumer whose call times out fails and is restarted, which a loaded Redis (a large
+    // fetch, a busy machine) must not cause; a Redis silent for a whole heartbeat is down.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(settings.worker.heartbeat));
     let redis = match tokio::time::timeout(
         Duration::from_secs(10),
-        redis::aio::ConnectionManager::new(client),
+        redis::aio::ConnectionManager::new_with_config(client, config),
     )
     .await
     {

@@ -436,9 +436,15 @@ mod tests {
 
     #[test]
     fn plans_render_in_events_as_the_api_shows_them() {
-        for (trial_days, duplicated_from, synced_at) in
-            [(0, None, None), (14, Some(PlanId::new()), Some(at(6)))]
-        {
+        for (trial_days, duplicated_from, synced_at, usage_limits) in [
+            (0, None, None, json!([])),
+            (
+                14,
+                Some(PlanId::new()),
+                Some(at(6)),
+                json!([{"metric": "calls", "limit": 100}]),
+            ),
+        ] {
             let plan = PlanRow {
                 id: PlanId::new(),
                 tenant_id: TenantId::new(),
@@ -465,6 +471,7 @@ mod tests {
                 synced_at,
                 created_at: at(1),
                 updated_at: at(2),
+                usage_limits,
             };
             assert_eq!(
                 PlanOut::from(plan.clone()).to_json().unwrap(),

@@ -13,6 +13,7 @@ use shared::{
         catalog::{Description, Features, Name},
         interval::{Interval, IntervalUnit},
         money::Currency,
+        usage::UsageLimit,
     },
     ids::PlanId,
     service::catalog::{self as service, PlanQuery, PlanRow, PlanSpec, PlanUpdate},
@@ -59,6 +60,44 @@ pub struct PlanIn {
     /// Shown in public listings; default `true`.
     #[oai(nullable)]
     pub is_visible: Option<bool>,
+    /// How much of each metric a subscription to the plan may use per billing period; the
+    /// first time a period's usage reaches a limit, a
+    /// `customer.subscription.usage_limit_reached` event tells of it (usage goes on being
+    /// recorded and billed). Default none.
+    #[oai(nullable, validator(max_items = 20))]
+    pub usage_limits: Option<Vec<UsageLimitIn>>,
+}
+
+/// A limit on a metric per billing period.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UsageLimitIn {
+    /// The billable metric's code; one limit per metric.
+    pub metric: String,
+    /// The quantity (as the metric aggregates it) a period may use before the limit is
+    /// reached.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000000000000")))]
+    pub limit: i64,
+}
+
+/// A limit on a metric per billing period.
+#[derive(Debug, Clone, Object)]
+pub struct UsageLimitOut {
+    /// The billable metric's code.
+    pub metric: String,
+    pub limit: i64,
+}
+
+fn limits_in(limits: Option<&[UsageLimitIn]>) -> Option<Vec<UsageLimit>> {
+    limits.map(|l| {
+        l.iter()
+            .map(|l| UsageLimit {
+                metric: l.metric.clone(),
+                limit: l.limit,
+            })
+            .collect()
+    })
 }
 
 /// Changes to a plan. The price, currency and interval cannot change: create a new plan (or
@@ -82,6 +121,10 @@ pub struct PlanPatch {
     pub is_active: Option<bool>,
     #[oai(nullable)]
     pub trial_days: Option<u32>,
+    /// Replaces the plan's usage limits (`[]`: none). Subscriptions to the plan are held to
+    /// the new limits from their next usage on.
+    #[oai(nullable, validator(max_items = 20))]
+    pub usage_limits: Option<Vec<UsageLimitIn>>,
     /// Cannot change (answers `400 immutable_field`).
     #[oai(nullable)]
     pub price_cents: Option<serde_json::Value>,
@@ -125,6 +168,8 @@ pub struct PlanOut {
     pub trial_days: i32,
     pub has_trial: bool,
     pub features: serde_json::Value,
+    /// Per-period limits on metrics.
+    pub usage_limits: Vec<UsageLimitOut>,
     pub metadata: serde_json::Value,
     pub is_active: bool,
     pub is_visible: bool,
@@ -165,6 +210,14 @@ impl From<PlanRow> for PlanOut {
             interval_count: p.interval_count,
             trial_days: p.trial_days,
             features: p.features,
+            usage_limits: serde_json::from_value::<Vec<UsageLimit>>(p.usage_limits)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| UsageLimitOut {
+                    metric: l.metric,
+                    limit: l.limit,
+                })
+                .collect(),
             metadata: p.metadata,
             is_active: p.is_active,
             is_visible: p.is_visible,
@@ -238,6 +291,7 @@ impl PlansApi {
             .map_err(ApiError::invalid("interval_count"))?;
         let features = features(b.features.as_deref())?.unwrap_or_default();
         let metadata = metadata(b.metadata.as_ref())?.unwrap_or_default();
+        let usage_limits = limits_in(b.usage_limits.as_deref()).unwrap_or_default();
         let mut work = Work::begin(req).await?;
         let row = service::create_plan(
             &mut work,
@@ -253,6 +307,7 @@ impl PlansApi {
                 features: &features,
                 metadata: &metadata,
                 is_visible: b.is_visible.unwrap_or(true),
+                usage_limits: &usage_limits,
             },
         )
         .await?;
@@ -383,6 +438,7 @@ impl PlansApi {
             .map_err(ApiError::invalid("description"))?;
         let features = features(b.features.as_deref())?;
         let metadata = metadata(b.metadata.as_ref())?;
+        let usage_limits = limits_in(b.usage_limits.as_deref());
         let mut work = Work::begin(req).await?;
         let row = service::update_plan(
             &mut work,
@@ -397,6 +453,7 @@ impl PlansApi {
                 is_visible: b.is_visible,
                 is_active: b.is_active,
                 trial_days: b.trial_days,
+                usage_limits: usage_limits.as_deref(),
             },
         )
         .await?;

@@ -282,6 +282,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("PlanPatch", "trial_days", json!({"maximum": 730})),
         ("PlanPatch", "features", features()),
         ("PlanPatch", "metadata", metadata()),
+        ("UsageLimitIn", "metric", json!({"pattern": METRIC_CODE})),
         ("PlanPatch", "price_cents", immutable()),
         ("PlanPatch", "currency", immutable()),
         ("PlanPatch", "billing_interval", immutable()),

@@ -21,7 +21,8 @@ use shared::{
         self as service, BillableMetricRow, EventOutcome, EventSpec, ItemUsage, MetricSpec,
         MetricUpdate, UsageSummary,
     },
-    tenancy::Permission,
+    service::usage_limits,
+    tenancy::{Permission, Scope},
 };
 
 use super::{
@@ -486,6 +487,31 @@ impl BillableMetricsApi {
     }
 }
 
+/// Checks the usage limits of `subscriptions` once the request's work commits (in the
+/// background: the answer does not wait). Should that check not happen, the one the events
+/// queued does.
+fn check_limits_after(
+    work: &mut Work,
+    state: &AppState,
+    scope: Scope,
+    subscriptions: Vec<SubscriptionId>,
+) {
+    if subscriptions.is_empty() {
+        return;
+    }
+    let pool = state.pool.clone();
+    let clock = state.clock.clone();
+    work.after_commit(move || {
+        tokio::spawn(async move {
+            for sub in subscriptions {
+                if let Err(e) = usage_limits::check(&pool, clock.as_ref(), scope, sub).await {
+                    tracing::warn!(subscription = %sub, error = %e, "usage limit check failed");
+                }
+            }
+        });
+    });
+}
+
 #[OpenApi]
 impl UsageEventsApi {
     /// Report a usage event
@@ -499,6 +525,7 @@ impl UsageEventsApi {
     )]
     async fn create(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         body: JsonBody<UsageEventIn>,
@@ -506,9 +533,11 @@ impl UsageEventsApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let spec = event_spec(body.0, None)?;
         let mut work = Work::begin(req).await?;
-        let mut outcomes =
+        let recorded =
             service::record_events(&mut work, ctx.scope(), std::slice::from_ref(&spec), false)
                 .await?;
+        check_limits_after(&mut work, &state, ctx.scope(), recorded.check_limits);
+        let mut outcomes = recorded.events;
         let out = UsageEventOut::from(
             outcomes
                 .pop()
@@ -533,6 +562,7 @@ impl UsageEventsApi {
     )]
     async fn batch(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         body: JsonBody<UsageBatchIn>,
@@ -551,7 +581,9 @@ impl UsageEventsApi {
             .map(|(i, e)| event_spec(e, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut work = Work::begin(req).await?;
-        let outcomes = service::record_events(&mut work, ctx.scope(), &specs, true).await?;
+        let recorded = service::record_events(&mut work, ctx.scope(), &specs, true).await?;
+        check_limits_after(&mut work, &state, ctx.scope(), recorded.check_limits);
+        let outcomes = recorded.events;
         let recorded = outcomes.iter().filter(|o| o.recorded).count();
         let duplicates = outcomes.len() - recorded;
         Ok(Json(UsageBatchOut {

@@ -8,9 +8,11 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use shared::{ids::SubscriptionId, service::usage_limits};
+
 use crate::{
-    helpers::{Cred, TestApp, assert_problem, s, spawn_app},
-    subscriptions::{get, invoices_of, json_of, subscribe},
+    helpers::{Cred, TestApp, assert_problem, s, spawn_app, wait_until},
+    subscriptions::{get, invoices_of, json_of, run_due, subscribe},
     test_clocks::{advance, clock, customer_on, monthly_plan},
 };
 
@@ -1195,4 +1197,240 @@ async fn an_incomplete_subscription_takes_no_usage() {
     .await;
     assert!(s(&p["detail"]).contains("incomplete"), "{p}");
     assert_eq!(app.count("usage_events").await, 0);
+}
+
+/// The `customer.subscription.usage_limit_reached` events of the tenant's test mode, oldest
+/// first.
+async fn limits_reached(app: &TestApp, key: &Cred) -> Vec<Value> {
+    let list = get(
+        app,
+        key,
+        "/api/v1/events?type=customer.subscription.usage_limit_reached&limit=100",
+    )
+    .await;
+    let mut data = list["data"].as_array().unwrap().clone();
+    data.reverse();
+    data.into_iter()
+        .map(|e| e["data"]["object"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
+    let app = spawn_app().await;
+    let t = app.register("usage-limits@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric(&app, &key, "api_calls", "sum", Some("calls")).await;
+    metric(&app, &key, "seats", "max", Some("n")).await;
+    let plan_body = |limits: Value| {
+        json!({"name": "Pro", "price_cents": 1500, "billing_interval": "month",
+               "usage_limits": limits})
+    };
+
+    // Limits name metrics of the mode, once each, each at least 1.
+    for (limits, why) in [
+        (
+            json!([{"metric": "nope", "limit": 5}]),
+            "no billable metric",
+        ),
+        (
+            json!([{"metric": "api_calls", "limit": 5}, {"metric": "api_calls", "limit": 6}]),
+            "twice",
+        ),
+    ] {
+        let resp = app.post("/api/v1/plans", &key, &plan_body(limits)).await;
+        let p = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+        assert_eq!(p["field"], "usage_limits", "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+    }
+    for bad in [0_i64, -1, 1_000_000_000_000_001] {
+        let resp = app
+            .post(
+                "/api/v1/plans",
+                &key,
+                &plan_body(json!([{"metric": "api_calls", "limit": bad}])),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let plan = json_of(
+        app.post(
+            "/api/v1/plans",
+            &key,
+            &plan_body(json!([{"metric": "api_calls", "limit": 100}])),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        plan["usage_limits"],
+        json!([{"metric": "api_calls", "limit": 100}])
+    );
+    // A copy keeps them.
+    let copy = json_of(
+        app.post(
+            &format!("/api/v1/plans/{}/duplicate", s(&plan["id"])),
+            &key,
+            &json!({"name": "Pro copy"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(copy["usage_limits"], plan["usage_limits"]);
+
+    // The metered prices are on products of their own; the plan's limits hold its subscribers.
+    let calls = metered_price(
+        &app,
+        &key,
+        "api_calls",
+        json!({"type": "per_unit", "unit_amount": 1}),
+    )
+    .await;
+    let seats = metered_price(
+        &app,
+        &key,
+        "seats",
+        json!({"type": "per_unit", "unit_amount": 1}),
+    )
+    .await;
+    let sub = s(&subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [
+            {"price": s(&plan["price_id"])}, {"price": calls}, {"price": seats}]}),
+    )
+    .await["id"]);
+    // Another subscriber of the same metric without the plan is held to nothing.
+    let other = s(&subscribe(
+        &app,
+        &key,
+        json!({"customer": customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None)
+                   .await,
+               "items": [{"price": calls}]}),
+    )
+    .await["id"]);
+    let calls_event = |id: String, sub: &str, n: i64| {
+        json!({"transaction_id": id, "code": "api_calls", "subscription": sub,
+               "properties": {"calls": n}})
+    };
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(3))).await;
+    record(&app, &key, calls_event("c-1".into(), &sub, 60)).await;
+    record(&app, &key, calls_event("o-1".into(), &other, 500)).await;
+    // 60 + 50 reaches 100: told once, with the period's quantity then.
+    let resp = batch(
+        &app,
+        &key,
+        vec![
+            calls_event("c-2".into(), &sub, 30),
+            calls_event("c-3".into(), &sub, 20),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    wait_until("the limit to be reached", || async {
+        !limits_reached(&app, &key).await.is_empty()
+    })
+    .await;
+    let reached = limits_reached(&app, &key).await;
+    assert_eq!(reached.len(), 1, "{reached:?}");
+    assert_eq!(reached[0]["subscription"], json!(sub));
+    assert_eq!(reached[0]["customer"], json!(customer));
+    assert_eq!(reached[0]["metric"], "api_calls");
+    assert_eq!(reached[0]["limit"], 100);
+    assert_eq!(reached[0]["quantity"], 110);
+    assert_eq!(
+        reached[0]["period_start"],
+        json!(START.replace('Z', "+00:00"))
+    );
+    // More usage, and checks run again, tell nothing new in the period.
+    record(&app, &key, calls_event("c-4".into(), &sub, 5)).await;
+    let scope = crate::subscriptions::scope(&app, &t.sk_test).await;
+    let id = SubscriptionId::parse(&sub).unwrap();
+    assert_eq!(
+        usage_limits::check(&app.pool, app.clock.as_ref(), scope, id)
+            .await
+            .unwrap(),
+        0
+    );
+    // The queued check runs too (a little later), and tells nothing new either.
+    app.clock.advance(std::time::Duration::from_secs(31));
+    let ran = run_due(&app, scope).await;
+    assert!(
+        ran.contains(&"subscription.check_usage_limits".to_owned()),
+        "{ran:?}"
+    );
+    assert_eq!(limits_reached(&app, &key).await.len(), 1);
+
+    // The next period starts afresh: its usage reaches the limit again, told again.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(33))).await;
+    let april = at(Duration::days(31)).replace('Z', "+00:00");
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "s-1", "code": "seats", "subscription": sub,
+               "properties": {"n": 7}}),
+    )
+    .await;
+    record(&app, &key, calls_event("c-5".into(), &sub, 100)).await;
+    wait_until("the limit to be reached in April", || async {
+        limits_reached(&app, &key).await.len() == 2
+    })
+    .await;
+    // A limit added afterwards (on seats, used beyond it already) is seen by the check the
+    // last usage queued, which runs a little later: the request's own check ran before it.
+    let patched = json_of(
+        app.req(
+            Method::PATCH,
+            &format!("/api/v1/plans/{}", s(&plan["id"])),
+            &key,
+        )
+        .json(&json!({"usage_limits": [
+            {"metric": "api_calls", "limit": 100}, {"metric": "seats", "limit": 5}]}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        patched["usage_limits"][1],
+        json!({"metric": "seats", "limit": 5})
+    );
+    assert_eq!(limits_reached(&app, &key).await.len(), 2);
+    app.clock.advance(std::time::Duration::from_secs(31));
+    let ran = run_due(&app, scope).await;
+    assert!(
+        ran.contains(&"subscription.check_usage_limits".to_owned()),
+        "{ran:?}"
+    );
+    let reached = limits_reached(&app, &key).await;
+    assert_eq!(reached.len(), 3, "{reached:?}");
+    assert_eq!(reached[1]["metric"], "api_calls");
+    assert_eq!(reached[1]["period_start"], json!(april));
+    assert_eq!(reached[1]["quantity"], 100);
+    assert_eq!(reached[2]["metric"], "seats");
+    assert_eq!(reached[2]["quantity"], 7);
+    assert_eq!(reached[2]["limit"], 5);
+    assert_eq!(reached[2]["period_start"], json!(april));
+    // The other subscriber never reached anything.
+    assert!(reached.iter().all(|r| r["subscription"] == json!(sub)));
+    // Removing the limits holds the plan to none.
+    let cleared = json_of(
+        app.req(
+            Method::PATCH,
+            &format!("/api/v1/plans/{}", s(&plan["id"])),
+            &key,
+        )
+        .json(&json!({"usage_limits": []}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cleared["usage_limits"], json!([]));
 }

@@ -267,7 +267,11 @@ fn settings_of(vars: &HashMap<String, String>) -> Settings {
 
 async fn redis(settings: &Settings) -> redis::aio::ConnectionManager {
     let client = shared::ratelimit::client(settings.redis.url.expose()).expect("redis url");
-    redis::aio::ConnectionManager::new(client)
+    // A loaded machine (tests run side by side) may keep an answer longer than the client's
+    // default half second.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .expect("redis")
 }

@@ -34,6 +34,7 @@ pub mod tenants;
 pub mod test_clocks;
 pub mod unscoped;
 pub mod usage;
+pub mod usage_limits;
 pub mod users;
 pub mod webhook_deliveries;
 pub mod webhook_endpoints;

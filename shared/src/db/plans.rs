@@ -51,6 +51,8 @@ pub struct PlanRow {
     pub synced_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Per-period limits on metrics, as `[{"metric": code, "limit": quantity}]`.
+    pub usage_limits: serde_json::Value,
 }
 
 impl PlanRow {
@@ -79,6 +81,7 @@ impl PlanRow {
             "trial_days": self.trial_days,
             "has_trial": self.trial_days > 0,
             "features": self.features,
+            "usage_limits": self.usage_limits,
             "metadata": self.metadata,
             "is_active": self.is_active,
             "is_visible": self.is_visible,
@@ -107,7 +110,7 @@ impl PlanRow {
 pub(crate) const COLUMNS: &str = "id, tenant_id, livemode, name, description, amount, currency, \
     interval, interval_count, trial_days, features, metadata, is_active, is_visible, \
     duplicated_from, price_id, stripe_product_id, stripe_price_id, sync_status, sync_error, \
-    product_version, price_version, synced_at, created_at, updated_at";
+    product_version, price_version, synced_at, created_at, updated_at, usage_limits";
 
 /// A plan to create.
 #[derive(Debug)]
@@ -125,6 +128,8 @@ pub struct NewPlan<'a> {
     pub metadata: &'a serde_json::Value,
     pub is_visible: bool,
     pub duplicated_from: Option<PlanId>,
+    /// `[{"metric": code, "limit": quantity}]`, checked.
+    pub usage_limits: &'a serde_json::Value,
     /// `pending` when Stripe will be told, `not_synced` when there is no Stripe to tell.
     pub sync_status: SyncStatus,
 }
@@ -140,8 +145,8 @@ pub async fn create(
     sqlx::query(
         "WITH product AS (INSERT INTO products (id, tenant_id, livemode, name, description, \
              features, metadata, plan, visible, duplicated_from, sync_status, created_at, \
-             updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $10, $11, $11) RETURNING id) \
+             updated_at, usage_limits) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $10, $11, $11, $18) RETURNING id) \
          INSERT INTO prices (id, tenant_id, livemode, product_id, nickname, currency, interval, \
              interval_count, model, plan, trial_days, sync_status, created_at, updated_at) \
          SELECT $12, $2, $3, product.id, $4, $13, $14, $15, $16, TRUE, $17, $10, $11, $11 \
@@ -164,6 +169,7 @@ pub async fn create(
     .bind(p.interval_count)
     .bind(&model)
     .bind(p.trial_days)
+    .bind(p.usage_limits)
     .execute(&mut *conn)
     .await?;
     get(conn, ctx, p.id).await
@@ -229,6 +235,7 @@ pub struct PlanChanges<'a> {
     pub is_visible: Option<bool>,
     pub is_active: Option<bool>,
     pub trial_days: Option<i32>,
+    pub usage_limits: Option<&'a serde_json::Value>,
 }
 
 /// Applies changes to the product and the price. A change Stripe shows (the product's name,
@@ -244,6 +251,7 @@ pub async fn update(
         "UPDATE products SET name = COALESCE($4, name), description = COALESCE($5, description), \
          features = COALESCE($6, features), metadata = COALESCE($7, metadata), \
          visible = COALESCE($8, visible), active = COALESCE($9, active), \
+         usage_limits = COALESCE($11, usage_limits), \
          sync_version = sync_version + CASE WHEN \
              ($4::text IS NOT NULL AND $4 <> name) OR ($5::text IS NOT NULL AND $5 <> description) \
              OR ($7::jsonb IS NOT NULL AND $7 <> metadata) \
@@ -261,6 +269,7 @@ pub async fn update(
     .bind(c.is_visible)
     .bind(c.is_active)
     .bind(now)
+    .bind(c.usage_limits)
     .execute(&mut *conn)
     .await?;
     if found.rows_affected() == 0 {

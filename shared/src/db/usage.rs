@@ -165,6 +165,9 @@ pub struct MeteredSubscription {
     pub item_metrics: Vec<String>,
     pub item_added: Vec<DateTime<Utc>>,
     pub item_removed: Vec<Option<DateTime<Utc>>>,
+    /// The metric codes its current items' products limit and its current period has not
+    /// reached yet.
+    pub limited: Vec<String>,
 }
 
 /// The subscriptions of the mode among `ids`, and those of the customers among `customers`,
@@ -192,7 +195,17 @@ pub async fn lock_metered(
          s.current_period_end, s.usage_billed_until, \
          (SELECT c.frozen_time FROM test_clocks c WHERE c.id = s.test_clock_id) AS clock_time, \
          COALESCE(m.codes, '{}') AS item_metrics, COALESCE(m.added, '{}') AS item_added, \
-         COALESCE(m.removed, '{}') AS item_removed \
+         COALESCE(m.removed, '{}') AS item_removed, \
+         COALESCE(ARRAY(SELECT DISTINCT l->>'metric' \
+             FROM subscription_items li JOIN prices lp ON lp.id = li.price_id \
+             JOIN products pr ON pr.id = lp.product_id \
+             CROSS JOIN LATERAL jsonb_array_elements(pr.usage_limits) l \
+             WHERE li.subscription_id = s.id AND li.deleted_at IS NULL \
+             AND pr.usage_limits <> '[]'::jsonb \
+             AND NOT EXISTS (SELECT 1 FROM usage_limit_crossings c \
+                 JOIN billable_metrics bm ON bm.id = c.metric_id \
+                 WHERE c.subscription_id = s.id AND c.period_start = s.current_period_start \
+                 AND bm.code = l->>'metric')), '{}') AS limited \
          FROM subscriptions s LEFT JOIN LATERAL ( \
              SELECT array_agg(p.usage->>'metric' ORDER BY i.id) AS codes, \
                     array_agg(i.created_at ORDER BY i.id) AS added, \

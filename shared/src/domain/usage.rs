@@ -282,6 +282,66 @@ impl Figures {
     }
 }
 
+/// A plan's limit on a metric: how much of it a subscription to the plan may use in a period
+/// before the usage is said to reach the limit (usage goes on being recorded and billed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLimit {
+    /// The metric's code.
+    pub metric: String,
+    /// The quantity (as the metric aggregates it) a period may use; at least 1.
+    pub limit: i64,
+}
+
+/// At most this many limits per plan.
+pub const MAX_USAGE_LIMITS: usize = 20;
+
+/// Checks a plan's limits: at most [`MAX_USAGE_LIMITS`], one per metric code (a valid code),
+/// each at least 1.
+pub fn check_usage_limits(limits: &[UsageLimit]) -> Result<(), ValidationError> {
+    if limits.len() > MAX_USAGE_LIMITS {
+        return Err(ValidationError(format!(
+            "must hold at most {MAX_USAGE_LIMITS} limits"
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for l in limits {
+        metric_code(&l.metric)?;
+        if !seen.insert(l.metric.as_str()) {
+            return Err(ValidationError(format!(
+                "limits {} twice: one limit per metric",
+                l.metric
+            )));
+        }
+        if l.limit < 1 {
+            return Err(ValidationError(format!(
+                "the limit on {} must be at least 1",
+                l.metric
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Aggregation {
+    /// A period's quantity from the quantities of the items that metered the metric in it
+    /// (an item swapped mid-period measures its own part): counts and sums add up; a maximum,
+    /// a distinct count, a latest value or a level is the largest part's (a distinct value seen
+    /// by two items counts once at least).
+    pub fn combine(self, parts: &[u64]) -> u64 {
+        match self {
+            Self::Count | Self::Sum => parts.iter().fold(0, |a, b| a.saturating_add(*b)),
+            Self::Max | Self::UniqueCount | Self::Latest | Self::WeightedSum => {
+                parts.iter().copied().max().unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// Whether a period's `quantity` reached `limit`.
+pub fn limit_reached(limit: i64, quantity: u64) -> bool {
+    u64::try_from(limit).is_ok_and(|l| quantity >= l)
+}
+
 /// The time-weighted average over `window` of a level that stood at `level` when the window
 /// opened and changed by each of `changes` (instant, change) at its instant, rounded up to a
 /// whole unit; 0 when the average is not positive or the window is empty. Changes are taken in
@@ -576,5 +636,61 @@ mod tests {
         assert_eq!(weighted_quantity(9, empty, &[]), Some(0));
         // Overflow is reported, not wrapped.
         assert_eq!(weighted_quantity(i128::MAX / 2, p, &[]), None);
+    }
+
+    fn limit(metric: &str, limit: i64) -> UsageLimit {
+        UsageLimit {
+            metric: metric.into(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn usage_limits_are_one_per_metric_at_least_one_and_at_most_twenty() {
+        assert!(check_usage_limits(&[]).is_ok());
+        assert!(check_usage_limits(&[limit("api_calls", 1), limit("storage", 5)]).is_ok());
+        let twice = check_usage_limits(&[limit("api_calls", 1), limit("api_calls", 2)]);
+        assert!(twice.unwrap_err().0.contains("twice"));
+        let zero = check_usage_limits(&[limit("api_calls", 0)]);
+        assert!(zero.unwrap_err().0.contains("at least 1"));
+        assert!(check_usage_limits(&[limit("api_calls", -5)]).is_err());
+        assert!(check_usage_limits(&[limit("API calls", 5)]).is_err());
+        let twenty: Vec<UsageLimit> = (0..20).map(|i| limit(&format!("m{i}"), 1)).collect();
+        assert!(check_usage_limits(&twenty).is_ok());
+        let more: Vec<UsageLimit> = (0..21).map(|i| limit(&format!("m{i}"), 1)).collect();
+        assert!(
+            check_usage_limits(&more)
+                .unwrap_err()
+                .0
+                .contains("at most 20")
+        );
+    }
+
+    #[test]
+    fn a_limit_is_reached_at_its_quantity_not_before() {
+        assert!(!limit_reached(10, 9));
+        assert!(limit_reached(10, 10));
+        assert!(limit_reached(10, 11));
+        assert!(limit_reached(1, u64::MAX));
+        // Never below 1 once checked; a negative one read back is never reached.
+        assert!(!limit_reached(-1, 0));
+        assert!(limit_reached(0, 0));
+    }
+
+    #[test]
+    fn parts_of_a_period_add_up_for_counts_and_sums_and_take_the_largest_otherwise() {
+        assert_eq!(Aggregation::Count.combine(&[3, 4]), 7);
+        assert_eq!(Aggregation::Sum.combine(&[3, 4]), 7);
+        assert_eq!(Aggregation::Sum.combine(&[u64::MAX, 4]), u64::MAX);
+        for a in [
+            Aggregation::Max,
+            Aggregation::UniqueCount,
+            Aggregation::Latest,
+            Aggregation::WeightedSum,
+        ] {
+            assert_eq!(a.combine(&[3, 9, 4]), 9, "{a:?}");
+            assert_eq!(a.combine(&[]), 0, "{a:?}");
+        }
+        assert_eq!(Aggregation::Count.combine(&[]), 0);
     }
 }

@@ -63,6 +63,10 @@ pub enum Job {
         clock: TestClockId,
         to: DateTime<Utc>,
     },
+    /// See whether a subscription's usage in its current period reached a limit of its plans:
+    /// one job per subscription, made due again (from scratch) by each request recording usage
+    /// for it, so that it runs after the last of them.
+    CheckUsageLimits { subscription: SubscriptionId },
 }
 
 /// Why a claimed row is not a job this worker knows.
@@ -89,6 +93,7 @@ impl Job {
     pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
     pub const ADVANCE_TEST_CLOCK: &'static str = "test_clock.advance";
     pub const REFUND_PAYMENT: &'static str = "payment.refund";
+    pub const CHECK_USAGE_LIMITS: &'static str = "subscription.check_usage_limits";
 
     /// The kind stored in the outbox row.
     pub fn kind(&self) -> &'static str {
@@ -119,6 +124,7 @@ impl Job {
             Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
             Job::AdvanceTestClock { .. } => Self::ADVANCE_TEST_CLOCK,
             Job::RefundPayment { .. } => Self::REFUND_PAYMENT,
+            Job::CheckUsageLimits { .. } => Self::CHECK_USAGE_LIMITS,
         }
     }
 
@@ -133,6 +139,7 @@ impl Job {
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
             | Job::RefundPayment { .. }
+            | Job::CheckUsageLimits { .. }
             | Job::AdvanceTestClock { .. } => Queue::Renewals,
         }
     }
@@ -155,7 +162,7 @@ impl Job {
                 subscription.as_uuid(),
                 period_start.timestamp()
             ),
-            Job::ExpireIncomplete { subscription } => {
+            Job::ExpireIncomplete { subscription } | Job::CheckUsageLimits { subscription } => {
                 format!("{}:{}", self.kind(), subscription.as_uuid())
             }
             Job::RefundPayment { refund } => format!("{}:{}", self.kind(), refund.as_uuid()),
@@ -188,6 +195,7 @@ impl Job {
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
             | Job::RefundPayment { .. }
+            | Job::CheckUsageLimits { .. }
             | Job::AdvanceTestClock { .. } => {
                 Uuid::new_v5(&JOB_NAMESPACE, self.dedup_key().as_bytes())
             }
@@ -209,7 +217,7 @@ impl Job {
                 "subscription_id": subscription.to_string(),
                 "period_start": period_start.to_rfc3339(),
             }),
-            Job::ExpireIncomplete { subscription } => {
+            Job::ExpireIncomplete { subscription } | Job::CheckUsageLimits { subscription } => {
                 json!({ "subscription_id": subscription.to_string() })
             }
             Job::RefundPayment { refund } => json!({ "refund_id": refund.to_string() }),
@@ -328,6 +336,9 @@ impl Job {
             Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
                 subscription: subscription()?,
             }),
+            Self::CHECK_USAGE_LIMITS => Ok(Job::CheckUsageLimits {
+                subscription: subscription()?,
+            }),
             Self::TRIAL_WILL_END => Ok(Job::TrialWillEnd {
                 subscription: subscription()?,
                 trial_end: time("trial_end")?,
@@ -410,6 +421,9 @@ mod tests {
             },
             Job::RefundPayment {
                 refund: RefundId::from_uuid(id),
+            },
+            Job::CheckUsageLimits {
+                subscription: SubscriptionId::from_uuid(id),
             },
         ]
     }

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use super::{
     ServiceError, ServiceResult, dunning, invoices, refunds,
     subscriptions::{self, Renewal},
+    usage_limits,
 };
 use crate::{
     clock::Clock, ids::SubscriptionId, jobs::Job, stripe::Stripe, tenancy::Scope, uow::UnitOfWork,
@@ -53,6 +54,11 @@ pub async fn run(
         Job::InvoiceOverdue { invoice } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             dunning::overdue(&mut uow, scope, *invoice).await?;
+            uow.commit().await?;
+        }
+        Job::CheckUsageLimits { subscription } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            usage_limits::check_in(&mut uow, scope, *subscription).await?;
             uow.commit().await?;
         }
         Job::ExpireIncomplete { subscription } => {

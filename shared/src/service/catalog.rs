@@ -25,7 +25,7 @@ use crate::{
         interval::{Interval, IntervalUnit},
         money::Currency,
         pricing::PriceModel,
-        usage::Aggregation,
+        usage::{Aggregation, UsageLimit},
     },
     ids::{PlanId, PriceId, ProductId},
     tenancy::TenantContext,
@@ -116,6 +116,7 @@ mirrored!(
         p.is_active,
         p.is_visible,
         p.trial_days,
+        p.usage_limits.clone(),
     )
 );
 
@@ -502,6 +503,8 @@ pub struct PlanSpec<'a> {
     pub features: &'a Features,
     pub metadata: &'a Metadata,
     pub is_visible: bool,
+    /// Per-period limits on metrics (see [`super::usage_limits`]).
+    pub usage_limits: &'a [UsageLimit],
 }
 
 async fn insert_plan(
@@ -529,6 +532,8 @@ pub async fn create_plan(
 ) -> ServiceResult<PlanRow> {
     let amount = plan_amount("price_cents", spec.amount)?;
     let trial_days = trial_days(spec.trial_days)?;
+    let usage_limits =
+        super::usage_limits::checked(uow, ctx.scope(), "usage_limits", spec.usage_limits).await?;
     insert_plan(
         uow,
         ctx,
@@ -547,6 +552,7 @@ pub async fn create_plan(
             metadata: &spec.metadata.to_json(),
             is_visible: spec.is_visible,
             duplicated_from: None,
+            usage_limits: &usage_limits,
             sync_status: SyncStatus::Pending,
         },
     )
@@ -584,6 +590,7 @@ pub async fn duplicate_plan(
             metadata: &original.metadata,
             is_visible: original.is_visible,
             duplicated_from: Some(original.id),
+            usage_limits: &original.usage_limits,
             sync_status: SyncStatus::Pending,
         },
     )
@@ -632,6 +639,8 @@ pub struct PlanUpdate<'a> {
     /// `false` deactivates the plan; `true` reactivates it.
     pub is_active: Option<bool>,
     pub trial_days: Option<u32>,
+    /// Replaces the plan's usage limits (empty: none).
+    pub usage_limits: Option<&'a [UsageLimit]>,
 }
 
 async fn change_plan(
@@ -645,6 +654,12 @@ async fn change_plan(
     let trial_days = changes.trial_days.map(trial_days).transpose()?;
     let features = changes.features.map(Features::to_json);
     let metadata = changes.metadata.map(Metadata::to_json);
+    let usage_limits = match changes.usage_limits {
+        Some(limits) => {
+            Some(super::usage_limits::checked(uow, ctx.scope(), "usage_limits", limits).await?)
+        }
+        None => None,
+    };
     let now = uow.now();
     let before = db::plans::get(uow.conn(), ctx, id)
         .await
@@ -662,6 +677,7 @@ async fn change_plan(
             is_visible: changes.is_visible,
             is_active: changes.is_active,
             trial_days,
+            usage_limits: usage_limits.as_ref(),
         },
         now,
     )

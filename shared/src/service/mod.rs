@@ -33,6 +33,7 @@ pub mod tax_rates;
 pub mod tenants;
 pub mod test_clocks;
 pub mod usage;
+pub mod usage_limits;
 pub mod users;
 pub mod webhook_endpoints;
 

@@ -252,6 +252,17 @@ fn check_transaction_id(raw: &str) -> bool {
         && !raw.chars().any(char::is_control)
 }
 
+/// What recording usage events did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Each event's outcome, in the order reported.
+    pub events: Vec<EventOutcome>,
+    /// The subscriptions whose new usage counts against a limit of theirs not reached yet in
+    /// their period: to check once the work commits ([`super::usage_limits::check`]; a job
+    /// queued with the events checks them a little later should that not happen).
+    pub check_limits: Vec<SubscriptionId>,
+}
+
 /// Records usage events, all or none: any event that cannot be recorded refuses the request
 /// (naming it, as `events[i]` when `batch`), and duplicates are answered as such.
 pub async fn record_events(
@@ -259,7 +270,7 @@ pub async fn record_events(
     scope: Scope,
     specs: &[EventSpec],
     batch: bool,
-) -> ServiceResult<Vec<EventOutcome>> {
+) -> ServiceResult<Recorded> {
     if specs.len() > MAX_BATCH {
         return Err(ServiceError::invalid(
             "events",
@@ -323,7 +334,9 @@ pub async fn record_events(
             .into_iter()
             .collect()
     };
-    Ok(specs
+    let check_limits = limited(&context, &rows, &written);
+    super::usage_limits::queue_check(uow, scope, &check_limits).await?;
+    let events = specs
         .iter()
         .enumerate()
         .map(|(i, e)| match outcomes.remove(&i) {
@@ -335,7 +348,39 @@ pub async fn record_events(
                 timestamp: None,
             },
         })
-        .collect())
+        .collect();
+    Ok(Recorded {
+        events,
+        check_limits,
+    })
+}
+
+/// The subscriptions among `rows` written whose events count against a limit not reached yet.
+fn limited(
+    context: &Context,
+    rows: &[NewEvent<'_>],
+    written: &HashSet<String>,
+) -> Vec<SubscriptionId> {
+    let mut limited: HashSet<(SubscriptionId, BillableMetricId)> = HashSet::new();
+    for sub in &context.subs {
+        for code in &sub.limited {
+            if let Some((metric, _)) = context.metrics.get(code) {
+                limited.insert((sub.id, metric.id));
+            }
+        }
+    }
+    if limited.is_empty() {
+        return Vec::new();
+    }
+    let mut subs: Vec<SubscriptionId> = rows
+        .iter()
+        .filter(|r| limited.contains(&(r.subscription_id, r.metric_id)))
+        .filter(|r| written.contains(r.transaction_id))
+        .map(|r| r.subscription_id)
+        .collect();
+    subs.sort_unstable_by_key(|s| s.as_uuid());
+    subs.dedup();
+    subs
 }
 
 /// What checking events reads: their metrics by code, and the subscriptions they name (or
@@ -660,7 +705,7 @@ fn window_start(sub: &SubscriptionRow) -> DateTime<Utc> {
 /// The usage of each subscription's metered items from [`window_start`] up to its `until`,
 /// each item over the part of that window it was on the subscription (an item removed, or
 /// added, in the middle bills its own part): in a few statements for all.
-async fn measure(
+pub(crate) async fn measure(
     conn: &mut PgConnection,
     subs: &[(Scope, &SubscriptionRow, DateTime<Utc>)],
 ) -> ServiceResult<Vec<Vec<ItemUsage>>> {

@@ -29,6 +29,7 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
             | Job::RefundPayment { .. }
+            | Job::CheckUsageLimits { .. }
             | Job::AdvanceTestClock { .. }),
         ) => billing::run(rt, job, &what).await,
         Ok(Job::DeliverWebhook { .. }) => dead(job, "webhook deliveries run in their own pipeline"),

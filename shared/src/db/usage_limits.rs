@@ -1,0 +1,86 @@
+//! Usage limits: what a subscription's plans allow of each metric per period, and the periods
+//! whose usage reached a limit (recorded once each).
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection};
+
+use super::DbError;
+use crate::{
+    ids::{BillableMetricId, SubscriptionId},
+    tenancy::Scope,
+};
+
+/// What the products of a subscription's current items allow of one metric per period (two
+/// products limiting one metric add up).
+#[derive(Debug, Clone, FromRow)]
+pub struct OpenLimit {
+    pub metric_id: BillableMetricId,
+    pub metric: String,
+    pub usage_limit: i64,
+}
+
+/// The limits of a subscription not reached yet in the period starting at `period_start`.
+pub async fn open(
+    conn: &mut PgConnection,
+    scope: Scope,
+    subscription: SubscriptionId,
+    period_start: DateTime<Utc>,
+) -> Result<Vec<OpenLimit>, DbError> {
+    Ok(sqlx::query_as::<_, OpenLimit>(
+        "SELECT m.id AS metric_id, m.code AS metric, \
+                sum((l->>'limit')::bigint)::bigint AS usage_limit \
+         FROM subscription_items i \
+         JOIN prices p ON p.id = i.price_id \
+         JOIN products pr ON pr.id = p.product_id \
+         CROSS JOIN LATERAL jsonb_array_elements(pr.usage_limits) l \
+         JOIN billable_metrics m ON m.tenant_id = i.tenant_id AND m.livemode = i.livemode \
+              AND m.code = l->>'metric' \
+         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.subscription_id = $3 \
+           AND i.deleted_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM usage_limit_crossings c \
+                WHERE c.subscription_id = $3 AND c.metric_id = m.id AND c.period_start = $4) \
+         GROUP BY m.id, m.code ORDER BY m.code",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(subscription)
+    .bind(period_start)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A period's usage of a metric that reached its limit.
+#[derive(Debug, Clone)]
+pub struct Crossing {
+    pub subscription: SubscriptionId,
+    pub metric_id: BillableMetricId,
+    pub period_start: DateTime<Utc>,
+    pub usage_limit: i64,
+    pub quantity: u64,
+}
+
+/// Records that a period's usage reached a limit; `false` when it was recorded before (by
+/// another check), which then tells of it.
+pub async fn record(
+    conn: &mut PgConnection,
+    scope: Scope,
+    c: &Crossing,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let inserted = sqlx::query(
+        "INSERT INTO usage_limit_crossings (tenant_id, livemode, subscription_id, metric_id, \
+             period_start, usage_limit, quantity, crossed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::numeric, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(c.subscription)
+    .bind(c.metric_id)
+    .bind(c.period_start)
+    .bind(c.usage_limit)
+    .bind(c.quantity.to_string())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
