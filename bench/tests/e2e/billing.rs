@@ -665,3 +665,42 @@ async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
     }
     assert_billed_once(&env, n).await;
 }
+
+#[tokio::test]
+async fn postgresql_restarted_in_the_middle_of_a_billing_run_the_workers_reconnect_and_finish_it() {
+    let _turn = SEVERAL_WORKERS.lock().await;
+    let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
+    let api = env.api().await;
+    let n = 3_000;
+    due_renewals(&env, &api, "pg-restart-e2e@example.com", n, just_ended()).await;
+    let mut workers: Vec<std::process::Child> = (0..2)
+        .map(|_| env.worker_process(crate::helpers::free_port()))
+        .collect();
+    wait_for("the run to get going", LIMIT, || async {
+        renewals_paid(&env).await >= 200
+    })
+    .await;
+    // Every connection cut, none accepted for 5 seconds, then PostgreSQL is back.
+    let cut = env.restart_database(Duration::from_secs(5)).await;
+    let at_restart = renewals_paid(&env).await;
+    assert!(cut > 0, "no connection was open to cut");
+    assert!(at_restart < n, "the restart came too late to test anything");
+    wait_for(
+        "every renewal paid after the restart",
+        Duration::from_secs(300),
+        || async { renewals_paid(&env).await == n },
+    )
+    .await;
+    // The same processes finished it: none exited on the way.
+    for w in &mut workers {
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "a worker exited when PostgreSQL went away"
+        );
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        w.wait().unwrap();
+    }
+    assert_billed_once(&env, n).await;
+}

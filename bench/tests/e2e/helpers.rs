@@ -157,7 +157,12 @@ impl Env {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            // The worker logs to its standard output.
+            .stdout(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(if std::env::var("TEST_LOG").is_ok() {
                 Stdio::inherit()
             } else {
@@ -195,6 +200,46 @@ impl Env {
             .fetch_one(&self.probe)
             .await
             .expect("scalar")
+    }
+
+    /// Takes the test's database away as a PostgreSQL restart does, without touching the
+    /// other tests' databases: no connection is accepted for `down` (`ALLOW_CONNECTIONS
+    /// false`), and every open one is cut at once (its backend terminated, which a client
+    /// sees as a fast shutdown: `57P01 terminating connection due to administrator
+    /// command`) and again until none is left. Returns how many connections were cut.
+    pub async fn restart_database(&self, down: Duration) -> i64 {
+        let options: PgConnectOptions = self.vars["DATABASE_URL"].parse().expect("url");
+        let name = options.get_database().expect("a database name").to_owned();
+        let mut admin = options.database("postgres").connect().await.expect("admin");
+        let set = |allow: bool| {
+            sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}"
+            ))
+        };
+        sqlx::query(set(false))
+            .execute(&mut admin)
+            .await
+            .expect("refuse connections");
+        let started = Instant::now();
+        let mut cut = 0;
+        while started.elapsed() < down {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("terminate");
+            cut += n;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        sqlx::query(set(true))
+            .execute(&mut admin)
+            .await
+            .expect("accept connections");
+        admin.close().await.expect("close");
+        cut
     }
 
     /// A tenant's test-mode scope, as authenticating its secret key gives it.

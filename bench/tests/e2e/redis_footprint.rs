@@ -100,7 +100,10 @@ async fn footprint(env: &Env) -> redis_queue::Footprint {
 
 #[tokio::test]
 async fn after_10000_jobs_redis_holds_none_of_them_and_a_restarted_fleet_keeps_delivering() {
-    let env = Env::new(&[]).await;
+    // A consumer is presumed dead after three missed heartbeats: 15 s here, not the 6 s of
+    // the other tests, so that a machine loaded by the tests running beside this one does
+    // not make a live consumer look dead (and restart) when this test checks none did.
+    let env = Env::new(&[("WORKER_HEARTBEAT_SECONDS", "5")]).await;
     let api = env.api().await;
     let receiver = Receiver::start().await;
     let tenant = api.register("footprint@acme.com").await;
