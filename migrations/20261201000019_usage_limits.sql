@@ -25,8 +25,9 @@ CREATE OR REPLACE VIEW plans AS
     FROM products p JOIN prices pr ON pr.product_id = p.id AND pr.plan
     WHERE p.plan;
 
--- One row per (subscription, metric, period) whose usage reached its limit: the key makes the
--- event that tells of it happen once, however many checks run.
+-- One row per (subscription, metric, period, limit) whose usage reached the limit: the key makes
+-- the event that tells of it happen once, however many checks run. A limit raised in the period
+-- (an upgrade) and reached again is told again; one lowered below a limit reached is not.
 CREATE TABLE usage_limit_crossings (
     tenant_id       UUID NOT NULL,
     livemode        BOOLEAN NOT NULL,
@@ -36,7 +37,8 @@ CREATE TABLE usage_limit_crossings (
     usage_limit     BIGINT NOT NULL,
     quantity        NUMERIC NOT NULL,
     crossed_at      TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (subscription_id, metric_id, period_start),
+    PRIMARY KEY (subscription_id, metric_id, period_start, usage_limit),
     FOREIGN KEY (tenant_id, livemode, subscription_id)
-        REFERENCES subscriptions (tenant_id, livemode, id) ON DELETE CASCADE
+        REFERENCES subscriptions (tenant_id, livemode, id) ON DELETE CASCADE,
+    FOREIGN KEY (metric_id) REFERENCES billable_metrics (id) ON DELETE CASCADE
 );

@@ -1,7 +1,10 @@
 //! Usage-based billing: billable metrics (`/api/v1/billable-metrics`), usage events
 //! (`/api/v1/usage-events`) and a subscription's usage so far.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{LazyLock, Mutex, PoisonError},
+};
 
 use chrono::{DateTime, Utc};
 use poem::Request;
@@ -487,9 +490,14 @@ impl BillableMetricsApi {
     }
 }
 
-/// Checks the usage limits of `subscriptions` once the request's work commits (in the
-/// background: the answer does not wait). Should that check not happen, the one the events
-/// queued does.
+/// The subscriptions whose usage limits this process is checking, each with whether a request
+/// recorded usage for it meanwhile (the check then runs once more when it ends).
+static CHECKING: LazyLock<Mutex<HashMap<SubscriptionId, bool>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Checks the usage limits of `subscriptions` once the request's work commits, in the
+/// background (the answer does not wait), one check at a time per subscription. Should that
+/// check not happen, the one the events queued does.
 fn check_limits_after(
     work: &mut Work,
     state: &AppState,
@@ -502,14 +510,53 @@ fn check_limits_after(
     let pool = state.pool.clone();
     let clock = state.clock.clone();
     work.after_commit(move || {
-        tokio::spawn(async move {
-            for sub in subscriptions {
-                if let Err(e) = usage_limits::check(&pool, clock.as_ref(), scope, sub).await {
-                    tracing::warn!(subscription = %sub, error = %e, "usage limit check failed");
-                }
+        for sub in subscriptions {
+            if !start_checking(sub) {
+                continue;
             }
-        });
+            let (pool, clock) = (pool.clone(), clock.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = usage_limits::check(&pool, clock.as_ref(), scope, sub).await {
+                        tracing::warn!(subscription = %sub, error = %e, "usage limit check failed");
+                    }
+                    if !check_again(sub) {
+                        break;
+                    }
+                }
+            });
+        }
     });
+}
+
+/// `true`: start checking `sub`; `false`: a check is running, and runs once more.
+fn start_checking(sub: SubscriptionId) -> bool {
+    let mut checking = CHECKING.lock().unwrap_or_else(PoisonError::into_inner);
+    match checking.get_mut(&sub) {
+        Some(again) => {
+            *again = true;
+            false
+        }
+        None => {
+            checking.insert(sub, false);
+            true
+        }
+    }
+}
+
+/// Whether the check of `sub` that ended must run once more; if not, it is no longer running.
+fn check_again(sub: SubscriptionId) -> bool {
+    let mut checking = CHECKING.lock().unwrap_or_else(PoisonError::into_inner);
+    match checking.get_mut(&sub) {
+        Some(again) if *again => {
+            *again = false;
+            true
+        }
+        _ => {
+            checking.remove(&sub);
+            false
+        }
+    }
 }
 
 #[OpenApi]

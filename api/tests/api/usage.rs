@@ -8,11 +8,18 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use shared::{ids::SubscriptionId, service::usage_limits};
+use shared::{
+    clock::Clock,
+    ids::SubscriptionId,
+    jobs::Job,
+    service::{billing_jobs, usage_limits},
+    stripe::Stripe,
+    tenancy::Scope,
+};
 
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app, wait_until},
-    subscriptions::{get, invoices_of, json_of, run_due, subscribe},
+    subscriptions::{get, invoices_of, json_of, subscribe},
     test_clocks::{advance, clock, customer_on, monthly_plan},
 };
 
@@ -1215,6 +1222,33 @@ async fn limits_reached(app: &TestApp, key: &Cred) -> Vec<Value> {
         .collect()
 }
 
+/// Moves the app's clock past the windows of the usage limit checks queued so far and runs
+/// them as a worker does; how many ran.
+async fn run_limit_checks(app: &TestApp, scope: Scope) -> usize {
+    app.clock.advance(std::time::Duration::from_secs(6 * 60));
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let due: Vec<(uuid::Uuid, String, Value)> = sqlx::query_as(
+        "SELECT id, kind, payload FROM jobs WHERE state = 'pending' AND queue = 'analytics' \
+         AND kind = 'subscription.check_usage_limits' AND run_at <= $1 ORDER BY run_at, id",
+    )
+    .bind(app.clock.now())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    for (id, kind, payload) in &due {
+        let job = Job::parse(kind, payload).unwrap();
+        billing_jobs::run(&app.pool, app.clock.as_ref(), &stripe, scope, &job)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    due.len()
+}
+
 #[tokio::test]
 async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     let app = spawn_app().await;
@@ -1282,14 +1316,21 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     .await;
     assert_eq!(copy["usage_limits"], plan["usage_limits"]);
 
-    // The metered prices are on products of their own; the plan's limits hold its subscribers.
-    let calls = metered_price(
-        &app,
-        &key,
-        "api_calls",
-        json!({"type": "per_unit", "unit_amount": 1}),
+    // The calls are metered by a price of the plan's own product (which does not subscribe
+    // to the plan by itself), the seats by a product of their own.
+    let plan_product = s(&plan["id"]).replace("plan_", "prod_");
+    let calls = s(&json_of(
+        app.post(
+            &format!("/api/v1/products/{plan_product}/prices"),
+            &key,
+            &json!({"currency": "usd", "recurring": {"interval": "month"},
+                    "pricing": {"type": "per_unit", "unit_amount": 1},
+                    "usage": {"metric": "api_calls"}}),
+        )
+        .await,
+        StatusCode::CREATED,
     )
-    .await;
+    .await["id"]);
     let seats = metered_price(
         &app,
         &key,
@@ -1304,13 +1345,25 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
             {"price": s(&plan["price_id"])}, {"price": calls}, {"price": seats}]}),
     )
     .await["id"]);
-    // Another subscriber of the same metric without the plan is held to nothing.
+    // Another subscriber of the same metric, on a plan without limits, is held to nothing.
+    let basic = json_of(
+        app.post(
+            "/api/v1/plans",
+            &key,
+            &json!({"name": "Basic", "price_cents": 500,
+                   "billing_interval": "month"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(basic["usage_limits"], json!([]));
     let other = s(&subscribe(
         &app,
         &key,
         json!({"customer": customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None)
                    .await,
-               "items": [{"price": calls}]}),
+               "items": [{"price": s(&basic["price_id"])}, {"price": calls}]}),
     )
     .await["id"]);
     let calls_event = |id: String, sub: &str, n: i64| {
@@ -1356,13 +1409,8 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
             .unwrap(),
         0
     );
-    // The queued check runs too (a little later), and tells nothing new either.
-    app.clock.advance(std::time::Duration::from_secs(31));
-    let ran = run_due(&app, scope).await;
-    assert!(
-        ran.contains(&"subscription.check_usage_limits".to_owned()),
-        "{ran:?}"
-    );
+    // The queued check runs too (a few minutes later), and tells nothing new either.
+    assert!(run_limit_checks(&app, scope).await >= 1);
     assert_eq!(limits_reached(&app, &key).await.len(), 1);
 
     // The next period starts afresh: its usage reaches the limit again, told again.
@@ -1401,12 +1449,7 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
         json!({"metric": "seats", "limit": 5})
     );
     assert_eq!(limits_reached(&app, &key).await.len(), 2);
-    app.clock.advance(std::time::Duration::from_secs(31));
-    let ran = run_due(&app, scope).await;
-    assert!(
-        ran.contains(&"subscription.check_usage_limits".to_owned()),
-        "{ran:?}"
-    );
+    assert!(run_limit_checks(&app, scope).await >= 1);
     let reached = limits_reached(&app, &key).await;
     assert_eq!(reached.len(), 3, "{reached:?}");
     assert_eq!(reached[1]["metric"], "api_calls");
@@ -1418,6 +1461,45 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     assert_eq!(reached[2]["period_start"], json!(april));
     // The other subscriber never reached anything.
     assert!(reached.iter().all(|r| r["subscription"] == json!(sub)));
+
+    // A limit raised in the period (an upgrade) is open again, and told again when reached;
+    // two checks at once tell of it once.
+    let set_limits = |limits: Value| {
+        let app = &app;
+        let key = &key;
+        let plan = s(&plan["id"]);
+        async move {
+            json_of(
+                app.req(Method::PATCH, &format!("/api/v1/plans/{plan}"), key)
+                    .json(&json!({ "usage_limits": limits }))
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await
+        }
+    };
+    set_limits(json!([{"metric": "api_calls", "limit": 150}, {"metric": "seats", "limit": 6}]))
+        .await;
+    let (a, b) = tokio::join!(
+        usage_limits::check(&app.pool, app.clock.as_ref(), scope, id),
+        usage_limits::check(&app.pool, app.clock.as_ref(), scope, id)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "seats at 7 reach 6, told once");
+    record(&app, &key, calls_event("c-6".into(), &sub, 60)).await;
+    wait_until("the raised limit to be reached", || async {
+        limits_reached(&app, &key).await.len() == 5
+    })
+    .await;
+    let reached = limits_reached(&app, &key).await;
+    assert_eq!(reached[3]["metric"], "seats");
+    assert_eq!(reached[3]["limit"], 6);
+    assert_eq!(reached[4]["metric"], "api_calls");
+    assert_eq!(reached[4]["limit"], 150);
+    assert_eq!(reached[4]["quantity"], 160);
+    assert!(run_limit_checks(&app, scope).await >= 1);
+    assert_eq!(limits_reached(&app, &key).await.len(), 5);
     // Removing the limits holds the plan to none.
     let cleared = json_of(
         app.req(

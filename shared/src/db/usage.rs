@@ -190,22 +190,19 @@ pub async fn lock_metered(
     .bind(customers)
     .fetch_all(&mut *conn)
     .await?;
+    let limits = super::usage_limits::limits_sql("s.id");
     Ok(sqlx::query_as::<_, MeteredSubscription>(
+        sqlx::AssertSqlSafe(format!(
         "SELECT s.id, s.customer_id, s.status, s.created_at, s.ended_at, s.cancel_at_period_end, \
          s.current_period_end, s.usage_billed_until, \
          (SELECT c.frozen_time FROM test_clocks c WHERE c.id = s.test_clock_id) AS clock_time, \
-         COALESCE(m.codes, '{}') AS item_metrics, COALESCE(m.added, '{}') AS item_added, \
-         COALESCE(m.removed, '{}') AS item_removed, \
-         COALESCE(ARRAY(SELECT DISTINCT l->>'metric' \
-             FROM subscription_items li JOIN prices lp ON lp.id = li.price_id \
-             JOIN products pr ON pr.id = lp.product_id \
-             CROSS JOIN LATERAL jsonb_array_elements(pr.usage_limits) l \
-             WHERE li.subscription_id = s.id AND li.deleted_at IS NULL \
-             AND pr.usage_limits <> '[]'::jsonb \
-             AND NOT EXISTS (SELECT 1 FROM usage_limit_crossings c \
+         COALESCE(m.codes, '{{}}') AS item_metrics, COALESCE(m.added, '{{}}') AS item_added, \
+         COALESCE(m.removed, '{{}}') AS item_removed, \
+         ARRAY(SELECT l.metric FROM ({limits}) l \
+             WHERE NOT EXISTS (SELECT 1 FROM usage_limit_crossings c \
                  JOIN billable_metrics bm ON bm.id = c.metric_id \
                  WHERE c.subscription_id = s.id AND c.period_start = s.current_period_start \
-                 AND bm.code = l->>'metric')), '{}') AS limited \
+                 AND bm.code = l.metric AND c.usage_limit >= l.usage_limit)) AS limited \
          FROM subscriptions s LEFT JOIN LATERAL ( \
              SELECT array_agg(p.usage->>'metric' ORDER BY i.id) AS codes, \
                     array_agg(i.created_at ORDER BY i.id) AS added, \
@@ -214,7 +211,8 @@ pub async fn lock_metered(
              WHERE i.subscription_id = s.id AND p.usage IS NOT NULL \
              AND (i.deleted_at IS NULL \
                   OR i.deleted_at > COALESCE(s.usage_billed_until, s.created_at))) m ON TRUE \
-         WHERE s.tenant_id = $1 AND s.livemode = $2 AND s.id = ANY($3) ORDER BY s.id",
+         WHERE s.tenant_id = $1 AND s.livemode = $2 AND s.id = ANY($3) ORDER BY s.id"
+    )),
     )
     .bind(scope.tenant_id())
     .bind(scope.livemode())

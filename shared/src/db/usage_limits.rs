@@ -19,28 +19,41 @@ pub struct OpenLimit {
     pub usage_limit: i64,
 }
 
-/// The limits of a subscription not reached yet in the period starting at `period_start`.
+/// What the plans a subscription (`sub`, an SQL expression) is subscribed to allow of each
+/// metric, as rows (`metric` code, `usage_limit`): SQL to embed. A subscription is subscribed
+/// to a plan when one of its current items is the plan's price (another price of the plan's
+/// product is not the plan); each plan counts once.
+pub(crate) fn limits_sql(sub: &str) -> String {
+    format!(
+        "SELECT l->>'metric' AS metric, sum((l->>'limit')::bigint)::bigint AS usage_limit \
+         FROM (SELECT DISTINCT pr.id, pr.usage_limits FROM subscription_items li \
+               JOIN prices lp ON lp.id = li.price_id JOIN products pr ON pr.id = lp.product_id \
+               WHERE li.subscription_id = {sub} AND li.deleted_at IS NULL AND lp.plan \
+               AND pr.usage_limits <> '[]'::jsonb) pr \
+         CROSS JOIN LATERAL jsonb_array_elements(pr.usage_limits) l GROUP BY 1"
+    )
+}
+
+/// The limits of a subscription not reached yet in the period starting at `period_start` (a
+/// limit counts as reached when one at least as high was).
 pub async fn open(
     conn: &mut PgConnection,
     scope: Scope,
     subscription: SubscriptionId,
     period_start: DateTime<Utc>,
 ) -> Result<Vec<OpenLimit>, DbError> {
-    Ok(sqlx::query_as::<_, OpenLimit>(
-        "SELECT m.id AS metric_id, m.code AS metric, \
-                sum((l->>'limit')::bigint)::bigint AS usage_limit \
-         FROM subscription_items i \
-         JOIN prices p ON p.id = i.price_id \
-         JOIN products pr ON pr.id = p.product_id \
-         CROSS JOIN LATERAL jsonb_array_elements(pr.usage_limits) l \
-         JOIN billable_metrics m ON m.tenant_id = i.tenant_id AND m.livemode = i.livemode \
-              AND m.code = l->>'metric' \
-         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.subscription_id = $3 \
-           AND i.deleted_at IS NULL \
+    let limits = limits_sql("$3");
+    Ok(sqlx::query_as::<_, OpenLimit>(sqlx::AssertSqlSafe(format!(
+        "SELECT m.id AS metric_id, m.code AS metric, l.usage_limit \
+         FROM ({limits}) l \
+         JOIN billable_metrics m ON m.tenant_id = $1 AND m.livemode = $2 AND m.code = l.metric \
+         WHERE EXISTS (SELECT 1 FROM subscriptions s WHERE s.tenant_id = $1 \
+                AND s.livemode = $2 AND s.id = $3) \
            AND NOT EXISTS (SELECT 1 FROM usage_limit_crossings c \
-                WHERE c.subscription_id = $3 AND c.metric_id = m.id AND c.period_start = $4) \
-         GROUP BY m.id, m.code ORDER BY m.code",
-    )
+                WHERE c.subscription_id = $3 AND c.metric_id = m.id AND c.period_start = $4 \
+                AND c.usage_limit >= l.usage_limit) \
+         ORDER BY m.code"
+    )))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
     .bind(subscription)

@@ -323,15 +323,18 @@ pub fn check_usage_limits(limits: &[UsageLimit]) -> Result<(), ValidationError> 
 }
 
 impl Aggregation {
-    /// A period's quantity from the quantities of the items that metered the metric in it
-    /// (an item swapped mid-period measures its own part): counts and sums add up; a maximum,
-    /// a distinct count, a latest value or a level is the largest part's (a distinct value seen
-    /// by two items counts once at least).
-    pub fn combine(self, parts: &[u64]) -> u64 {
+    /// A period's quantity from those of the items that metered the metric in it, each over
+    /// its own part of the period (an item swapped mid-period), given as (end of the part,
+    /// quantity): counts and sums add up; a latest value is the last part's; a maximum is the
+    /// largest part's. A distinct count or a level is also the largest part's, which is at
+    /// most the period's own (a value seen in two parts counts once; a level's average over
+    /// the period lies between its parts').
+    pub fn combine(self, parts: &[(DateTime<Utc>, u64)]) -> u64 {
         match self {
-            Self::Count | Self::Sum => parts.iter().fold(0, |a, b| a.saturating_add(*b)),
-            Self::Max | Self::UniqueCount | Self::Latest | Self::WeightedSum => {
-                parts.iter().copied().max().unwrap_or(0)
+            Self::Count | Self::Sum => parts.iter().fold(0, |a, p| a.saturating_add(p.1)),
+            Self::Latest => parts.iter().max_by_key(|p| p.0).map_or(0, |p| p.1),
+            Self::Max | Self::UniqueCount | Self::WeightedSum => {
+                parts.iter().map(|p| p.1).max().unwrap_or(0)
             }
         }
     }
@@ -678,19 +681,25 @@ mod tests {
     }
 
     #[test]
-    fn parts_of_a_period_add_up_for_counts_and_sums_and_take_the_largest_otherwise() {
-        assert_eq!(Aggregation::Count.combine(&[3, 4]), 7);
-        assert_eq!(Aggregation::Sum.combine(&[3, 4]), 7);
-        assert_eq!(Aggregation::Sum.combine(&[u64::MAX, 4]), u64::MAX);
+    fn parts_of_a_period_add_up_for_counts_and_sums_the_last_for_latest_else_the_largest() {
+        let parts = [(at(10, 0), 3), (at(30, 0), 4), (at(20, 0), 9)];
+        assert_eq!(Aggregation::Count.combine(&parts), 16);
+        assert_eq!(Aggregation::Sum.combine(&parts), 16);
+        assert_eq!(
+            Aggregation::Sum.combine(&[(at(1, 0), u64::MAX), (at(2, 0), 4)]),
+            u64::MAX
+        );
+        // The latest value is the one of the part that ended last, not the largest.
+        assert_eq!(Aggregation::Latest.combine(&parts), 4);
         for a in [
             Aggregation::Max,
             Aggregation::UniqueCount,
-            Aggregation::Latest,
             Aggregation::WeightedSum,
         ] {
-            assert_eq!(a.combine(&[3, 9, 4]), 9, "{a:?}");
+            assert_eq!(a.combine(&parts), 9, "{a:?}");
+        }
+        for a in Aggregation::ALL {
             assert_eq!(a.combine(&[]), 0, "{a:?}");
         }
-        assert_eq!(Aggregation::Count.combine(&[]), 0);
     }
 }

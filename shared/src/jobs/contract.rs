@@ -63,10 +63,13 @@ pub enum Job {
         clock: TestClockId,
         to: DateTime<Utc>,
     },
-    /// See whether a subscription's usage in its current period reached a limit of its plans:
-    /// one job per subscription, made due again (from scratch) by each request recording usage
-    /// for it, so that it runs after the last of them.
-    CheckUsageLimits { subscription: SubscriptionId },
+    /// See whether a subscription's usage in its current period reached a limit of its plans,
+    /// after the usage recorded in the few minutes starting at `window`: one job per
+    /// (subscription, window), whichever requests recorded usage in it.
+    CheckUsageLimits {
+        subscription: SubscriptionId,
+        window: DateTime<Utc>,
+    },
 }
 
 /// Why a claimed row is not a job this worker knows.
@@ -139,8 +142,8 @@ impl Job {
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
             | Job::RefundPayment { .. }
-            | Job::CheckUsageLimits { .. }
             | Job::AdvanceTestClock { .. } => Queue::Renewals,
+            Job::CheckUsageLimits { .. } => Queue::Analytics,
         }
     }
 
@@ -162,9 +165,18 @@ impl Job {
                 subscription.as_uuid(),
                 period_start.timestamp()
             ),
-            Job::ExpireIncomplete { subscription } | Job::CheckUsageLimits { subscription } => {
+            Job::ExpireIncomplete { subscription } => {
                 format!("{}:{}", self.kind(), subscription.as_uuid())
             }
+            Job::CheckUsageLimits {
+                subscription,
+                window,
+            } => format!(
+                "{}:{}:{}",
+                self.kind(),
+                subscription.as_uuid(),
+                window.timestamp()
+            ),
             Job::RefundPayment { refund } => format!("{}:{}", self.kind(), refund.as_uuid()),
             Job::InvoiceOverdue { invoice } => format!("{}:{}", self.kind(), invoice.as_uuid()),
             Job::AdvanceTestClock { clock, to } => {
@@ -217,9 +229,16 @@ impl Job {
                 "subscription_id": subscription.to_string(),
                 "period_start": period_start.to_rfc3339(),
             }),
-            Job::ExpireIncomplete { subscription } | Job::CheckUsageLimits { subscription } => {
+            Job::ExpireIncomplete { subscription } => {
                 json!({ "subscription_id": subscription.to_string() })
             }
+            Job::CheckUsageLimits {
+                subscription,
+                window,
+            } => json!({
+                "subscription_id": subscription.to_string(),
+                "window": window.to_rfc3339(),
+            }),
             Job::RefundPayment { refund } => json!({ "refund_id": refund.to_string() }),
             Job::InvoiceOverdue { invoice } => json!({ "invoice_id": invoice.to_string() }),
             Job::AdvanceTestClock { clock, to } => {
@@ -338,6 +357,7 @@ impl Job {
             }),
             Self::CHECK_USAGE_LIMITS => Ok(Job::CheckUsageLimits {
                 subscription: subscription()?,
+                window: time("window")?,
             }),
             Self::TRIAL_WILL_END => Ok(Job::TrialWillEnd {
                 subscription: subscription()?,
@@ -424,6 +444,7 @@ mod tests {
             },
             Job::CheckUsageLimits {
                 subscription: SubscriptionId::from_uuid(id),
+                window: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
             },
         ]
     }
@@ -484,6 +505,7 @@ mod tests {
                 Job::SyncCatalog { .. } | Job::ProcessStripeEvent { .. } => {
                     Queue::StripeSync.retry_policy().max_attempts
                 }
+                Job::CheckUsageLimits { .. } => Queue::Analytics.retry_policy().max_attempts,
                 _ => Queue::Renewals.retry_policy().max_attempts,
             };
             assert_eq!(job.max_attempts(), expected, "{job:?}");

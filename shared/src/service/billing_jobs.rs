@@ -56,7 +56,7 @@ pub async fn run(
             dunning::overdue(&mut uow, scope, *invoice).await?;
             uow.commit().await?;
         }
-        Job::CheckUsageLimits { subscription } => {
+        Job::CheckUsageLimits { subscription, .. } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             usage_limits::check_in(&mut uow, scope, *subscription).await?;
             uow.commit().await?;

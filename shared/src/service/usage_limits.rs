@@ -4,16 +4,22 @@
 //! event. Usage goes on being recorded and billed past a limit; what to do about it (an
 //! upgrade, a block in the tenant's own product) is the tenant's call.
 //!
-//! - A subscription is held to the limits of the products (plans) of its current items; two
-//!   of them limiting one metric add up. The period is its current billing period, and its
-//!   usage of a metric is measured as the metric bills it (usage during a trial is free).
+//! - A subscription is held to the limits of the plans whose price is one of its current items
+//!   (another price of a plan's product does not subscribe to the plan); two plans limiting one
+//!   metric add up (an item's quantity does not multiply the limit). The period is its
+//!   current billing period, and its usage of a metric is measured as the metric bills it
+//!   (usage during a trial is free, so nothing is checked then).
 //! - A request that records usage counting against a limit not reached yet checks it once the
-//!   request commits, and queues a check a little later as well (made due again by every such
-//!   request), which runs should the first not (the process ended, say). The reached limit is
-//!   a row keyed by (subscription, metric, period start), so two checks tell of it once.
-//! - A limit added to a plan, or lowered, is checked at the next usage recorded.
+//!   request commits (one check at a time per subscription in a process: requests meanwhile
+//!   make it run once more), and queues a check for a few minutes later, one per subscription
+//!   and [`WINDOW`], which runs should the first not (the process ended, say). The reached
+//!   limit is a row keyed by (subscription, metric, period start, limit), so two checks tell of
+//!   it once, and a limit raised in the period (an upgrade) is told again when reached.
+//! - A limit added to a plan, or lowered, is checked at the next usage recorded that counts
+//!   against a limit not reached yet; usage recorded after a period's end but before its
+//!   renewal runs counts for the next period and is checked with the next usage after it.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -31,7 +37,11 @@ use crate::{
     uow::UnitOfWork,
 };
 
-/// How long after the last request recording usage the queued check runs.
+/// Usage recorded within one window of this length is checked again by one queued job, at
+/// the window's end and [`CHECK_LATER`].
+pub const WINDOW: Duration = Duration::minutes(5);
+
+/// How long after its window the queued check runs.
 pub const CHECK_LATER: Duration = Duration::seconds(30);
 
 /// The largest limit (so that limits added up stay far within 64 bits).
@@ -69,8 +79,8 @@ pub(crate) async fn checked(
     serde_json::to_value(limits).map_err(ServiceError::internal)
 }
 
-/// Queues a check of each subscription's limits [`CHECK_LATER`] from now, or puts off the one
-/// queued already until then.
+/// Queues a check of each subscription's limits for the end of the current [`WINDOW`] and
+/// [`CHECK_LATER`] (one per subscription and window: queued once, by the first request).
 pub(crate) async fn queue_check(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -80,14 +90,28 @@ pub(crate) async fn queue_check(
         return Ok(());
     }
     let now = uow.now();
-    let jobs: Vec<_> = subscriptions
+    let window = window_of(now);
+    let mut jobs: Vec<_> = subscriptions
         .iter()
         .map(|&subscription| {
-            Job::CheckUsageLimits { subscription }.to_new(Some(scope), now + CHECK_LATER)
+            Job::CheckUsageLimits {
+                subscription,
+                window,
+            }
+            .to_new(Some(scope), window + WINDOW + CHECK_LATER)
         })
         .collect();
-    jobs::enqueue_or_reset(uow.conn(), &jobs, now).await?;
+    // In id order, as every statement on jobs locks them.
+    jobs.sort_unstable_by_key(|j| j.id);
+    jobs::enqueue(uow.conn(), &jobs, now).await?;
     Ok(())
+}
+
+/// The start of the [`WINDOW`] `t` falls in.
+fn window_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    let length = WINDOW.num_seconds();
+    let start = t.timestamp().div_euclid(length) * length;
+    DateTime::from_timestamp(start, 0).unwrap_or(t)
 }
 
 /// Checks a subscription's limits in a unit of work of its own; how many were reached now.
@@ -115,7 +139,12 @@ pub(crate) async fn check_in(
         Err(db::DbError::NotFound) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
-    if sub.ended_at.is_some() {
+    // Its time: its test clock's, or now; events tell of it at that time.
+    if let Some(clock) = db::test_clocks::of_customer(uow.conn(), scope, sub.customer_id).await? {
+        uow.travel_to(clock.frozen_time);
+    }
+    let now = uow.now();
+    if sub.trial_end.is_some_and(|end| end > now) {
         return Ok(0);
     }
     let period_start = sub.current_period_start;
@@ -123,15 +152,18 @@ pub(crate) async fn check_in(
     if limits.is_empty() {
         return Ok(0);
     }
-    // The current period only: usage before it (not invoiced yet while its renewal is on the
-    // way) counted for the period before.
+    // The current period only (up to the subscription's end, if it ended in it): usage before
+    // it (not invoiced yet while its renewal is on the way) counted for the period before.
     let mut period = sub.clone();
     period.usage_billed_until = Some(
         sub.usage_billed_until
             .unwrap_or(sub.created_at)
             .max(period_start),
     );
-    let measured = usage::measure(uow.conn(), &[(scope, &period, sub.current_period_end)])
+    let until = sub.ended_at.map_or(sub.current_period_end, |end| {
+        end.min(sub.current_period_end)
+    });
+    let measured = usage::measure(uow.conn(), &[(scope, &period, until)])
         .await?
         .pop()
         .unwrap_or_default();
@@ -145,7 +177,8 @@ pub(crate) async fn check_in(
         let parts: Vec<&usage::ItemUsage> =
             measured.iter().filter(|u| u.metric == metric).collect();
         let Some(first) = parts.first() else { continue };
-        let quantities: Vec<u64> = parts.iter().map(|u| u.quantity).collect();
+        let quantities: Vec<(DateTime<Utc>, u64)> =
+            parts.iter().map(|u| (u.window.end, u.quantity)).collect();
         let quantity = first.aggregation.combine(&quantities);
         if !limit_reached(usage_limit, quantity) {
             continue;
@@ -157,7 +190,6 @@ pub(crate) async fn check_in(
             usage_limit,
             quantity,
         };
-        let now = uow.now();
         if !db::usage_limits::record(uow.conn(), scope, &crossing, now).await? {
             continue;
         }
@@ -176,4 +208,25 @@ pub(crate) async fn check_in(
         reached += 1;
     }
     Ok(reached)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_time_falls_in_the_five_minute_window_starting_at_or_before_it() {
+        let t = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 30, h, m, s).unwrap();
+        assert_eq!(window_of(t(10, 0, 0)), t(10, 0, 0));
+        assert_eq!(window_of(t(10, 4, 59)), t(10, 0, 0));
+        assert_eq!(window_of(t(10, 5, 0)), t(10, 5, 0));
+        assert_eq!(window_of(t(23, 59, 59)), t(23, 55, 0));
+        let early = Utc.with_ymd_and_hms(1969, 12, 31, 23, 58, 0).unwrap();
+        assert_eq!(
+            window_of(early),
+            Utc.with_ymd_and_hms(1969, 12, 31, 23, 55, 0).unwrap()
+        );
+    }
 }
