@@ -25,9 +25,11 @@ pub struct BillingRunOut {
     pub id: String,
     /// `billing_run`.
     pub object: String,
-    /// The tick of the schedule it is for: it queued the billing work due by then.
+    /// The tick of the schedule it is for: it queued the billing work due by then (for a test
+    /// clock's advance, the time the clock moves to).
     pub scheduled_for: DateTime<Utc>,
-    /// `schedule` (a tick of the fleet's schedule) or `manual` (an operator's request).
+    /// `schedule` (a tick of the fleet's schedule), `manual` (an operator's request) or
+    /// `test_clock` (a test clock's advance, which runs what comes due on the clock).
     pub trigger: String,
     /// `running` (queuing what is due), `enqueued` (all queued, jobs running) or `completed`
     /// (every job it queued has ended).

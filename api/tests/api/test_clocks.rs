@@ -234,6 +234,44 @@ async fn a_year_on_a_clock_bills_twelve_consecutive_periods_and_a_trial_starts_c
     );
     assert_eq!(time(&invoices[0]["paid_at"]), parse("2026-02-14T10:00:00Z"));
     assert!(invoices.iter().all(|i| i["status"] == "paid"));
+
+    // Each advance was a billing run scoped to the clock, for its target, counting every job
+    // it ran: all the clock's jobs that ran, none twice.
+    let runs = get(&app, &key, "/api/v1/billing-runs").await;
+    let runs: Vec<&serde_json::Value> = runs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "test_clock")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(
+        time(&runs[0]["scheduled_for"]),
+        parse("2027-01-15T00:00:00Z")
+    );
+    assert_eq!(
+        time(&runs[1]["scheduled_for"]),
+        parse("2026-07-15T00:00:00Z")
+    );
+    let clock_id = shared::ids::TestClockId::parse(&clock).unwrap().as_uuid();
+    let ran: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE test_clock_id = $1 AND state = 'succeeded'",
+    )
+    .bind(clock_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // 12 + 12 renewals or first charges at least, each with its charge.
+    assert!(ran >= 24, "{ran}");
+    let due: i64 = runs.iter().map(|r| r["due"].as_i64().unwrap()).sum();
+    assert_eq!(due, ran);
+    for r in &runs {
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["enqueued"], r["due"], "{r}");
+        assert_eq!(r["succeeded"], r["due"], "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+        assert!(r["due"].as_i64().unwrap() > 0, "{r}");
+    }
 }
 
 #[tokio::test]

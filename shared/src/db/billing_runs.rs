@@ -3,7 +3,7 @@
 //! it queued; completed once every job it queued has ended.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
@@ -19,6 +19,8 @@ pub enum RunScope {
     Fleet,
     /// One tenant, both modes (on request).
     Tenant(Uuid),
+    /// One test clock of a tenant (its advance).
+    TestClock { tenant: Uuid, clock: Uuid },
 }
 
 impl RunScope {
@@ -27,13 +29,14 @@ impl RunScope {
         match self {
             RunScope::Fleet => "fleet".into(),
             RunScope::Tenant(t) => format!("tenant:{t}"),
+            RunScope::TestClock { clock, .. } => format!("test_clock:{clock}"),
         }
     }
 
     fn tenant(self) -> Option<Uuid> {
         match self {
             RunScope::Fleet => None,
-            RunScope::Tenant(t) => Some(t),
+            RunScope::Tenant(t) | RunScope::TestClock { tenant: t, .. } => Some(t),
         }
     }
 }
@@ -45,6 +48,8 @@ crate::text_enum! {
         Schedule = "schedule",
         /// An operator asked for it.
         Manual = "manual",
+        /// A test clock's advance.
+        TestClock = "test_clock",
     }
 }
 
@@ -137,6 +142,7 @@ pub async fn take_over(
     Ok(sqlx::query_as::<_, BillingRunRow>(sqlf!(
         "UPDATE billing_runs SET owner = $1, lease_until = $3 WHERE id = \
          (SELECT id FROM billing_runs WHERE status = 'running' AND lease_until < $2 \
+          AND trigger <> 'test_clock' \
           ORDER BY scheduled_for LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
     ))
     .bind(owner)
@@ -280,7 +286,8 @@ pub async fn complete_finished(pool: &PgPool, now: DateTime<Utc>) -> Result<u64,
     let mut tx = pool.begin().await?;
     let done: Vec<(BillingRunId,)> = sqlx::query_as(
         "UPDATE billing_runs r SET status = 'completed', completed_at = $1 \
-         WHERE r.status = 'enqueued' AND NOT EXISTS (SELECT 1 FROM jobs j \
+         WHERE r.status = 'enqueued' AND r.trigger <> 'test_clock' \
+         AND NOT EXISTS (SELECT 1 FROM jobs j \
              WHERE j.billing_run_id = r.id AND j.state = 'pending') \
          RETURNING r.id",
     )
@@ -305,6 +312,101 @@ pub async fn complete_finished(pool: &PgPool, now: DateTime<Utc>) -> Result<u64,
     }
     tx.commit().await?;
     Ok(done.len() as u64)
+}
+
+/// Makes the run of a test clock's advance to `to` (scope [`RunScope::TestClock`]), or finds
+/// it when the advance runs again (it failed in the middle). The advance carries it out: the
+/// fleet neither takes it over nor completes it.
+pub async fn start_clock_run(
+    pool: &PgPool,
+    scope: Scope,
+    clock: Uuid,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<BillingRunRow, DbError> {
+    let key = RunScope::TestClock {
+        tenant: scope.tenant_id().as_uuid(),
+        clock,
+    }
+    .key();
+    let run = sqlx::query_as::<_, BillingRunRow>(sqlf!(
+        "INSERT INTO billing_runs (id, scope, tenant_id, scheduled_for, trigger, status, \
+         missed_ticks, owner, lease_until, started_at) \
+         VALUES ($1, $2, $3, $4, 'test_clock', 'running', 0, 'test_clock', $5, $5) \
+         ON CONFLICT (scope, scheduled_for) DO UPDATE SET scope = EXCLUDED.scope \
+         RETURNING {COLUMNS}"
+    ))
+    .bind(BillingRunId::new())
+    .bind(&key)
+    .bind(scope.tenant_id())
+    .bind(to)
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO billing_run_tenants (run_id, tenant_id, livemode) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(run.id)
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .execute(pool)
+    .await?;
+    Ok(run)
+}
+
+/// Counts a job of a clock's advance in its run (once: as due and queued) as the advance takes
+/// it up.
+pub async fn take_up(
+    conn: &mut PgConnection,
+    run: &BillingRunRow,
+    scope: Scope,
+    job: Uuid,
+) -> Result<(), DbError> {
+    let taken = sqlx::query(
+        "UPDATE jobs SET billing_run_id = $2 WHERE id = $1 \
+         AND billing_run_id IS DISTINCT FROM $2",
+    )
+    .bind(job)
+    .bind(run.id)
+    .execute(&mut *conn)
+    .await?;
+    if taken.rows_affected() == 1 {
+        sqlx::query(
+            "UPDATE billing_run_tenants SET due = due + 1, enqueued = enqueued + 1 \
+             WHERE run_id = $1 AND tenant_id = $2 AND livemode = $3",
+        )
+        .bind(run.id)
+        .bind(scope.tenant_id())
+        .bind(scope.livemode())
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Completes a clock's run once its advance is over, keeping how many of its jobs succeeded
+/// and how many failed for good.
+pub async fn complete_clock_run(
+    pool: &PgPool,
+    run: &BillingRunRow,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "WITH done AS (UPDATE billing_runs SET status = 'completed', enqueued_at = $2, \
+             completed_at = $2 WHERE id = $1 AND status <> 'completed' RETURNING id) \
+         UPDATE billing_run_tenants b SET \
+             succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
+                 AND j.state = 'succeeded'), \
+             failed = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
+                 AND j.state = 'dead') \
+         FROM done WHERE b.run_id = done.id",
+    )
+    .bind(run.id)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The columns of a run as a tenant and mode sees it (`b`: its row of billing_run_tenants):

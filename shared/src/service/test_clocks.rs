@@ -5,7 +5,9 @@
 //! advance (a `test_clock.advance` job) runs them one by one, earliest due first, each at its due
 //! time on the clock, through the same service calls as real time ([`super::billing_jobs`]); jobs
 //! they queue on the way run in turn when due before the target. The clock then stands at the
-//! target, `ready`, with an event.
+//! target, `ready`, with an event. The advance is a billing run scoped to the clock (trigger
+//! `test_clock`, for the target time), listed with the fleet's: each job it runs is counted in
+//! it (due, queued, then succeeded or failed once the advance is over).
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use sqlx::PgPool;
@@ -162,6 +164,8 @@ pub async fn advance(
     id: TestClockId,
     to: DateTime<Utc>,
 ) -> ServiceResult<()> {
+    // The advance is a billing run scoped to the clock: what it runs is counted there.
+    let mut run = None;
     loop {
         let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
         let clock = match db::test_clocks::get(&mut conn, scope, id).await {
@@ -173,6 +177,13 @@ pub async fn advance(
         if clock.status != ClockStatus::Advancing || clock.advancing_to != Some(to) {
             return Ok(());
         }
+        let run = match &run {
+            Some(r) => r,
+            None => run.insert(
+                db::billing_runs::start_clock_run(pool, scope, id.as_uuid(), to, real.now())
+                    .await?,
+            ),
+        };
         let Some(next) = db::test_clocks::next_job(&mut conn, scope, id, to).await? else {
             drop(conn);
             let mut uow = UnitOfWork::begin(pool, real).await?;
@@ -187,11 +198,13 @@ pub async fn advance(
                 events::record(&mut uow, scope, "test_helpers.test_clock.ready", json).await?;
             }
             uow.commit().await?;
+            db::billing_runs::complete_clock_run(pool, run, real.now()).await?;
             return Ok(());
         };
         // The clock reaches the job's time (it never goes back), and the job runs then.
         let at = next.run_at.max(clock.frozen_time);
         db::test_clocks::reach(&mut conn, scope, id, at).await?;
+        db::billing_runs::take_up(&mut conn, run, scope, next.id).await?;
         let job = Job::parse(&next.kind, &next.payload).map_err(ServiceError::internal)?;
         let result = match job {
             Job::AdvanceTestClock { .. } => Err(ServiceError::internal(
