@@ -516,6 +516,7 @@ fn check_limits_after(
             }
             let (pool, clock) = (pool.clone(), clock.clone());
             tokio::spawn(async move {
+                let _unwinding = Checking(sub);
                 loop {
                     if let Err(e) = usage_limits::check(&pool, clock.as_ref(), scope, sub).await {
                         tracing::warn!(subscription = %sub, error = %e, "usage limit check failed");
@@ -527,6 +528,21 @@ fn check_limits_after(
             });
         }
     });
+}
+
+/// Forgets a check that panicked (its subscription can then be checked again); a check that
+/// ends is forgotten by [`check_again`].
+struct Checking(SubscriptionId);
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            CHECKING
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.0);
+        }
+    }
 }
 
 /// `true`: start checking `sub`; `false`: a check is running, and runs once more.

@@ -343,15 +343,6 @@ pub async fn start_clock_run(
     .bind(now)
     .fetch_one(pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO billing_run_tenants (run_id, tenant_id, livemode) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(run.id)
-    .bind(scope.tenant_id())
-    .bind(scope.livemode())
-    .execute(pool)
-    .await?;
     Ok(run)
 }
 
@@ -373,8 +364,10 @@ pub async fn take_up(
     .await?;
     if taken.rows_affected() == 1 {
         sqlx::query(
-            "UPDATE billing_run_tenants SET due = due + 1, enqueued = enqueued + 1 \
-             WHERE run_id = $1 AND tenant_id = $2 AND livemode = $3",
+            "INSERT INTO billing_run_tenants (run_id, tenant_id, livemode, due, enqueued) \
+             VALUES ($1, $2, $3, 1, 1) ON CONFLICT (run_id, tenant_id, livemode) \
+             DO UPDATE SET due = billing_run_tenants.due + 1, \
+                 enqueued = billing_run_tenants.enqueued + 1",
         )
         .bind(run.id)
         .bind(scope.tenant_id())
@@ -385,16 +378,17 @@ pub async fn take_up(
     Ok(())
 }
 
-/// Completes a clock's run once its advance is over, keeping how many of its jobs succeeded
-/// and how many failed for good.
-pub async fn complete_clock_run(
-    pool: &PgPool,
-    run: &BillingRunRow,
+/// Completes the open runs of a clock's advances (its advance is over, or the clock is gone),
+/// keeping how many of their jobs succeeded and how many failed for good.
+pub async fn complete_clock_runs(
+    conn: &mut PgConnection,
+    clock: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     sqlx::query(
         "WITH done AS (UPDATE billing_runs SET status = 'completed', enqueued_at = $2, \
-             completed_at = $2 WHERE id = $1 AND status <> 'completed' RETURNING id) \
+             completed_at = $2 WHERE scope = 'test_clock:' || $1::text \
+             AND status <> 'completed' RETURNING id) \
          UPDATE billing_run_tenants b SET \
              succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
                  AND j.state = 'succeeded'), \
@@ -402,9 +396,9 @@ pub async fn complete_clock_run(
                  AND j.state = 'dead') \
          FROM done WHERE b.run_id = done.id",
     )
-    .bind(run.id)
+    .bind(clock)
     .bind(now)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -476,7 +470,7 @@ pub async fn list_all(
              AS due, \
          COALESCE((SELECT sum(enqueued) FROM billing_run_tenants b WHERE b.run_id = r.id), 0) \
              ::bigint AS enqueued \
-         FROM billing_runs r ORDER BY scheduled_for DESC, id DESC LIMIT $1"
+         FROM billing_runs r ORDER BY started_at DESC, id DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(pool)

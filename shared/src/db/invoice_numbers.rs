@@ -50,7 +50,7 @@ impl Deferred {
     }
 
     /// Numbers the invoices, in the order they were finalized within each (tenant, mode,
-    /// prefix), one counter update per prefix taken in a fixed order (so that two units of
+    /// prefix), the counters moved on in one statement in a fixed order (so that two units of
     /// work never wait for each other's counters in a cycle), and writes the number into the
     /// invoices and into the events about them.
     pub async fn assign(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), DbError> {
@@ -68,25 +68,47 @@ impl Deferred {
                 .or_default()
                 .push(*invoice);
         }
+        // Every counter in one statement, in the groups' order (rows are locked in the order
+        // they come), each moved on by its group's size.
+        let mut keys_tenant: Vec<Uuid> = Vec::with_capacity(groups.len());
+        let mut keys_mode: Vec<bool> = Vec::with_capacity(groups.len());
+        let mut keys_prefix: Vec<String> = Vec::with_capacity(groups.len());
+        let mut sizes: Vec<i64> = Vec::with_capacity(groups.len());
+        for ((tenant, livemode, prefix), invoices) in &groups {
+            keys_tenant.push(*tenant);
+            keys_mode.push(*livemode);
+            keys_prefix.push(prefix.clone());
+            sizes.push(i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?);
+        }
+        let lasts: Vec<(Uuid, bool, String, i64)> = sqlx::query_as(
+            "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
+             SELECT tenant_id, livemode, prefix, k \
+             FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[]) \
+                 WITH ORDINALITY AS u(tenant_id, livemode, prefix, k, ord) ORDER BY ord \
+             ON CONFLICT (tenant_id, livemode, prefix) \
+             DO UPDATE SET last_number = invoice_number_counters.last_number + EXCLUDED.last_number \
+             RETURNING tenant_id, livemode, prefix, last_number",
+        )
+        .bind(&keys_tenant)
+        .bind(&keys_mode)
+        .bind(&keys_prefix)
+        .bind(&sizes)
+        .fetch_all(&mut *conn)
+        .await?;
+        let lasts: BTreeMap<(Uuid, bool, String), i64> = lasts
+            .into_iter()
+            .map(|(t, l, p, last)| ((t, l, p), last))
+            .collect();
         let mut ids: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
         let mut tenants: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
         let mut modes: Vec<bool> = Vec::with_capacity(self.invoices.len());
         let mut numbers: Vec<String> = Vec::with_capacity(self.invoices.len());
-        for ((tenant, livemode, prefix), invoices) in groups {
+        for (key, invoices) in groups {
+            let last = *lasts
+                .get(&key)
+                .ok_or_else(|| broken(format!("no counter came back for prefix {}", key.2)))?;
             let k = i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?;
-            let last: i64 = sqlx::query_scalar(
-                "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (tenant_id, livemode, prefix) \
-                 DO UPDATE SET last_number = invoice_number_counters.last_number + $4 \
-                 RETURNING last_number",
-            )
-            .bind(tenant)
-            .bind(livemode)
-            .bind(&prefix)
-            .bind(k)
-            .fetch_one(&mut *conn)
-            .await?;
+            let (tenant, livemode, prefix) = key;
             let prefix = InvoicePrefix::parse(&prefix).map_err(|e| broken(e.to_string()))?;
             for (i, invoice) in (0..).zip(invoices) {
                 ids.push(invoice.as_uuid());

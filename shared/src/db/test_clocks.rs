@@ -223,12 +223,16 @@ pub async fn defer_job(
     run_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    sqlx::query("UPDATE jobs SET run_at = $2, updated_at = $3 WHERE id = $1 AND state = 'pending'")
-        .bind(id)
-        .bind(run_at)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    // Out of the advance's run: the advance that runs it counts it.
+    sqlx::query(
+        "UPDATE jobs SET run_at = $2, updated_at = $3, billing_run_id = NULL \
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(run_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -285,6 +289,8 @@ pub async fn delete(
     now: DateTime<Utc>,
 ) -> Result<TestClockRow, DbError> {
     let row = lock(conn, scope, id).await?;
+    // An advance under way ends here: its run too.
+    super::billing_runs::complete_clock_runs(conn, id.as_uuid(), now).await?;
     sqlx::query(
         "DELETE FROM jobs WHERE tenant_id = $1 AND livemode = $2 AND test_clock_id = $3 \
          AND state = 'pending'",

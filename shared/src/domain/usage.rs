@@ -325,14 +325,19 @@ pub fn check_usage_limits(limits: &[UsageLimit]) -> Result<(), ValidationError> 
 impl Aggregation {
     /// A period's quantity from those of the items that metered the metric in it, each over
     /// its own part of the period (an item swapped mid-period), given as (end of the part,
-    /// quantity): counts and sums add up; a latest value is the last part's; a maximum is the
-    /// largest part's. A distinct count or a level is also the largest part's, which is at
-    /// most the period's own (a value seen in two parts counts once; a level's average over
-    /// the period lies between its parts').
+    /// quantity): counts and sums add up; a latest value is that of the last part with a
+    /// value (a part without events reads 0); a maximum is the largest part's. A distinct
+    /// count or a level is also the largest part's, which is at most the period's own (a value
+    /// seen in two parts counts once; a level's average over the period lies between its
+    /// parts').
     pub fn combine(self, parts: &[(DateTime<Utc>, u64)]) -> u64 {
         match self {
             Self::Count | Self::Sum => parts.iter().fold(0, |a, p| a.saturating_add(p.1)),
-            Self::Latest => parts.iter().max_by_key(|p| p.0).map_or(0, |p| p.1),
+            Self::Latest => parts
+                .iter()
+                .filter(|p| p.1 > 0)
+                .max_by_key(|p| p.0)
+                .map_or(0, |p| p.1),
             Self::Max | Self::UniqueCount | Self::WeightedSum => {
                 parts.iter().map(|p| p.1).max().unwrap_or(0)
             }
@@ -689,8 +694,12 @@ mod tests {
             Aggregation::Sum.combine(&[(at(1, 0), u64::MAX), (at(2, 0), 4)]),
             u64::MAX
         );
-        // The latest value is the one of the part that ended last, not the largest.
+        // The latest value is the one of the part that ended last, not the largest; a part
+        // without a value (nothing reported while its item was on) is passed over.
         assert_eq!(Aggregation::Latest.combine(&parts), 4);
+        let quiet_last = [(at(10, 0), 3), (at(30, 0), 0), (at(20, 0), 9)];
+        assert_eq!(Aggregation::Latest.combine(&quiet_last), 9);
+        assert_eq!(Aggregation::Latest.combine(&[(at(1, 0), 0)]), 0);
         for a in [
             Aggregation::Max,
             Aggregation::UniqueCount,

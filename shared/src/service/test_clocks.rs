@@ -169,14 +169,19 @@ pub async fn advance(
     loop {
         let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
         let clock = match db::test_clocks::get(&mut conn, scope, id).await {
-            Ok(c) => c,
+            Ok(c) => Some(c),
             // Deleted meanwhile: nothing left to advance.
-            Err(db::DbError::NotFound) => return Ok(()),
+            Err(db::DbError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        if clock.status != ClockStatus::Advancing || clock.advancing_to != Some(to) {
+        let Some(clock) =
+            clock.filter(|c| c.status == ClockStatus::Advancing && c.advancing_to == Some(to))
+        else {
+            // Done already (this is a run again of an advance that ended), or gone: its run
+            // is over too.
+            db::billing_runs::complete_clock_runs(&mut conn, id.as_uuid(), real.now()).await?;
             return Ok(());
-        }
+        };
         let run = match &run {
             Some(r) => r,
             None => run.insert(
@@ -197,8 +202,9 @@ pub async fn advance(
                 let json = clock.to_json();
                 events::record(&mut uow, scope, "test_helpers.test_clock.ready", json).await?;
             }
+            let now = uow.now();
+            db::billing_runs::complete_clock_runs(uow.conn(), id.as_uuid(), now).await?;
             uow.commit().await?;
-            db::billing_runs::complete_clock_run(pool, run, real.now()).await?;
             return Ok(());
         };
         // The clock reaches the job's time (it never goes back), and the job runs then.

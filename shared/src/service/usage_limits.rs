@@ -152,14 +152,10 @@ pub(crate) async fn check_in(
     if limits.is_empty() {
         return Ok(0);
     }
-    // The current period only (up to the subscription's end, if it ended in it): usage before
-    // it (not invoiced yet while its renewal is on the way) counted for the period before.
+    // The whole current period (invoiced or not, up to the subscription's end if it ended in
+    // it): usage before it counted for the period before.
     let mut period = sub.clone();
-    period.usage_billed_until = Some(
-        sub.usage_billed_until
-            .unwrap_or(sub.created_at)
-            .max(period_start),
-    );
+    period.usage_billed_until = Some(period_start);
     let until = sub.ended_at.map_or(sub.current_period_end, |end| {
         end.min(sub.current_period_end)
     });

@@ -59,7 +59,10 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome
         // method is not attached to its Stripe customer yet (`payment_method_not_synced`:
         // nothing was sent or recorded): again later.
         Err(e) => Outcome::after_failure(
-            crate::retry_policy(&rt.settings, Queue::Renewals),
+            crate::retry_policy(
+                &rt.settings,
+                Queue::parse(&job.queue).unwrap_or(Queue::Renewals),
+            ),
             job.attempts,
             job.max_attempts,
             rt.clock.now(),
