@@ -1500,6 +1500,17 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     assert_eq!(reached[4]["quantity"], 160);
     assert!(run_limit_checks(&app, scope).await >= 1);
     assert_eq!(limits_reached(&app, &key).await.len(), 5);
+    // A change of the plan's limits checks its subscribers without waiting for their usage:
+    // seats raised to 7, which their 7 reach (no usage recorded since).
+    set_limits(json!([{"metric": "api_calls", "limit": 150}, {"metric": "seats", "limit": 7}]))
+        .await;
+    assert_eq!(limits_reached(&app, &key).await.len(), 5);
+    assert!(run_limit_checks(&app, scope).await >= 1);
+    let reached = limits_reached(&app, &key).await;
+    assert_eq!(reached.len(), 6, "{reached:?}");
+    assert_eq!(reached[5]["metric"], "seats");
+    assert_eq!(reached[5]["limit"], 7);
+    assert_eq!(reached[5]["subscription"], json!(sub));
     // Removing the limits holds the plan to none.
     let cleared = json_of(
         app.req(

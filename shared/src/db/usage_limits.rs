@@ -6,7 +6,7 @@ use sqlx::{FromRow, PgConnection};
 
 use super::DbError;
 use crate::{
-    ids::{BillableMetricId, SubscriptionId},
+    ids::{BillableMetricId, PriceId, SubscriptionId},
     tenancy::Scope,
 };
 
@@ -58,6 +58,25 @@ pub async fn open(
     .bind(scope.livemode())
     .bind(subscription)
     .bind(period_start)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The live subscriptions (not ended) with a current item of `price`, in id order.
+pub async fn subscribers(
+    conn: &mut PgConnection,
+    scope: Scope,
+    price: PriceId,
+) -> Result<Vec<SubscriptionId>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT s.id FROM subscription_items i \
+         JOIN subscriptions s ON s.id = i.subscription_id \
+         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.price_id = $3 \
+         AND i.deleted_at IS NULL AND s.ended_at IS NULL ORDER BY s.id",
+    )
+    .bind(scope.tenant_id())
+    .bind(scope.livemode())
+    .bind(price)
     .fetch_all(conn)
     .await?)
 }

@@ -683,6 +683,10 @@ async fn change_plan(
     )
     .await
     .map_err(plan_error)?;
+    if after.usage_limits != before.usage_limits {
+        // The plan's subscribers are held to the new limits now, not at their next usage.
+        super::usage_limits::queue_plan_check(uow, ctx.scope(), after.price_id).await?;
+    }
     changed(uow, ctx, stripe, before, after, event_type).await
 }
 

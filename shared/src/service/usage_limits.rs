@@ -15,9 +15,9 @@
 //!   and [`WINDOW`], which runs should the first not (the process ended, say). The reached
 //!   limit is a row keyed by (subscription, metric, period start, limit), so two checks tell of
 //!   it once, and a limit raised in the period (an upgrade) is told again when reached.
-//! - A limit added to a plan, or lowered, is checked at the next usage recorded that counts
-//!   against a limit not reached yet; usage recorded after a period's end but before its
-//!   renewal runs counts for the next period and is checked with the next usage after it.
+//! - A change of a plan's limits queues a check of each of its live subscribers. Usage
+//!   recorded after a period's end but before its renewal runs counts for the next period and
+//!   is checked with the next usage after it.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
@@ -31,7 +31,7 @@ use crate::{
         usage_limits::{Crossing, OpenLimit},
     },
     domain::usage::{UsageLimit, check_usage_limits, limit_reached},
-    ids::SubscriptionId,
+    ids::{PriceId, SubscriptionId},
     jobs::{self, Job},
     tenancy::Scope,
     uow::UnitOfWork,
@@ -104,6 +104,20 @@ pub(crate) async fn queue_check(
     // In id order, as every statement on jobs locks them.
     jobs.sort_unstable_by_key(|j| j.id);
     jobs::enqueue(uow.conn(), &jobs, now).await?;
+    Ok(())
+}
+
+/// Queues a check of the limits of every live subscription to the plan whose price is
+/// `plan_price` (its limits changed), as [`queue_check`] does, in chunks.
+pub(crate) async fn queue_plan_check(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    plan_price: PriceId,
+) -> ServiceResult<()> {
+    let subscribers = db::usage_limits::subscribers(uow.conn(), scope, plan_price).await?;
+    for chunk in subscribers.chunks(5_000) {
+        queue_check(uow, scope, chunk).await?;
+    }
     Ok(())
 }
 
