@@ -121,8 +121,8 @@ pub struct PlanPatch {
     pub is_active: Option<bool>,
     #[oai(nullable)]
     pub trial_days: Option<u32>,
-    /// Replaces the plan's usage limits (`[]`: none). Subscriptions to the plan are held to
-    /// the new limits from their next usage on.
+    /// Replaces the plan's usage limits (`[]`: none). The plan's live subscribers are
+    /// checked against the new limits within a few minutes.
     #[oai(nullable, validator(max_items = 20))]
     pub usage_limits: Option<Vec<UsageLimitIn>>,
     /// Cannot change (answers `400 immutable_field`).

@@ -74,6 +74,9 @@ def map_body(context, body):
     if isinstance(body.get("tax_rates"), list):
         # A customer's tax rates must exist in the tenant and mode (`400 tax_rates`).
         body["tax_rates"] = []
+    if isinstance(body.get("usage_limits"), list):
+        # A plan's limits name billable metrics of the tenant and mode (`400 usage_limits`).
+        body["usage_limits"] = []
     if "billing_interval" in body and "interval_count" in body:
         body["interval_count"] = _count(body["billing_interval"], body["interval_count"])
     if isinstance(body.get("usage"), dict) and not isinstance(body.get("recurring"), dict):
