@@ -1430,20 +1430,25 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     .await;
     // A limit added afterwards (on seats, used beyond it already) is seen by the check the
     // last usage queued, which runs a little later: the request's own check ran before it.
-    let patched = json_of(
-        app.req(
-            Method::PATCH,
-            &format!("/api/v1/plans/{}", s(&plan["id"])),
-            &key,
-        )
-        .json(&json!({"usage_limits": [
-            {"metric": "api_calls", "limit": 100}, {"metric": "seats", "limit": 5}]}))
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let set_limits = |limits: Value| {
+        let app = &app;
+        let key = &key;
+        let plan = s(&plan["id"]);
+        async move {
+            json_of(
+                app.req(Method::PATCH, &format!("/api/v1/plans/{plan}"), key)
+                    .json(&json!({ "usage_limits": limits }))
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await
+        }
+    };
+    let patched =
+        set_limits(json!([{"metric": "api_calls", "limit": 100}, {"metric": "seats", "limit": 5}]))
+            .await;
     assert_eq!(
         patched["usage_limits"][1],
         json!({"metric": "seats", "limit": 5})
@@ -1464,22 +1469,6 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
 
     // A limit raised in the period (an upgrade) is open again, and told again when reached;
     // two checks at once tell of it once.
-    let set_limits = |limits: Value| {
-        let app = &app;
-        let key = &key;
-        let plan = s(&plan["id"]);
-        async move {
-            json_of(
-                app.req(Method::PATCH, &format!("/api/v1/plans/{plan}"), key)
-                    .json(&json!({ "usage_limits": limits }))
-                    .send()
-                    .await
-                    .unwrap(),
-                StatusCode::OK,
-            )
-            .await
-        }
-    };
     set_limits(json!([{"metric": "api_calls", "limit": 150}, {"metric": "seats", "limit": 6}]))
         .await;
     let (a, b) = tokio::join!(
@@ -1512,18 +1501,6 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     assert_eq!(reached[5]["limit"], 7);
     assert_eq!(reached[5]["subscription"], json!(sub));
     // Removing the limits holds the plan to none.
-    let cleared = json_of(
-        app.req(
-            Method::PATCH,
-            &format!("/api/v1/plans/{}", s(&plan["id"])),
-            &key,
-        )
-        .json(&json!({"usage_limits": []}))
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let cleared = set_limits(json!([])).await;
     assert_eq!(cleared["usage_limits"], json!([]));
 }

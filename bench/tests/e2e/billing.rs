@@ -623,30 +623,42 @@ async fn due_renewals_are_invoiced_and_charged_exactly_once_while_a_worker_is_ki
         workers[victim] = env.worker_process(crate::helpers::free_port());
         kills += 1;
     }
-    for w in &mut workers {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status();
-        w.wait().unwrap();
-    }
+    stop(&mut workers);
     assert!(kills >= 1, "no worker was killed while the renewals ran");
     assert_billed_once(&env, n).await;
 }
 
-#[tokio::test]
-async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
-    let _turn = SEVERAL_WORKERS.lock().await;
+/// `n` due renewals of a new tenant (`email`), and two worker processes renewing them, once
+/// 200 are paid.
+async fn run_under_way(email: &str, n: usize) -> (Env, Vec<std::process::Child>) {
     let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
     let api = env.api().await;
-    let n = 3_000;
-    due_renewals(&env, &api, "flush-e2e@example.com", n, just_ended()).await;
-    let mut workers: Vec<std::process::Child> = (0..2)
+    due_renewals(&env, &api, email, n, just_ended()).await;
+    let workers: Vec<std::process::Child> = (0..2)
         .map(|_| env.worker_process(crate::helpers::free_port()))
         .collect();
     wait_for("the run to get going", LIMIT, || async {
         renewals_paid(&env).await >= 200
     })
     .await;
+    (env, workers)
+}
+
+/// Stops worker processes as a deploy does (SIGTERM) and waits for each to exit.
+fn stop(workers: &mut [std::process::Child]) {
+    for w in workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        w.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
+    let _turn = SEVERAL_WORKERS.lock().await;
+    let n = 3_000;
+    let (env, mut workers) = run_under_way("flush-e2e@example.com", n).await;
     let flushed = env.flush_redis().await;
     let at_flush = renewals_paid(&env).await;
     assert!(at_flush < n, "the flush came too late to test anything");
@@ -657,29 +669,15 @@ async fn redis_flushed_in_the_middle_of_a_billing_run_leaves_the_same_counts() {
         || async { renewals_paid(&env).await == n },
     )
     .await;
-    for w in &mut workers {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status();
-        w.wait().unwrap();
-    }
+    stop(&mut workers);
     assert_billed_once(&env, n).await;
 }
 
 #[tokio::test]
 async fn postgresql_restarted_in_the_middle_of_a_billing_run_the_workers_reconnect_and_finish_it() {
     let _turn = SEVERAL_WORKERS.lock().await;
-    let env = Env::new(&[("JOB_LEASE_SECONDS", "3"), SMALL_POOL]).await;
-    let api = env.api().await;
     let n = 3_000;
-    due_renewals(&env, &api, "pg-restart-e2e@example.com", n, just_ended()).await;
-    let mut workers: Vec<std::process::Child> = (0..2)
-        .map(|_| env.worker_process(crate::helpers::free_port()))
-        .collect();
-    wait_for("the run to get going", LIMIT, || async {
-        renewals_paid(&env).await >= 200
-    })
-    .await;
+    let (env, mut workers) = run_under_way("pg-restart-e2e@example.com", n).await;
     // Every connection cut, none accepted for 5 seconds, then PostgreSQL is back.
     let cut = env.restart_database(Duration::from_secs(5)).await;
     let at_restart = renewals_paid(&env).await;
@@ -697,10 +695,7 @@ async fn postgresql_restarted_in_the_middle_of_a_billing_run_the_workers_reconne
             w.try_wait().unwrap().is_none(),
             "a worker exited when PostgreSQL went away"
         );
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status();
-        w.wait().unwrap();
     }
+    stop(&mut workers);
     assert_billed_once(&env, n).await;
 }

@@ -279,6 +279,13 @@ pub async fn mark_enqueued(
     Ok(())
 }
 
+/// What a completed run keeps of a tenant's mode (`b`, its row of billing_run_tenants): how
+/// many of its jobs succeeded and how many failed for good (they can then be purged).
+const SETTLED: &str = "succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
+    AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode AND j.state = 'succeeded'), \
+    failed = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
+    AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode AND j.state = 'dead')";
+
 /// Completes the runs whose queued jobs have all ended, keeping how many succeeded and how
 /// many failed for good per tenant and mode (their jobs can then be purged); returns how many
 /// it completed.
@@ -296,16 +303,9 @@ pub async fn complete_finished(pool: &PgPool, now: DateTime<Utc>) -> Result<u64,
     .await?;
     if !done.is_empty() {
         let ids: Vec<BillingRunId> = done.iter().map(|d| d.0).collect();
-        sqlx::query(
-            "UPDATE billing_run_tenants b SET \
-             succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-                 AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode \
-                 AND j.state = 'succeeded'), \
-             failed = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-                 AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode \
-                 AND j.state = 'dead') \
-             WHERE b.run_id = ANY($1)",
-        )
+        sqlx::query(sqlf!(
+            "UPDATE billing_run_tenants b SET {SETTLED} WHERE b.run_id = ANY($1)"
+        ))
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
@@ -385,17 +385,12 @@ pub async fn complete_clock_runs(
     clock: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    sqlx::query(
+    sqlx::query(sqlf!(
         "WITH done AS (UPDATE billing_runs SET status = 'completed', enqueued_at = $2, \
              completed_at = $2 WHERE scope = 'test_clock:' || $1::text \
              AND status <> 'completed' RETURNING id) \
-         UPDATE billing_run_tenants b SET \
-             succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-                 AND j.state = 'succeeded'), \
-             failed = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-                 AND j.state = 'dead') \
-         FROM done WHERE b.run_id = done.id",
-    )
+         UPDATE billing_run_tenants b SET {SETTLED} FROM done WHERE b.run_id = done.id"
+    ))
     .bind(clock)
     .bind(now)
     .execute(conn)
