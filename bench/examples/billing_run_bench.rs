@@ -94,21 +94,13 @@ async fn main() -> anyhow::Result<()> {
     drop(jobs);
     sqlx::query("ANALYZE").execute(&pool).await?;
 
-    // As in the invoice benchmark: without autovacuum, statistics are gathered every 5 s.
-    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
-        .fetch_one(&pool)
-        .await?;
-    if autovacuum == "off" && std::env::var("BENCH_ANALYZE").as_deref() != Ok("0") {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if sqlx::query("ANALYZE").execute(&pool).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    // Without autovacuum, statistics are gathered as autovacuum would.
+    let analyzed = common::analyze_as_autovacuum(&pool).await?;
+    let autovacuum = if analyzed {
+        "emulated"
+    } else {
+        "as configured"
+    };
 
     let mut procs: Vec<Child> = Vec::new();
     for _ in 0..workers {

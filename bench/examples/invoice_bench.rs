@@ -94,22 +94,8 @@ async fn main() -> anyhow::Result<()> {
     // A PostgreSQL without autovacuum (CI servers often run so) never gathers statistics on
     // the tables the run fills, and plans made without them scan a tenant's rows where one
     // index probe does. Production runs autovacuum: where it is off, the benchmark analyzes
-    // the tables every few seconds as autovacuum would (`BENCH_ANALYZE=0` does not).
-    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
-        .fetch_one(&pool)
-        .await?;
-    let analyze = autovacuum == "off" && std::env::var("BENCH_ANALYZE").as_deref() != Ok("0");
-    if analyze {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if sqlx::query("ANALYZE").execute(&pool).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    // the tables as autovacuum would (`BENCH_ANALYZE=0` does not).
+    let analyze = common::analyze_as_autovacuum(&pool).await?;
     let cpu_before = common::cpu_secs(worker.id()).unwrap_or(0.0);
     let started = Instant::now();
     let mut tx = pool.begin().await?;
@@ -159,12 +145,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "{n} renewals: {invoices} invoices, {charges} charges, {numbers} distinct numbers; \
-         worker CPU {worker_cpu:.1} s; autovacuum {autovacuum}{}",
-        if analyze {
-            ", tables analyzed every 5 s"
-        } else {
-            ""
-        }
+         worker CPU {worker_cpu:.1} s; autovacuum {}",
+        if analyze { "emulated" } else { "as configured" }
     );
     println!(
         "invoices: {n} renewed, finalized and paid in {:.2} s = {:.0} invoices/s; worker peak RSS {rss_mib:.1} MiB",

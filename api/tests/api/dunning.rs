@@ -582,6 +582,25 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     let late_sub = s(&subscribe(&app, &key, sent(&late)).await["id"]);
     let prompt = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
     let prompt_sub = subscribe(&app, &key, sent(&prompt)).await;
+    // A one-off invoice sent for payment, due in 7 days too, goes overdue the same way.
+    let solo = customer_on(&app, &key, &clock, "UTC", None, None).await;
+    let fee = json!({"customer": solo, "amount": 2500, "currency": "usd", "description": "Setup"});
+    json_of(
+        app.post("/api/v1/invoice-items", &key, &fee).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let draft = json!({"customer": solo, "currency": "usd",
+                       "collection_method": "send_invoice", "days_until_due": 7});
+    let draft = json_of(
+        app.post("/api/v1/invoices", &key, &draft).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let one_off = s(&draft["id"]);
+    let finalize = format!("/api/v1/invoices/{one_off}/finalize");
+    let open = json_of(app.post(&finalize, &key, &json!({})).await, StatusCode::OK).await;
+    assert_eq!(open["status"], "open");
     // The prompt customer pays on day 2.
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(2))).await;
     let invoice = s(&prompt_sub["latest_invoice"]);
@@ -603,12 +622,16 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
             .is_empty()
     );
     assert_eq!(status_of(&app, &key, &late_sub).await, "active");
-    // Day 8: the unpaid one is overdue and its subscription past due; the paid one is not.
+    // Day 8: the unpaid ones are overdue and the subscription past due; the paid one is not.
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(8))).await;
     let overdue = event_objects(&app, &t, false, "invoice.overdue").await;
-    assert_eq!(overdue.len(), 1, "{overdue:?}");
     let late_invoice = invoices_of(&app, &key, &late_sub).await[0].clone();
-    assert_eq!(overdue[0]["id"], late_invoice["id"]);
+    let mut ids: Vec<String> = overdue.iter().map(|o| s(&o["id"])).collect();
+    ids.sort();
+    let mut expected = vec![s(&late_invoice["id"]), one_off.clone()];
+    expected.sort();
+    assert_eq!(ids, expected, "{overdue:?}");
+    assert!(attempts(&app, &key, &one_off).await.is_empty());
     assert_eq!(status_of(&app, &key, &late_sub).await, "past_due");
     assert_eq!(status_of(&app, &key, &s(&prompt_sub["id"])).await, "active");
     // No charge is ever attempted for it.
@@ -624,11 +647,13 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(23))).await;
     assert_eq!(status_of(&app, &key, &late_sub).await, "canceled");
     assert_eq!(status_of(&app, &key, &s(&prompt_sub["id"])).await, "active");
-    // Overdue once only.
+    // Overdue once only, each; the one-off invoice still open, owed.
     assert_eq!(
         event_objects(&app, &t, false, "invoice.overdue")
             .await
             .len(),
-        1
+        2
     );
+    let one_off = get(&app, &key, &format!("/api/v1/invoices/{one_off}")).await;
+    assert_eq!(one_off["status"], "open", "{one_off}");
 }

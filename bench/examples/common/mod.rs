@@ -33,6 +33,47 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Where the server runs without autovacuum (CI servers often do), gathers statistics as
+/// autovacuum would: a table is analyzed once the rows changed since its last analysis exceed
+/// autovacuum's threshold (50 rows plus 10 % of the table, PostgreSQL's defaults), looked at
+/// every 5 s (autovacuum looks once a minute). Plans made without statistics scan a tenant's
+/// rows where one index probe does; analyzing every table every few seconds instead costs a
+/// large share of a small machine. Returns whether it runs (`BENCH_ANALYZE=0`: it does not).
+#[allow(dead_code)]
+pub async fn analyze_as_autovacuum(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(pool)
+        .await?;
+    if autovacuum != "off" || std::env::var("BENCH_ANALYZE").as_deref() == Ok("0") {
+        return Ok(false);
+    }
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let due: Result<Vec<String>, _> = sqlx::query_scalar(
+                "SELECT format('%I.%I', s.schemaname, s.relname) FROM pg_stat_user_tables s \
+                 JOIN pg_class c ON c.oid = s.relid \
+                 WHERE s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)",
+            )
+            .fetch_all(&pool)
+            .await;
+            let Ok(due) = due else { return };
+            for table in due {
+                let sql = format!("ANALYZE {table}");
+                if sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&pool)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(true)
+}
+
 /// A fresh database for one benchmark run, next to `DATABASE_URL`'s.
 pub struct BenchDatabase {
     admin: PgConnection,

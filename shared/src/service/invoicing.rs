@@ -33,6 +33,7 @@ use crate::{
         subscription::CollectionMethod,
     },
     ids::{CouponId, CustomerId, InvoiceId, InvoiceItemId, PriceId},
+    jobs::{self, Job},
     tenancy::Scope,
     uow::UnitOfWork,
 };
@@ -449,7 +450,9 @@ fn illegal(e: impl std::fmt::Display) -> ServiceError {
 }
 
 /// Finalizes a draft: numbered, the customer's credit applied, owed (or paid, when nothing is
-/// due). An invoice charged automatically gets its first charge queued.
+/// due). An invoice charged automatically gets its first charge queued; one sent for payment,
+/// its overdue check at its due date, as a subscription's does (`invoice.overdue`, then the
+/// dunning policy's end: marked uncollectible after its waits when the policy says so).
 pub async fn finalize_invoice(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -476,7 +479,19 @@ pub async fn finalize_invoice(
         _ if invoice.collection_method == CollectionMethod::ChargeAutomatically.as_str() => {
             invoices::queue_attempt(uow, scope, &invoice, 1).await?;
         }
-        _ => {}
+        _ => {
+            // At its due date (on the customer's test clock, when it has one).
+            if let Some(due) = invoice.due_date.filter(|_| invoice.amount_remaining > 0) {
+                let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id)
+                    .await?
+                    .map(|c| c.id.as_uuid());
+                let overdue = Job::InvoiceOverdue { invoice: id }
+                    .to_new(Some(scope), due)
+                    .on_clock(clock);
+                let now = uow.now();
+                jobs::enqueue(uow.conn(), &[overdue], now).await?;
+            }
+        }
     }
     Ok(InvoiceView { invoice, lines })
 }

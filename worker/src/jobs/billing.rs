@@ -34,12 +34,12 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
     Finished {
         id: job.id,
         token: job.token,
-        outcome: outcome_of(rt, job, result),
+        outcome: outcome_of(rt, job, result.as_ref().map(|_| ())),
     }
 }
 
 /// What a billing job's result makes of it.
-fn outcome_of(rt: &Runtime, job: &Claimed, result: ServiceResult<()>) -> Outcome {
+fn outcome_of(rt: &Runtime, job: &Claimed, result: Result<(), &ServiceError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Succeeded,
         // A payment of the invoice is on its way (waiting for the customer, or a bank debit
@@ -86,17 +86,20 @@ async fn finish_all(
     finished: Vec<Finished>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ServiceResult<Vec<(Finished, bool)>> {
-    let done: HashSet<Uuid> = jobs::finish(conn, &finished, now)
-        .await?
-        .into_iter()
-        .collect();
-    Ok(finished
+    let done = jobs::finish(conn, &finished, now).await?;
+    Ok(recorded(finished, &done))
+}
+
+/// Each finished run with whether its outcome was recorded (its id among `done`).
+fn recorded(finished: Vec<Finished>, done: &[Uuid]) -> Vec<(Finished, bool)> {
+    let done: HashSet<&Uuid> = done.iter().collect();
+    finished
         .into_iter()
         .map(|f| {
             let recorded = done.contains(&f.id);
             (f, recorded)
         })
-        .collect())
+        .collect()
 }
 
 /// A due period: the subscription and the end of its current period.
@@ -177,11 +180,11 @@ pub async fn renew_together(
 }
 
 /// Charges the invoices of several `invoice.pay` jobs together
-/// ([`invoices::run_attempts`]: two transactions for all), then records the jobs' outcomes in
-/// one statement (a gateway failure worth trying again is a retry of that job alone). Returns
-/// each job's outcome and whether it was recorded; `None` when a job is not a charge. On an
-/// error the caller runs the jobs one by one: an attempt that started is then resumed, with
-/// its idempotency key.
+/// ([`invoices::run_attempts_finishing`]: two transactions for all, the second recording the
+/// answers and the jobs' outcomes; a gateway failure worth trying again is a retry of that job
+/// alone). Returns each job's outcome and whether it was recorded; `None` when a job is not a
+/// charge. On an error the caller runs the jobs one by one: an attempt that started is then
+/// resumed, with its idempotency key.
 pub async fn pay_together(
     rt: &Runtime,
     batch: &[Claimed],
@@ -192,19 +195,27 @@ pub async fn pay_together(
     })?;
     Some(
         async {
-            let results =
-                invoices::run_attempts(&rt.pool, rt.clock.as_ref(), &rt.stripe, &charges).await?;
-            let finished = batch
-                .iter()
-                .zip(results)
-                .map(|(job, result)| Finished {
-                    id: job.id,
-                    token: job.token,
-                    outcome: outcome_of(rt, job, result.map(|_| ())),
-                })
-                .collect();
-            let mut conn = rt.pool.acquire().await.map_err(shared::db::DbError::from)?;
-            finish_all(&mut conn, finished, rt.clock.now()).await
+            let mut finished: Vec<Finished> = Vec::new();
+            let (_, done) = invoices::run_attempts_finishing(
+                &rt.pool,
+                rt.clock.as_ref(),
+                &rt.stripe,
+                &charges,
+                |results| {
+                    finished = batch
+                        .iter()
+                        .zip(results)
+                        .map(|(job, result)| Finished {
+                            id: job.id,
+                            token: job.token,
+                            outcome: outcome_of(rt, job, result.as_ref().map(|_| ())),
+                        })
+                        .collect();
+                    finished.clone()
+                },
+            )
+            .await?;
+            Ok(recorded(finished, &done))
         }
         .await,
     )
