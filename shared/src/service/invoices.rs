@@ -1495,21 +1495,25 @@ pub async fn run_attempts(
     stripe: &Stripe,
     given: &[(Scope, InvoiceId, i32)],
 ) -> ServiceResult<Vec<ServiceResult<Option<PaymentRow>>>> {
-    let (results, _) = run_attempts_finishing(pool, clock, stripe, given, |_| Vec::new()).await?;
+    let (results, ..) = run_attempts_finishing(pool, clock, stripe, given, |_| Vec::new()).await?;
     Ok(results)
 }
 
 /// As [`run_attempts`], for jobs: `finish` gives the jobs' outcomes from the attempts' results,
 /// recorded in the transaction that records the answers (one commit for both); returns the
-/// results and the ids of the jobs whose outcome was recorded (a job whose lease another run
-/// holds now is not: its answer is recorded all the same, and that run finds it).
+/// results, the outcomes, and the ids of the jobs whose outcome was recorded (a job whose lease
+/// another run holds now is not: its answer is recorded all the same, and that run finds it).
 pub async fn run_attempts_finishing(
     pool: &PgPool,
     clock: &dyn crate::clock::Clock,
     stripe: &Stripe,
     given: &[(Scope, InvoiceId, i32)],
     finish: impl FnOnce(&[ServiceResult<Option<PaymentRow>>]) -> Vec<crate::jobs::Finished>,
-) -> ServiceResult<(Vec<ServiceResult<Option<PaymentRow>>>, Vec<uuid::Uuid>)> {
+) -> ServiceResult<(
+    Vec<ServiceResult<Option<PaymentRow>>>,
+    Vec<crate::jobs::Finished>,
+    Vec<uuid::Uuid>,
+)> {
     let mut uow = UnitOfWork::begin(pool, clock).await?;
     let attempts = start_attempts(&mut uow, stripe, given).await?;
     uow.commit().await?;
@@ -1549,9 +1553,10 @@ pub async fn run_attempts_finishing(
     }
     let results: Vec<ServiceResult<Option<PaymentRow>>> = results.into_iter().flatten().collect();
     let now = uow.now();
-    let done = crate::jobs::finish(uow.conn(), &finish(&results), now).await?;
+    let finished = finish(&results);
+    let done = crate::jobs::finish(uow.conn(), &finished, now).await?;
     uow.commit().await?;
-    Ok((results, done))
+    Ok((results, finished, done))
 }
 
 #[cfg(test)]

@@ -195,14 +195,13 @@ pub async fn pay_together(
     })?;
     Some(
         async {
-            let mut finished: Vec<Finished> = Vec::new();
-            let (_, done) = invoices::run_attempts_finishing(
+            let (_, finished, done) = invoices::run_attempts_finishing(
                 &rt.pool,
                 rt.clock.as_ref(),
                 &rt.stripe,
                 &charges,
                 |results| {
-                    finished = batch
+                    batch
                         .iter()
                         .zip(results)
                         .map(|(job, result)| Finished {
@@ -210,8 +209,7 @@ pub async fn pay_together(
                             token: job.token,
                             outcome: outcome_of(rt, job, result.as_ref().map(|_| ())),
                         })
-                        .collect();
-                    finished.clone()
+                        .collect()
                 },
             )
             .await?;
