@@ -49,9 +49,10 @@ pub struct TestClockOut {
     pub name: String,
     /// The clock's time: what its customers' billing sees as now.
     pub frozen_time: DateTime<Utc>,
-    /// `ready`, or `advancing` while what comes due on the way runs.
+    /// `ready`; `advancing` while what comes due on the way runs; `internal_failure` when an
+    /// advance could not go on (the clock stands where it got to; advance it again to go on).
     pub status: String,
-    /// Where an advance under way goes.
+    /// Where an advance under way (or the one that failed) goes.
     #[oai(nullable)]
     pub advancing_to: Option<DateTime<Utc>>,
     /// Always `false`.
@@ -226,7 +227,8 @@ impl TestClocksApi {
     ///
     /// Moves the clock forward (never back). It is `advancing` while the worker fleet runs, in
     /// time order and at their times, what comes due for its customers on the way (trial ends,
-    /// renewals, charges, scheduled cancels), then `ready` at `frozen_time`.
+    /// renewals, charges, scheduled cancels), then `ready` at `frozen_time`. A clock whose last
+    /// advance failed (`internal_failure`) goes on from where that one stopped.
     #[oai(
         path = "/api/v1/test-clocks/:id/advance",
         method = "post",

@@ -5,7 +5,10 @@
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use shared::domain::customer::Timezone;
+use shared::{
+    clock::Clock, domain::customer::Timezone, ids::TestClockId, service::test_clocks,
+    stripe::Stripe,
+};
 
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
@@ -1054,4 +1057,159 @@ async fn an_expiry_held_back_by_a_payment_in_flight_waits_past_the_advance_witho
     .unwrap();
     assert_eq!((state.as_str(), attempts), ("pending", 0));
     assert_eq!(run_at, parse("2026-03-02T13:00:00Z"));
+}
+
+/// Starts an advance to `to` whose job then dies, as the worker fleet records it when its
+/// attempts are used up: the clock is `internal_failure`, keeping where it was going.
+async fn fail_advance(
+    app: &TestApp,
+    key: &Cred,
+    scope: shared::tenancy::Scope,
+    c: &str,
+    to: &str,
+) -> serde_json::Value {
+    json_of(
+        app.post(
+            &format!("/api/v1/test-clocks/{c}/advance"),
+            key,
+            &json!({"frozen_time": to}),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    // The advance had started its run (its first step) before it died.
+    let id = TestClockId::parse(c).unwrap();
+    shared::db::billing_runs::start_clock_run(
+        &app.pool,
+        scope,
+        id.as_uuid(),
+        parse(to),
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'dead' WHERE kind = 'test_clock.advance' AND state = 'pending'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    test_clocks::fail_advance(&app.pool, app.clock.as_ref(), scope, id, parse(to))
+        .await
+        .unwrap();
+    let failed = get(app, key, &format!("/api/v1/test-clocks/{c}")).await;
+    assert_eq!(failed["status"], "internal_failure", "{failed}");
+    assert_eq!(time(&failed["advancing_to"]), parse(to));
+    failed
+}
+
+#[tokio::test]
+async fn a_clock_job_that_cannot_run_dies_alone_and_a_failed_advance_goes_on_when_advanced_again() {
+    let app = spawn_app().await;
+    let t = app.register("clock-failure@acme.com").await;
+    let key = t.sk_test();
+    let scope = scope(&app, &t.sk_test).await;
+    let c = clock(&app, &key, "2026-01-01T00:00:00Z").await;
+    let clock_id = TestClockId::parse(&c).unwrap();
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let customer = customer_on(&app, &key, &c, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let sub = s(&sub["id"]);
+    let invoices = || async {
+        let mut starts: Vec<DateTime<Utc>> = invoices_of(&app, &key, &sub)
+            .await
+            .iter()
+            .map(|i| time(&i["period_start"]))
+            .collect();
+        starts.sort();
+        starts
+    };
+
+    // A job of the clock that cannot be read: dead at its first run, and the advance goes on
+    // without it (the renewal on the way runs).
+    let broken = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, max_attempts, run_at, \
+         created_at, updated_at, test_clock_id) VALUES ($1, 'renewals', 'subscription.renew', \
+         $2, FALSE, '{\"unreadable\": true}', 5, '2026-01-10T00:00:00Z', now(), now(), $3)",
+    )
+    .bind(broken)
+    .bind(scope.tenant_id().as_uuid())
+    .bind(clock_id.as_uuid())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    advance(&app, &key, &t.sk_test, &c, "2026-02-15T00:00:00Z").await;
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM jobs WHERE id = $1")
+            .bind(broken)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("dead", 1));
+    assert_eq!(
+        invoices().await,
+        [parse("2026-01-01T00:00:00Z"), parse("2026-02-01T00:00:00Z")]
+    );
+
+    // An advance whose job died: the clock is `internal_failure`, stands where the advance
+    // got to, and says so by an event.
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let failed = fail_advance(&app, &key, scope, &c, "2026-03-15T00:00:00Z").await;
+    assert_eq!(time(&failed["frozen_time"]), parse("2026-02-15T00:00:00Z"));
+    let events = get(
+        &app,
+        &key,
+        "/api/v1/events?type=test_helpers.test_clock.internal_failure",
+    )
+    .await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+    let running = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM billing_runs WHERE trigger = 'test_clock' AND status <> 'completed'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(running().await, 1, "the failed advance is not over");
+
+    // An operator retrying its job: the advance goes on to where it was going.
+    test_clocks::advance(
+        &app.pool,
+        app.clock.as_ref(),
+        &stripe,
+        scope,
+        clock_id,
+        parse("2026-03-15T00:00:00Z"),
+    )
+    .await
+    .unwrap();
+    let ready = get(&app, &key, &format!("/api/v1/test-clocks/{c}")).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(time(&ready["frozen_time"]), parse("2026-03-15T00:00:00Z"));
+    assert_eq!(invoices().await.len(), 3);
+    assert_eq!(running().await, 0);
+
+    // Or the tenant advancing it again, elsewhere: it goes on from where it stopped, and the
+    // failed advance's run is over.
+    fail_advance(&app, &key, scope, &c, "2026-04-15T00:00:00Z").await;
+    advance(&app, &key, &t.sk_test, &c, "2026-05-15T00:00:00Z").await;
+    assert_eq!(
+        invoices().await,
+        [
+            parse("2026-01-01T00:00:00Z"),
+            parse("2026-02-01T00:00:00Z"),
+            parse("2026-03-01T00:00:00Z"),
+            parse("2026-04-01T00:00:00Z"),
+            parse("2026-05-01T00:00:00Z"),
+        ]
+    );
+    assert_eq!(running().await, 0, "the failed advance's run is over");
 }

@@ -378,21 +378,25 @@ pub async fn take_up(
     Ok(())
 }
 
-/// Completes the open runs of a clock's advances (its advance is over, or the clock is gone),
-/// keeping how many of their jobs succeeded and how many failed for good.
+/// Completes the open runs of a clock's advances (the run of the advance to `to` when given:
+/// it is over; all of them when the clock is gone), keeping how many of their jobs succeeded and
+/// how many failed for good.
 pub async fn complete_clock_runs(
     conn: &mut PgConnection,
     clock: Uuid,
+    to: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
     sqlx::query(sqlf!(
         "WITH done AS (UPDATE billing_runs SET status = 'completed', enqueued_at = $2, \
              completed_at = $2 WHERE scope = 'test_clock:' || $1::text \
+             AND ($3::timestamptz IS NULL OR scheduled_for = $3) \
              AND status <> 'completed' RETURNING id) \
          UPDATE billing_run_tenants b SET {SETTLED} FROM done WHERE b.run_id = done.id"
     ))
     .bind(clock)
     .bind(now)
+    .bind(to)
     .execute(conn)
     .await?;
     Ok(())

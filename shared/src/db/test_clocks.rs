@@ -19,6 +19,9 @@ crate::text_enum! {
         Ready = "ready",
         /// An advance is under way: what comes due for its customers is being run.
         Advancing = "advancing",
+        /// An advance could not go on: the clock stands where it got to, until a new advance
+        /// goes on from there.
+        InternalFailure = "internal_failure",
     }
 }
 
@@ -238,13 +241,20 @@ pub async fn defer_job(
 
 /// Records that a clock's job failed; returns its failed runs so far. It stays pending (for
 /// the next run of the advance) until it has failed
-/// [`crate::service::test_clocks::MAX_JOB_ATTEMPTS`] times; then it is dead.
+/// [`crate::service::test_clocks::MAX_JOB_ATTEMPTS`] times, or at once when `for_good` (no
+/// run again could fix it); then it is dead.
 pub async fn fail_job(
     conn: &mut PgConnection,
     id: Uuid,
     error: &str,
+    for_good: bool,
     now: DateTime<Utc>,
 ) -> Result<i32, DbError> {
+    let max = if for_good {
+        1
+    } else {
+        crate::service::test_clocks::MAX_JOB_ATTEMPTS
+    };
     let attempts: Option<i32> = sqlx::query_scalar(
         "UPDATE jobs SET attempts = attempts + 1, last_error = $2, updated_at = $3, \
          state = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE state END, \
@@ -254,7 +264,7 @@ pub async fn fail_job(
     .bind(id)
     .bind(error)
     .bind(now)
-    .bind(crate::service::test_clocks::MAX_JOB_ATTEMPTS)
+    .bind(max)
     .fetch_optional(conn)
     .await?;
     Ok(attempts.unwrap_or(i32::MAX))
@@ -290,7 +300,7 @@ pub async fn delete(
 ) -> Result<TestClockRow, DbError> {
     let row = lock(conn, scope, id).await?;
     // An advance under way ends here: its run too.
-    super::billing_runs::complete_clock_runs(conn, id.as_uuid(), now).await?;
+    super::billing_runs::complete_clock_runs(conn, id.as_uuid(), None, now).await?;
     sqlx::query(
         "DELETE FROM jobs WHERE tenant_id = $1 AND livemode = $2 AND test_clock_id = $3 \
          AND state = 'pending'",

@@ -106,8 +106,9 @@ pub async fn delete_test_clock(
     Ok(row)
 }
 
-/// Starts moving a ready clock forward to `to`: it is `advancing` until the worker fleet has
-/// run everything that comes due for its customers on the way.
+/// Starts moving a clock forward to `to`: it is `advancing` until the worker fleet has run
+/// everything that comes due for its customers on the way. A clock whose last advance failed
+/// (`internal_failure`) goes on from where that one stopped.
 pub async fn start_advance(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -136,6 +137,10 @@ pub async fn start_advance(
             "frozen_time",
             "must be at most 5 years after the clock's current time",
         ));
+    }
+    if clock.status == ClockStatus::InternalFailure && clock.advancing_to != Some(to) {
+        // The failed advance is over: this one goes elsewhere, with a run of its own.
+        db::billing_runs::complete_clock_runs(uow.conn(), id.as_uuid(), None, now).await?;
     }
     clock.status = ClockStatus::Advancing;
     clock.advancing_to = Some(to);
@@ -174,14 +179,17 @@ pub async fn advance(
             Err(db::DbError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        let Some(clock) =
-            clock.filter(|c| c.status == ClockStatus::Advancing && c.advancing_to == Some(to))
-        else {
+        let Some(clock) = clock.filter(|c| c.advancing_to == Some(to)) else {
             // Done already (this is a run again of an advance that ended), or gone: its run
             // is over too.
-            db::billing_runs::complete_clock_runs(&mut conn, id.as_uuid(), real.now()).await?;
+            db::billing_runs::complete_clock_runs(&mut conn, id.as_uuid(), Some(to), real.now())
+                .await?;
             return Ok(());
         };
+        if clock.status == ClockStatus::InternalFailure {
+            // An operator retries the advance that failed: it goes on.
+            resume(pool, real, scope, id, to).await?;
+        }
         let run = match &run {
             Some(r) => r,
             None => run.insert(
@@ -203,7 +211,7 @@ pub async fn advance(
                 events::record(&mut uow, scope, "test_helpers.test_clock.ready", json).await?;
             }
             let now = uow.now();
-            db::billing_runs::complete_clock_runs(uow.conn(), id.as_uuid(), now).await?;
+            db::billing_runs::complete_clock_runs(uow.conn(), id.as_uuid(), Some(to), now).await?;
             uow.commit().await?;
             return Ok(());
         };
@@ -211,12 +219,12 @@ pub async fn advance(
         let at = next.run_at.max(clock.frozen_time);
         db::test_clocks::reach(&mut conn, scope, id, at).await?;
         db::billing_runs::take_up(&mut conn, run, scope, next.id).await?;
-        let job = Job::parse(&next.kind, &next.payload).map_err(ServiceError::internal)?;
-        let result = match job {
-            Job::AdvanceTestClock { .. } => Err(ServiceError::internal(
+        let result = match Job::parse(&next.kind, &next.payload) {
+            Err(e) => Err(ServiceError::internal(e)),
+            Ok(Job::AdvanceTestClock { .. }) => Err(ServiceError::internal(
                 "an advance waiting for a test clock",
             )),
-            ref job => billing_jobs::run(pool, &FixedClock(at), stripe, scope, job).await,
+            Ok(ref job) => billing_jobs::run(pool, &FixedClock(at), stripe, scope, job).await,
         };
         match result {
             Ok(()) => db::test_clocks::finish_job(&mut conn, next.id, real.now()).await?,
@@ -231,10 +239,15 @@ pub async fn advance(
                 db::test_clocks::defer_job(&mut conn, next.id, later, real.now()).await?;
             }
             Err(e) => {
+                // A fault no run again can fix (bad input, a job that cannot be read) is dead
+                // at once, as the worker fleet treats it; the advance goes on.
+                let for_good =
+                    matches!(e, ServiceError::Invalid { .. } | ServiceError::Internal(_));
+                let error = e.to_string();
                 let attempts =
-                    db::test_clocks::fail_job(&mut conn, next.id, &e.to_string(), real.now())
+                    db::test_clocks::fail_job(&mut conn, next.id, &error, for_good, real.now())
                         .await?;
-                if attempts < MAX_JOB_ATTEMPTS {
+                if attempts < MAX_JOB_ATTEMPTS && !for_good {
                     // The advance runs again (its job retries) and so does this job.
                     return Err(e);
                 }
@@ -243,4 +256,77 @@ pub async fn advance(
             }
         }
     }
+}
+
+/// An advance that cannot go on (its job is dead): the clock stands where the advance got to,
+/// `internal_failure`, keeping where it was going, with an event; its run stays open. A new
+/// advance, or an operator retrying the job, goes on from there. Nothing when the clock is no
+/// longer advancing to `to`.
+pub async fn fail_advance(
+    pool: &PgPool,
+    real: &dyn Clock,
+    scope: Scope,
+    id: TestClockId,
+    to: DateTime<Utc>,
+) -> ServiceResult<()> {
+    set_advance_status(
+        pool,
+        real,
+        scope,
+        id,
+        to,
+        ClockStatus::Advancing,
+        ClockStatus::InternalFailure,
+    )
+    .await
+}
+
+/// The failed advance to `to` goes on: the clock is `advancing` again.
+async fn resume(
+    pool: &PgPool,
+    real: &dyn Clock,
+    scope: Scope,
+    id: TestClockId,
+    to: DateTime<Utc>,
+) -> ServiceResult<()> {
+    set_advance_status(
+        pool,
+        real,
+        scope,
+        id,
+        to,
+        ClockStatus::InternalFailure,
+        ClockStatus::Advancing,
+    )
+    .await
+}
+
+async fn set_advance_status(
+    pool: &PgPool,
+    real: &dyn Clock,
+    scope: Scope,
+    id: TestClockId,
+    to: DateTime<Utc>,
+    from: ClockStatus,
+    status: ClockStatus,
+) -> ServiceResult<()> {
+    let mut uow = UnitOfWork::begin(pool, real).await?;
+    let mut clock = match db::test_clocks::lock(uow.conn(), scope, id).await {
+        Ok(c) => c,
+        Err(db::DbError::NotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if clock.status != from || clock.advancing_to != Some(to) {
+        return Ok(());
+    }
+    clock.status = status;
+    clock.updated_at = uow.now();
+    db::test_clocks::save(uow.conn(), scope, &clock).await?;
+    let kind = match status {
+        ClockStatus::InternalFailure => "test_helpers.test_clock.internal_failure",
+        _ => "test_helpers.test_clock.advancing",
+    };
+    events::record(&mut uow, scope, kind, clock.to_json()).await?;
+    uow.commit().await?;
+    Ok(())
 }

@@ -31,10 +31,26 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
             other => billing_jobs::run(&rt.pool, rt.clock.as_ref(), &rt.stripe, scope, other).await,
         },
     };
+    let mut outcome = outcome_of(rt, job, result.as_ref().map(|_| ()));
+    if let (Outcome::Dead { error }, Some(scope), Job::AdvanceTestClock { clock, to }) =
+        (&outcome, job.scope(), what)
+    {
+        // The advance is over for now: its clock must not stay `advancing` for good. Until
+        // that is recorded, the job is not dead either.
+        let failed =
+            test_clocks::fail_advance(&rt.pool, rt.clock.as_ref(), scope, *clock, *to).await;
+        if let Err(e) = failed {
+            tracing::warn!(job = %job.id, error = %e, "a test clock's failed advance is not recorded yet");
+            outcome = Outcome::Retry {
+                at: rt.clock.now() + chrono::Duration::minutes(1),
+                error: error.clone(),
+            };
+        }
+    }
     Finished {
         id: job.id,
         token: job.token,
-        outcome: outcome_of(rt, job, result.as_ref().map(|_| ())),
+        outcome,
     }
 }
 
