@@ -215,6 +215,10 @@ pub fn page_request<E: std::fmt::Display>(
 /// The result of an operation.
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// The code of a Stripe call refused for too many requests (429): back-pressure, not a
+/// failure of what was asked.
+pub const STRIPE_RATE_LIMITED: &str = "stripe_rate_limited";
+
 /// A failed Stripe call: not configured is a conflict with the platform's setup; a refusal is
 /// final; anything else is worth trying again shortly.
 impl From<Failure> for ServiceError {
@@ -225,7 +229,13 @@ impl From<Failure> for ServiceError {
                 "Stripe is not configured for this mode on this platform (STRIPE_SECRET_KEY_TEST \
                  / STRIPE_SECRET_KEY_LIVE); the sandbox gateway stands in.",
             ),
-            Failure::RateLimited | Failure::Transient(_) => Self::Upstream {
+            Failure::RateLimited => Self::Upstream {
+                service: "stripe",
+                code: STRIPE_RATE_LIMITED,
+                message: "Stripe asked for fewer requests; try again shortly.".into(),
+                transient: true,
+            },
+            Failure::Transient(_) => Self::Upstream {
                 service: "stripe",
                 code: "stripe_unavailable",
                 message: format!("Stripe could not be reached; try again shortly ({e})."),

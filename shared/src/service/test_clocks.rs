@@ -238,6 +238,14 @@ pub async fn advance(
                 let later = to.max(at) + super::invoices::PAYMENT_IN_PROGRESS_RECHECK;
                 db::test_clocks::defer_job(&mut conn, next.id, later, real.now()).await?;
             }
+            // Stripe asked for fewer requests: nothing was done; the advance runs again a
+            // little later (its job is deferred), and so does this job, its attempts kept.
+            Err(
+                e @ ServiceError::Upstream {
+                    code: super::STRIPE_RATE_LIMITED,
+                    ..
+                },
+            ) => return Err(e),
             Err(e) => {
                 // A fault no run again can fix (bad input, a job that cannot be read) is dead
                 // at once, as the worker fleet treats it; the advance goes on.

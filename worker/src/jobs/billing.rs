@@ -11,7 +11,8 @@ use shared::{
     ids::{InvoiceId, SubscriptionId},
     jobs::{self, Claimed, Finished, Job, Outcome, Queue},
     service::{
-        ServiceError, ServiceResult, billing_jobs, invoices, subscriptions::Renewal, test_clocks,
+        STRIPE_RATE_LIMITED, ServiceError, ServiceResult, billing_jobs, invoices,
+        subscriptions::Renewal, test_clocks,
     },
     tenancy::Scope,
     uow::UnitOfWork,
@@ -56,6 +57,23 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: &Job) -> Finished {
 
 /// What a billing job's result makes of it.
 fn outcome_of(rt: &Runtime, job: &Claimed, result: Result<(), &ServiceError>) -> Outcome {
+    let policy = crate::retry_policy(
+        &rt.settings,
+        Queue::parse(&job.queue).unwrap_or(Queue::Renewals),
+    );
+    outcome_for(policy, job, rt.clock.now(), result)
+}
+
+/// How long a job Stripe asked to slow down for waits, at least (and up to twice as long).
+const SLOW_DOWN: chrono::Duration = chrono::Duration::seconds(5);
+
+/// What a billing job's result makes of it at `now`, with its queue's retry policy.
+fn outcome_for(
+    policy: shared::jobs::RetryPolicy,
+    job: &Claimed,
+    now: DateTime<Utc>,
+    result: Result<(), &ServiceError>,
+) -> Outcome {
     match result {
         Ok(()) => Outcome::Succeeded,
         // A payment of the invoice is on its way (waiting for the customer, or a bank debit
@@ -65,7 +83,15 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: Result<(), &ServiceError>) ->
             code: "payment_in_progress",
             ..
         }) => Outcome::Defer {
-            at: rt.clock.now() + invoices::PAYMENT_IN_PROGRESS_RECHECK,
+            at: now + invoices::PAYMENT_IN_PROGRESS_RECHECK,
+        },
+        // Stripe asked for fewer requests (a billing run charging thousands at once): nothing
+        // was done, and waiting is all it takes; the job's attempts are kept for failures.
+        Err(ServiceError::Upstream {
+            code: STRIPE_RATE_LIMITED,
+            ..
+        }) => Outcome::Defer {
+            at: now + SLOW_DOWN + SLOW_DOWN * i32::from(rand::random::<u8>()) / 255,
         },
         // A fault no retry can fix: dead at once, for an operator.
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
@@ -74,16 +100,9 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: Result<(), &ServiceError>) ->
         // The database or the gateway could not be reached, a lock conflicted, or the payment
         // method is not attached to its Stripe customer yet (`payment_method_not_synced`:
         // nothing was sent or recorded): again later.
-        Err(e) => Outcome::after_failure(
-            crate::retry_policy(
-                &rt.settings,
-                Queue::parse(&job.queue).unwrap_or(Queue::Renewals),
-            ),
-            job.attempts,
-            job.max_attempts,
-            rt.clock.now(),
-            e.to_string(),
-        ),
+        Err(e) => {
+            Outcome::after_failure(policy, job.attempts, job.max_attempts, now, e.to_string())
+        }
     }
 }
 
@@ -233,4 +252,62 @@ pub async fn pay_together(
         }
         .await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+    use shared::{jobs::RetryPolicy, stripe::Failure};
+
+    use super::*;
+
+    fn charge(attempts: i32) -> Claimed {
+        Claimed {
+            id: Uuid::new_v4(),
+            token: Uuid::new_v4(),
+            queue: "renewals".into(),
+            kind: "invoice.pay".into(),
+            tenant_id: Some(Uuid::new_v4()),
+            livemode: Some(false),
+            payload: serde_json::json!({}),
+            attempts,
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn stripe_asking_for_fewer_requests_defers_a_charge_without_using_up_its_attempts() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_secs(60),
+            cap: Duration::from_secs(3600),
+        };
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        let limited = ServiceError::from(Failure::RateLimited);
+        // On its last attempt too: never dead for being asked to wait.
+        for attempts in [0, 2] {
+            match outcome_for(policy, &charge(attempts), now, Err(&limited)) {
+                Outcome::Defer { at } => {
+                    assert!(at >= now + SLOW_DOWN && at <= now + SLOW_DOWN * 2, "{at}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Stripe out of reach is a failure: retried while attempts last, then dead.
+        let down = ServiceError::from(Failure::Transient("timeout".into()));
+        assert!(matches!(
+            outcome_for(policy, &charge(0), now, Err(&down)),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome_for(policy, &charge(2), now, Err(&down)),
+            Outcome::Dead { .. }
+        ));
+        assert_eq!(
+            outcome_for(policy, &charge(0), now, Ok(())),
+            Outcome::Succeeded
+        );
+    }
 }
