@@ -281,7 +281,7 @@ pub struct UsageSummaryOut {
 
 impl From<UsageSummary> for UsageSummaryOut {
     fn from(s: UsageSummary) -> Self {
-        let amount = s.total();
+        let amount = s.amount;
         Self {
             object: "usage_summary".into(),
             subscription: s.subscription.id.to_string(),

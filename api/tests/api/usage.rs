@@ -1167,6 +1167,79 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
 }
 
 #[tokio::test]
+async fn seats_swapped_to_another_price_mid_period_bill_each_price_its_share_of_the_period() {
+    let app = spawn_app().await;
+    let t = app.register("usage-seats-swap@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric(&app, &key, "seats", "weighted_sum", Some("n")).await;
+    let price = metered_price(
+        &app,
+        &key,
+        "seats",
+        json!({"type": "per_unit", "unit_amount": 100}),
+    )
+    .await;
+    let dearer = metered_price(
+        &app,
+        &key,
+        "seats",
+        json!({"type": "per_unit", "unit_amount": 120}),
+    )
+    .await;
+    let sub = s(&subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"price": price}]}),
+    )
+    .await["id"]);
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "seats", "code": "seats", "subscription": sub,
+               "timestamp": START, "properties": {"n": 10}}),
+    )
+    .await;
+    // 10 seats all March (31 days), on the dearer price from half-way through: 5 seats'
+    // worth on each, not 10 on both.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(15) + Duration::hours(12)),
+    )
+    .await;
+    let view = get(&app, &key, &format!("/api/v1/subscriptions/{sub}")).await;
+    let item = s(&view["items"][0]["id"]);
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"id": item, "deleted": true}, {"price": dearer}]})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(1)),
+    )
+    .await;
+    let renewal = invoices_of(&app, &key, &sub).await[1].clone();
+    let billed = lines_by_price(&renewal);
+    assert_eq!(billed[&price], (5, 500), "{renewal}");
+    assert_eq!(billed[&dearer], (5, 600), "{renewal}");
+    assert_eq!(renewal["total"], 1100);
+}
+
+#[tokio::test]
 async fn an_incomplete_subscription_takes_no_usage() {
     let app = spawn_app().await;
     let t = app.register("usage-incomplete@acme.com").await;

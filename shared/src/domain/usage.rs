@@ -246,7 +246,7 @@ impl Metric {
         if value < 0 && self.aggregation != Aggregation::WeightedSum {
             return Err(format!("properties.{field} must not be negative"));
         }
-        if value.abs() > MAX_VALUE {
+        if value.unsigned_abs() > MAX_VALUE.unsigned_abs() {
             return Err(format!(
                 "properties.{field} must be at most {MAX_VALUE} in size"
             ));
@@ -325,22 +325,22 @@ pub fn check_usage_limits(limits: &[UsageLimit]) -> Result<(), ValidationError> 
 impl Aggregation {
     /// A period's quantity from those of the items that metered the metric in it, each over
     /// its own part of the period (an item swapped mid-period), given as (end of the part,
-    /// quantity): counts and sums add up; a latest value is that of the last part with a
-    /// value (a part without events reads 0); a maximum is the largest part's. A distinct
-    /// count or a level is also the largest part's, which is at most the period's own (a value
-    /// seen in two parts counts once; a level's average over the period lies between its
-    /// parts').
+    /// quantity): counts and sums add up, and so do a level's parts (each its part's share of
+    /// the period's average); a latest value is that of the last part with a value (a part
+    /// without events reads 0); a maximum is the largest part's. A distinct count is also the
+    /// largest part's, which is at most the period's own (a value seen in two parts counts
+    /// once).
     pub fn combine(self, parts: &[(DateTime<Utc>, u64)]) -> u64 {
         match self {
-            Self::Count | Self::Sum => parts.iter().fold(0, |a, p| a.saturating_add(p.1)),
+            Self::Count | Self::Sum | Self::WeightedSum => {
+                parts.iter().fold(0, |a, p| a.saturating_add(p.1))
+            }
             Self::Latest => parts
                 .iter()
                 .filter(|p| p.1 > 0)
                 .max_by_key(|p| p.0)
                 .map_or(0, |p| p.1),
-            Self::Max | Self::UniqueCount | Self::WeightedSum => {
-                parts.iter().map(|p| p.1).max().unwrap_or(0)
-            }
+            Self::Max | Self::UniqueCount => parts.iter().map(|p| p.1).max().unwrap_or(0),
         }
     }
 }
@@ -350,18 +350,21 @@ pub fn limit_reached(limit: i64, quantity: u64) -> bool {
     u64::try_from(limit).is_ok_and(|l| quantity >= l)
 }
 
-/// The time-weighted average over `window` of a level that stood at `level` when the window
-/// opened and changed by each of `changes` (instant, change) at its instant, rounded up to a
-/// whole unit; 0 when the average is not positive or the window is empty. Changes are taken in
-/// the order given and should be in time order within the window. `None` on overflow.
+/// The time-weighted average over `over` (the period measured) of a level that stood at
+/// `level` when `window` (the part of the period an item metered it) opened and changed by each
+/// of `changes` (instant, change) at its instant, counted within `window` only: an item swapped
+/// mid-period bills its own part, and the parts add up to the period's average. Rounded up to a
+/// whole unit; 0 when the average is not positive or either is empty. Changes are taken in the
+/// order given and should be in time order within the window. `None` on overflow.
 pub fn weighted_quantity(
     mut level: i128,
     window: Period,
+    over: Period,
     changes: &[(DateTime<Utc>, i64)],
 ) -> Option<u64> {
     let micros = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_microseconds();
-    let length = i128::from(micros(window.start, window.end)?);
-    if length <= 0 {
+    let length = i128::from(micros(over.start, over.end)?);
+    if length <= 0 || window.end <= window.start {
         return Some(0);
     }
     let mut area: i128 = 0;
@@ -574,6 +577,14 @@ mod tests {
             Some(-MAX_VALUE)
         );
         assert!(seats.read(&props(json!({ "n": -MAX_VALUE - 1 }))).is_err());
+        // The most negative integer has no opposite: refused like any too large, never let
+        // through by an overflow.
+        assert!(seats.read(&props(json!({ "n": i64::MIN }))).is_err());
+        assert!(
+            seats
+                .read(&props(json!({ "n": i64::MIN.to_string() })))
+                .is_err()
+        );
         let count = Metric::new(Aggregation::Count, None, BTreeMap::new()).unwrap();
         assert_eq!(
             count.read(&props(json!({}))).unwrap(),
@@ -615,25 +626,25 @@ mod tests {
     fn weighted_sum_is_the_average_level_rounded_up() {
         let p = november(); // 30 days
         // No changes: the level carried in.
-        assert_eq!(weighted_quantity(4, p, &[]), Some(4));
-        assert_eq!(weighted_quantity(0, p, &[]), Some(0));
+        assert_eq!(weighted_quantity(4, p, p, &[]), Some(4));
+        assert_eq!(weighted_quantity(0, p, p, &[]), Some(0));
         // 10 seats for the first 15 days, 20 for the last 15: 15.
-        assert_eq!(weighted_quantity(10, p, &[(at(16, 0), 10)]), Some(15));
+        assert_eq!(weighted_quantity(10, p, p, &[(at(16, 0), 10)]), Some(15));
         // 10 seats for one day: 1/3 of a seat, rounded up.
         assert_eq!(
-            weighted_quantity(0, p, &[(at(1, 0), 10), (at(2, 0), -10)]),
+            weighted_quantity(0, p, p, &[(at(1, 0), 10), (at(2, 0), -10)]),
             Some(1)
         );
         // Exactly 5: no rounding up.
-        assert_eq!(weighted_quantity(0, p, &[(at(16, 0), 10)]), Some(5));
+        assert_eq!(weighted_quantity(0, p, p, &[(at(16, 0), 10)]), Some(5));
         // One hour past half: a little over 5 is 6... and a little under is 5.
-        assert_eq!(weighted_quantity(0, p, &[(at(15, 23), 10)]), Some(6));
-        assert_eq!(weighted_quantity(0, p, &[(at(16, 1), 10)]), Some(5));
+        assert_eq!(weighted_quantity(0, p, p, &[(at(15, 23), 10)]), Some(6));
+        assert_eq!(weighted_quantity(0, p, p, &[(at(16, 1), 10)]), Some(5));
         // A negative average bills nothing.
-        assert_eq!(weighted_quantity(-5, p, &[(at(10, 0), 2)]), Some(0));
+        assert_eq!(weighted_quantity(-5, p, p, &[(at(10, 0), 2)]), Some(0));
         // Changes outside the window act at its edges.
         assert_eq!(
-            weighted_quantity(0, p, &[(at(1, 0) - chrono::Duration::days(3), 6)]),
+            weighted_quantity(0, p, p, &[(at(1, 0) - chrono::Duration::days(3), 6)]),
             Some(6)
         );
         // An empty window bills nothing.
@@ -641,9 +652,41 @@ mod tests {
             start: p.start,
             end: p.start,
         };
-        assert_eq!(weighted_quantity(9, empty, &[]), Some(0));
+        assert_eq!(weighted_quantity(9, empty, empty, &[]), Some(0));
+        assert_eq!(weighted_quantity(9, empty, p, &[]), Some(0));
+        assert_eq!(weighted_quantity(9, p, empty, &[]), Some(0));
+        // An item on for part of the period bills its share of the period's average: 10 seats
+        // swapped to another price on the 16th are 5 on each, not 10 on both; 10 seats added
+        // on the 29th are 2/3 of a seat (rounded up), not 10.
+        let first = Period {
+            start: p.start,
+            end: at(16, 0),
+        };
+        let second = Period {
+            start: at(16, 0),
+            end: p.end,
+        };
+        assert_eq!(weighted_quantity(10, first, p, &[]), Some(5));
+        assert_eq!(weighted_quantity(10, second, p, &[]), Some(5));
+        // Changes before its part set the level it starts at; after it, they do nothing.
+        assert_eq!(weighted_quantity(0, second, p, &[(at(3, 0), 10)]), Some(5));
+        assert_eq!(weighted_quantity(10, first, p, &[(at(20, 0), 20)]), Some(5));
+        // Within it they count from their instant: 10 seats, 30 from the 20th (11 days).
+        assert_eq!(
+            weighted_quantity(10, second, p, &[(at(20, 0), 20)]),
+            Some(13)
+        );
+        let late = Period {
+            start: at(29, 0),
+            end: p.end,
+        };
+        assert_eq!(weighted_quantity(10, late, p, &[]), Some(1));
+        assert_eq!(
+            Aggregation::WeightedSum.combine(&[(at(16, 0), 5), (p.end, 5)]),
+            10
+        );
         // Overflow is reported, not wrapped.
-        assert_eq!(weighted_quantity(i128::MAX / 2, p, &[]), None);
+        assert_eq!(weighted_quantity(i128::MAX / 2, p, p, &[]), None);
     }
 
     fn limit(metric: &str, limit: i64) -> UsageLimit {
@@ -690,21 +733,17 @@ mod tests {
         let parts = [(at(10, 0), 3), (at(30, 0), 4), (at(20, 0), 9)];
         assert_eq!(Aggregation::Count.combine(&parts), 16);
         assert_eq!(Aggregation::Sum.combine(&parts), 16);
-        assert_eq!(
-            Aggregation::Sum.combine(&[(at(1, 0), u64::MAX), (at(2, 0), 4)]),
-            u64::MAX
-        );
+        assert_eq!(Aggregation::WeightedSum.combine(&parts), 16);
+        for a in [Aggregation::Sum, Aggregation::WeightedSum] {
+            assert_eq!(a.combine(&[(at(1, 0), u64::MAX), (at(2, 0), 4)]), u64::MAX);
+        }
         // The latest value is the one of the part that ended last, not the largest; a part
         // without a value (nothing reported while its item was on) is passed over.
         assert_eq!(Aggregation::Latest.combine(&parts), 4);
         let quiet_last = [(at(10, 0), 3), (at(30, 0), 0), (at(20, 0), 9)];
         assert_eq!(Aggregation::Latest.combine(&quiet_last), 9);
         assert_eq!(Aggregation::Latest.combine(&[(at(1, 0), 0)]), 0);
-        for a in [
-            Aggregation::Max,
-            Aggregation::UniqueCount,
-            Aggregation::WeightedSum,
-        ] {
+        for a in [Aggregation::Max, Aggregation::UniqueCount] {
             assert_eq!(a.combine(&parts), 9, "{a:?}");
         }
         for a in Aggregation::ALL {

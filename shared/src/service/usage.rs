@@ -787,6 +787,12 @@ pub(crate) async fn measure(
                 weighted_quantity(
                     i128::from(a.level_before),
                     window,
+                    // The average is over all that is measured of the subscription: the item's
+                    // part bills its share of it.
+                    Period {
+                        start: window_start(subs[*i].1),
+                        end: subs[*i].2,
+                    },
                     changes.get(&a.at).map_or(&[][..], Vec::as_slice),
                 )
                 .ok_or_else(|| usage_too_large(item))?
@@ -902,12 +908,8 @@ pub(crate) fn one_item_per_metric(items: &[ItemRow]) -> ServiceResult<()> {
 pub struct UsageSummary {
     pub subscription: SubscriptionRow,
     pub items: Vec<ItemUsage>,
-}
-
-impl UsageSummary {
-    pub fn total(&self) -> i64 {
-        self.items.iter().map(|u| u.amount).sum()
-    }
+    /// What the items come to together.
+    pub amount: i64,
 }
 
 pub async fn summary(
@@ -924,9 +926,19 @@ pub async fn summary(
         .await?
         .pop()
         .unwrap_or_default();
+    let amount = items
+        .iter()
+        .try_fold(0i64, |total, u| total.checked_add(u.amount))
+        .ok_or_else(|| {
+            ServiceError::conflict(
+                "usage_too_large",
+                format!("The usage of {} makes an amount too large to bill.", sub.id),
+            )
+        })?;
     Ok(UsageSummary {
         subscription: sub,
         items,
+        amount,
     })
 }
 
