@@ -657,3 +657,44 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     let one_off = get(&app, &key, &format!("/api/v1/invoices/{one_off}")).await;
     assert_eq!(one_off["status"], "open", "{one_off}");
 }
+
+#[tokio::test]
+async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-dead-charge@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = s(&sub["latest_invoice"]);
+    let sub = s(&sub["id"]);
+    // Its charge job died before charging (the gateway out of reach on every run, say).
+    let died = sqlx::query(
+        "UPDATE jobs SET state = 'dead', attempts = max_attempts, finished_at = now(), \
+         last_error = 'Stripe could not be reached' WHERE kind = 'invoice.pay' AND state = 'pending'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(died.rows_affected(), 1);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(1))).await;
+    assert!(attempts(&app, &key, &invoice).await.is_empty());
+    // Asked for again, the charge is made: the same attempt, from scratch, not ignored.
+    let resp = app
+        .post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(2))).await;
+    let made = attempts(&app, &key, &invoice).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!((made[0].0, made[0].1.as_str()), (1, "succeeded"));
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+}

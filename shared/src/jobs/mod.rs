@@ -225,8 +225,9 @@ pub async fn is_waiting(conn: &mut PgConnection, id: Uuid) -> Result<bool, DbErr
 }
 
 /// Makes waiting jobs due at `at` instead of later: scheduled ones, and pending ones that no
-/// run holds (a job running, or ended, is left as it is: its own outcome stands). Locks them
-/// in id order, as every statement on jobs does; returns how many it changed.
+/// run holds (a job running, or succeeded, is left as it is: its own outcome stands). A dead
+/// one starts over, due at `at` with its attempts afresh: what it was to do is asked for anew.
+/// Locks them in id order, as every statement on jobs does; returns how many it changed.
 pub async fn bring_forward(
     conn: &mut PgConnection,
     ids: &[Uuid],
@@ -239,10 +240,14 @@ pub async fn bring_forward(
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     let rows: Vec<(String, bool)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'pending', run_at = LEAST(run_at, $2), updated_at = $3 \
+        "UPDATE jobs SET state = 'pending', updated_at = $3, \
+         run_at = CASE WHEN state = 'dead' THEN $2 ELSE LEAST(run_at, $2) END, \
+         attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, \
+         finished_at = CASE WHEN state = 'dead' THEN NULL ELSE finished_at END, \
+         billing_run_id = CASE WHEN state = 'dead' THEN NULL ELSE billing_run_id END \
          WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          AND lease_token IS NULL \
-         AND (state = 'scheduled' OR (state = 'pending' AND run_at > $2)) \
+         AND (state IN ('scheduled', 'dead') OR (state = 'pending' AND run_at > $2)) \
          RETURNING queue, test_clock_id IS NULL",
     )
     .bind(&ids)
