@@ -168,14 +168,20 @@ pub async fn end_dunning(
     if !invoice.status.is_payable() || invoice.amount_remaining == 0 {
         return Ok(());
     }
-    if db::invoices::last_attempt(uow.conn(), scope, id).await? != attempt {
+    // An invoice sent for payment ends the overdue path's dunning (attempt 0) whatever the
+    // charges its customer asked for meanwhile: none of them schedules an end of its own.
+    let overdue = attempt == 0 && invoice.collection_method != "charge_automatically";
+    let last = db::invoices::last_attempt(uow.conn(), scope, id).await?;
+    if last != attempt && !overdue {
         return Ok(());
     }
+    // A charge under way waits for its outcome: a success ends dunning itself.
+    invoices::refuse_while_in_flight(uow, scope, id).await?;
     // The next attempt is queued (brought forward for a new card, and waiting, say, for that
     // card to reach the connected Stripe account): dunning ends only after it, if at all.
     let next = Job::PayInvoice {
         invoice: id,
-        attempt: attempt + 1,
+        attempt: last + 1,
     };
     if crate::jobs::is_waiting(uow.conn(), next.id()).await? {
         return Err(ServiceError::conflict(

@@ -1374,7 +1374,12 @@ async fn after_failure(
         invoice.to_json(&lines),
     )
     .await?;
-    if let Some(sub) = invoice.subscription_id {
+    // An invoice sent for payment is late only after its due date (its overdue check makes
+    // the subscription past due then): a charge its customer tried before that and that
+    // failed does not.
+    let early = invoice.collection_method != "charge_automatically"
+        && invoice.due_date.is_some_and(|due| uow.now() < due);
+    if let Some(sub) = invoice.subscription_id.filter(|_| !early) {
         transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }
     super::dunning::after_decline(uow, scope, invoice, payment).await
