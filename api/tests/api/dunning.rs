@@ -718,3 +718,50 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     assert_eq!(paid["status"], "paid");
     assert_eq!(status_of(&app, &key, &sub).await, "active");
 }
+
+#[tokio::test]
+async fn a_renewal_waiting_for_authentication_makes_the_subscription_past_due_then_ends_dunning() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-3ds@acme.com").await;
+    let key = t.sk_test();
+    // A card that asks the customer to authenticate every charge.
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].1, "requires_action");
+    // Late like a declined renewal: past due, told.
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    let required = event_objects(&app, &t, false, "invoice.payment_action_required").await;
+    assert_eq!(required.len(), 1);
+    // The customer never authenticates: after the policy's waits (3 + 5 + 7 days), the final
+    // action, instead of an active subscription with an unpaid invoice for good.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(14)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(16)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "canceled");
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+}

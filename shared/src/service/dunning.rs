@@ -16,7 +16,7 @@ use super::{ServiceError, ServiceResult, events, invoices, subscriptions};
 use crate::{
     db::{
         self,
-        invoices::{InvoiceRow, PaymentRow},
+        invoices::{InvoiceRow, PaymentRow, PaymentStatus},
     },
     domain::{
         dunning::{AfterDecline, DunningPolicy, FinalAction},
@@ -103,6 +103,48 @@ pub(crate) async fn after_decline(
         .await
 }
 
+/// An attempt that waits for the customer to authenticate (3-D Secure, say) and is not the
+/// first of an incomplete subscription (whose expiry deals with it): as for a decline, the
+/// subscription is past due; no other attempt can start while it waits, so dunning ends (the
+/// policy's final action) after all of the policy's waits, unless the customer completes it,
+/// or the invoice is paid otherwise, first.
+pub(crate) async fn after_action_required(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    payment: &PaymentRow,
+) -> ServiceResult<()> {
+    if invoice.collection_method != "charge_automatically" {
+        return Ok(());
+    }
+    if let Some(sub) = invoice.subscription_id {
+        let row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        if row.status == SubscriptionStatus::Incomplete {
+            return Ok(());
+        }
+        invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
+    }
+    let policy = db::dunning::get(uow.conn(), scope).await?.policy;
+    let days: i64 = policy
+        .retry_waits_days()
+        .iter()
+        .map(|d| i64::from(*d))
+        .sum();
+    let end = Job::EndDunning {
+        invoice: invoice.id,
+        attempt: payment.attempt,
+    };
+    invoices::queue_for_customer_after(
+        uow,
+        scope,
+        invoice.customer_id,
+        vec![end],
+        Duration::days(days),
+        false,
+    )
+    .await
+}
+
 /// At the due date of an invoice sent for payment (an `invoice.overdue` job): when it still
 /// owes, `invoice.overdue`, its subscription past due, and dunning's end (the policy's final
 /// action) after all of the policy's waits, unless it is paid first. Put off (`not_due`) when
@@ -175,8 +217,14 @@ pub async fn end_dunning(
     if last != attempt && !overdue {
         return Ok(());
     }
-    // A charge under way waits for its outcome: a success ends dunning itself.
-    invoices::refuse_while_in_flight(uow, scope, id).await?;
+    // A charge under way waits for its outcome (a success ends dunning itself); the last
+    // attempt still waiting for the customer to authenticate does not: that wait is over.
+    let unanswered = db::invoices::in_flight_payment(uow.conn(), scope, id)
+        .await?
+        .is_some_and(|p| p.status == PaymentStatus::RequiresAction && p.attempt == attempt);
+    if !unanswered {
+        invoices::refuse_while_in_flight(uow, scope, id).await?;
+    }
     // The next attempt is queued (brought forward for a new card, and waiting, say, for that
     // card to reach the connected Stripe account): dunning ends only after it, if at all.
     let next = Job::PayInvoice {

@@ -1208,6 +1208,7 @@ pub async fn record_outcome(
                 invoice.to_json(&lines),
             )
             .await?;
+            super::dunning::after_action_required(uow, scope, &invoice, &p).await?;
         }
         ChargeOutcome::Processing { id } => {
             // In flight until the gateway says how it ended: the invoice stays open and is
