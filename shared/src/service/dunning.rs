@@ -7,7 +7,9 @@
 //! the waits are used up, and when the schedule would have ended for a decline that only a new
 //! payment method fixes. A new default payment method retries the customer's invoices in
 //! dunning at once. An attempt that succeeds pays the invoice: the jobs queued for it then find
-//! nothing to do. Test clocks run all of it at their own time.
+//! nothing to do. An attempt left waiting for the customer to authenticate blocks any other
+//! (one in flight per invoice): dunning then ends when the schedule would have, unless the
+//! customer completes it first. Test clocks run all of it at their own time.
 
 use chrono::Duration;
 use sqlx::PgPool;
