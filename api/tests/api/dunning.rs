@@ -585,6 +585,10 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     // One whose customer tries to pay before the due date with a card that is declined.
     let declined = customer_on(&app, &key, &clock, "UTC", Some("4000000000009995"), None).await;
     let declined_sub = subscribe(&app, &key, sent(&declined)).await;
+    // And one whose customer starts paying with a card that asks to authenticate, and never
+    // does.
+    let stalled = customer_on(&app, &key, &clock, "UTC", Some("4000002500003155"), None).await;
+    let stalled_sub = subscribe(&app, &key, sent(&stalled)).await;
     // A one-off invoice sent for payment, due in 7 days too, goes overdue the same way.
     let solo = customer_on(&app, &key, &clock, "UTC", None, None).await;
     let fee = json!({"customer": solo, "amount": 2500, "currency": "usd", "description": "Setup"});
@@ -621,6 +625,18 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     )
     .await;
     let declined_sub = s(&declined_sub["id"]);
+    let unauthenticated = s(&stalled_sub["latest_invoice"]);
+    json_of(
+        app.post(
+            &format!("/api/v1/invoices/{unauthenticated}/pay"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let stalled_sub = s(&stalled_sub["id"]);
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(3))).await;
     let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
     assert_eq!(paid["status"], "paid", "{paid}");
@@ -630,6 +646,10 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     assert_eq!(made.len(), 1, "{made:?}");
     assert_eq!(made[0].1, "failed");
     assert_eq!(status_of(&app, &key, &declined_sub).await, "active");
+    let made = attempts(&app, &key, &unauthenticated).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].1, "requires_action");
+    assert_eq!(status_of(&app, &key, &stalled_sub).await, "active");
 
     // Day 6: nothing is overdue yet.
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(6))).await;
@@ -645,7 +665,12 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     let late_invoice = invoices_of(&app, &key, &late_sub).await[0].clone();
     let mut ids: Vec<String> = overdue.iter().map(|o| s(&o["id"])).collect();
     ids.sort();
-    let mut expected = vec![s(&late_invoice["id"]), one_off.clone(), refused.clone()];
+    let mut expected = vec![
+        s(&late_invoice["id"]),
+        one_off.clone(),
+        refused.clone(),
+        unauthenticated.clone(),
+    ];
     expected.sort();
     assert_eq!(ids, expected, "{overdue:?}");
     assert!(attempts(&app, &key, &one_off).await.is_empty());
@@ -666,13 +691,15 @@ async fn an_invoice_sent_for_payment_and_unpaid_at_its_due_date_is_overdue_then_
     assert_eq!(status_of(&app, &key, &late_sub).await, "canceled");
     // The declined charge did not stop dunning from ending for its invoice too.
     assert_eq!(status_of(&app, &key, &declined_sub).await, "canceled");
+    // Nor did the charge left waiting for the customer to authenticate.
+    assert_eq!(status_of(&app, &key, &stalled_sub).await, "canceled");
     assert_eq!(status_of(&app, &key, &s(&prompt_sub["id"])).await, "active");
     // Overdue once only, each; the one-off invoice still open, owed.
     assert_eq!(
         event_objects(&app, &t, false, "invoice.overdue")
             .await
             .len(),
-        3
+        4
     );
     let one_off = get(&app, &key, &format!("/api/v1/invoices/{one_off}")).await;
     assert_eq!(one_off["status"], "open", "{one_off}");

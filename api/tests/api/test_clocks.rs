@@ -1197,9 +1197,13 @@ async fn a_clock_job_that_cannot_run_dies_alone_and_a_failed_advance_goes_on_whe
     assert_eq!(invoices().await.len(), 3);
     assert_eq!(running().await, 0);
 
-    // Or the tenant advancing it again, elsewhere: it goes on from where it stopped, and the
-    // failed advance's run is over.
+    // Or the tenant advancing it again to the same time (its job starts over)...
     fail_advance(&app, &key, scope, &c, "2026-04-15T00:00:00Z").await;
+    advance(&app, &key, &t.sk_test, &c, "2026-04-15T00:00:00Z").await;
+    assert_eq!(invoices().await.len(), 4);
+    assert_eq!(running().await, 0);
+    // ...or elsewhere: it goes on from where it stopped, and the failed advance's run is over.
+    fail_advance(&app, &key, scope, &c, "2026-04-20T00:00:00Z").await;
     advance(&app, &key, &t.sk_test, &c, "2026-05-15T00:00:00Z").await;
     assert_eq!(
         invoices().await,

@@ -111,6 +111,22 @@ impl DunningPolicy {
     }
 }
 
+impl DunningPolicy {
+    /// How long attempt `attempt` (the first is 1) may wait for the customer to authenticate
+    /// before dunning ends: until the schedule would have ended (the waits left after it), and
+    /// at least [`AUTHENTICATION_WINDOW_DAYS`], so that even a policy without retries leaves the
+    /// customer time to act.
+    pub fn authentication_window(&self, attempt: i32) -> Duration {
+        let used = usize::try_from(attempt.max(1) - 1).unwrap_or(0);
+        let left = self.retry_waits_days.get(used..).unwrap_or(&[]);
+        let left: u64 = left.iter().map(|d| u64::from(*d)).sum();
+        days(left.max(AUTHENTICATION_WINDOW_DAYS))
+    }
+}
+
+/// The least time a charge waits for the customer to authenticate before dunning ends.
+pub const AUTHENTICATION_WINDOW_DAYS: u64 = 1;
+
 fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
 }
@@ -193,6 +209,18 @@ mod tests {
             );
             assert_eq!(p.after_decline(4, code, false), AfterDecline::GiveUp);
         }
+    }
+
+    #[test]
+    fn a_charge_waits_for_authentication_until_the_schedule_would_end_and_at_least_a_day() {
+        let p = DunningPolicy::default();
+        assert_eq!(p.authentication_window(1), days(15));
+        assert_eq!(p.authentication_window(2), days(12));
+        assert_eq!(p.authentication_window(3), days(7));
+        assert_eq!(p.authentication_window(4), days(1));
+        assert_eq!(p.authentication_window(0), days(15));
+        assert_eq!(policy(&[]).authentication_window(1), days(1));
+        assert_eq!(policy(&[2]).authentication_window(1), days(2));
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub(crate) async fn after_decline(
         AfterDecline::GiveUp => (end, std::time::Duration::ZERO),
     };
     let wait = Duration::from_std(wait).map_err(|e| ServiceError::internal(e.to_string()))?;
-    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, false)
+    // An end queued already for later (the attempt waited for authentication first) comes
+    // sooner when this one is sooner.
+    let sooner = matches!(job, Job::EndDunning { .. });
+    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, sooner)
         .await
 }
 
@@ -127,24 +130,15 @@ pub(crate) async fn after_action_required(
         invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
-    let days: i64 = policy
-        .retry_waits_days()
-        .iter()
-        .map(|d| i64::from(*d))
-        .sum();
+    let wait = Duration::from_std(policy.authentication_window(payment.attempt))
+        .map_err(|e| ServiceError::internal(e.to_string()))?;
     let end = Job::EndDunning {
         invoice: invoice.id,
         attempt: payment.attempt,
     };
-    invoices::queue_for_customer_after(
-        uow,
-        scope,
-        invoice.customer_id,
-        vec![end],
-        Duration::days(days),
-        false,
-    )
-    .await
+    // (A decline of it later ends dunning sooner: the same end, brought forward.)
+    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![end], wait, false)
+        .await
 }
 
 /// At the due date of an invoice sent for payment (an `invoice.overdue` job): when it still
@@ -223,7 +217,9 @@ pub async fn end_dunning(
     // attempt still waiting for the customer to authenticate does not: that wait is over.
     let unanswered = db::invoices::in_flight_payment(uow.conn(), scope, id)
         .await?
-        .is_some_and(|p| p.status == PaymentStatus::RequiresAction && p.attempt == attempt);
+        .is_some_and(|p| {
+            p.status == PaymentStatus::RequiresAction && (p.attempt == attempt || overdue)
+        });
     if !unanswered {
         invoices::refuse_while_in_flight(uow, scope, id).await?;
     }

@@ -1378,8 +1378,14 @@ async fn after_failure(
     // An invoice sent for payment is late only after its due date (its overdue check makes
     // the subscription past due then): a charge its customer tried before that and that
     // failed does not.
-    let early = invoice.collection_method != "charge_automatically"
-        && invoice.due_date.is_some_and(|due| uow.now() < due);
+    let early = match invoice.due_date {
+        Some(due) if invoice.collection_method != "charge_automatically" => {
+            // At the customer's time (its test clock's, when it has one).
+            let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id);
+            clock.await?.map_or(uow.now(), |c| c.frozen_time) < due
+        }
+        _ => false,
+    };
     if let Some(sub) = invoice.subscription_id.filter(|_| !early) {
         transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }

@@ -146,8 +146,9 @@ pub async fn start_advance(
     clock.advancing_to = Some(to);
     clock.updated_at = now;
     db::test_clocks::save(uow.conn(), scope, &clock).await?;
+    // From scratch: an advance to the same time that failed before left its job dead.
     let job = Job::AdvanceTestClock { clock: id, to };
-    jobs::enqueue(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
+    jobs::enqueue_or_reset(uow.conn(), &[job.to_new(Some(scope), now)], now).await?;
     events::record(
         uow,
         scope,
