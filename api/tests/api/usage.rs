@@ -1201,16 +1201,9 @@ async fn seats_swapped_to_another_price_mid_period_bill_each_price_its_share_of_
                "timestamp": START, "properties": {"n": 10}}),
     )
     .await;
-    // 10 seats all March (31 days), on the dearer price from half-way through: 5 seats'
-    // worth on each, not 10 on both.
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(Duration::days(15) + Duration::hours(12)),
-    )
-    .await;
+    // 10 seats all March (31 days), on the dearer price from the 11th: 10 seats' worth in
+    // all, shared out 4 (3.2 rounded up) and 6, not 10 on both, nor 4 and 7.
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
     let view = get(&app, &key, &format!("/api/v1/subscriptions/{sub}")).await;
     let item = s(&view["items"][0]["id"]);
     json_of(
@@ -1234,9 +1227,9 @@ async fn seats_swapped_to_another_price_mid_period_bill_each_price_its_share_of_
     .await;
     let renewal = invoices_of(&app, &key, &sub).await[1].clone();
     let billed = lines_by_price(&renewal);
-    assert_eq!(billed[&price], (5, 500), "{renewal}");
-    assert_eq!(billed[&dearer], (5, 600), "{renewal}");
-    assert_eq!(renewal["total"], 1100);
+    assert_eq!(billed[&price], (4, 400), "{renewal}");
+    assert_eq!(billed[&dearer], (6, 720), "{renewal}");
+    assert_eq!(renewal["total"], 1120);
 }
 
 #[tokio::test]

@@ -352,21 +352,31 @@ pub fn limit_reached(limit: i64, quantity: u64) -> bool {
 
 /// The time-weighted average over `over` (the period measured) of a level that stood at
 /// `level` when `window` (the part of the period an item metered it) opened and changed by each
-/// of `changes` (instant, change) at its instant, counted within `window` only: an item swapped
-/// mid-period bills its own part, and the parts add up to the period's average. Rounded up to a
-/// whole unit; 0 when the average is not positive or either is empty. Changes are taken in the
-/// order given and should be in time order within the window. `None` on overflow.
+/// of `changes` (instant, change) at its instant, counted within `window` only: an item on for
+/// part of the period bills its share ([`weighted_area`], [`weighted_shares`] of one part).
+/// `None` on overflow.
 pub fn weighted_quantity(
-    mut level: i128,
+    level: i128,
     window: Period,
     over: Period,
     changes: &[(DateTime<Utc>, i64)],
 ) -> Option<u64> {
-    let micros = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_microseconds();
-    let length = i128::from(micros(over.start, over.end)?);
-    if length <= 0 || window.end <= window.start {
+    weighted_shares(&[weighted_area(level, window, changes)?], over)?.pop()
+}
+
+/// What a level that stood at `level` when `window` opened, and changed by each of `changes`
+/// (instant, change) at its instant, adds up to over the window, in level-microseconds; 0 when
+/// that is not positive or the window is empty. Changes are taken in the order given and should
+/// be in time order; those outside the window act at its edges. `None` on overflow.
+pub fn weighted_area(
+    mut level: i128,
+    window: Period,
+    changes: &[(DateTime<Utc>, i64)],
+) -> Option<i128> {
+    if window.end <= window.start {
         return Some(0);
     }
+    let micros = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_microseconds();
     let mut area: i128 = 0;
     let mut since = window.start;
     for &(at, change) in changes {
@@ -376,11 +386,39 @@ pub fn weighted_quantity(
         since = at;
     }
     area = area.checked_add(level.checked_mul(i128::from(micros(since, window.end)?))?)?;
-    if area <= 0 {
-        return Some(0);
+    Some(area.max(0))
+}
+
+/// The quantities of the parts of a level over the period `over`, given their areas
+/// ([`weighted_area`]) in time order: together the level's time-weighted average over the
+/// period rounded up to a whole unit (10 seats for one day of a 30-day month bill as 1, never
+/// as 0), each part the units the running total gains with it (10 seats swapped to another
+/// price a third of the way through bill 4 and 6, not 4 and 7). 0s when the period is empty;
+/// `None` on overflow.
+pub fn weighted_shares(areas: &[i128], over: Period) -> Option<Vec<u64>> {
+    let length = i128::from((over.end - over.start).num_microseconds()?);
+    if length <= 0 {
+        return Some(vec![0; areas.len()]);
     }
     // Both positive: rounding up is adding all but one of a length first.
-    u64::try_from((area - 1) / length + 1).ok()
+    let up = |area: i128| {
+        if area <= 0 {
+            0
+        } else {
+            (area - 1) / length + 1
+        }
+    };
+    let mut total: i128 = 0;
+    let mut units: i128 = 0;
+    areas
+        .iter()
+        .map(|&area| {
+            total = total.checked_add(area.max(0))?;
+            let before = units;
+            units = up(total);
+            u64::try_from(units - before).ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -681,6 +719,29 @@ mod tests {
             end: p.end,
         };
         assert_eq!(weighted_quantity(10, late, p, &[]), Some(1));
+        // Parts share the period's average rounded once: 10 seats swapped a third of the way
+        // through (10 days of 30) are 4 (3 1/3 rounded up) then 6, adding up to 10, not 11.
+        let third = Period {
+            start: p.start,
+            end: at(11, 0),
+        };
+        let rest = Period {
+            start: at(11, 0),
+            end: p.end,
+        };
+        let areas: Vec<i128> = [third, rest]
+            .iter()
+            .map(|w| weighted_area(10, *w, &[]).unwrap())
+            .collect();
+        assert_eq!(weighted_shares(&areas, p), Some(vec![4, 6]));
+        // A part with nothing (or less than nothing) gets nothing, and takes nothing away.
+        assert_eq!(
+            weighted_shares(&[0, areas[0], -areas[1], areas[1]], p),
+            Some(vec![0, 4, 0, 6])
+        );
+        assert_eq!(weighted_shares(&areas, empty), Some(vec![0, 0]));
+        assert_eq!(weighted_shares(&[i128::MAX, i128::MAX], p), None);
+        assert_eq!(weighted_area(-3, third, &[]), Some(0));
         assert_eq!(
             Aggregation::WeightedSum.combine(&[(at(16, 0), 5), (p.end, 5)]),
             10

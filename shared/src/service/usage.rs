@@ -32,7 +32,7 @@ use crate::{
         period::Period,
         pricing::{PriceModel, Usage},
         subscription::SubscriptionStatus,
-        usage::{Aggregation, Figures, Metric, weighted_quantity},
+        usage::{Aggregation, Figures, Metric, weighted_area, weighted_shares},
     },
     ids::{BillableMetricId, CustomerId, InvoiceId, InvoiceLineId, SubscriptionId, UsageEventId},
     tenancy::Scope,
@@ -763,15 +763,59 @@ pub(crate) async fn measure(
             changes.entry(at).or_default().push((when, value));
         }
     }
+    // The price stored the metric's aggregation; the metric's own is the same.
+    let aggregation_of = |a: &db::usage::Aggregates, usage: &Usage| {
+        a.aggregation
+            .as_deref()
+            .and_then(Aggregation::parse)
+            .unwrap_or(usage.aggregation())
+    };
+    // A level's parts (one per item that metered it, in time order) share the average over
+    // all that is measured of the subscription.
+    let mut levels: HashMap<(usize, &str), Vec<LevelPart>> = HashMap::new();
+    for a in &aggregates {
+        let k = usize::try_from(a.at - 1).map_err(ServiceError::internal)?;
+        let (w, (i, item, usage)) = (&windows[k], &owners[k]);
+        if aggregation_of(a, usage) != Aggregation::WeightedSum {
+            continue;
+        }
+        let window = Period {
+            start: w.since,
+            end: w.until,
+        };
+        let moves = changes.get(&a.at).map_or(&[][..], Vec::as_slice);
+        let area = weighted_area(i128::from(a.level_before), window, moves)
+            .ok_or_else(|| usage_too_large(item))?;
+        levels
+            .entry((*i, usage.metric()))
+            .or_default()
+            .push((w.since, a.at, area));
+    }
+    let mut weighted_sums: HashMap<i64, u64> = HashMap::new();
+    for ((i, _), mut parts) in levels {
+        parts.sort_by_key(|p| p.0);
+        let over = Period {
+            start: window_start(subs[i].1),
+            end: subs[i].2,
+        };
+        let areas: Vec<i128> = parts.iter().map(|p| p.2).collect();
+        let shares = weighted_shares(&areas, over).ok_or_else(|| {
+            ServiceError::conflict(
+                "usage_too_large",
+                format!(
+                    "The usage of {} makes an amount too large to bill.",
+                    subs[i].1.id
+                ),
+            )
+        })?;
+        for (part, share) in parts.iter().zip(shares) {
+            weighted_sums.insert(part.1, share);
+        }
+    }
     for a in aggregates {
         let k = usize::try_from(a.at - 1).map_err(ServiceError::internal)?;
         let (w, (i, item, usage)) = (&windows[k], &owners[k]);
-        // The price stored the metric's aggregation; the metric's own is the same.
-        let aggregation = a
-            .aggregation
-            .as_deref()
-            .and_then(Aggregation::parse)
-            .unwrap_or(usage.aggregation());
+        let aggregation = aggregation_of(&a, usage);
         let window = Period {
             start: w.since,
             end: w.until,
@@ -783,22 +827,7 @@ pub(crate) async fn measure(
             max: whole(a.max),
             unique_count: whole(a.unique),
             latest: whole(a.latest),
-            weighted_sum: if aggregation == Aggregation::WeightedSum {
-                weighted_quantity(
-                    i128::from(a.level_before),
-                    window,
-                    // The average is over all that is measured of the subscription: the item's
-                    // part bills its share of it.
-                    Period {
-                        start: window_start(subs[*i].1),
-                        end: subs[*i].2,
-                    },
-                    changes.get(&a.at).map_or(&[][..], Vec::as_slice),
-                )
-                .ok_or_else(|| usage_too_large(item))?
-            } else {
-                0
-            },
+            weighted_sum: weighted_sums.get(&a.at).copied().unwrap_or(0),
         };
         let quantity = figures.quantity(aggregation);
         let model: PriceModel =
@@ -818,6 +847,10 @@ pub(crate) async fn measure(
     }
     Ok(out)
 }
+
+/// A part of a level: when its window opens, the window's position in the request, and its
+/// area ([`weighted_area`]).
+type LevelPart = (DateTime<Utc>, i64, i128);
 
 /// Usage whose amount cannot be represented: a conflict to settle (by crediting, or voiding
 /// events' effect by hand), never an internal error.
