@@ -60,14 +60,8 @@ pub(crate) async fn after_decline(
     invoice: &InvoiceRow,
     payment: &PaymentRow,
 ) -> ServiceResult<()> {
-    if invoice.collection_method != "charge_automatically" {
+    if !dunned(uow, scope, invoice).await? {
         return Ok(());
-    }
-    if let Some(sub) = invoice.subscription_id {
-        let sub = db::subscriptions::lock(uow.conn(), scope, sub).await?;
-        if sub.status == SubscriptionStatus::Incomplete {
-            return Ok(());
-        }
     }
     // The customer has another default payment method by now (set while this attempt was
     // in flight): it is charged at once, whatever the decline of the one before.
@@ -108,25 +102,35 @@ pub(crate) async fn after_decline(
         .await
 }
 
-/// An attempt that waits for the customer to authenticate (3-D Secure, say) and is not the
-/// first of an incomplete subscription (whose expiry deals with it): as for a decline, the
-/// subscription is past due; no other attempt can start while it waits, so dunning ends (the
-/// policy's final action) after all of the policy's waits, unless the customer completes it,
-/// or the invoice is paid otherwise, first.
+/// Whether an attempt of `invoice` that fails, or waits, is dunning's: the invoice is
+/// collected automatically and is not the first of a subscription still incomplete (which
+/// expires instead).
+async fn dunned(uow: &mut UnitOfWork, scope: Scope, invoice: &InvoiceRow) -> ServiceResult<bool> {
+    if invoice.collection_method != "charge_automatically" {
+        return Ok(false);
+    }
+    if let Some(sub) = invoice.subscription_id {
+        let sub = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        return Ok(sub.status != SubscriptionStatus::Incomplete);
+    }
+    Ok(true)
+}
+
+/// An attempt that waits for the customer to authenticate (3-D Secure, say), when dunning's
+/// ([`dunned`]): as for a decline, the subscription is past due; no other attempt can start
+/// while it waits, so dunning ends (the policy's final action) once the schedule would have
+/// ended, and at least a day later ([`DunningPolicy::authentication_window`]), unless the
+/// customer completes it, or the invoice is paid otherwise, first.
 pub(crate) async fn after_action_required(
     uow: &mut UnitOfWork,
     scope: Scope,
     invoice: &InvoiceRow,
     payment: &PaymentRow,
 ) -> ServiceResult<()> {
-    if invoice.collection_method != "charge_automatically" {
+    if !dunned(uow, scope, invoice).await? {
         return Ok(());
     }
     if let Some(sub) = invoice.subscription_id {
-        let row = db::subscriptions::lock(uow.conn(), scope, sub).await?;
-        if row.status == SubscriptionStatus::Incomplete {
-            return Ok(());
-        }
         invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;

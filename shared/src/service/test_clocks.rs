@@ -189,7 +189,8 @@ pub async fn advance(
         };
         if clock.status == ClockStatus::InternalFailure {
             // An operator retries the advance that failed: it goes on.
-            resume(pool, real, scope, id, to).await?;
+            let (from, to_status) = (ClockStatus::InternalFailure, ClockStatus::Advancing);
+            set_advance_status(pool, real, scope, id, to, from, to_status).await?;
         }
         let run = match &run {
             Some(r) => r,
@@ -290,26 +291,8 @@ pub async fn fail_advance(
     .await
 }
 
-/// The failed advance to `to` goes on: the clock is `advancing` again.
-async fn resume(
-    pool: &PgPool,
-    real: &dyn Clock,
-    scope: Scope,
-    id: TestClockId,
-    to: DateTime<Utc>,
-) -> ServiceResult<()> {
-    set_advance_status(
-        pool,
-        real,
-        scope,
-        id,
-        to,
-        ClockStatus::InternalFailure,
-        ClockStatus::Advancing,
-    )
-    .await
-}
-
+/// Moves the clock advancing to `to` from status `from` to `status`, with its event; nothing
+/// when it is not in `from` with that target (any more).
 async fn set_advance_status(
     pool: &PgPool,
     real: &dyn Clock,
