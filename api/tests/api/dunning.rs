@@ -5,6 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shared::ids::InvoiceId;
 
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
@@ -744,6 +745,49 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
     assert_eq!(paid["status"], "paid");
     assert_eq!(status_of(&app, &key, &sub).await, "active");
+
+    // Another whose job died after its attempt started and before the gateway answered: the
+    // attempt is pending, and asking again resumes it (with its key), not a second one.
+    let other = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let other_sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": other, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let stalled = s(&other_sub["latest_invoice"]);
+    sqlx::query(
+        "UPDATE jobs SET state = 'dead', attempts = max_attempts, finished_at = now() \
+         WHERE kind = 'invoice.pay' AND state = 'pending'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let started = sqlx::query(
+        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
+         amount, currency, application_fee, status, gateway, idempotency_key, \
+         payment_method_id, hard_decline, created_at, updated_at) \
+         SELECT gen_random_uuid(), i.tenant_id, i.livemode, i.id, i.customer_id, 1, \
+         i.amount_remaining, i.currency, 0, 'pending', 'sandbox', 'interrupted-attempt-1', \
+         (SELECT id FROM payment_methods m WHERE m.customer_id = i.customer_id LIMIT 1), \
+         FALSE, now(), now() FROM invoices i WHERE i.id = $1",
+    )
+    .bind(InvoiceId::parse(&stalled).unwrap().as_uuid())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(started.rows_affected(), 1);
+    let resp = app
+        .post(&format!("/api/v1/invoices/{stalled}/pay"), &key, &json!({}))
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(3))).await;
+    let made = attempts(&app, &key, &stalled).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!((made[0].0, made[0].1.as_str()), (1, "succeeded"));
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{stalled}")).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(status_of(&app, &key, &s(&other_sub["id"])).await, "active");
 }
 
 #[tokio::test]

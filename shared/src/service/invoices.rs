@@ -829,16 +829,21 @@ pub(crate) async fn refuse_while_in_flight(
     scope: Scope,
     id: InvoiceId,
 ) -> ServiceResult<()> {
-    if let Some(p) = db::invoices::in_flight_payment(uow.conn(), scope, id).await? {
-        return Err(ServiceError::conflict(
-            "payment_in_progress",
-            format!(
-                "Payment {} of this invoice is {}; wait for its outcome.",
-                p.id, p.status
-            ),
-        ));
+    match db::invoices::in_flight_payment(uow.conn(), scope, id).await? {
+        Some(p) => Err(in_progress(&p)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The conflict of a payment in flight: wait for its outcome.
+fn in_progress(p: &PaymentRow) -> ServiceError {
+    ServiceError::conflict(
+        "payment_in_progress",
+        format!(
+            "Payment {} of this invoice is {}; wait for its outcome.",
+            p.id, p.status
+        ),
+    )
 }
 
 /// Locks invoices of any tenants the way [`lock_with_subscription`] locks one: their
@@ -1411,7 +1416,8 @@ pub(crate) async fn transition_if_allowed(
 }
 
 /// Asks for a charge of an open invoice now (on request): queues the next attempt, which the
-/// worker fleet makes as it makes every other. Asking again before it ran queues nothing more.
+/// worker fleet makes as it makes every other (or the one interrupted before the gateway
+/// answered, resumed). Asking again before it ran queues nothing more.
 pub async fn request_payment(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -1426,8 +1432,13 @@ pub async fn request_payment(
             invoice.status
         )));
     }
-    refuse_while_in_flight(uow, scope, id).await?;
-    let attempt = db::invoices::last_attempt(uow.conn(), scope, id).await? + 1;
+    let attempt = match db::invoices::in_flight_payment(uow.conn(), scope, id).await? {
+        // Interrupted before the gateway answered, and not resumed (its job died, say): the
+        // charge asked for is that one, resumed with its key, never a second.
+        Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => p.attempt,
+        Some(p) => return Err(in_progress(&p)),
+        None => db::invoices::last_attempt(uow.conn(), scope, id).await? + 1,
+    };
     queue_attempt(uow, scope, &invoice, attempt).await?;
     let lines = lines_of(uow, scope, id).await?;
     Ok(InvoiceView { invoice, lines })
