@@ -214,6 +214,16 @@ pub async fn enqueue_or_reset(
     insert(conn, jobs, now, Adding::Reset).await.map(drop)
 }
 
+/// Whether a job ended dead (its runs used up, or a fault no run could fix).
+pub async fn is_dead(conn: &mut PgConnection, id: Uuid) -> Result<bool, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND state = 'dead')")
+            .bind(id)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 /// Whether a job is queued and has not ended (scheduled, due, or running).
 pub async fn is_waiting(conn: &mut PgConnection, id: Uuid) -> Result<bool, DbError> {
     Ok(sqlx::query_scalar(

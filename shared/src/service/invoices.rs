@@ -1417,7 +1417,7 @@ pub(crate) async fn transition_if_allowed(
 
 /// Asks for a charge of an open invoice now (on request): queues the next attempt, which the
 /// worker fleet makes as it makes every other (or the one interrupted before the gateway
-/// answered, resumed). Asking again before it ran queues nothing more.
+/// answered whose job died, resumed). Asking again before it ran queues nothing more.
 pub async fn request_payment(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -1433,9 +1433,18 @@ pub async fn request_payment(
         )));
     }
     let attempt = match db::invoices::in_flight_payment(uow.conn(), scope, id).await? {
-        // Interrupted before the gateway answered, and not resumed (its job died, say): the
-        // charge asked for is that one, resumed with its key, never a second.
-        Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => p.attempt,
+        // Interrupted before the gateway answered, and its job dead (it resumes it otherwise):
+        // the charge asked for is that one, resumed with its key, never a second.
+        Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => {
+            let job = crate::jobs::Job::PayInvoice {
+                invoice: id,
+                attempt: p.attempt,
+            };
+            if !crate::jobs::is_dead(uow.conn(), job.id()).await? {
+                return Err(in_progress(&p));
+            }
+            p.attempt
+        }
         Some(p) => return Err(in_progress(&p)),
         None => db::invoices::last_attempt(uow.conn(), scope, id).await? + 1,
     };
