@@ -723,28 +723,12 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     let invoice = s(&sub["latest_invoice"]);
     let sub = s(&sub["id"]);
     // Its charge job died before charging (the gateway out of reach on every run, say).
-    let died = sqlx::query(
-        "UPDATE jobs SET state = 'dead', attempts = max_attempts, finished_at = now(), \
-         last_error = 'Stripe could not be reached' WHERE kind = 'invoice.pay' AND state = 'pending'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(died.rows_affected(), 1);
+    assert_eq!(kill_waiting_charges(&app).await, 1);
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(1))).await;
     assert!(attempts(&app, &key, &invoice).await.is_empty());
     // Asked for again, the charge is made: the same attempt, from scratch, not ignored.
-    let resp = app
-        .post(&format!("/api/v1/invoices/{invoice}/pay"), &key, &json!({}))
-        .await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(2))).await;
-    let made = attempts(&app, &key, &invoice).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!((made[0].0, made[0].1.as_str()), (1, "succeeded"));
-    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
-    assert_eq!(paid["status"], "paid");
-    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    let paying = (&t.sk_test[..], &clock[..]);
+    paid_by_its_first_attempt(&app, &key, paying, &invoice, &sub, Duration::minutes(2)).await;
 
     // Another whose job died after its attempt started and before the gateway answered: the
     // attempt is pending, and asking again resumes it (with its key), not a second one.
@@ -756,13 +740,7 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     )
     .await;
     let stalled = s(&other_sub["latest_invoice"]);
-    sqlx::query(
-        "UPDATE jobs SET state = 'dead', attempts = max_attempts, finished_at = now() \
-         WHERE kind = 'invoice.pay' AND state = 'pending'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    assert_eq!(kill_waiting_charges(&app).await, 1);
     let started = sqlx::query(
         "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
          amount, currency, application_fee, status, gateway, idempotency_key, \
@@ -777,17 +755,53 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     .await
     .unwrap();
     assert_eq!(started.rows_affected(), 1);
+    let other_sub = s(&other_sub["id"]);
+    paid_by_its_first_attempt(
+        &app,
+        &key,
+        paying,
+        &stalled,
+        &other_sub,
+        Duration::minutes(3),
+    )
+    .await;
+}
+
+/// Makes the charge jobs waiting to run dead (as if their runs were used up: the gateway out
+/// of reach on every one, say); how many.
+async fn kill_waiting_charges(app: &TestApp) -> u64 {
+    sqlx::query(
+        "UPDATE jobs SET state = 'dead', attempts = max_attempts, finished_at = now(), \
+         last_error = 'Stripe could not be reached' WHERE kind = 'invoice.pay' AND state = 'pending'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+/// Asks for a payment of `invoice`, moves the clock (`paying`: the tenant's secret key and the
+/// clock) to `by` after [`START`], and checks the invoice was paid by its first attempt and its
+/// subscription `sub` is active.
+async fn paid_by_its_first_attempt(
+    app: &TestApp,
+    key: &Cred,
+    (t, clock): (&str, &str),
+    invoice: &str,
+    sub: &str,
+    by: Duration,
+) {
     let resp = app
-        .post(&format!("/api/v1/invoices/{stalled}/pay"), &key, &json!({}))
+        .post(&format!("/api/v1/invoices/{invoice}/pay"), key, &json!({}))
         .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(3))).await;
-    let made = attempts(&app, &key, &stalled).await;
+    advance(app, key, t, clock, &at(by)).await;
+    let made = attempts(app, key, invoice).await;
     assert_eq!(made.len(), 1, "{made:?}");
     assert_eq!((made[0].0, made[0].1.as_str()), (1, "succeeded"));
-    let paid = get(&app, &key, &format!("/api/v1/invoices/{stalled}")).await;
+    let paid = get(app, key, &format!("/api/v1/invoices/{invoice}")).await;
     assert_eq!(paid["status"], "paid");
-    assert_eq!(status_of(&app, &key, &s(&other_sub["id"])).await, "active");
+    assert_eq!(status_of(app, key, sub).await, "active");
 }
 
 #[tokio::test]

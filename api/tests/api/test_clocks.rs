@@ -31,8 +31,8 @@ pub async fn clock(app: &TestApp, key: &Cred, at: &str) -> String {
     s(&c["id"])
 }
 
-/// Moves the clock and runs the advance as the worker fleet does; the clock is ready after.
-pub async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) {
+/// Starts moving the clock to `to`: accepted, advancing.
+async fn start_advance(app: &TestApp, key: &Cred, clock: &str, to: &str) {
     let started = json_of(
         app.post(
             &format!("/api/v1/test-clocks/{clock}/advance"),
@@ -44,6 +44,11 @@ pub async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) 
     )
     .await;
     assert_eq!(started["status"], "advancing");
+}
+
+/// Moves the clock and runs the advance as the worker fleet does; the clock is ready after.
+pub async fn advance(app: &TestApp, key: &Cred, t: &str, clock: &str, to: &str) {
+    start_advance(app, key, clock, to).await;
     let scope = scope(app, t).await;
     assert!(
         run_due(app, scope)
@@ -1068,16 +1073,7 @@ async fn fail_advance(
     c: &str,
     to: &str,
 ) -> serde_json::Value {
-    json_of(
-        app.post(
-            &format!("/api/v1/test-clocks/{c}/advance"),
-            key,
-            &json!({"frozen_time": to}),
-        )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    start_advance(app, key, c, to).await;
     // The advance had started its run (its first step) before it died.
     let id = TestClockId::parse(c).unwrap();
     shared::db::billing_runs::start_clock_run(

@@ -112,6 +112,21 @@ async fn batch(app: &TestApp, key: &Cred, events: Vec<Value>) -> reqwest::Respon
     .await
 }
 
+/// Replaces the subscription's item `item` by one at `price`, now.
+async fn swap(app: &TestApp, key: &Cred, sub: &str, item: &str, price: &str) {
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            key,
+            Some(&json!({"items": [{"id": item, "deleted": true}, {"price": price}]})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+}
+
 /// The renewal invoice's lines by price id: (quantity, amount).
 fn lines_by_price(invoice: &Value) -> HashMap<String, (i64, i64)> {
     invoice["lines"]
@@ -1091,17 +1106,7 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
                    "timestamp": at(Duration::days(2)), "properties": {"calls": 5}}),
     )
     .await;
-    json_of(
-        app.send(
-            Method::PATCH,
-            &format!("/api/v1/subscriptions/{sub}"),
-            &key,
-            Some(&json!({"items": [{"id": item, "deleted": true}, {"price": dearer}]})),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    swap(&app, &key, &sub, &item, &dearer).await;
     // A late event from before the swap counts for the item removed (at its price).
     record(
         &app,
@@ -1206,17 +1211,7 @@ async fn seats_swapped_to_another_price_mid_period_bill_each_price_its_share_of_
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
     let view = get(&app, &key, &format!("/api/v1/subscriptions/{sub}")).await;
     let item = s(&view["items"][0]["id"]);
-    json_of(
-        app.send(
-            Method::PATCH,
-            &format!("/api/v1/subscriptions/{sub}"),
-            &key,
-            Some(&json!({"items": [{"id": item, "deleted": true}, {"price": dearer}]})),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    swap(&app, &key, &sub, &item, &dearer).await;
     advance(
         &app,
         &key,

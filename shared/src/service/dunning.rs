@@ -157,10 +157,7 @@ pub async fn overdue(uow: &mut UnitOfWork, scope: Scope, id: InvoiceId) -> Servi
     let Some(due) = invoice.due_date else {
         return Ok(());
     };
-    let now = match db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id).await? {
-        Some(clock) => clock.frozen_time,
-        None => uow.now(),
-    };
+    let now = super::test_clocks::customer_now(uow, scope, invoice.customer_id).await?;
     if now < due {
         return Err(ServiceError::conflict(
             "not_due",

@@ -1385,9 +1385,7 @@ async fn after_failure(
     // failed does not.
     let early = match invoice.due_date {
         Some(due) if invoice.collection_method != "charge_automatically" => {
-            // At the customer's time (its test clock's, when it has one).
-            let clock = db::test_clocks::of_customer(uow.conn(), scope, invoice.customer_id);
-            clock.await?.map_or(uow.now(), |c| c.frozen_time) < due
+            super::test_clocks::customer_now(uow, scope, invoice.customer_id).await? < due
         }
         _ => false,
     };

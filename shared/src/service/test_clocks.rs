@@ -20,7 +20,7 @@ use crate::{
         pagination::{Page, PageRequest},
         test_clocks::ClockStatus,
     },
-    ids::TestClockId,
+    ids::{CustomerId, TestClockId},
     jobs::{self, Job},
     stripe::Stripe,
     tenancy::Scope,
@@ -266,6 +266,16 @@ pub async fn advance(
             }
         }
     }
+}
+
+/// A customer's now: its test clock's time when it has one, else the unit of work's.
+pub(crate) async fn customer_now(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+) -> ServiceResult<DateTime<Utc>> {
+    let clock = db::test_clocks::of_customer(uow.conn(), scope, customer).await?;
+    Ok(clock.map_or(uow.now(), |c| c.frozen_time))
 }
 
 /// An advance that cannot go on (its job is dead): the clock stands where the advance got to,
