@@ -129,6 +129,30 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Cancels the charge `id` (one waiting for the customer to authenticate) so that it never
+    /// takes the money; the answer is its outcome: declined (`canceled`) when it was, or what it
+    /// became first (the customer completed it just before: succeeded, or processing). The
+    /// sandbox's such charges are never completed: always canceled.
+    pub async fn cancel(
+        &self,
+        livemode: bool,
+        id: &str,
+        account: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<ChargeOutcome, Failure> {
+        match self {
+            Gateway::Sandbox => Ok(intent_outcome("canceled".into(), id.into())),
+            Gateway::Stripe(stripe) => {
+                let pi = stripe
+                    .cancel_intent(livemode, account, idempotency_key, id)
+                    .await?;
+                Ok(intent_outcome(pi.status, pi.id))
+            }
+        }
+    }
+}
+
 /// What a payment intent's status says of a charge: only `succeeded` is money taken.
 pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
     match status.as_str() {

@@ -850,3 +850,70 @@ async fn a_renewal_waiting_for_authentication_makes_the_subscription_past_due_th
     assert_eq!(status_of(&app, &key, &sub).await, "canceled");
     assert_eq!(attempts(&app, &key, &id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_new_default_card_while_a_renewal_waits_for_authentication_cancels_it_and_pays_with_the_card()
+ {
+    let app = spawn_app().await;
+    let t = app.register("dunning-3ds-new-card@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub) =
+        subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+
+    // The customer gives another card instead of authenticating: the waiting charge is
+    // canceled (it can never take the money now), and the new card charged at once.
+    use_card(&app, &key, &customer, "4242424242424242").await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(2)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
+    assert_eq!(states, [(1, "failed"), (2, "succeeded")], "{made:?}");
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
+    let first = payments["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["attempt"] == 1)
+        .unwrap();
+    assert_eq!(first["failure_code"], "canceled", "{first}");
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "paid");
+    assert_eq!(invoice["amount_paid"], invoice["total"]);
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+
+    // Past the end dunning would have had: still active, nothing more charged or canceled.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(16)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    assert_eq!(attempts(&app, &key, &id).await.len(), 2);
+    let paid = event_objects(&app, &t, false, "invoice.paid").await;
+    assert_eq!(
+        paid.iter().filter(|i| i["id"] == id.as_str()).count(),
+        1,
+        "{paid:?}"
+    );
+}

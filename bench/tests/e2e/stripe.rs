@@ -5,6 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use shared::payments::ChargeOutcome;
 
 use crate::{
     helpers::{Api, Env, Tenant, wait_for},
@@ -1046,6 +1047,108 @@ async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands
         shared::payments::Gateway::for_mode(&stripe, true),
         shared::payments::Gateway::Sandbox
     ));
+}
+
+/// Charges `pm` at localstripe through the gateway, with `key`.
+async fn charge_at(gateway: &shared::payments::Gateway, pm: &str, key: &str) -> ChargeOutcome {
+    gateway
+        .charge(
+            false,
+            &shared::payments::Charge {
+                amount: 2500,
+                currency: "usd",
+                payment_method: pm,
+                customer: None,
+                description: "",
+                idempotency_key: key,
+                application_fee: 0,
+                account: None,
+                metadata: HashMap::new(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_succeeded_first() {
+    let ls = localstripe().await;
+    let env = Env::new(&[
+        ("STRIPE_SECRET_KEY_TEST", "sk_test_localstripe"),
+        ("STRIPE_API_BASE", &ls.url),
+    ])
+    .await;
+    let stripe = shared::stripe::Stripe::new(&env.settings().stripe).unwrap();
+    let gateway = shared::payments::Gateway::for_mode(&stripe, false);
+    let pm = localstripe_card(&ls, "4000002500003155").await;
+    let intent = |outcome: ChargeOutcome| match outcome {
+        ChargeOutcome::RequiresAction { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let status = |id: String| {
+        let url = format!("{}v1/payment_intents/{id}", ls.url);
+        async move {
+            let pi: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth("sk_test_localstripe")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            pi
+        }
+    };
+
+    // Never authenticated: canceled there, and told so.
+    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-1").await);
+    let canceled = gateway
+        .cancel(false, &waiting, None, "in_ls3ds-attempt-1-cancel")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&canceled, ChargeOutcome::Declined { code, .. } if code == "canceled"),
+        "{canceled:?}"
+    );
+    assert_eq!(status(waiting.clone()).await["status"], "canceled");
+    // Asked again (a job run again after a crash): the same answer, nothing else happens.
+    let again = gateway
+        .cancel(false, &waiting, None, "in_ls3ds-attempt-1-cancel")
+        .await
+        .unwrap();
+    assert_eq!(again, canceled);
+
+    // Authenticated just before the cancel: the cancel is refused and the charge's real
+    // outcome, a success, is the answer (the money came in: it pays the invoice).
+    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-2").await);
+    let secret = status(waiting.clone()).await["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = reqwest::Client::new()
+        .post(format!(
+            "{}v1/payment_intents/{waiting}/_authenticate",
+            ls.url
+        ))
+        .bearer_auth("sk_test_localstripe")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("client_secret={secret}&success=true"))
+        .send()
+        .await
+        .unwrap();
+    assert!(done.status().is_success(), "{}", done.text().await.unwrap());
+    let outcome = gateway
+        .cancel(false, &waiting, None, "in_ls3ds-attempt-2-cancel")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ChargeOutcome::Succeeded {
+            id: waiting.clone()
+        }
+    );
+    assert_eq!(status(waiting).await["status"], "succeeded");
 }
 
 #[tokio::test]

@@ -112,7 +112,8 @@ pub async fn end(
 }
 
 /// A customer's invoices in dunning: open, collected automatically, still owing, every
-/// attempt so far failed (none in flight) and dunning not over; each with its last attempt.
+/// attempt so far failed or waiting for the customer to authenticate (none being charged) and
+/// dunning not over; each with its last attempt.
 pub async fn in_dunning(
     conn: &mut PgConnection,
     scope: Scope,
@@ -127,7 +128,7 @@ pub async fn in_dunning(
          AND i.amount_remaining > 0 \
          AND NOT EXISTS (SELECT 1 FROM dunning_ended d WHERE d.tenant_id = i.tenant_id \
              AND d.livemode = i.livemode AND d.invoice_id = i.id) \
-         GROUP BY i.id HAVING bool_and(p.status = 'failed') ORDER BY i.id",
+         GROUP BY i.id HAVING bool_and(p.status IN ('failed', 'requires_action')) ORDER BY i.id",
     )
     .bind(scope.tenant_id())
     .bind(scope.livemode())

@@ -9,7 +9,9 @@
 //! dunning at once. An attempt that succeeds pays the invoice: the jobs queued for it then find
 //! nothing to do. An attempt left waiting for the customer to authenticate blocks any other
 //! (one in flight per invoice): dunning then ends when the schedule would have, unless the
-//! customer completes it first. Test clocks run all of it at their own time.
+//! customer completes it first, or sets another default payment method (the waiting attempt is
+//! canceled at the gateway, then the new one charged). Test clocks run all of it at their own
+//! time.
 
 use chrono::Duration;
 use sqlx::PgPool;
@@ -63,19 +65,8 @@ pub(crate) async fn after_decline(
     if !dunned(uow, scope, invoice).await? {
         return Ok(());
     }
-    // The customer has another default payment method by now (set while this attempt was
-    // in flight): it is charged at once, whatever the decline of the one before.
-    let default =
-        db::customers::default_payment_method(uow.conn(), scope, invoice.customer_id).await?;
-    if default.is_some() && default != payment.payment_method_id {
-        let next = Job::PayInvoice {
-            invoice: invoice.id,
-            attempt: payment.attempt + 1,
-        };
-        let customer = invoice.customer_id;
-        let now = Duration::zero();
-        return invoices::queue_for_customer_after(uow, scope, customer, vec![next], now, true)
-            .await;
+    if retried_with_new_default(uow, scope, invoice, payment).await? {
+        return Ok(());
     }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
     let code = payment.failure_code.as_deref().unwrap_or("card_declined");
@@ -100,6 +91,31 @@ pub(crate) async fn after_decline(
     let sooner = matches!(job, Job::EndDunning { .. });
     invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, sooner)
         .await
+}
+
+/// When the customer has another default payment method by now (set while `payment` was in
+/// flight), queues the next attempt, with it, at once, whatever `payment` came to; whether it
+/// did. The customer is locked first: a default set meanwhile either is seen here or, set
+/// after, finds this attempt over and asks for the next itself ([`retry_now`]).
+async fn retried_with_new_default(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    payment: &PaymentRow,
+) -> ServiceResult<bool> {
+    let customer = invoice.customer_id;
+    db::customers::lock_many(uow.conn(), &[(scope, customer)]).await?;
+    let default = db::customers::default_payment_method(uow.conn(), scope, customer).await?;
+    if default.is_none() || default == payment.payment_method_id {
+        return Ok(false);
+    }
+    let next = Job::PayInvoice {
+        invoice: invoice.id,
+        attempt: payment.attempt + 1,
+    };
+    let now = Duration::zero();
+    invoices::queue_for_customer_after(uow, scope, customer, vec![next], now, true).await?;
+    Ok(true)
 }
 
 /// Whether an attempt of `invoice` that fails, or waits, is dunning's: the invoice is
@@ -132,6 +148,10 @@ pub(crate) async fn after_action_required(
     }
     if let Some(sub) = invoice.subscription_id {
         invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
+    }
+    // Another default card by now: the next attempt, with it, cancels this one first.
+    if retried_with_new_default(uow, scope, invoice, payment).await? {
+        return Ok(());
     }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
     let wait = Duration::from_std(policy.authentication_window(payment.attempt))
@@ -265,7 +285,9 @@ pub async fn end_dunning(
 }
 
 /// A customer has a new default payment method: its invoices in dunning are charged again at
-/// once (the next attempt of each, brought forward if it was scheduled).
+/// once (the next attempt of each, brought forward if it was scheduled). An attempt still
+/// waiting for the customer to authenticate with the old one is canceled by that next attempt
+/// first (see [`invoices::start_attempts`]).
 pub(crate) async fn retry_now(
     uow: &mut UnitOfWork,
     scope: Scope,

@@ -764,6 +764,13 @@ pub enum Attempt {
     /// Not yet: the payment method is not attached to its customer on the connected Stripe
     /// account yet; nothing was recorded, and the job looks again shortly.
     Waiting,
+    /// First cancel this attempt at the gateway: it waits for the customer to authenticate
+    /// with a payment method that is no longer the customer's default, and the attempt asked
+    /// for is the next one, with the new default. Then the attempt asked for starts.
+    Supersede {
+        payment: PaymentRow,
+        account: Option<String>,
+    },
 }
 
 /// The Stripe customer a charge names.
@@ -951,6 +958,24 @@ pub async fn start_attempts(
             // Interrupted before the gateway answered: charged again with its key, never twice.
             Some(p) if p.status == PaymentStatus::Pending && p.gateway_id.is_none() => {
                 Some(p.clone())
+            }
+            // Waiting for the customer to authenticate with a card that is no longer the
+            // default, and the attempt asked for is the next (a new default card's): that one
+            // is canceled first, so that it can never take the money too.
+            Some(p)
+                if p.status == PaymentStatus::RequiresAction
+                    && p.gateway_id.is_some()
+                    && number == p.attempt + 1
+                    && methods
+                        .get(&invoice.customer_id)
+                        .is_some_and(|m| Some(m.id) != p.payment_method_id) =>
+            {
+                charging.insert(id);
+                attempts.push(Attempt::Supersede {
+                    payment: p.clone(),
+                    account,
+                });
+                continue;
             }
             // The customer may still confirm that one, or the gateway is processing it: a
             // second charge could take the money twice; its outcome comes as a gateway event.
@@ -1353,7 +1378,15 @@ pub async fn record_outcomes(
     for (i, _, payment, _) in paid {
         results[i] = payments.remove(&payment);
     }
-    // The others one by one, after: they see what these wrote.
+    // The others one by one, after: they see what these wrote. Their customers are locked
+    // first, in id order (a decline reads the customer's default payment method under its lock).
+    let owners: Vec<(Scope, CustomerId)> = others
+        .iter()
+        .map(|i| (answers[*i].0, answers[*i].1.customer_id))
+        .collect();
+    if !owners.is_empty() {
+        db::customers::lock_many(uow.conn(), &owners).await?;
+    }
     for i in others {
         let (scope, payment, outcome) = answers[i];
         results[i] = Some(record_outcome(uow, scope, payment, outcome).await?);
@@ -1495,6 +1528,68 @@ pub(crate) async fn queue_for_customer_after(
     Ok(())
 }
 
+/// For the attempts of `attempts` that supersede one waiting for the customer
+/// ([`Attempt::Supersede`]): cancels each at the gateway that made it and records what that
+/// says (canceled: a failed attempt, whose decline then asks for the next at once; or what it
+/// became first, a success say), then starts the attempts asked for again in their place. A
+/// gateway failure is that attempt's result (the job runs again).
+async fn supersede(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    stripe: &Stripe,
+    given: &[(Scope, InvoiceId, i32)],
+    attempts: &mut [Attempt],
+    results: &mut [Option<ServiceResult<Option<PaymentRow>>>],
+) -> ServiceResult<()> {
+    let canceled = futures_util::future::join_all(attempts.iter().zip(given).map(
+        |(attempt, (scope, ..))| async move {
+            let Attempt::Supersede { payment, account } = attempt else {
+                return None;
+            };
+            let gateway = Gateway::named(stripe, &payment.gateway)
+                .ok_or_else(|| ServiceError::internal("a payment of an unknown gateway"));
+            let id = payment.gateway_id.as_deref().unwrap_or_default();
+            let key = format!("{}-cancel", payment.idempotency_key);
+            Some(match gateway {
+                Ok(g) => g
+                    .cancel(scope.livemode(), id, account.as_deref(), &key)
+                    .await
+                    .map_err(ServiceError::from),
+                Err(e) => Err(e),
+            })
+        },
+    ))
+    .await;
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let mut again = Vec::new();
+    for (i, answer) in canceled.into_iter().enumerate() {
+        let (Some(answer), Attempt::Supersede { payment, .. }) = (answer, &attempts[i]) else {
+            continue;
+        };
+        match answer {
+            Ok(mut outcome) => {
+                if let ChargeOutcome::Declined { code, message, .. } = &mut outcome
+                    && code == "canceled"
+                {
+                    *message = "Canceled: the customer's default payment method changed while \
+                                this charge waited for authentication."
+                        .into();
+                }
+                record_outcome(&mut uow, given[i].0, payment, &outcome).await?;
+                again.push(i);
+            }
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    let keys: Vec<(Scope, InvoiceId, i32)> = again.iter().map(|i| given[*i]).collect();
+    let redone = start_attempts(&mut uow, stripe, &keys).await?;
+    uow.commit().await?;
+    for (i, attempt) in again.into_iter().zip(redone) {
+        attempts[i] = attempt;
+    }
+    Ok(())
+}
+
 /// Runs one attempt of a charge job: the three steps ([`run_attempts`] of one). A gateway
 /// failure that is worth trying again is returned as an error (the job runs again and resumes
 /// the pending attempt).
@@ -1545,8 +1640,16 @@ pub async fn run_attempts_finishing(
     Vec<uuid::Uuid>,
 )> {
     let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let attempts = start_attempts(&mut uow, stripe, given).await?;
+    let mut attempts = start_attempts(&mut uow, stripe, given).await?;
     uow.commit().await?;
+    let mut results: Vec<Option<ServiceResult<Option<PaymentRow>>>> =
+        (0..given.len()).map(|_| None).collect();
+    if attempts
+        .iter()
+        .any(|a| matches!(a, Attempt::Supersede { .. }))
+    {
+        supersede(pool, clock, stripe, given, &mut attempts, &mut results).await?;
+    }
     let answers = futures_util::future::join_all(given.iter().zip(&attempts).map(
         |((scope, _, _), attempt)| async move {
             let gateway = Gateway::for_mode(stripe, scope.livemode());
@@ -1554,12 +1657,13 @@ pub async fn run_attempts_finishing(
         },
     ))
     .await;
-    let mut results: Vec<Option<ServiceResult<Option<PaymentRow>>>> =
-        (0..given.len()).map(|_| None).collect();
     let mut to_record: Vec<(usize, Scope, &PaymentRow, ChargeOutcome)> = Vec::new();
     for (i, (((scope, _, _), attempt), answer)) in
         given.iter().zip(&attempts).zip(answers).enumerate()
     {
+        if results[i].is_some() {
+            continue;
+        }
         match (attempt, answer) {
             (Attempt::Charge { payment, .. }, Ok(Some(outcome))) => {
                 to_record.push((i, *scope, payment, outcome));
@@ -1570,6 +1674,10 @@ pub async fn run_attempts_finishing(
                 results[i] = Some(Err(ServiceError::internal(
                     "a charge always has an outcome",
                 )));
+            }
+            // Still waiting for the customer after a cancel that did not take.
+            (Attempt::Supersede { payment, .. }, Ok(_)) => {
+                results[i] = Some(Err(in_progress(payment)));
             }
             (_, Err(e)) => results[i] = Some(Err(e.into())),
         }

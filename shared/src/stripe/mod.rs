@@ -17,7 +17,9 @@ use stripe_connect::{
     account::{CreateAccount, CreateAccountType, RetrieveAccount},
     account_link::{CreateAccountLink, CreateAccountLinkType},
 };
-use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_core::payment_intent::{
+    CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
+};
 use stripe_core::refund::CreateRefund;
 use stripe_product::{
     price::{
@@ -597,6 +599,35 @@ impl Stripe {
         let pi: IntentBody = self
             .send(livemode, account, Some(idempotency_key), req.build())
             .await?;
+        Ok(PaymentIntent {
+            id: pi.id,
+            status: pi.status,
+        })
+    }
+
+    /// Cancels a PaymentIntent that has not taken the money (one waiting for the customer to
+    /// authenticate, say), so that it never can. When Stripe refuses because the intent moved
+    /// on meanwhile (the customer authenticated just before), the intent as it is now: its
+    /// status says what became of it.
+    pub async fn cancel_intent(
+        &self,
+        livemode: bool,
+        account: Option<&str>,
+        idempotency_key: &str,
+        intent: &str,
+    ) -> Result<PaymentIntent, Failure> {
+        let req = CancelPaymentIntent::new(intent);
+        let canceled: Result<IntentBody, Failure> = self
+            .send(livemode, account, Some(idempotency_key), req.build())
+            .await;
+        let pi = match canceled {
+            Ok(pi) => pi,
+            Err(Failure::Rejected(_)) => {
+                let req = RetrievePaymentIntent::new(intent);
+                self.send(livemode, account, None, req.build()).await?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(PaymentIntent {
             id: pi.id,
             status: pi.status,
