@@ -58,8 +58,8 @@ async fn subscribed_then_card(
     (clock, customer, sub)
 }
 
-/// Attaches `card` to the customer and makes it the default.
-async fn use_card(app: &TestApp, key: &Cred, customer: &str, card: &str) {
+/// Attaches `card` to the customer and makes it the default; returns the payment method's id.
+async fn use_card(app: &TestApp, key: &Cred, customer: &str, card: &str) -> String {
     let pm = json_of(
         app.post(
             &format!("/api/v1/customers/{customer}/payment-methods"),
@@ -71,6 +71,12 @@ async fn use_card(app: &TestApp, key: &Cred, customer: &str, card: &str) {
     )
     .await;
     let id = s(&pm["id"]);
+    make_default(app, key, customer, &id).await;
+    id
+}
+
+/// Makes the customer's payment method `id` its default.
+async fn make_default(app: &TestApp, key: &Cred, customer: &str, id: &str) {
     json_of(
         app.post(
             &format!("/api/v1/customers/{customer}/payment-methods/{id}/default"),
@@ -916,4 +922,65 @@ async fn a_new_default_card_while_a_renewal_waits_for_authentication_cancels_it_
         1,
         "{paid:?}"
     );
+}
+
+#[tokio::test]
+async fn a_card_given_back_while_a_charge_waits_for_authentication_leaves_it_waiting_and_a_later_card_pays()
+ {
+    let app = spawn_app().await;
+    let t = app.register("dunning-3ds-card-back@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub) =
+        subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let waiting = s(&get(
+        &app,
+        &key,
+        &format!("/api/v1/customers/{customer}/payment-methods"),
+    )
+    .await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["is_default"] == true)
+        .unwrap()["id"]);
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    // Another card, then the one the charge waits on again, before the retry runs: the retry
+    // finds that card the default and leaves the charge waiting for the customer.
+    use_card(&app, &key, &customer, "4242424242424242").await;
+    make_default(&app, &key, &customer, &waiting).await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(2)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].1, "requires_action");
+    // A later new card is still charged at once (the retry that found nothing to do runs
+    // again), the waiting charge canceled first.
+    use_card(&app, &key, &customer, "5555555555554444").await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(3)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
+    assert_eq!(states, [(1, "failed"), (2, "succeeded")], "{made:?}");
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
 }

@@ -1112,7 +1112,7 @@ async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_suc
         "{canceled:?}"
     );
     assert_eq!(status(waiting.clone()).await["status"], "canceled");
-    // Asked again (a job run again after a crash): the same answer, nothing else happens.
+    // Asked again (a job run again after a crash): the same answer.
     let again = gateway
         .cancel(false, &waiting, None, "in_ls3ds-attempt-1-cancel")
         .await

@@ -273,6 +273,41 @@ pub async fn bring_forward(
     Ok(rows.len() as u64)
 }
 
+/// Makes succeeded jobs that no run holds due again at `at`, their attempts afresh: for work
+/// whose effect is guarded by its own unique key (a charge attempt's number), asked for again
+/// because what it found to do has changed since it ran (it found nothing to do then). Locks
+/// them in id order, as every statement on jobs does; returns how many it changed.
+pub async fn run_again(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'pending', run_at = $2, attempts = 0, finished_at = NULL, \
+         billing_run_id = NULL, updated_at = $3 \
+         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         AND lease_token IS NULL AND state = 'succeeded' \
+         RETURNING queue, test_clock_id IS NULL",
+    )
+    .bind(&ids)
+    .bind(at)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let due = rows
+        .iter()
+        .filter(|r| r.1 && at <= now)
+        .map(|r| r.0.as_str());
+    notify_queues(conn, due).await?;
+    Ok(rows.len() as u64)
+}
+
 /// Makes jobs due again from scratch (redeliveries); returns the ids found. Locks them in id
 /// order, as every statement on jobs does.
 pub async fn reset_many(

@@ -113,8 +113,7 @@ async fn retried_with_new_default(
         invoice: invoice.id,
         attempt: payment.attempt + 1,
     };
-    let now = Duration::zero();
-    invoices::queue_for_customer_after(uow, scope, customer, vec![next], now, true).await?;
+    invoices::queue_charges_now(uow, scope, customer, vec![next]).await?;
     Ok(true)
 }
 
@@ -149,10 +148,6 @@ pub(crate) async fn after_action_required(
     if let Some(sub) = invoice.subscription_id {
         invoices::transition_if_allowed(uow, scope, sub, Transition::PaymentFailed).await?;
     }
-    // Another default card by now: the next attempt, with it, cancels this one first.
-    if retried_with_new_default(uow, scope, invoice, payment).await? {
-        return Ok(());
-    }
     let policy = db::dunning::get(uow.conn(), scope).await?.policy;
     let wait = Duration::from_std(policy.authentication_window(payment.attempt))
         .map_err(|e| ServiceError::internal(e.to_string()))?;
@@ -162,7 +157,12 @@ pub(crate) async fn after_action_required(
     };
     // (A decline of it later ends dunning sooner: the same end, brought forward.)
     invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![end], wait, false)
-        .await
+        .await?;
+    // Another default card by now: the next attempt, with it, cancels this one first (the end
+    // stays queued: should that attempt find the old card the default again, this one still
+    // waits, and dunning still ends).
+    retried_with_new_default(uow, scope, invoice, payment).await?;
+    Ok(())
 }
 
 /// At the due date of an invoice sent for payment (an `invoice.overdue` job): when it still
@@ -304,5 +304,5 @@ pub(crate) async fn retry_now(
     if jobs.is_empty() {
         return Ok(());
     }
-    invoices::queue_for_customer_after(uow, scope, customer, jobs, Duration::zero(), true).await
+    invoices::queue_charges_now(uow, scope, customer, jobs).await
 }

@@ -762,8 +762,9 @@ pub enum Attempt {
     /// method), or the invoice owes nothing, or the attempt number was used.
     Nothing(Option<PaymentRow>),
     /// Not yet: the payment method is not attached to its customer on the connected Stripe
-    /// account yet; nothing was recorded, and the job looks again shortly.
-    Waiting,
+    /// account yet; nothing was recorded, and the job looks again shortly. With `failed`, the
+    /// sync that attaches it failed last time it ran.
+    Waiting { failed: bool },
     /// First cancel this attempt at the gateway: it waits for the customer to authenticate
     /// with a payment method that is no longer the customer's default, and the attempt asked
     /// for is the next one, with the new default. Then the attempt asked for starts.
@@ -800,8 +801,18 @@ fn charge_with(
     }
 }
 
-/// The answer to a charge that waits for its payment method's sync.
-fn not_synced_yet() -> ServiceError {
+/// The answer to a charge that waits for its payment method's sync: `payment_method_not_synced`
+/// while the sync is on its way (the charge job waits for it without using up its attempts),
+/// `payment_method_sync_failed` once it failed (the charge job's attempts run out as the sync's
+/// own retries do).
+fn not_synced_yet(failed: bool) -> ServiceError {
+    if failed {
+        return ServiceError::conflict(
+            "payment_method_sync_failed",
+            "The payment method could not be attached to its customer on the connected Stripe \
+             account; its sync retries.",
+        );
+    }
     ServiceError::conflict(
         "payment_method_not_synced",
         "The payment method is not attached to its customer on the connected Stripe account yet.",
@@ -937,6 +948,16 @@ pub async fn start_attempts(
             .into_iter()
             .map(|m| (m.customer_id, m))
             .collect();
+    // An attempt with no payment method fails at once, and its decline reads the customer
+    // under its lock: those customers are locked now, in id order, after the invoices.
+    let unequipped: Vec<(Scope, CustomerId)> = owners
+        .iter()
+        .filter(|(_, c)| !methods.contains_key(c))
+        .copied()
+        .collect();
+    if !unequipped.is_empty() {
+        db::customers::lock_many(uow.conn(), &unequipped).await?;
+    }
 
     let mut attempts = Vec::with_capacity(charges.len());
     let mut started: Vec<PaymentRow> = Vec::new();
@@ -991,8 +1012,9 @@ pub async fn start_attempts(
                 Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
                 None => return Err(ServiceError::internal("a pending payment without a method")),
             };
+            let failed = method.sync_failed;
             let Some((token, customer)) = charge_with(method, account.as_deref()) else {
-                attempts.push(Attempt::Waiting);
+                attempts.push(Attempt::Waiting { failed });
                 continue;
             };
             attempts.push(Attempt::Charge {
@@ -1013,9 +1035,10 @@ pub async fn start_attempts(
         }
         let method = methods.get(&invoice.customer_id).cloned();
         let method_id = method.as_ref().map(|m| m.id);
+        let failed = method.as_ref().is_some_and(|m| m.sync_failed);
         let charged = method.and_then(|m| charge_with(m, account.as_deref()));
         if method_id.is_some() && charged.is_none() {
-            attempts.push(Attempt::Waiting);
+            attempts.push(Attempt::Waiting { failed });
             continue;
         }
         let gateway = Gateway::for_mode(stripe, scope.livemode());
@@ -1560,8 +1583,8 @@ async fn supersede(
         },
     ))
     .await;
-    let mut uow = UnitOfWork::begin(pool, clock).await?;
     let mut again = Vec::new();
+    let mut outcomes = Vec::new();
     for (i, answer) in canceled.into_iter().enumerate() {
         let (Some(answer), Attempt::Supersede { payment, .. }) = (answer, &attempts[i]) else {
             continue;
@@ -1575,18 +1598,42 @@ async fn supersede(
                                 this charge waited for authentication."
                         .into();
                 }
-                record_outcome(&mut uow, given[i].0, payment, &outcome).await?;
                 again.push(i);
+                outcomes.push((given[i].0, payment, outcome));
             }
             Err(e) => results[i] = Some(Err(e)),
         }
     }
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    // (Locked as every batch of answers is: subscriptions, invoices, then customers.)
+    let answered: Vec<(Scope, &PaymentRow, &ChargeOutcome)> =
+        outcomes.iter().map(|(s, p, o)| (*s, *p, o)).collect();
+    record_outcomes(&mut uow, &answered).await?;
     let keys: Vec<(Scope, InvoiceId, i32)> = again.iter().map(|i| given[*i]).collect();
     let redone = start_attempts(&mut uow, stripe, &keys).await?;
     uow.commit().await?;
     for (i, attempt) in again.into_iter().zip(redone) {
         attempts[i] = attempt;
     }
+    Ok(())
+}
+
+/// Queues charge attempts (`invoice.pay` jobs) of a customer's invoices to run now (at its
+/// test clock's time): queued, or brought forward, or, when such a job ran already and found
+/// nothing to do then (the attempt before was still waiting for the customer, say), run again.
+/// Each attempt number is made once whatever runs it ([`start_attempts`]).
+pub(crate) async fn queue_charges_now(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+    charges: Vec<crate::jobs::Job>,
+) -> ServiceResult<()> {
+    let ids: Vec<uuid::Uuid> = charges.iter().map(crate::jobs::Job::id).collect();
+    let zero = chrono::Duration::zero();
+    queue_for_customer_after(uow, scope, customer, charges, zero, true).await?;
+    let at = super::test_clocks::customer_now(uow, scope, customer).await?;
+    let now = uow.now();
+    crate::jobs::run_again(uow.conn(), &ids, at, now).await?;
     Ok(())
 }
 
@@ -1669,7 +1716,7 @@ pub async fn run_attempts_finishing(
                 to_record.push((i, *scope, payment, outcome));
             }
             (Attempt::Nothing(recorded), Ok(_)) => results[i] = Some(Ok(recorded.clone())),
-            (Attempt::Waiting, _) => results[i] = Some(Err(not_synced_yet())),
+            (Attempt::Waiting { failed }, _) => results[i] = Some(Err(not_synced_yet(*failed))),
             (Attempt::Charge { .. }, Ok(None)) => {
                 results[i] = Some(Err(ServiceError::internal(
                     "a charge always has an outcome",

@@ -98,9 +98,11 @@ fn outcome_for(
             at: now + SLOW_DOWN + SLOW_DOWN * i32::from(rand::random::<u8>()) / 255,
         },
         // The payment method is not attached to its Stripe customer on the connected account
-        // yet (nothing was sent or recorded): its sync is queued, or failed and waits for an
-        // operator. Looked at again shortly, without using up the job's attempts: a charge
-        // job dead for a sync that was late would leave its invoice never charged again.
+        // yet (nothing was sent or recorded), its sync on its way: looked at again shortly,
+        // without using up the job's attempts (a charge dead for a sync that was only late
+        // would leave its invoice uncharged). A sync that failed (`payment_method_sync_failed`)
+        // is a failure: the charge's attempts run out as the sync's own retries do, and
+        // dunning can end.
         Err(ServiceError::Conflict {
             code: "payment_method_not_synced",
             ..
@@ -346,10 +348,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        // Another conflict is still a failure that uses up the attempts.
-        let other = ServiceError::conflict("lock_conflict", "try again");
+        // A sync that failed is a failure of the charge too: retried while attempts last.
+        let failed = ServiceError::conflict("payment_method_sync_failed", "its sync retries");
         assert!(matches!(
-            outcome_for(policy, &charge(2), now, Err(&other)),
+            outcome_for(policy, &charge(0), now, Err(&failed)),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome_for(policy, &charge(2), now, Err(&failed)),
             Outcome::Dead { .. }
         ));
     }
