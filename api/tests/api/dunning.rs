@@ -75,6 +75,22 @@ async fn use_card(app: &TestApp, key: &Cred, customer: &str, card: &str) -> Stri
     id
 }
 
+/// The id of the customer's default payment method.
+async fn default_card(app: &TestApp, key: &Cred, customer: &str) -> String {
+    let list = get(
+        app,
+        key,
+        &format!("/api/v1/customers/{customer}/payment-methods"),
+    )
+    .await;
+    s(&list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["is_default"] == true)
+        .unwrap()["id"])
+}
+
 /// Makes the customer's payment method `id` its default.
 async fn make_default(app: &TestApp, key: &Cred, customer: &str, id: &str) {
     json_of(
@@ -932,17 +948,7 @@ async fn a_card_given_back_while_a_charge_waits_for_authentication_leaves_it_wai
     let key = t.sk_test();
     let (clock, customer, sub) =
         subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let waiting = s(&get(
-        &app,
-        &key,
-        &format!("/api/v1/customers/{customer}/payment-methods"),
-    )
-    .await["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["is_default"] == true)
-        .unwrap()["id"]);
+    let waiting = default_card(&app, &key, &customer).await;
     let renewal = Duration::days(31);
     advance(
         &app,
@@ -983,4 +989,71 @@ async fn a_card_given_back_while_a_charge_waits_for_authentication_leaves_it_wai
     let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
     assert_eq!(states, [(1, "failed"), (2, "succeeded")], "{made:?}");
     assert_eq!(status_of(&app, &key, &sub).await, "active");
+}
+
+#[tokio::test]
+async fn a_failed_authentication_after_a_retry_found_the_charge_waiting_is_retried_on_schedule() {
+    use crate::stripe_events::{SECRET, process, send_event};
+    let app = crate::helpers::spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    let t = app.register("dunning-3ds-failed-later@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub) =
+        subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let waiting = default_card(&app, &key, &customer).await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    // The retry a new card asked for runs while the old card is the default again: it finds
+    // the charge still waiting for the customer, and does nothing.
+    use_card(&app, &key, &customer, "4242424242424242").await;
+    make_default(&app, &key, &customer, &waiting).await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(2)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    // The customer then fails to authenticate: a decline like any, retried 3 days later (the
+    // retry's job runs again), not dropped for the job that found nothing to do before.
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
+    let payment = payments["data"][0].clone();
+    let object = json!({"id": payment["gateway_id"], "object": "payment_intent",
+                        "metadata": {"payment": payment["id"], "invoice": id},
+                        "last_payment_error": {"code": "payment_intent_authentication_failure",
+                                               "message": "Authentication failed."}});
+    send_event(
+        &app,
+        "evt_3ds_failed",
+        "payment_intent.payment_failed",
+        None,
+        object,
+    )
+    .await;
+    process(&app, "evt_3ds_failed").await;
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].1, "failed");
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(3) + Duration::hours(3)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
+    // (The card asks the customer to authenticate again.)
+    assert_eq!(states, [(1, "failed"), (2, "requires_action")], "{made:?}");
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
 }

@@ -12,7 +12,7 @@ use shared::{
 
 use crate::helpers::spawn_app_with;
 
-const SECRET: &str = "whsec_stripe_events_test";
+pub(crate) const SECRET: &str = "whsec_stripe_events_test";
 
 #[tokio::test]
 async fn a_stored_event_is_processed_once_by_its_handler_and_an_ignored_one_can_run_again() {
@@ -86,7 +86,7 @@ async fn a_stored_event_is_processed_once_by_its_handler_and_an_ignored_one_can_
 // ---- events about payments, refunds and disputes ----
 
 /// Sends a signed Stripe event to the API, as Stripe does.
-async fn send_event(
+pub(crate) async fn send_event(
     app: &crate::helpers::TestApp,
     id: &str,
     kind: &str,
@@ -116,7 +116,7 @@ async fn send_event(
 }
 
 /// Runs the processing job of an event as the worker would.
-async fn process(app: &crate::helpers::TestApp, id: &str) -> Processed {
+pub(crate) async fn process(app: &crate::helpers::TestApp, id: &str) -> Processed {
     let stripe = shared::stripe::Stripe::new(&app.settings.stripe).unwrap();
     let mut uow = UnitOfWork::begin(&app.pool, &SystemClock).await.unwrap();
     let done = stripe_events::process(&mut uow, &stripe, id).await.unwrap();

@@ -507,9 +507,6 @@ pub struct ChargeMethod {
     pub gateway_token: String,
     pub stripe_payment_method_id: Option<String>,
     pub stripe_customer_id: Option<String>,
-    /// The last sync of the method, or of its customer, to the connected Stripe account
-    /// failed (its job retries, or waits for an operator).
-    pub sync_failed: bool,
 }
 
 /// The customer's default payment method and what the gateway charges for it, if it has one.
@@ -534,8 +531,7 @@ pub async fn default_payment_tokens(
     let ids: Vec<uuid::Uuid> = keys.iter().map(|k| k.1.as_uuid()).collect();
     sqlx::query_as(
         "SELECT m.customer_id, m.id, m.gateway_token, m.stripe_payment_method_id, \
-         c.stripe_customer_id, (m.sync_status = 'failed' OR c.sync_status = 'failed') \
-             AS sync_failed \
+         c.stripe_customer_id \
          FROM payment_methods m JOIN customers c ON c.tenant_id = m.tenant_id \
          AND c.livemode = m.livemode AND c.id = m.customer_id \
          WHERE m.customer_id = ANY($3) AND (m.tenant_id, m.livemode, m.customer_id) IN \
@@ -559,8 +555,7 @@ pub async fn payment_token(
 ) -> Result<ChargeMethod, DbError> {
     sqlx::query_as(
         "SELECT m.customer_id, m.id, m.gateway_token, m.stripe_payment_method_id, \
-         c.stripe_customer_id, (m.sync_status = 'failed' OR c.sync_status = 'failed') \
-             AS sync_failed \
+         c.stripe_customer_id \
          FROM payment_methods m JOIN customers c ON c.tenant_id = m.tenant_id \
          AND c.livemode = m.livemode AND c.id = m.customer_id \
          WHERE m.tenant_id = $1 AND m.livemode = $2 AND m.id = $3",

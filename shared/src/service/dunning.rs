@@ -86,11 +86,15 @@ pub(crate) async fn after_decline(
         AfterDecline::GiveUp => (end, std::time::Duration::ZERO),
     };
     let wait = Duration::from_std(wait).map_err(|e| ServiceError::internal(e.to_string()))?;
+    let customer = invoice.customer_id;
+    if let Job::PayInvoice { .. } = job {
+        // (Its job may have run already and found this attempt still waiting for the customer
+        // to authenticate: it runs again.)
+        return invoices::queue_charges_after(uow, scope, customer, vec![job], wait).await;
+    }
     // An end queued already for later (the attempt waited for authentication first) comes
     // sooner when this one is sooner.
-    let sooner = matches!(job, Job::EndDunning { .. });
-    invoices::queue_for_customer_after(uow, scope, invoice.customer_id, vec![job], wait, sooner)
-        .await
+    invoices::queue_for_customer_after(uow, scope, customer, vec![job], wait, true).await
 }
 
 /// When the customer has another default payment method by now (set while `payment` was in
@@ -113,7 +117,7 @@ async fn retried_with_new_default(
         invoice: invoice.id,
         attempt: payment.attempt + 1,
     };
-    invoices::queue_charges_now(uow, scope, customer, vec![next]).await?;
+    invoices::queue_charges_after(uow, scope, customer, vec![next], Duration::zero()).await?;
     Ok(true)
 }
 
@@ -304,5 +308,5 @@ pub(crate) async fn retry_now(
     if jobs.is_empty() {
         return Ok(());
     }
-    invoices::queue_charges_now(uow, scope, customer, jobs).await
+    invoices::queue_charges_after(uow, scope, customer, jobs, Duration::zero()).await
 }

@@ -762,9 +762,8 @@ pub enum Attempt {
     /// method), or the invoice owes nothing, or the attempt number was used.
     Nothing(Option<PaymentRow>),
     /// Not yet: the payment method is not attached to its customer on the connected Stripe
-    /// account yet; nothing was recorded, and the job looks again shortly. With `failed`, the
-    /// sync that attaches it failed last time it ran.
-    Waiting { failed: bool },
+    /// account yet; nothing was recorded, and the job looks again shortly.
+    Waiting,
     /// First cancel this attempt at the gateway: it waits for the customer to authenticate
     /// with a payment method that is no longer the customer's default, and the attempt asked
     /// for is the next one, with the new default. Then the attempt asked for starts.
@@ -801,18 +800,8 @@ fn charge_with(
     }
 }
 
-/// The answer to a charge that waits for its payment method's sync: `payment_method_not_synced`
-/// while the sync is on its way (the charge job waits for it without using up its attempts),
-/// `payment_method_sync_failed` once it failed (the charge job's attempts run out as the sync's
-/// own retries do).
-fn not_synced_yet(failed: bool) -> ServiceError {
-    if failed {
-        return ServiceError::conflict(
-            "payment_method_sync_failed",
-            "The payment method could not be attached to its customer on the connected Stripe \
-             account; its sync retries.",
-        );
-    }
+/// The answer to a charge that waits for its payment method's sync.
+fn not_synced_yet() -> ServiceError {
     ServiceError::conflict(
         "payment_method_not_synced",
         "The payment method is not attached to its customer on the connected Stripe account yet.",
@@ -1012,9 +1001,8 @@ pub async fn start_attempts(
                 Some(pm) => db::customers::payment_token(uow.conn(), scope, pm).await?,
                 None => return Err(ServiceError::internal("a pending payment without a method")),
             };
-            let failed = method.sync_failed;
             let Some((token, customer)) = charge_with(method, account.as_deref()) else {
-                attempts.push(Attempt::Waiting { failed });
+                attempts.push(Attempt::Waiting);
                 continue;
             };
             attempts.push(Attempt::Charge {
@@ -1035,10 +1023,9 @@ pub async fn start_attempts(
         }
         let method = methods.get(&invoice.customer_id).cloned();
         let method_id = method.as_ref().map(|m| m.id);
-        let failed = method.as_ref().is_some_and(|m| m.sync_failed);
         let charged = method.and_then(|m| charge_with(m, account.as_deref()));
         if method_id.is_some() && charged.is_none() {
-            attempts.push(Attempt::Waiting { failed });
+            attempts.push(Attempt::Waiting);
             continue;
         }
         let gateway = Gateway::for_mode(stripe, scope.livemode());
@@ -1618,20 +1605,21 @@ async fn supersede(
     Ok(())
 }
 
-/// Queues charge attempts (`invoice.pay` jobs) of a customer's invoices to run now (at its
-/// test clock's time): queued, or brought forward, or, when such a job ran already and found
-/// nothing to do then (the attempt before was still waiting for the customer, say), run again.
-/// Each attempt number is made once whatever runs it ([`start_attempts`]).
-pub(crate) async fn queue_charges_now(
+/// Queues charge attempts (`invoice.pay` jobs) of a customer's invoices to run after `wait`
+/// (on its test clock, when it has one): queued, or brought forward, or, when such a job ran
+/// already and found nothing to do then (the attempt before was still waiting for the
+/// customer, say), run again. Each attempt number is made once whatever runs it
+/// ([`start_attempts`]).
+pub(crate) async fn queue_charges_after(
     uow: &mut UnitOfWork,
     scope: Scope,
     customer: CustomerId,
     charges: Vec<crate::jobs::Job>,
+    wait: chrono::Duration,
 ) -> ServiceResult<()> {
     let ids: Vec<uuid::Uuid> = charges.iter().map(crate::jobs::Job::id).collect();
-    let zero = chrono::Duration::zero();
-    queue_for_customer_after(uow, scope, customer, charges, zero, true).await?;
-    let at = super::test_clocks::customer_now(uow, scope, customer).await?;
+    queue_for_customer_after(uow, scope, customer, charges, wait, true).await?;
+    let at = super::test_clocks::customer_now(uow, scope, customer).await? + wait;
     let now = uow.now();
     crate::jobs::run_again(uow.conn(), &ids, at, now).await?;
     Ok(())
@@ -1716,7 +1704,7 @@ pub async fn run_attempts_finishing(
                 to_record.push((i, *scope, payment, outcome));
             }
             (Attempt::Nothing(recorded), Ok(_)) => results[i] = Some(Ok(recorded.clone())),
-            (Attempt::Waiting { failed }, _) => results[i] = Some(Err(not_synced_yet(*failed))),
+            (Attempt::Waiting, _) => results[i] = Some(Err(not_synced_yet())),
             (Attempt::Charge { .. }, Ok(None)) => {
                 results[i] = Some(Err(ServiceError::internal(
                     "a charge always has an outcome",

@@ -67,10 +67,6 @@ fn outcome_of(rt: &Runtime, job: &Claimed, result: Result<(), &ServiceError>) ->
 /// How long a job Stripe asked to slow down for waits, at least (and up to twice as long).
 const SLOW_DOWN: chrono::Duration = chrono::Duration::seconds(5);
 
-/// How long a charge whose payment method is not synced to Stripe yet waits before it looks
-/// again, at least (and up to twice as long).
-const SYNC_RECHECK: chrono::Duration = chrono::Duration::seconds(5);
-
 /// What a billing job's result makes of it at `now`, with its queue's retry policy.
 fn outcome_for(
     policy: shared::jobs::RetryPolicy,
@@ -97,23 +93,13 @@ fn outcome_for(
         }) => Outcome::Defer {
             at: now + SLOW_DOWN + SLOW_DOWN * i32::from(rand::random::<u8>()) / 255,
         },
-        // The payment method is not attached to its Stripe customer on the connected account
-        // yet (nothing was sent or recorded), its sync on its way: looked at again shortly,
-        // without using up the job's attempts (a charge dead for a sync that was only late
-        // would leave its invoice uncharged). A sync that failed (`payment_method_sync_failed`)
-        // is a failure: the charge's attempts run out as the sync's own retries do, and
-        // dunning can end.
-        Err(ServiceError::Conflict {
-            code: "payment_method_not_synced",
-            ..
-        }) => Outcome::Defer {
-            at: now + SYNC_RECHECK + SYNC_RECHECK * i32::from(rand::random::<u8>()) / 255,
-        },
         // A fault no retry can fix: dead at once, for an operator.
         Err(e @ (ServiceError::Invalid { .. } | ServiceError::Internal(_))) => Outcome::Dead {
             error: e.to_string(),
         },
-        // The database or the gateway could not be reached, or a lock conflicted: again later.
+        // The database or the gateway could not be reached, a lock conflicted, or the payment
+        // method is not attached to its Stripe customer yet (`payment_method_not_synced`:
+        // nothing was sent or recorded): again later.
         Err(e) => {
             Outcome::after_failure(policy, job.attempts, job.max_attempts, now, e.to_string())
         }
@@ -323,40 +309,5 @@ mod tests {
             outcome_for(policy, &charge(0), now, Ok(())),
             Outcome::Succeeded
         );
-    }
-
-    #[test]
-    fn a_charge_waiting_for_its_payment_methods_sync_is_deferred_without_using_up_its_attempts() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            base: Duration::from_secs(60),
-            cap: Duration::from_secs(3600),
-        };
-        let now = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
-        let waiting = ServiceError::conflict(
-            "payment_method_not_synced",
-            "The payment method is not attached to its customer on the connected account yet.",
-        );
-        for attempts in [0, 2] {
-            match outcome_for(policy, &charge(attempts), now, Err(&waiting)) {
-                Outcome::Defer { at } => {
-                    assert!(
-                        at >= now + SYNC_RECHECK && at <= now + SYNC_RECHECK * 2,
-                        "{at}"
-                    );
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        // A sync that failed is a failure of the charge too: retried while attempts last.
-        let failed = ServiceError::conflict("payment_method_sync_failed", "its sync retries");
-        assert!(matches!(
-            outcome_for(policy, &charge(0), now, Err(&failed)),
-            Outcome::Retry { .. }
-        ));
-        assert!(matches!(
-            outcome_for(policy, &charge(2), now, Err(&failed)),
-            Outcome::Dead { .. }
-        ));
     }
 }
