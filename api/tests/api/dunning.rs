@@ -940,40 +940,52 @@ async fn a_new_default_card_while_a_renewal_waits_for_authentication_cancels_it_
     );
 }
 
-#[tokio::test]
-async fn a_card_given_back_while_a_charge_waits_for_authentication_leaves_it_waiting_and_a_later_card_pays()
- {
-    let app = spawn_app().await;
-    let t = app.register("dunning-3ds-card-back@acme.com").await;
+/// A renewal whose charge waits for the customer to authenticate (a 3-D Secure card, renewed
+/// on the 32nd day), then another card made the default and the waiting one made it again
+/// before the retry the new card asked for runs (an hour later): that retry finds the charge
+/// still waiting, and does nothing. (clock, customer, subscription, renewal invoice).
+async fn renewal_waiting_with_its_card_back(
+    app: &TestApp,
+    t: &crate::helpers::Tenant,
+) -> (String, String, String, String) {
     let key = t.sk_test();
     let (clock, customer, sub) =
-        subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let waiting = default_card(&app, &key, &customer).await;
+        subscribed_then_card(app, &key, &t.sk_test, "4000002500003155").await;
+    let waiting = default_card(app, &key, &customer).await;
     let renewal = Duration::days(31);
     advance(
-        &app,
+        app,
         &key,
         &t.sk_test,
         &clock,
         &at(renewal + Duration::hours(1)),
     )
     .await;
-    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
-    // Another card, then the one the charge waits on again, before the retry runs: the retry
-    // finds that card the default and leaves the charge waiting for the customer.
-    use_card(&app, &key, &customer, "4242424242424242").await;
-    make_default(&app, &key, &customer, &waiting).await;
+    let id = s(&renewal_invoice(app, &key, &sub).await["id"]);
+    use_card(app, &key, &customer, "4242424242424242").await;
+    make_default(app, &key, &customer, &waiting).await;
     advance(
-        &app,
+        app,
         &key,
         &t.sk_test,
         &clock,
         &at(renewal + Duration::hours(2)),
     )
     .await;
-    let made = attempts(&app, &key, &id).await;
+    let made = attempts(app, &key, &id).await;
     assert_eq!(made.len(), 1, "{made:?}");
     assert_eq!(made[0].1, "requires_action");
+    (clock, customer, sub, id)
+}
+
+#[tokio::test]
+async fn a_card_given_back_while_a_charge_waits_for_authentication_leaves_it_waiting_and_a_later_card_pays()
+ {
+    let app = spawn_app().await;
+    let t = app.register("dunning-3ds-card-back@acme.com").await;
+    let key = t.sk_test();
+    let (clock, customer, sub, id) = renewal_waiting_with_its_card_back(&app, &t).await;
+    let renewal = Duration::days(31);
     // A later new card is still charged at once (the retry that found nothing to do runs
     // again), the waiting charge canceled first.
     use_card(&app, &key, &customer, "5555555555554444").await;
@@ -997,32 +1009,8 @@ async fn a_failed_authentication_after_a_retry_found_the_charge_waiting_is_retri
     let app = crate::helpers::spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
     let t = app.register("dunning-3ds-failed-later@acme.com").await;
     let key = t.sk_test();
-    let (clock, customer, sub) =
-        subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let waiting = default_card(&app, &key, &customer).await;
+    let (clock, _, sub, id) = renewal_waiting_with_its_card_back(&app, &t).await;
     let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
-    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
-    // The retry a new card asked for runs while the old card is the default again: it finds
-    // the charge still waiting for the customer, and does nothing.
-    use_card(&app, &key, &customer, "4242424242424242").await;
-    make_default(&app, &key, &customer, &waiting).await;
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(2)),
-    )
-    .await;
-    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
     // The customer then fails to authenticate: a decline like any, retried 3 days later (the
     // retry's job runs again), not dropped for the job that found nothing to do before.
     let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;

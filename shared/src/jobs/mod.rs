@@ -244,12 +244,11 @@ pub async fn bring_forward(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let rows: Vec<(String, bool)> = sqlx::query_as(
+    make_due(
+        conn,
+        ids,
+        at,
+        now,
         "UPDATE jobs SET state = 'pending', updated_at = $3, \
          run_at = CASE WHEN state = 'dead' THEN $2 ELSE LEAST(run_at, $2) END, \
          attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, \
@@ -260,17 +259,7 @@ pub async fn bring_forward(
          AND (state IN ('scheduled', 'dead') OR (state = 'pending' AND run_at > $2)) \
          RETURNING queue, test_clock_id IS NULL",
     )
-    .bind(&ids)
-    .bind(at)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
-    let due = rows
-        .iter()
-        .filter(|r| r.1 && at <= now)
-        .map(|r| r.0.as_str());
-    notify_queues(conn, due).await?;
-    Ok(rows.len() as u64)
+    .await
 }
 
 /// Makes succeeded jobs that no run holds due again at `at`, their attempts afresh: for work
@@ -283,23 +272,41 @@ pub async fn run_again(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let rows: Vec<(String, bool)> = sqlx::query_as(
+    make_due(
+        conn,
+        ids,
+        at,
+        now,
         "UPDATE jobs SET state = 'pending', run_at = $2, attempts = 0, finished_at = NULL, \
          billing_run_id = NULL, updated_at = $3 \
          WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          AND lease_token IS NULL AND state = 'succeeded' \
          RETURNING queue, test_clock_id IS NULL",
     )
-    .bind(&ids)
-    .bind(at)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
+    .await
+}
+
+/// Runs `sql` (an `UPDATE` of jobs `$1` due at `$2`, at `$3`, returning each changed job's
+/// queue and whether it is off any test clock) with the ids in order, and wakes the queues of
+/// jobs due now.
+async fn make_due(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    sql: &'static str,
+) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let rows: Vec<(String, bool)> = sqlx::query_as(sql)
+        .bind(&ids)
+        .bind(at)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
     let due = rows
         .iter()
         .filter(|r| r.1 && at <= now)
