@@ -249,7 +249,10 @@ pub async fn bring_forward(
         ids,
         at,
         now,
-        "UPDATE jobs SET state = 'pending', updated_at = $3, \
+        "UPDATE jobs SET updated_at = $3, \
+         state = CASE WHEN queue = $4 AND test_clock_id IS NULL \
+             AND (CASE WHEN state = 'dead' THEN $2 ELSE LEAST(run_at, $2) END) > $3 \
+             THEN 'scheduled' ELSE 'pending' END, \
          run_at = CASE WHEN state = 'dead' THEN $2 ELSE LEAST(run_at, $2) END, \
          attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, \
          finished_at = CASE WHEN state = 'dead' THEN NULL ELSE finished_at END, \
@@ -277,8 +280,10 @@ pub async fn run_again(
         ids,
         at,
         now,
-        "UPDATE jobs SET state = 'pending', run_at = $2, attempts = 0, finished_at = NULL, \
-         billing_run_id = NULL, updated_at = $3 \
+        "UPDATE jobs SET run_at = $2, attempts = 0, finished_at = NULL, \
+         billing_run_id = NULL, updated_at = $3, \
+         state = CASE WHEN queue = $4 AND test_clock_id IS NULL AND $2 > $3 \
+             THEN 'scheduled' ELSE 'pending' END \
          WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
          AND lease_token IS NULL AND state = 'succeeded' \
          RETURNING queue, test_clock_id IS NULL",
@@ -288,7 +293,8 @@ pub async fn run_again(
 
 /// Runs `sql` (an `UPDATE` of jobs `$1` due at `$2`, at `$3`, returning each changed job's
 /// queue and whether it is off any test clock) with the ids in order, and wakes the queues of
-/// jobs due now.
+/// jobs due now. `$4` is [`SCHEDULED_QUEUE`]: its jobs due later are `scheduled` (a billing
+/// run makes them pending), as [`enqueue`] makes them.
 async fn make_due(
     conn: &mut PgConnection,
     ids: &[Uuid],
@@ -305,6 +311,7 @@ async fn make_due(
         .bind(&ids)
         .bind(at)
         .bind(now)
+        .bind(SCHEDULED_QUEUE.as_str())
         .fetch_all(&mut *conn)
         .await?;
     let due = rows
