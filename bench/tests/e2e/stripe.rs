@@ -987,59 +987,14 @@ async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands
     let settings = env.settings();
     let stripe = shared::stripe::Stripe::new(&settings.stripe).unwrap();
     // A card payment method at localstripe (the platform's own account: no fee).
-    let pm: Value = reqwest::Client::new()
-        .post(format!("{}v1/payment_methods", ls.url))
-        .bearer_auth("sk_test_localstripe")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs([
-                    ("type", "card"),
-                    ("card[number]", "4242424242424242"),
-                    ("card[exp_month]", "12"),
-                    ("card[exp_year]", "2030"),
-                    ("card[cvc]", "123"),
-                ])
-                .finish(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pm = pm["id"].as_str().unwrap().to_owned();
+    let pm = localstripe_card(&ls, "4242424242424242").await;
     let gateway = shared::payments::Gateway::for_mode(&stripe, false);
     assert!(matches!(gateway, shared::payments::Gateway::Stripe(_)));
-    let outcome = gateway
-        .charge(
-            false,
-            &shared::payments::Charge {
-                amount: 1000,
-                currency: "usd",
-                payment_method: &pm,
-                customer: None,
-                description: "",
-                idempotency_key: "in_ls-attempt-1",
-                application_fee: 150,
-                account: None,
-                metadata: HashMap::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let outcome = charge_at(&gateway, &pm, "in_ls-attempt-1", 1000, 150).await;
     let shared::payments::ChargeOutcome::Succeeded { id } = outcome else {
         panic!("{outcome:?}");
     };
-    let pi: Value = reqwest::Client::new()
-        .get(format!("{}v1/payment_intents/{id}", ls.url))
-        .bearer_auth("sk_test_localstripe")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pi = intent_at(&ls, &id).await;
     assert_eq!(pi["status"], "succeeded");
     assert_eq!(pi["amount"], 1000);
     // Live mode has no key here: the sandbox.
@@ -1049,23 +1004,43 @@ async fn a_charge_runs_through_localstripe_and_without_stripe_the_sandbox_stands
     ));
 }
 
-/// Charges `pm` at localstripe through the gateway, with `key`.
-async fn charge_at(gateway: &shared::payments::Gateway, pm: &str, key: &str) -> ChargeOutcome {
+/// Charges `amount` (with the platform's `fee`) to `pm` through the gateway, with `key`, on
+/// the platform's own account.
+async fn charge_at(
+    gateway: &shared::payments::Gateway,
+    pm: &str,
+    key: &str,
+    amount: i64,
+    fee: i64,
+) -> ChargeOutcome {
     gateway
         .charge(
             false,
             &shared::payments::Charge {
-                amount: 2500,
+                amount,
                 currency: "usd",
                 payment_method: pm,
                 customer: None,
                 description: "",
                 idempotency_key: key,
-                application_fee: 0,
+                application_fee: fee,
                 account: None,
                 metadata: HashMap::new(),
             },
         )
+        .await
+        .unwrap()
+}
+
+/// A payment intent as localstripe has it.
+async fn intent_at(ls: &LocalStripe, id: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}v1/payment_intents/{id}", ls.url))
+        .bearer_auth("sk_test_localstripe")
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap()
 }
@@ -1085,24 +1060,9 @@ async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_suc
         ChargeOutcome::RequiresAction { id } => id,
         other => panic!("{other:?}"),
     };
-    let status = |id: String| {
-        let url = format!("{}v1/payment_intents/{id}", ls.url);
-        async move {
-            let pi: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth("sk_test_localstripe")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            pi
-        }
-    };
 
     // Never authenticated: canceled there, and told so.
-    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-1").await);
+    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-1", 2500, 0).await);
     let canceled = gateway
         .cancel(false, &waiting, None, "in_ls3ds-attempt-1-cancel")
         .await
@@ -1111,7 +1071,7 @@ async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_suc
         matches!(&canceled, ChargeOutcome::Declined { code, .. } if code == "canceled"),
         "{canceled:?}"
     );
-    assert_eq!(status(waiting.clone()).await["status"], "canceled");
+    assert_eq!(intent_at(&ls, &waiting).await["status"], "canceled");
     // Asked again (a job run again after a crash): the same answer.
     let again = gateway
         .cancel(false, &waiting, None, "in_ls3ds-attempt-1-cancel")
@@ -1121,8 +1081,8 @@ async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_suc
 
     // Authenticated just before the cancel: the cancel is refused and the charge's real
     // outcome, a success, is the answer (the money came in: it pays the invoice).
-    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-2").await);
-    let secret = status(waiting.clone()).await["client_secret"]
+    let waiting = intent(charge_at(&gateway, &pm, "in_ls3ds-attempt-2", 2500, 0).await);
+    let secret = intent_at(&ls, &waiting).await["client_secret"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -1148,7 +1108,7 @@ async fn a_charge_waiting_for_authentication_is_canceled_at_stripe_unless_it_suc
             id: waiting.clone()
         }
     );
-    assert_eq!(status(waiting).await["status"], "succeeded");
+    assert_eq!(intent_at(&ls, &waiting).await["status"], "succeeded");
 }
 
 #[tokio::test]

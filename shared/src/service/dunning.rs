@@ -98,8 +98,8 @@ pub(crate) async fn after_decline(
 }
 
 /// When the customer has another default payment method by now (set while `payment` was in
-/// flight), queues the next attempt, with it, at once, whatever `payment` came to; whether it
-/// did. The customer is locked first: a default set meanwhile either is seen here or, set
+/// flight), queues the next attempt, with it, at once, whatever `payment` came to; answers
+/// whether it did. The customer is locked first: a default set meanwhile either is seen here or, set
 /// after, finds this attempt over and asks for the next itself ([`retry_now`]).
 async fn retried_with_new_default(
     uow: &mut UnitOfWork,

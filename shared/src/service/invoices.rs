@@ -1522,6 +1522,19 @@ pub(crate) async fn queue_for_customer_after(
     wait: chrono::Duration,
     bring_forward: bool,
 ) -> ServiceResult<()> {
+    queue_for_customer(uow, scope, customer, jobs, wait, bring_forward).await?;
+    Ok(())
+}
+
+/// [`queue_for_customer_after`], answering when the jobs are due.
+async fn queue_for_customer(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    customer: CustomerId,
+    jobs: Vec<crate::jobs::Job>,
+    wait: chrono::Duration,
+    bring_forward: bool,
+) -> ServiceResult<DateTime<Utc>> {
     let now = uow.now();
     let clock = db::test_clocks::of_customer(uow.conn(), scope, customer).await?;
     let at = clock.as_ref().map_or(now, |c| c.frozen_time) + wait;
@@ -1535,7 +1548,7 @@ pub(crate) async fn queue_for_customer_after(
         let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id).collect();
         crate::jobs::bring_forward(uow.conn(), &ids, at, now).await?;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// For the attempts of `attempts` that supersede one waiting for the customer
@@ -1618,8 +1631,7 @@ pub(crate) async fn queue_charges_after(
     wait: chrono::Duration,
 ) -> ServiceResult<()> {
     let ids: Vec<uuid::Uuid> = charges.iter().map(crate::jobs::Job::id).collect();
-    queue_for_customer_after(uow, scope, customer, charges, wait, true).await?;
-    let at = super::test_clocks::customer_now(uow, scope, customer).await? + wait;
+    let at = queue_for_customer(uow, scope, customer, charges, wait, true).await?;
     let now = uow.now();
     crate::jobs::run_again(uow.conn(), &ids, at, now).await?;
     Ok(())
