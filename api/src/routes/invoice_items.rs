@@ -204,7 +204,8 @@ impl InvoiceItemsApi {
     ///
     /// A one-off charge (or credit, with a negative amount) for the customer: it waits for the
     /// customer's next invoice in its currency (a one-off invoice created for the customer, or
-    /// a subscription's next invoice), or goes on the draft `invoice`.
+    /// a subscription's next invoice), or goes on the draft `invoice` (a one-off invoice's: a
+    /// subscription's renewal kept a draft takes none, `invoice_not_editable`).
     #[oai(
         path = "/api/v1/invoice-items",
         method = "post",
@@ -347,7 +348,8 @@ impl InvoiceItemsApi {
     /// Delete an invoice item
     ///
     /// Only while no finalized invoice bills it: pending, or on a draft (whose totals follow).
-    /// A subscription's prorations cannot be deleted.
+    /// A subscription's prorations cannot be deleted, nor an item on a subscription's renewal
+    /// kept a draft (`invoice_not_editable`).
     #[oai(
         path = "/api/v1/invoice-items/:id",
         method = "delete",

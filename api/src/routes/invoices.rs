@@ -444,7 +444,9 @@ impl InvoicesApi {
 
     /// Delete a draft invoice
     ///
-    /// Only a draft; its items are pending again. A finalized invoice is voided instead.
+    /// Only a draft; its items are pending again. A finalized invoice is voided instead. A
+    /// subscription's renewal kept a draft for its grace period cannot be deleted
+    /// (`invoice_not_editable`).
     #[oai(
         path = "/api/v1/invoices/:id",
         method = "delete",

@@ -1,4 +1,5 @@
-//! The tenant's billing settings (`/api/v1/settings/...`), per mode: the dunning policy.
+//! The tenant's billing settings (`/api/v1/settings/...`), per mode: the dunning policy and
+//! the invoicing settings.
 
 use chrono::{DateTime, Utc};
 use poem::Request;
@@ -6,7 +7,7 @@ use poem_openapi::{Enum, Object, OpenApi, payload::Json};
 use serde::Deserialize;
 use shared::{
     domain::dunning::{DunningPolicy, FinalAction, MAX_RETRIES, MAX_WAIT_DAYS},
-    service::dunning as service,
+    service::{dunning as service, invoicing},
     tenancy::Permission,
 };
 
@@ -89,8 +90,86 @@ fn out(stored: service::StoredPolicy, livemode: bool) -> DunningOut {
     }
 }
 
+/// The invoicing settings to set (all of them).
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct InvoicingIn {
+    /// How many hours a renewal invoice that bills usage stays a draft after the period whose
+    /// usage it bills ends (0 to 168): usage events for that period are still recorded, and
+    /// counted on it, until it is finalized then (or sooner by `POST
+    /// /api/v1/invoices/{id}/finalize`, or by a change, cancel or renewal of its
+    /// subscription). 0: finalized at once.
+    #[oai(validator(minimum(value = "0"), maximum(value = "168")))]
+    pub grace_period_hours: u8,
+}
+
+/// The invoicing settings of the caller's mode.
+#[derive(Debug, Object)]
+pub struct InvoicingOut {
+    /// `invoice_settings`.
+    pub object: String,
+    pub grace_period_hours: u8,
+    pub livemode: bool,
+    /// When they were last set; null while the defaults apply.
+    #[oai(nullable)]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+fn invoicing_out(s: invoicing::InvoiceSettings, livemode: bool) -> InvoicingOut {
+    InvoicingOut {
+        object: "invoice_settings".into(),
+        grace_period_hours: s.grace_period_hours,
+        livemode,
+        updated_at: s.updated_at,
+    }
+}
+
 #[OpenApi]
 impl SettingsApi {
+    /// Get the invoicing settings
+    ///
+    /// The grace period of renewal invoices that bill usage: until it is set, none (they are
+    /// finalized when their period ends).
+    #[oai(
+        path = "/api/v1/settings/invoicing",
+        method = "get",
+        operation_id = "settings.invoicing.get",
+        tag = "ApiTags::Billing"
+    )]
+    async fn get_invoicing(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Auth,
+    ) -> Result<Json<InvoicingOut>, ApiError> {
+        let ctx = auth.require(Permission::ReadBilling)?;
+        let settings = invoicing::get_settings(&state.pool, ctx.scope()).await?;
+        Ok(Json(invoicing_out(settings, ctx.livemode())))
+    }
+
+    /// Set the invoicing settings
+    ///
+    /// Applies to renewals from now on; a draft already made is finalized when its own grace
+    /// period ends.
+    #[oai(
+        path = "/api/v1/settings/invoicing",
+        method = "put",
+        operation_id = "settings.invoicing.set",
+        tag = "ApiTags::Billing"
+    )]
+    async fn set_invoicing(
+        &self,
+        req: &Request,
+        auth: Auth,
+        body: JsonBody<InvoicingIn>,
+    ) -> Result<Json<InvoicingOut>, ApiError> {
+        let ctx = auth.require(Permission::WriteBilling)?;
+        let mut work = Work::begin(req).await?;
+        let settings =
+            invoicing::set_settings(&mut work, ctx.scope(), body.0.grace_period_hours).await?;
+        Ok(Json(invoicing_out(settings, ctx.livemode())))
+    }
+
     /// Get the dunning policy
     ///
     /// What follows a declined charge of an invoice collected automatically: retries after

@@ -115,6 +115,7 @@ fn subscription_row(
         bundle_id: None,
         bundle_discount_bps: 0,
         usage_billed_until: None,
+        usage_draft_until: None,
         created_at: now,
         updated_at: now,
     }

@@ -12,7 +12,7 @@ use shared::{
     clock::Clock,
     ids::SubscriptionId,
     jobs::Job,
-    service::{billing_jobs, usage_limits},
+    service::{ServiceError, billing_jobs, usage_limits},
     stripe::Stripe,
     tenancy::Scope,
 };
@@ -127,12 +127,13 @@ async fn swap(app: &TestApp, key: &Cred, sub: &str, item: &str, price: &str) {
     .await;
 }
 
-/// The renewal invoice's lines by price id: (quantity, amount).
+/// The renewal invoice's lines of a price by price id: (quantity, amount).
 fn lines_by_price(invoice: &Value) -> HashMap<String, (i64, i64)> {
     invoice["lines"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|l| l["price"].is_string())
         .map(|l| {
             (
                 s(&l["price"]),
@@ -1564,4 +1565,426 @@ async fn a_plans_usage_limit_reached_in_a_period_is_told_once_per_period() {
     // Removing the limits holds the plan to none.
     let cleared = set_limits(json!([])).await;
     assert_eq!(cleared["usage_limits"], json!([]));
+}
+
+/// Sets the grace period of the tenant's renewal invoices that bill usage.
+async fn grace_period(app: &TestApp, key: &Cred, hours: u64) -> Value {
+    json_of(
+        app.send(
+            Method::PUT,
+            "/api/v1/settings/invoicing",
+            key,
+            Some(&json!({ "grace_period_hours": hours })),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// How many events of `kind` tell of `invoice`.
+async fn events_about(app: &TestApp, key: &Cred, kind: &str, invoice: &Value) -> usize {
+    get(app, key, &format!("/api/v1/events?type={kind}&limit=100")).await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["object"]["id"] == invoice["id"])
+        .count()
+}
+
+#[tokio::test]
+async fn a_renewal_stays_a_draft_for_the_grace_period_and_bills_the_usage_recorded_meanwhile() {
+    let app = spawn_app().await;
+    let t = app.register("usage-grace@acme.com").await;
+    let key = t.sk_test();
+    let defaults = get(&app, &key, "/api/v1/settings/invoicing").await;
+    assert_eq!(defaults["grace_period_hours"], 0, "{defaults}");
+    assert_eq!(defaults["updated_at"], Value::Null);
+    let p = assert_problem(
+        app.send(
+            Method::PUT,
+            "/api/v1/settings/invoicing",
+            &key,
+            Some(&json!({ "grace_period_hours": 169 })),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(p["field"], "grace_period_hours");
+    let set = grace_period(&app, &key, 2).await;
+    assert_eq!(set["grace_period_hours"], 2);
+    assert_eq!(
+        get(&app, &key, "/api/v1/settings/invoicing").await["grace_period_hours"],
+        2
+    );
+
+    let (clock, customer, sub, price) = metered_subscription(&app, &key).await;
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(11))).await;
+    // A one-off item waiting for the customer's next invoice goes on the renewal.
+    json_of(
+        app.post(
+            "/api/v1/invoice-items",
+            &key,
+            &json!({"customer": customer, "amount": 250, "currency": "usd",
+                    "description": "Setup"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "march-1", "code": "api_calls", "subscription": sub,
+               "timestamp": at(Duration::days(10)), "properties": {"calls": 5}}),
+    )
+    .await;
+    // An hour into April: March's invoice is a draft of the usage so far, not charged.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(1)),
+    )
+    .await;
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    let draft = &invoices[1];
+    assert_eq!(draft["status"], "draft", "{draft}");
+    assert_eq!(draft["number"], Value::Null);
+    assert_eq!(lines_by_price(draft)[&price], (5, 15), "{draft}");
+    assert_eq!(draft["total"], 15 + 250);
+    assert_eq!(events_about(&app, &key, "invoice.created", draft).await, 1);
+    assert_eq!(
+        events_about(&app, &key, "invoice.finalized", draft).await,
+        0
+    );
+    // March's usage is still taken, and counts on it; April's counts for April.
+    let late = record(
+        &app,
+        &key,
+        json!({"transaction_id": "march-late", "code": "api_calls", "subscription": sub,
+               "timestamp": at(Duration::days(30) + Duration::hours(23)),
+               "properties": {"calls": 7}}),
+    )
+    .await;
+    assert_eq!(late["status"], "recorded");
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "april-1", "code": "api_calls", "subscription": sub,
+               "timestamp": at(Duration::days(31) + Duration::minutes(30)),
+               "properties": {"calls": 100}}),
+    )
+    .await;
+    let summary = get(&app, &key, &format!("/api/v1/subscriptions/{sub}/usage")).await;
+    assert_eq!(summary["items"][0]["quantity"], 100, "{summary}");
+    // Its job, run before its time (another host's clock), finalizes nothing.
+    let (kind, payload): (String, Value) =
+        sqlx::query_as("SELECT kind, payload FROM jobs WHERE kind = 'invoice.finalize'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let job = Job::parse(&kind, &payload).unwrap();
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
+    let early = billing_jobs::run(
+        &app.pool,
+        app.clock.as_ref(),
+        &stripe,
+        crate::subscriptions::scope(&app, &t.sk_test).await,
+        &job,
+    )
+    .await;
+    assert!(
+        matches!(
+            &early,
+            Err(ServiceError::Conflict {
+                code: "not_due",
+                ..
+            })
+        ),
+        "{early:?}"
+    );
+    // Its lines are its subscription's: not deleted, nothing added by hand.
+    let id = s(&draft["id"]);
+    assert_problem(
+        app.send(
+            Method::DELETE,
+            &format!("/api/v1/invoices/{id}"),
+            &key,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "invoice_not_editable",
+    )
+    .await;
+    assert_problem(
+        app.post(
+            "/api/v1/invoice-items",
+            &key,
+            &json!({"customer": draft["customer"], "amount": 100, "currency": "usd",
+                    "description": "Setup", "invoice": id}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "invoice_not_editable",
+    )
+    .await;
+    assert_eq!(
+        get(&app, &key, &format!("/api/v1/invoices/{id}")).await["status"],
+        "draft"
+    );
+
+    // At the end of the grace period it is finalized with all of March's usage, and charged.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(2)),
+    )
+    .await;
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "paid", "{invoice}");
+    assert!(invoice["number"].is_string(), "{invoice}");
+    assert_eq!(lines_by_price(&invoice)[&price], (12, 36), "{invoice}");
+    assert_eq!(invoice["lines"][1]["amount"], 250, "{invoice}");
+    assert_eq!(invoice["total"], 36 + 250);
+    assert_eq!(invoice["amount_paid"], 36 + 250);
+    assert_eq!(
+        events_about(&app, &key, "invoice.finalized", &invoice).await,
+        1
+    );
+    let p = assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "march-too-late", "code": "api_calls",
+                   "subscription": sub, "timestamp": at(Duration::days(30)),
+                   "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "usage_period_closed",
+    )
+    .await;
+    assert_eq!(p["field"], "timestamp");
+
+    // Finalized by hand before its grace period ends: April's usage so far, once; the job at
+    // the end of the grace period then finds nothing to do.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(61) + Duration::minutes(30)),
+    )
+    .await;
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices.len(), 3, "{invoices:?}");
+    let april = s(&invoices[2]["id"]);
+    assert_eq!(invoices[2]["status"], "draft");
+    let finalized = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{april}/finalize"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        lines_by_price(&finalized)[&price],
+        (100, 300),
+        "{finalized}"
+    );
+    assert_problem(
+        event(
+            &app,
+            &key,
+            json!({"transaction_id": "april-late", "code": "api_calls", "subscription": sub,
+                   "timestamp": at(Duration::days(60)), "properties": {"calls": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "usage_period_closed",
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(61) + Duration::hours(3)),
+    )
+    .await;
+    let april = get(&app, &key, &format!("/api/v1/invoices/{april}")).await;
+    assert_eq!(april["status"], "paid", "{april}");
+    assert_eq!(april["total"], 300);
+    assert_eq!(
+        events_about(&app, &key, "invoice.finalized", &april).await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_canceled_while_its_renewal_is_a_draft_bills_each_usage_once() {
+    let app = spawn_app().await;
+    let t = app.register("usage-grace-cancel@acme.com").await;
+    let key = t.sk_test();
+    grace_period(&app, &key, 24).await;
+    // A plan billed in advance, usage in arrears, 10% off both.
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    metric(&app, &key, "api_calls", "sum", Some("calls")).await;
+    let price = metered_price(
+        &app,
+        &key,
+        "api_calls",
+        json!({"type": "per_unit", "unit_amount": 3}),
+    )
+    .await;
+    let plan = monthly_plan(&app, &key, "Base", None).await;
+    let coupon = json_of(
+        app.post(
+            "/api/v1/coupons",
+            &key,
+            &json!({"percent_off_bps": 1000, "duration": "forever"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}, {"price": price}],
+               "coupon": coupon["id"]}),
+    )
+    .await;
+    let sub = s(&sub["id"]);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(4))).await;
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "march", "code": "api_calls", "subscription": sub,
+               "timestamp": at(Duration::days(3)), "properties": {"calls": 10}}),
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(31) + Duration::hours(5)),
+    )
+    .await;
+    for (txn, when, calls) in [
+        ("march-late", Duration::days(30), 1),
+        ("april", Duration::days(31) + Duration::hours(4), 20),
+    ] {
+        record(
+            &app,
+            &key,
+            json!({"transaction_id": txn, "code": "api_calls", "subscription": sub,
+                   "timestamp": at(when), "properties": {"calls": calls}}),
+        )
+        .await;
+    }
+    let draft = &invoices_of(&app, &key, &sub).await[1];
+    assert_eq!(draft["status"], "draft", "{draft}");
+    assert_eq!(draft["total"], 1530 - 153, "{draft}");
+    json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{sub}/cancel"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // March's draft is finalized with March's usage (April's plan kept, the discount over
+    // both: 10% of 1,500 + 33); the final invoice bills April's usage.
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices.len(), 3, "{invoices:?}");
+    assert_ne!(invoices[1]["status"], "draft", "{}", invoices[1]);
+    assert_eq!(
+        lines_by_price(&invoices[1])[&price],
+        (11, 33),
+        "{}",
+        invoices[1]
+    );
+    assert_eq!(invoices[1]["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(invoices[1]["subtotal"], 1533, "{}", invoices[1]);
+    assert_eq!(invoices[1]["discount"], 153);
+    assert_eq!(invoices[1]["total"], 1380);
+    assert_eq!(
+        lines_by_price(&invoices[2])[&price],
+        (20, 60),
+        "{}",
+        invoices[2]
+    );
+    // The finalizing job, when its time comes, changes nothing.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(Duration::days(32) + Duration::hours(6)),
+    )
+    .await;
+    let after = invoices_of(&app, &key, &sub).await;
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[1]["total"], 1380);
+    assert_eq!(after[1]["status"], "paid", "{}", after[1]);
+    assert_eq!(
+        events_about(&app, &key, "invoice.finalized", &after[1]).await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_change_of_items_while_the_renewal_is_a_draft_finalizes_it_first() {
+    let app = spawn_app().await;
+    let t = app.register("usage-grace-change@acme.com").await;
+    let key = t.sk_test();
+    grace_period(&app, &key, 6).await;
+    let (clock, _, sub, price) = metered_subscription(&app, &key).await;
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(31))).await;
+    record(
+        &app,
+        &key,
+        json!({"transaction_id": "late", "code": "api_calls", "subscription": sub,
+               "timestamp": at(Duration::days(30)), "properties": {"calls": 4}}),
+    )
+    .await;
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices[1]["status"], "draft", "{}", invoices[1]);
+    let plan = monthly_plan(&app, &key, "Base", None).await;
+    json_of(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/subscriptions/{sub}"),
+            &key,
+            Some(&json!({"items": [{"plan": plan}], "proration_behavior": "none"})),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let invoices = invoices_of(&app, &key, &sub).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    assert_ne!(invoices[1]["status"], "draft", "{}", invoices[1]);
+    assert_eq!(
+        lines_by_price(&invoices[1])[&price],
+        (4, 12),
+        "{}",
+        invoices[1]
+    );
 }

@@ -21,6 +21,7 @@ pub mod dunning;
 pub mod events;
 pub mod idempotency;
 pub mod invoice_numbers;
+pub mod invoice_settings;
 pub mod invoices;
 pub mod pagination;
 pub mod plans;

@@ -56,6 +56,9 @@ pub struct SubscriptionRow {
     /// Usage before this instant is invoiced (set by every period invoice): usage events for
     /// it are refused. `None`: no period invoiced yet.
     pub usage_billed_until: Option<DateTime<Utc>>,
+    /// Usage before this instant is on the renewal invoice of the period starting then, still
+    /// a draft: it is billed (and `usage_billed_until` moves here) when that is finalized.
+    pub usage_draft_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -138,7 +141,7 @@ const COLUMNS: &str = "id, tenant_id, livemode, customer_id, status, currency, i
     current_period_end, trial_start, trial_end, collection_method, days_until_due, \
     proration_behavior, cancel_at_period_end, canceled_at, ended_at, latest_invoice_id, \
     metadata, test_clock_id, coupon_id, coupon_redeemed_at, coupon_invoices, created_at, \
-    updated_at, bundle_id, bundle_discount_bps, usage_billed_until";
+    updated_at, bundle_id, bundle_discount_bps, usage_billed_until, usage_draft_until";
 
 /// Inserts a subscription as the row describes it (its id, times and all).
 pub async fn insert(
@@ -153,9 +156,9 @@ pub async fn insert(
          days_until_due, proration_behavior, cancel_at_period_end, canceled_at, ended_at, \
          latest_invoice_id, metadata, created_at, updated_at, test_clock_id, coupon_id, \
          coupon_redeemed_at, coupon_invoices, bundle_id, bundle_discount_bps, \
-         usage_billed_until) \
+         usage_billed_until, usage_draft_until) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)",
     )
     .bind(s.id)
     .bind(scope.tenant_id())
@@ -189,6 +192,7 @@ pub async fn insert(
     .bind(s.bundle_id)
     .bind(s.bundle_discount_bps)
     .bind(s.usage_billed_until)
+    .bind(s.usage_draft_until)
     .execute(conn)
     .await?;
     Ok(())
@@ -233,14 +237,15 @@ pub async fn save_many(conn: &mut PgConnection, subs: &[&SubscriptionRow]) -> Re
          trial_end = u.trial_end, cancel_at_period_end = u.cancel, canceled_at = u.canceled_at, \
          ended_at = u.ended_at, latest_invoice_id = u.latest, metadata = u.metadata, \
          proration_behavior = u.proration, updated_at = u.updated_at, \
-         coupon_invoices = u.coupon_invoices, usage_billed_until = u.usage_billed_until \
+         coupon_invoices = u.coupon_invoices, usage_billed_until = u.usage_billed_until, \
+         usage_draft_until = u.usage_draft_until \
          FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::timestamptz[], \
          $6::int[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bool[], \
          $11::timestamptz[], $12::timestamptz[], $13::uuid[], $14::jsonb[], $15::text[], \
-         $16::timestamptz[], $17::int[], $18::timestamptz[]) \
+         $16::timestamptz[], $17::int[], $18::timestamptz[], $19::timestamptz[]) \
          AS u(id, tenant_id, livemode, status, anchor, idx, period_start, period_end, trial_end, \
          cancel, canceled_at, ended_at, latest, metadata, proration, updated_at, coupon_invoices, \
-         usage_billed_until) \
+         usage_billed_until, usage_draft_until) \
          WHERE s.tenant_id = u.tenant_id AND s.livemode = u.livemode AND s.id = u.id",
     )
     .bind(&ids)
@@ -261,6 +266,7 @@ pub async fn save_many(conn: &mut PgConnection, subs: &[&SubscriptionRow]) -> Re
     .bind(col(|s| Some(s.updated_at)))
     .bind(&coupon_invoices)
     .bind(col(|s| s.usage_billed_until))
+    .bind(col(|s| s.usage_draft_until))
     .execute(conn)
     .await?;
     if done.rows_affected() != subs.len() as u64 {

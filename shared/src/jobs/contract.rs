@@ -40,6 +40,12 @@ pub enum Job {
     /// subscription past due, dunning's final action after the policy's waits). One per
     /// invoice.
     InvoiceOverdue { invoice: InvoiceId },
+    /// Finalize a renewal invoice kept a draft for its tenant's grace period, at `at` (when the
+    /// grace period ends), billing the usage recorded meanwhile. One per invoice.
+    FinalizeInvoice {
+        invoice: InvoiceId,
+        at: DateTime<Utc>,
+    },
     /// Close a subscription's period that starts at `period_start`: one job per (subscription,
     /// period), so a period is renewed once.
     RenewSubscription {
@@ -91,6 +97,7 @@ impl Job {
     pub const PAY_INVOICE: &'static str = "invoice.pay";
     pub const END_DUNNING: &'static str = "invoice.end_dunning";
     pub const INVOICE_OVERDUE: &'static str = "invoice.overdue";
+    pub const FINALIZE_INVOICE: &'static str = "invoice.finalize";
     pub const RENEW_SUBSCRIPTION: &'static str = "subscription.renew";
     pub const EXPIRE_INCOMPLETE: &'static str = "subscription.expire_incomplete";
     pub const TRIAL_WILL_END: &'static str = "subscription.trial_will_end";
@@ -122,6 +129,7 @@ impl Job {
             Job::PayInvoice { .. } => Self::PAY_INVOICE,
             Job::EndDunning { .. } => Self::END_DUNNING,
             Job::InvoiceOverdue { .. } => Self::INVOICE_OVERDUE,
+            Job::FinalizeInvoice { .. } => Self::FINALIZE_INVOICE,
             Job::RenewSubscription { .. } => Self::RENEW_SUBSCRIPTION,
             Job::ExpireIncomplete { .. } => Self::EXPIRE_INCOMPLETE,
             Job::TrialWillEnd { .. } => Self::TRIAL_WILL_END,
@@ -138,6 +146,7 @@ impl Job {
             Job::PayInvoice { .. }
             | Job::EndDunning { .. }
             | Job::InvoiceOverdue { .. }
+            | Job::FinalizeInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -178,7 +187,9 @@ impl Job {
                 window.timestamp()
             ),
             Job::RefundPayment { refund } => format!("{}:{}", self.kind(), refund.as_uuid()),
-            Job::InvoiceOverdue { invoice } => format!("{}:{}", self.kind(), invoice.as_uuid()),
+            Job::InvoiceOverdue { invoice } | Job::FinalizeInvoice { invoice, .. } => {
+                format!("{}:{}", self.kind(), invoice.as_uuid())
+            }
             Job::AdvanceTestClock { clock, to } => {
                 format!("{}:{}:{}", self.kind(), clock.as_uuid(), to.timestamp())
             }
@@ -203,6 +214,7 @@ impl Job {
             | Job::PayInvoice { .. }
             | Job::EndDunning { .. }
             | Job::InvoiceOverdue { .. }
+            | Job::FinalizeInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
@@ -241,6 +253,9 @@ impl Job {
             }),
             Job::RefundPayment { refund } => json!({ "refund_id": refund.to_string() }),
             Job::InvoiceOverdue { invoice } => json!({ "invoice_id": invoice.to_string() }),
+            Job::FinalizeInvoice { invoice, at } => {
+                json!({ "invoice_id": invoice.to_string(), "at": at.to_rfc3339() })
+            }
             Job::AdvanceTestClock { clock, to } => {
                 json!({ "test_clock_id": clock.to_string(), "to": to.to_rfc3339() })
             }
@@ -347,11 +362,20 @@ impl Job {
                     period_start,
                 })
             }
-            Self::INVOICE_OVERDUE => payload["invoice_id"]
-                .as_str()
-                .and_then(|s| InvoiceId::parse(s).ok())
-                .map(|invoice| Job::InvoiceOverdue { invoice })
-                .ok_or_else(|| bad("invoice_id")),
+            Self::INVOICE_OVERDUE | Self::FINALIZE_INVOICE => {
+                let invoice = payload["invoice_id"]
+                    .as_str()
+                    .and_then(|s| InvoiceId::parse(s).ok())
+                    .ok_or_else(|| bad("invoice_id"))?;
+                Ok(if kind == Self::INVOICE_OVERDUE {
+                    Job::InvoiceOverdue { invoice }
+                } else {
+                    Job::FinalizeInvoice {
+                        invoice,
+                        at: time("at")?,
+                    }
+                })
+            }
             Self::EXPIRE_INCOMPLETE => Ok(Job::ExpireIncomplete {
                 subscription: subscription()?,
             }),
@@ -423,6 +447,10 @@ mod tests {
             },
             Job::InvoiceOverdue {
                 invoice: InvoiceId::from_uuid(id),
+            },
+            Job::FinalizeInvoice {
+                invoice: InvoiceId::from_uuid(id),
+                at: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
             },
             Job::RenewSubscription {
                 subscription: SubscriptionId::from_uuid(id),

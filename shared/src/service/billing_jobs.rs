@@ -56,6 +56,11 @@ pub async fn run(
             dunning::overdue(&mut uow, scope, *invoice).await?;
             uow.commit().await?;
         }
+        Job::FinalizeInvoice { invoice, at } => {
+            let mut uow = UnitOfWork::begin(pool, clock).await?;
+            super::renewals::finalize_draft(&mut uow, scope, *invoice, Some(*at)).await?;
+            uow.commit().await?;
+        }
         Job::CheckUsageLimits { subscription, .. } => {
             let mut uow = UnitOfWork::begin(pool, clock).await?;
             usage_limits::check_in(&mut uow, scope, *subscription).await?;

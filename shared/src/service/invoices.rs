@@ -177,6 +177,8 @@ pub async fn invoice_period(
     {
         return Ok((existing, false));
     }
+    // A renewal invoice still a draft bills the usage before its period first.
+    super::renewals::finalize_held(uow, scope, sub).await?;
     let id = InvoiceId::new();
     let mut lines = period_lines(id, items, period)?;
     let usage = super::usage::Billable {
@@ -548,6 +550,18 @@ pub(crate) async fn use_balance(
     )
     .await?;
     Ok(())
+}
+
+/// Sets the totals a draft of `totals` shows until it is finalized (the customer's credit is
+/// applied then).
+pub(crate) fn show_totals(invoice: &mut InvoiceRow, totals: &Totals, now: DateTime<Utc>) {
+    invoice.subtotal = totals.subtotal;
+    invoice.discount = totals.discount;
+    invoice.tax = totals.tax;
+    invoice.total = totals.total;
+    invoice.amount_due = totals.amount_due;
+    invoice.amount_remaining = totals.amount_due;
+    invoice.updated_at = now;
 }
 
 /// Sets what finalizing gives an invoice of `totals` at `now`: its status (paid when nothing

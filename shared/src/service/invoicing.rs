@@ -41,7 +41,34 @@ use crate::{
 /// What the operations of this module take and return.
 pub use crate::db::invoices::{ItemFilter as InvoiceItemFilter, PendingLine as InvoiceItemRow};
 
+pub use crate::db::invoice_settings::{InvoiceSettings, MAX_GRACE_PERIOD_HOURS};
+
 const ITEM: &str = "invoice item";
+
+/// The invoicing settings of a tenant's mode (no grace period until set).
+pub async fn get_settings(pool: &PgPool, scope: Scope) -> ServiceResult<InvoiceSettings> {
+    let mut conn = pool.acquire().await.map_err(db::DbError::from)?;
+    Ok(db::invoice_settings::get(&mut conn, scope).await?)
+}
+
+/// Sets the grace period of a tenant's mode: how long a renewal invoice that bills usage stays
+/// a draft after its period ends (usage for that period is recorded until it is finalized).
+/// Renewals from now on follow it; a draft already made keeps its time.
+pub async fn set_settings(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    grace_period_hours: u8,
+) -> ServiceResult<InvoiceSettings> {
+    if grace_period_hours > MAX_GRACE_PERIOD_HOURS {
+        return Err(ServiceError::invalid(
+            "grace_period_hours",
+            format!("must be 0 to {MAX_GRACE_PERIOD_HOURS}"),
+        ));
+    }
+    let now = uow.now();
+    db::invoice_settings::set(uow.conn(), scope, grace_period_hours, now).await?;
+    Ok(db::invoice_settings::get(uow.conn(), scope).await?)
+}
 
 /// What an item charges (negative: a credit).
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +107,23 @@ async fn now_for(
         Some(t) => t,
         None => uow.now(),
     })
+}
+
+/// Refuses to change a subscription's renewal draft by hand: its lines are its period's and
+/// its usage's, and it is finalized at the end of its grace period (or by finalizing it).
+fn refuse_renewal_draft(invoice: &db::invoices::InvoiceRow) -> ServiceResult<()> {
+    match invoice.subscription_id {
+        Some(sub) => Err(ServiceError::conflict(
+            "invoice_not_editable",
+            format!(
+                "Invoice {} is subscription {sub}'s renewal, a draft until its grace period \
+                 ends: its items cannot change (a pending item goes on the next invoice), and \
+                 it can be finalized but not deleted.",
+                invoice.id
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn not_draft(invoice: &db::invoices::InvoiceRow) -> ServiceError {
@@ -203,6 +247,7 @@ pub async fn create_item(
         if invoice.status != InvoiceStatus::Draft {
             return Err(not_draft(&invoice));
         }
+        refuse_renewal_draft(&invoice)?;
         draft = Some(invoice);
     }
     let item = PendingLine {
@@ -304,6 +349,9 @@ pub async fn delete_item(
                 invoice.id, invoice.status
             ),
         ));
+    }
+    if let Some(invoice) = &draft {
+        refuse_renewal_draft(invoice)?;
     }
     db::invoices::delete_item(uow.conn(), scope, id).await?;
     if let Some(mut invoice) = draft {
@@ -420,8 +468,8 @@ async fn refresh_draft(
         invoices::split_discount(&mut lines, off, currency);
     }
     let taxed = tax_rates::taxed_totals(uow, scope, invoice.customer_id, &lines, 0).await?;
-    let totals = taxed.totals;
     invoice.tax_amounts = taxed.tax_amounts;
+    invoices::show_totals(invoice, &taxed.totals, uow.now());
     invoice.period_start = items
         .iter()
         .map(|i| i.period_start)
@@ -432,13 +480,6 @@ async fn refresh_draft(
         .map(|i| i.period_end)
         .max()
         .unwrap_or(invoice.created_at);
-    invoice.subtotal = totals.subtotal;
-    invoice.discount = totals.discount;
-    invoice.tax = totals.tax;
-    invoice.total = totals.total;
-    invoice.amount_due = totals.amount_due;
-    invoice.amount_remaining = totals.amount_due;
-    invoice.updated_at = uow.now();
     db::invoices::delete_lines(uow.conn(), scope, invoice.id).await?;
     db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
     db::invoices::save(uow.conn(), scope, invoice).await?;
@@ -458,6 +499,10 @@ pub async fn finalize_invoice(
     scope: Scope,
     id: InvoiceId,
 ) -> ServiceResult<InvoiceView> {
+    // A renewal kept a draft for its grace period bills its usage recorded so far.
+    if let Some(view) = super::renewals::finalize_draft(uow, scope, id, None).await? {
+        return Ok(view);
+    }
     let mut invoice = db::invoices::lock(uow.conn(), scope, id)
         .await
         .map_err(ServiceError::not_found("invoice"))?;
@@ -465,6 +510,12 @@ pub async fn finalize_invoice(
         .status
         .apply(InvoiceTransition::Finalize)
         .map_err(illegal)?;
+    if invoice.subscription_id.is_some() {
+        // Every draft of a subscription is a renewal holding its usage, finalized above.
+        return Err(ServiceError::internal(
+            "a subscription's draft that holds no usage",
+        ));
+    }
     now_for(uow, scope, invoice.customer_id).await?;
     let lines = db::invoices::lines(uow.conn(), scope, &[id.as_uuid()]).await?;
     let days = invoice.days_until_due;
@@ -514,6 +565,7 @@ pub async fn delete_draft(
             ),
         ));
     }
+    refuse_renewal_draft(&invoice)?;
     let lines = db::invoices::lines(uow.conn(), scope, &[id.as_uuid()]).await?;
     db::invoices::release_items(uow.conn(), scope, id, false).await?;
     db::invoices::delete_lines(uow.conn(), scope, id).await?;

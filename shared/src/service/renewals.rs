@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::{
-    ServiceError, ServiceResult, events, invoices,
+    ServiceError, ServiceResult, events,
+    invoices::{self, InvoiceView},
     subscriptions::{self, Closing, Renewal, SubscriptionView},
     tax_rates, usage,
 };
@@ -32,7 +33,7 @@ use crate::{
     },
     domain::{customer::InvoicePrefix, invoice::InvoiceStatus, period::Period},
     ids::{CouponId, CustomerId, InvoiceId, InvoiceItemId, SubscriptionId, TenantId},
-    jobs,
+    jobs::{self, Job},
     tenancy::Scope,
     uow::UnitOfWork,
 };
@@ -81,6 +82,10 @@ pub async fn renew_many(
             answers[i] = Some(Renewal::Stale);
             continue;
         };
+        // A renewal invoice still a draft holds the usage before this period: billed first.
+        if sub.usage_draft_until.is_some() {
+            finalize_held(uow, scope, &mut sub).await?;
+        }
         match subscriptions::close_period(uow, scope, &mut sub, period_end).await? {
             Closing::Done(renewal) => answers[i] = Some(renewal),
             Closing::Invoice => due.push(Due { at: i, scope, sub }),
@@ -206,18 +211,22 @@ async fn read(uow: &mut UnitOfWork, due: &[Due]) -> ServiceResult<Reads> {
     })
 }
 
-/// An invoice made in a round, with its lines and the waiting lines it took.
+/// An invoice made in a round, with its lines and the waiting lines it took; a draft is
+/// finalized at `finalize_at`.
 struct Made {
     scope: Scope,
     invoice: InvoiceRow,
     lines: Vec<LineRow>,
     taken: Vec<InvoiceItemId>,
+    finalize_at: Option<DateTime<Utc>>,
 }
 
 /// Invoices the new periods of `due` (at most one per customer), saves the subscriptions and
 /// queues their next renewals and first charges, and records the events invoicing one period
 /// records, in this order for each: `invoice.created`, `invoice.finalized` (`invoice.paid` when
-/// nothing is due), `customer.subscription.updated`. A period already invoiced gets nothing new.
+/// nothing is due), `customer.subscription.updated`; an invoice kept a draft for its grace
+/// period gets `invoice.created` and its `invoice.finalize` job instead of the others but the
+/// last. A period already invoiced gets nothing new.
 async fn invoice_periods(
     uow: &mut UnitOfWork,
     due: Vec<Due>,
@@ -225,6 +234,7 @@ async fn invoice_periods(
     let now = uow.now();
     let mut reads = read(uow, &due).await?;
     let mut usage = bill_usage(uow, &reads, &due).await?;
+    let graces = grace_periods(uow, &usage, &due).await?;
     let mut made: Vec<Made> = Vec::new();
     let mut done: Vec<(Due, InvoiceId, bool)> = Vec::with_capacity(due.len());
     for mut d in due {
@@ -235,7 +245,8 @@ async fn invoice_periods(
         let (id, used) = usage
             .remove(&d.sub.id)
             .unwrap_or_else(|| (InvoiceId::new(), Vec::new()));
-        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, now, id, used).await?;
+        let grace = graces.get(&d.sub.id).copied();
+        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, id, used, grace).await?;
         done.push((d, m.invoice.id, true));
         made.push(m);
     }
@@ -271,6 +282,24 @@ async fn invoice_periods(
         if let Some(m) = invoices_by_id.get(invoice).filter(|_| *fresh) {
             let json = m.invoice.to_json(&m.lines);
             recorded.push((d.scope, NewEvent::new("invoice.created", json.clone())));
+            if let Some(at) = m.finalize_at {
+                let finalize = Job::FinalizeInvoice {
+                    invoice: *invoice,
+                    at,
+                };
+                jobs.push(subscriptions::on_clock(
+                    finalize.to_new(Some(d.scope), at),
+                    &d.sub,
+                ));
+                recorded.push((
+                    d.scope,
+                    NewEvent::new(
+                        "customer.subscription.updated",
+                        subscription_json(d, &reads),
+                    ),
+                ));
+                continue;
+            }
             recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
             if m.invoice.status == InvoiceStatus::Paid {
                 recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
@@ -284,13 +313,12 @@ async fn invoice_periods(
                 }
             }
         }
-        let view = SubscriptionView {
-            subscription: d.sub.clone(),
-            items: reads.items.remove(&d.sub.id).unwrap_or_default(),
-        };
         recorded.push((
             d.scope,
-            NewEvent::new("customer.subscription.updated", view.to_json()),
+            NewEvent::new(
+                "customer.subscription.updated",
+                subscription_json(d, &reads),
+            ),
         ));
     }
     let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
@@ -309,6 +337,43 @@ async fn invoice_periods(
             };
             (d.at, renewal)
         })
+        .collect())
+}
+
+/// A subscription as `customer.subscription.updated` tells of it.
+fn subscription_json(d: &Due, reads: &Reads) -> serde_json::Value {
+    SubscriptionView {
+        subscription: d.sub.clone(),
+        items: reads.items.get(&d.sub.id).cloned().unwrap_or_default(),
+    }
+    .to_json()
+}
+
+/// The grace periods (hours) of the new periods of `due` whose invoices bill usage (`usage`:
+/// their usage lines, [`bill_usage`]), in tenants' modes that set one (in one statement):
+/// those invoices are drafts until then.
+async fn grace_periods(
+    uow: &mut UnitOfWork,
+    usage: &HashMap<SubscriptionId, (InvoiceId, Vec<LineRow>)>,
+    due: &[Due],
+) -> ServiceResult<HashMap<SubscriptionId, u8>> {
+    let metered: Vec<&Due> = due
+        .iter()
+        .filter(|d| usage.get(&d.sub.id).is_some_and(|(_, l)| !l.is_empty()))
+        .collect();
+    if metered.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut scopes: Vec<Scope> = metered.iter().map(|d| d.scope).collect();
+    scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
+    scopes.dedup();
+    let graces: HashMap<Scope, u8> = db::invoice_settings::grace_periods(uow.conn(), &scopes)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(metered
+        .iter()
+        .filter_map(|d| graces.get(&d.scope).map(|h| (d.sub.id, *h)))
         .collect())
 }
 
@@ -344,16 +409,20 @@ async fn bill_usage(
 /// Makes the invoice of `sub`'s current period from what was read (as
 /// [`invoices::invoice_period`] does for one): the items' lines less the subscription's
 /// discounts, then the lines waiting for it and its customer's one-off items, taxed, with the
-/// customer's credit applied (recorded in its balance now), numbered at the commit.
+/// customer's credit applied (recorded in its balance now), numbered at the commit. With a
+/// `grace` period (hours) it is a draft until then instead, its usage lines what is recorded so
+/// far: usage for the period before is still recorded, and billed when it is finalized
+/// ([`finalize_held`]).
 async fn invoice_period(
     uow: &mut UnitOfWork,
     reads: &mut Reads,
     sub: &mut SubscriptionRow,
     scope: Scope,
-    now: DateTime<Utc>,
     id: InvoiceId,
     usage: Vec<LineRow>,
+    grace: Option<u8>,
 ) -> ServiceResult<Made> {
+    let now = uow.now();
     let period = Period {
         start: sub.current_period_start,
         end: sub.current_period_end,
@@ -361,8 +430,13 @@ async fn invoice_period(
     let items = reads.items.get(&sub.id).map_or(&[][..], Vec::as_slice);
     let mut lines = invoices::period_lines(id, items, period)?;
     lines.extend(usage);
-    // Usage before the period is on this invoice (or was free): events for it are refused.
-    sub.usage_billed_until = sub.usage_billed_until.max(Some(period.start));
+    let finalize_at = grace.map(|hours| period.start + chrono::Duration::hours(i64::from(hours)));
+    if finalize_at.is_some() {
+        sub.usage_draft_until = Some(period.start);
+    } else {
+        // Usage before the period is on this invoice (or was free): events for it are refused.
+        sub.usage_billed_until = sub.usage_billed_until.max(Some(period.start));
+    }
     if invoices::apply_bundle(sub, &mut lines)?
         && let Some(coupon) = sub.coupon_id.and_then(|c| reads.coupons.get(&c))
     {
@@ -377,7 +451,13 @@ async fn invoice_period(
         .get(&sub.customer_id)
         .ok_or(ServiceError::NotFound("customer"))?;
     let rates = reads.rates.get(&customer.id).map_or(&[][..], Vec::as_slice);
-    let taxed = tax_rates::taxed(rates, &lines, customer.balance)?;
+    // A draft takes the customer's credit when it is finalized.
+    let balance = if finalize_at.is_some() {
+        0
+    } else {
+        customer.balance
+    };
+    let taxed = tax_rates::taxed(rates, &lines, balance)?;
     let prefix = match invoices::own_prefix(customer) {
         Some(p) => p,
         None => {
@@ -390,9 +470,13 @@ async fn invoice_period(
     };
     let mut invoice = invoices::blank_of(scope, id, sub, "subscription_cycle", period, now);
     invoice.tax_amounts = taxed.tax_amounts;
-    invoices::use_balance(uow, scope, customer.id, id, &taxed.totals).await?;
-    uow.number_at_commit(scope, prefix, id);
-    invoices::settle(&mut invoice, &taxed.totals, now, sub.days_until_due);
+    if finalize_at.is_some() {
+        invoices::show_totals(&mut invoice, &taxed.totals, now);
+    } else {
+        invoices::use_balance(uow, scope, customer.id, id, &taxed.totals).await?;
+        uow.number_at_commit(scope, prefix, id);
+        invoices::settle(&mut invoice, &taxed.totals, now, sub.days_until_due);
+    }
     if sub.coupon_id.is_some() {
         // One more period invoice since the redemption (saved with the subscription).
         sub.coupon_invoices = sub.coupon_invoices.saturating_add(1);
@@ -402,5 +486,137 @@ async fn invoice_period(
         invoice,
         lines,
         taken: pending.iter().map(|p| p.id).collect(),
+        finalize_at,
     })
+}
+
+/// Finalizes a renewal invoice kept a draft for its grace period (an `invoice.finalize` job
+/// due `at`, or the tenant finalizing it): see [`finalize_held`]. `None` when it is not such a
+/// draft (any more): a job for it is then stale. A job run before its time (another host's
+/// clock) is an error, so that it runs again when due.
+pub async fn finalize_draft(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    id: InvoiceId,
+    at: Option<DateTime<Utc>>,
+) -> ServiceResult<Option<InvoiceView>> {
+    let unlocked = db::invoices::get(uow.conn(), scope, id)
+        .await
+        .map_err(ServiceError::not_found("invoice"))?;
+    let Some(sub) = unlocked.subscription_id else {
+        return Ok(None);
+    };
+    // The subscription first, as every change of its invoices does.
+    let mut sub = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+    if unlocked.status != InvoiceStatus::Draft
+        || sub.usage_draft_until != Some(unlocked.period_start)
+    {
+        return Ok(None);
+    }
+    subscriptions::at_clock_time(uow, scope, sub.customer_id).await?;
+    if let Some(at) = at.filter(|at| uow.now() < *at) {
+        return Err(subscriptions::not_due(at));
+    }
+    finalize_held(uow, scope, &mut sub).await
+}
+
+/// Finalizes the renewal invoice of `sub` (locked) that is still a draft holding its usage
+/// (`usage_draft_until`), and saves `sub`: its usage lines are measured again, with what was
+/// recorded since the draft was made, its discounts applied again over them, then it is
+/// finalized as a renewal invoice is made at once (the customer's credit, the next number,
+/// `invoice.finalized`, its first charge). Usage before its period is then refused.
+pub(crate) async fn finalize_held(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &mut SubscriptionRow,
+) -> ServiceResult<Option<InvoiceView>> {
+    let Some(until) = sub.usage_draft_until.take() else {
+        return Ok(None);
+    };
+    let now = uow.now();
+    let draft = match db::invoices::of_period(uow.conn(), scope, sub.id, until).await? {
+        Some(found) => Some(db::invoices::lock(uow.conn(), scope, found.id).await?),
+        None => None,
+    };
+    let made = match draft.filter(|d| d.status == InvoiceStatus::Draft) {
+        Some(mut invoice) => {
+            let lines = held_lines(uow, scope, sub, &invoice, until).await?;
+            invoices::finalize_row(uow, scope, &mut invoice, &lines, sub.days_until_due).await?;
+            db::invoices::delete_lines(uow.conn(), scope, invoice.id).await?;
+            db::invoices::insert_lines(uow.conn(), scope, &lines).await?;
+            db::invoices::save(uow.conn(), scope, &invoice).await?;
+            let json = invoice.to_json(&lines);
+            events::record(uow, scope, "invoice.finalized", json.clone()).await?;
+            if invoice.status == InvoiceStatus::Paid {
+                events::record(uow, scope, "invoice.paid", json).await?;
+            }
+            if let Some(charge) = subscriptions::first_charge(scope, sub, &invoice, now) {
+                jobs::enqueue(uow.conn(), &[charge], now).await?;
+            }
+            Some(InvoiceView { invoice, lines })
+        }
+        None => None,
+    };
+    // Usage before the period is on its invoice now: events for it are refused.
+    sub.usage_billed_until = sub.usage_billed_until.max(Some(until));
+    sub.updated_at = now;
+    db::subscriptions::save(uow.conn(), scope, sub).await?;
+    Ok(made)
+}
+
+/// The lines of a held renewal `invoice` once finalized: its items' lines (the lines of its
+/// period), its usage up to `until` measured now, the subscription's discounts over both as
+/// when it was made, then the waiting lines it took, as they were.
+async fn held_lines(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    sub: &SubscriptionRow,
+    invoice: &InvoiceRow,
+    until: DateTime<Utc>,
+) -> ServiceResult<Vec<LineRow>> {
+    let lines = db::invoices::lines(uow.conn(), scope, &[invoice.id.as_uuid()]).await?;
+    let taken = db::invoices::items_of(uow.conn(), scope, invoice.id).await?;
+    // The waiting lines come last; before them, the period's lines, then its usage (whose
+    // windows end by the period's start).
+    let (own, waiting) = lines.split_at(lines.len().saturating_sub(taken.len()));
+    let mut line_amounts: Vec<i64> = waiting.iter().map(|l| l.amount).collect();
+    let mut item_amounts: Vec<i64> = taken.iter().map(|t| t.amount).collect();
+    line_amounts.sort_unstable();
+    item_amounts.sort_unstable();
+    if line_amounts != item_amounts {
+        return Err(ServiceError::internal(format!(
+            "the last lines of renewal draft {} are not the items it took",
+            invoice.id
+        )));
+    }
+    let mut out: Vec<LineRow> = own
+        .iter()
+        .filter(|l| l.period_end > invoice.period_start)
+        .cloned()
+        .map(|mut l| {
+            l.discount_amount = 0;
+            l
+        })
+        .collect();
+    let usage = usage::Billable {
+        scope,
+        sub,
+        until,
+        invoice: invoice.id,
+        position: out.len(),
+    };
+    out.extend(usage::bill(uow, &[usage]).await?.concat());
+    let period = Period {
+        start: invoice.period_start,
+        end: invoice.period_end,
+    };
+    // The coupon's count of invoices already counts this one.
+    let mut as_made = sub.clone();
+    as_made.coupon_invoices = as_made.coupon_invoices.saturating_sub(1).max(0);
+    invoices::discount(uow, scope, &as_made, &mut out, period).await?;
+    out.extend(waiting.iter().cloned());
+    for (i, line) in out.iter_mut().enumerate() {
+        line.position = i32::try_from(i).map_err(ServiceError::internal)?;
+    }
+    Ok(out)
 }

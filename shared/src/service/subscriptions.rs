@@ -320,7 +320,7 @@ pub(crate) fn first_charge(
 }
 
 /// A job about `sub` waits for its test clock's time, when it has a clock.
-fn on_clock(job: jobs::NewJob, sub: &SubscriptionRow) -> jobs::NewJob {
+pub(crate) fn on_clock(job: jobs::NewJob, sub: &SubscriptionRow) -> jobs::NewJob {
     job.on_clock(sub.test_clock_id.map(|c| c.as_uuid()))
 }
 
@@ -498,6 +498,7 @@ pub async fn create_subscription(
         bundle_id: bundle.as_ref().map(|b| b.id),
         bundle_discount_bps: bundle.as_ref().map_or(0, |b| b.discount_bps),
         usage_billed_until: None,
+        usage_draft_until: None,
         created_at: now,
         updated_at: now,
     };
@@ -780,6 +781,8 @@ async fn final_invoice(
     sub: &mut SubscriptionRow,
     ends: Option<DateTime<Utc>>,
 ) -> ServiceResult<()> {
+    // A renewal invoice still a draft bills the usage before its period first.
+    super::renewals::finalize_held(uow, scope, sub).await?;
     if let Some(invoice) = invoices::invoice_pending(uow, scope, sub, ends).await? {
         sub.latest_invoice_id = Some(invoice.id);
         queue_charge(uow, scope, sub, &invoice).await?;
@@ -993,7 +996,7 @@ pub(crate) async fn close_period(
 }
 
 /// A job that ran before its time: an error, so that it runs again rather than being done.
-fn not_due(at: DateTime<Utc>) -> ServiceError {
+pub(crate) fn not_due(at: DateTime<Utc>) -> ServiceError {
     ServiceError::conflict("not_due", format!("not due before {}", at.to_rfc3339()))
 }
 
@@ -1141,6 +1144,9 @@ pub async fn change_items(
             "must list at least one change",
         ));
     }
+    // A renewal invoice still a draft is finalized first: what a change credits is what the
+    // period's invoice finally billed.
+    super::renewals::finalize_held(uow, scope, &mut sub).await?;
     let at = change.proration_date.map_or(now, |d| d.trunc_subsecs(0));
     if at < sub.current_period_start || at > now.max(sub.current_period_start) {
         return Err(ServiceError::invalid(

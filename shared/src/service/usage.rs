@@ -10,7 +10,9 @@
 //! - Metered items are billed in arrears: each invoice of a subscription's period bills the
 //!   usage from where its invoiced usage ended up to the new period's start, and events before
 //!   that instant are then refused, naming it (the subscription is share-locked while events
-//!   are recorded, so an event is either on the invoice or refused, never neither). Usage
+//!   are recorded, so an event is either on the invoice or refused, never neither). A renewal
+//!   kept a draft for the tenant's grace period moves that instant only when it is finalized,
+//!   measuring its usage again then: events for its period count on it meanwhile. Usage
 //!   during a trial is free. Timestamps more than 5 minutes past the subscription's time (its
 //!   test clock's, or now) are refused.
 
@@ -698,7 +700,11 @@ pub struct ItemUsage {
 /// Where a subscription's usage not yet invoiced starts: where its invoiced usage ends (or
 /// its start), and not before its trial's end (usage during a trial is free).
 fn window_start(sub: &SubscriptionRow) -> DateTime<Utc> {
-    let since = sub.usage_billed_until.unwrap_or(sub.created_at);
+    // Usage held by a renewal draft is billed by it.
+    let since = sub
+        .usage_billed_until
+        .max(sub.usage_draft_until)
+        .unwrap_or(sub.created_at);
     sub.trial_end.map_or(since, |end| since.max(end))
 }
 

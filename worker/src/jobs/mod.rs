@@ -25,6 +25,7 @@ pub async fn run_generic(rt: &Runtime, job: &Claimed) -> Finished {
             what @ (Job::PayInvoice { .. }
             | Job::EndDunning { .. }
             | Job::InvoiceOverdue { .. }
+            | Job::FinalizeInvoice { .. }
             | Job::RenewSubscription { .. }
             | Job::ExpireIncomplete { .. }
             | Job::TrialWillEnd { .. }
