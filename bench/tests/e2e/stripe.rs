@@ -1604,3 +1604,95 @@ async fn a_resumed_charge_sends_the_fee_its_attempt_recorded_whatever_the_rate_i
     );
     assert_eq!(intents[0].form["application_fee_amount"], "450");
 }
+
+#[tokio::test]
+async fn a_charge_that_died_waiting_for_its_cards_sync_runs_again_once_the_card_syncs() {
+    let mut fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("pm-sync-late@example.com").await;
+    connect(&api, &fake, &tenant).await;
+    let (status, customer) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/customers",
+            &json!({"name": "Initech"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{customer}");
+    let id = customer["id"].as_str().unwrap().to_owned();
+    let (status, attached) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/customers/{id}/payment-methods"),
+            &json!({"token": "pm_fake_card_1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{attached}");
+    let (status, plan) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/plans",
+            &json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    // Stripe is gone before any worker runs: the card's sync fails, and the first invoice's
+    // charge waits for it.
+    fake.stop().await;
+    let (status, sub) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/subscriptions",
+            &json!({"customer": id, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let invoice = sub["latest_invoice"].as_str().unwrap().to_owned();
+    let worker = env.worker().await;
+    let charge = || async {
+        sqlx::query_as::<_, (String, i32, Option<String>)>(
+            "SELECT state, attempts, last_error FROM jobs WHERE kind = 'invoice.pay'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    wait_for("the charge to wait for the card's sync", LIMIT, || async {
+        let (_, attempts, error) = charge().await;
+        attempts >= 1 && error.is_some_and(|e| e.contains("not attached"))
+    })
+    .await;
+    // Its attempts run out (as they do after half an hour or so): it is dead.
+    wait_for("the charge to die", LIMIT, || async {
+        sqlx::query(
+            "UPDATE jobs SET state = 'dead', finished_at = now() \
+             WHERE kind = 'invoice.pay' AND lease_token IS NULL AND state <> 'dead'",
+        )
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        charge().await.0 == "dead"
+    })
+    .await;
+    // Stripe is back, and the syncs' next tries come now: once the card is attached to its
+    // customer, the charge runs again, once.
+    fake.restart().await;
+    sqlx::query(
+        "UPDATE jobs SET run_at = now() WHERE kind LIKE 'stripe.sync%' AND state = 'pending'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    wait_for("the first invoice to be paid", LIMIT, || async {
+        api.get(&tenant.sk_test, &format!("/api/v1/invoices/{invoice}"))
+            .await["status"]
+            == "paid"
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(charge().await.0, "succeeded");
+    let intents = fake.done("POST", "/v1/payment_intents");
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0].form["payment_method"], "pm_fake_card_1");
+}

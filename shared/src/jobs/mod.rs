@@ -291,6 +291,34 @@ pub async fn run_again(
     .await
 }
 
+/// Makes jobs that no run holds and that died, or wait to be tried again after failing, due
+/// at `at` with their attempts afresh: for work that failed because of something that has
+/// changed since (a charge waiting for its payment method's sync, which is done now). Jobs
+/// still waiting for their first run are left as they are. Locks them in id order, as every
+/// statement on jobs does; returns how many it changed.
+pub async fn revive(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    make_due(
+        conn,
+        ids,
+        at,
+        now,
+        "UPDATE jobs SET run_at = $2, attempts = 0, finished_at = NULL, \
+         billing_run_id = NULL, updated_at = $3, \
+         state = CASE WHEN queue = $4 AND test_clock_id IS NULL AND $2 > $3 \
+             THEN 'scheduled' ELSE 'pending' END \
+         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+         AND lease_token IS NULL \
+         AND (state = 'dead' OR (state = 'pending' AND attempts > 0 AND run_at > $2)) \
+         RETURNING queue, test_clock_id IS NULL",
+    )
+    .await
+}
+
 /// Runs `sql` (an `UPDATE` of jobs `$1` due at `$2`, at `$3`, returning each changed job's
 /// queue and whether it is off any test clock) with the ids in order, and wakes the queues of
 /// jobs due now. `$4` is [`SCHEDULED_QUEUE`]: its jobs due later are `scheduled` (a billing

@@ -1632,6 +1632,35 @@ async fn supersede(
     Ok(())
 }
 
+/// A customer's payment method is attached to its customer at Stripe now (its sync is done):
+/// the charges of its invoices that failed meanwhile, because it was not yet
+/// (`payment_method_not_synced`), run again at once (on its test clock, when it has one),
+/// even those that died of it. A charge not tried yet keeps its time (dunning's next attempt
+/// stays at its time). Returns how many it made due.
+pub async fn charge_after_sync(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    scope: Scope,
+    customer: CustomerId,
+) -> ServiceResult<u64> {
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let ids: Vec<uuid::Uuid> = db::dunning::to_charge(uow.conn(), scope, customer)
+        .await?
+        .into_iter()
+        .map(|(invoice, attempt)| crate::jobs::Job::PayInvoice { invoice, attempt }.id())
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = uow.now();
+    let at = db::test_clocks::of_customer(uow.conn(), scope, customer)
+        .await?
+        .map_or(now, |c| c.frozen_time);
+    let revived = crate::jobs::revive(uow.conn(), &ids, at, now).await?;
+    uow.commit().await?;
+    Ok(revived)
+}
+
 /// Queues charge attempts (`invoice.pay` jobs) of a customer's invoices to run after `wait`
 /// (on its test clock, when it has one): queued, or brought forward, or, when such a job ran
 /// already and found nothing to do then (the attempt before was still waiting for the

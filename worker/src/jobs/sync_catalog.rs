@@ -18,8 +18,9 @@ use shared::{
         interval::Interval,
         pricing::{PriceModel, PriceModelIn},
     },
-    ids::{PlanId, ProductId},
+    ids::{CustomerId, PlanId, ProductId},
     jobs::{Claimed, Finished, Outcome},
+    service::invoices,
     stripe::{CustomerSpec, Failure, PriceSpec, ProductSpec, Scheme},
     tenancy::Scope,
 };
@@ -38,6 +39,8 @@ enum Stop {
     Later,
     Stripe(Failure),
     Db(DbError),
+    /// Synced, but what follows (the charges that waited for it) is not done yet: again.
+    After(shared::service::ServiceError),
 }
 
 impl From<DbError> for Stop {
@@ -120,6 +123,7 @@ pub async fn run(rt: &Runtime, job: &Claimed, what: Synced) -> Finished {
             }
         }
         Err(Stop::Db(e)) => retry(rt, job, e.to_string()),
+        Err(Stop::After(e)) => retry(rt, job, e.to_string()),
     };
     Finished {
         id: job.id,
@@ -470,7 +474,8 @@ async fn sync_payment_method(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
     if pm.stripe_payment_method_id.is_some() {
         let versions = (pm.sync_version, pm.synced_version);
         let run = Run::new(rt, Synced::PaymentMethod, id, key, scope, versions).await?;
-        return run.synced(None).await;
+        run.synced(None).await?;
+        return charge_again(rt, scope, pm.customer_id).await;
     }
     let versions = (pm.sync_version, pm.synced_version);
     let run = Run::new(rt, Synced::PaymentMethod, id, key.clone(), scope, versions).await?;
@@ -490,5 +495,19 @@ async fn sync_payment_method(rt: &Runtime, id: Uuid) -> Result<(), Stop> {
         ))
         .await?;
     catalog_sync::record_stripe_id(&rt.pool, Synced::PaymentMethod, id, &attached).await?;
-    run.synced(Some(&attached)).await
+    run.synced(Some(&attached)).await?;
+    charge_again(rt, scope, pm.customer_id).await
+}
+
+/// The charges of a customer whose payment method is attached at Stripe now, that failed
+/// (or died) because it was not yet, run again ([`invoices::charge_after_sync`]). A failure
+/// is the sync job's: it runs again, finds the method synced, and comes here again.
+async fn charge_again(rt: &Runtime, scope: Scope, customer: CustomerId) -> Result<(), Stop> {
+    let n = invoices::charge_after_sync(&rt.pool, rt.clock.as_ref(), scope, customer)
+        .await
+        .map_err(Stop::After)?;
+    if n > 0 {
+        tracing::info!(%customer, charges = n, "charges waiting for a payment method's sync run again");
+    }
+    Ok(())
 }
