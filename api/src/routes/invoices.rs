@@ -672,7 +672,8 @@ impl InvoicesApi {
     /// Void an invoice
     ///
     /// Nothing is owed on it any more and it is never charged again; customer credit it used
-    /// goes back to the customer.
+    /// goes back to the customer. A subscription `past_due` or `unpaid` whose latest invoice
+    /// it is becomes `active` again (`customer.subscription.updated`), as when it is paid.
     #[oai(
         path = "/api/v1/invoices/:id/void",
         method = "post",

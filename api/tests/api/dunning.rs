@@ -1045,3 +1045,55 @@ async fn a_failed_authentication_after_a_retry_found_the_charge_waiting_is_retri
     assert_eq!(states, [(1, "failed"), (2, "requires_action")], "{made:?}");
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
 }
+
+#[tokio::test]
+async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_ends_dunning() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-void@acme.com").await;
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let first = s(&invoices_of(&app, &key, &sub).await[0]["id"]);
+    let invoice = renewal_invoice(&app, &key, &sub).await;
+    let id = s(&invoice["id"]);
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    // Voiding an invoice that is not its latest changes nothing about it (the paid first one
+    // cannot be voided anyway).
+    assert_problem(
+        app.post(&format!("/api/v1/invoices/{first}/void"), &key, &json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "invalid_invoice_status",
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    let voided = json_of(
+        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(voided["status"], "void");
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    let told = event_objects(&app, &t, false, "customer.subscription.updated").await;
+    assert_eq!(told.last().unwrap()["status"], "active", "{told:?}");
+    // Dunning is over for it: no retry, no final action.
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(20)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+}

@@ -66,6 +66,9 @@ pub enum Transition {
     Resume,
     /// Canceled now (on request, at a scheduled end, or as dunning's final action).
     Cancel,
+    /// The latest invoice, the one it was past due or unpaid for, was voided: nothing is owed
+    /// for it any more.
+    LatestInvoiceVoided,
 }
 
 impl Transition {
@@ -82,6 +85,7 @@ impl Transition {
             Transition::Pause => "pause",
             Transition::Resume => "resume",
             Transition::Cancel => "cancel",
+            Transition::LatestInvoiceVoided => "record a voided latest invoice on",
         }
     }
 }
@@ -114,6 +118,7 @@ impl SubscriptionStatus {
             (S::PastDue, T::RetriesExhausted) => S::Unpaid,
             (S::Trialing | S::Active | S::PastDue, T::Pause) => S::Paused,
             (S::Paused, T::Resume) => S::Active,
+            (S::PastDue | S::Unpaid, T::LatestInvoiceVoided) => S::Active,
             (
                 S::Incomplete | S::Trialing | S::Active | S::PastDue | S::Unpaid | S::Paused,
                 T::Cancel,
@@ -147,7 +152,7 @@ impl SubscriptionStatus {
 mod tests {
     use super::{SubscriptionStatus as S, Transition as T, *};
 
-    const TRANSITIONS: [T; 9] = [
+    const TRANSITIONS: [T; 10] = [
         T::InvoicePaid,
         T::PaymentFailed,
         T::FirstInvoiceExpired,
@@ -157,11 +162,12 @@ mod tests {
         T::Pause,
         T::Resume,
         T::Cancel,
+        T::LatestInvoiceVoided,
     ];
 
     /// The whole table, written out: status, then the result of each transition in the order
     /// of `TRANSITIONS` (`None`: illegal).
-    fn table() -> Vec<(S, [Option<S>; 9])> {
+    fn table() -> Vec<(S, [Option<S>; 10])> {
         let n = None;
         vec![
             (
@@ -176,9 +182,10 @@ mod tests {
                     n,
                     n,
                     Some(S::Canceled),
+                    n,
                 ],
             ),
-            (S::IncompleteExpired, [n, n, n, n, n, n, n, n, n]),
+            (S::IncompleteExpired, [n, n, n, n, n, n, n, n, n, n]),
             (
                 S::Trialing,
                 [
@@ -191,6 +198,7 @@ mod tests {
                     Some(S::Paused),
                     n,
                     Some(S::Canceled),
+                    n,
                 ],
             ),
             (
@@ -205,6 +213,7 @@ mod tests {
                     Some(S::Paused),
                     n,
                     Some(S::Canceled),
+                    n,
                 ],
             ),
             (
@@ -219,6 +228,7 @@ mod tests {
                     Some(S::Paused),
                     n,
                     Some(S::Canceled),
+                    Some(S::Active),
                 ],
             ),
             (
@@ -233,13 +243,14 @@ mod tests {
                     n,
                     n,
                     Some(S::Canceled),
+                    Some(S::Active),
                 ],
             ),
             (
                 S::Paused,
-                [n, n, n, n, n, n, n, Some(S::Active), Some(S::Canceled)],
+                [n, n, n, n, n, n, n, Some(S::Active), Some(S::Canceled), n],
             ),
-            (S::Canceled, [n, n, n, n, n, n, n, n, n]),
+            (S::Canceled, [n, n, n, n, n, n, n, n, n, n]),
         ]
     }
 

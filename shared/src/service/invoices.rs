@@ -689,6 +689,17 @@ pub async fn void_invoice(
 ) -> ServiceResult<InvoiceView> {
     let mut invoice = lock_with_subscription(uow, scope, id).await?;
     void_locked(uow, scope, &mut invoice).await?;
+    if let Some(sub) = invoice.subscription_id {
+        // A subscription past due (or unpaid) for its latest invoice owes nothing for it now:
+        // active again, as when it is paid.
+        let mut sub = db::subscriptions::lock(uow.conn(), scope, sub).await?;
+        let voided = Transition::LatestInvoiceVoided;
+        if sub.latest_invoice_id == Some(invoice.id)
+            && let Ok(next) = sub.status.apply(voided)
+        {
+            super::subscriptions::move_to(uow, scope, &mut sub, next, voided).await?;
+        }
+    }
     let lines = lines_of(uow, scope, id).await?;
     Ok(InvoiceView { invoice, lines })
 }

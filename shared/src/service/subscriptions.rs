@@ -1423,13 +1423,8 @@ pub async fn upcoming_invoice(
     let at = period.start;
     let mut invoice = invoices::blank_of(scope, invoice_id, &sub, "subscription_cycle", period, at);
     invoice.tax_amounts = taxed.tax_amounts;
-    invoice.subtotal = totals.subtotal;
-    invoice.discount = totals.discount;
-    invoice.tax = totals.tax;
-    invoice.total = totals.total;
+    invoices::show_totals(&mut invoice, &totals, at);
     invoice.balance_applied = totals.balance_applied;
-    invoice.amount_due = totals.amount_due;
-    invoice.amount_remaining = totals.amount_due;
     Ok(invoices::InvoiceView { invoice, lines })
 }
 
