@@ -1899,6 +1899,27 @@ async fn a_subscription_canceled_while_its_renewal_is_a_draft_bills_each_usage_o
     let draft = &invoices_of(&app, &key, &sub).await[1];
     assert_eq!(draft["status"], "draft", "{draft}");
     assert_eq!(draft["total"], 1530 - 153, "{draft}");
+    // The upcoming invoice (May's plan and April's usage so far, 10% off: 1,404) gets only the
+    // credit the draft will leave.
+    json_of(
+        app.post(
+            &format!("/api/v1/customers/{customer}/balance-transactions"),
+            &key,
+            &json!({"amount": 2000}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let upcoming = get(
+        &app,
+        &key,
+        &format!("/api/v1/subscriptions/{sub}/upcoming-invoice"),
+    )
+    .await;
+    assert_eq!(upcoming["total"], 1404, "{upcoming}");
+    assert_eq!(upcoming["balance_applied"], 2000 - 1377, "{upcoming}");
+    assert_eq!(upcoming["amount_due"], 1404 - (2000 - 1377), "{upcoming}");
     json_of(
         app.post(
             &format!("/api/v1/subscriptions/{sub}/cancel"),

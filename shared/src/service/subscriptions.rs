@@ -1380,8 +1380,8 @@ async fn proration_lines(
 }
 
 /// The invoice the subscription's next renewal would make now (its next period's items and
-/// the lines waiting for it, with the customer's credit), as a draft without a number; nothing
-/// is written.
+/// the lines waiting for it, with the customer's credit, less what a renewal still a draft will
+/// take of it), as a draft without a number; nothing is written.
 pub async fn upcoming_invoice(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -1417,8 +1417,15 @@ pub async fn upcoming_invoice(
     );
     invoices::append_pending(&mut lines, &pending, invoice_id)?;
     let customer = db::customers::get(uow.conn(), scope, sub.customer_id).await?;
-    let taxed =
-        super::tax_rates::taxed_totals(uow, scope, customer.id, &lines, customer.balance).await?;
+    // A renewal still a draft takes the customer's credit first, when it is finalized.
+    let mut credit = customer.balance;
+    if let Some(until) = sub.usage_draft_until.filter(|_| credit > 0)
+        && let Some(draft) = db::invoices::of_period(uow.conn(), scope, sub.id, until).await?
+        && draft.status == InvoiceStatus::Draft
+    {
+        credit -= draft.amount_due.clamp(0, credit);
+    }
+    let taxed = super::tax_rates::taxed_totals(uow, scope, customer.id, &lines, credit).await?;
     let totals = taxed.totals;
     let at = period.start;
     let mut invoice = invoices::blank_of(scope, invoice_id, &sub, "subscription_cycle", period, at);
