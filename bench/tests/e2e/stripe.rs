@@ -1391,20 +1391,15 @@ async fn a_stripe_payment_method_attached_to_another_stripe_customer_is_refused(
     assert_eq!(status, 201, "{attached}");
 }
 
-#[tokio::test]
-async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_customer() {
-    let fake = StripeFake::start().await;
-    let env = stripe_env(&fake, &[]).await;
-    let api = env.api().await;
-    let tenant = api.register("pm-charge@example.com").await;
-    let account = connect(&api, &fake, &tenant).await;
-    let worker = env.worker().await;
+/// A customer named `name` with the Stripe stand-in's card `pm_fake_card_1` attached (read
+/// from Stripe), and a monthly plan: (customer id, payment method, plan).
+async fn customer_with_card_and_plan(
+    api: &Api,
+    tenant: &Tenant,
+    name: &str,
+) -> (String, Value, Value) {
     let (status, customer) = api
-        .post(
-            &tenant.sk_test,
-            "/api/v1/customers",
-            &json!({"name": "Globex"}),
-        )
+        .post(&tenant.sk_test, "/api/v1/customers", &json!({"name": name}))
         .await;
     assert_eq!(status, 201, "{customer}");
     let id = customer["id"].as_str().unwrap().to_owned();
@@ -1416,8 +1411,6 @@ async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_cu
         )
         .await;
     assert_eq!(status, 201, "{attached}");
-    assert_eq!(attached["card"]["brand"], "mastercard");
-    assert_eq!(attached["card"]["last4"], "4444");
     let (status, plan) = api
         .post(
             &tenant.sk_test,
@@ -1426,6 +1419,20 @@ async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_cu
         )
         .await;
     assert_eq!(status, 201, "{plan}");
+    (id, attached, plan)
+}
+
+#[tokio::test]
+async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_customer() {
+    let fake = StripeFake::start().await;
+    let env = stripe_env(&fake, &[]).await;
+    let api = env.api().await;
+    let tenant = api.register("pm-charge@example.com").await;
+    let account = connect(&api, &fake, &tenant).await;
+    let worker = env.worker().await;
+    let (id, attached, plan) = customer_with_card_and_plan(&api, &tenant, "Globex").await;
+    assert_eq!(attached["card"]["brand"], "mastercard");
+    assert_eq!(attached["card"]["last4"], "4444");
     let (status, sub) = api
         .post(
             &tenant.sk_test,
@@ -1612,31 +1619,7 @@ async fn a_charge_that_died_waiting_for_its_cards_sync_runs_again_once_the_card_
     let api = env.api().await;
     let tenant = api.register("pm-sync-late@example.com").await;
     connect(&api, &fake, &tenant).await;
-    let (status, customer) = api
-        .post(
-            &tenant.sk_test,
-            "/api/v1/customers",
-            &json!({"name": "Initech"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{customer}");
-    let id = customer["id"].as_str().unwrap().to_owned();
-    let (status, attached) = api
-        .post(
-            &tenant.sk_test,
-            &format!("/api/v1/customers/{id}/payment-methods"),
-            &json!({"token": "pm_fake_card_1"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{attached}");
-    let (status, plan) = api
-        .post(
-            &tenant.sk_test,
-            "/api/v1/plans",
-            &json!({"name": "Pro", "price_cents": 2999, "billing_interval": "month"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{plan}");
+    let (id, _, plan) = customer_with_card_and_plan(&api, &tenant, "Initech").await;
     // Stripe is gone before any worker runs: the card's sync fails, and the first invoice's
     // charge waits for it.
     fake.stop().await;

@@ -111,6 +111,14 @@ pub async fn end(
     Ok(done.rows_affected() == 1)
 }
 
+/// Invoices `i` of customer `$3` (tenant `$1`, mode `$2`) that charges collect: open, collected
+/// automatically, still owing, dunning not over.
+const CHARGED_AND_OWING: &str = "i.tenant_id = $1 AND i.livemode = $2 AND i.customer_id = $3 \
+    AND i.status = 'open' AND i.collection_method = 'charge_automatically' \
+    AND i.amount_remaining > 0 \
+    AND NOT EXISTS (SELECT 1 FROM dunning_ended d WHERE d.tenant_id = i.tenant_id \
+        AND d.livemode = i.livemode AND d.invoice_id = i.id)";
+
 /// A customer's invoices owed that a charge is to collect: open, collected automatically,
 /// still owing, dunning not over; each with the attempt to make next (one left pending by a
 /// charge that never reached the gateway, or the one after the last).
@@ -119,19 +127,14 @@ pub async fn to_charge(
     scope: Scope,
     customer: CustomerId,
 ) -> Result<Vec<(InvoiceId, i32)>, DbError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(sqlf!(
         "SELECT i.id, CASE WHEN bool_or(p.status = 'pending') THEN max(p.attempt) \
              ELSE COALESCE(max(p.attempt), 0) + 1 END \
          FROM invoices i \
          LEFT JOIN payments p ON p.tenant_id = i.tenant_id AND p.livemode = i.livemode \
              AND p.invoice_id = i.id \
-         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.customer_id = $3 \
-         AND i.status = 'open' AND i.collection_method = 'charge_automatically' \
-         AND i.amount_remaining > 0 \
-         AND NOT EXISTS (SELECT 1 FROM dunning_ended d WHERE d.tenant_id = i.tenant_id \
-             AND d.livemode = i.livemode AND d.invoice_id = i.id) \
-         GROUP BY i.id ORDER BY i.id",
-    )
+         WHERE {CHARGED_AND_OWING} GROUP BY i.id ORDER BY i.id"
+    ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
     .bind(customer)
@@ -147,17 +150,13 @@ pub async fn in_dunning(
     scope: Scope,
     customer: CustomerId,
 ) -> Result<Vec<(InvoiceId, i32)>, DbError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(sqlf!(
         "SELECT i.id, max(p.attempt) FROM invoices i \
          JOIN payments p ON p.tenant_id = i.tenant_id AND p.livemode = i.livemode \
              AND p.invoice_id = i.id \
-         WHERE i.tenant_id = $1 AND i.livemode = $2 AND i.customer_id = $3 \
-         AND i.status = 'open' AND i.collection_method = 'charge_automatically' \
-         AND i.amount_remaining > 0 \
-         AND NOT EXISTS (SELECT 1 FROM dunning_ended d WHERE d.tenant_id = i.tenant_id \
-             AND d.livemode = i.livemode AND d.invoice_id = i.id) \
-         GROUP BY i.id HAVING bool_and(p.status IN ('failed', 'requires_action')) ORDER BY i.id",
-    )
+         WHERE {CHARGED_AND_OWING} \
+         GROUP BY i.id HAVING bool_and(p.status IN ('failed', 'requires_action')) ORDER BY i.id"
+    ))
     .bind(scope.tenant_id())
     .bind(scope.livemode())
     .bind(customer)

@@ -578,14 +578,9 @@ pub(crate) fn settle(
     } else {
         InvoiceStatus::Open
     };
-    invoice.subtotal = totals.subtotal;
-    invoice.discount = totals.discount;
-    invoice.tax = totals.tax;
-    invoice.total = totals.total;
+    show_totals(invoice, totals, now);
     invoice.balance_applied = totals.balance_applied;
-    invoice.amount_due = totals.amount_due;
     invoice.amount_paid = 0;
-    invoice.amount_remaining = totals.amount_due;
     let send = invoice.collection_method == CollectionMethod::SendInvoice.as_str();
     let days = u64::try_from(days_until_due.unwrap_or(30)).unwrap_or(30);
     invoice.due_date = send.then(|| now + chrono::Days::new(days));

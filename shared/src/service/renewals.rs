@@ -283,6 +283,7 @@ async fn invoice_periods(
             let json = m.invoice.to_json(&m.lines);
             recorded.push((d.scope, NewEvent::new("invoice.created", json.clone())));
             if let Some(at) = m.finalize_at {
+                // A draft: finalized (and charged) at the end of its grace period.
                 let finalize = Job::FinalizeInvoice {
                     invoice: *invoice,
                     at,
@@ -291,34 +292,29 @@ async fn invoice_periods(
                     finalize.to_new(Some(d.scope), at),
                     &d.sub,
                 ));
-                recorded.push((
-                    d.scope,
-                    NewEvent::new(
-                        "customer.subscription.updated",
-                        subscription_json(d, &reads),
-                    ),
-                ));
-                continue;
-            }
-            recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
-            if m.invoice.status == InvoiceStatus::Paid {
-                recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
-            }
-            if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now) {
-                // (An overdue check, due later, is not held.)
-                if held_until.is_some() && charge.test_clock.is_none() && charge.run_at <= now {
-                    charges.push(charge);
-                } else {
-                    jobs.push(charge);
+            } else {
+                recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
+                if m.invoice.status == InvoiceStatus::Paid {
+                    recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
+                }
+                if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now)
+                {
+                    // (An overdue check, due later, is not held.)
+                    if held_until.is_some() && charge.test_clock.is_none() && charge.run_at <= now {
+                        charges.push(charge);
+                    } else {
+                        jobs.push(charge);
+                    }
                 }
             }
         }
+        let view = SubscriptionView {
+            subscription: d.sub.clone(),
+            items: reads.items.remove(&d.sub.id).unwrap_or_default(),
+        };
         recorded.push((
             d.scope,
-            NewEvent::new(
-                "customer.subscription.updated",
-                subscription_json(d, &reads),
-            ),
+            NewEvent::new("customer.subscription.updated", view.to_json()),
         ));
     }
     let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
@@ -338,15 +334,6 @@ async fn invoice_periods(
             (d.at, renewal)
         })
         .collect())
-}
-
-/// A subscription as `customer.subscription.updated` tells of it.
-fn subscription_json(d: &Due, reads: &Reads) -> serde_json::Value {
-    SubscriptionView {
-        subscription: d.sub.clone(),
-        items: reads.items.get(&d.sub.id).cloned().unwrap_or_default(),
-    }
-    .to_json()
 }
 
 /// The grace periods (hours) of the new periods of `due` whose invoices bill usage (`usage`:
