@@ -84,6 +84,10 @@ pub struct WorkerSettings {
     /// When the fleet makes billing runs: a cron expression with seconds
     /// (`sec min hour day month weekday`), every minute by default.
     pub billing_schedule: String,
+    /// Most renewals (and most charges) run in one transaction.
+    pub billing_batch: usize,
+    /// How many such transactions of a kind run at once in this process.
+    pub billing_parallel: usize,
 }
 
 /// How the outbox relay feeds the Redis queues.
@@ -257,6 +261,14 @@ impl Settings {
                 )?),
                 billing_schedule: get("BILLING_RUN_SCHEDULE")
                     .unwrap_or_else(|| "0 * * * * *".to_owned()),
+                billing_batch: positive(
+                    "WORKER_BILLING_BATCH",
+                    parse(&get, "WORKER_BILLING_BATCH", 64)?,
+                )?,
+                billing_parallel: positive(
+                    "WORKER_BILLING_PARALLEL",
+                    parse(&get, "WORKER_BILLING_PARALLEL", 2)?,
+                )?,
             },
             jobs: JobSettings {
                 lease: Duration::from_secs(positive(
@@ -528,6 +540,26 @@ mod tests {
         assert_eq!(s.api.addr.to_string(), "127.0.0.1:8080");
         assert!(s.database.migrate_on_start);
         assert_eq!(s.auth.rate_limit_per_second, 100);
+    }
+
+    #[test]
+    fn billing_batches_default_to_64_two_at_once_and_refuse_zero() {
+        let s = load(&[SECRET]).unwrap();
+        assert_eq!((s.worker.billing_batch, s.worker.billing_parallel), (64, 2));
+        let s = load(&[
+            SECRET,
+            ("WORKER_BILLING_BATCH", "128"),
+            ("WORKER_BILLING_PARALLEL", "4"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.worker.billing_batch, s.worker.billing_parallel),
+            (128, 4)
+        );
+        for name in ["WORKER_BILLING_BATCH", "WORKER_BILLING_PARALLEL"] {
+            let err = load(&[SECRET, (name, "0")]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::{
     clock::Clock,
-    db::{DbError, invoice_numbers::Deferred},
+    db::{DbError, events::NewEvent, invoice_numbers::Deferred},
     domain::customer::InvoicePrefix,
     ids::{EventId, InvoiceId},
     jobs::Claimed,
@@ -81,8 +81,9 @@ impl UnitOfWork {
     /// Numbers the invoices this work finalizes as its last statements before committing, not
     /// as it finalizes them: the counter row of a prefix is then locked for the commit only,
     /// not for the rest of the work, and many invoices finalized in one unit of work take
-    /// their numbers in one statement. The invoices and the events recorded about them in this
-    /// unit of work get the number; nothing reads it before the commit.
+    /// their numbers in one statement. The events recorded in this unit of work from now on are
+    /// inserted at the commit too, after the numbering, with the numbers of the invoices they
+    /// show: nothing reads either before the commit.
     pub(crate) fn defer_numbering(&mut self) {
         self.numbering.get_or_insert_with(Deferred::default);
     }
@@ -105,11 +106,21 @@ impl UnitOfWork {
             .invoice(scope, prefix, invoice);
     }
 
-    /// Records that an event about an object was recorded in this unit of work (so that an
-    /// invoice numbered at the commit is numbered in it too).
-    pub(crate) fn recorded_event(&mut self, event: EventId) {
-        if let Some(n) = self.numbering.as_mut() {
-            n.event(event);
+    /// Keeps an event to record at the commit, after the numbering, when numbering is deferred
+    /// ([`UnitOfWork::defer_numbering`]): an event about an invoice numbered then shows its
+    /// number. Its id, taken now; the event back when numbering is not deferred.
+    pub(crate) fn record_at_commit(
+        &mut self,
+        scope: Scope,
+        event: NewEvent,
+    ) -> Result<EventId, NewEvent> {
+        match self.numbering.as_mut() {
+            Some(n) => {
+                let id = EventId::new();
+                n.event(id, scope, event);
+                Ok(id)
+            }
+            None => Err(event),
         }
     }
 

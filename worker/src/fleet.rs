@@ -70,17 +70,13 @@ struct Billing {
 /// Most of the renewals queue's jobs that do not run in batches running at once.
 const OTHER_BILLING_JOBS: usize = 16;
 
-/// Most jobs in one batch, and how many batches of a kind run at once.
-const BILLING_BATCH: usize = 64;
-const BILLING_PARALLEL: usize = 8;
-
 impl Billing {
     fn new(rt: &Arc<Runtime>) -> Self {
         let together = |kind: &'static str| {
             let rt = rt.clone();
             Batcher::spawn_parallel(
-                BILLING_BATCH,
-                BILLING_PARALLEL,
+                rt.settings.worker.billing_batch,
+                rt.settings.worker.billing_parallel,
                 move |batch: Vec<jobs::Claimed>| {
                     let rt = rt.clone();
                     async move {

@@ -63,10 +63,7 @@ pub enum WorkerError {
     Batch(#[from] batch::BatchError),
 }
 
-/// Most items in one batched database round trip. Kept small on purpose: sqlx 0.9 leaves
-/// Nagle's algorithm on for TCP connections to PostgreSQL, and statements whose bind messages
-/// grow past a few KiB were measured to stall ~40 ms each on the delayed ACK (256-row batches:
-/// ~45 ms per statement; 64-row batches: ~1 ms). Many small batches in a row are cheaper.
+/// Most items in one batched database round trip (claims and delivery outcomes).
 const BATCH: usize = 64;
 
 /// Connections of the pool for leases and claims.

@@ -139,22 +139,52 @@ pub async fn record_scoped(
     events: &[(Scope, &NewEvent)],
     now: DateTime<Utc>,
 ) -> Result<Vec<EventId>, DbError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
     let ids: Vec<EventId> = events.iter().map(|_| EventId::new()).collect();
+    record_with_ids(conn, &ids, events, now).await?;
+    Ok(ids)
+}
+
+/// Records events as [`record_scoped`] does, with the ids given (one per event, taken when
+/// they happened: ids sort by time).
+pub async fn record_with_ids(
+    conn: &mut PgConnection,
+    ids: &[EventId],
+    events: &[(Scope, &NewEvent)],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if ids.len() != events.len() {
+        return Err(DbError::Other(sqlx::Error::Protocol(format!(
+            "{} ids for {} events",
+            ids.len(),
+            events.len()
+        ))));
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let data: Vec<String> = events
+        .iter()
+        .map(|e| format!(r#"{{"object":{}}}"#, e.1.object))
+        .collect();
+    insert_events(conn, ids, events, &data, now).await
+}
+
+/// Inserts events (`data` their JSON) and fans them out, in two statements.
+async fn insert_events(
+    conn: &mut PgConnection,
+    ids: &[EventId],
+    events: &[(Scope, &NewEvent)],
+    data: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
     let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let (tenants, modes) = super::scope_columns(events.iter().map(|e| &e.0));
     let types: Vec<&str> = events.iter().map(|e| e.1.event_type.as_str()).collect();
-    let data: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| serde_json::json!({ "object": e.1.object }))
-        .collect();
     // The events, and the endpoints they may go to, in one round trip.
     let endpoints: Vec<(Uuid, TenantId, bool, Vec<String>)> = sqlx::query_as(
         "WITH e AS (INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
-             SELECT u.id, u.tenant_id, u.livemode, u.type, u.data, $6 \
-             FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::jsonb[]) \
+             SELECT u.id, u.tenant_id, u.livemode, u.type, u.data::jsonb, $6 \
+             FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::text[]) \
              AS u(id, tenant_id, livemode, type, data)) \
          SELECT id, tenant_id, livemode, event_types FROM webhook_endpoints \
          WHERE (tenant_id, livemode) IN (SELECT * FROM unnest($2::uuid[], $3::bool[])) \
@@ -164,7 +194,7 @@ pub async fn record_scoped(
     .bind(&tenants)
     .bind(&modes)
     .bind(&types)
-    .bind(&data)
+    .bind(data)
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
@@ -186,8 +216,7 @@ pub async fn record_scoped(
             }
         }
     }
-    fan_out_new(conn, &pairs, now).await?;
-    Ok(ids)
+    fan_out_new(conn, &pairs, now).await
 }
 
 /// Creates the deliveries of events recorded in this transaction (each pair with its tenant

@@ -1,12 +1,15 @@
 //! Gap-free invoice numbers: a counter row per (tenant, mode, prefix).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::DbError;
+use super::{
+    DbError,
+    events::{self, NewEvent},
+};
 use crate::{
     domain::customer::InvoicePrefix,
     ids::{EventId, InvoiceId},
@@ -33,11 +36,11 @@ pub async fn next(conn: &mut PgConnection, scope: Scope, prefix: &str) -> Result
 }
 
 /// Invoices finalized in a unit of work whose numbers are taken at its commit, and the events
-/// recorded in it (which carry the number of the invoice they show).
+/// recorded in it, kept to be inserted then (they carry the number of the invoice they show).
 #[derive(Debug, Default)]
 pub struct Deferred {
     invoices: Vec<(Scope, InvoicePrefix, InvoiceId)>,
-    events: Vec<Uuid>,
+    events: Vec<(EventId, Scope, NewEvent)>,
 }
 
 impl Deferred {
@@ -45,8 +48,10 @@ impl Deferred {
         self.invoices.push((scope, prefix, invoice));
     }
 
-    pub fn event(&mut self, event: EventId) {
-        self.events.push(event.as_uuid());
+    /// An event recorded in the unit of work, with the id it took then: inserted at the commit,
+    /// after the numbering, with the number of the invoice it is about.
+    pub fn event(&mut self, id: EventId, scope: Scope, event: NewEvent) {
+        self.events.push((id, scope, event));
     }
 
     /// Numbers the invoices, in the order they were finalized within each (tenant, mode,
@@ -54,33 +59,63 @@ impl Deferred {
     /// work never wait for each other's counters in a cycle), and writes the number into the
     /// invoices and into the events about them.
     pub async fn assign(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), DbError> {
-        if self.invoices.is_empty() {
-            return Ok(());
+        let Self {
+            invoices,
+            mut events,
+        } = self;
+        let numbers = number(conn, &invoices, now).await?;
+        if !events.is_empty() {
+            for (_, _, event) in &mut events {
+                let number = event
+                    .object
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|id| numbers.get(id));
+                if let (Some(number), Some(object)) = (number, event.object.as_object_mut()) {
+                    object.insert("number".into(), serde_json::Value::String(number.clone()));
+                }
+            }
+            let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
+            let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
+            events::record_with_ids(conn, &ids, &scoped, now).await?;
         }
-        let mut groups: BTreeMap<(Uuid, bool, String), Vec<InvoiceId>> = BTreeMap::new();
-        for (scope, prefix, invoice) in &self.invoices {
-            groups
-                .entry((
-                    scope.tenant_id.as_uuid(),
-                    scope.livemode,
-                    prefix.as_str().to_owned(),
-                ))
-                .or_default()
-                .push(*invoice);
-        }
-        // Every counter in one statement, in the groups' order (rows are locked in the order
-        // they come), each moved on by its group's size.
-        let mut keys_tenant: Vec<Uuid> = Vec::with_capacity(groups.len());
-        let mut keys_mode: Vec<bool> = Vec::with_capacity(groups.len());
-        let mut keys_prefix: Vec<String> = Vec::with_capacity(groups.len());
-        let mut sizes: Vec<i64> = Vec::with_capacity(groups.len());
-        for ((tenant, livemode, prefix), invoices) in &groups {
-            keys_tenant.push(*tenant);
-            keys_mode.push(*livemode);
-            keys_prefix.push(prefix.clone());
-            sizes.push(i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?);
-        }
-        let lasts: Vec<(Uuid, bool, String, i64)> = sqlx::query_as(
+        Ok(())
+    }
+}
+
+/// Numbers `invoices` (see [`Deferred::assign`]); each invoice's number, by its public id.
+async fn number(
+    conn: &mut PgConnection,
+    invoices: &[(Scope, InvoicePrefix, InvoiceId)],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, String>, DbError> {
+    if invoices.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut groups: BTreeMap<(Uuid, bool, String), Vec<InvoiceId>> = BTreeMap::new();
+    for (scope, prefix, invoice) in invoices {
+        groups
+            .entry((
+                scope.tenant_id.as_uuid(),
+                scope.livemode,
+                prefix.as_str().to_owned(),
+            ))
+            .or_default()
+            .push(*invoice);
+    }
+    // Every counter in one statement, in the groups' order (rows are locked in the order
+    // they come), each moved on by its group's size.
+    let mut keys_tenant: Vec<Uuid> = Vec::with_capacity(groups.len());
+    let mut keys_mode: Vec<bool> = Vec::with_capacity(groups.len());
+    let mut keys_prefix: Vec<String> = Vec::with_capacity(groups.len());
+    let mut sizes: Vec<i64> = Vec::with_capacity(groups.len());
+    for ((tenant, livemode, prefix), invoices) in &groups {
+        keys_tenant.push(*tenant);
+        keys_mode.push(*livemode);
+        keys_prefix.push(prefix.clone());
+        sizes.push(i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?);
+    }
+    let lasts: Vec<(Uuid, bool, String, i64)> = sqlx::query_as(
             "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
              SELECT tenant_id, livemode, prefix, k \
              FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[]) \
@@ -95,72 +130,55 @@ impl Deferred {
         .bind(&sizes)
         .fetch_all(&mut *conn)
         .await?;
-        let lasts: BTreeMap<(Uuid, bool, String), i64> = lasts
-            .into_iter()
-            .map(|(t, l, p, last)| ((t, l, p), last))
-            .collect();
-        let mut ids: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
-        let mut tenants: Vec<Uuid> = Vec::with_capacity(self.invoices.len());
-        let mut modes: Vec<bool> = Vec::with_capacity(self.invoices.len());
-        let mut numbers: Vec<String> = Vec::with_capacity(self.invoices.len());
-        for (key, invoices) in groups {
-            let last = *lasts
-                .get(&key)
-                .ok_or_else(|| broken(format!("no counter came back for prefix {}", key.2)))?;
-            let k = i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?;
-            let (tenant, livemode, prefix) = key;
-            let prefix = InvoicePrefix::parse(&prefix).map_err(|e| broken(e.to_string()))?;
-            for (i, invoice) in (0..).zip(invoices) {
-                ids.push(invoice.as_uuid());
-                tenants.push(tenant);
-                modes.push(livemode);
-                numbers.push(prefix.number(last - k + 1 + i));
-            }
+    let lasts: BTreeMap<(Uuid, bool, String), i64> = lasts
+        .into_iter()
+        .map(|(t, l, p, last)| ((t, l, p), last))
+        .collect();
+    let mut ids: Vec<Uuid> = Vec::with_capacity(invoices.len());
+    let mut tenants: Vec<Uuid> = Vec::with_capacity(invoices.len());
+    let mut modes: Vec<bool> = Vec::with_capacity(invoices.len());
+    let mut numbers: Vec<String> = Vec::with_capacity(invoices.len());
+    for (key, invoices) in groups {
+        let last = *lasts
+            .get(&key)
+            .ok_or_else(|| broken(format!("no counter came back for prefix {}", key.2)))?;
+        let k = i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?;
+        let (tenant, livemode, prefix) = key;
+        let prefix = InvoicePrefix::parse(&prefix).map_err(|e| broken(e.to_string()))?;
+        for (i, invoice) in (0..).zip(invoices) {
+            ids.push(invoice.as_uuid());
+            tenants.push(tenant);
+            modes.push(livemode);
+            numbers.push(prefix.number(last - k + 1 + i));
         }
-        let numbered = sqlx::query(
-            "UPDATE invoices SET number = u.number, updated_at = $5 \
+    }
+    let numbered = sqlx::query(
+        "UPDATE invoices SET number = u.number, updated_at = $5 \
              FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
                  AS u(id, tenant_id, livemode, number) \
              WHERE invoices.id = u.id AND invoices.tenant_id = u.tenant_id \
              AND invoices.livemode = u.livemode AND invoices.number IS NULL",
-        )
-        .bind(&ids)
-        .bind(&tenants)
-        .bind(&modes)
-        .bind(&numbers)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        // Every number taken is on an invoice: otherwise committing would leave a gap.
-        if numbered != ids.len() as u64 {
-            return Err(broken(format!(
-                "{numbered} of {} invoices finalized in the unit of work took their number",
-                ids.len()
-            )));
-        }
-        if !self.events.is_empty() {
-            let public: Vec<String> = ids
-                .iter()
-                .map(|id| InvoiceId::from_uuid(*id).to_string())
-                .collect();
-            sqlx::query(
-                "UPDATE events SET data = jsonb_set(data, '{object,number}', to_jsonb(u.number)) \
-                 FROM unnest($2::text[], $3::uuid[], $4::bool[], $5::text[]) \
-                     AS u(invoice, tenant_id, livemode, number) \
-                 WHERE events.id = ANY($1) AND events.tenant_id = u.tenant_id \
-                 AND events.livemode = u.livemode AND events.data->'object'->>'id' = u.invoice",
-            )
-            .bind(&self.events)
-            .bind(&public)
-            .bind(&tenants)
-            .bind(&modes)
-            .bind(&numbers)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&modes)
+    .bind(&numbers)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    // Every number taken is on an invoice: otherwise committing would leave a gap.
+    if numbered != ids.len() as u64 {
+        return Err(broken(format!(
+            "{numbered} of {} invoices finalized in the unit of work took their number",
+            ids.len()
+        )));
     }
+    Ok(ids
+        .iter()
+        .map(|id| InvoiceId::from_uuid(*id).to_string())
+        .zip(numbers)
+        .collect())
 }
 
 /// A broken expectation of the numbering: the unit of work is not to commit.

@@ -27,23 +27,38 @@ pub async fn record(
     event_type: &str,
     object: serde_json::Value,
 ) -> ServiceResult<EventId> {
+    let event = match uow.record_at_commit(scope, NewEvent::new(event_type, object)) {
+        Ok(id) => return Ok(id),
+        Err(event) => event,
+    };
     let now = uow.now();
-    let id = db::events::record(uow.conn(), scope, NewEvent::new(event_type, object), now).await?;
-    uow.recorded_event(id);
-    Ok(id)
+    Ok(db::events::record(uow.conn(), scope, event, now).await?)
 }
 
 /// Records events of any tenants and modes (each with its own) in the unit of work, as
 /// [`record`] does one, in two statements however many there are.
 pub async fn record_all(
     uow: &mut UnitOfWork,
-    events: &[(Scope, NewEvent)],
+    events: Vec<(Scope, NewEvent)>,
 ) -> ServiceResult<Vec<EventId>> {
-    let now = uow.now();
-    let events: Vec<(Scope, &NewEvent)> = events.iter().map(|(s, e)| (*s, e)).collect();
-    let ids = db::events::record_scoped(uow.conn(), &events, now).await?;
-    for id in &ids {
-        uow.recorded_event(*id);
+    let mut ids = Vec::with_capacity(events.len());
+    let mut now_ids = Vec::new();
+    let mut now_events = Vec::new();
+    for (scope, event) in events {
+        match uow.record_at_commit(scope, event) {
+            Ok(id) => ids.push(id),
+            Err(event) => {
+                let id = EventId::new();
+                ids.push(id);
+                now_ids.push(id);
+                now_events.push((scope, event));
+            }
+        }
+    }
+    if !now_events.is_empty() {
+        let now = uow.now();
+        let scoped: Vec<(Scope, &NewEvent)> = now_events.iter().map(|(s, e)| (*s, e)).collect();
+        db::events::record_with_ids(uow.conn(), &now_ids, &scoped, now).await?;
     }
     Ok(ids)
 }

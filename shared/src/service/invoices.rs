@@ -1388,7 +1388,7 @@ pub async fn record_outcomes(
             recorded.push((*scope, NewEvent::new("invoice.paid", json)));
         }
     }
-    events::record_all(uow, &recorded).await?;
+    events::record_all(uow, recorded).await?;
     // Then their subscriptions (an active one's paid renewal changes nothing about it).
     for (_, scope, _, invoice) in &paid {
         let Some(sub) = invoices

@@ -324,7 +324,7 @@ async fn invoice_periods(
         let held = jobs::enqueue_held(uow.conn(), &charges, now, until).await?;
         uow.held(held);
     }
-    events::record_all(uow, &recorded).await?;
+    events::record_all(uow, recorded).await?;
     Ok(done
         .into_iter()
         .map(|(d, invoice, _)| {
