@@ -261,9 +261,13 @@ impl Settings {
                 )?),
                 billing_schedule: get("BILLING_RUN_SCHEDULE")
                     .unwrap_or_else(|| "0 * * * * *".to_owned()),
-                billing_batch: positive(
+                billing_batch: at_most(
                     "WORKER_BILLING_BATCH",
-                    parse(&get, "WORKER_BILLING_BATCH", 64)?,
+                    positive(
+                        "WORKER_BILLING_BATCH",
+                        parse(&get, "WORKER_BILLING_BATCH", 64)?,
+                    )?,
+                    MAX_BILLING_BATCH,
                 )?,
                 billing_parallel: positive(
                     "WORKER_BILLING_PARALLEL",
@@ -426,6 +430,20 @@ fn stripe_key(
     }
 }
 
+/// Most renewals or charges in one transaction: a batch that fails runs again job by job, each
+/// job on its own connection, all at once.
+const MAX_BILLING_BATCH: usize = 1_000;
+
+fn at_most(name: &'static str, v: usize, max: usize) -> Result<usize, ConfigError> {
+    if v > max {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: format!("must be at most {max}"),
+        });
+    }
+    Ok(v)
+}
+
 fn positive<T: PartialEq + Default>(name: &'static str, v: T) -> Result<T, ConfigError> {
     if v == T::default() {
         return Err(ConfigError::Malformed {
@@ -543,7 +561,7 @@ mod tests {
     }
 
     #[test]
-    fn billing_batches_default_to_64_two_at_once_and_refuse_zero() {
+    fn billing_batches_default_to_64_two_at_once_and_refuse_zero_or_over_1000() {
         let s = load(&[SECRET]).unwrap();
         assert_eq!((s.worker.billing_batch, s.worker.billing_parallel), (64, 2));
         let s = load(&[
@@ -560,6 +578,9 @@ mod tests {
             let err = load(&[SECRET, (name, "0")]).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+        assert!(load(&[SECRET, ("WORKER_BILLING_BATCH", "1000")]).is_ok());
+        let err = load(&[SECRET, ("WORKER_BILLING_BATCH", "1001")]).unwrap_err();
+        assert!(err.to_string().contains("at most 1000"), "{err}");
     }
 
     #[test]

@@ -78,8 +78,8 @@ impl UnitOfWork {
             .unwrap_or_default()
     }
 
-    /// Numbers the invoices this work finalizes as its last statements before committing, not
-    /// as it finalizes them: the counter row of a prefix is then locked for the commit only,
+    /// Numbers the invoices this work finalizes at its end, just before committing, not as it
+    /// finalizes them: the counter row of a prefix is then locked for the commit only,
     /// not for the rest of the work, and many invoices finalized in one unit of work take
     /// their numbers in one statement. The events recorded in this unit of work from now on are
     /// inserted at the commit too, after the numbering, with the numbers of the invoices they

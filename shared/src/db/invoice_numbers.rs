@@ -116,20 +116,21 @@ async fn number(
         sizes.push(i64::try_from(invoices.len()).map_err(|e| broken(e.to_string()))?);
     }
     let lasts: Vec<(Uuid, bool, String, i64)> = sqlx::query_as(
-            "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
-             SELECT tenant_id, livemode, prefix, k \
-             FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[]) \
-                 WITH ORDINALITY AS u(tenant_id, livemode, prefix, k, ord) ORDER BY ord \
-             ON CONFLICT (tenant_id, livemode, prefix) \
-             DO UPDATE SET last_number = invoice_number_counters.last_number + EXCLUDED.last_number \
-             RETURNING tenant_id, livemode, prefix, last_number",
-        )
-        .bind(&keys_tenant)
-        .bind(&keys_mode)
-        .bind(&keys_prefix)
-        .bind(&sizes)
-        .fetch_all(&mut *conn)
-        .await?;
+        "INSERT INTO invoice_number_counters (tenant_id, livemode, prefix, last_number) \
+         SELECT tenant_id, livemode, prefix, k \
+         FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[]) \
+             WITH ORDINALITY AS u(tenant_id, livemode, prefix, k, ord) ORDER BY ord \
+         ON CONFLICT (tenant_id, livemode, prefix) \
+         DO UPDATE SET \
+             last_number = invoice_number_counters.last_number + EXCLUDED.last_number \
+         RETURNING tenant_id, livemode, prefix, last_number",
+    )
+    .bind(&keys_tenant)
+    .bind(&keys_mode)
+    .bind(&keys_prefix)
+    .bind(&sizes)
+    .fetch_all(&mut *conn)
+    .await?;
     let lasts: BTreeMap<(Uuid, bool, String), i64> = lasts
         .into_iter()
         .map(|(t, l, p, last)| ((t, l, p), last))
@@ -154,10 +155,10 @@ async fn number(
     }
     let numbered = sqlx::query(
         "UPDATE invoices SET number = u.number, updated_at = $5 \
-             FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
-                 AS u(id, tenant_id, livemode, number) \
-             WHERE invoices.id = u.id AND invoices.tenant_id = u.tenant_id \
-             AND invoices.livemode = u.livemode AND invoices.number IS NULL",
+         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
+             AS u(id, tenant_id, livemode, number) \
+         WHERE invoices.id = u.id AND invoices.tenant_id = u.tenant_id \
+         AND invoices.livemode = u.livemode AND invoices.number IS NULL",
     )
     .bind(&ids)
     .bind(&tenants)
