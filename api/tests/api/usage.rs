@@ -103,6 +103,24 @@ async fn record(app: &TestApp, key: &Cred, body: Value) -> Value {
     json_of(event(app, key, body).await, StatusCode::CREATED).await
 }
 
+/// Records `calls` API calls on `sub` at `offset` from the start, as `txn`.
+async fn record_calls(
+    app: &TestApp,
+    key: &Cred,
+    sub: &str,
+    txn: &str,
+    offset: Duration,
+    calls: i64,
+) {
+    record(
+        app,
+        key,
+        json!({"transaction_id": txn, "code": "api_calls", "subscription": sub,
+               "timestamp": at(offset), "properties": {"calls": calls}}),
+    )
+    .await;
+}
+
 async fn batch(app: &TestApp, key: &Cred, events: Vec<Value>) -> reqwest::Response {
     app.post(
         "/api/v1/usage-events/batch",
@@ -1100,22 +1118,10 @@ async fn an_item_swapped_mid_period_bills_each_price_for_its_own_part_and_one_it
 
     // 5 calls on the cheap price, then on 11 March the price is swapped, then 7 calls.
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(10))).await;
-    record(
-        &app,
-        &key,
-        json!({"transaction_id": "cheap", "code": "api_calls", "subscription": sub,
-                   "timestamp": at(Duration::days(2)), "properties": {"calls": 5}}),
-    )
-    .await;
+    record_calls(&app, &key, &sub, "cheap", Duration::days(2), 5).await;
     swap(&app, &key, &sub, &item, &dearer).await;
     // A late event from before the swap counts for the item removed (at its price).
-    record(
-        &app,
-        &key,
-        json!({"transaction_id": "backdated", "code": "api_calls", "subscription": sub,
-                   "timestamp": at(Duration::days(5)), "properties": {"calls": 1}}),
-    )
-    .await;
+    record_calls(&app, &key, &sub, "backdated", Duration::days(5), 1).await;
     record(
         &app,
         &key,
@@ -1634,13 +1640,7 @@ async fn a_renewal_stays_a_draft_for_the_grace_period_and_bills_the_usage_record
         StatusCode::CREATED,
     )
     .await;
-    record(
-        &app,
-        &key,
-        json!({"transaction_id": "march-1", "code": "api_calls", "subscription": sub,
-               "timestamp": at(Duration::days(10)), "properties": {"calls": 5}}),
-    )
-    .await;
+    record_calls(&app, &key, &sub, "march-1", Duration::days(10), 5).await;
     // An hour into April: March's invoice is a draft of the usage so far, not charged.
     advance(
         &app,
@@ -1869,13 +1869,7 @@ async fn a_subscription_canceled_while_its_renewal_is_a_draft_bills_each_usage_o
     .await;
     let sub = s(&sub["id"]);
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(4))).await;
-    record(
-        &app,
-        &key,
-        json!({"transaction_id": "march", "code": "api_calls", "subscription": sub,
-               "timestamp": at(Duration::days(3)), "properties": {"calls": 10}}),
-    )
-    .await;
+    record_calls(&app, &key, &sub, "march", Duration::days(3), 10).await;
     advance(
         &app,
         &key,
@@ -1888,13 +1882,7 @@ async fn a_subscription_canceled_while_its_renewal_is_a_draft_bills_each_usage_o
         ("march-late", Duration::days(30), 1),
         ("april", Duration::days(31) + Duration::hours(4), 20),
     ] {
-        record(
-            &app,
-            &key,
-            json!({"transaction_id": txn, "code": "api_calls", "subscription": sub,
-                   "timestamp": at(when), "properties": {"calls": calls}}),
-        )
-        .await;
+        record_calls(&app, &key, &sub, txn, when, calls).await;
     }
     let draft = &invoices_of(&app, &key, &sub).await[1];
     assert_eq!(draft["status"], "draft", "{draft}");
@@ -1978,13 +1966,7 @@ async fn a_change_of_items_while_the_renewal_is_a_draft_finalizes_it_first() {
     grace_period(&app, &key, 6).await;
     let (clock, _, sub, price) = metered_subscription(&app, &key).await;
     advance(&app, &key, &t.sk_test, &clock, &at(Duration::days(31))).await;
-    record(
-        &app,
-        &key,
-        json!({"transaction_id": "late", "code": "api_calls", "subscription": sub,
-               "timestamp": at(Duration::days(30)), "properties": {"calls": 4}}),
-    )
-    .await;
+    record_calls(&app, &key, &sub, "late", Duration::days(30), 4).await;
     let invoices = invoices_of(&app, &key, &sub).await;
     assert_eq!(invoices[1]["status"], "draft", "{}", invoices[1]);
     let plan = monthly_plan(&app, &key, "Base", None).await;

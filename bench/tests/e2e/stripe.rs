@@ -1422,6 +1422,19 @@ async fn customer_with_card_and_plan(
     (id, attached, plan)
 }
 
+/// Subscribes `customer` to `plan`: the id of its first invoice.
+async fn subscribe_to_plan(api: &Api, tenant: &Tenant, customer: &str, plan: &Value) -> String {
+    let (status, sub) = api
+        .post(
+            &tenant.sk_test,
+            "/api/v1/subscriptions",
+            &json!({"customer": customer, "items": [{"plan": plan["id"]}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    sub["latest_invoice"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_customer() {
     let fake = StripeFake::start().await;
@@ -1433,15 +1446,7 @@ async fn a_stripe_payment_method_is_charged_on_the_connected_account_with_its_cu
     let (id, attached, plan) = customer_with_card_and_plan(&api, &tenant, "Globex").await;
     assert_eq!(attached["card"]["brand"], "mastercard");
     assert_eq!(attached["card"]["last4"], "4444");
-    let (status, sub) = api
-        .post(
-            &tenant.sk_test,
-            "/api/v1/subscriptions",
-            &json!({"customer": id, "items": [{"plan": plan["id"]}]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{sub}");
-    let invoice = sub["latest_invoice"].as_str().unwrap().to_owned();
+    let invoice = subscribe_to_plan(&api, &tenant, &id, &plan).await;
     let started = std::time::Instant::now();
     while api
         .get(&tenant.sk_test, &format!("/api/v1/invoices/{invoice}"))
@@ -1623,15 +1628,7 @@ async fn a_charge_that_died_waiting_for_its_cards_sync_runs_again_once_the_card_
     // Stripe is gone before any worker runs: the card's sync fails, and the first invoice's
     // charge waits for it.
     fake.stop().await;
-    let (status, sub) = api
-        .post(
-            &tenant.sk_test,
-            "/api/v1/subscriptions",
-            &json!({"customer": id, "items": [{"plan": plan["id"]}]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{sub}");
-    let invoice = sub["latest_invoice"].as_str().unwrap().to_owned();
+    let invoice = subscribe_to_plan(&api, &tenant, &id, &plan).await;
     let worker = env.worker().await;
     let charge = || async {
         sqlx::query_as::<_, (String, i32, Option<String>)>(

@@ -166,17 +166,6 @@ pub async fn record_with_ids(
         .iter()
         .map(|e| format!(r#"{{"object":{}}}"#, e.1.object))
         .collect();
-    insert_events(conn, ids, events, &data, now).await
-}
-
-/// Inserts events (`data` their JSON) and fans them out, in two statements.
-async fn insert_events(
-    conn: &mut PgConnection,
-    ids: &[EventId],
-    events: &[(Scope, &NewEvent)],
-    data: &[String],
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
     let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let (tenants, modes) = super::scope_columns(events.iter().map(|e| &e.0));
     let types: Vec<&str> = events.iter().map(|e| e.1.event_type.as_str()).collect();
@@ -194,7 +183,7 @@ async fn insert_events(
     .bind(&tenants)
     .bind(&modes)
     .bind(&types)
-    .bind(data)
+    .bind(&data)
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;

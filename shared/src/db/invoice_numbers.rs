@@ -64,22 +64,19 @@ impl Deferred {
             mut events,
         } = self;
         let numbers = number(conn, &invoices, now).await?;
-        if !events.is_empty() {
-            for (_, _, event) in &mut events {
-                let number = event
-                    .object
-                    .get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|id| numbers.get(id));
-                if let (Some(number), Some(object)) = (number, event.object.as_object_mut()) {
-                    object.insert("number".into(), serde_json::Value::String(number.clone()));
-                }
+        for (_, _, event) in &mut events {
+            let number = event
+                .object
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| numbers.get(id));
+            if let (Some(number), Some(object)) = (number, event.object.as_object_mut()) {
+                object.insert("number".into(), serde_json::Value::String(number.clone()));
             }
-            let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
-            let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
-            events::record_with_ids(conn, &ids, &scoped, now).await?;
         }
-        Ok(())
+        let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
+        let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
+        events::record_with_ids(conn, &ids, &scoped, now).await
     }
 }
 

@@ -265,6 +265,24 @@ pub async fn bring_forward(
     .await
 }
 
+/// The statement that makes the jobs `$1` that no run holds and that `$filter` picks due at `$2`
+/// (scheduled when that is later than now, `$3`, on the queue `$4`), their attempts afresh,
+/// locking them in id order ([`make_due`]).
+macro_rules! afresh {
+    ($filter:literal) => {
+        concat!(
+            "UPDATE jobs SET run_at = $2, attempts = 0, finished_at = NULL, \
+             billing_run_id = NULL, updated_at = $3, \
+             state = CASE WHEN queue = $4 AND test_clock_id IS NULL AND $2 > $3 \
+                 THEN 'scheduled' ELSE 'pending' END \
+             WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
+             AND lease_token IS NULL AND ",
+            $filter,
+            " RETURNING queue, test_clock_id IS NULL"
+        )
+    };
+}
+
 /// Makes succeeded jobs that no run holds due again at `at`, their attempts afresh: for work
 /// whose effect is guarded by its own unique key (a charge attempt's number), asked for again
 /// because what it found to do has changed since it ran (it found nothing to do then). Locks
@@ -275,20 +293,7 @@ pub async fn run_again(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<u64, DbError> {
-    make_due(
-        conn,
-        ids,
-        at,
-        now,
-        "UPDATE jobs SET run_at = $2, attempts = 0, finished_at = NULL, \
-         billing_run_id = NULL, updated_at = $3, \
-         state = CASE WHEN queue = $4 AND test_clock_id IS NULL AND $2 > $3 \
-             THEN 'scheduled' ELSE 'pending' END \
-         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
-         AND lease_token IS NULL AND state = 'succeeded' \
-         RETURNING queue, test_clock_id IS NULL",
-    )
-    .await
+    make_due(conn, ids, at, now, afresh!("state = 'succeeded'")).await
 }
 
 /// Makes jobs that no run holds and that died, or wait to be tried again after failing, due
@@ -307,14 +312,7 @@ pub async fn revive(
         ids,
         at,
         now,
-        "UPDATE jobs SET run_at = $2, attempts = 0, finished_at = NULL, \
-         billing_run_id = NULL, updated_at = $3, \
-         state = CASE WHEN queue = $4 AND test_clock_id IS NULL AND $2 > $3 \
-             THEN 'scheduled' ELSE 'pending' END \
-         WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE) \
-         AND lease_token IS NULL \
-         AND (state = 'dead' OR (state = 'pending' AND attempts > 0 AND run_at > $2)) \
-         RETURNING queue, test_clock_id IS NULL",
+        afresh!("(state = 'dead' OR (state = 'pending' AND attempts > 0 AND run_at > $2))"),
     )
     .await
 }
