@@ -57,6 +57,12 @@ pub enum ChargeOutcome {
         message: String,
         do_not_retry: bool,
     },
+    /// Canceled before it took any money (at the gateway, or by us when a new payment method
+    /// replaces one waiting for the customer to authenticate): not a decline of the customer's
+    /// payment method.
+    Canceled {
+        message: String,
+    },
 }
 
 /// The platform's fee on an amount: the one rounding rule (half away from zero).
@@ -159,6 +165,9 @@ pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
         "succeeded" => ChargeOutcome::Succeeded { id },
         "processing" => ChargeOutcome::Processing { id },
         "requires_action" => ChargeOutcome::RequiresAction { id },
+        "canceled" => ChargeOutcome::Canceled {
+            message: "The payment was canceled.".into(),
+        },
         _ => ChargeOutcome::Declined {
             code: status,
             message: "The payment did not go through.".into(),
@@ -420,6 +429,12 @@ mod tests {
         assert_eq!(
             of("requires_action"),
             ChargeOutcome::RequiresAction { id: "pi_1".into() }
+        );
+        assert_eq!(
+            of("canceled"),
+            ChargeOutcome::Canceled {
+                message: "The payment was canceled.".into()
+            }
         );
         assert_eq!(
             of("requires_payment_method"),

@@ -24,6 +24,7 @@ use super::{
     ApiTags,
     dto::{metadata, optional_id, page_request},
     invoice_items::MAX_ITEM_AMOUNT,
+    invoices::InvoiceTaxAmountOut,
 };
 use crate::{
     auth::Auth, body::JsonBody, error::ApiError, middleware::note, state::AppState, work::Work,
@@ -111,8 +112,15 @@ pub struct CreditNoteOut {
     pub currency: String,
     /// `pre_payment` (lowered what the invoice owes) or `post_payment` (gave money back).
     pub r#type: String,
-    /// The sum of the lines.
+    /// What the note credits: its lines (`subtotal`) plus the exclusive tax on them.
     pub amount: i64,
+    /// The sum of the lines.
+    pub subtotal: i64,
+    /// The invoice's tax the note gives back, inclusive and exclusive: the tax the invoice took
+    /// on what the note credits of its lines (custom lines carry none).
+    pub tax: i64,
+    /// That tax per rate of the invoice (the rates that give nothing back left out).
+    pub total_tax_amounts: Vec<InvoiceTaxAmountOut>,
     pub refund_amount: i64,
     pub credit_amount: i64,
     pub out_of_band_amount: i64,
@@ -141,6 +149,9 @@ impl From<CreditNoteView> for CreditNoteOut {
             currency: n.currency,
             r#type: n.r#type,
             amount: n.amount,
+            subtotal: n.subtotal,
+            tax: n.tax,
+            total_tax_amounts: serde_json::from_value(n.tax_amounts).unwrap_or_default(),
             refund_amount: n.refund_amount,
             credit_amount: n.credit_amount,
             out_of_band_amount: n.out_of_band_amount,

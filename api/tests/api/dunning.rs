@@ -916,6 +916,14 @@ async fn a_new_default_card_while_a_renewal_waits_for_authentication_cancels_it_
         .find(|p| p["attempt"] == 1)
         .unwrap();
     assert_eq!(first["failure_code"], "canceled", "{first}");
+    // Canceled, not declined: told as such, and no payment of the invoice said to have failed.
+    let canceled = event_objects(&app, &t, false, "payment.canceled").await;
+    let canceled: Vec<&Value> = canceled.iter().map(|p| &p["id"]).collect();
+    assert_eq!(canceled, [&first["id"]]);
+    let failed = event_objects(&app, &t, false, "payment.failed").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let failed = event_objects(&app, &t, false, "invoice.payment_failed").await;
+    assert!(failed.iter().all(|i| i["id"] != id.as_str()), "{failed:?}");
     let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
     assert_eq!(invoice["status"], "paid");
     assert_eq!(invoice["amount_paid"], invoice["total"]);
@@ -1042,6 +1050,67 @@ async fn a_failed_authentication_after_a_retry_found_the_charge_waiting_is_retri
     let made = attempts(&app, &key, &id).await;
     let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
     // (The card asks the customer to authenticate again.)
+    assert_eq!(states, [(1, "failed"), (2, "requires_action")], "{made:?}");
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+}
+
+#[tokio::test]
+async fn a_charge_canceled_at_the_gateway_is_told_as_canceled_not_failed_and_retried_on_schedule() {
+    use crate::stripe_events::{SECRET, process, send_event};
+    let app = crate::helpers::spawn_app_with(&[("STRIPE_WEBHOOK_SECRETS", SECRET)]).await;
+    let t = app.register("dunning-canceled-at-stripe@acme.com").await;
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
+    let payment = payments["data"][0].clone();
+    assert_eq!(payment["status"], "requires_action");
+    let object = json!({"id": payment["gateway_id"], "object": "payment_intent",
+                        "status": "canceled",
+                        "metadata": {"payment": payment["id"], "invoice": id}});
+    send_event(
+        &app,
+        "evt_pi_canceled",
+        "payment_intent.canceled",
+        None,
+        object,
+    )
+    .await;
+    process(&app, "evt_pi_canceled").await;
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
+    assert_eq!(payments["data"][0]["status"], "failed");
+    assert_eq!(payments["data"][0]["failure_code"], "canceled");
+    let canceled = event_objects(&app, &t, false, "payment.canceled").await;
+    let canceled: Vec<&Value> = canceled.iter().map(|p| &p["id"]).collect();
+    assert_eq!(canceled, [&payment["id"]]);
+    assert!(
+        event_objects(&app, &t, false, "payment.failed")
+            .await
+            .is_empty()
+    );
+    let failed = event_objects(&app, &t, false, "invoice.payment_failed").await;
+    assert!(failed.iter().all(|i| i["id"] != id.as_str()), "{failed:?}");
+    // Still unpaid: dunning goes on, the next attempt 3 days later (the card asks the customer
+    // to authenticate again).
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(3) + Duration::hours(3)),
+    )
+    .await;
+    let made = attempts(&app, &key, &id).await;
+    let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
     assert_eq!(states, [(1, "failed"), (2, "requires_action")], "{made:?}");
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
 }

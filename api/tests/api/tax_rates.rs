@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
-    subscriptions::{customer_and_plan, get, json_of, subscribe},
+    subscriptions::{customer_and_plan, get, json_of, run_due, scope, subscribe},
 };
 
 async fn rate(app: &TestApp, key: &Cred, body: Value) -> String {
@@ -329,4 +329,163 @@ async fn bad_tax_rates_are_refused_field_by_field_and_other_tenants_see_nothing(
         .await;
     let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
     assert_eq!(problem["field"], "tax_rates");
+}
+
+async fn credit_note(app: &TestApp, key: &Cred, body: Value) -> Value {
+    json_of(
+        app.post("/api/v1/credit-notes", key, &body).await,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn credit_notes_give_back_the_tax_on_what_they_credit_and_all_of_it_with_the_whole_invoice() {
+    let app = spawn_app().await;
+    let t = app.register("tax-credit@acme.com").await;
+    let key = t.sk_test();
+    rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
+    )
+    .await;
+
+    // 100.00 + 20 % = 120.00 owed. A third of the line gives back 20 % of 33.33 = 6.67 with it.
+    let cus = customer(&app, &key, json!({})).await;
+    let (_, open) = invoice_of(&app, &key, &cus, 10_000).await;
+    assert_eq!(open["total"], 12_000);
+    let id = s(&open["id"]);
+    let line = s(&open["lines"][0]["id"]);
+    let first = credit_note(
+        &app,
+        &key,
+        json!({"invoice": id, "lines": [{"invoice_line": line, "amount": 3333}]}),
+    )
+    .await;
+    assert_eq!(
+        (&first["subtotal"], &first["tax"], &first["amount"]),
+        (&json!(3333), &json!(667), &json!(4000))
+    );
+    assert_eq!(taxes(&first), vec![("VAT".to_owned(), 3333, 667)]);
+    let after = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(after["amount_remaining"], 8000);
+    assert_eq!(after["amount_credited"], 4000);
+    // A custom line carries no tax (and no rate shows).
+    let custom = credit_note(&app, &key, json!({"invoice": id, "amount": 1})).await;
+    assert_eq!(
+        (&custom["subtotal"], &custom["tax"], &custom["amount"]),
+        (&json!(1), &json!(0), &json!(1))
+    );
+    assert!(taxes(&custom).is_empty());
+    // The rest of the line with its tax (66.67 + 13.33) is more than the 79.99 still owed.
+    let resp = app
+        .post(
+            "/api/v1/credit-notes",
+            &key,
+            &json!({"invoice": id, "lines": [{"invoice_line": line}]}),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "lines");
+    // 66.66 of it: 13.33 of tax, all of the invoice's tax given back, nothing owed: paid.
+    let last = credit_note(
+        &app,
+        &key,
+        json!({"invoice": id, "lines": [{"invoice_line": line, "amount": 6666}]}),
+    )
+    .await;
+    assert_eq!(
+        (&last["subtotal"], &last["tax"], &last["amount"]),
+        (&json!(6666), &json!(1333), &json!(7999))
+    );
+    let after = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(after["status"], "paid");
+    assert_eq!(after["amount_remaining"], 0);
+    assert_eq!(after["amount_credited"], 12_000);
+    assert_eq!(
+        first["tax"].as_i64().unwrap() + last["tax"].as_i64().unwrap(),
+        after["tax"].as_i64().unwrap()
+    );
+
+    // A paid invoice (29.99 + 6.00 charged): the whole line gives back 35.99, and a refund
+    // of the lines alone does not add up to the note.
+    let (sub_cus, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": sub_cus, "items": [{"plan": plan}]}),
+    )
+    .await;
+    run_due(&app, scope(&app, &t.sk_test).await).await;
+    let paid = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+    )
+    .await;
+    assert_eq!(
+        (&paid["status"], &paid["total"]),
+        (&json!("paid"), &json!(3599))
+    );
+    let line = s(&paid["lines"][0]["id"]);
+    let resp = app
+        .post(
+            "/api/v1/credit-notes",
+            &key,
+            &json!({"invoice": paid["id"], "lines": [{"invoice_line": line}],
+                    "refund_amount": 2999}),
+        )
+        .await;
+    let problem = assert_problem(resp, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(problem["field"], "refund_amount");
+    let refunded = credit_note(
+        &app,
+        &key,
+        json!({"invoice": paid["id"], "lines": [{"invoice_line": line}],
+               "refund_amount": 3599}),
+    )
+    .await;
+    assert_eq!(
+        (&refunded["subtotal"], &refunded["tax"], &refunded["amount"]),
+        (&json!(2999), &json!(600), &json!(3599))
+    );
+    assert_eq!(refunded["refund_amount"], 3599);
+    let refund = get(
+        &app,
+        &key,
+        &format!("/api/v1/refunds/{}", s(&refunded["refund"])),
+    )
+    .await;
+    assert_eq!(refund["amount"], 3599);
+}
+
+#[tokio::test]
+async fn a_credit_note_on_an_inclusive_rate_shows_the_tax_its_lines_hold_and_adds_none() {
+    let app = spawn_app().await;
+    let t = app.register("tax-credit-incl@acme.com").await;
+    let key = t.sk_test();
+    let gst = rate(
+        &app,
+        &key,
+        json!({"display_name": "GST", "percentage": 10.0, "inclusive": true}),
+    )
+    .await;
+    let cus = customer(&app, &key, json!({"tax_rates": [gst]})).await;
+    // 11.00 holds 1.00 of GST; a credit of 5.50 of it holds 0.50.
+    let (_, open) = invoice_of(&app, &key, &cus, 1100).await;
+    assert_eq!((&open["tax"], &open["total"]), (&json!(100), &json!(1100)));
+    let line = s(&open["lines"][0]["id"]);
+    let note = credit_note(
+        &app,
+        &key,
+        json!({"invoice": open["id"], "lines": [{"invoice_line": line, "amount": 550}]}),
+    )
+    .await;
+    assert_eq!(
+        (&note["subtotal"], &note["tax"], &note["amount"]),
+        (&json!(550), &json!(50), &json!(550))
+    );
+    assert_eq!(taxes(&note), vec![("GST".to_owned(), 500, 50)]);
+    assert_eq!(note["total_tax_amounts"][0]["inclusive"], true);
 }

@@ -98,7 +98,14 @@ pub struct CreditNoteRow {
     pub currency: String,
     /// `pre_payment` (reduced what the invoice owes) or `post_payment` (gave money back).
     pub r#type: String,
+    /// What it credits: `subtotal` plus the exclusive part of `tax`.
     pub amount: i64,
+    /// Its lines' amounts.
+    pub subtotal: i64,
+    /// The invoice's tax it gives back, inclusive and exclusive.
+    pub tax: i64,
+    /// That tax per rate of the invoice, as an invoice's `tax_amounts`.
+    pub tax_amounts: serde_json::Value,
     pub refund_amount: i64,
     pub credit_amount: i64,
     pub out_of_band_amount: i64,
@@ -132,6 +139,9 @@ impl CreditNoteRow {
             "currency": self.currency,
             "type": self.r#type,
             "amount": self.amount,
+            "subtotal": self.subtotal,
+            "tax": self.tax,
+            "total_tax_amounts": self.tax_amounts,
             "refund_amount": self.refund_amount,
             "credit_amount": self.credit_amount,
             "out_of_band_amount": self.out_of_band_amount,
@@ -153,7 +163,7 @@ impl CreditNoteRow {
 }
 
 const NOTE_COLUMNS: &str = "id, invoice_id, customer_id, number, currency, type, amount, \
-    refund_amount, credit_amount, out_of_band_amount, reason, memo, refund_id, metadata, \
+    subtotal, tax, tax_amounts, refund_amount, credit_amount, out_of_band_amount, reason, memo, refund_id, metadata, \
     livemode, created_at";
 
 const NOTE_LINE_COLUMNS: &str =
@@ -168,8 +178,9 @@ pub async fn insert_note(
     sqlx::query(
         "INSERT INTO credit_notes (id, tenant_id, livemode, invoice_id, customer_id, number, \
          currency, type, amount, refund_amount, credit_amount, out_of_band_amount, reason, memo, \
-         refund_id, metadata, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         refund_id, metadata, created_at, subtotal, tax, tax_amounts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20)",
     )
     .bind(n.id)
     .bind(scope.tenant_id())
@@ -188,6 +199,9 @@ pub async fn insert_note(
     .bind(n.refund_id)
     .bind(&n.metadata)
     .bind(n.created_at)
+    .bind(n.subtotal)
+    .bind(n.tax)
+    .bind(&n.tax_amounts)
     .execute(&mut *conn)
     .await?;
     for l in lines {

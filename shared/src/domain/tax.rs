@@ -81,6 +81,30 @@ pub fn compute(amount: i64, rates: &[Rate]) -> Result<Vec<TaxAmount>, TaxOverflo
         .collect()
 }
 
+/// The tax of each rate a credit note gives back, in the order of `rates` (the invoice's):
+/// the invoice's tax on what its notes have credited of its lines once this one is issued
+/// (`after`), less that tax before it (`before`), what is credited counted up to the invoice's
+/// taxed amount `net` (its lines after discounts). Notes that credit all of `net` give back
+/// exactly the invoice's tax, each within a cent of its exact share; an invoice that taxed
+/// nothing (`net` ≤ 0) gives nothing back.
+pub fn credited(
+    net: i64,
+    before: i64,
+    after: i64,
+    rates: &[Rate],
+) -> Result<Vec<TaxAmount>, TaxOverflow> {
+    let up_to = |credited: i64| compute(credited.clamp(0, net.max(0)), rates);
+    let (was, is) = (up_to(before)?, up_to(after)?);
+    Ok(is
+        .iter()
+        .zip(&was)
+        .map(|(is, was)| TaxAmount {
+            taxable: is.taxable - was.taxable,
+            amount: is.amount - was.amount,
+        })
+        .collect())
+}
+
 /// What the taxes add to an invoice's total: the exclusive ones (inclusive ones are inside the
 /// amounts already).
 pub fn added(rates: &[Rate], taxes: &[TaxAmount]) -> Result<i64, TaxOverflow> {
@@ -257,6 +281,52 @@ mod tests {
     }
 
     #[test]
+    fn credit_notes_give_back_the_tax_of_what_they_credit_and_all_of_it_once_all_is_credited() {
+        let rates = [excl(200_000)];
+        // 100.00 at 20 %: 20.00 of tax. A third, a third, the rest: 6.67 + 6.66 + 6.67.
+        let parts: Vec<i64> = [(0, 3333), (3333, 6666), (6666, 10_000)]
+            .iter()
+            .map(|(b, a)| credited(10_000, *b, *a, &rates).unwrap()[0].amount)
+            .collect();
+        assert_eq!(parts, [667, 666, 667]);
+        assert_eq!(
+            credited(10_000, 3333, 6666, &rates).unwrap(),
+            vec![TaxAmount {
+                taxable: 3333,
+                amount: 666
+            }]
+        );
+        // Past the invoice's taxed amount (lines credited beyond what negative lines left of
+        // it): no more tax than the invoice took.
+        assert_eq!(
+            credited(10_000, 9000, 12_000, &rates).unwrap()[0].amount,
+            200
+        );
+        assert_eq!(
+            credited(10_000, 10_000, 12_000, &rates).unwrap(),
+            vec![TaxAmount::default()]
+        );
+        // An invoice that taxed nothing, or credited more than it charged: nothing back.
+        assert_eq!(
+            credited(0, 0, 500, &rates).unwrap(),
+            vec![TaxAmount::default()]
+        );
+        assert_eq!(
+            credited(-1000, 0, 500, &rates).unwrap(),
+            vec![TaxAmount::default()]
+        );
+        // Inclusive: the part of the credited amount it holds (120.00 holding 20 %: 20.00).
+        assert_eq!(
+            credited(12_000, 0, 12_000, &[incl(200_000)]).unwrap(),
+            vec![TaxAmount {
+                taxable: 10_000,
+                amount: 2000
+            }]
+        );
+        assert!(credited(10_000, 0, 10_000, &[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn sums_past_64_bits_are_an_error_not_a_wrap() {
         let rates = [excl(1_000_000), excl(1_000_000)];
         let taxes = compute(i64::MAX, &rates).unwrap();
@@ -319,6 +389,45 @@ mod tests {
                 prop_assert_eq!(d.taxable, -c.taxable);
             }
             prop_assert_eq!(added(&rates, &credit).unwrap(), -added(&rates, &charge).unwrap());
+        }
+
+        #[test]
+        fn credit_notes_that_credit_everything_give_back_the_invoice_s_tax_exactly(
+            net in 1i64..10_000_000_000,
+            cuts in proptest::collection::vec(0.0f64..1.0, 0..6),
+            ppms in proptest::collection::vec(0u32..=300_000, 1..4),
+            inclusive in proptest::collection::vec(any::<bool>(), 4),
+        ) {
+            let rates: Vec<Rate> = ppms
+                .iter()
+                .zip(&inclusive)
+                .map(|(p, i)| Rate { ppm: *p, inclusive: *i })
+                .collect();
+            // Notes crediting the net in pieces, the last one all that is left.
+            let mut marks: Vec<i64> = cuts.iter().map(|c| (net as f64 * c) as i64).collect();
+            marks.push(0);
+            marks.push(net);
+            marks.sort_unstable();
+            let mut given = vec![0i64; rates.len()];
+            for w in marks.windows(2) {
+                let notes = credited(net, w[0], w[1], &rates).unwrap();
+                let exact = compute(w[1], &rates).unwrap();
+                for ((g, n), (r, e)) in given.iter_mut().zip(&notes).zip(rates.iter().zip(&exact)) {
+                    *g += n.amount;
+                    // An exclusive rate's share of a note is within a cent of the rate of the
+                    // base it credits (the amount without the inclusive taxes).
+                    if !r.inclusive {
+                        if rates.iter().all(|r| !r.inclusive) {
+                            prop_assert_eq!(n.taxable, w[1] - w[0]);
+                        }
+                        let share = n.taxable as f64 * f64::from(r.ppm) / 1e6;
+                        prop_assert!((n.amount as f64 - share).abs() <= 1.0 + 1e-6);
+                    }
+                    prop_assert_eq!(*g, e.amount);
+                }
+            }
+            let whole: Vec<i64> = compute(net, &rates).unwrap().iter().map(|t| t.amount).collect();
+            prop_assert_eq!(given, whole);
         }
 
         #[test]

@@ -8,6 +8,9 @@
 //! - Under the invoice's lock, a note never credits a line for more than what is left of it,
 //!   and an invoice's notes never add up to more than its total (a constraint backs it).
 //!   Notes are numbered per invoice: `ACME-000123-CN1`, `-CN2`…
+//! - A note's amount is its lines plus the invoice's tax on what they credit of the invoice's
+//!   lines ([`crate::domain::tax::credited`]): notes that credit all of them give back all of its
+//!   tax. Custom lines carry no tax.
 
 use std::collections::HashMap;
 
@@ -124,16 +127,21 @@ pub async fn create_credit_note(
         .iter()
         .map(|l| (l.id, l.amount - l.discount_amount))
         .collect();
+    // What the invoice taxed (its lines after discounts), and what notes credited of its lines.
+    let net: i64 = left.values().sum();
+    let mut credited_before: i64 = 0;
     for (line, credited) in
         db::credit_notes::credited_per_line(uow.conn(), scope, invoice.id).await?
     {
+        credited_before += credited;
         if let Some(l) = left.get_mut(&line) {
             *l -= credited;
         }
     }
     let id = CreditNoteId::new();
     let mut lines = Vec::with_capacity(spec.lines.len());
-    let mut total: i64 = 0;
+    let mut subtotal: i64 = 0;
+    let mut credited_lines: i64 = 0;
     for (i, l) in spec.lines.iter().enumerate() {
         let (invoice_line, description, amount) = match *l {
             NoteLine::Invoiced { line, amount } => {
@@ -158,6 +166,7 @@ pub async fn create_credit_note(
                     ));
                 }
                 left.insert(line, rest - amount);
+                credited_lines += amount;
                 (Some(line), source.description.clone(), amount)
             }
             NoteLine::Custom {
@@ -173,7 +182,7 @@ pub async fn create_credit_note(
                 (None, description.to_owned(), amount)
             }
         };
-        total = total
+        subtotal = subtotal
             .checked_add(amount)
             .ok_or_else(|| ServiceError::invalid("lines", "add up to too much"))?;
         lines.push(CreditNoteLineRow {
@@ -185,12 +194,25 @@ pub async fn create_credit_note(
             amount,
         });
     }
+    // The invoice's tax on what the note credits of its lines (custom lines carry none).
+    let (added_tax, tax, tax_amounts) = super::tax_rates::credited(
+        &invoice.tax_amounts,
+        net,
+        credited_before,
+        credited_before + credited_lines,
+    )?;
+    let total = subtotal
+        .checked_add(added_tax)
+        .ok_or_else(|| ServiceError::invalid("lines", "add up to too much"))?;
     // Refunds made without a note count here too: together they never exceed the total.
     let creditable = invoice.total.max(0) - invoice.amount_credited;
     if total > creditable {
         return Err(ServiceError::invalid(
             "lines",
-            format!("add up to {total}, more than is left to credit on the invoice ({creditable})"),
+            format!(
+                "come to {total} with their tax, more than is left to credit on the invoice \
+                 ({creditable})"
+            ),
         ));
     }
     let split = spec.split;
@@ -210,7 +232,7 @@ pub async fn create_credit_note(
             return Err(ServiceError::invalid(
                 "lines",
                 format!(
-                    "add up to {total}, more than the invoice still owes ({})",
+                    "come to {total} with their tax, more than the invoice still owes ({})",
                     invoice.amount_remaining
                 ),
             ));
@@ -268,6 +290,9 @@ pub async fn create_credit_note(
         }
         .to_owned(),
         amount: total,
+        subtotal,
+        tax,
+        tax_amounts,
         refund_amount,
         credit_amount,
         out_of_band_amount,

@@ -1289,6 +1289,19 @@ pub async fn record_outcome(
             db::invoices::save_payment(uow.conn(), scope, &p).await?;
             after_failure(uow, scope, &invoice, &p).await?;
         }
+        ChargeOutcome::Canceled { message } => {
+            // Over without money taken, but not a decline of the customer's payment method:
+            // `payment.canceled`, never `payment.failed` or `invoice.payment_failed`. The
+            // invoice is as unpaid as after a decline, and dunning goes on the same way (a new
+            // default card's attempt at once).
+            p.status = PaymentStatus::Failed;
+            p.failure_code = Some("canceled".into());
+            p.failure_message = Some(message.clone());
+            p.hard_decline = false;
+            db::invoices::save_payment(uow.conn(), scope, &p).await?;
+            events::record(uow, scope, "payment.canceled", p.to_json()).await?;
+            left_unpaid(uow, scope, &invoice, &p).await?;
+        }
     }
     Ok(p)
 }
@@ -1427,7 +1440,8 @@ pub async fn record_outcomes(
         .collect()
 }
 
-/// A failed attempt: `payment.failed`, `invoice.payment_failed`, and the subscription past due.
+/// A declined attempt: `payment.failed`, `invoice.payment_failed`, and what follows
+/// ([`left_unpaid`]).
 async fn after_failure(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -1443,6 +1457,17 @@ async fn after_failure(
         invoice.to_json(&lines),
     )
     .await?;
+    left_unpaid(uow, scope, invoice, payment).await
+}
+
+/// An attempt that ended without taking the money (declined or canceled): the subscription
+/// past due, and dunning's next step.
+async fn left_unpaid(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: &InvoiceRow,
+    payment: &PaymentRow,
+) -> ServiceResult<()> {
     // An invoice sent for payment is late only after its due date (its overdue check makes
     // the subscription past due then): a charge its customer tried before that and that
     // failed does not.
@@ -1611,9 +1636,7 @@ async fn supersede(
         };
         match answer {
             Ok(mut outcome) => {
-                if let ChargeOutcome::Declined { code, message, .. } = &mut outcome
-                    && code == "canceled"
-                {
+                if let ChargeOutcome::Canceled { message } = &mut outcome {
                     *message = "Canceled: the customer's default payment method changed while \
                                 this charge waited for authentication."
                         .into();

@@ -99,10 +99,8 @@ async fn payment_intent(
         "payment_intent.processing" => ChargeOutcome::Processing {
             id: intent.to_owned(),
         },
-        "payment_intent.canceled" => ChargeOutcome::Declined {
-            code: "canceled".into(),
+        "payment_intent.canceled" => ChargeOutcome::Canceled {
             message: "The payment was canceled.".into(),
-            do_not_retry: false,
         },
         _ => return Ok((Status::Stale, "stale: nothing final to record")),
     };

@@ -218,3 +218,47 @@ pub(crate) fn taxed(rows: &[TaxRateRow], lines: &[LineRow], balance: i64) -> Ser
         tax_amounts: serde_json::Value::Array(tax_amounts),
     })
 }
+
+/// What a credit of an invoice's lines gives back of the tax the invoice took
+/// ([`tax::credited`]): its lines after discounts added up to `net`; its notes credited
+/// `before` of them, `after` once this one is issued. The exclusive tax (added to what the
+/// note credits), all the tax, and each rate's part in the shape of the invoice's
+/// `tax_amounts` (the rates that give nothing back left out).
+pub(crate) fn credited(
+    invoice_tax_amounts: &serde_json::Value,
+    net: i64,
+    before: i64,
+    after: i64,
+) -> ServiceResult<(i64, i64, serde_json::Value)> {
+    let entries = invoice_tax_amounts
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let rates = entries
+        .iter()
+        .map(|e| {
+            let ppm = e["percentage"].as_f64().and_then(tax::ppm_of_percentage);
+            match (ppm, e["inclusive"].as_bool()) {
+                (Some(ppm), Some(inclusive)) => Ok(Rate { ppm, inclusive }),
+                _ => Err(ServiceError::internal(format!(
+                    "an invoice's tax amount without its rate: {e}"
+                ))),
+            }
+        })
+        .collect::<ServiceResult<Vec<Rate>>>()?;
+    let too_large = |_| ServiceError::invalid("lines", "make the note's tax too large");
+    let taxes = tax::credited(net, before, after, &rates).map_err(too_large)?;
+    let added = tax::added(&rates, &taxes).map_err(too_large)?;
+    let all = tax::total(&taxes).map_err(too_large)?;
+    let parts = entries
+        .iter()
+        .zip(&taxes)
+        .filter(|(_, t)| t.taxable != 0 || t.amount != 0)
+        .map(|(e, t)| {
+            let mut part = e.clone();
+            part["taxable_amount"] = t.taxable.into();
+            part["amount"] = t.amount.into();
+            part
+        })
+        .collect();
+    Ok((added, all, serde_json::Value::Array(parts)))
+}
