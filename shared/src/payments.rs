@@ -137,7 +137,7 @@ impl Gateway {
 
 impl Gateway {
     /// Cancels the charge `id` (one waiting for the customer to authenticate) so that it never
-    /// takes the money; the answer is its outcome: declined (`canceled`) when it was, or what it
+    /// takes the money; the answer is its outcome: canceled when it was, or what it
     /// became first (the customer completed it just before: succeeded, or processing). The
     /// sandbox's such charges are never completed: always canceled.
     pub async fn cancel(

@@ -119,7 +119,7 @@ pub struct CreditNoteOut {
     /// The invoice's tax the note gives back, inclusive and exclusive: the tax the invoice took
     /// on what the note credits of its lines (custom lines carry none).
     pub tax: i64,
-    /// That tax per rate of the invoice (the rates that give nothing back left out).
+    /// That tax per rate of the invoice (empty when the note credits none of its lines).
     pub total_tax_amounts: Vec<InvoiceTaxAmountOut>,
     pub refund_amount: i64,
     pub credit_amount: i64,

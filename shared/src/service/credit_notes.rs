@@ -128,12 +128,16 @@ pub async fn create_credit_note(
         .map(|l| (l.id, l.amount - l.discount_amount))
         .collect();
     // What the invoice taxed (its lines after discounts), and what notes credited of its lines.
-    let net: i64 = left.values().sum();
+    let too_much = || ServiceError::invalid("lines", "add up to too much");
+    let net = left
+        .values()
+        .try_fold(0i64, |sum, l| sum.checked_add(*l))
+        .ok_or_else(too_much)?;
     let mut credited_before: i64 = 0;
     for (line, credited) in
         db::credit_notes::credited_per_line(uow.conn(), scope, invoice.id).await?
     {
-        credited_before += credited;
+        credited_before = credited_before.checked_add(credited).ok_or_else(too_much)?;
         if let Some(l) = left.get_mut(&line) {
             *l -= credited;
         }
@@ -166,7 +170,7 @@ pub async fn create_credit_note(
                     ));
                 }
                 left.insert(line, rest - amount);
-                credited_lines += amount;
+                credited_lines = credited_lines.checked_add(amount).ok_or_else(too_much)?;
                 (Some(line), source.description.clone(), amount)
             }
             NoteLine::Custom {
@@ -182,9 +186,7 @@ pub async fn create_credit_note(
                 (None, description.to_owned(), amount)
             }
         };
-        subtotal = subtotal
-            .checked_add(amount)
-            .ok_or_else(|| ServiceError::invalid("lines", "add up to too much"))?;
+        subtotal = subtotal.checked_add(amount).ok_or_else(too_much)?;
         lines.push(CreditNoteLineRow {
             id: CreditNoteLineId::new(),
             credit_note_id: id,
@@ -199,11 +201,11 @@ pub async fn create_credit_note(
         &invoice.tax_amounts,
         net,
         credited_before,
-        credited_before + credited_lines,
+        credited_before
+            .checked_add(credited_lines)
+            .ok_or_else(too_much)?,
     )?;
-    let total = subtotal
-        .checked_add(added_tax)
-        .ok_or_else(|| ServiceError::invalid("lines", "add up to too much"))?;
+    let total = subtotal.checked_add(added_tax).ok_or_else(too_much)?;
     // Refunds made without a note count here too: together they never exceed the total.
     let creditable = invoice.total.max(0) - invoice.amount_credited;
     if total > creditable {

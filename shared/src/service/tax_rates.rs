@@ -223,7 +223,8 @@ pub(crate) fn taxed(rows: &[TaxRateRow], lines: &[LineRow], balance: i64) -> Ser
 /// ([`tax::credited`]): its lines after discounts added up to `net`; its notes credited
 /// `before` of them, `after` once this one is issued. The exclusive tax (added to what the
 /// note credits), all the tax, and each rate's part in the shape of the invoice's
-/// `tax_amounts` (the rates that give nothing back left out).
+/// `tax_amounts` (the rates that tax none of what it credits left out: all of them for a
+/// note of custom lines only).
 pub(crate) fn credited(
     invoice_tax_amounts: &serde_json::Value,
     net: i64,
