@@ -143,9 +143,11 @@ async fn main() -> anyhow::Result<()> {
         let idle: bool = sqlx::query_scalar(
             "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE queue = 'renewals' \
                  AND state = 'pending' AND test_clock_id IS NULL) \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'scheduled' AND kind = $1)",
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'scheduled' AND run_at <= $2 \
+                 AND kind = $1)",
         )
         .bind(Job::RENEW_SUBSCRIPTION)
+        .bind(tick)
         .fetch_one(&pool)
         .await?;
         // With nothing left to run, whatever is paid was paid by now.

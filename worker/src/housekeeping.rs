@@ -1,6 +1,6 @@
-//! Housekeeping: delete what gone consumers left in Redis, refresh queue gauges, and delete
+//! Housekeeping: delete what gone consumers left in Redis, refresh queue gauges, delete
 //! what has outlived its retention (idempotency keys, events with their deliveries, finished
-//! jobs). Every step is idempotent, so every worker process may run it.
+//! jobs), and start over the charges whose job died with their attempt in flight. Every step is idempotent, so every worker process may run it.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -16,6 +16,8 @@ use crate::{Runtime, redis_queue};
 const REAP_SCAN: usize = 1000;
 /// Rows deleted per statement.
 const PURGE_BATCH: i64 = 1000;
+/// Attempts in flight looked at per pass for a dead charge job.
+const RESUME_SCAN: i64 = 1000;
 /// Succeeded jobs are kept this long for operators.
 const KEEP_SUCCEEDED_DAYS: i64 = 7;
 
@@ -41,6 +43,20 @@ pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
         if n % 30 == 1 {
             purge(&rt).await;
         }
+        if n % 150 == 1 {
+            resume_dead_charges(&rt).await;
+        }
+    }
+}
+
+/// Charges whose job died with their attempt in flight start over (every 5 minutes).
+async fn resume_dead_charges(rt: &Runtime) {
+    match shared::service::invoices::resume_dead_charges(&rt.pool, rt.clock.as_ref(), RESUME_SCAN)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(resumed = n, "charges whose job died in flight start over"),
+        Err(e) => tracing::debug!(error = %e, "resuming dead charges failed; will retry"),
     }
 }
 

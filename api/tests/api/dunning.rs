@@ -789,6 +789,67 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     .await;
 }
 
+#[tokio::test]
+async fn a_charge_whose_job_died_in_flight_is_resumed_by_the_sweep_and_then_its_invoice_settles() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-dead-in-flight@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, START).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    let invoice = s(&sub["latest_invoice"]);
+    let sweep = || {
+        shared::service::invoices::resume_dead_charges(&app.pool, &shared::clock::SystemClock, 1000)
+    };
+    // Its attempt started and the gateway never answered; while the job lives, the sweep
+    // leaves it to the job.
+    let started = sqlx::query(
+        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
+         amount, currency, application_fee, status, gateway, idempotency_key, \
+         payment_method_id, hard_decline, created_at, updated_at) \
+         SELECT gen_random_uuid(), i.tenant_id, i.livemode, i.id, i.customer_id, 1, \
+         i.amount_remaining, i.currency, 0, 'pending', 'sandbox', 'stalled-attempt-1', \
+         (SELECT id FROM payment_methods m WHERE m.customer_id = i.customer_id LIMIT 1), \
+         FALSE, now(), now() FROM invoices i WHERE i.id = $1",
+    )
+    .bind(InvoiceId::parse(&invoice).unwrap().as_uuid())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(started.rows_affected(), 1);
+    assert_eq!(sweep().await.unwrap(), 0);
+    // The job dies (the gateway out of reach on every run): the invoice can be neither voided
+    // nor credited while its attempt is in flight, and nothing else would ever settle it.
+    assert_eq!(kill_waiting_charges(&app).await, 1);
+    assert_problem(
+        app.post(
+            &format!("/api/v1/invoices/{invoice}/void"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "payment_in_progress",
+    )
+    .await;
+    // The sweep starts its job over, once: the attempt resumes with its key and pays it.
+    assert_eq!(sweep().await.unwrap(), 1);
+    assert_eq!(sweep().await.unwrap(), 0);
+    advance(&app, &key, &t.sk_test, &clock, &at(Duration::minutes(1))).await;
+    let made = attempts(&app, &key, &invoice).await;
+    let states: Vec<(i64, &str)> = made.iter().map(|a| (a.0, a.1.as_str())).collect();
+    assert_eq!(states, [(1, "succeeded")], "{made:?}");
+    let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(status_of(&app, &key, &s(&sub["id"])).await, "active");
+}
+
 /// Makes the charge jobs waiting to run dead (as if their runs were used up: the gateway out
 /// of reach on every one, say); how many.
 async fn kill_waiting_charges(app: &TestApp) -> u64 {

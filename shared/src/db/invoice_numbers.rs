@@ -1,6 +1,6 @@
 //! Gap-free invoice numbers: a counter row per (tenant, mode, prefix).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -58,47 +58,26 @@ impl Deferred {
     /// prefix), the counters moved on in one statement in a fixed order (so that two units of
     /// work never wait for each other's counters in a cycle), and writes the number into the
     /// invoices and into the events about them.
-    ///
-    /// The events about other objects are inserted first, before the counters are locked: the
-    /// counters of a tenant stay locked, and other units of work numbering its invoices wait,
-    /// for as little as can be.
     pub async fn assign(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), DbError> {
-        let Self { invoices, events } = self;
-        let numbered: HashSet<String> = invoices.iter().map(|i| i.2.to_string()).collect();
-        let about = |event: &NewEvent| {
-            event
+        let Self {
+            invoices,
+            mut events,
+        } = self;
+        let numbers = number(conn, &invoices, now).await?;
+        for (_, _, event) in &mut events {
+            let number = event
                 .object
                 .get("id")
                 .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
-        };
-        let (mut theirs, others): (Vec<_>, Vec<_>) = events
-            .into_iter()
-            .partition(|e| about(&e.2).is_some_and(|id| numbered.contains(&id)));
-        insert(conn, &others, now).await?;
-        let numbers = number(conn, &invoices, now).await?;
-        for (_, _, event) in &mut theirs {
-            let number = about(event).and_then(|id| numbers.get(&id));
+                .and_then(|id| numbers.get(id));
             if let (Some(number), Some(object)) = (number, event.object.as_object_mut()) {
                 object.insert("number".into(), serde_json::Value::String(number.clone()));
             }
         }
-        insert(conn, &theirs, now).await
+        let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
+        let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
+        events::record_with_ids(conn, &ids, &scoped, now).await
     }
-}
-
-/// Inserts events kept with their ids.
-async fn insert(
-    conn: &mut PgConnection,
-    events: &[(EventId, Scope, NewEvent)],
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
-    let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
-    events::record_with_ids(conn, &ids, &scoped, now).await
 }
 
 /// Numbers `invoices` (see [`Deferred::assign`]); each invoice's number, by its public id.

@@ -190,3 +190,46 @@ pub async fn payment_method(pool: &PgPool, id: Uuid) -> Result<SyncedPaymentMeth
     .await
     .map_err(Into::into)
 }
+
+/// Attempts of any tenant sent to no gateway yet (`pending` without a gateway id), oldest first,
+/// at most `limit`: each one's scope, invoice, attempt number and customer.
+pub async fn unsent_attempts(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<
+    Vec<(
+        crate::tenancy::Scope,
+        crate::ids::InvoiceId,
+        i32,
+        crate::ids::CustomerId,
+    )>,
+    DbError,
+> {
+    let rows: Vec<(
+        crate::ids::TenantId,
+        bool,
+        crate::ids::InvoiceId,
+        i32,
+        crate::ids::CustomerId,
+    )> = sqlx::query_as(
+        "SELECT tenant_id, livemode, invoice_id, attempt, customer_id FROM payments \
+         WHERE status = 'pending' AND gateway_id IS NULL ORDER BY updated_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant_id, livemode, invoice, attempt, customer)| {
+            (
+                crate::tenancy::Scope {
+                    tenant_id,
+                    livemode,
+                },
+                invoice,
+                attempt,
+                customer,
+            )
+        })
+        .collect())
+}

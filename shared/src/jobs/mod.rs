@@ -317,6 +317,18 @@ pub async fn revive(
     .await
 }
 
+/// Makes jobs that died due at `at` with their attempts afresh (others are left as they are):
+/// for work that must end one way or another, and whose failures were not its own. Locks them
+/// in id order, as every statement on jobs does; returns how many it changed.
+pub async fn restart_dead(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    make_due(conn, ids, at, now, afresh!("state = 'dead'")).await
+}
+
 /// Runs `sql` (an `UPDATE` of jobs `$1` due at `$2`, at `$3`, returning each changed job's
 /// queue and whether it is off any test clock) with the ids in order, and wakes the queues of
 /// jobs due now. `$4` is [`SCHEDULED_QUEUE`]: its jobs due later are `scheduled` (a billing

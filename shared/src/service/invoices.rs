@@ -1690,6 +1690,35 @@ pub async fn charge_after_sync(
     Ok(revived)
 }
 
+/// Attempts left in flight by a charge job that died after the attempt started and before
+/// the gateway answered (its runs used up while the gateway was out of reach, say): nothing
+/// else would settle them, and their invoices could be neither paid, voided nor credited.
+/// Their jobs start over, due now (on the customer's test clock's time when it has one): each
+/// attempt resumes with its idempotency key, never charging twice. Looks at the `limit` oldest
+/// attempts not sent yet; returns how many jobs it started over.
+pub async fn resume_dead_charges(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    limit: i64,
+) -> ServiceResult<u64> {
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let unsent = db::unscoped::unsent_attempts(uow.conn(), limit).await?;
+    let now = uow.now();
+    let mut resumed = 0;
+    for (scope, invoice, attempt, customer) in unsent {
+        let id = crate::jobs::Job::PayInvoice { invoice, attempt }.id();
+        if !crate::jobs::is_dead(uow.conn(), id).await? {
+            continue;
+        }
+        let at = db::test_clocks::of_customer(uow.conn(), scope, customer)
+            .await?
+            .map_or(now, |c| c.frozen_time);
+        resumed += crate::jobs::restart_dead(uow.conn(), &[id], at, now).await?;
+    }
+    uow.commit().await?;
+    Ok(resumed)
+}
+
 /// Queues charge attempts (`invoice.pay` jobs) of a customer's invoices to run after `wait`
 /// (on its test clock, when it has one): queued, or brought forward, or, when such a job ran
 /// already and found nothing to do then (the attempt before was still waiting for the
