@@ -763,20 +763,7 @@ async fn a_charge_whose_job_died_is_made_when_payment_is_asked_for_again() {
     .await;
     let stalled = s(&other_sub["latest_invoice"]);
     assert_eq!(kill_waiting_charges(&app).await, 1);
-    let started = sqlx::query(
-        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
-         amount, currency, application_fee, status, gateway, idempotency_key, \
-         payment_method_id, hard_decline, created_at, updated_at) \
-         SELECT gen_random_uuid(), i.tenant_id, i.livemode, i.id, i.customer_id, 1, \
-         i.amount_remaining, i.currency, 0, 'pending', 'sandbox', 'interrupted-attempt-1', \
-         (SELECT id FROM payment_methods m WHERE m.customer_id = i.customer_id LIMIT 1), \
-         FALSE, now(), now() FROM invoices i WHERE i.id = $1",
-    )
-    .bind(InvoiceId::parse(&stalled).unwrap().as_uuid())
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(started.rows_affected(), 1);
+    started_unanswered(&app, &stalled, "interrupted-attempt-1").await;
     let other_sub = s(&other_sub["id"]);
     paid_by_its_first_attempt(
         &app,
@@ -809,20 +796,7 @@ async fn a_charge_whose_job_died_in_flight_is_resumed_by_the_sweep_and_then_its_
     };
     // Its attempt started and the gateway never answered; while the job lives, the sweep
     // leaves it to the job.
-    let started = sqlx::query(
-        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
-         amount, currency, application_fee, status, gateway, idempotency_key, \
-         payment_method_id, hard_decline, created_at, updated_at) \
-         SELECT gen_random_uuid(), i.tenant_id, i.livemode, i.id, i.customer_id, 1, \
-         i.amount_remaining, i.currency, 0, 'pending', 'sandbox', 'stalled-attempt-1', \
-         (SELECT id FROM payment_methods m WHERE m.customer_id = i.customer_id LIMIT 1), \
-         FALSE, now(), now() FROM invoices i WHERE i.id = $1",
-    )
-    .bind(InvoiceId::parse(&invoice).unwrap().as_uuid())
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(started.rows_affected(), 1);
+    started_unanswered(&app, &invoice, "stalled-attempt-1").await;
     assert_eq!(sweep().await.unwrap(), 0);
     // The job dies (the gateway out of reach on every run): the invoice can be neither voided
     // nor credited while its attempt is in flight, and nothing else would ever settle it.
@@ -848,6 +822,26 @@ async fn a_charge_whose_job_died_in_flight_is_resumed_by_the_sweep_and_then_its_
     let paid = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
     assert_eq!(paid["status"], "paid");
     assert_eq!(status_of(&app, &key, &s(&sub["id"])).await, "active");
+}
+
+/// Records the first attempt of `invoice` as started and never answered by the gateway (its
+/// job stopped between the two), with idempotency key `key`.
+async fn started_unanswered(app: &TestApp, invoice: &str, key: &str) {
+    let started = sqlx::query(
+        "INSERT INTO payments (id, tenant_id, livemode, invoice_id, customer_id, attempt, \
+         amount, currency, application_fee, status, gateway, idempotency_key, \
+         payment_method_id, hard_decline, created_at, updated_at) \
+         SELECT gen_random_uuid(), i.tenant_id, i.livemode, i.id, i.customer_id, 1, \
+         i.amount_remaining, i.currency, 0, 'pending', 'sandbox', $2, \
+         (SELECT id FROM payment_methods m WHERE m.customer_id = i.customer_id LIMIT 1), \
+         FALSE, now(), now() FROM invoices i WHERE i.id = $1",
+    )
+    .bind(InvoiceId::parse(invoice).unwrap().as_uuid())
+    .bind(key)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(started.rows_affected(), 1);
 }
 
 /// Makes the charge jobs waiting to run dead (as if their runs were used up: the gateway out
