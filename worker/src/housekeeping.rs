@@ -1,6 +1,7 @@
 //! Housekeeping: delete what gone consumers left in Redis, refresh queue gauges, delete
 //! what has outlived its retention (idempotency keys, events with their deliveries, finished
-//! jobs), and start over the charges whose job died with their attempt in flight. Every step is idempotent, so every worker process may run it.
+//! jobs), and start over the charges whose job died with their attempt in flight. Every step
+//! is idempotent, so every worker process may run it.
 
 use std::{
     sync::{Arc, atomic::Ordering},

@@ -163,8 +163,8 @@ impl CreditNoteRow {
 }
 
 const NOTE_COLUMNS: &str = "id, invoice_id, customer_id, number, currency, type, amount, \
-    subtotal, tax, tax_amounts, refund_amount, credit_amount, out_of_band_amount, reason, memo, refund_id, metadata, \
-    livemode, created_at";
+    subtotal, tax, tax_amounts, refund_amount, credit_amount, out_of_band_amount, reason, memo, \
+    refund_id, metadata, livemode, created_at";
 
 const NOTE_LINE_COLUMNS: &str =
     "id, credit_note_id, position, invoice_line_id, description, amount";

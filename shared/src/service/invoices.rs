@@ -1599,8 +1599,8 @@ async fn queue_for_customer(
 /// For the attempts of `attempts` that supersede one waiting for the customer
 /// ([`Attempt::Supersede`]): cancels each at the gateway that made it and records what that
 /// says (canceled: an attempt over unpaid, after which the new default payment method's is
-/// asked for at once; or what it became first, a success say), then starts the attempts asked for again in their place. A
-/// gateway failure is that attempt's result (the job runs again).
+/// asked for at once; or what it became first, a success say), then starts the attempts asked
+/// for again in their place. A gateway failure is that attempt's result (the job runs again).
 async fn supersede(
     pool: &PgPool,
     clock: &dyn crate::clock::Clock,
