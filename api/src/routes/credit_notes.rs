@@ -342,7 +342,11 @@ impl CreditNotesApi {
                 InvoiceLineId::parse,
             )?;
             lines.push(match (line, descriptions[i].as_deref(), amount) {
-                (Some(line), None, amount) => NoteLine::Invoiced { line, amount },
+                (Some(line), None, amount) => NoteLine::Invoiced {
+                    line,
+                    amount,
+                    description: None,
+                },
                 (None, Some(description), Some(amount)) => NoteLine::Custom {
                     description,
                     amount,

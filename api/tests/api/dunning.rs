@@ -1221,3 +1221,80 @@ async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_
     assert_eq!(attempts(&app, &key, &id).await.len(), 1);
     assert_eq!(status_of(&app, &key, &sub).await, "active");
 }
+
+/// A past-due subscription canceled with proration: the note on its open, taxed renewal
+/// invoice lowers what it owes by the unused time and the tax on it (20 of April's 30 days:
+/// 1000 of 1500, and 200 of VAT), and the invoice still asks for the rest.
+#[tokio::test]
+async fn a_past_due_cancel_with_proration_lowers_what_the_taxed_invoice_owes_by_the_unused_time_and_its_tax()
+ {
+    let app = spawn_app().await;
+    let t = app.register("dunning-prorate-tax@acme.com").await;
+    let key = t.sk_test();
+    json_of(
+        app.post(
+            "/api/v1/tax-rates",
+            &key,
+            &json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false,
+                    "default": true}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
+    let renewal = Duration::days(31);
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::hours(1)),
+    )
+    .await;
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    let invoice = renewal_invoice(&app, &key, &sub).await;
+    let id = s(&invoice["id"]);
+    assert_eq!(
+        (
+            invoice["total"].as_i64(),
+            invoice["amount_remaining"].as_i64()
+        ),
+        (Some(1800), Some(1800))
+    );
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(10)),
+    )
+    .await;
+    let canceled = json_of(
+        app.post(
+            &format!("/api/v1/subscriptions/{sub}/cancel?prorate=true"),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(canceled["status"], "canceled");
+    let notes = get(&app, &key, &format!("/api/v1/credit-notes?invoice={id}")).await;
+    let note = &notes["data"][0];
+    assert_eq!(notes["data"].as_array().unwrap().len(), 1, "{notes}");
+    assert_eq!(note["type"], "pre_payment");
+    assert_eq!(
+        (
+            note["subtotal"].as_i64(),
+            note["tax"].as_i64(),
+            note["amount"].as_i64()
+        ),
+        (Some(1000), Some(200), Some(1200)),
+        "{note}"
+    );
+    let invoice = get(&app, &key, &format!("/api/v1/invoices/{id}")).await;
+    assert_eq!(invoice["status"], "open");
+    assert_eq!(invoice["amount_remaining"], 600);
+}

@@ -1021,6 +1021,150 @@ async fn a_cancel_with_proration_credits_the_unused_days_of_the_paid_period_by_a
     assert!(none["data"].as_array().unwrap().is_empty());
 }
 
+/// A cancel with proration on a taxed plan gives back the tax on the unused time, as a credit
+/// note of the period's invoice line: 20 % VAT on the 1016 unused of 1500 is 203.2 → 203.
+/// When earlier notes left less to credit, the credit and its tax together fit what is left.
+#[tokio::test]
+async fn a_cancel_with_proration_on_a_taxed_plan_credits_the_tax_of_the_unused_time_too() {
+    let app = spawn_app().await;
+    let t = app.register("cancel-prorate-tax@acme.com").await;
+    let key = t.sk_test();
+    json_of(
+        app.post(
+            "/api/v1/tax-rates",
+            &key,
+            &json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false,
+                    "default": true}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let clk = clock(&app, &key, "2026-01-01T00:00:00Z").await;
+    let plan = monthly_plan(&app, &key, "Studio", None).await;
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let cus = customer_on(&app, &key, &clk, "UTC", Some("4242424242424242"), None).await;
+        subs.push(
+            subscribe(
+                &app,
+                &key,
+                json!({"customer": cus, "items": [{"plan": plan}]}),
+            )
+            .await,
+        );
+    }
+    advance(&app, &key, &t.sk_test, &clk, "2026-01-11T00:00:00Z").await;
+    let invoices: Vec<serde_json::Value> = {
+        let mut v = Vec::new();
+        for sub in &subs {
+            let i = get(
+                &app,
+                &key,
+                &format!("/api/v1/invoices/{}", s(&sub["latest_invoice"])),
+            )
+            .await;
+            assert_eq!(i["status"], "paid", "{i}");
+            assert_eq!(
+                (i["tax"].as_i64(), i["total"].as_i64()),
+                (Some(300), Some(1800))
+            );
+            v.push(i);
+        }
+        v
+    };
+    let cancel = |sub: &serde_json::Value| {
+        format!(
+            "/api/v1/subscriptions/{}/cancel?prorate=true",
+            s(&sub["id"])
+        )
+    };
+    let notes_of =
+        |invoice: &serde_json::Value| format!("/api/v1/credit-notes?invoice={}", s(&invoice["id"]));
+
+    // 21 of 31 days unused: 1016 of the line, and its tax 203.
+    json_of(
+        app.post(&cancel(&subs[0]), &key, &json!({})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let notes = get(&app, &key, &notes_of(&invoices[0])).await;
+    let note = &notes["data"][0];
+    assert_eq!(notes["data"].as_array().unwrap().len(), 1, "{notes}");
+    assert_eq!(
+        (
+            note["subtotal"].as_i64(),
+            note["tax"].as_i64(),
+            note["amount"].as_i64()
+        ),
+        (Some(1016), Some(203), Some(1219)),
+        "{note}"
+    );
+    assert_eq!(note["credit_amount"], 1219);
+    assert_eq!(
+        note["lines"][0]["invoice_line"],
+        invoices[0]["lines"][0]["id"]
+    );
+    assert_eq!(
+        note["lines"][0]["description"],
+        "Unused time on Studio after 2026-01-11"
+    );
+    let customer = get(
+        &app,
+        &key,
+        &format!("/api/v1/customers/{}", s(&subs[0]["customer"])),
+    )
+    .await;
+    assert_eq!(customer["balance"], 1219);
+
+    // A note of 1000 of the line (and 200 of tax) first: 600 is left to credit. The unused
+    // time's credit is cut to fit: 500 and its tax 100 (round(0.2 × 1500) − 200).
+    json_of(
+        app.post(
+            "/api/v1/credit-notes",
+            &key,
+            &json!({"invoice": invoices[1]["id"],
+                    "lines": [{"invoice_line": invoices[1]["lines"][0]["id"], "amount": 1000}]}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    json_of(
+        app.post(&cancel(&subs[1]), &key, &json!({})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let notes = get(&app, &key, &notes_of(&invoices[1])).await;
+    let amounts: Vec<(Option<i64>, Option<i64>, Option<i64>)> = notes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["subtotal"].as_i64(),
+                n["tax"].as_i64(),
+                n["amount"].as_i64(),
+            )
+        })
+        .collect();
+    assert!(
+        amounts.contains(&(Some(500), Some(100), Some(600))),
+        "{amounts:?}"
+    );
+    assert!(
+        amounts.contains(&(Some(1000), Some(200), Some(1200))),
+        "{amounts:?}"
+    );
+    let invoice = get(
+        &app,
+        &key,
+        &format!("/api/v1/invoices/{}", s(&invoices[1]["id"])),
+    )
+    .await;
+    assert_eq!(invoice["amount_credited"], 1800);
+}
+
 #[tokio::test]
 async fn an_expiry_held_back_by_a_payment_in_flight_waits_past_the_advance_without_failing() {
     let app = spawn_app().await;

@@ -53,9 +53,12 @@ crate::text_enum! {
 /// A line to credit: part or all (the default) of an invoice line, or a custom amount.
 #[derive(Debug, Clone)]
 pub enum NoteLine<'a> {
+    /// All that is left of an invoice line, or `amount` of it; described as the line, or as
+    /// `description` when given.
     Invoiced {
         line: InvoiceLineId,
         amount: Option<i64>,
+        description: Option<&'a str>,
     },
     Custom {
         description: &'a str,
@@ -94,6 +97,46 @@ fn field(i: usize, name: &str) -> String {
 }
 
 /// Issues a credit note against a finalized invoice.
+/// An invoice's lines and what is left to credit of each (its amount after discount, less
+/// what notes credited of it); `net`, what the invoice taxed (its lines after discounts), and
+/// `credited`, what its notes credited of its lines so far.
+pub(crate) struct LinesLeft {
+    pub lines: Vec<db::invoices::LineRow>,
+    pub left: HashMap<InvoiceLineId, i64>,
+    pub net: i64,
+    pub credited: i64,
+}
+
+pub(crate) async fn lines_left(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    invoice: InvoiceId,
+) -> ServiceResult<LinesLeft> {
+    let too_much = || ServiceError::invalid("lines", "add up to too much");
+    let lines = db::invoices::lines(uow.conn(), scope, &[invoice.as_uuid()]).await?;
+    let mut left: HashMap<InvoiceLineId, i64> = lines
+        .iter()
+        .map(|l| (l.id, l.amount - l.discount_amount))
+        .collect();
+    let net = left
+        .values()
+        .try_fold(0i64, |sum, l| sum.checked_add(*l))
+        .ok_or_else(too_much)?;
+    let mut credited: i64 = 0;
+    for (line, amount) in db::credit_notes::credited_per_line(uow.conn(), scope, invoice).await? {
+        credited = credited.checked_add(amount).ok_or_else(too_much)?;
+        if let Some(l) = left.get_mut(&line) {
+            *l -= amount;
+        }
+    }
+    Ok(LinesLeft {
+        lines,
+        left,
+        net,
+        credited,
+    })
+}
+
 pub async fn create_credit_note(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -122,33 +165,24 @@ pub async fn create_credit_note(
             "must hold at least one line",
         ));
     }
-    let invoice_lines = db::invoices::lines(uow.conn(), scope, &[invoice.id.as_uuid()]).await?;
-    let mut left: HashMap<InvoiceLineId, i64> = invoice_lines
-        .iter()
-        .map(|l| (l.id, l.amount - l.discount_amount))
-        .collect();
-    // What the invoice taxed (its lines after discounts), and what notes credited of its lines.
     let too_much = || ServiceError::invalid("lines", "add up to too much");
-    let net = left
-        .values()
-        .try_fold(0i64, |sum, l| sum.checked_add(*l))
-        .ok_or_else(too_much)?;
-    let mut credited_before: i64 = 0;
-    for (line, credited) in
-        db::credit_notes::credited_per_line(uow.conn(), scope, invoice.id).await?
-    {
-        credited_before = credited_before.checked_add(credited).ok_or_else(too_much)?;
-        if let Some(l) = left.get_mut(&line) {
-            *l -= credited;
-        }
-    }
+    let LinesLeft {
+        lines: invoice_lines,
+        mut left,
+        net,
+        credited: credited_before,
+    } = lines_left(uow, scope, invoice.id).await?;
     let id = CreditNoteId::new();
     let mut lines = Vec::with_capacity(spec.lines.len());
     let mut subtotal: i64 = 0;
     let mut credited_lines: i64 = 0;
     for (i, l) in spec.lines.iter().enumerate() {
         let (invoice_line, description, amount) = match *l {
-            NoteLine::Invoiced { line, amount } => {
+            NoteLine::Invoiced {
+                line,
+                amount,
+                description,
+            } => {
                 let Some(source) = invoice_lines.iter().find(|x| x.id == line) else {
                     return Err(ServiceError::invalid(
                         field(i, "invoice_line"),
@@ -171,7 +205,9 @@ pub async fn create_credit_note(
                 }
                 left.insert(line, rest - amount);
                 credited_lines = credited_lines.checked_add(amount).ok_or_else(too_much)?;
-                (Some(line), source.description.clone(), amount)
+                let description =
+                    description.map_or_else(|| source.description.clone(), str::to_owned);
+                (Some(line), description, amount)
             }
             NoteLine::Custom {
                 description,

@@ -28,8 +28,8 @@ use crate::{
         subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
     },
     ids::{
-        BundleId, CouponId, CustomerId, InvoiceItemId, PlanId, PriceId, SubscriptionId,
-        SubscriptionItemId,
+        BundleId, CouponId, CustomerId, InvoiceItemId, InvoiceLineId, PlanId, PriceId,
+        SubscriptionId, SubscriptionItemId,
     },
     jobs::{self, Job},
     tenancy::Scope,
@@ -706,14 +706,18 @@ async fn unused_billed(
 /// Credits what was billed for the rest of the current period, item by item, by the same
 /// rule as a change's prorations (each billed line of the period, credited for its unused
 /// seconds, rounded on its own): a credit note on the period's invoice. On an open invoice it
-/// lowers what is owed; on a paid one it is the customer's credit. It never credits more than
-/// the invoice has left to credit (or, open, still owes).
+/// lowers what is owed; on a paid one it is the customer's credit.
+///
+/// An item's credit is taken from its line on that invoice, so that the note gives back the
+/// invoice's tax on it too; what the line cannot hold (time billed on other invoices, by a
+/// change's prorations) is a custom line, without tax. The note, tax included, never credits
+/// more than the invoice has left to credit (or, open, still owes): the credit is cut to fit.
 async fn credit_unused_time(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
 ) -> ServiceResult<()> {
-    use super::credit_notes::{self, CreditReason, NoteLine, NoteSpec, Split};
+    use super::credit_notes::{self, CreditReason, LinesLeft, NoteLine, NoteSpec, Split};
     use crate::domain::invoice::InvoiceStatus;
     let at = uow.now();
     if at >= sub.current_period_end {
@@ -724,26 +728,66 @@ async fn credit_unused_time(
     else {
         return Ok(());
     };
-    let mut left = invoice.total.max(0) - invoice.amount_credited;
+    let mut budget = invoice.total.max(0) - invoice.amount_credited;
     match invoice.status {
         InvoiceStatus::Paid => {}
         InvoiceStatus::Open | InvoiceStatus::Uncollectible => {
-            left = left.min(invoice.amount_remaining);
+            budget = budget.min(invoice.amount_remaining);
         }
         _ => return Ok(()),
     }
+    let LinesLeft {
+        lines,
+        mut left,
+        net,
+        credited,
+    } = credit_notes::lines_left(uow, scope, invoice.id).await?;
+    // What a note crediting `on_lines` of the invoice's lines and `custom` besides comes to.
+    let with_tax = |on_lines: i64, custom: i64| -> ServiceResult<i64> {
+        let (tax, _, _) =
+            super::tax_rates::credited(&invoice.tax_amounts, net, credited, credited + on_lines)?;
+        Ok(on_lines + custom + tax)
+    };
     let date = at.format("%Y-%m-%d");
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
-    let mut credits: Vec<(String, i64)> = Vec::new();
+    // (description, the invoice line credited or none, amount)
+    let mut credits: Vec<(String, Option<InvoiceLineId>, i64)> = Vec::new();
+    let (mut on_lines, mut custom) = (0i64, 0i64);
     for item in &items {
-        let unused = unused_billed(uow, scope, item.id, sub.current_period_end, at).await?;
-        let credit = unused.min(left);
-        if credit > 0 {
-            left -= credit;
-            credits.push((
-                format!("Unused time on {} after {date}", invoices::item_label(item)),
-                credit,
-            ));
+        let mut unused = unused_billed(uow, scope, item.id, sub.current_period_end, at).await?;
+        if unused <= 0 {
+            continue;
+        }
+        let description = format!("Unused time on {} after {date}", invoices::item_label(item));
+        let line = lines.iter().find(|l| {
+            l.subscription_item_id == Some(item.id)
+                && !l.proration
+                && l.period_end == sub.current_period_end
+        });
+        if let Some(line) = line {
+            let rest = left.get(&line.id).copied().unwrap_or(0);
+            // The most of the line that fits, its tax included (the total grows with it).
+            let (mut lo, mut hi) = (0i64, unused.min(rest).max(0));
+            while lo < hi {
+                let mid = lo + (hi - lo + 1) / 2;
+                if with_tax(on_lines + mid, custom)? <= budget {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            if lo > 0 {
+                on_lines += lo;
+                unused -= lo;
+                left.insert(line.id, rest - lo);
+                credits.push((description.clone(), Some(line.id), lo));
+            }
+        }
+        let room = budget - with_tax(on_lines, custom)?;
+        let rest = unused.min(room);
+        if rest > 0 {
+            custom += rest;
+            credits.push((description, None, rest));
         }
     }
     if credits.is_empty() {
@@ -751,9 +795,16 @@ async fn credit_unused_time(
     }
     let lines = credits
         .iter()
-        .map(|(description, amount)| NoteLine::Custom {
-            description,
-            amount: *amount,
+        .map(|(description, line, amount)| match line {
+            Some(line) => NoteLine::Invoiced {
+                line: *line,
+                amount: Some(*amount),
+                description: Some(description),
+            },
+            None => NoteLine::Custom {
+                description,
+                amount: *amount,
+            },
         })
         .collect();
     credit_notes::create_credit_note(
