@@ -1357,3 +1357,86 @@ async fn a_clock_job_that_cannot_run_dies_alone_and_a_failed_advance_goes_on_whe
     );
     assert_eq!(running().await, 0, "the failed advance's run is over");
 }
+
+/// Every number on an invoice is held for it in the storage, whether taken as the invoice is
+/// finalized (a one-off invoice) or at the commit of the renewals that number theirs
+/// together; a number held is never held again in its tenant and mode.
+#[tokio::test]
+async fn every_invoice_number_is_held_for_its_invoice_and_cannot_be_held_twice() {
+    use shared::db::{DbError, invoice_numbers};
+    let app = spawn_app().await;
+    let t = app.register("clock-numbers@acme.com").await;
+    let key = t.sk_test();
+    let clock = clock(&app, &key, "2026-03-01T00:00:00Z").await;
+    let plan = monthly_plan(&app, &key, "Seat", None).await;
+    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
+    let sub = subscribe(
+        &app,
+        &key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    advance(&app, &key, &t.sk_test, &clock, "2026-05-15T00:00:00Z").await;
+    json_of(
+        app.post(
+            "/api/v1/invoice-items",
+            &key,
+            &json!({"customer": customer, "amount": 700, "description": "Setup"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let draft = json_of(
+        app.post("/api/v1/invoices", &key, &json!({"customer": customer}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let one_off = json_of(
+        app.post(
+            &format!("/api/v1/invoices/{}/finalize", s(&draft["id"])),
+            &key,
+            &json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let renewals = invoices_of(&app, &key, &s(&sub["id"])).await;
+    assert_eq!(renewals.len(), 3, "March, April and May");
+    let mut numbered: Vec<(String, String)> = renewals
+        .iter()
+        .chain([&one_off])
+        .map(|i| (s(&i["number"]), s(&i["id"])))
+        .collect();
+    numbered.sort();
+    let scope = scope(&app, &t.sk_test).await;
+    let held: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT number, invoice_id FROM invoice_numbers \
+         WHERE tenant_id = $1 AND livemode = false ORDER BY number",
+    )
+    .bind(scope.tenant_id().as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let held: Vec<(String, String)> = held
+        .into_iter()
+        .map(|(n, id)| (n, shared::ids::InvoiceId::from_uuid(id).to_string()))
+        .collect();
+    assert_eq!(held, numbered);
+
+    let taken = s(&one_off["number"]);
+    let mut conn = app.pool.acquire().await.unwrap();
+    let again =
+        invoice_numbers::hold(&mut conn, scope, &taken, shared::ids::InvoiceId::new()).await;
+    assert!(
+        matches!(&again, Err(DbError::UniqueViolation(c)) if c == "invoice_numbers_pkey"),
+        "{again:?}"
+    );
+    // The other mode numbers on its own.
+    let live = crate::invoices::context(&app, &t.sk_live).await.scope();
+    invoice_numbers::hold(&mut conn, live, &taken, shared::ids::InvoiceId::new())
+        .await
+        .unwrap();
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use shared::db::events::NewEvent;
 
 use crate::helpers::{Env, Receiver, verify_with_standardwebhooks, wait_for};
 
@@ -409,22 +410,49 @@ async fn only_the_first_4_kib_of_an_answer_are_kept() {
     worker.stop().await;
 }
 
+/// Retention counts from when an event was recorded (its id), not from the time it shows: a
+/// test clock's events show the clock's time, which may be long past or years ahead.
 #[tokio::test]
-async fn events_older_than_the_retention_are_deleted_with_their_deliveries() {
+async fn events_recorded_before_the_retention_are_deleted_with_their_deliveries() {
     let env = Env::new(&[]).await;
     let api = env.api().await;
     let receiver = Receiver::start().await;
     let tenant = api.register("retention@example.com").await;
     api.endpoint(&tenant.sk_test, &receiver.url).await;
-    env.record_events(&tenant, 3, "invoice.paid").await;
-    sqlx::query(
-        "UPDATE events SET created_at = now() - interval '31 days' \
-         WHERE id IN (SELECT id FROM events WHERE type = 'invoice.paid' LIMIT 2)",
+    let scope = env.scope(&tenant).await;
+    let now = chrono::Utc::now();
+    let recorded_at = |at: chrono::DateTime<chrono::Utc>, n: u8| {
+        let millis = u64::try_from(at.timestamp_millis()).expect("after 1970");
+        shared::ids::EventId::from_uuid(
+            uuid::Builder::from_unix_timestamp_millis(millis, &[n; 10]).into_uuid(),
+        )
+    };
+    let event = |n: i64| NewEvent::new("invoice.paid", json!({ "object": "thing", "n": n }));
+    let (old, kept) = ([event(0), event(1)], event(2));
+    let mut tx = env.pool.begin().await.expect("begin");
+    // Two recorded 31 days ago, showing today (a clock moved ahead) ...
+    let ids = [
+        recorded_at(now - chrono::Duration::days(31), 1),
+        recorded_at(now - chrono::Duration::days(31), 2),
+    ];
+    shared::db::events::record_with_ids(&mut tx, &ids, &[(scope, &old[0]), (scope, &old[1])], now)
+        .await
+        .expect("record");
+    // ... and one recorded today, showing a year ago (a clock frozen in the past).
+    shared::db::events::record_with_ids(
+        &mut tx,
+        &[recorded_at(now, 3)],
+        &[(scope, &kept)],
+        now - chrono::Duration::days(365),
     )
-    .execute(&env.pool)
     .await
-    .unwrap();
-    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    .expect("record");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM webhook_deliveries").await,
+        3
+    );
+    let cutoff = now - chrono::Duration::days(30);
     let purged = shared::db::events::purge_older_than(&env.pool, cutoff, 1000)
         .await
         .unwrap();
@@ -432,6 +460,14 @@ async fn events_older_than_the_retention_are_deleted_with_their_deliveries() {
     assert_eq!(
         env.scalar("SELECT count(*) FROM events WHERE type = 'invoice.paid'")
             .await,
+        1
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM events WHERE type = 'invoice.paid' \
+             AND data->'object'->>'n' = '2'"
+        )
+        .await,
         1
     );
     assert_eq!(

@@ -335,32 +335,61 @@ pub async fn get(pool: &PgPool, ctx: &TenantContext, id: EventId) -> Result<Even
     .map_err(Into::into)
 }
 
-/// Deletes events created before `before` (their deliveries and attempts go with them), at
-/// most `limit` at a time.
+/// Deletes events recorded before `before` (their deliveries and attempts go with them), at
+/// most `limit` at a time, oldest first. An event's id tells when it was recorded (a version 7
+/// id: its first 48 bits are the milliseconds), so the primary key finds them; `created_at` is
+/// the time the event shows, a test clock's for the events of its customers.
 pub async fn purge_older_than(
     pool: &PgPool,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, DbError> {
+    let first_kept = first_id_at(before);
     let mut tx = pool.begin().await?;
     // Their delivery jobs first (a job row has no foreign key to its delivery).
     sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT d.id FROM webhook_deliveries d \
-         JOIN (SELECT id FROM events WHERE created_at < $1 ORDER BY created_at LIMIT $2) e \
+         JOIN (SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2) e \
          ON e.id = d.event_id)",
     )
-    .bind(before)
+    .bind(first_kept)
     .bind(limit)
     .execute(&mut *tx)
     .await?;
     let done = sqlx::query(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < $1 \
-         ORDER BY created_at LIMIT $2)",
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < $1 \
+         ORDER BY id LIMIT $2)",
     )
-    .bind(before)
+    .bind(first_kept)
     .bind(limit)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(done.rows_affected())
+}
+
+/// The smallest version 7 id of the millisecond `at`: an event recorded before it has a
+/// smaller id, one recorded from it on a larger one.
+pub fn first_id_at(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_taken_at_a_time_is_at_least_that_times_first_id_and_below_the_next_milliseconds() {
+        let before = Utc::now();
+        let id = EventId::new().as_uuid();
+        let after = Utc::now();
+        assert!(first_id_at(before) <= id, "{id} before {before}");
+        assert!(id < first_id_at(after + chrono::Duration::milliseconds(1)));
+        assert!(
+            first_id_at(before) < first_id_at(before + chrono::Duration::milliseconds(1)),
+            "one millisecond later is a larger id"
+        );
+        assert_eq!(first_id_at(before).get_version_num(), 7);
+    }
 }

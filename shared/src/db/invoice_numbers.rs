@@ -35,6 +35,27 @@ pub async fn next(conn: &mut PgConnection, scope: Scope, prefix: &str) -> Result
     .map_err(Into::into)
 }
 
+/// Holds `number` for `invoice`: a number is on one invoice of its tenant and mode at most
+/// (the counter hands each out once; this is the database's word for it).
+pub async fn hold(
+    conn: &mut PgConnection,
+    scope: Scope,
+    number: &str,
+    invoice: InvoiceId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO invoice_numbers (tenant_id, livemode, number, invoice_id) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(scope.tenant_id)
+    .bind(scope.livemode)
+    .bind(number)
+    .bind(invoice.as_uuid())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Invoices finalized in a unit of work whose numbers are taken at its commit, and the events
 /// recorded in it, kept to be inserted then (they carry the number of the invoice they show).
 #[derive(Debug, Default)]
@@ -150,10 +171,13 @@ async fn number(
             numbers.push(prefix.number(last - k + 1 + i));
         }
     }
+    // Held (see [`hold`]) and written into the invoices in one statement.
     let numbered = sqlx::query(
-        "UPDATE invoices SET number = u.number, updated_at = $5 \
-         FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
-             AS u(id, tenant_id, livemode, number) \
+        "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[]) \
+             AS u(id, tenant_id, livemode, number)), \
+         held AS (INSERT INTO invoice_numbers (tenant_id, livemode, number, invoice_id) \
+             SELECT tenant_id, livemode, number, id FROM u) \
+         UPDATE invoices SET number = u.number, updated_at = $5 FROM u \
          WHERE invoices.id = u.id AND invoices.tenant_id = u.tenant_id \
          AND invoices.livemode = u.livemode AND invoices.number IS NULL",
     )

@@ -516,7 +516,9 @@ pub(crate) async fn finalize_row(
         // Numbered at the commit, with the events recorded about it meanwhile.
         uow.number_at_commit(scope, prefix, invoice.id);
     } else {
-        invoice.number = Some(next_number(uow, scope, &prefix).await?);
+        let number = next_number(uow, scope, &prefix).await?;
+        db::invoice_numbers::hold(uow.conn(), scope, &number, invoice.id).await?;
+        invoice.number = Some(number);
     }
     settle(invoice, &totals, now, days_until_due);
     Ok(())
