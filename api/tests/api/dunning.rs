@@ -1231,15 +1231,10 @@ async fn a_past_due_cancel_with_proration_lowers_what_the_taxed_invoice_owes_by_
     let app = spawn_app().await;
     let t = app.register("dunning-prorate-tax@acme.com").await;
     let key = t.sk_test();
-    json_of(
-        app.post(
-            "/api/v1/tax-rates",
-            &key,
-            &json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false,
-                    "default": true}),
-        )
-        .await,
-        StatusCode::CREATED,
+    crate::tax_rates::rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
     )
     .await;
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;

@@ -9,7 +9,8 @@ use crate::{
     subscriptions::{customer_and_plan, get, json_of, run_due, scope, subscribe},
 };
 
-async fn rate(app: &TestApp, key: &Cred, body: Value) -> String {
+/// Creates a tax rate of `body`; its id.
+pub async fn rate(app: &TestApp, key: &Cred, body: Value) -> String {
     let r = json_of(
         app.post("/api/v1/tax-rates", key, &body).await,
         StatusCode::CREATED,

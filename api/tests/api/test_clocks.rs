@@ -947,27 +947,37 @@ async fn an_open_invoice_whose_lines_a_change_credited_cannot_be_voided() {
     assert_eq!(void["status"], "void");
 }
 
-#[tokio::test]
-async fn a_cancel_with_proration_credits_the_unused_days_of_the_paid_period_by_a_credit_note() {
-    let app = spawn_app().await;
-    let t = app.register("cancel-prorate@acme.com").await;
-    let key = t.sk_test();
-    let clk = clock(&app, &key, "2026-01-01T00:00:00Z").await;
-    let plan = monthly_plan(&app, &key, "Studio", None).await;
+/// Two customers with a card on a clock from 2026-01-01, each subscribed to a monthly "Studio"
+/// plan of 1500, and the clock moved ten days on (both first invoices paid): the subscriptions.
+async fn studio_subscriptions_ten_days_in(
+    app: &TestApp,
+    key: &Cred,
+    t: &str,
+) -> Vec<serde_json::Value> {
+    let clk = clock(app, key, "2026-01-01T00:00:00Z").await;
+    let plan = monthly_plan(app, key, "Studio", None).await;
     let mut subs = Vec::new();
     for _ in 0..2 {
-        let cus = customer_on(&app, &key, &clk, "UTC", Some("4242424242424242"), None).await;
+        let cus = customer_on(app, key, &clk, "UTC", Some("4242424242424242"), None).await;
         subs.push(
             subscribe(
-                &app,
-                &key,
+                app,
+                key,
                 json!({"customer": cus, "items": [{"plan": plan}]}),
             )
             .await,
         );
     }
-    // Ten days into January, both first invoices paid.
-    advance(&app, &key, &t.sk_test, &clk, "2026-01-11T00:00:00Z").await;
+    advance(app, key, t, &clk, "2026-01-11T00:00:00Z").await;
+    subs
+}
+
+#[tokio::test]
+async fn a_cancel_with_proration_credits_the_unused_days_of_the_paid_period_by_a_credit_note() {
+    let app = spawn_app().await;
+    let t = app.register("cancel-prorate@acme.com").await;
+    let key = t.sk_test();
+    let subs = studio_subscriptions_ten_days_in(&app, &key, &t.sk_test).await;
     let cancel = |sub: &serde_json::Value, query: &str| {
         format!("/api/v1/subscriptions/{}/cancel{query}", s(&sub["id"]))
     };
@@ -1029,32 +1039,13 @@ async fn a_cancel_with_proration_on_a_taxed_plan_credits_the_tax_of_the_unused_t
     let app = spawn_app().await;
     let t = app.register("cancel-prorate-tax@acme.com").await;
     let key = t.sk_test();
-    json_of(
-        app.post(
-            "/api/v1/tax-rates",
-            &key,
-            &json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false,
-                    "default": true}),
-        )
-        .await,
-        StatusCode::CREATED,
+    crate::tax_rates::rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
     )
     .await;
-    let clk = clock(&app, &key, "2026-01-01T00:00:00Z").await;
-    let plan = monthly_plan(&app, &key, "Studio", None).await;
-    let mut subs = Vec::new();
-    for _ in 0..2 {
-        let cus = customer_on(&app, &key, &clk, "UTC", Some("4242424242424242"), None).await;
-        subs.push(
-            subscribe(
-                &app,
-                &key,
-                json!({"customer": cus, "items": [{"plan": plan}]}),
-            )
-            .await,
-        );
-    }
-    advance(&app, &key, &t.sk_test, &clk, "2026-01-11T00:00:00Z").await;
+    let subs = studio_subscriptions_ten_days_in(&app, &key, &t.sk_test).await;
     let invoices: Vec<serde_json::Value> = {
         let mut v = Vec::new();
         for sub in &subs {

@@ -369,7 +369,7 @@ pub async fn purge_older_than(
 }
 
 /// The smallest version 7 id of the millisecond `at`: an event recorded before it has a
-/// smaller id, one recorded from it on a larger one.
+/// smaller id, one recorded from it on no smaller one.
 pub fn first_id_at(at: DateTime<Utc>) -> Uuid {
     let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid()

@@ -96,7 +96,6 @@ fn field(i: usize, name: &str) -> String {
     format!("lines[{i}].{name}")
 }
 
-/// Issues a credit note against a finalized invoice.
 /// An invoice's lines and what is left to credit of each (its amount after discount, less
 /// what notes credited of it); `net`, what the invoice taxed (its lines after discounts), and
 /// `credited`, what its notes credited of its lines so far.
@@ -107,6 +106,7 @@ pub(crate) struct LinesLeft {
     pub credited: i64,
 }
 
+/// Reads what is left to credit of `invoice` (see [`LinesLeft`]).
 pub(crate) async fn lines_left(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -137,6 +137,7 @@ pub(crate) async fn lines_left(
     })
 }
 
+/// Issues a credit note against a finalized invoice.
 pub async fn create_credit_note(
     uow: &mut UnitOfWork,
     scope: Scope,
