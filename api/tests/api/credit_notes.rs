@@ -12,7 +12,13 @@ use crate::{
 };
 
 /// A finalized one-off invoice of these (description, amount) lines.
-async fn invoice(app: &TestApp, key: &Cred, cus: &str, lines: &[(&str, i64)], send: bool) -> Value {
+pub async fn invoice(
+    app: &TestApp,
+    key: &Cred,
+    cus: &str,
+    lines: &[(&str, i64)],
+    send: bool,
+) -> Value {
     for (description, amount) in lines {
         json_of(
             app.post(

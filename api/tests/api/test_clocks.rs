@@ -1368,32 +1368,8 @@ async fn every_invoice_number_is_held_for_its_invoice_and_cannot_be_held_twice()
     )
     .await;
     advance(&app, &key, &t.sk_test, &clock, "2026-05-15T00:00:00Z").await;
-    json_of(
-        app.post(
-            "/api/v1/invoice-items",
-            &key,
-            &json!({"customer": customer, "amount": 700, "description": "Setup"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let draft = json_of(
-        app.post("/api/v1/invoices", &key, &json!({"customer": customer}))
-            .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let one_off = json_of(
-        app.post(
-            &format!("/api/v1/invoices/{}/finalize", s(&draft["id"])),
-            &key,
-            &json!({}),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let one_off =
+        crate::credit_notes::invoice(&app, &key, &customer, &[("Setup", 700)], false).await;
     let renewals = invoices_of(&app, &key, &s(&sub["id"])).await;
     assert_eq!(renewals.len(), 3, "March, April and May");
     let mut numbered: Vec<(String, String)> = renewals
