@@ -54,6 +54,66 @@ async fn a_delivery_is_signed_so_that_the_standardwebhooks_library_verifies_it()
     worker.stop().await;
 }
 
+/// Events recorded before their data was kept as written have it only in `data_jsonb`: they
+/// read back whole through the API and are delivered whole, and an event with neither is
+/// refused.
+#[tokio::test]
+async fn an_event_whose_data_is_in_the_older_jsonb_column_is_read_and_delivered_whole() {
+    let env = Env::new(&[]).await;
+    let api = env.api().await;
+    let receiver = Receiver::start().await;
+    let tenant = api.register("older-event@example.com").await;
+    let (_, secret) = api.endpoint(&tenant.sk_test, &receiver.url).await;
+    let scope = env.scope(&tenant).await;
+    let id = shared::ids::EventId::new();
+    sqlx::query(
+        "INSERT INTO events (id, tenant_id, livemode, type, data_jsonb, created_at) \
+         VALUES ($1, $2, false, 'invoice.paid', $3, now())",
+    )
+    .bind(id)
+    .bind(scope.tenant_id())
+    .bind(json!({"object": {"object": "thing", "n": 7, "nested": {"a": [1, 2]}}}))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let shown = api
+        .get(&tenant.sk_test, &format!("/api/v1/events/{id}"))
+        .await;
+    assert_eq!(shown["data"]["object"]["n"], 7);
+    assert_eq!(shown["data"]["object"]["nested"]["a"], json!([1, 2]));
+
+    let worker = env.worker().await;
+    let (status, _) = api
+        .post(
+            &tenant.sk_test,
+            &format!("/api/v1/events/{id}/redeliver"),
+            &json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    wait_for("the delivery", LIMIT, || async { receiver.count() >= 1 }).await;
+    let hit = &receiver.hits()[0];
+    verify_with_standardwebhooks(&secret, hit).expect("standardwebhooks verifies the delivery");
+    let body = hit.json();
+    assert_eq!(body["id"], id.to_string());
+    assert_eq!(body["data"]["object"]["nested"]["a"], json!([1, 2]));
+    worker.stop().await;
+
+    let neither = sqlx::query(
+        "INSERT INTO events (id, tenant_id, livemode, type, created_at) \
+         VALUES ($1, $2, false, 'invoice.paid', now())",
+    )
+    .bind(shared::ids::EventId::new())
+    .bind(scope.tenant_id())
+    .execute(&env.pool)
+    .await
+    .expect_err("an event without data");
+    assert!(
+        neither.to_string().contains("events_data_check"),
+        "{neither}"
+    );
+}
+
 #[tokio::test]
 async fn failures_retry_on_the_schedule_with_the_same_webhook_id_then_fail_and_go_dead() {
     let env = Env::new(&[("WEBHOOK_RETRY_SCHEDULE", "300ms,300ms")]).await;

@@ -43,7 +43,10 @@ impl EventRow {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, livemode, type, data, created_at";
+/// An event's data is in `data` (JSON as written), or for events recorded before it was, in
+/// `data_jsonb`.
+const COLUMNS: &str =
+    "id, tenant_id, livemode, type, COALESCE(data, data_jsonb::json) AS data, created_at";
 
 /// An event to record: its type and the object it is about.
 #[derive(Debug, Clone)]
@@ -172,7 +175,7 @@ pub async fn record_with_ids(
     // The events, and the endpoints they may go to, in one round trip.
     let endpoints: Vec<(Uuid, TenantId, bool, Vec<String>)> = sqlx::query_as(
         "WITH e AS (INSERT INTO events (id, tenant_id, livemode, type, data, created_at) \
-             SELECT u.id, u.tenant_id, u.livemode, u.type, u.data::jsonb, $6 \
+             SELECT u.id, u.tenant_id, u.livemode, u.type, u.data::json, $6 \
              FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::text[], $5::text[]) \
              AS u(id, tenant_id, livemode, type, data)) \
          SELECT id, tenant_id, livemode, event_types FROM webhook_endpoints \

@@ -343,7 +343,8 @@ pub async fn claim_for_send(
          SELECT c.*, d.id AS delivery_id, d.tenant_id AS d_tenant_id, d.livemode AS d_livemode, \
          d.status, d.attempts AS delivery_attempts, w.id AS endpoint_id, w.url, w.enabled, \
          w.secret_enc, w.previous_secret_enc, w.previous_secret_expires_at, w.failing_since, \
-         e.id AS event_id, e.type AS event_type, e.data AS event_data, \
+         e.id AS event_id, e.type AS event_type, \
+         COALESCE(e.data, e.data_jsonb::json) AS event_data, \
          e.created_at AS event_created_at \
          FROM claimed c LEFT JOIN (webhook_deliveries d \
              JOIN webhook_endpoints w ON w.id = d.endpoint_id \
