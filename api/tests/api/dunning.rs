@@ -10,7 +10,7 @@ use shared::ids::InvoiceId;
 use crate::{
     helpers::{Cred, TestApp, assert_problem, s, spawn_app},
     subscriptions::{get, invoices_of, json_of, subscribe, time},
-    test_clocks::{advance, clock, customer_on, monthly_plan},
+    test_clocks::{advance, clock, customer_on, monthly_plan, seat_on_clock},
     webhooks::event_objects,
 };
 
@@ -41,21 +41,21 @@ async fn subscribed_then_card(
     t: &str,
     card: &str,
 ) -> (String, String, String) {
-    let clock = clock(app, key, START).await;
-    let customer = customer_on(app, key, &clock, "UTC", Some("4242424242424242"), None).await;
-    let plan = monthly_plan(app, key, "Seat", None).await;
-    let sub = subscribe(
-        app,
-        key,
-        json!({"customer": customer, "items": [{"plan": plan}]}),
-    )
-    .await;
+    let (clock, customer, sub) = seat_on_clock(app, key, START, "4242424242424242").await;
     let sub = s(&sub["id"]);
     advance(app, key, t, &clock, &at(Duration::minutes(1))).await;
     let view = get(app, key, &format!("/api/v1/subscriptions/{sub}")).await;
     assert_eq!(view["status"], "active", "{view}");
     use_card(app, key, &customer, card).await;
     (clock, customer, sub)
+}
+
+/// Advances the clock to an hour past the first renewal, a month after [`START`] (its charge
+/// has run); returns the renewal's offset from [`START`].
+async fn past_the_renewal(app: &TestApp, key: &Cred, t: &str, clock: &str) -> Duration {
+    let renewal = Duration::days(31);
+    advance(app, key, t, clock, &at(renewal + Duration::hours(1))).await;
+    renewal
 }
 
 /// Attaches `card` to the customer and makes it the default; returns the payment method's id.
@@ -153,15 +153,7 @@ async fn a_declined_renewal_is_retried_after_3_5_and_7_days_then_the_subscriptio
     let key = t.sk_test();
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
     // The renewal at 1 April is declined: past due, the next attempt 3 days later.
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let invoice = renewal_invoice(&app, &key, &sub).await;
     let id = s(&invoice["id"]);
     assert_eq!(invoice["status"], "open");
@@ -487,15 +479,7 @@ async fn a_subscription_paused_during_dunning_is_not_canceled_when_it_gives_up()
     )
     .await;
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
     json_of(
         app.post(
@@ -533,15 +517,7 @@ async fn dunning_does_not_end_while_the_next_attempt_is_queued_but_not_made() {
     )
     .await;
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
     // A third attempt queued for later (as one brought forward for a new card waits while
     // the card reaches the connected Stripe account).
@@ -781,15 +757,7 @@ async fn a_charge_whose_job_died_in_flight_is_resumed_by_the_sweep_and_then_its_
     let app = spawn_app().await;
     let t = app.register("dunning-dead-in-flight@acme.com").await;
     let key = t.sk_test();
-    let clock = clock(&app, &key, START).await;
-    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
-    let plan = monthly_plan(&app, &key, "Seat", None).await;
-    let sub = subscribe(
-        &app,
-        &key,
-        json!({"customer": customer, "items": [{"plan": plan}]}),
-    )
-    .await;
+    let (clock, _, sub) = seat_on_clock(&app, &key, START, "4242424242424242").await;
     let invoice = s(&sub["latest_invoice"]);
     let sweep = || {
         shared::service::invoices::resume_dead_charges(&app.pool, &shared::clock::SystemClock, 1000)
@@ -888,15 +856,7 @@ async fn a_renewal_waiting_for_authentication_makes_the_subscription_past_due_th
     let key = t.sk_test();
     // A card that asks the customer to authenticate every charge.
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
     let made = attempts(&app, &key, &id).await;
     assert_eq!(made.len(), 1, "{made:?}");
@@ -936,15 +896,7 @@ async fn a_new_default_card_while_a_renewal_waits_for_authentication_cancels_it_
     let key = t.sk_test();
     let (clock, customer, sub) =
         subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
     assert_eq!(attempts(&app, &key, &id).await.len(), 1);
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
@@ -1015,15 +967,7 @@ async fn renewal_waiting_with_its_card_back(
     let (clock, customer, sub) =
         subscribed_then_card(app, &key, &t.sk_test, "4000002500003155").await;
     let waiting = default_card(app, &key, &customer).await;
-    let renewal = Duration::days(31);
-    advance(
-        app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(app, &key, &t.sk_test, &clock).await;
     let id = s(&renewal_invoice(app, &key, &sub).await["id"]);
     use_card(app, &key, &customer, "4242424242424242").await;
     make_default(app, &key, &customer, &waiting).await;
@@ -1116,15 +1060,7 @@ async fn a_charge_canceled_at_the_gateway_is_told_as_canceled_not_failed_and_ret
     let t = app.register("dunning-canceled-at-stripe@acme.com").await;
     let key = t.sk_test();
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
     let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
     let payment = payments["data"][0].clone();
@@ -1176,15 +1112,7 @@ async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_
     let t = app.register("dunning-void@acme.com").await;
     let key = t.sk_test();
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     let first = s(&invoices_of(&app, &key, &sub).await[0]["id"]);
     let invoice = renewal_invoice(&app, &key, &sub).await;
     let id = s(&invoice["id"]);
@@ -1238,15 +1166,7 @@ async fn a_past_due_cancel_with_proration_lowers_what_the_taxed_invoice_owes_by_
     )
     .await;
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
-    let renewal = Duration::days(31);
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::hours(1)),
-    )
-    .await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
     let invoice = renewal_invoice(&app, &key, &sub).await;
     let id = s(&invoice["id"]);

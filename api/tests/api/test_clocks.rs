@@ -116,6 +116,26 @@ pub async fn monthly_plan(
     s(&plan["id"])
 }
 
+/// A customer on a new clock at `at` (UTC) paying with `card`, subscribed to a monthly "Seat"
+/// plan: (clock, customer, the subscription as created).
+pub async fn seat_on_clock(
+    app: &TestApp,
+    key: &Cred,
+    at: &str,
+    card: &str,
+) -> (String, String, serde_json::Value) {
+    let clock = clock(app, key, at).await;
+    let customer = customer_on(app, key, &clock, "UTC", Some(card), None).await;
+    let plan = monthly_plan(app, key, "Seat", None).await;
+    let sub = subscribe(
+        app,
+        key,
+        json!({"customer": customer, "items": [{"plan": plan}]}),
+    )
+    .await;
+    (clock, customer, sub)
+}
+
 /// The days of a month, computed here from the calendar (not from the code under test).
 fn days_in_month(year: i32, month: u32) -> u32 {
     let (y, m) = if month == 12 {
@@ -1161,16 +1181,9 @@ async fn an_expiry_held_back_by_a_payment_in_flight_waits_past_the_advance_witho
     let app = spawn_app().await;
     let t = app.register("clock-3ds@acme.com").await;
     let key = t.sk_test();
-    let clock = clock(&app, &key, "2026-03-01T00:00:00Z").await;
-    let plan = monthly_plan(&app, &key, "Seat", None).await;
     // A card that asks the customer to authenticate: the first payment stays in flight.
-    let customer = customer_on(&app, &key, &clock, "UTC", Some("4000002500003155"), None).await;
-    let sub = subscribe(
-        &app,
-        &key,
-        json!({"customer": customer, "items": [{"plan": plan}]}),
-    )
-    .await;
+    let (clock, _, sub) =
+        seat_on_clock(&app, &key, "2026-03-01T00:00:00Z", "4000002500003155").await;
     assert_eq!(sub["status"], "incomplete");
     // Past the 23 hours an unpaid first invoice has: the charge waits for the customer, and
     // the expiry, finding it in flight, waits too, past the advance, which completes.
@@ -1358,15 +1371,8 @@ async fn every_invoice_number_is_held_for_its_invoice_and_cannot_be_held_twice()
     let app = spawn_app().await;
     let t = app.register("clock-numbers@acme.com").await;
     let key = t.sk_test();
-    let clock = clock(&app, &key, "2026-03-01T00:00:00Z").await;
-    let plan = monthly_plan(&app, &key, "Seat", None).await;
-    let customer = customer_on(&app, &key, &clock, "UTC", Some("4242424242424242"), None).await;
-    let sub = subscribe(
-        &app,
-        &key,
-        json!({"customer": customer, "items": [{"plan": plan}]}),
-    )
-    .await;
+    let (clock, customer, sub) =
+        seat_on_clock(&app, &key, "2026-03-01T00:00:00Z", "4242424242424242").await;
     advance(&app, &key, &t.sk_test, &clock, "2026-05-15T00:00:00Z").await;
     let one_off =
         crate::credit_notes::invoice(&app, &key, &customer, &[("Setup", 700)], false).await;
