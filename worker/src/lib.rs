@@ -351,9 +351,19 @@ pub async fn run_until(
     rt.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let grace = rt.settings.worker.shutdown_grace;
-    let finished = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    let finished =
+        tokio::time::timeout_at(deadline, futures_util::future::join_all(consumers)).await;
     if finished.is_err() {
         tracing::warn!(?grace, "grace period over with jobs still running");
+    }
+    // A schedule step under way ends within the same grace, so a run it made is marked and
+    // counted as made here (cut short, the run waits for another process to take it over).
+    if let Some(mut s) = schedule
+        && tokio::time::timeout_at(deadline, &mut s).await.is_err()
+    {
+        tracing::warn!(?grace, "grace period over with a billing run being made");
+        s.abort();
     }
     let held: Vec<(Uuid, Uuid)> = rt
         .held
@@ -371,9 +381,6 @@ pub async fn run_until(
     }
     relay.abort();
     housekeeping.abort();
-    if let Some(s) = schedule {
-        s.abort();
-    }
     tracing::info!("billing-worker stopped");
     Ok(())
 }
