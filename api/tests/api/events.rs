@@ -3,7 +3,10 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use shared::ids::{EventId, WebhookEndpointId};
+use shared::{
+    db::events::NewEvent,
+    ids::{EventId, WebhookEndpointId},
+};
 use uuid::Uuid;
 
 use crate::{
@@ -727,4 +730,36 @@ async fn a_redelivery_locks_jobs_before_deliveries_as_the_worker_does() {
     let resp = request.await.unwrap().unwrap();
     body(resp, StatusCode::ACCEPTED).await;
     assert_pending_again(&app, delivery).await;
+}
+
+#[tokio::test]
+async fn events_recorded_together_show_their_own_objects_and_those_sharing_one_each_show_it_whole()
+{
+    let app = spawn_app().await;
+    let t = app.register("shared-objects@acme.com").await;
+    let scope = crate::subscriptions::scope(&app, &t.sk_test).await;
+    // One object shown by two events (an invoice created and finalized at once), with others
+    // between them and after.
+    let thing = std::sync::Arc::new(json!({"object": "thing", "id": "thing_1", "n": 1}));
+    let recorded = [
+        NewEvent::shared("thing.created", thing.clone()),
+        NewEvent::new("other.created", json!({"object": "other", "id": "other_1"})),
+        NewEvent::shared("thing.updated", thing.clone()),
+        NewEvent::new(
+            "thing.updated",
+            json!({"object": "thing", "id": "thing_1", "n": 2}),
+        ),
+    ];
+    let scoped: Vec<_> = recorded.iter().map(|e| (scope, e)).collect();
+    let mut conn = app.pool.acquire().await.unwrap();
+    let ids = shared::db::events::record_scoped(&mut conn, &scoped, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), recorded.len());
+    for (id, sent) in ids.iter().zip(&recorded) {
+        let resp = app.get(&event_path(&id.to_string()), &t.sk_test()).await;
+        let event = body(resp, StatusCode::OK).await;
+        assert_eq!(event["type"], sent.event_type.as_str(), "{event}");
+        assert_eq!(event["data"], json!({ "object": *sent.object }), "{event}");
+    }
 }

@@ -1,6 +1,8 @@
 //! Events: every state change, recorded in the transaction that makes it, and fanned out to the
 //! tenant's matching webhook endpoints as deliveries with their jobs (the outbox).
 
+use std::{collections::HashMap, sync::Arc};
+
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
@@ -52,7 +54,9 @@ const COLUMNS: &str =
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: String,
-    pub object: serde_json::Value,
+    /// Events about an object as it stands at once (an invoice created, finalized and paid in
+    /// one go) share it ([`NewEvent::shared`]): it is made, and written out, once for them all.
+    pub object: Arc<serde_json::Value>,
     pub routing: Routing,
 }
 
@@ -69,6 +73,11 @@ pub enum Routing {
 
 impl NewEvent {
     pub fn new(event_type: &str, object: serde_json::Value) -> Self {
+        Self::shared(event_type, Arc::new(object))
+    }
+
+    /// An event about an object other events show as it stands too.
+    pub fn shared(event_type: &str, object: Arc<serde_json::Value>) -> Self {
         Self {
             event_type: event_type.to_owned(),
             object,
@@ -147,6 +156,16 @@ pub async fn record_scoped(
     Ok(ids)
 }
 
+/// An event's `data` as stored: `{"object": …}`.
+fn event_data(object: &serde_json::Value) -> String {
+    let object = object.to_string();
+    let mut data = String::with_capacity(object.len() + 12);
+    data.push_str(r#"{"object":"#);
+    data.push_str(&object);
+    data.push('}');
+    data
+}
+
 /// Records events as [`record_scoped`] does, with the ids given (one per event, taken when
 /// they happened: ids sort by time).
 pub async fn record_with_ids(
@@ -165,10 +184,20 @@ pub async fn record_with_ids(
     if events.is_empty() {
         return Ok(());
     }
-    let data: Vec<String> = events
-        .iter()
-        .map(|e| format!(r#"{{"object":{}}}"#, e.1.object))
-        .collect();
+    // Each object written out once, however many events show it.
+    let mut written: HashMap<usize, usize> = HashMap::new();
+    let mut texts: Vec<String> = Vec::with_capacity(events.len());
+    let mut which: Vec<usize> = Vec::with_capacity(events.len());
+    for (_, event) in events {
+        let i = *written
+            .entry(Arc::as_ptr(&event.object).addr())
+            .or_insert_with(|| {
+                texts.push(event_data(&event.object));
+                texts.len() - 1
+            });
+        which.push(i);
+    }
+    let data: Vec<&str> = which.iter().map(|i| texts[*i].as_str()).collect();
     let uuids: Vec<Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let (tenants, modes) = super::scope_columns(events.iter().map(|e| &e.0));
     let types: Vec<&str> = events.iter().map(|e| e.1.event_type.as_str()).collect();

@@ -1,6 +1,9 @@
 //! Gap-free invoice numbers: a counter row per (tenant, mode, prefix).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -85,15 +88,33 @@ impl Deferred {
             mut events,
         } = self;
         let numbers = number(conn, &invoices, now).await?;
+        // An object several events share is numbered once, and they share the numbered one.
+        // (The objects as recorded are kept until the end: no two of them share an address.)
+        let mut numbered: HashMap<usize, Arc<serde_json::Value>> = HashMap::new();
+        let mut recorded = Vec::new();
         for (_, _, event) in &mut events {
-            let number = event
-                .object
-                .get("id")
-                .and_then(serde_json::Value::as_str)
-                .and_then(|id| numbers.get(id));
-            if let (Some(number), Some(object)) = (number, event.object.as_object_mut()) {
-                object.insert("number".into(), serde_json::Value::String(number.clone()));
-            }
+            let key = Arc::as_ptr(&event.object).addr();
+            let with_number = match numbered.get(&key) {
+                Some(object) => object.clone(),
+                None => {
+                    let Some(number) = event
+                        .object
+                        .get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|id| numbers.get(id))
+                    else {
+                        continue;
+                    };
+                    let mut object = (*event.object).clone();
+                    if let Some(fields) = object.as_object_mut() {
+                        fields.insert("number".into(), serde_json::Value::String(number.clone()));
+                    }
+                    let object = Arc::new(object);
+                    numbered.insert(key, object.clone());
+                    object
+                }
+            };
+            recorded.push(std::mem::replace(&mut event.object, with_number));
         }
         let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
         let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();

@@ -11,7 +11,10 @@
 //! computed by the same functions as for one ([`invoices::period_lines`], [`invoices::settle`],
 //! [`tax_rates::taxed`]...). Numbers are taken at the commit ([`UnitOfWork::defer_numbering`]).
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -280,8 +283,9 @@ async fn invoice_periods(
         d.sub.updated_at = now;
         jobs.push(subscriptions::renewal(d.scope, &d.sub));
         if let Some(m) = invoices_by_id.get(invoice).filter(|_| *fresh) {
-            let json = m.invoice.to_json(&m.lines);
-            recorded.push((d.scope, NewEvent::new("invoice.created", json.clone())));
+            // The invoice as it stands, shown by each of its events.
+            let json = Arc::new(m.invoice.to_json(&m.lines));
+            recorded.push((d.scope, NewEvent::shared("invoice.created", json.clone())));
             if let Some(at) = m.finalize_at {
                 // A draft: finalized (and charged) at the end of its grace period.
                 let finalize = Job::FinalizeInvoice {
@@ -293,9 +297,9 @@ async fn invoice_periods(
                     &d.sub,
                 ));
             } else {
-                recorded.push((d.scope, NewEvent::new("invoice.finalized", json.clone())));
+                recorded.push((d.scope, NewEvent::shared("invoice.finalized", json.clone())));
                 if m.invoice.status == InvoiceStatus::Paid {
-                    recorded.push((d.scope, NewEvent::new("invoice.paid", json)));
+                    recorded.push((d.scope, NewEvent::shared("invoice.paid", json)));
                 }
                 if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now)
                 {
