@@ -156,16 +156,6 @@ pub async fn record_scoped(
     Ok(ids)
 }
 
-/// An event's `data` as stored: `{"object": …}`.
-fn event_data(object: &serde_json::Value) -> String {
-    let object = object.to_string();
-    let mut data = String::with_capacity(object.len() + 12);
-    data.push_str(r#"{"object":"#);
-    data.push_str(&object);
-    data.push('}');
-    data
-}
-
 /// Records events as [`record_scoped`] does, with the ids given (one per event, taken when
 /// they happened: ids sort by time).
 pub async fn record_with_ids(
@@ -192,7 +182,7 @@ pub async fn record_with_ids(
         let i = *written
             .entry(Arc::as_ptr(&event.object).addr())
             .or_insert_with(|| {
-                texts.push(event_data(&event.object));
+                texts.push(format!(r#"{{"object":{}}}"#, event.object));
                 texts.len() - 1
             });
         which.push(i);

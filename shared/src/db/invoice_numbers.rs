@@ -88,33 +88,31 @@ impl Deferred {
             mut events,
         } = self;
         let numbers = number(conn, &invoices, now).await?;
-        // An object several events share is numbered once, and they share the numbered one.
-        // (The objects as recorded are kept until the end: no two of them share an address.)
-        let mut numbered: HashMap<usize, Arc<serde_json::Value>> = HashMap::new();
-        let mut recorded = Vec::new();
+        // An object several events share is numbered once, and they share the numbered copy.
+        // The map keeps each original beside its copy: no other object can take its address.
+        let mut numbered: HashMap<usize, (Arc<serde_json::Value>, Arc<serde_json::Value>)> =
+            HashMap::new();
         for (_, _, event) in &mut events {
             let key = Arc::as_ptr(&event.object).addr();
-            let with_number = match numbered.get(&key) {
-                Some(object) => object.clone(),
-                None => {
-                    let Some(number) = event
-                        .object
-                        .get("id")
-                        .and_then(serde_json::Value::as_str)
-                        .and_then(|id| numbers.get(id))
-                    else {
-                        continue;
-                    };
-                    let mut object = (*event.object).clone();
-                    if let Some(fields) = object.as_object_mut() {
-                        fields.insert("number".into(), serde_json::Value::String(number.clone()));
-                    }
-                    let object = Arc::new(object);
-                    numbered.insert(key, object.clone());
-                    object
-                }
+            if let Some((_, copy)) = numbered.get(&key) {
+                event.object = copy.clone();
+                continue;
+            }
+            let Some(number) = event
+                .object
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| numbers.get(id))
+            else {
+                continue;
             };
-            recorded.push(std::mem::replace(&mut event.object, with_number));
+            let mut copy = (*event.object).clone();
+            if let Some(fields) = copy.as_object_mut() {
+                fields.insert("number".into(), serde_json::Value::String(number.clone()));
+            }
+            let copy = Arc::new(copy);
+            let original = std::mem::replace(&mut event.object, copy.clone());
+            numbered.insert(key, (original, copy));
         }
         let ids: Vec<EventId> = events.iter().map(|e| e.0).collect();
         let scoped: Vec<(Scope, &NewEvent)> = events.iter().map(|e| (e.1, &e.2)).collect();
