@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use crate::{
     domain::money::basis_points,
-    stripe::{ChargeSpec, Failure, Stripe},
+    stripe::{ChargeSpec, Failure, PaymentIntent, Stripe},
 };
 
 /// A charge to make.
@@ -118,7 +118,7 @@ impl Gateway {
                     .charge(livemode, c.account, c.idempotency_key, &spec)
                     .await
                 {
-                    Ok(pi) => Ok(intent_outcome(pi.status, pi.id)),
+                    Ok(pi) => Ok(intent_outcome(pi)),
                     Err(Failure::Declined {
                         code,
                         message,
@@ -148,19 +148,30 @@ impl Gateway {
         idempotency_key: &str,
     ) -> Result<ChargeOutcome, Failure> {
         match self {
-            Gateway::Sandbox => Ok(intent_outcome("canceled".into(), id.into())),
+            Gateway::Sandbox => Ok(intent_outcome(PaymentIntent {
+                id: id.into(),
+                status: "canceled".into(),
+                last_payment_error: None,
+            })),
             Gateway::Stripe(stripe) => {
                 let pi = stripe
                     .cancel_intent(livemode, account, idempotency_key, id)
                     .await?;
-                Ok(intent_outcome(pi.status, pi.id))
+                Ok(intent_outcome(pi))
             }
         }
     }
 }
 
-/// What a payment intent's status says of a charge: only `succeeded` is money taken.
-pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
+/// What a payment intent says of a charge: only `succeeded` is money taken. An intent left
+/// at any other status did not go through: a decline, under its `last_payment_error` when it
+/// has one (so a `lost_card` there is the hard decline it is), else under the status.
+pub fn intent_outcome(pi: PaymentIntent) -> ChargeOutcome {
+    let PaymentIntent {
+        id,
+        status,
+        last_payment_error,
+    } = pi;
     match status.as_str() {
         "succeeded" => ChargeOutcome::Succeeded { id },
         "processing" => ChargeOutcome::Processing { id },
@@ -168,10 +179,19 @@ pub fn intent_outcome(status: String, id: String) -> ChargeOutcome {
         "canceled" => ChargeOutcome::Canceled {
             message: "The payment was canceled.".into(),
         },
-        _ => ChargeOutcome::Declined {
-            code: status,
-            message: "The payment did not go through.".into(),
-            do_not_retry: false,
+        _ => match last_payment_error {
+            Some(e) => ChargeOutcome::Declined {
+                code: e.code(),
+                do_not_retry: e.do_not_retry(),
+                message: e
+                    .message
+                    .unwrap_or_else(|| "The payment did not go through.".into()),
+            },
+            None => ChargeOutcome::Declined {
+                code: status,
+                message: "The payment did not go through.".into(),
+                do_not_retry: false,
+            },
         },
     }
 }
@@ -354,6 +374,7 @@ fn sandbox(c: &Charge<'_>) -> ChargeOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::PaymentError;
 
     fn charge(pm: &str) -> Charge<'_> {
         Charge {
@@ -417,7 +438,13 @@ mod tests {
 
     #[test]
     fn only_a_succeeded_intent_is_money_taken_and_a_processing_one_is_still_in_flight() {
-        let of = |status: &str| intent_outcome(status.into(), "pi_1".into());
+        let of = |status: &str| {
+            intent_outcome(PaymentIntent {
+                id: "pi_1".into(),
+                status: status.into(),
+                last_payment_error: None,
+            })
+        };
         assert_eq!(
             of("succeeded"),
             ChargeOutcome::Succeeded { id: "pi_1".into() }
@@ -440,6 +467,65 @@ mod tests {
             of("requires_payment_method"),
             ChargeOutcome::Declined {
                 code: "requires_payment_method".into(),
+                message: "The payment did not go through.".into(),
+                do_not_retry: false,
+            }
+        );
+    }
+
+    #[test]
+    fn an_intent_back_at_requires_payment_method_is_declined_as_its_last_payment_error_says() {
+        let of = |e: PaymentError| {
+            intent_outcome(PaymentIntent {
+                id: "pi_1".into(),
+                status: "requires_payment_method".into(),
+                last_payment_error: Some(e),
+            })
+        };
+        // The issuer's decline code, its advice and its message.
+        assert_eq!(
+            of(PaymentError {
+                code: Some("card_declined".into()),
+                decline_code: Some("lost_card".into()),
+                advice_code: Some("do_not_try_again".into()),
+                message: Some("Your card has been declined.".into()),
+            }),
+            ChargeOutcome::Declined {
+                code: "lost_card".into(),
+                message: "Your card has been declined.".into(),
+                do_not_retry: true,
+            }
+        );
+        // No decline code: Stripe's error code; no message: the usual one.
+        assert_eq!(
+            of(PaymentError {
+                code: Some("expired_card".into()),
+                ..PaymentError::default()
+            }),
+            ChargeOutcome::Declined {
+                code: "expired_card".into(),
+                message: "The payment did not go through.".into(),
+                do_not_retry: false,
+            }
+        );
+        // Neither: a plain decline.
+        assert_eq!(
+            of(PaymentError::default()),
+            ChargeOutcome::Declined {
+                code: "card_declined".into(),
+                message: "The payment did not go through.".into(),
+                do_not_retry: false,
+            }
+        );
+        // Any other advice may be tried again.
+        assert_eq!(
+            of(PaymentError {
+                decline_code: Some("insufficient_funds".into()),
+                advice_code: Some("try_again_later".into()),
+                ..PaymentError::default()
+            }),
+            ChargeOutcome::Declined {
+                code: "insufficient_funds".into(),
                 message: "The payment did not go through.".into(),
                 do_not_retry: false,
             }

@@ -12,6 +12,7 @@ use crate::{
     db::{self, stripe_events::Status, stripe_events::StripeEventRow},
     ids::PaymentId,
     payments::{ChargeOutcome, RefundOutcome},
+    stripe::PaymentError,
     tenancy::Scope,
     uow::UnitOfWork,
 };
@@ -83,17 +84,17 @@ async fn payment_intent(
         },
         "payment_intent.payment_failed" => {
             let error = &object["last_payment_error"];
+            let field = |name: &str| error[name].as_str().map(str::to_owned);
+            let e = PaymentError {
+                code: field("code"),
+                decline_code: field("decline_code"),
+                advice_code: field("advice_code"),
+                message: field("message"),
+            };
             ChargeOutcome::Declined {
-                code: error["decline_code"]
-                    .as_str()
-                    .or(error["code"].as_str())
-                    .unwrap_or("card_declined")
-                    .to_owned(),
-                message: error["message"]
-                    .as_str()
-                    .unwrap_or("The payment failed.")
-                    .to_owned(),
-                do_not_retry: error["advice_code"].as_str() == Some("do_not_try_again"),
+                code: e.code(),
+                do_not_retry: e.do_not_retry(),
+                message: e.message.unwrap_or_else(|| "The payment failed.".into()),
             }
         }
         "payment_intent.processing" => ChargeOutcome::Processing {

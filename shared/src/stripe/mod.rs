@@ -62,17 +62,19 @@ pub enum Failure {
 fn classify(e: StripeError) -> Failure {
     match e {
         StripeError::Stripe(_, 429) => Failure::RateLimited,
-        StripeError::Stripe(err, 402) => Failure::Declined {
-            do_not_retry: err.advice_code.as_deref() == Some("do_not_try_again"),
-            code: err
-                .decline_code
-                .clone()
-                .or_else(|| err.code.as_ref().map(|c| c.as_str().to_owned()))
-                .unwrap_or_else(|| "card_declined".into()),
-            message: err
-                .message
-                .unwrap_or_else(|| "The card was declined.".into()),
-        },
+        StripeError::Stripe(err, 402) => {
+            let e = PaymentError {
+                code: err.code.as_ref().map(|c| c.as_str().to_owned()),
+                decline_code: err.decline_code,
+                advice_code: err.advice_code,
+                message: err.message,
+            };
+            Failure::Declined {
+                code: e.code(),
+                do_not_retry: e.do_not_retry(),
+                message: e.message.unwrap_or_else(|| "The card was declined.".into()),
+            }
+        }
         StripeError::Stripe(err, status) if status >= 500 || status == 409 => {
             Failure::Transient(format!(
                 "Stripe answered {status}: {}",
@@ -176,6 +178,45 @@ pub struct ChargeSpec<'a> {
 struct IntentBody {
     id: String,
     status: String,
+    last_payment_error: Option<PaymentError>,
+}
+
+impl From<IntentBody> for PaymentIntent {
+    fn from(pi: IntentBody) -> Self {
+        PaymentIntent {
+            id: pi.id,
+            status: pi.status,
+            last_payment_error: pi.last_payment_error,
+        }
+    }
+}
+
+/// What Stripe says of a payment that failed: a card error's fields, or a PaymentIntent's
+/// `last_payment_error` (the same fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, miniserde::Deserialize)]
+pub struct PaymentError {
+    pub code: Option<String>,
+    pub decline_code: Option<String>,
+    pub advice_code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl PaymentError {
+    /// The code a decline is recorded under: the issuer's `decline_code` (`lost_card`), else
+    /// Stripe's error `code` (`expired_card`), else `card_declined`.
+    pub fn code(&self) -> String {
+        self.decline_code
+            .as_deref()
+            .or(self.code.as_deref())
+            .unwrap_or("card_declined")
+            .to_owned()
+    }
+
+    /// Whether the issuer advises never to try the card again (`advice_code`
+    /// `do_not_try_again`).
+    pub fn do_not_retry(&self) -> bool {
+        self.advice_code.as_deref() == Some("do_not_try_again")
+    }
 }
 
 #[derive(Debug, miniserde::Deserialize)]
@@ -197,6 +238,9 @@ pub struct PaymentIntent {
     pub id: String,
     /// `succeeded`, `requires_action`, `processing`, `requires_payment_method`…
     pub status: String,
+    /// Why the last attempt to pay failed, when it did (an intent back at
+    /// `requires_payment_method`).
+    pub last_payment_error: Option<PaymentError>,
 }
 
 #[derive(Debug, miniserde::Deserialize)]
@@ -599,10 +643,7 @@ impl Stripe {
         let pi: IntentBody = self
             .send(livemode, account, Some(idempotency_key), req.build())
             .await?;
-        Ok(PaymentIntent {
-            id: pi.id,
-            status: pi.status,
-        })
+        Ok(pi.into())
     }
 
     /// Cancels a PaymentIntent that has not taken the money (one waiting for the customer to
@@ -628,10 +669,7 @@ impl Stripe {
             }
             Err(e) => return Err(e),
         };
-        Ok(PaymentIntent {
-            id: pi.id,
-            status: pi.status,
-        })
+        Ok(pi.into())
     }
 
     /// Refunds `amount` of a PaymentIntent (on the connected `account` that took it). The
@@ -713,6 +751,36 @@ impl Stripe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_intent_is_read_with_its_last_payment_error_when_it_has_one() {
+        let failed: IntentBody = miniserde::json::from_str(
+            r#"{"id": "pi_1", "object": "payment_intent", "status": "requires_payment_method",
+                "amount": 1000, "last_payment_error": {"type": "card_error",
+                "code": "card_declined", "decline_code": "stolen_card",
+                "advice_code": "do_not_try_again", "message": "Your card was declined.",
+                "payment_method": {"id": "pm_1"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            PaymentIntent::from(failed),
+            PaymentIntent {
+                id: "pi_1".into(),
+                status: "requires_payment_method".into(),
+                last_payment_error: Some(PaymentError {
+                    code: Some("card_declined".into()),
+                    decline_code: Some("stolen_card".into()),
+                    advice_code: Some("do_not_try_again".into()),
+                    message: Some("Your card was declined.".into()),
+                }),
+            }
+        );
+        let paid: IntentBody = miniserde::json::from_str(
+            r#"{"id": "pi_2", "status": "succeeded", "last_payment_error": null}"#,
+        )
+        .unwrap();
+        assert_eq!(PaymentIntent::from(paid).last_payment_error, None);
+    }
 
     #[test]
     fn idempotency_keys_are_checked() {
