@@ -124,3 +124,107 @@ async fn a_run_shows_what_it_found_due_queued_and_how_it_went_to_its_tenant_and_
         json!([])
     );
 }
+
+#[tokio::test]
+async fn a_completed_run_keeps_each_tenant_and_modes_own_tally_of_its_jobs() {
+    let app = spawn_app().await;
+    let a = scope(&app, &app.register("tally-a@acme.com").await.sk_test).await;
+    let b = scope(&app, &app.register("tally-b@acme.com").await.sk_test).await;
+    let (ta, tb) = (a.tenant_id().as_uuid(), b.tenant_id().as_uuid());
+    let now = chrono::Utc::now();
+    let run = uuid::Uuid::new_v4();
+    let other = uuid::Uuid::new_v4();
+    for (id, scheduled) in [(run, now), (other, now - chrono::Duration::minutes(1))] {
+        sqlx::query(
+            "INSERT INTO billing_runs (id, scope, scheduled_for, trigger, status, owner, \
+             lease_until, started_at, enqueued_at) \
+             VALUES ($1, 'fleet', $2, 'schedule', 'enqueued', 'w', $2, $2, $2)",
+        )
+        .bind(id)
+        .bind(scheduled)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    // (tenant, live mode, succeeded, dead) of the run's jobs, and of the other run's.
+    let of_run = [(ta, false, 3, 1), (ta, true, 2, 0), (tb, false, 0, 2)];
+    let of_other = [(ta, false, 5, 4), (tb, false, 1, 0)];
+    for (id, tallies) in [(run, &of_run[..]), (other, &of_other[..])] {
+        for &(tenant, live, succeeded, dead) in tallies {
+            sqlx::query(
+                "INSERT INTO billing_run_tenants (run_id, tenant_id, livemode, due, enqueued) \
+                 VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(id)
+            .bind(tenant)
+            .bind(live)
+            .bind((succeeded + dead) as i64)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+            for state in std::iter::repeat_n("succeeded", succeeded)
+                .chain(std::iter::repeat_n("dead", dead))
+            {
+                sqlx::query(
+                    "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, state, \
+                     max_attempts, run_at, created_at, updated_at, finished_at, billing_run_id) \
+                     VALUES ($1, 'renewals', 'subscription.renew', $2, $3, '{}', $4, 3, \
+                     $5, $5, $5, $5, $6)",
+                )
+                .bind(uuid::Uuid::new_v4())
+                .bind(tenant)
+                .bind(live)
+                .bind(state)
+                .bind(now)
+                .bind(id)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+    // The other run still has a job to run: only this one completes.
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, state, max_attempts, \
+         run_at, created_at, updated_at, billing_run_id) \
+         VALUES ($1, 'renewals', 'subscription.renew', $2, false, '{}', 'pending', 3, $3, $3, \
+         $3, $4)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(tb)
+    .bind(now)
+    .bind(other)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let completed = shared::db::billing_runs::complete_finished(&app.pool, now)
+        .await
+        .unwrap();
+    assert_eq!(completed, 1);
+    let tally = |id: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (uuid::Uuid, bool, Option<i64>, Option<i64>)>(
+                "SELECT tenant_id, livemode, succeeded, failed FROM billing_run_tenants \
+                 WHERE run_id = $1 ORDER BY tenant_id, livemode",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut expected: Vec<(uuid::Uuid, bool, Option<i64>, Option<i64>)> = of_run
+        .iter()
+        .map(|&(t, l, s, d)| (t, l, Some(s as i64), Some(d as i64)))
+        .collect();
+    expected.sort();
+    assert_eq!(tally(run).await, expected);
+    // The other run's tally is still counted from its jobs, none kept yet.
+    assert!(
+        tally(other)
+            .await
+            .iter()
+            .all(|(.., s, f)| s.is_none() && f.is_none())
+    );
+}

@@ -279,12 +279,26 @@ pub async fn mark_enqueued(
     Ok(())
 }
 
-/// What a completed run keeps of a tenant's mode (`b`, its row of billing_run_tenants): how
-/// many of its jobs succeeded and how many failed for good (they can then be purged).
-const SETTLED: &str = "succeeded = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-    AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode AND j.state = 'succeeded'), \
-    failed = (SELECT count(*) FROM jobs j WHERE j.billing_run_id = b.run_id \
-    AND j.tenant_id = b.tenant_id AND j.livemode = b.livemode AND j.state = 'dead')";
+/// Keeps, for each tenant's mode of the runs `runs` names (an SQL set of run ids, such as
+/// `SELECT unnest($1::uuid[])`), how many of its jobs succeeded and how many failed for good
+/// (they can then be purged): the runs' jobs are counted in one pass, grouped by tenant and
+/// mode, whatever the number of tenants.
+fn settle(runs: &str) -> String {
+    format!(
+        "counted AS (SELECT j.billing_run_id AS run_id, j.tenant_id, j.livemode, \
+             count(*) FILTER (WHERE j.state = 'succeeded') AS succeeded, \
+             count(*) FILTER (WHERE j.state = 'dead') AS failed \
+             FROM jobs j WHERE j.billing_run_id IN ({runs}) \
+             AND j.state IN ('succeeded', 'dead') GROUP BY 1, 2, 3), \
+         settled AS (SELECT t.run_id, t.tenant_id, t.livemode, \
+             COALESCE(c.succeeded, 0) AS succeeded, COALESCE(c.failed, 0) AS failed \
+             FROM billing_run_tenants t LEFT JOIN counted c \
+             USING (run_id, tenant_id, livemode) WHERE t.run_id IN ({runs})) \
+         UPDATE billing_run_tenants b SET succeeded = s.succeeded, failed = s.failed \
+         FROM settled s WHERE b.run_id = s.run_id AND b.tenant_id = s.tenant_id \
+         AND b.livemode = s.livemode"
+    )
+}
 
 /// Completes the runs whose queued jobs have all ended, keeping how many succeeded and how
 /// many failed for good per tenant and mode (their jobs can then be purged); returns how many
@@ -304,7 +318,8 @@ pub async fn complete_finished(pool: &PgPool, now: DateTime<Utc>) -> Result<u64,
     if !done.is_empty() {
         let ids: Vec<BillingRunId> = done.iter().map(|d| d.0).collect();
         sqlx::query(sqlf!(
-            "UPDATE billing_run_tenants b SET {SETTLED} WHERE b.run_id = ANY($1)"
+            "WITH {}",
+            settle("SELECT unnest($1::uuid[])")
         ))
         .bind(&ids)
         .execute(&mut *tx)
@@ -391,8 +406,8 @@ pub async fn complete_clock_runs(
         "WITH done AS (UPDATE billing_runs SET status = 'completed', enqueued_at = $2, \
              completed_at = $2 WHERE scope = 'test_clock:' || $1::text \
              AND ($3::timestamptz IS NULL OR scheduled_for = $3) \
-             AND status <> 'completed' RETURNING id) \
-         UPDATE billing_run_tenants b SET {SETTLED} FROM done WHERE b.run_id = done.id"
+             AND status <> 'completed' RETURNING id), {}",
+        settle("SELECT id FROM done")
     ))
     .bind(clock)
     .bind(now)
