@@ -162,8 +162,8 @@ async fn a_completed_run_keeps_each_tenant_and_modes_own_tally_of_its_jobs() {
             .execute(&app.pool)
             .await
             .unwrap();
-            for state in std::iter::repeat_n("succeeded", succeeded)
-                .chain(std::iter::repeat_n("dead", dead))
+            for state in
+                std::iter::repeat_n("succeeded", succeeded).chain(std::iter::repeat_n("dead", dead))
             {
                 sqlx::query(
                     "INSERT INTO jobs (id, queue, kind, tenant_id, livemode, payload, state, \

@@ -317,13 +317,10 @@ pub async fn complete_finished(pool: &PgPool, now: DateTime<Utc>) -> Result<u64,
     .await?;
     if !done.is_empty() {
         let ids: Vec<BillingRunId> = done.iter().map(|d| d.0).collect();
-        sqlx::query(sqlf!(
-            "WITH {}",
-            settle("SELECT unnest($1::uuid[])")
-        ))
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sqlf!("WITH {}", settle("SELECT unnest($1::uuid[])")))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(done.len() as u64)
