@@ -592,9 +592,10 @@ impl SubscriptionsApi {
     /// Cancel a subscription now
     ///
     /// Nothing more is invoiced or charged; an `incomplete` subscription's first invoice is
-    /// voided. With `prorate=true`, the unused time of the current period is credited by a
-    /// credit note on its invoice (lowering what it owes, or as the customer's credit once
-    /// paid). To cancel at the end of the period instead, set `cancel_at_period_end`.
+    /// voided. With `prorate=true`, the unused time of the current period is credited by
+    /// credit notes on the invoices that billed it, with their tax (lowering what an invoice
+    /// owes, or as the customer's credit once paid). To cancel at the end of the period
+    /// instead, set `cancel_at_period_end`.
     #[oai(
         path = "/api/v1/subscriptions/:id/cancel",
         method = "post",

@@ -1176,6 +1176,115 @@ async fn a_cancel_with_proration_on_a_taxed_plan_credits_the_tax_of_the_unused_t
     assert_eq!(invoice["amount_credited"], 1800);
 }
 
+/// A cancel with proration after a change invoiced at once credits the unused time on the
+/// invoices that billed it, each with its tax. 20 % VAT; a Studio seat (1500) from January 1st,
+/// changed on the 11th to three seats' worth (21 of 31 days left: the change's invoice credits
+/// 1016 and charges 3048, 2032 and 406 of tax), canceled on the 16th (16 days left). The time
+/// the change billed is 2322 unused: its invoice gives back all it has (2032 and its 406 of
+/// tax), the period's invoice the rest (290 and its 58 of tax): 2786 in all, 2322 × 1.2 to the
+/// cent, whether the change added seats or swapped the plan.
+#[tokio::test]
+async fn a_cancel_with_proration_after_an_invoiced_change_credits_each_invoice_that_billed_it() {
+    let app = spawn_app().await;
+    let t = app.register("cancel-after-change@acme.com").await;
+    let key = t.sk_test();
+    crate::tax_rates::rate(
+        &app,
+        &key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
+    )
+    .await;
+    let subs = studio_subscriptions_ten_days_in(&app, &key, &t.sk_test).await;
+    let team = monthly_plan_at(&app, &key, "Studio Team", 4500).await;
+    let changes = [
+        json!({"items": [{"id": item_ids(&subs[0])[0], "quantity": 3}],
+               "proration_behavior": "always_invoice"}),
+        json!({"items": [{"id": item_ids(&subs[1])[0], "deleted": true}, {"plan": team}],
+               "proration_behavior": "always_invoice"}),
+    ];
+    for (sub, change) in subs.iter().zip(changes) {
+        json_of(
+            app.send(
+                Method::PATCH,
+                &format!("/api/v1/subscriptions/{}", s(&sub["id"])),
+                &key,
+                Some(&change),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let clk = s(&subs[0]["test_clock"]);
+    advance(&app, &key, &t.sk_test, &clk, "2026-01-16T00:00:00Z").await;
+    for sub in &subs {
+        let invoices = invoices_of(&app, &key, &s(&sub["id"])).await;
+        let (period, change) = (&invoices[0], &invoices[1]);
+        assert_eq!(amounts(change), vec![-1016, 3048], "{change}");
+        assert_eq!(
+            (change["tax"].as_i64(), change["total"].as_i64()),
+            (Some(406), Some(2438))
+        );
+        assert_eq!(change["status"], "paid", "{change}");
+        json_of(
+            app.post(
+                &format!(
+                    "/api/v1/subscriptions/{}/cancel?prorate=true",
+                    s(&sub["id"])
+                ),
+                &key,
+                &json!({}),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+        // (subtotal, tax, amount, the line credited) of each invoice's one note.
+        let note_of = |invoice: &serde_json::Value| {
+            let path = format!("/api/v1/credit-notes?invoice={}", s(&invoice["id"]));
+            let (app, key) = (&app, &key);
+            async move {
+                let notes = get(app, key, &path).await;
+                let data = notes["data"].as_array().unwrap();
+                assert_eq!(data.len(), 1, "{notes}");
+                let n = &data[0];
+                assert_eq!(n["lines"].as_array().unwrap().len(), 1, "{n}");
+                (
+                    n["subtotal"].as_i64(),
+                    n["tax"].as_i64(),
+                    n["amount"].as_i64(),
+                    n["lines"][0]["invoice_line"].clone(),
+                )
+            }
+        };
+        assert_eq!(
+            note_of(change).await,
+            (
+                Some(2032),
+                Some(406),
+                Some(2438),
+                change["lines"][1]["id"].clone()
+            )
+        );
+        assert_eq!(
+            note_of(period).await,
+            (
+                Some(290),
+                Some(58),
+                Some(348),
+                period["lines"][0]["id"].clone()
+            )
+        );
+        let customer = get(
+            &app,
+            &key,
+            &format!("/api/v1/customers/{}", s(&sub["customer"])),
+        )
+        .await;
+        assert_eq!(customer["balance"], 2786);
+    }
+}
+
 #[tokio::test]
 async fn an_expiry_held_back_by_a_payment_in_flight_waits_past_the_advance_without_failing() {
     let app = spawn_app().await;

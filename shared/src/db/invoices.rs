@@ -1276,22 +1276,33 @@ pub async fn delete_draft(
     Ok(())
 }
 
+/// A line billed for a subscription item: the invoice line it is (none while it waits for an
+/// invoice), its amount after discount and the time it covers.
+#[derive(Debug, Clone, FromRow)]
+pub struct BilledLine {
+    pub invoice_id: Option<InvoiceId>,
+    pub line_id: Option<InvoiceLineId>,
+    pub amount: i64,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
 /// What was billed for a subscription item over the period that ends at `period_end`: each
-/// line (invoiced and not void, or waiting for an invoice) as (amount after discount, start,
-/// end).
+/// line, invoiced (on an invoice that is not void) or waiting for an invoice.
 pub async fn billed_for_item(
     conn: &mut PgConnection,
     scope: Scope,
     item: SubscriptionItemId,
     period_end: DateTime<Utc>,
-) -> Result<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>, DbError> {
+) -> Result<Vec<BilledLine>, DbError> {
     Ok(sqlx::query_as(
-        "SELECT l.amount - l.discount_amount, l.period_start, l.period_end \
+        "SELECT l.invoice_id, l.id AS line_id, l.amount - l.discount_amount AS amount, \
+         l.period_start, l.period_end \
          FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id \
          WHERE l.tenant_id = $1 AND l.livemode = $2 AND l.subscription_item_id = $3 \
          AND l.period_end = $4 AND i.status <> 'void' \
          UNION ALL \
-         SELECT amount, period_start, period_end FROM invoice_items \
+         SELECT NULL::uuid, NULL::uuid, amount, period_start, period_end FROM invoice_items \
          WHERE tenant_id = $1 AND livemode = $2 AND subscription_item_id = $3 \
          AND period_end = $4 AND invoice_id IS NULL",
     )

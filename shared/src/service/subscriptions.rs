@@ -28,7 +28,7 @@ use crate::{
         subscription::{CollectionMethod, ProrationBehavior, SubscriptionStatus, Transition},
     },
     ids::{
-        BundleId, CouponId, CustomerId, InvoiceItemId, InvoiceLineId, PlanId, PriceId,
+        BundleId, CouponId, CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PlanId, PriceId,
         SubscriptionId, SubscriptionItemId,
     },
     jobs::{self, Job},
@@ -653,7 +653,7 @@ async fn lock(
 
 /// Cancels now: nothing more is invoiced or charged. An incomplete subscription's first
 /// invoice is voided with it. With `prorate`, the time of the period left unused is credited
-/// by a credit note on the period's invoice (see [`credit_unused_time`]).
+/// by credit notes on the invoices that billed it (see [`credit_unused_time`]).
 pub async fn cancel_subscription(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -681,7 +681,31 @@ pub async fn cancel_subscription(
 }
 
 /// What was billed for an item over the period that ends at `period_end` and is unused from
-/// `at` on: each billed line (after discount) for its unused seconds, rounded on its own.
+/// `at` on: each billed line (after discount) with its unused part, rounded on its own.
+async fn unused_lines(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    item: SubscriptionItemId,
+    period_end: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> ServiceResult<Vec<(db::invoices::BilledLine, i64)>> {
+    use crate::domain::period::prorated;
+    let billed = db::invoices::billed_for_item(uow.conn(), scope, item, period_end).await?;
+    Ok(billed
+        .into_iter()
+        .map(|b| {
+            let unused = prorated(
+                b.amount,
+                (b.period_end - at.max(b.period_start)).num_seconds(),
+                (b.period_end - b.period_start).num_seconds(),
+            );
+            (b, unused)
+        })
+        .collect())
+}
+
+/// What was billed for an item over the period that ends at `period_end` and is unused from
+/// `at` on (see [`unused_lines`]).
 async fn unused_billed(
     uow: &mut UnitOfWork,
     scope: Scope,
@@ -689,36 +713,131 @@ async fn unused_billed(
     period_end: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> ServiceResult<i64> {
-    use crate::domain::period::prorated;
-    let billed = db::invoices::billed_for_item(uow.conn(), scope, item, period_end).await?;
-    Ok(billed
+    Ok(unused_lines(uow, scope, item, period_end, at)
+        .await?
         .iter()
-        .map(|(amount, start, end)| {
-            prorated(
-                *amount,
-                (*end - at.max(*start)).num_seconds(),
-                (*end - *start).num_seconds(),
-            )
-        })
+        .map(|(_, unused)| unused)
         .sum())
+}
+
+/// An invoice a prorated cancel credits, and the credit note it makes for it.
+struct UnusedCredit {
+    invoice: db::invoices::InvoiceRow,
+    /// What the note may come to, tax included; `None`: the invoice takes no note.
+    budget: Option<i64>,
+    lines: Vec<db::invoices::LineRow>,
+    left: HashMap<InvoiceLineId, i64>,
+    net: i64,
+    credited: i64,
+    on_lines: i64,
+    custom: i64,
+    /// (description, the invoice line credited or none, amount)
+    credits: Vec<(String, Option<InvoiceLineId>, i64)>,
+}
+
+impl UnusedCredit {
+    async fn of(
+        uow: &mut UnitOfWork,
+        scope: Scope,
+        invoice: db::invoices::InvoiceRow,
+    ) -> ServiceResult<Self> {
+        use crate::domain::invoice::InvoiceStatus;
+        let left = invoice.total.max(0) - invoice.amount_credited;
+        let budget = match invoice.status {
+            InvoiceStatus::Paid => Some(left),
+            InvoiceStatus::Open | InvoiceStatus::Uncollectible => {
+                Some(left.min(invoice.amount_remaining))
+            }
+            _ => None,
+        };
+        let l = super::credit_notes::lines_left(uow, scope, invoice.id).await?;
+        Ok(Self {
+            invoice,
+            budget,
+            lines: l.lines,
+            left: l.left,
+            net: l.net,
+            credited: l.credited,
+            on_lines: 0,
+            custom: 0,
+            credits: Vec::new(),
+        })
+    }
+
+    /// What the note comes to with `on_lines` of the invoice's lines and `custom` besides: the
+    /// invoice's tax on what it credits of its lines is given back with them.
+    fn with_tax(&self, on_lines: i64, custom: i64) -> ServiceResult<i64> {
+        let (tax, _, _) = super::tax_rates::credited(
+            &self.invoice.tax_amounts,
+            self.net,
+            self.credited,
+            self.credited + on_lines,
+        )?;
+        Ok(on_lines + custom + tax)
+    }
+
+    /// Credits the most of `amount` the invoice's `line` has left that fits the note, its tax
+    /// included (the total grows with it); returns what it credited.
+    fn on_line(
+        &mut self,
+        line: InvoiceLineId,
+        description: &str,
+        amount: i64,
+    ) -> ServiceResult<i64> {
+        let Some(budget) = self.budget else {
+            return Ok(0);
+        };
+        let rest = self.left.get(&line).copied().unwrap_or(0);
+        let (mut lo, mut hi) = (0i64, amount.min(rest).max(0));
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            if self.with_tax(self.on_lines + mid, self.custom)? <= budget {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if lo > 0 {
+            self.on_lines += lo;
+            self.left.insert(line, rest - lo);
+            self.credits.push((description.to_owned(), Some(line), lo));
+        }
+        Ok(lo)
+    }
+
+    /// Credits the most of `amount` that fits the note as a custom line (no tax).
+    fn custom(&mut self, description: String, amount: i64) -> ServiceResult<()> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        let rest = amount.min(budget - self.with_tax(self.on_lines, self.custom)?);
+        if rest > 0 {
+            self.custom += rest;
+            self.credits.push((description, None, rest));
+        }
+        Ok(())
+    }
 }
 
 /// Credits what was billed for the rest of the current period, item by item, by the same
 /// rule as a change's prorations (each billed line of the period, credited for its unused
-/// seconds, rounded on its own): a credit note on the period's invoice. On an open invoice it
-/// lowers what is owed; on a paid one it is the customer's credit.
+/// seconds, rounded on its own): a credit note on each invoice that billed it. On an open
+/// invoice a note lowers what is owed; on a paid one it is the customer's credit.
 ///
-/// An item's credit is taken from its line on that invoice, so that the note gives back the
-/// invoice's tax on it too; what the line cannot hold (time billed on other invoices, by a
-/// change's prorations) is a custom line, without tax. The note, tax included, never credits
-/// more than the invoice has left to credit (or, open, still owes): the credit is cut to fit.
+/// An item's credit is taken from the lines that billed it, the latest first (the time a
+/// change billed anew is what the cancel leaves unused; the change credited the time billed
+/// before it), each for at most its own unused part, so that each note gives back its
+/// invoice's tax on what it credits. What they cannot hold (past what a change's invoice has
+/// left to credit once it netted the change's credit) goes on the period invoice's lines of
+/// the subscription's items, with its tax; only what is left then (time waiting for an
+/// invoice) is a custom line, without tax. A note, tax included, never credits more than its
+/// invoice has left to credit (or, open, still owes): the credit is cut to fit.
 async fn credit_unused_time(
     uow: &mut UnitOfWork,
     scope: Scope,
     sub: &SubscriptionRow,
 ) -> ServiceResult<()> {
-    use super::credit_notes::{self, CreditReason, LinesLeft, NoteLine, NoteSpec, Split};
-    use crate::domain::invoice::InvoiceStatus;
+    use super::credit_notes::{self, CreditReason, NoteLine, NoteSpec, Split};
     let at = uow.now();
     if at >= sub.current_period_end {
         return Ok(());
@@ -728,98 +847,90 @@ async fn credit_unused_time(
     else {
         return Ok(());
     };
-    let mut budget = invoice.total.max(0) - invoice.amount_credited;
-    match invoice.status {
-        InvoiceStatus::Paid => {}
-        InvoiceStatus::Open | InvoiceStatus::Uncollectible => {
-            budget = budget.min(invoice.amount_remaining);
-        }
-        _ => return Ok(()),
-    }
-    let LinesLeft {
-        lines,
-        mut left,
-        net,
-        credited,
-    } = credit_notes::lines_left(uow, scope, invoice.id).await?;
-    // What a note crediting `on_lines` of the invoice's lines and `custom` besides comes to.
-    let with_tax = |on_lines: i64, custom: i64| -> ServiceResult<i64> {
-        let (tax, _, _) =
-            super::tax_rates::credited(&invoice.tax_amounts, net, credited, credited + on_lines)?;
-        Ok(on_lines + custom + tax)
-    };
+    // The period's invoice first: it takes what no line can.
+    let mut notes = vec![UnusedCredit::of(uow, scope, invoice).await?];
     let date = at.format("%Y-%m-%d");
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
-    // (description, the invoice line credited or none, amount)
-    let mut credits: Vec<(String, Option<InvoiceLineId>, i64)> = Vec::new();
-    let (mut on_lines, mut custom) = (0i64, 0i64);
     for item in &items {
-        let mut unused = unused_billed(uow, scope, item.id, sub.current_period_end, at).await?;
+        let billed = unused_lines(uow, scope, item.id, sub.current_period_end, at).await?;
+        let mut unused: i64 = billed.iter().map(|(_, u)| u).sum();
         if unused <= 0 {
             continue;
         }
         let description = format!("Unused time on {} after {date}", invoices::item_label(item));
-        let line = lines.iter().find(|l| {
-            l.subscription_item_id == Some(item.id)
-                && !l.proration
-                && l.period_end == sub.current_period_end
-        });
-        if let Some(line) = line {
-            let rest = left.get(&line.id).copied().unwrap_or(0);
-            // The most of the line that fits, its tax included (the total grows with it).
-            let (mut lo, mut hi) = (0i64, unused.min(rest).max(0));
-            while lo < hi {
-                let mid = lo + (hi - lo + 1) / 2;
-                if with_tax(on_lines + mid, custom)? <= budget {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
+        let mut on_lines: Vec<(InvoiceId, InvoiceLineId, DateTime<Utc>, i64)> = billed
+            .iter()
+            .filter_map(|(b, u)| Some((b.invoice_id?, b.line_id?, b.period_start, *u)))
+            .filter(|(.., u)| *u > 0)
+            .collect();
+        // The latest first; a change's lines start after the period's.
+        on_lines.sort_by_key(|(_, _, start, _)| std::cmp::Reverse(*start));
+        for (invoice, line, _, part) in on_lines {
+            if unused <= 0 {
+                break;
+            }
+            let at = match notes.iter().position(|n| n.invoice.id == invoice) {
+                Some(i) => i,
+                None => {
+                    let row = db::invoices::get(uow.conn(), scope, invoice).await?;
+                    notes.push(UnusedCredit::of(uow, scope, row).await?);
+                    notes.len() - 1
                 }
-            }
-            if lo > 0 {
-                on_lines += lo;
-                unused -= lo;
-                left.insert(line.id, rest - lo);
-                credits.push((description.clone(), Some(line.id), lo));
-            }
+            };
+            unused -= notes[at].on_line(line, &description, unused.min(part))?;
         }
-        let room = budget - with_tax(on_lines, custom)?;
-        let rest = unused.min(room);
-        if rest > 0 {
-            custom += rest;
-            credits.push((description, None, rest));
+        // What they could not hold: the period's lines of the subscription's items (a change
+        // that billed this time credited theirs on its own invoice, netted there), then a
+        // custom line.
+        let period_lines: Vec<InvoiceLineId> = notes[0]
+            .lines
+            .iter()
+            .filter(|l| l.subscription_item_id.is_some() && !l.proration)
+            .map(|l| l.id)
+            .collect();
+        for line in period_lines {
+            if unused <= 0 {
+                break;
+            }
+            unused -= notes[0].on_line(line, &description, unused)?;
+        }
+        if unused > 0 {
+            notes[0].custom(description, unused)?;
         }
     }
-    if credits.is_empty() {
-        return Ok(());
+    for note in notes {
+        if note.credits.is_empty() {
+            continue;
+        }
+        let lines = note
+            .credits
+            .iter()
+            .map(|(description, line, amount)| match line {
+                Some(line) => NoteLine::Invoiced {
+                    line: *line,
+                    amount: Some(*amount),
+                    description: Some(description),
+                },
+                None => NoteLine::Custom {
+                    description,
+                    amount: *amount,
+                },
+            })
+            .collect();
+        credit_notes::create_credit_note(
+            uow,
+            scope,
+            NoteSpec {
+                invoice: note.invoice.id,
+                lines,
+                reason: Some(CreditReason::OrderChange),
+                memo: Some("Unused time after the subscription was canceled"),
+                split: Split::default(),
+                metadata: &Metadata::default(),
+            },
+        )
+        .await?;
     }
-    let lines = credits
-        .iter()
-        .map(|(description, line, amount)| match line {
-            Some(line) => NoteLine::Invoiced {
-                line: *line,
-                amount: Some(*amount),
-                description: Some(description),
-            },
-            None => NoteLine::Custom {
-                description,
-                amount: *amount,
-            },
-        })
-        .collect();
-    credit_notes::create_credit_note(
-        uow,
-        scope,
-        NoteSpec {
-            invoice: invoice.id,
-            lines,
-            reason: Some(CreditReason::OrderChange),
-            memo: Some("Unused time after the subscription was canceled"),
-            split: Split::default(),
-            metadata: &Metadata::default(),
-        },
-    )
-    .await?;
     Ok(())
 }
 
