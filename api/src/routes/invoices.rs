@@ -672,7 +672,9 @@ impl InvoicesApi {
     /// Void an invoice
     ///
     /// Nothing is owed on it any more and it is never charged again; customer credit it used
-    /// goes back to the customer. A subscription `past_due` or `unpaid` whose latest invoice
+    /// goes back to the customer. A charge waiting for the customer to authenticate is
+    /// canceled first (`payment.canceled`); one otherwise in flight is waited for
+    /// (`payment_in_progress`). A subscription `past_due` or `unpaid` whose latest invoice
     /// it is becomes `active` again (`customer.subscription.updated`), as when it is paid.
     #[oai(
         path = "/api/v1/invoices/:id/void",
@@ -682,6 +684,7 @@ impl InvoicesApi {
     )]
     async fn void(
         &self,
+        state: poem::web::Data<&AppState>,
         req: &Request,
         auth: Auth,
         /// Invoice id (`in_…`).
@@ -690,6 +693,15 @@ impl InvoicesApi {
         let ctx = auth.require(Permission::WriteBilling)?;
         let id = invoice_id(&id.0)?;
         note(req, |n| n.object_id = Some(id.to_string()));
+        // A charge waiting for the customer to authenticate is canceled first.
+        service::cancel_waiting_attempt(
+            &state.pool,
+            state.clock.as_ref(),
+            &state.stripe,
+            ctx.scope(),
+            id,
+        )
+        .await?;
         let mut work = Work::begin(req).await?;
         let view = service::void_invoice(&mut work, ctx.scope(), id).await?;
         Ok(Json(view.into()))

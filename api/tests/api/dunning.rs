@@ -1150,6 +1150,62 @@ async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_
     assert_eq!(status_of(&app, &key, &sub).await, "active");
 }
 
+/// An invoice whose charge waits for the customer to authenticate can be voided: the charge
+/// is canceled first (it can never take the money), told as canceled, and dunning takes no
+/// step for it: no retry, no final action.
+#[tokio::test]
+async fn voiding_an_invoice_whose_charge_waits_for_authentication_cancels_the_charge_first() {
+    let app = spawn_app().await;
+    let t = app.register("dunning-void-3ds@acme.com").await;
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
+    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
+    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
+    let made = attempts(&app, &key, &id).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].1, "requires_action");
+    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    let voided = json_of(
+        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(voided["status"], "void");
+    assert_eq!(voided["amount_remaining"], 0);
+    let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
+    let payment = &payments["data"][0];
+    assert_eq!(payment["status"], "failed", "{payment}");
+    assert_eq!(payment["failure_code"], "canceled");
+    let canceled = event_objects(&app, &t, false, "payment.canceled").await;
+    assert_eq!(canceled.len(), 1, "{canceled:?}");
+    assert_eq!(canceled[0]["id"], payment["id"]);
+    assert!(
+        event_objects(&app, &t, false, "payment.failed")
+            .await
+            .is_empty()
+    );
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    // Voiding it again is refused as for any void invoice, and changes nothing.
+    assert_problem(
+        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "invalid_invoice_status",
+    )
+    .await;
+    advance(
+        &app,
+        &key,
+        &t.sk_test,
+        &clock,
+        &at(renewal + Duration::days(20)),
+    )
+    .await;
+    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
+    assert_eq!(status_of(&app, &key, &sub).await, "active");
+}
+
 /// A past-due subscription canceled with proration: the note on its open, taxed renewal
 /// invoice lowers what it owes by the unused time and the tax on it (20 of April's 30 days:
 /// 1000 of 1500, and 200 of VAT), and the invoice still asks for the rest.

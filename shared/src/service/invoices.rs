@@ -1663,6 +1663,80 @@ async fn supersede(
     Ok(())
 }
 
+/// Before an invoice is voided: an attempt still waiting for the customer to authenticate
+/// (`requires_action`) is canceled at the gateway that made it, so that it never takes the
+/// money, and recorded as canceled (`payment.canceled`), without dunning's next step: the
+/// invoice is about to owe nothing. Should the gateway say it went through first (the customer
+/// authenticated just before), that is recorded as any answer is: the invoice is paid, and
+/// voiding it is refused. Any other attempt in flight is left as it is (voiding waits for its
+/// outcome). No transaction is open while the gateway answers.
+pub async fn cancel_waiting_attempt(
+    pool: &PgPool,
+    clock: &dyn crate::clock::Clock,
+    stripe: &Stripe,
+    scope: Scope,
+    id: InvoiceId,
+) -> ServiceResult<()> {
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    let waiting = db::invoices::in_flight_payment(uow.conn(), scope, id)
+        .await?
+        .filter(|p| p.status == PaymentStatus::RequiresAction && p.gateway_id.is_some());
+    let Some(payment) = waiting else {
+        return Ok(());
+    };
+    // Not when voiding is refused anyway (the void says why): the charge keeps waiting.
+    let invoice = db::invoices::get(uow.conn(), scope, id).await?;
+    if invoice.status.apply(InvoiceTransition::Void).is_err()
+        || db::invoices::credited_by_proration(uow.conn(), scope, id).await?
+    {
+        return Ok(());
+    }
+    let account = db::stripe_accounts::get_many(uow.conn(), &[scope])
+        .await?
+        .into_iter()
+        .find_map(|a| a.usable_id().map(str::to_owned));
+    uow.rollback().await;
+    let gateway = Gateway::named(stripe, &payment.gateway)
+        .ok_or_else(|| ServiceError::internal("a payment of an unknown gateway"))?;
+    let outcome = gateway
+        .cancel(
+            scope.livemode(),
+            payment.gateway_id.as_deref().unwrap_or_default(),
+            account.as_deref(),
+            &format!("{}-cancel", payment.idempotency_key),
+        )
+        .await?;
+    let mut uow = UnitOfWork::begin(pool, clock).await?;
+    // Locked as every answer is recorded: its subscription, then the invoice; at the time of
+    // the customer's test clock, when it has one.
+    lock_with_subscription(&mut uow, scope, id).await?;
+    super::subscriptions::at_clock_time(&mut uow, scope, payment.customer_id).await?;
+    let mut p = db::invoices::get_payment(uow.conn(), scope, payment.id).await?;
+    match outcome {
+        ChargeOutcome::Canceled { .. } => {
+            // Unless an answer was recorded meanwhile.
+            if p.status == PaymentStatus::RequiresAction {
+                p.status = PaymentStatus::Failed;
+                p.failure_code = Some("canceled".into());
+                p.failure_message = Some(
+                    "Canceled: the invoice was voided while this charge waited for \
+                     authentication."
+                        .into(),
+                );
+                p.hard_decline = false;
+                p.updated_at = uow.now();
+                db::invoices::save_payment(uow.conn(), scope, &p).await?;
+                events::record(&mut uow, scope, "payment.canceled", p.to_json()).await?;
+            }
+        }
+        other => {
+            record_outcome(&mut uow, scope, &p, &other).await?;
+        }
+    }
+    uow.commit().await?;
+    Ok(())
+}
+
 /// A customer's payment method is attached to its customer at Stripe now (its sync is done):
 /// the charges of its invoices that failed meanwhile, because it was not yet
 /// (`payment_method_not_synced`), run again at once (on its test clock, when it has one),
