@@ -851,6 +851,8 @@ async fn credit_unused_time(
     let mut notes = vec![UnusedCredit::of(uow, scope, invoice).await?];
     let date = at.format("%Y-%m-%d");
     let items = db::subscriptions::items(uow.conn(), scope, &[sub.id.as_uuid()]).await?;
+    // (description, what the lines that billed it could not hold) of each item.
+    let mut leftovers: Vec<(String, i64)> = Vec::new();
     for item in &items {
         let billed = unused_lines(uow, scope, item.id, sub.current_period_end, at).await?;
         let mut unused: i64 = billed.iter().map(|(_, u)| u).sum();
@@ -869,7 +871,7 @@ async fn credit_unused_time(
             if unused <= 0 {
                 break;
             }
-            let at = match notes.iter().position(|n| n.invoice.id == invoice) {
+            let n = match notes.iter().position(|n| n.invoice.id == invoice) {
                 Some(i) => i,
                 None => {
                     let row = db::invoices::get(uow.conn(), scope, invoice).await?;
@@ -877,22 +879,27 @@ async fn credit_unused_time(
                     notes.len() - 1
                 }
             };
-            unused -= notes[at].on_line(line, &description, unused.min(part))?;
+            unused -= notes[n].on_line(line, &description, unused.min(part))?;
         }
-        // What they could not hold: the period's lines of the subscription's items (a change
-        // that billed this time credited theirs on its own invoice, netted there), then a
-        // custom line.
-        let period_lines: Vec<InvoiceLineId> = notes[0]
-            .lines
-            .iter()
-            .filter(|l| l.subscription_item_id.is_some() && !l.proration)
-            .map(|l| l.id)
-            .collect();
-        for line in period_lines {
+        if unused > 0 {
+            leftovers.push((description, unused));
+        }
+    }
+    // What the lines that billed it could not hold, once every item took its own: the
+    // period's lines of the subscription's items (a change that billed this time credited
+    // theirs on its own invoice, netted there), then a custom line.
+    let period_lines: Vec<InvoiceLineId> = notes[0]
+        .lines
+        .iter()
+        .filter(|l| l.subscription_item_id.is_some() && !l.proration)
+        .map(|l| l.id)
+        .collect();
+    for (description, mut unused) in leftovers {
+        for line in &period_lines {
             if unused <= 0 {
                 break;
             }
-            unused -= notes[0].on_line(line, &description, unused)?;
+            unused -= notes[0].on_line(*line, &description, unused)?;
         }
         if unused > 0 {
             notes[0].custom(description, unused)?;
