@@ -1296,16 +1296,44 @@ pub async fn record_outcome(
             // `payment.canceled`, never `payment.failed` or `invoice.payment_failed`. The
             // invoice is as unpaid as after a decline, and dunning goes on the same way (a new
             // default card's attempt at once).
-            p.status = PaymentStatus::Failed;
-            p.failure_code = Some("canceled".into());
-            p.failure_message = Some(message.clone());
-            p.hard_decline = false;
-            db::invoices::save_payment(uow.conn(), scope, &p).await?;
-            events::record(uow, scope, "payment.canceled", p.to_json()).await?;
+            record_canceled(uow, scope, &mut p, message).await?;
             left_unpaid(uow, scope, &invoice, &p).await?;
         }
     }
     Ok(p)
+}
+
+/// Records attempt `p` as over without money taken: failed, code `canceled`, told by
+/// `payment.canceled`.
+async fn record_canceled(
+    uow: &mut UnitOfWork,
+    scope: Scope,
+    p: &mut PaymentRow,
+    message: &str,
+) -> ServiceResult<()> {
+    p.status = PaymentStatus::Failed;
+    p.failure_code = Some("canceled".into());
+    p.failure_message = Some(message.to_owned());
+    p.hard_decline = false;
+    db::invoices::save_payment(uow.conn(), scope, p).await?;
+    events::record(uow, scope, "payment.canceled", p.to_json()).await?;
+    Ok(())
+}
+
+/// Cancels attempt `payment`, waiting for the customer, at the gateway that made it (on the
+/// connected `account`, when there is one), under the one key every cancel of it uses; the
+/// answer is its outcome (see [`Gateway::cancel`]).
+async fn cancel_at_gateway(
+    stripe: &Stripe,
+    scope: Scope,
+    payment: &PaymentRow,
+    account: Option<&str>,
+) -> ServiceResult<ChargeOutcome> {
+    let gateway = Gateway::named(stripe, &payment.gateway)
+        .ok_or_else(|| ServiceError::internal("a payment of an unknown gateway"))?;
+    let id = payment.gateway_id.as_deref().unwrap_or_default();
+    let key = format!("{}-cancel", payment.idempotency_key);
+    Ok(gateway.cancel(scope.livemode(), id, account, &key).await?)
 }
 
 /// Step 3 for many answers (each its scope, the pending attempt and the gateway's answer), in
@@ -1616,17 +1644,7 @@ async fn supersede(
             let Attempt::Supersede { payment, account } = attempt else {
                 return None;
             };
-            let gateway = Gateway::named(stripe, &payment.gateway)
-                .ok_or_else(|| ServiceError::internal("a payment of an unknown gateway"));
-            let id = payment.gateway_id.as_deref().unwrap_or_default();
-            let key = format!("{}-cancel", payment.idempotency_key);
-            Some(match gateway {
-                Ok(g) => g
-                    .cancel(scope.livemode(), id, account.as_deref(), &key)
-                    .await
-                    .map_err(ServiceError::from),
-                Err(e) => Err(e),
-            })
+            Some(cancel_at_gateway(stripe, *scope, payment, account.as_deref()).await)
         },
     ))
     .await;
@@ -1696,16 +1714,7 @@ pub async fn cancel_waiting_attempt(
         .into_iter()
         .find_map(|a| a.usable_id().map(str::to_owned));
     uow.rollback().await;
-    let gateway = Gateway::named(stripe, &payment.gateway)
-        .ok_or_else(|| ServiceError::internal("a payment of an unknown gateway"))?;
-    let outcome = gateway
-        .cancel(
-            scope.livemode(),
-            payment.gateway_id.as_deref().unwrap_or_default(),
-            account.as_deref(),
-            &format!("{}-cancel", payment.idempotency_key),
-        )
-        .await?;
+    let outcome = cancel_at_gateway(stripe, scope, &payment, account.as_deref()).await?;
     let mut uow = UnitOfWork::begin(pool, clock).await?;
     // Locked as every answer is recorded: its subscription, then the invoice; at the time of
     // the customer's test clock, when it has one.
@@ -1716,17 +1725,10 @@ pub async fn cancel_waiting_attempt(
         ChargeOutcome::Canceled { .. } => {
             // Unless an answer was recorded meanwhile.
             if p.status == PaymentStatus::RequiresAction {
-                p.status = PaymentStatus::Failed;
-                p.failure_code = Some("canceled".into());
-                p.failure_message = Some(
-                    "Canceled: the invoice was voided while this charge waited for \
-                     authentication."
-                        .into(),
-                );
-                p.hard_decline = false;
                 p.updated_at = uow.now();
-                db::invoices::save_payment(uow.conn(), scope, &p).await?;
-                events::record(&mut uow, scope, "payment.canceled", p.to_json()).await?;
+                let message = "Canceled: the invoice was voided while this charge waited for \
+                               authentication.";
+                record_canceled(&mut uow, scope, &mut p, message).await?;
             }
         }
         other => {
