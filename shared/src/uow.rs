@@ -12,6 +12,8 @@ use crate::{
     domain::customer::InvoicePrefix,
     ids::{EventId, InvoiceId},
     jobs::Claimed,
+    service::invoices::Attempt,
+    stripe::Stripe,
     tenancy::Scope,
 };
 
@@ -25,9 +27,18 @@ pub struct UnitOfWork {
     after_commit: Vec<AfterCommit>,
     /// Invoices finalized without their number yet, when numbering is deferred.
     numbering: Option<Deferred>,
-    /// Until when jobs this work queues for its caller to run are leased to it, and those
-    /// queued so far ([`UnitOfWork::hold_jobs`]).
-    holding: Option<(DateTime<Utc>, Vec<Claimed>)>,
+    /// The jobs this work queues for its caller to run ([`UnitOfWork::hold_jobs`]).
+    holding: Option<Holding>,
+}
+
+/// Jobs queued leased to the caller of a unit of work, which runs them once it commits.
+struct Holding {
+    /// Until when they are leased to it.
+    until: DateTime<Utc>,
+    /// The gateways the charges among them go to.
+    stripe: Stripe,
+    /// Those queued so far, each charge with its attempt when this work started it.
+    jobs: Vec<(Claimed, Option<Attempt>)>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -50,31 +61,38 @@ impl UnitOfWork {
     }
 
     /// The caller runs the charges this work queues itself once it commits (a worker that
-    /// renews subscriptions charges their new invoices at once): they are queued leased to it
-    /// until `until`, and [`UnitOfWork::take_held`] gives them. Jobs on a test clock wait for
-    /// its advance as always.
-    pub fn hold_jobs(&mut self, until: DateTime<Utc>) {
-        self.holding.get_or_insert_with(|| (until, Vec::new()));
+    /// renews subscriptions charges their new invoices at once, through `stripe`'s gateways):
+    /// they are queued leased to it until `until`, their first attempts started when they can
+    /// be, and [`UnitOfWork::take_held`] gives them. Jobs on a test clock wait for its advance
+    /// as always.
+    pub fn hold_jobs(&mut self, until: DateTime<Utc>, stripe: &Stripe) {
+        self.holding.get_or_insert_with(|| Holding {
+            until,
+            stripe: stripe.clone(),
+            jobs: Vec::new(),
+        });
     }
 
-    /// Until when the jobs queued for the caller are leased to it, when it runs them itself.
-    pub(crate) fn holding(&self) -> Option<DateTime<Utc>> {
-        self.holding.as_ref().map(|(until, _)| *until)
+    /// Until when the jobs queued for the caller are leased to it, and the gateways its
+    /// charges go to, when it runs them itself.
+    pub(crate) fn holding(&self) -> Option<(DateTime<Utc>, Stripe)> {
+        self.holding.as_ref().map(|h| (h.until, h.stripe.clone()))
     }
 
-    /// Records jobs queued leased to the caller.
-    pub(crate) fn held(&mut self, jobs: Vec<Claimed>) {
-        if let Some((_, held)) = self.holding.as_mut() {
-            held.extend(jobs);
+    /// Records jobs queued leased to the caller, each charge with its attempt when started.
+    pub(crate) fn held(&mut self, jobs: Vec<(Claimed, Option<Attempt>)>) {
+        if let Some(h) = self.holding.as_mut() {
+            h.jobs.extend(jobs);
         }
     }
 
-    /// The jobs queued leased to the caller ([`UnitOfWork::hold_jobs`]): to run once the work
-    /// has committed, and not at all if it does not.
-    pub fn take_held(&mut self) -> Vec<Claimed> {
+    /// The jobs queued leased to the caller ([`UnitOfWork::hold_jobs`]), each charge with the
+    /// attempt this work started (recorded pending: the charge makes it, with its key): to run
+    /// once the work has committed, and not at all if it does not.
+    pub fn take_held(&mut self) -> Vec<(Claimed, Option<Attempt>)> {
         self.holding
             .as_mut()
-            .map(|(_, held)| std::mem::take(held))
+            .map(|h| std::mem::take(&mut h.jobs))
             .unwrap_or_default()
     }
 

@@ -9,14 +9,20 @@ use std::{
 use apalis::prelude::{
     BackendExt, BoxDynError, Data, ParallelizeExt, TaskId, WorkerBuilder, WorkerBuilderExt,
 };
-use shared::jobs::{self, Finished, JobMessage, Outcome, Queue};
+use shared::{
+    jobs::{self, Finished, JobMessage, Outcome, Queue},
+    service::invoices::Attempt,
+};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
     Runtime, WorkerError,
     batch::Batcher,
-    jobs::deliver_webhook::{self, Done},
+    jobs::{
+        billing::Held,
+        deliver_webhook::{self, Done},
+    },
     metrics::RunEnd,
     redis_queue,
 };
@@ -49,11 +55,13 @@ fn acker(rt: &Arc<Runtime>, queue: Queue, worker: &str) -> Acker {
 }
 
 /// How a job run with others ended, whether its outcome was recorded, and the job it leaves
-/// this process to run next (the charge of the invoice a renewal made).
-type Ran = (RunEnd, Result<bool, Arc<String>>, Option<jobs::Claimed>);
+/// this process to run next (the charge of the invoice a renewal made, with its first attempt
+/// when the renewal started it).
+type Ran = (RunEnd, Result<bool, Arc<String>>, Option<Held>);
 
-/// Runs billing jobs of one kind many per transaction.
-type Together = Batcher<jobs::Claimed, Ran>;
+/// Runs billing jobs of one kind many per transaction (each charge with the attempt its
+/// renewal started, if any).
+type Together = Batcher<Held, Ran>;
 
 /// The billing jobs a consumer runs in batches: renewals (which share a commit and take
 /// their invoice numbers together at its end) and charges (whose attempts start, and whose
@@ -77,7 +85,7 @@ impl Billing {
             Batcher::spawn_parallel(
                 rt.settings.worker.billing_batch,
                 rt.settings.worker.billing_parallel,
-                move |batch: Vec<jobs::Claimed>| {
+                move |batch: Vec<Held>| {
                     let rt = rt.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(run_together(&rt, kind, batch).await)
@@ -103,13 +111,16 @@ impl Billing {
 }
 
 /// Runs a batch of jobs of `kind` together; when that fails (one job's error undoes the
-/// transaction), one by one, each with its own outcome.
-async fn run_together(rt: &Runtime, kind: &str, batch: Vec<jobs::Claimed>) -> Vec<Ran> {
-    if batch.len() > 1 {
+/// transaction), one by one, each with its own outcome (a charge's attempt started by its
+/// renewal is then resumed with its key).
+async fn run_together(rt: &Runtime, kind: &str, batch: Vec<Held>) -> Vec<Ran> {
+    let (batch, attempts): (Vec<jobs::Claimed>, Vec<_>) = batch.into_iter().unzip();
+    // One job alone runs as any other, unless its attempt is started already.
+    if batch.len() > 1 || attempts.iter().any(Option::is_some) {
         let started = Instant::now();
         let together = match kind {
             jobs::Job::RENEW_SUBSCRIPTION => crate::jobs::billing::renew_together(rt, &batch).await,
-            jobs::Job::PAY_INVOICE => crate::jobs::billing::pay_together(rt, &batch)
+            jobs::Job::PAY_INVOICE => crate::jobs::billing::pay_together(rt, &batch, attempts)
                 .await
                 .map(|done| done.map(|d| d.into_iter().map(|(f, r)| (f, r, None)).collect())),
             _ => None,
@@ -251,14 +262,14 @@ async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing)
     let (end, next) = match queue {
         Queue::Webhooks => (process_webhook(rt, msg).await, None),
         _ => match claim(rt, msg).await {
-            Some(job) => run_claimed(rt, queue, job, billing).await,
+            Some(job) => run_claimed(rt, queue, job, None, billing).await,
             None => (RunEnd::Stale, None),
         },
     };
     rt.metrics.ended(queue, end, started.elapsed());
     // Stopping: the charge stays held, and is handed back with the others.
     let next = next.filter(|_| !rt.stopping.load(Ordering::SeqCst));
-    if let Some(job) = next {
+    if let Some((job, attempt)) = next {
         rt.metrics.run_at_once.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let span = tracing::info_span!(
@@ -269,7 +280,9 @@ async fn process(rt: &Runtime, queue: Queue, msg: JobMessage, billing: &Billing)
             attempt = tracing::field::Empty,
         );
         // A charge leaves nothing next.
-        let (end, _) = run_claimed(rt, queue, job, billing).instrument(span).await;
+        let (end, _) = run_claimed(rt, queue, job, attempt, billing)
+            .instrument(span)
+            .await;
         rt.metrics.ended(queue, end, started.elapsed());
     }
 }
@@ -324,18 +337,19 @@ async fn claim(rt: &Runtime, msg: JobMessage) -> Option<jobs::Claimed> {
     }
 }
 
-/// Runs a claimed job and records its outcome; returns how it ended and the job it leaves
-/// this process to run next.
+/// Runs a claimed job (a charge with the attempt its renewal `started`, if any) and records
+/// its outcome; returns how it ended and the job it leaves this process to run next.
 async fn run_claimed(
     rt: &Runtime,
     queue: Queue,
     job: jobs::Claimed,
+    started: Option<Attempt>,
     billing: &Billing,
-) -> (RunEnd, Option<jobs::Claimed>) {
+) -> (RunEnd, Option<Held>) {
     note_claim(rt, queue, &job);
     let (end, recorded, next) = if let Some(together) = billing.of(&job.kind) {
         let id = job.id;
-        let result = match together.call(job).await {
+        let result = match together.call((job, started)).await {
             Ok((end, recorded, next)) => (
                 end,
                 recorded.map_err(|e| crate::batch::BatchError::Failed(e).into()),

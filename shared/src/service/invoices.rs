@@ -39,7 +39,8 @@ use crate::{
         subscription::{CollectionMethod, Transition},
     },
     ids::{
-        CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, SubscriptionId, TenantId,
+        CustomerId, InvoiceId, InvoiceItemId, InvoiceLineId, PaymentId, PaymentMethodId,
+        SubscriptionId, TenantId,
     },
     payments::{ChargeOutcome, Gateway, application_fee},
     stripe::{Failure, Stripe},
@@ -1050,38 +1051,15 @@ pub async fn start_attempts(
             attempts.push(Attempt::Waiting);
             continue;
         }
-        let gateway = Gateway::for_mode(stripe, scope.livemode());
-        let mut payment = PaymentRow {
-            id: PaymentId::new(),
-            tenant_id: scope.tenant_id(),
-            livemode: scope.livemode(),
-            invoice_id: id,
-            customer_id: invoice.customer_id,
-            attempt: number,
-            amount: invoice.amount_remaining,
-            currency: invoice.currency.clone(),
-            application_fee: if account.is_some() {
-                application_fee(invoice.amount_remaining, platform_fee_bps)
-            } else {
-                0
-            },
-            status: PaymentStatus::Pending,
-            gateway: gateway.name().into(),
-            gateway_id: None,
-            idempotency_key: format!("{id}-attempt-{number}"),
-            payment_method_id: method_id,
-            failure_code: None,
-            failure_message: None,
-            hard_decline: false,
-            amount_refunded: 0,
-            dispute_status: None,
-            disputed_amount: 0,
-            credited_to_balance: 0,
-            created_at: now,
-            updated_at: now,
-        };
-        invoice.attempt_count = number;
-        invoice.updated_at = now;
+        let mut payment = PendingAttempt {
+            scope,
+            number,
+            method: method_id,
+            gateway: Gateway::for_mode(stripe, scope.livemode()).name(),
+            on_account: account.is_some(),
+            platform_fee_bps,
+        }
+        .record_on(invoice, now);
         changed.push(id);
         last.insert(id, number);
         let Some((token, customer)) = charged else {
@@ -1109,6 +1087,132 @@ pub async fn start_attempts(
     db::invoices::save_many(uow.conn(), &rows).await?;
     let rows: Vec<&PaymentRow> = started.iter().collect();
     db::invoices::insert_payments(uow.conn(), &rows).await?;
+    Ok(attempts)
+}
+
+/// Attempt `number` of an invoice, about to be recorded as pending.
+struct PendingAttempt {
+    scope: Scope,
+    number: i32,
+    /// The payment method charged, when the customer has one.
+    method: Option<PaymentMethodId>,
+    /// The gateway's name ([`Gateway::name`]).
+    gateway: &'static str,
+    /// Whether it is charged on the tenant's connected account (which pays the platform fee).
+    on_account: bool,
+    platform_fee_bps: u32,
+}
+
+impl PendingAttempt {
+    /// The pending payment of this attempt of `invoice`, for what it still owes, and the
+    /// invoice counting it (not saved).
+    fn record_on(&self, invoice: &mut InvoiceRow, now: DateTime<Utc>) -> PaymentRow {
+        let (id, number) = (invoice.id, self.number);
+        invoice.attempt_count = number;
+        invoice.updated_at = now;
+        PaymentRow {
+            id: PaymentId::new(),
+            tenant_id: self.scope.tenant_id(),
+            livemode: self.scope.livemode(),
+            invoice_id: id,
+            customer_id: invoice.customer_id,
+            attempt: number,
+            amount: invoice.amount_remaining,
+            currency: invoice.currency.clone(),
+            application_fee: if self.on_account {
+                application_fee(invoice.amount_remaining, self.platform_fee_bps)
+            } else {
+                0
+            },
+            status: PaymentStatus::Pending,
+            gateway: self.gateway.into(),
+            gateway_id: None,
+            idempotency_key: format!("{id}-attempt-{number}"),
+            payment_method_id: self.method,
+            failure_code: None,
+            failure_message: None,
+            hard_decline: false,
+            amount_refunded: 0,
+            dispute_status: None,
+            disputed_amount: 0,
+            credited_to_balance: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Starts the first attempts of new invoices (scope, invoice, to be inserted in this unit of
+/// work) that the caller charges itself once it commits: for each, the attempt to charge, or
+/// `None` where [`start_attempts`] is to decide (no payment method, or one not synced to the
+/// connected account yet). The invoices count their attempt; the pending payments are returned
+/// to be inserted after them. What they read takes one statement each, as in
+/// [`start_attempts`], which resumes such an attempt with its key should the caller not charge
+/// it (it crashed).
+pub(crate) async fn first_attempts(
+    uow: &mut UnitOfWork,
+    stripe: &Stripe,
+    invoices: &mut [(Scope, &mut InvoiceRow)],
+) -> ServiceResult<Vec<Option<Attempt>>> {
+    if invoices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = uow.now();
+    let mut tenants: Vec<TenantId> = invoices.iter().map(|i| i.0.tenant_id()).collect();
+    tenants.sort_by_key(TenantId::as_uuid);
+    tenants.dedup();
+    let fees: HashMap<TenantId, i32> = db::tenants::billing_profiles(uow.conn(), &tenants)
+        .await?
+        .into_iter()
+        .map(|(t, p)| (t, p.platform_fee_bps))
+        .collect();
+    let mut scopes: Vec<Scope> = invoices.iter().map(|i| i.0).collect();
+    scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
+    scopes.dedup();
+    let accounts: HashMap<Scope, String> = db::stripe_accounts::get_many(uow.conn(), &scopes)
+        .await?
+        .into_iter()
+        .filter_map(|a| a.usable_id().map(|id| (a.scope(), id.to_owned())))
+        .collect();
+    let owners: Vec<(Scope, CustomerId)> =
+        invoices.iter().map(|i| (i.0, i.1.customer_id)).collect();
+    let mut methods: HashMap<CustomerId, db::customers::ChargeMethod> =
+        db::customers::default_payment_tokens(uow.conn(), &owners)
+            .await?
+            .into_iter()
+            .map(|m| (m.customer_id, m))
+            .collect();
+    let mut attempts = Vec::with_capacity(invoices.len());
+    for (scope, invoice) in invoices.iter_mut() {
+        let account = accounts.get(scope).cloned();
+        let fee = fees
+            .get(&scope.tenant_id())
+            .ok_or_else(|| ServiceError::internal("an invoice's tenant without a profile"))?;
+        let Some(method) = methods.remove(&invoice.customer_id) else {
+            attempts.push(None);
+            continue;
+        };
+        let method_id = method.id;
+        let Some((token, customer)) = charge_with(method, account.as_deref()) else {
+            attempts.push(None);
+            continue;
+        };
+        let payment = PendingAttempt {
+            scope: *scope,
+            number: 1,
+            method: Some(method_id),
+            gateway: Gateway::for_mode(stripe, scope.livemode()).name(),
+            on_account: account.is_some(),
+            platform_fee_bps: u32::try_from(*fee).unwrap_or(0),
+        }
+        .record_on(invoice, now);
+        attempts.push(Some(Attempt::Charge {
+            payment,
+            token,
+            customer,
+            account,
+        }));
+    }
     Ok(attempts)
 }
 
@@ -1846,7 +1950,9 @@ pub async fn run_attempts(
     stripe: &Stripe,
     given: &[(Scope, InvoiceId, i32)],
 ) -> ServiceResult<Vec<ServiceResult<Option<PaymentRow>>>> {
-    let (results, ..) = run_attempts_finishing(pool, clock, stripe, given, |_| Vec::new()).await?;
+    let none = vec![None; given.len()];
+    let (results, ..) =
+        run_attempts_finishing(pool, clock, stripe, given, none, |_| Vec::new()).await?;
     Ok(results)
 }
 
@@ -1854,20 +1960,47 @@ pub async fn run_attempts(
 /// recorded in the transaction that records the answers (one commit for both); returns the
 /// results, the outcomes, and the ids of the jobs whose outcome was recorded (a job whose lease
 /// another run holds now is not: its answer is recorded all the same, and that run finds it).
+/// An attempt `started` already (committed pending by the work that queued the job, see
+/// [`first_attempts`]) is charged as it is; the others start first, in one transaction.
 pub async fn run_attempts_finishing(
     pool: &PgPool,
     clock: &dyn crate::clock::Clock,
     stripe: &Stripe,
     given: &[(Scope, InvoiceId, i32)],
+    started: Vec<Option<Attempt>>,
     finish: impl FnOnce(&[ServiceResult<Option<PaymentRow>>]) -> Vec<crate::jobs::Finished>,
 ) -> ServiceResult<(
     Vec<ServiceResult<Option<PaymentRow>>>,
     Vec<crate::jobs::Finished>,
     Vec<uuid::Uuid>,
 )> {
-    let mut uow = UnitOfWork::begin(pool, clock).await?;
-    let mut attempts = start_attempts(&mut uow, stripe, given).await?;
-    uow.commit().await?;
+    if started.len() != given.len() {
+        return Err(ServiceError::internal(
+            "started attempts not one per charge",
+        ));
+    }
+    let to_start: Vec<(Scope, InvoiceId, i32)> = given
+        .iter()
+        .zip(&started)
+        .filter(|(_, s)| s.is_none())
+        .map(|(g, _)| *g)
+        .collect();
+    let mut new = if to_start.is_empty() {
+        Vec::new()
+    } else {
+        let mut uow = UnitOfWork::begin(pool, clock).await?;
+        let new = start_attempts(&mut uow, stripe, &to_start).await?;
+        uow.commit().await?;
+        new
+    }
+    .into_iter();
+    let mut attempts = Vec::with_capacity(given.len());
+    for s in started {
+        match s.or_else(|| new.next()) {
+            Some(a) => attempts.push(a),
+            None => return Err(ServiceError::internal("an attempt not started")),
+        }
+    }
     let mut results: Vec<Option<ServiceResult<Option<PaymentRow>>>> =
         (0..given.len()).map(|_| None).collect();
     if attempts

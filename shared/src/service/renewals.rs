@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ServiceError, ServiceResult, events,
-    invoices::{self, InvoiceView},
+    invoices::{self, Attempt, InvoiceView},
     subscriptions::{self, Closing, Renewal, SubscriptionView},
     tax_rates, usage,
 };
@@ -30,7 +30,7 @@ use crate::{
         coupons::CouponRow,
         customers::CustomerRow,
         events::NewEvent,
-        invoices::{InvoiceRow, LineRow, PendingLine},
+        invoices::{InvoiceRow, LineRow, PaymentRow, PendingLine},
         subscriptions::{ItemRow, SubscriptionRow},
         tax_rates::TaxRateRow,
     },
@@ -215,13 +215,16 @@ async fn read(uow: &mut UnitOfWork, due: &[Due]) -> ServiceResult<Reads> {
 }
 
 /// An invoice made in a round, with its lines and the waiting lines it took; a draft is
-/// finalized at `finalize_at`.
+/// finalized at `finalize_at`. A finalized one may have its first charge (or overdue check),
+/// and that charge its first attempt, started when the caller runs it at once.
 struct Made {
     scope: Scope,
     invoice: InvoiceRow,
     lines: Vec<LineRow>,
     taken: Vec<InvoiceItemId>,
     finalize_at: Option<DateTime<Utc>>,
+    charge: Option<jobs::NewJob>,
+    attempt: Option<Attempt>,
 }
 
 /// Invoices the new periods of `due` (at most one per customer), saves the subscriptions and
@@ -249,9 +252,34 @@ async fn invoice_periods(
             .remove(&d.sub.id)
             .unwrap_or_else(|| (InvoiceId::new(), Vec::new()));
         let grace = graces.get(&d.sub.id).copied();
-        let m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, id, used, grace).await?;
+        let mut m = invoice_period(uow, &mut reads, &mut d.sub, d.scope, id, used, grace).await?;
+        if m.finalize_at.is_none() {
+            m.charge = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now);
+        }
         done.push((d, m.invoice.id, true));
         made.push(m);
+    }
+    // First charges the caller runs itself, when it does (off test clocks), start their first
+    // attempts here: recorded pending with the invoices, one transaction fewer for each.
+    let holding = uow.holding();
+    let held_now = |charge: &jobs::NewJob| {
+        holding.is_some() && charge.test_clock.is_none() && charge.run_at <= now
+    };
+    if let Some((_, stripe)) = &holding {
+        let (at, mut firsts): (Vec<usize>, Vec<(Scope, &mut InvoiceRow)>) = made
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.charge
+                    .as_ref()
+                    .is_some_and(|c| c.kind == Job::PAY_INVOICE && held_now(c))
+            })
+            .map(|(i, m)| (i, (m.scope, &mut m.invoice)))
+            .unzip();
+        let started = invoices::first_attempts(uow, stripe, &mut firsts).await?;
+        for (i, attempt) in at.into_iter().zip(started) {
+            made[i].attempt = attempt;
+        }
     }
     let rows: Vec<&InvoiceRow> = made.iter().map(|m| &m.invoice).collect();
     if db::invoices::insert_many(uow.conn(), &rows).await? != rows.len() as u64 {
@@ -260,6 +288,14 @@ async fn invoice_periods(
             "This period of the subscription is already invoiced.",
         ));
     }
+    let payments: Vec<&PaymentRow> = made
+        .iter()
+        .filter_map(|m| match &m.attempt {
+            Some(Attempt::Charge { payment, .. }) => Some(payment),
+            _ => None,
+        })
+        .collect();
+    db::invoices::insert_payments(uow.conn(), &payments).await?;
     let lines: Vec<(Scope, &LineRow)> = made
         .iter()
         .flat_map(|m| m.lines.iter().map(move |l| (m.scope, l)))
@@ -271,11 +307,16 @@ async fn invoice_periods(
         .collect();
     db::invoices::mark_invoiced_many(uow.conn(), &taken).await?;
 
+    // The attempts started, by their charges' jobs.
+    let mut attempts: HashMap<uuid::Uuid, Attempt> = HashMap::new();
+    for m in &mut made {
+        if let (Some(charge), Some(attempt)) = (&m.charge, m.attempt.take()) {
+            attempts.insert(charge.id, attempt);
+        }
+    }
     let invoices_by_id: HashMap<InvoiceId, &Made> =
         made.iter().map(|m| (m.invoice.id, m)).collect();
     let mut jobs = Vec::new();
-    // First charges the caller runs itself, when it does (off test clocks).
-    let held_until = uow.holding();
     let mut charges = Vec::new();
     let mut recorded: Vec<(Scope, NewEvent)> = Vec::new();
     for (d, invoice, fresh) in &mut done {
@@ -283,8 +324,17 @@ async fn invoice_periods(
         d.sub.updated_at = now;
         jobs.push(subscriptions::renewal(d.scope, &d.sub));
         if let Some(m) = invoices_by_id.get(invoice).filter(|_| *fresh) {
-            // The invoice as it stands, shown by each of its events.
-            let json = Arc::new(m.invoice.to_json(&m.lines));
+            // The invoice as it stands, shown by each of its events; before its first
+            // attempt, when that started here.
+            let json = if m.invoice.attempt_count > 0 {
+                let before = InvoiceRow {
+                    attempt_count: 0,
+                    ..m.invoice.clone()
+                };
+                Arc::new(before.to_json(&m.lines))
+            } else {
+                Arc::new(m.invoice.to_json(&m.lines))
+            };
             recorded.push((d.scope, NewEvent::shared("invoice.created", json.clone())));
             if let Some(at) = m.finalize_at {
                 // A draft: finalized (and charged) at the end of its grace period.
@@ -301,10 +351,9 @@ async fn invoice_periods(
                 if m.invoice.status == InvoiceStatus::Paid {
                     recorded.push((d.scope, NewEvent::shared("invoice.paid", json)));
                 }
-                if let Some(charge) = subscriptions::first_charge(d.scope, &d.sub, &m.invoice, now)
-                {
+                if let Some(charge) = m.charge.clone() {
                     // (An overdue check, due later, is not held.)
-                    if held_until.is_some() && charge.test_clock.is_none() && charge.run_at <= now {
+                    if held_now(&charge) {
                         charges.push(charge);
                     } else {
                         jobs.push(charge);
@@ -324,8 +373,15 @@ async fn invoice_periods(
     let subs: Vec<&SubscriptionRow> = done.iter().map(|(d, ..)| &d.sub).collect();
     db::subscriptions::save_many(uow.conn(), &subs).await?;
     jobs::enqueue(uow.conn(), &jobs, now).await?;
-    if let Some(until) = held_until {
+    if let Some((until, _)) = holding {
         let held = jobs::enqueue_held(uow.conn(), &charges, now, until).await?;
+        let held = held
+            .into_iter()
+            .map(|job| {
+                let attempt = attempts.remove(&job.id);
+                (job, attempt)
+            })
+            .collect();
         uow.held(held);
     }
     events::record_all(uow, recorded).await?;
@@ -478,6 +534,8 @@ async fn invoice_period(
         lines,
         taken: pending.iter().map(|p| p.id).collect(),
         finalize_at,
+        charge: None,
+        attempt: None,
     })
 }
 

@@ -140,6 +140,10 @@ fn recorded(finished: Vec<Finished>, done: &[Uuid]) -> Vec<(Finished, bool)> {
 /// A due period: the subscription and the end of its current period.
 type Due = (Scope, SubscriptionId, DateTime<Utc>);
 
+/// A charge a renewal left this process to run, and its first attempt when the renewal
+/// started it (recorded pending; the charge makes it).
+pub type Held = (Claimed, Option<invoices::Attempt>);
+
 /// Renews the periods of several `subscription.renew` jobs in one transaction, which also
 /// records them as succeeded; returns each job's outcome, whether it was recorded (a job
 /// another run owns now is not, its renewal being made once all the same), and the charge of
@@ -150,7 +154,7 @@ type Due = (Scope, SubscriptionId, DateTime<Utc>);
 pub async fn renew_together(
     rt: &Runtime,
     batch: &[Claimed],
-) -> Option<ServiceResult<Vec<(Finished, bool, Option<Claimed>)>>> {
+) -> Option<ServiceResult<Vec<(Finished, bool, Option<Held>)>>> {
     // Each job's place in the batch, and the period it renews.
     let mut renewals: Vec<(usize, Due)> = read_all(batch, |scope, job| match job {
         Job::RenewSubscription {
@@ -169,18 +173,18 @@ pub async fn renew_together(
             let mut uow = UnitOfWork::begin(&rt.pool, rt.clock.as_ref()).await?;
             let lease = chrono::Duration::from_std(rt.settings.jobs.lease)
                 .map_err(|e| ServiceError::internal(e.to_string()))?;
-            uow.hold_jobs(uow.now() + lease);
+            uow.hold_jobs(uow.now() + lease, &rt.stripe);
             let keys: Vec<_> = renewals.iter().map(|(_, r)| *r).collect();
             let answers = billing_jobs::renew_many(&mut uow, &keys).await?;
-            let mut held: HashMap<InvoiceId, Claimed> = uow
+            let mut held: HashMap<InvoiceId, Held> = uow
                 .take_held()
                 .into_iter()
-                .filter_map(|c| match Job::parse(&c.kind, &c.payload) {
-                    Ok(Job::PayInvoice { invoice, .. }) => Some((invoice, c)),
+                .filter_map(|(c, started)| match Job::parse(&c.kind, &c.payload) {
+                    Ok(Job::PayInvoice { invoice, .. }) => Some((invoice, (c, started))),
                     _ => None,
                 })
                 .collect();
-            let mut charges: Vec<Option<Claimed>> = vec![None; batch.len()];
+            let mut charges: Vec<Option<Held>> = (0..batch.len()).map(|_| None).collect();
             for ((at, _), answer) in renewals.iter().zip(answers) {
                 if let Renewal::Renewed {
                     invoice: Some(invoice),
@@ -201,7 +205,7 @@ pub async fn renew_together(
             let done = finish_all(uow.conn(), finished, now).await?;
             uow.commit().await?;
             // Held by this process from now on: handed back should it stop before running them.
-            for charge in charges.iter().flatten() {
+            for (charge, _) in charges.iter().flatten() {
                 rt.hold(charge.id, charge.token);
             }
             Ok(done
@@ -217,12 +221,14 @@ pub async fn renew_together(
 /// Charges the invoices of several `invoice.pay` jobs together
 /// ([`invoices::run_attempts_finishing`]: two transactions for all, the second recording the
 /// answers and the jobs' outcomes; a gateway failure worth trying again is a retry of that job
-/// alone). Returns each job's outcome and whether it was recorded; `None` when a job is not a
-/// charge. On an error the caller runs the jobs one by one: an attempt that started is then
-/// resumed, with its idempotency key.
+/// alone), each with the attempt `started` for it when there is one (the first transaction is
+/// then left out for it). Returns each job's outcome and whether it was recorded; `None` when
+/// a job is not a charge. On an error the caller runs the jobs one by one: an attempt that
+/// started is then resumed, with its idempotency key.
 pub async fn pay_together(
     rt: &Runtime,
     batch: &[Claimed],
+    started: Vec<Option<invoices::Attempt>>,
 ) -> Option<ServiceResult<Vec<(Finished, bool)>>> {
     let charges = read_all(batch, |scope, job| match job {
         Job::PayInvoice { invoice, attempt } => Some((scope, invoice, attempt)),
@@ -235,6 +241,7 @@ pub async fn pay_together(
                 rt.clock.as_ref(),
                 &rt.stripe,
                 &charges,
+                started,
                 |results| {
                     batch
                         .iter()
