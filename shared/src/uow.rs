@@ -31,6 +31,10 @@ pub struct UnitOfWork {
     holding: Option<Holding>,
 }
 
+/// A job queued leased to the caller of a unit of work, and, for a charge, the attempt the
+/// work started for it (recorded pending: the charge makes it, with its key).
+pub type HeldJob = (Claimed, Option<Attempt>);
+
 /// Jobs queued leased to the caller of a unit of work, which runs them once it commits.
 struct Holding {
     /// Until when they are leased to it.
@@ -38,7 +42,7 @@ struct Holding {
     /// The gateways the charges among them go to.
     stripe: Stripe,
     /// Those queued so far, each charge with its attempt when this work started it.
-    jobs: Vec<(Claimed, Option<Attempt>)>,
+    jobs: Vec<HeldJob>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -80,7 +84,7 @@ impl UnitOfWork {
     }
 
     /// Records jobs queued leased to the caller, each charge with its attempt when started.
-    pub(crate) fn held(&mut self, jobs: Vec<(Claimed, Option<Attempt>)>) {
+    pub(crate) fn held(&mut self, jobs: Vec<HeldJob>) {
         if let Some(h) = self.holding.as_mut() {
             h.jobs.extend(jobs);
         }
@@ -89,7 +93,7 @@ impl UnitOfWork {
     /// The jobs queued leased to the caller ([`UnitOfWork::hold_jobs`]), each charge with the
     /// attempt this work started (recorded pending: the charge makes it, with its key): to run
     /// once the work has committed, and not at all if it does not.
-    pub fn take_held(&mut self) -> Vec<(Claimed, Option<Attempt>)> {
+    pub fn take_held(&mut self) -> Vec<HeldJob> {
         self.holding
             .as_mut()
             .map(|h| std::mem::take(&mut h.jobs))

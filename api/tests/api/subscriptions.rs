@@ -1466,110 +1466,27 @@ async fn answers_about_one_subscription_recorded_together_leave_it_where_the_las
     );
 }
 
-#[tokio::test]
-async fn a_renewal_a_worker_charges_itself_starts_its_first_attempt_and_a_charge_it_never_made_is_made_once_by_its_job()
- {
-    let app = spawn_app().await;
-    let t = app.register("started-attempt@acme.com").await;
+/// A subscription with a card, its second period renewed as a worker renews it (running the
+/// new invoice's charge itself once committed, with a lease of 5 minutes): the tenant's key,
+/// the subscription, and the charge held for the worker with the attempt it started.
+async fn renewed_by_a_worker(
+    app: &TestApp,
+    email: &str,
+) -> (Cred, Scope, Value, shared::uow::HeldJob) {
+    let t = app.register(email).await;
     let key = t.sk_test();
-    let scope = scope(&app, &t.sk_test).await;
-    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
+    let scope = scope(app, &t.sk_test).await;
+    let (customer, plan) = customer_and_plan(app, &key, Some("4242424242424242")).await;
     let sub = subscribe(
-        &app,
+        app,
         &key,
         json!({"customer": customer, "items": [{"plan": plan}]}),
     )
     .await;
-    run_due(&app, scope).await;
+    run_due(app, scope).await;
     app.clock.advance(DAY * 31);
-    let due = due_renewals(&app, scope).await;
+    let due = due_renewals(app, scope).await;
     assert_eq!(due.len(), 1, "{due:?}");
-    // Renewed as a worker does, which runs the new invoice's charge itself once committed.
-    let stripe = Stripe::new(&app.settings.stripe).unwrap();
-    let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
-        .await
-        .unwrap();
-    let lease = uow.now() + chrono::Duration::minutes(5);
-    uow.hold_jobs(lease, &stripe);
-    billing_jobs::renew_many(&mut uow, &due).await.unwrap();
-    let held = uow.take_held();
-    uow.commit().await.unwrap();
-    let invoice = s(&invoices_of(&app, &key, &s(&sub["id"])).await[1]["id"]);
-    assert_eq!(held.len(), 1, "{held:?}");
-    let (job, attempt) = &held[0];
-    assert_eq!(
-        Job::parse(&job.kind, &job.payload).unwrap(),
-        Job::PayInvoice {
-            invoice: invoice.parse().unwrap(),
-            attempt: 1
-        }
-    );
-    let Some(invoices::Attempt::Charge { payment, token, .. }) = attempt else {
-        panic!("{attempt:?}");
-    };
-    assert_eq!(payment.invoice_id.to_string(), invoice);
-    assert_eq!(payment.attempt, 1);
-    assert_eq!(payment.amount, 2999);
-    assert_eq!(payment.idempotency_key, format!("{invoice}-attempt-1"));
-    assert_eq!(token, "pm_card_visa");
-    // Committed with the invoice, which counts it; its events show the invoice before it.
-    let shown = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
-    assert_eq!(
-        (shown["status"].as_str(), shown["attempt_count"].as_i64()),
-        (Some("open"), Some(1))
-    );
-    let listed = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
-    let listed = listed["data"].as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["id"], payment.id.to_string());
-    assert_eq!(listed[0]["status"], "pending");
-    let created = get(&app, &key, "/api/v1/events?type=invoice.finalized").await;
-    let shown = created["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["data"]["object"]["id"] == invoice.as_str())
-        .unwrap_or_else(|| panic!("{created}"));
-    assert_eq!(shown["data"]["object"]["attempt_count"], 0, "{shown}");
-    // The worker died before charging: once its lease runs out, the job charges that attempt
-    // with its key, and makes no other.
-    // (The renewal's own job, stale now, runs and does nothing.)
-    let charges = |ran: Vec<String>| ran.iter().filter(|k| *k == "invoice.pay").count();
-    assert_eq!(
-        charges(run_due(&app, scope).await),
-        0,
-        "the held charge ran early"
-    );
-    app.clock.advance(Duration::from_secs(6 * 60));
-    assert_eq!(charges(run_due(&app, scope).await), 1);
-    let shown = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
-    assert_eq!(
-        (shown["status"].as_str(), shown["attempt_count"].as_i64()),
-        (Some("paid"), Some(1))
-    );
-    let listed = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
-    let listed = listed["data"].as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["id"], payment.id.to_string());
-    assert_eq!(listed[0]["status"], "succeeded");
-}
-
-#[tokio::test]
-async fn a_charge_its_renewal_started_is_made_without_starting_another_attempt() {
-    let app = spawn_app().await;
-    let t = app.register("started-charge@acme.com").await;
-    let key = t.sk_test();
-    let scope = scope(&app, &t.sk_test).await;
-    let (customer, plan) = customer_and_plan(&app, &key, Some("4242424242424242")).await;
-    let sub = subscribe(
-        &app,
-        &key,
-        json!({"customer": customer, "items": [{"plan": plan}]}),
-    )
-    .await;
-    run_due(&app, scope).await;
-    app.clock.advance(DAY * 31);
-    let due = due_renewals(&app, scope).await;
     let stripe = Stripe::new(&app.settings.stripe).unwrap();
     let mut uow = UnitOfWork::begin(&app.pool, app.clock.as_ref())
         .await
@@ -1579,12 +1496,97 @@ async fn a_charge_its_renewal_started_is_made_without_starting_another_attempt()
     billing_jobs::renew_many(&mut uow, &due).await.unwrap();
     let mut held = uow.take_held();
     uow.commit().await.unwrap();
-    let (job, attempt) = held.pop().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    (key, scope, sub, held.remove(0))
+}
+
+/// An invoice's status and attempt count, as shown.
+async fn status_and_attempts(app: &TestApp, key: &Cred, invoice: &str) -> (String, i64) {
+    let shown = get(app, key, &format!("/api/v1/invoices/{invoice}")).await;
+    (
+        s(&shown["status"]),
+        shown["attempt_count"].as_i64().unwrap(),
+    )
+}
+
+/// The payments of an invoice, as listed: (id, status).
+async fn payments_of(app: &TestApp, key: &Cred, invoice: &str) -> Vec<(String, String)> {
+    let listed = get(app, key, &format!("/api/v1/payments?invoice={invoice}")).await;
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (s(&p["id"]), s(&p["status"])))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_renewal_a_worker_charges_itself_starts_its_first_attempt_and_a_charge_it_never_made_is_made_once_by_its_job()
+ {
+    let app = spawn_app().await;
+    let (key, scope, sub, (job, attempt)) =
+        renewed_by_a_worker(&app, "started-attempt@acme.com").await;
+    let invoice = s(&invoices_of(&app, &key, &s(&sub["id"])).await[1]["id"]);
+    assert_eq!(
+        Job::parse(&job.kind, &job.payload).unwrap(),
+        Job::PayInvoice {
+            invoice: invoice.parse().unwrap(),
+            attempt: 1
+        }
+    );
+    let Some(invoices::Attempt::Charge { payment, token, .. }) = &attempt else {
+        panic!("{attempt:?}");
+    };
+    assert_eq!(payment.invoice_id.to_string(), invoice);
+    assert_eq!(payment.attempt, 1);
+    assert_eq!(payment.amount, 2999);
+    assert_eq!(payment.idempotency_key, format!("{invoice}-attempt-1"));
+    assert_eq!(token, "pm_card_visa");
+    // Committed with the invoice, which counts it; its events show the invoice before it.
+    assert_eq!(
+        status_and_attempts(&app, &key, &invoice.to_string()).await,
+        ("open".to_owned(), 1)
+    );
+    let pending = vec![(payment.id.to_string(), "pending".to_owned())];
+    assert_eq!(payments_of(&app, &key, &invoice).await, pending);
+    let finalized = get(&app, &key, "/api/v1/events?type=invoice.finalized").await;
+    let shown = finalized["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"]["object"]["id"] == invoice.as_str())
+        .unwrap_or_else(|| panic!("{finalized}"));
+    assert_eq!(shown["data"]["object"]["attempt_count"], 0, "{shown}");
+    // The worker died before charging: once its lease runs out, the job charges that attempt
+    // with its key, and makes no other. (The renewal's own job, stale now, runs and does
+    // nothing.)
+    let charges = |ran: Vec<String>| ran.iter().filter(|k| *k == "invoice.pay").count();
+    assert_eq!(
+        charges(run_due(&app, scope).await),
+        0,
+        "the held charge ran early"
+    );
+    app.clock.advance(Duration::from_secs(6 * 60));
+    assert_eq!(charges(run_due(&app, scope).await), 1);
+    assert_eq!(
+        status_and_attempts(&app, &key, &invoice.to_string()).await,
+        ("paid".to_owned(), 1)
+    );
+    let succeeded = vec![(payment.id.to_string(), "succeeded".to_owned())];
+    assert_eq!(payments_of(&app, &key, &invoice).await, succeeded);
+}
+
+#[tokio::test]
+async fn a_charge_its_renewal_started_is_made_without_starting_another_attempt() {
+    let app = spawn_app().await;
+    let (key, scope, sub, (job, attempt)) =
+        renewed_by_a_worker(&app, "started-charge@acme.com").await;
     let Some(invoices::Attempt::Charge { payment, .. }) = &attempt else {
         panic!("{attempt:?}");
     };
     let payment = payment.clone();
     let invoice = payment.invoice_id;
+    let stripe = Stripe::new(&app.settings.stripe).unwrap();
     let (results, finished, done) = invoices::run_attempts_finishing(
         &app.pool,
         app.clock.as_ref(),
@@ -1605,13 +1607,15 @@ async fn a_charge_its_renewal_started_is_made_without_starting_another_attempt()
     let paid = results[0].as_ref().unwrap().as_ref().unwrap();
     assert_eq!(paid.id, payment.id);
     assert_eq!(paid.status, shared::db::invoices::PaymentStatus::Succeeded);
-    let shown = get(&app, &key, &format!("/api/v1/invoices/{invoice}")).await;
     assert_eq!(
-        (shown["status"].as_str(), shown["attempt_count"].as_i64()),
-        (Some("paid"), Some(1))
+        status_and_attempts(&app, &key, &invoice.to_string()).await,
+        ("paid".to_owned(), 1)
     );
-    let listed = get(&app, &key, &format!("/api/v1/payments?invoice={invoice}")).await;
-    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let succeeded = vec![(payment.id.to_string(), "succeeded".to_owned())];
+    assert_eq!(
+        payments_of(&app, &key, &invoice.to_string()).await,
+        succeeded
+    );
     // The job is done: it does not run again once its lease is over, and the subscription is
     // paid up.
     app.clock.advance(Duration::from_secs(6 * 60));

@@ -934,32 +934,15 @@ pub async fn start_attempts(
         .await?
         .into_iter()
         .collect();
-    let mut tenants: Vec<TenantId> = charges.iter().map(|c| c.0.tenant_id()).collect();
-    tenants.sort_by_key(TenantId::as_uuid);
-    tenants.dedup();
-    let fees: HashMap<TenantId, i32> = db::tenants::billing_profiles(uow.conn(), &tenants)
-        .await?
-        .into_iter()
-        .map(|(t, p)| (t, p.platform_fee_bps))
-        .collect();
-    let mut scopes: Vec<Scope> = charges.iter().map(|c| c.0).collect();
-    scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
-    scopes.dedup();
-    let accounts: HashMap<Scope, String> = db::stripe_accounts::get_many(uow.conn(), &scopes)
-        .await?
-        .into_iter()
-        .filter_map(|a| a.usable_id().map(|id| (a.scope(), id.to_owned())))
-        .collect();
     let owners: Vec<(Scope, CustomerId)> = invoices
         .values()
         .map(|i| (scope_of(i), i.customer_id))
         .collect();
-    let methods: HashMap<CustomerId, db::customers::ChargeMethod> =
-        db::customers::default_payment_tokens(uow.conn(), &owners)
-            .await?
-            .into_iter()
-            .map(|m| (m.customer_id, m))
-            .collect();
+    let ChargeTerms {
+        fees,
+        accounts,
+        methods,
+    } = ChargeTerms::read(uow, &owners).await?;
     // An attempt with no payment method fails at once, and its decline reads the customer
     // under its lock: those customers are locked now, in id order, after the invoices.
     let unequipped: Vec<(Scope, CustomerId)> = owners
@@ -978,10 +961,7 @@ pub async fn start_attempts(
     for &(scope, id, number) in charges {
         let invoice = invoices.get_mut(&id).ok_or(ServiceError::NotFound(WHAT))?;
         let account = accounts.get(&scope).cloned();
-        let fee = fees
-            .get(&scope.tenant_id())
-            .ok_or_else(|| ServiceError::internal("an invoice's tenant without a profile"))?;
-        let platform_fee_bps = u32::try_from(*fee).unwrap_or(0);
+        let platform_fee_bps = fee_of(&fees, scope)?;
         if charging.contains(&id) {
             // Charged earlier in this batch: once is enough.
             attempts.push(Attempt::Nothing(None));
@@ -1090,6 +1070,55 @@ pub async fn start_attempts(
     Ok(attempts)
 }
 
+/// What charging customers' invoices takes, read in one statement each: each tenant's platform
+/// fee (basis points), each mode's connected Stripe account (when usable), and each
+/// customer's default payment method.
+struct ChargeTerms {
+    fees: HashMap<TenantId, i32>,
+    accounts: HashMap<Scope, String>,
+    methods: HashMap<CustomerId, db::customers::ChargeMethod>,
+}
+
+impl ChargeTerms {
+    /// The terms of charging these customers (each in its scope).
+    async fn read(uow: &mut UnitOfWork, owners: &[(Scope, CustomerId)]) -> ServiceResult<Self> {
+        let mut tenants: Vec<TenantId> = owners.iter().map(|o| o.0.tenant_id()).collect();
+        tenants.sort_by_key(TenantId::as_uuid);
+        tenants.dedup();
+        let fees = db::tenants::billing_profiles(uow.conn(), &tenants)
+            .await?
+            .into_iter()
+            .map(|(t, p)| (t, p.platform_fee_bps))
+            .collect();
+        let mut scopes: Vec<Scope> = owners.iter().map(|o| o.0).collect();
+        scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
+        scopes.dedup();
+        let accounts = db::stripe_accounts::get_many(uow.conn(), &scopes)
+            .await?
+            .into_iter()
+            .filter_map(|a| a.usable_id().map(|id| (a.scope(), id.to_owned())))
+            .collect();
+        let methods = db::customers::default_payment_tokens(uow.conn(), owners)
+            .await?
+            .into_iter()
+            .map(|m| (m.customer_id, m))
+            .collect();
+        Ok(Self {
+            fees,
+            accounts,
+            methods,
+        })
+    }
+}
+
+/// The platform's fee in `scope`'s tenant (basis points), as read by [`ChargeTerms::read`].
+fn fee_of(fees: &HashMap<TenantId, i32>, scope: Scope) -> ServiceResult<u32> {
+    let fee = fees
+        .get(&scope.tenant_id())
+        .ok_or_else(|| ServiceError::internal("an invoice's tenant without a profile"))?;
+    Ok(u32::try_from(*fee).unwrap_or(0))
+}
+
 /// Attempt `number` of an invoice, about to be recorded as pending.
 struct PendingAttempt {
     scope: Scope,
@@ -1158,36 +1187,17 @@ pub(crate) async fn first_attempts(
         return Ok(Vec::new());
     }
     let now = uow.now();
-    let mut tenants: Vec<TenantId> = invoices.iter().map(|i| i.0.tenant_id()).collect();
-    tenants.sort_by_key(TenantId::as_uuid);
-    tenants.dedup();
-    let fees: HashMap<TenantId, i32> = db::tenants::billing_profiles(uow.conn(), &tenants)
-        .await?
-        .into_iter()
-        .map(|(t, p)| (t, p.platform_fee_bps))
-        .collect();
-    let mut scopes: Vec<Scope> = invoices.iter().map(|i| i.0).collect();
-    scopes.sort_by_key(|s| (s.tenant_id().as_uuid(), s.livemode()));
-    scopes.dedup();
-    let accounts: HashMap<Scope, String> = db::stripe_accounts::get_many(uow.conn(), &scopes)
-        .await?
-        .into_iter()
-        .filter_map(|a| a.usable_id().map(|id| (a.scope(), id.to_owned())))
-        .collect();
     let owners: Vec<(Scope, CustomerId)> =
         invoices.iter().map(|i| (i.0, i.1.customer_id)).collect();
-    let mut methods: HashMap<CustomerId, db::customers::ChargeMethod> =
-        db::customers::default_payment_tokens(uow.conn(), &owners)
-            .await?
-            .into_iter()
-            .map(|m| (m.customer_id, m))
-            .collect();
+    let ChargeTerms {
+        fees,
+        accounts,
+        mut methods,
+    } = ChargeTerms::read(uow, &owners).await?;
     let mut attempts = Vec::with_capacity(invoices.len());
     for (scope, invoice) in invoices.iter_mut() {
         let account = accounts.get(scope).cloned();
-        let fee = fees
-            .get(&scope.tenant_id())
-            .ok_or_else(|| ServiceError::internal("an invoice's tenant without a profile"))?;
+        let platform_fee_bps = fee_of(&fees, *scope)?;
         let Some(method) = methods.remove(&invoice.customer_id) else {
             attempts.push(None);
             continue;
@@ -1203,7 +1213,7 @@ pub(crate) async fn first_attempts(
             method: Some(method_id),
             gateway: Gateway::for_mode(stripe, scope.livemode()).name(),
             on_account: account.is_some(),
-            platform_fee_bps: u32::try_from(*fee).unwrap_or(0),
+            platform_fee_bps,
         }
         .record_on(invoice, now);
         attempts.push(Some(Attempt::Charge {

@@ -232,7 +232,9 @@ struct Made {
 /// records, in this order for each: `invoice.created`, `invoice.finalized` (`invoice.paid` when
 /// nothing is due), `customer.subscription.updated`; an invoice kept a draft for its grace
 /// period gets `invoice.created` and its `invoice.finalize` job instead of the others but the
-/// last. A period already invoiced gets nothing new.
+/// last. A period already invoiced gets nothing new. First charges the caller runs itself
+/// ([`UnitOfWork::hold_jobs`]) are queued leased to it, with their first attempts started
+/// ([`invoices::first_attempts`]); the events show the invoices before them.
 async fn invoice_periods(
     uow: &mut UnitOfWork,
     due: Vec<Due>,

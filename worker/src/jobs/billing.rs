@@ -141,8 +141,8 @@ fn recorded(finished: Vec<Finished>, done: &[Uuid]) -> Vec<(Finished, bool)> {
 type Due = (Scope, SubscriptionId, DateTime<Utc>);
 
 /// A charge a renewal left this process to run, and its first attempt when the renewal
-/// started it (recorded pending; the charge makes it).
-pub type Held = (Claimed, Option<invoices::Attempt>);
+/// started it.
+pub type Held = shared::uow::HeldJob;
 
 /// Renews the periods of several `subscription.renew` jobs in one transaction, which also
 /// records them as succeeded; returns each job's outcome, whether it was recorded (a job
