@@ -849,20 +849,31 @@ async fn paid_by_its_first_attempt(
     assert_eq!(status_of(app, key, sub).await, "active");
 }
 
+/// A subscription with a card that asks the customer to authenticate every charge, past its
+/// renewal on a test clock: the renewal's one attempt waits for the customer, and the
+/// subscription is past due. (clock, subscription, renewal time, renewal invoice).
+async fn renewal_waiting_for_authentication(
+    app: &TestApp,
+    t: &crate::helpers::Tenant,
+) -> (String, String, Duration, String) {
+    let key = t.sk_test();
+    let (clock, _, sub) = subscribed_then_card(app, &key, &t.sk_test, "4000002500003155").await;
+    let renewal = past_the_renewal(app, &key, &t.sk_test, &clock).await;
+    let id = s(&renewal_invoice(app, &key, &sub).await["id"]);
+    let made = attempts(app, &key, &id).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].1, "requires_action");
+    assert_eq!(status_of(app, &key, &sub).await, "past_due");
+    (clock, sub, renewal, id)
+}
+
 #[tokio::test]
 async fn a_renewal_waiting_for_authentication_makes_the_subscription_past_due_then_ends_dunning() {
     let app = spawn_app().await;
     let t = app.register("dunning-3ds@acme.com").await;
     let key = t.sk_test();
-    // A card that asks the customer to authenticate every charge.
-    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
-    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
-    let made = attempts(&app, &key, &id).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0].1, "requires_action");
     // Late like a declined renewal: past due, told.
-    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
+    let (clock, sub, renewal, id) = renewal_waiting_for_authentication(&app, &t).await;
     let required = event_objects(&app, &t, false, "invoice.payment_action_required").await;
     assert_eq!(required.len(), 1);
     // The customer never authenticates: after the policy's waits (3 + 5 + 7 days), the final
@@ -1106,6 +1117,35 @@ async fn a_charge_canceled_at_the_gateway_is_told_as_canceled_not_failed_and_ret
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
 }
 
+/// Voids an invoice.
+async fn void(app: &TestApp, key: &Cred, invoice: &str) -> reqwest::Response {
+    app.post(&format!("/api/v1/invoices/{invoice}/void"), key, &json!({}))
+        .await
+}
+
+/// Dunning is over for the renewal `invoice`: 20 days past the renewal, it has had no retry,
+/// and the subscription no final action (it is active).
+async fn dunning_is_over(
+    app: &TestApp,
+    t: &crate::helpers::Tenant,
+    clock: &str,
+    renewal: Duration,
+    invoice: &str,
+    sub: &str,
+) {
+    let key = t.sk_test();
+    advance(
+        app,
+        &key,
+        &t.sk_test,
+        clock,
+        &at(renewal + Duration::days(20)),
+    )
+    .await;
+    assert_eq!(attempts(app, &key, invoice).await.len(), 1);
+    assert_eq!(status_of(app, &key, sub).await, "active");
+}
+
 #[tokio::test]
 async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_ends_dunning() {
     let app = spawn_app().await;
@@ -1120,34 +1160,19 @@ async fn voiding_the_invoice_a_subscription_is_past_due_for_makes_it_active_and_
     // Voiding an invoice that is not its latest changes nothing about it (the paid first one
     // cannot be voided anyway).
     assert_problem(
-        app.post(&format!("/api/v1/invoices/{first}/void"), &key, &json!({}))
-            .await,
+        void(&app, &key, &first).await,
         StatusCode::CONFLICT,
         "invalid_invoice_status",
     )
     .await;
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");
-    let voided = json_of(
-        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let voided = json_of(void(&app, &key, &id).await, StatusCode::OK).await;
     assert_eq!(voided["status"], "void");
     assert_eq!(status_of(&app, &key, &sub).await, "active");
     let told = event_objects(&app, &t, false, "customer.subscription.updated").await;
     assert_eq!(told.last().unwrap()["status"], "active", "{told:?}");
     // Dunning is over for it: no retry, no final action.
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::days(20)),
-    )
-    .await;
-    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
-    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    dunning_is_over(&app, &t, &clock, renewal, &id, &sub).await;
 }
 
 /// An invoice whose charge waits for the customer to authenticate can be voided: the charge
@@ -1158,19 +1183,8 @@ async fn voiding_an_invoice_whose_charge_waits_for_authentication_cancels_the_ch
     let app = spawn_app().await;
     let t = app.register("dunning-void-3ds@acme.com").await;
     let key = t.sk_test();
-    let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000002500003155").await;
-    let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
-    let id = s(&renewal_invoice(&app, &key, &sub).await["id"]);
-    let made = attempts(&app, &key, &id).await;
-    assert_eq!(made.len(), 1, "{made:?}");
-    assert_eq!(made[0].1, "requires_action");
-    assert_eq!(status_of(&app, &key, &sub).await, "past_due");
-    let voided = json_of(
-        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let (clock, sub, renewal, id) = renewal_waiting_for_authentication(&app, &t).await;
+    let voided = json_of(void(&app, &key, &id).await, StatusCode::OK).await;
     assert_eq!(voided["status"], "void");
     assert_eq!(voided["amount_remaining"], 0);
     let payments = get(&app, &key, &format!("/api/v1/payments?invoice={id}")).await;
@@ -1188,22 +1202,12 @@ async fn voiding_an_invoice_whose_charge_waits_for_authentication_cancels_the_ch
     assert_eq!(status_of(&app, &key, &sub).await, "active");
     // Voiding it again is refused as for any void invoice, and changes nothing.
     assert_problem(
-        app.post(&format!("/api/v1/invoices/{id}/void"), &key, &json!({}))
-            .await,
+        void(&app, &key, &id).await,
         StatusCode::CONFLICT,
         "invalid_invoice_status",
     )
     .await;
-    advance(
-        &app,
-        &key,
-        &t.sk_test,
-        &clock,
-        &at(renewal + Duration::days(20)),
-    )
-    .await;
-    assert_eq!(attempts(&app, &key, &id).await.len(), 1);
-    assert_eq!(status_of(&app, &key, &sub).await, "active");
+    dunning_is_over(&app, &t, &clock, renewal, &id, &sub).await;
 }
 
 /// A past-due subscription canceled with proration: the note on its open, taxed renewal
@@ -1215,12 +1219,7 @@ async fn a_past_due_cancel_with_proration_lowers_what_the_taxed_invoice_owes_by_
     let app = spawn_app().await;
     let t = app.register("dunning-prorate-tax@acme.com").await;
     let key = t.sk_test();
-    crate::tax_rates::rate(
-        &app,
-        &key,
-        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
-    )
-    .await;
+    crate::tax_rates::default_vat(&app, &key).await;
     let (clock, _, sub) = subscribed_then_card(&app, &key, &t.sk_test, "4000000000000341").await;
     let renewal = past_the_renewal(&app, &key, &t.sk_test, &clock).await;
     assert_eq!(status_of(&app, &key, &sub).await, "past_due");

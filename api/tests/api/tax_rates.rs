@@ -21,6 +21,16 @@ pub async fn rate(app: &TestApp, key: &Cred, body: Value) -> String {
     s(&r["id"])
 }
 
+/// The mode's default tax rate: VAT, 20 %, added to prices.
+pub async fn default_vat(app: &TestApp, key: &Cred) -> String {
+    rate(
+        app,
+        key,
+        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
+    )
+    .await
+}
+
 async fn customer(app: &TestApp, key: &Cred, extra: Value) -> String {
     let mut body = json!({"name": "Pied Piper", "currency": "usd"});
     for (k, v) in extra.as_object().unwrap() {
@@ -357,12 +367,7 @@ async fn credit_notes_give_back_the_tax_on_what_they_credit_and_all_of_it_with_t
     let app = spawn_app().await;
     let t = app.register("tax-credit@acme.com").await;
     let key = t.sk_test();
-    rate(
-        &app,
-        &key,
-        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
-    )
-    .await;
+    default_vat(&app, &key).await;
 
     // 100.00 + 20 % = 120.00 owed. A third of the line gives back 20 % of 33.33 = 6.67 with it.
     let cus = customer(&app, &key, json!({})).await;

@@ -1059,12 +1059,7 @@ async fn a_cancel_with_proration_on_a_taxed_plan_credits_the_tax_of_the_unused_t
     let app = spawn_app().await;
     let t = app.register("cancel-prorate-tax@acme.com").await;
     let key = t.sk_test();
-    crate::tax_rates::rate(
-        &app,
-        &key,
-        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
-    )
-    .await;
+    crate::tax_rates::default_vat(&app, &key).await;
     let subs = studio_subscriptions_ten_days_in(&app, &key, &t.sk_test).await;
     let invoices: Vec<serde_json::Value> = {
         let mut v = Vec::new();
@@ -1188,12 +1183,7 @@ async fn a_cancel_with_proration_after_an_invoiced_change_credits_each_invoice_t
     let app = spawn_app().await;
     let t = app.register("cancel-after-change@acme.com").await;
     let key = t.sk_test();
-    crate::tax_rates::rate(
-        &app,
-        &key,
-        json!({"display_name": "VAT", "percentage": 20.0, "inclusive": false, "default": true}),
-    )
-    .await;
+    crate::tax_rates::default_vat(&app, &key).await;
     let subs = studio_subscriptions_ten_days_in(&app, &key, &t.sk_test).await;
     let team = monthly_plan_at(&app, &key, "Studio Team", 4500).await;
     let changes = [
